@@ -1,0 +1,33 @@
+package io.dsflow.engine;
+
+import io.dsflow.engine.kv.KvCache;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.model.ModelConfig;
+
+/**
+ * Where the forward pass runs: the CPU (the specification) or a GPU. A backend owns the weights in its own layout and
+ * makes the KV caches its forward pass can use.
+ * <ul>
+ *   <li>created with the weights loaded; {@link #close()} frees them (device memory, native handles);</li>
+ *   <li>{@link #forward} is called by one thread at a time.</li>
+ * </ul>
+ */
+public interface Backend extends AutoCloseable {
+
+    ModelConfig config();
+
+    /** For the log: "cpu (2 threads)", "cuda:0 NVIDIA H100 ...". */
+    String description();
+
+    /** A new, empty cache for one sequence under a policy. */
+    KvCache newCache(KvPolicy policy);
+
+    /**
+     * Runs the model over every row of the batch: each row's key and value are appended to its segment's cache, and
+     * the logits [vocab] of each segment's last row are returned, in segment order.
+     */
+    float[][] forward(Batch batch);
+
+    @Override
+    void close();
+}

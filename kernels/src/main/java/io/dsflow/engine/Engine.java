@@ -1,0 +1,144 @@
+package io.dsflow.engine;
+
+import io.dsflow.engine.cpu.CpuBackend;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.model.ModelConfig;
+import io.dsflow.engine.model.ModelFolder;
+import io.dsflow.engine.model.ModelWeights;
+import io.dsflow.engine.sample.SamplingParams;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Locale;
+
+/**
+ * A loaded model on a backend, with its tokenizer: makes sequences, prefills prompts, runs batched decode steps.
+ * <ul>
+ *   <li>{@link #load} opens the folder, checks it, converts the weights for the backend and logs what was loaded;</li>
+ *   <li>{@link #prefill} and {@link #decode} check their inputs and throw {@link InvalidRequestException};</li>
+ *   <li>one thread drives an engine at a time; {@link #close} frees the backend.</li>
+ * </ul>
+ */
+public final class Engine implements AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(Engine.class);
+
+    private final ModelFolder folder;
+    private final Backend backend;
+    private Tokenizer tokenizer;
+
+    public Engine(ModelFolder folder, Backend backend) {
+        this.folder = folder;
+        this.backend = backend;
+    }
+
+    /** Loads a model folder onto a backend: "cpu", "cuda", or "auto" (cuda where it is available, else cpu). */
+    public static Engine load(Path modelDir, String backendName) {
+        long t0 = System.nanoTime();
+        ModelFolder folder = ModelFolder.open(modelDir);
+        ModelWeights weights = new ModelWeights(folder);
+        Backend backend = switch (backendName.toLowerCase(Locale.ROOT)) {
+            case "cpu", "auto" -> new CpuBackend(weights);
+            case "cuda" -> throw new DsflowException("the cuda backend is not available in this build; use --backend cpu");
+            default -> throw new DsflowException("unknown backend '" + backendName + "' (cpu, cuda, auto)");
+        };
+        ModelConfig c = folder.config();
+        LOG.info(String.format(Locale.ROOT, "model loaded: %s from %s, %s, %.1f MB %s weights, backend %s, in %.2f s",
+                c, modelDir, c.architecture().name().toLowerCase(Locale.ROOT), folder.weightBytes() / 1e6,
+                folder.storedDtype().name().toLowerCase(Locale.ROOT), backend.description(),
+                (System.nanoTime() - t0) / 1e9));
+        return new Engine(folder, backend);
+    }
+
+    public ModelConfig config() {
+        return backend.config();
+    }
+
+    public Backend backend() {
+        return backend;
+    }
+
+    public ModelFolder folder() {
+        return folder;
+    }
+
+    /** The model's tokenizer, loaded on first use. */
+    public synchronized Tokenizer tokenizer() {
+        if (tokenizer == null) tokenizer = new Tokenizer(folder.tokenizerFile());
+        return tokenizer;
+    }
+
+    public Sequence newSequence(KvPolicy policy) {
+        return new Sequence(backend.newCache(policy));
+    }
+
+    /** Feeds tokens (a prompt, or a follow-up turn) to a sequence; returns the logits of the last one. */
+    public float[] prefill(Sequence seq, int[] tokens) {
+        checkTokens(seq, tokens);
+        float[] logits = backend.forward(new Batch().add(seq.cache(), tokens, seq.position()))[0];
+        seq.advance(tokens);
+        return logits;
+    }
+
+    /** One decode step for many sequences at their own positions: tokens[i] is fed to seqs[i]; logits in order. */
+    public float[][] decode(List<Sequence> seqs, int[] tokens) {
+        Batch batch = new Batch();
+        for (int i = 0; i < seqs.size(); i++) {
+            int[] one = {tokens[i]};
+            checkTokens(seqs.get(i), one);
+            batch.add(seqs.get(i).cache(), one, seqs.get(i).position());
+        }
+        float[][] logits = backend.forward(batch);
+        for (int i = 0; i < seqs.size(); i++) seqs.get(i).advance(new int[]{tokens[i]});
+        return logits;
+    }
+
+    private void checkTokens(Sequence seq, int[] tokens) {
+        ModelConfig c = config();
+        if (tokens.length == 0) throw new InvalidRequestException("the prompt is empty");
+        for (int t : tokens) {
+            if (t < 0 || t >= c.vocabSize()) {
+                throw new InvalidRequestException("token id " + t + " is outside the vocabulary [0, " + c.vocabSize() + ")");
+            }
+        }
+        if ((long) seq.position() + tokens.length > c.maxPositions()) {
+            throw new InvalidRequestException("the prompt needs positions up to " + (seq.position() + tokens.length)
+                    + " but the model has " + c.maxPositions() + " (max_position_embeddings)");
+        }
+    }
+
+    public Generation startGeneration(Sequence seq, SamplingParams params) {
+        return new Generation(seq, params, config().eosTokenIds(), config().maxPositions(),
+                params.stop().isEmpty() ? null : tokenizer());
+    }
+
+    /** Prefills a prompt into a fresh sequence and generates its completion. */
+    public GenerationResult generate(int[] prompt, SamplingParams params, KvPolicy policy) {
+        Sequence seq = newSequence(policy);
+        Generation gen = startGeneration(seq, params);
+        long t0 = System.nanoTime();
+        float[] logits = prefill(seq, prompt);
+        double prefillMs = (System.nanoTime() - t0) / 1e6;
+        float[] promptLogits = logits;
+        long decodeNanos = 0;
+        int decodeSteps = 0;
+        while (!gen.finished()) {
+            int token = gen.accept(logits);
+            if (token < 0 || gen.finished()) break;
+            long t1 = System.nanoTime();
+            logits = decode(List.of(seq), new int[]{token})[0];
+            decodeNanos += System.nanoTime() - t1;
+            decodeSteps++;
+        }
+        double tps = decodeSteps == 0 ? 0 : decodeSteps / (decodeNanos / 1e9);
+        return new GenerationResult(gen.tokens(), gen.text(tokenizer()), gen.finishReason(), prompt.length,
+                promptLogits, prefillMs, tps);
+    }
+
+    @Override
+    public void close() {
+        backend.close();
+        if (tokenizer != null) tokenizer.close();
+    }
+}

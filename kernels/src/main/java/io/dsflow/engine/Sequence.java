@@ -1,0 +1,47 @@
+package io.dsflow.engine;
+
+import io.dsflow.engine.kv.KvCache;
+
+import java.util.Arrays;
+
+/**
+ * One conversation's state in the engine: every token it has seen (prompts and completions) and its KV cache.
+ * The next token goes to position {@link #position()}; a new prompt continues the same cache (no re-prefill).
+ */
+public final class Sequence {
+    private final KvCache cache;
+    private int[] tokens = new int[64];
+    private int length;
+
+    public Sequence(KvCache cache) {
+        this.cache = cache;
+    }
+
+    public KvCache cache() {
+        return cache;
+    }
+
+    /** Position of the next token (tokens seen so far). */
+    public int position() {
+        return length;
+    }
+
+    public int[] tokens() {
+        return Arrays.copyOf(tokens, length);
+    }
+
+    void advance(int[] newTokens) {
+        if (length + newTokens.length > tokens.length) {
+            tokens = Arrays.copyOf(tokens, Math.max(tokens.length * 2, length + newTokens.length));
+        }
+        System.arraycopy(newTokens, 0, tokens, length, newTokens.length);
+        length += newTokens.length;
+    }
+
+    /** A copy with its own cache (eval runs each policy on a copy of one prefill). */
+    public Sequence copy() {
+        Sequence s = new Sequence(cache.copy());
+        s.advance(tokens());
+        return s;
+    }
+}

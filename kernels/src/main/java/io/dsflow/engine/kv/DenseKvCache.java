@@ -1,0 +1,43 @@
+package io.dsflow.engine.kv;
+
+/** The dense policy: every query attends to every stored token. */
+public final class DenseKvCache implements KvCache {
+    private final KvStore store;
+
+    public DenseKvCache(int layers, int kvHeads, int headDim) {
+        this(new KvStore(layers, kvHeads, headDim, 256));
+    }
+
+    private DenseKvCache(KvStore store) {
+        this.store = store;
+    }
+
+    public KvStore store() {
+        return store;
+    }
+
+    @Override
+    public int length() {
+        return store.length();
+    }
+
+    @Override
+    public void append(int layer, float[] key, float[] value) {
+        store.append(layer, key, value);
+    }
+
+    @Override
+    public void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale) {
+        CpuAttention.causal(store, layer, q, row0, rows, out, numHeads, scale);
+    }
+
+    @Override
+    public KvCache copy() {
+        return new DenseKvCache(store.copy());
+    }
+
+    @Override
+    public long bytes() {
+        return store.bytes();
+    }
+}
