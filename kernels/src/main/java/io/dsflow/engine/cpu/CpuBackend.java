@@ -13,7 +13,6 @@ import io.dsflow.engine.model.ModelWeights;
 import io.dsflow.engine.model.SafeTensors;
 
 import java.util.List;
-import java.util.concurrent.ForkJoinPool;
 
 /**
  * The CPU backend: the specification every other backend is held against. float32 weights and activations,
@@ -73,7 +72,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public String description() {
-        return "cpu (" + Math.max(1, ForkJoinPool.getCommonPoolParallelism()) + " threads, float32)";
+        return "cpu (" + CpuOps.THREADS + " threads, float32)";
     }
 
     @Override

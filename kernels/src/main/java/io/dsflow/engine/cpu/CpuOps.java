@@ -14,6 +14,10 @@ public final class CpuOps {
     private CpuOps() {
     }
 
+    /** Threads a parallel loop runs on: the common pool's workers plus the calling thread, which joins in. */
+    public static final int THREADS =
+            Math.min(Runtime.getRuntime().availableProcessors(), ForkJoinPool.getCommonPoolParallelism() + 1);
+
     /** Below this many multiply-adds a matrix product runs on the calling thread. */
     private static final long PARALLEL_MACS = 1L << 18;
     private static final int COL_CHUNK = 128;
@@ -70,7 +74,7 @@ public final class CpuOps {
 
     /** Runs body(0..n-1), on the fork-join pool when {@code parallel}. */
     public static void forEach(int n, boolean parallel, IntConsumer body) {
-        if (parallel && n > 1 && ForkJoinPool.getCommonPoolParallelism() > 1) {
+        if (parallel && n > 1 && THREADS > 1) {
             IntStream.range(0, n).parallel().forEach(body);
         } else {
             for (int i = 0; i < n; i++) body.accept(i);

@@ -10,6 +10,7 @@ public final class CpuAttention {
     private CpuAttention() {
     }
 
+    private static final ThreadLocal<float[][]> ACC = ThreadLocal.withInitial(() -> new float[4][0]);
     private static final ThreadLocal<float[][]> SCORES = ThreadLocal.withInitial(() -> new float[1][0]);
 
     /**
@@ -31,26 +32,82 @@ public final class CpuAttention {
         });
     }
 
+    /** Tokens scored per block: the group's score tiles stay in L1 while every channel is added in. */
+    private static final int BLOCK = 512;
+
     /** One query row, one GQA group: heads g*G .. g*G+G-1 attend to stored tokens [0, n). */
     static void attendGroup(KvStore store, int layer, int g, int group, float[] q, float[] out, int n, float scale) {
         int d = store.headDim;
+        int h0 = g * group;
         float[][] s = scores(group, n);
-        for (int hh = 0; hh < group; hh++) java.util.Arrays.fill(s[hh], 0, n, 0f);
-        // scores: s[h][j] = sum_c q[h][c] * k[j][c], one channel at a time
-        for (int c = 0; c < d; c++) {
-            float[] kc = store.keys[layer][g * d + c];
-            for (int hh = 0; hh < group; hh++) {
-                CpuOps.axpy(s[hh], 0, q[(g * group + hh) * d + c], kc, 0, n);
+        // scores: s[h][j] = sum_c q[h][c] * k[j][c], channel by channel, four heads per pass over a key block
+        for (int j0 = 0; j0 < n; j0 += BLOCK) {
+            int j1 = Math.min(n, j0 + BLOCK);
+            for (int hh = 0; hh < group; hh++) java.util.Arrays.fill(s[hh], j0, j1, 0f);
+            for (int c = 0; c < d; c++) {
+                float[] kc = store.keys[layer][g * d + c];
+                int hh = 0;
+                for (; hh + 4 <= group; hh += 4) {
+                    float a0 = q[(h0 + hh) * d + c], a1 = q[(h0 + hh + 1) * d + c];
+                    float a2 = q[(h0 + hh + 2) * d + c], a3 = q[(h0 + hh + 3) * d + c];
+                    float[] s0 = s[hh], s1 = s[hh + 1], s2 = s[hh + 2], s3 = s[hh + 3];
+                    for (int j = j0; j < j1; j++) {
+                        float k = kc[j];
+                        s0[j] += a0 * k;
+                        s1[j] += a1 * k;
+                        s2[j] += a2 * k;
+                        s3[j] += a3 * k;
+                    }
+                }
+                for (; hh < group; hh++) CpuOps.axpy(s[hh], j0, q[(h0 + hh) * d + c], kc, j0, j1 - j0);
             }
         }
-        float[] values = store.values[layer];
-        int kvDim = store.kvDim;
+        // softmax weights, then out[h] = sum_j p[h][j] v[j], four heads per pass over the values
         for (int hh = 0; hh < group; hh++) {
-            float[] sh = s[hh];
-            float inv = 1f / softmax(sh, n, scale);
-            int o = (g * group + hh) * d;
-            java.util.Arrays.fill(out, o, o + d, 0f);
-            for (int j = 0; j < n; j++) CpuOps.axpy(out, o, sh[j] * inv, values, j * kvDim + g * d, d);
+            float inv = 1f / softmax(s[hh], n, scale);
+            for (int j = 0; j < n; j++) s[hh][j] *= inv;
+        }
+        weightedValues(store.values[layer], store.kvDim, g * d, d, s, group, n, out, h0 * d);
+    }
+
+    /**
+     * out[h * d + c] = sum_{j < n} p[h][j] * values[j * kvDim + vo + c] for heads h < count, written from out[o0].
+     */
+    static void weightedValues(float[] values, int kvDim, int vo, int d, float[][] p, int count, int n,
+                               float[] out, int o0) {
+        java.util.Arrays.fill(out, o0, o0 + count * d, 0f);
+        int hh = 0;
+        if (count >= 4) {
+            // four separate accumulators: C2 vectorises stores to distinct arrays, not to offsets of one array
+            float[][] acc = ACC.get();
+            if (acc[0].length < d) {
+                acc = new float[4][d];
+                ACC.set(acc);
+            }
+            float[] o0a = acc[0], o1a = acc[1], o2a = acc[2], o3a = acc[3];
+            for (; hh + 4 <= count; hh += 4) {
+                for (float[] a : acc) java.util.Arrays.fill(a, 0f);
+                float[] p0 = p[hh], p1 = p[hh + 1], p2 = p[hh + 2], p3 = p[hh + 3];
+                for (int j = 0; j < n; j++) {
+                    float a0 = p0[j], a1 = p1[j], a2 = p2[j], a3 = p3[j];
+                    int v0 = j * kvDim + vo;
+                    for (int c = 0; c < d; c++) {
+                        float v = values[v0 + c];
+                        o0a[c] += a0 * v;
+                        o1a[c] += a1 * v;
+                        o2a[c] += a2 * v;
+                        o3a[c] += a3 * v;
+                    }
+                }
+                int o = o0 + hh * d;
+                System.arraycopy(o0a, 0, out, o, d);
+                System.arraycopy(o1a, 0, out, o + d, d);
+                System.arraycopy(o2a, 0, out, o + 2 * d, d);
+                System.arraycopy(o3a, 0, out, o + 3 * d, d);
+            }
+        }
+        for (; hh < count; hh++) {
+            for (int j = 0; j < n; j++) CpuOps.axpy(out, o0 + hh * d, p[hh][j], values, j * kvDim + vo, d);
         }
     }
 

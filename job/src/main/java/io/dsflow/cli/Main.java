@@ -1,0 +1,45 @@
+package io.dsflow.cli;
+
+import io.dsflow.engine.DsflowException;
+
+import java.io.PrintStream;
+
+/**
+ * The dsflow command line (bin/dsflow, or java -jar job/target/dsflow.jar). Every error a user can cause is one line
+ * on stderr and a non-zero exit: 2 for a bad command line, 1 for a bad model folder or request.
+ */
+public final class Main {
+    private Main() {
+    }
+
+    public static void main(String[] args) {
+        System.exit(run(args, System.out, System.err));
+    }
+
+    /** Runs a command; returns the process exit code. */
+    public static int run(String[] args, PrintStream out, PrintStream err) {
+        if (args.length == 0 || args[0].equals("--help") || args[0].equals("help")) {
+            (args.length == 0 ? err : out).println(usage());
+            return args.length == 0 ? 2 : 0;
+        }
+        try {
+            return switch (args[0]) {
+                case "generate" -> GenerateCommand.run(args, out);
+                default -> throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
+            };
+        } catch (UsageException e) {
+            err.println("dsflow: " + e.getMessage());
+            return 2;
+        } catch (DsflowException e) {
+            err.println("dsflow: error: " + e.getMessage());
+            return 1;
+        } catch (OutOfMemoryError e) {
+            err.println("dsflow: error: out of heap memory (" + e.getMessage() + "); raise -Xmx through DSFLOW_JAVA_OPTS");
+            return 1;
+        }
+    }
+
+    static String usage() {
+        return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + GenerateCommand.USAGE + "\n";
+    }
+}
