@@ -28,15 +28,19 @@ public final class Main {
                 default -> throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
             };
         } catch (UsageException e) {
-            err.println("dsflow: " + e.getMessage());
+            err.println("dsflow: " + oneLine(e.getMessage()));
             return 2;
         } catch (DsflowException e) {
-            err.println("dsflow: error: " + e.getMessage());
+            err.println("dsflow: error: " + oneLine(e.getMessage()));
             return 1;
         } catch (OutOfMemoryError e) {
             err.println("dsflow: error: out of heap memory (" + e.getMessage() + "); raise -Xmx through DSFLOW_JAVA_OPTS");
             return 1;
         }
+    }
+
+    private static String oneLine(String message) {
+        return String.valueOf(message).replace('\n', ' ').replace('\r', ' ');
     }
 
     static String usage() {

@@ -52,7 +52,7 @@ public record ModelConfig(
         try {
             root = JSON.readTree(Files.readAllBytes(configFile));
         } catch (IOException e) {
-            throw new ModelLoadException("cannot read " + configFile + ": " + e.getMessage(), e);
+            throw new ModelLoadException("cannot read " + configFile + ": " + Json.describe(e), e);
         }
         if (root == null || !root.isObject()) {
             throw new ModelLoadException(configFile + " is not a JSON object");

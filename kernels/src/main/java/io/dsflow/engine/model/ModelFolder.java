@@ -50,7 +50,7 @@ public final class ModelFolder {
                     config = config.withEosTokenIds(ModelConfig.eosIdsOf(g.get("eos_token_id")));
                 }
             } catch (IOException e) {
-                throw new ModelLoadException("cannot read " + gen + ": " + e.getMessage(), e);
+                throw new ModelLoadException("cannot read " + gen + ": " + Json.describe(e), e);
             }
         }
         return new ModelFolder(dir, config, openWeights(dir));
@@ -90,9 +90,10 @@ public final class ModelFolder {
     private static List<Path> shardsOf(Path dir, Path index) {
         JsonNode map;
         try {
-            map = JSON.readTree(Files.readAllBytes(index)).get("weight_map");
-        } catch (IOException | NullPointerException e) {
-            throw new ModelLoadException("cannot read " + index + ": " + e.getMessage());
+            JsonNode root = JSON.readTree(Files.readAllBytes(index));
+            map = root == null ? null : root.get("weight_map");
+        } catch (IOException e) {
+            throw new ModelLoadException("cannot read " + index + ": " + Json.describe(e), e);
         }
         if (map == null || !map.isObject()) throw new ModelLoadException(index + " has no weight_map");
         TreeSet<String> shardNames = new TreeSet<>();

@@ -111,7 +111,7 @@ public final class SafeTensors {
             try {
                 root = JSON.readTree(header.array());
             } catch (IOException e) {
-                throw new ModelLoadException(file + ": corrupt safetensors header (not JSON): " + e.getMessage());
+                throw new ModelLoadException(file + ": corrupt safetensors header: " + Json.describe(e));
             }
             if (root == null || !root.isObject()) {
                 throw new ModelLoadException(file + ": corrupt safetensors header (not a JSON object)");
