@@ -1,7 +1,8 @@
 package io.dsflow.engine;
 
+import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
-import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.model.ModelConfig;
 
 /**
@@ -19,8 +20,8 @@ public interface Backend extends AutoCloseable {
     /** For the log: "cpu (2 threads)", "cuda:0 NVIDIA H100 ...". */
     String description();
 
-    /** A new, empty cache for one sequence under a policy. */
-    KvCache newCache(KvPolicy policy);
+    /** A new, empty cache for one sequence; {@code channels} is required for the sparse policies. */
+    KvCache newCache(KvConfig config, ChannelConfig channels);
 
     /**
      * Runs the model over every row of the batch: each row's key and value are appended to its segment's cache, and

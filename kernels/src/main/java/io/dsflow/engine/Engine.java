@@ -1,6 +1,8 @@
 package io.dsflow.engine;
 
 import io.dsflow.engine.cpu.CpuBackend;
+import io.dsflow.engine.kv.ChannelConfig;
+import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelFolder;
@@ -9,9 +11,12 @@ import io.dsflow.engine.sample.SamplingParams;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.EnumMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 
 /**
  * A loaded model on a backend, with its tokenizer: makes sequences, prefills prompts, runs batched decode steps.
@@ -24,9 +29,14 @@ import java.util.Locale;
 public final class Engine implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(Engine.class);
 
+    /** The channel file a model folder may carry (DoubleSparse format). */
+    public static final String CHANNEL_FILE = "channels.json";
+
     private final ModelFolder folder;
     private final Backend backend;
     private Tokenizer tokenizer;
+    private Path channelFile;
+    private final Map<KvConfig.ChannelSource, ChannelConfig> channels = new EnumMap<>(KvConfig.ChannelSource.class);
 
     public Engine(ModelFolder folder, Backend backend) {
         this.folder = folder;
@@ -70,7 +80,43 @@ public final class Engine implements AutoCloseable {
     }
 
     public Sequence newSequence(KvPolicy policy) {
-        return new Sequence(backend.newCache(policy));
+        return newSequence(KvConfig.defaults(policy));
+    }
+
+    public Sequence newSequence(KvConfig kv) {
+        return new Sequence(backend.newCache(kv, kv.sparse() ? channels(kv.channelSource()) : null));
+    }
+
+    /** Use this channel file for ds/dspp instead of the folder's channels.json (or calibrating). */
+    public synchronized void useChannelFile(Path file) {
+        if (!Files.isRegularFile(file)) throw new DsflowException("channel file " + file + " does not exist");
+        channelFile = file;
+        channels.clear();
+    }
+
+    /**
+     * The heavy channels for a statistic: from the channel file given, else the folder's channels.json, else
+     * calibrated now on the default calibration text (logged, since it takes a while).
+     */
+    public synchronized ChannelConfig channels(KvConfig.ChannelSource source) {
+        ChannelConfig c = channels.get(source);
+        if (c != null) return c;
+        ModelConfig m = config();
+        Path file = channelFile != null ? channelFile : folder.dir().resolve(CHANNEL_FILE);
+        if (Files.isRegularFile(file)) {
+            c = ChannelConfig.read(file, source, m.numLayers(), m.numHeads(), m.numKvHeads(), m.headDim());
+            LOG.info("channels: {} statistic from {}", source.name().toLowerCase(Locale.ROOT), file);
+        } else {
+            LOG.info("no {} in {}: calibrating the heavy channels first ({} blocks of {} tokens of probe-format text;"
+                    + " run 'dsflow calibrate' to keep a file)", CHANNEL_FILE, folder.dir(), Calibration.DEFAULT_SAMPLES,
+                    Calibration.DEFAULT_BLOCK);
+            Calibration.Result r = Calibration.run(this, Calibration.probeBlocks(tokenizer(), Calibration.DEFAULT_SAMPLES,
+                    Math.min(Calibration.DEFAULT_BLOCK, m.maxPositions()), 1));
+            for (KvConfig.ChannelSource s : KvConfig.ChannelSource.values()) channels.put(s, r.all().channels(s));
+            c = channels.get(source);
+        }
+        channels.put(source, c);
+        return c;
     }
 
     /** Feeds tokens (a prompt, or a follow-up turn) to a sequence; returns the logits of the last one. */
@@ -115,7 +161,11 @@ public final class Engine implements AutoCloseable {
 
     /** Prefills a prompt into a fresh sequence and generates its completion. */
     public GenerationResult generate(int[] prompt, SamplingParams params, KvPolicy policy) {
-        Sequence seq = newSequence(policy);
+        return generate(prompt, params, KvConfig.defaults(policy));
+    }
+
+    public GenerationResult generate(int[] prompt, SamplingParams params, KvConfig kv) {
+        Sequence seq = newSequence(kv);
         Generation gen = startGeneration(seq, params);
         long t0 = System.nanoTime();
         float[] logits = prefill(seq, prompt);

@@ -4,9 +4,11 @@ import io.dsflow.engine.Backend;
 import io.dsflow.engine.Batch;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.cpu.CpuOps.Linear;
+import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.KvCache;
-import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.SparseKvCache;
 import io.dsflow.engine.model.Architecture;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelWeights;
@@ -76,11 +78,11 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public KvCache newCache(KvPolicy policy) {
-        if (policy != KvPolicy.DENSE) {
-            throw new DsflowException("kv policy " + policy.id() + " is not available yet on the cpu backend");
+    public KvCache newCache(KvConfig config, ChannelConfig channels) {
+        if (!config.sparse()) {
+            return new DenseKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), config.capacity(), config.sinks());
         }
-        return new DenseKvCache(c.numLayers(), c.numKvHeads(), c.headDim());
+        return new SparseKvCache(config, c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim(), channels);
     }
 
     @Override

@@ -24,12 +24,44 @@ public final class CpuAttention {
                               int numHeads, float scale) {
         int kvHeads = store.kvHeads;
         int length = store.length(layer);
+        if (store.wrapped(layer)) {
+            causalByPosition(store, layer, q, row0, rows, out, numHeads, scale);
+            return;
+        }
         long work = (long) rows * length * numHeads;
         CpuOps.forEach(kvHeads * rows, work >= (1 << 16), task -> {
             int g = task % kvHeads, i = task / kvHeads;
             int n = length - rows + i + 1;
             attendGroup(store, layer, g, numHeads / kvHeads, q[row0 + i], out[row0 + i], n, scale);
         });
+    }
+
+    /**
+     * Causal attention once a bounded store has evicted tokens: slots are not in position order, so each row attends
+     * to the slots whose position is at most its own (tokens evicted before it are gone).
+     */
+    private static void causalByPosition(KvStore store, int layer, float[][] q, int row0, int rows, float[][] out,
+                                         int numHeads, float scale) {
+        int d = store.headDim, group = numHeads / store.kvHeads, len = store.length(layer);
+        long last = store.appended(layer) - 1;
+        SoftmaxPartial part = new SoftmaxPartial(d);
+        float[] scores = new float[len];
+        int[] offsets = new int[len];
+        for (int i = 0; i < rows; i++) {
+            long pos = last - rows + 1 + i;
+            for (int h = 0; h < numHeads; h++) {
+                int g = h / group, n = 0;
+                for (int j = 0; j < len; j++) {
+                    if (store.position[layer][j] > pos) continue;
+                    float s = 0;
+                    for (int c = 0; c < d; c++) s += q[row0 + i][h * d + c] * store.keys[layer][g * d + c][j];
+                    scores[n] = s * scale;
+                    offsets[n++] = j * store.kvDim + g * d;
+                }
+                part.fill(scores, n, store.values[layer], offsets);
+                SoftmaxPartial.merge(new SoftmaxPartial[]{part}, out[row0 + i], h * d);
+            }
+        }
     }
 
     /** Tokens scored per block: the group's score tiles stay in L1 while every channel is added in. */

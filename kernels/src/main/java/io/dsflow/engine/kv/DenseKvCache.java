@@ -8,7 +8,12 @@ public final class DenseKvCache implements KvCache {
         this(new KvStore(layers, kvHeads, headDim, 256));
     }
 
-    private DenseKvCache(KvStore store) {
+    /** A dense cache that keeps at most {@code capacity} tokens, the first {@code sinks} of them pinned. */
+    public DenseKvCache(int layers, int kvHeads, int headDim, int capacity, int sinks) {
+        this(new KvStore(layers, kvHeads, headDim, 256, capacity, sinks));
+    }
+
+    DenseKvCache(KvStore store) {
         this.store = store;
     }
 
@@ -37,7 +42,7 @@ public final class DenseKvCache implements KvCache {
     }
 
     @Override
-    public long bytes() {
-        return store.bytes();
+    public KvBytes bytes() {
+        return new KvBytes(store.bytes(KvBytes.VALUE_BYTES), 0, 0, 0);
     }
 }

@@ -29,6 +29,6 @@ public interface KvCache {
     /** A deep copy (eval prefills once and runs each policy on a copy). */
     KvCache copy();
 
-    /** Bytes this cache holds. */
-    long bytes();
+    /** What this cache holds, by part, in the device format (16-bit keys and values). */
+    KvBytes bytes();
 }

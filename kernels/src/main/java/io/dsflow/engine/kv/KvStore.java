@@ -10,8 +10,10 @@ import java.util.Arrays;
  *   keys[layer][c][j]            c < kvHeads * headDim, j < capacity   (channel c of token j)
  *   values[layer][j * kvDim + c]
  * </pre>
- * Appending is O(1) amortised (capacity doubles); every layer holds the same number of tokens once a forward pass is
- * over.
+ * Appending is O(1) amortised (storage doubles); every layer holds the same number of tokens once a forward pass is
+ * over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
+ * each new token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant
+ * memory; {@code position[layer][slot]} says which token a slot holds.
  */
 public final class KvStore {
     final int layers;
@@ -21,17 +23,33 @@ public final class KvStore {
     final float[][][] keys;
     final float[][] values;
     final int[] length;
+    final int[][] position;
+    final long[] appended;
+    private final int limit;
+    private final int pinned;
     private int capacity;
 
     public KvStore(int layers, int kvHeads, int headDim, int initialCapacity) {
+        this(layers, kvHeads, headDim, initialCapacity, 0, 0);
+    }
+
+    /**
+     * @param limit  C, the most tokens held (0 = unbounded)
+     * @param sinks  slots never evicted when a limit is set
+     */
+    public KvStore(int layers, int kvHeads, int headDim, int initialCapacity, int limit, int sinks) {
         this.layers = layers;
         this.kvHeads = kvHeads;
         this.headDim = headDim;
         this.kvDim = kvHeads * headDim;
-        this.capacity = Math.max(16, initialCapacity);
+        this.limit = limit;
+        this.pinned = sinks;
+        this.capacity = Math.max(16, limit > 0 ? Math.min(limit, initialCapacity) : initialCapacity);
         this.keys = new float[layers][kvDim][capacity];
         this.values = new float[layers][capacity * kvDim];
+        this.position = new int[layers][capacity];
         this.length = new int[layers];
+        this.appended = new long[layers];
     }
 
     private KvStore(KvStore o) {
@@ -43,9 +61,14 @@ public final class KvStore {
         keys = new float[layers][kvDim][];
         values = new float[layers][];
         length = o.length.clone();
+        appended = o.appended.clone();
+        limit = o.limit;
+        pinned = o.pinned;
+        position = new int[layers][];
         for (int l = 0; l < layers; l++) {
             for (int c = 0; c < kvDim; c++) keys[l][c] = Arrays.copyOf(o.keys[l][c], capacity);
             values[l] = Arrays.copyOf(o.values[l], capacity * kvDim);
+            position[l] = Arrays.copyOf(o.position[l], capacity);
         }
     }
 
@@ -66,14 +89,40 @@ public final class KvStore {
         return kvHeads;
     }
 
-    /** Appends one token's key (post-RoPE) and value, each [kvHeads * headDim]. */
-    public void append(int layer, float[] k, float[] v) {
-        int j = length[layer];
-        if (j == capacity) grow();
+    /**
+     * Appends one token's key (post-RoPE) and value, each [kvHeads * headDim]; returns the slot written (past the
+     * limit, the oldest non-sink slot).
+     */
+    public int append(int layer, float[] k, float[] v) {
+        int j;
+        if (limit > 0 && length[layer] == limit) {
+            j = pinned + (int) ((appended[layer] - limit) % (limit - pinned));
+        } else {
+            j = length[layer];
+            if (j == capacity) grow();
+            length[layer] = j + 1;
+        }
         float[][] kl = keys[layer];
         for (int c = 0; c < kvDim; c++) kl[c][j] = k[c];
         System.arraycopy(v, 0, values[layer], j * kvDim, kvDim);
-        length[layer] = j + 1;
+        position[layer][j] = (int) appended[layer];
+        appended[layer]++;
+        return j;
+    }
+
+    /** Tokens ever appended to a layer (the next token's position). */
+    public long appended(int layer) {
+        return appended[layer];
+    }
+
+    /** Whether a layer has evicted tokens, so slot order is no longer position order. */
+    public boolean wrapped(int layer) {
+        return appended[layer] > length[layer];
+    }
+
+    /** Position of the token held in a slot. */
+    public int position(int layer, int slot) {
+        return position[layer][slot];
     }
 
     /** Channel c (of kvHeads * headDim) of every key of a layer: keys[j] for j < length(layer). */
@@ -91,10 +140,11 @@ public final class KvStore {
     }
 
     private void grow() {
-        int next = capacity * 2;
+        int next = limit > 0 ? Math.min(limit, capacity * 2) : capacity * 2;
         for (int l = 0; l < layers; l++) {
             for (int c = 0; c < kvDim; c++) keys[l][c] = Arrays.copyOf(keys[l][c], next);
             values[l] = Arrays.copyOf(values[l], next * kvDim);
+            position[l] = Arrays.copyOf(position[l], next);
         }
         capacity = next;
     }
@@ -103,10 +153,10 @@ public final class KvStore {
         return new KvStore(this);
     }
 
-    /** Bytes the stored tokens take (float32 keys and values), not counting spare capacity. */
-    public long bytes() {
+    /** Bytes the stored tokens take at {@code bytesPerValue} per key or value element. */
+    public long bytes(int bytesPerValue) {
         long b = 0;
-        for (int l = 0; l < layers; l++) b += 2L * length[l] * kvDim * Float.BYTES;
+        for (int l = 0; l < layers; l++) b += 2L * length[l] * kvDim * bytesPerValue;
         return b;
     }
 }

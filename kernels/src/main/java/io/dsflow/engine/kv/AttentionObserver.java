@@ -1,0 +1,14 @@
+package io.dsflow.engine.kv;
+
+/**
+ * Receives, for each query head of each sparse decode step, how the sparse attention compared with dense attention
+ * over the same cache (eval's fidelity figures). Called on the thread that runs the step.
+ */
+public interface AttentionObserver {
+    /**
+     * @param massRecall  share of the dense softmax mass on the tokens attended (sinks + selected + window)
+     * @param indexRecall share of the exact top-k of the candidates that the selection found
+     * @param relError    ||o_sparse - o_dense|| / ||o_dense||
+     */
+    void sparseHead(int layer, int head, double massRecall, double indexRecall, double relError);
+}

@@ -1,0 +1,69 @@
+package io.dsflow.engine.kv;
+
+/**
+ * The channel statistics of Double Sparsity's offline calibration, summed over every token of every block
+ * (the reference code keeps only the last block's "qk" sums; this does not), all on post-RoPE q and k:
+ * <pre>
+ *   qk[layer][head][c] += |q_t[head][c] * k_t[kvHead(head)][c]|   (each token attending to itself)
+ *   q[layer][head][c]  += |q_t[head][c]|
+ *   k[layer][kvHead][c] += |k_t[kvHead][c]|
+ * </pre>
+ */
+public final class CalibrationStatistics {
+    final double[][][] qk, q, k;
+    long tokens;
+
+    public CalibrationStatistics(int layers, int numHeads, int kvHeads, int headDim) {
+        qk = new double[layers][numHeads][headDim];
+        q = new double[layers][numHeads][headDim];
+        k = new double[layers][kvHeads][headDim];
+    }
+
+    public long tokens() {
+        return tokens;
+    }
+
+    public ChannelConfig channels(KvConfig.ChannelSource source) {
+        return ChannelConfig.fromStatistic(switch (source) {
+            case QK -> qk;
+            case Q -> q;
+            case K -> k;
+        });
+    }
+
+    /** Adds another block's sums. */
+    public void add(CalibrationStatistics o) {
+        add(qk, o.qk);
+        add(q, o.q);
+        add(k, o.k);
+        tokens += o.tokens;
+    }
+
+    private static void add(double[][][] a, double[][][] b) {
+        for (int l = 0; l < a.length; l++) for (int h = 0; h < a[l].length; h++) for (int c = 0; c < a[l][h].length; c++) a[l][h][c] += b[l][h][c];
+    }
+
+    /**
+     * Mean Jaccard overlap of the top-r channel sets of two statistics over every layer and head: how stable the
+     * calibration is across disjoint data.
+     */
+    public static double topOverlap(CalibrationStatistics a, CalibrationStatistics b, KvConfig.ChannelSource source, int r) {
+        ChannelConfig x = a.channels(source), y = b.channels(source);
+        double sum = 0;
+        int n = 0;
+        double[][][] shape = source == KvConfig.ChannelSource.K ? a.k : a.q;
+        for (int l = 0; l < shape.length; l++) {
+            for (int h = 0; h < shape[l].length; h++) {
+                java.util.Set<Integer> s1 = new java.util.HashSet<>(), s2 = new java.util.HashSet<>();
+                for (int c : x.top(l, h, r)) s1.add(c);
+                for (int c : y.top(l, h, r)) s2.add(c);
+                java.util.Set<Integer> union = new java.util.HashSet<>(s1);
+                union.addAll(s2);
+                s1.retainAll(s2);
+                sum += s1.size() / (double) union.size();
+                n++;
+            }
+        }
+        return sum / n;
+    }
+}

@@ -1,0 +1,152 @@
+package io.dsflow.engine.kv;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.engine.DsflowException;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.Iterator;
+import java.util.Map;
+
+/**
+ * Calibrated heavy channels in the DoubleSparse JSON format:
+ * {@code {"model.layers.{l}.self_attn.qk_proj": [[permutation of 0..d-1, most important first] per head], ...}}
+ * with {@code q_proj} and {@code k_proj} keys for the other statistics. Channel indices are in Hugging Face's
+ * rotate-half layout. Rows are per query head; a file with one row per kv head is expanded to the heads of each
+ * group. The runtime takes the first r of each row.
+ *
+ * <pre>order[layer][queryHead][rank] = channel</pre>
+ */
+public final class ChannelConfig {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private final int[][][] order;
+
+    public ChannelConfig(int[][][] order) {
+        this.order = order;
+    }
+
+    public int layers() {
+        return order.length;
+    }
+
+    /** The r most important channels of a query head, most important first. */
+    public int[] top(int layer, int head, int r) {
+        return Arrays.copyOf(order[layer][head], r);
+    }
+
+    public int[] order(int layer, int head) {
+        return order[layer][head].clone();
+    }
+
+    /** Orders each head's channels by a statistic, largest first (ties by channel index). */
+    public static ChannelConfig fromStatistic(double[][][] stat) {
+        int[][][] order = new int[stat.length][][];
+        for (int l = 0; l < stat.length; l++) {
+            order[l] = new int[stat[l].length][];
+            for (int h = 0; h < stat[l].length; h++) {
+                double[] s = stat[l][h];
+                order[l][h] = java.util.stream.IntStream.range(0, s.length).boxed()
+                        .sorted((a, b) -> s[a] != s[b] ? Double.compare(s[b], s[a]) : Integer.compare(a, b))
+                        .mapToInt(Integer::intValue).toArray();
+            }
+        }
+        return new ChannelConfig(order);
+    }
+
+    static String key(int layer, KvConfig.ChannelSource source) {
+        return "model.layers." + layer + ".self_attn." + switch (source) {
+            case QK -> "qk_proj";
+            case Q -> "q_proj";
+            case K -> "k_proj";
+        };
+    }
+
+    /**
+     * Writes the three statistics in one file, as the reference code does: q_proj and qk_proj with a row per query
+     * head, k_proj with a row per kv head.
+     */
+    public static void write(Path file, ChannelConfig qk, ChannelConfig q, ChannelConfig kPerKvHead) {
+        ObjectNode root = JSON.createObjectNode();
+        for (int l = 0; l < qk.order.length; l++) {
+            put(root, key(l, KvConfig.ChannelSource.Q), q.order[l]);
+            put(root, key(l, KvConfig.ChannelSource.K), kPerKvHead.order[l]);
+            put(root, key(l, KvConfig.ChannelSource.QK), qk.order[l]);
+        }
+        try {
+            Files.writeString(file, root.toString());
+        } catch (IOException e) {
+            throw new DsflowException("cannot write " + file + ": " + e.getMessage(), e);
+        }
+    }
+
+    private static void put(ObjectNode root, String key, int[][] rows) {
+        ArrayNode heads = root.putArray(key);
+        for (int[] row : rows) {
+            ArrayNode a = heads.addArray();
+            for (int c : row) a.add(c);
+        }
+    }
+
+    /** Reads the rows of one statistic; checks they are permutations of 0..headDim-1 for every layer and head. */
+    public static ChannelConfig read(Path file, KvConfig.ChannelSource source, int layers, int numHeads, int numKvHeads,
+                                     int headDim) {
+        JsonNode root;
+        try {
+            root = JSON.readTree(Files.readAllBytes(file));
+        } catch (IOException e) {
+            throw new DsflowException("cannot read channel file " + file + ": " + e.getMessage().replace('\n', ' '), e);
+        }
+        if (root == null || !root.isObject()) throw new DsflowException("channel file " + file + " is not a JSON object");
+        int[][][] order = new int[layers][numHeads][];
+        for (int l = 0; l < layers; l++) {
+            String key = key(l, source);
+            JsonNode rows = root.get(key);
+            if (rows == null || !rows.isArray()) {
+                throw new DsflowException("channel file " + file + " has no '" + key + "' (keys: " + firstKeys(root) + ")");
+            }
+            if (rows.size() != numHeads && rows.size() != numKvHeads) {
+                throw new DsflowException("channel file " + file + ": '" + key + "' has " + rows.size()
+                        + " rows; the model has " + numHeads + " heads and " + numKvHeads + " kv heads");
+            }
+            for (int h = 0; h < numHeads; h++) {
+                JsonNode row = rows.get(rows.size() == numHeads ? h : h / (numHeads / numKvHeads));
+                int[] perm = new int[row.size()];
+                boolean[] seen = new boolean[headDim];
+                for (int i = 0; i < perm.length; i++) {
+                    perm[i] = row.get(i).asInt(-1);
+                    if (perm[i] < 0 || perm[i] >= headDim || seen[perm[i]]) {
+                        throw new DsflowException("channel file " + file + ": '" + key + "' row " + h
+                                + " is not a permutation of 0.." + (headDim - 1));
+                    }
+                    seen[perm[i]] = true;
+                }
+                if (perm.length != headDim) {
+                    throw new DsflowException("channel file " + file + ": '" + key + "' row " + h + " has " + perm.length
+                            + " channels; head_dim is " + headDim);
+                }
+                order[l][h] = perm;
+            }
+        }
+        return new ChannelConfig(order);
+    }
+
+    private static String firstKeys(JsonNode root) {
+        StringBuilder b = new StringBuilder();
+        Iterator<Map.Entry<String, JsonNode>> it = root.fields();
+        for (int i = 0; i < 3 && it.hasNext(); i++) b.append(i == 0 ? "" : ", ").append(it.next().getKey());
+        return b.append(it.hasNext() ? ", ..." : "").toString();
+    }
+
+    /** The identity order: channel c at rank c (for random-weight models, which have no heavy channels). */
+    public static ChannelConfig identity(int layers, int numHeads, int headDim) {
+        int[][][] order = new int[layers][numHeads][headDim];
+        for (int[][] l : order) for (int[] h : l) for (int c = 0; c < headDim; c++) h[c] = c;
+        return new ChannelConfig(order);
+    }
+}

@@ -1,0 +1,149 @@
+package io.dsflow.engine.kv;
+
+import io.dsflow.engine.InvalidRequestException;
+
+import java.util.Locale;
+import java.util.Map;
+
+/**
+ * Everything that shapes a sequence's KV cache, settable from the command line and from a request's {@code kv}
+ * field (same names): docs/algorithm.md. Defaults follow what was measured on the probe model (see the issue notes).
+ *
+ * @param policy        dense, ds (Double Sparsity) or dspp (DoubleSparse++)
+ * @param labelChannels r: label channels per head; 0 means max(16, headDim / 8), capped at headDim
+ * @param labelBits     16 (fp16 labels) or 8 (int8 labels with a per-token, per-head scale)
+ * @param sinks         S: first tokens always attended (dspp)
+ * @param window        W: last tokens always attended, kept in a ring of W slots (dspp)
+ * @param lambda        decay rate of the per-layer budget with depth (dspp); 0 = uniform
+ * @param rho           budget as a share of the context: k_mean = max(kFloor, T * rho) (- S - W for dspp)
+ * @param kFloor        smallest total budget per layer
+ * @param kMin          smallest budget any sparse layer gets after the decay
+ * @param denseLayers   the first this many layers attend densely (both ds and dspp)
+ * @param channelSource which calibration statistic picks the channels: qk, q or k
+ * @param gqaSelection  per_head: each query head selects its tokens; max / mean: one selection per kv head from the
+ *                      group's maximum or mean approximate score (each selected row then serves the whole group)
+ * @param capacity      C: tokens a sequence keeps (0 = unbounded); past C the oldest non-sink tokens are evicted
+ */
+public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
+                       double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
+                       GqaSelection gqaSelection, int capacity) {
+
+    public enum ChannelSource { QK, Q, K }
+
+    public enum GqaSelection { PER_HEAD, MAX, MEAN }
+
+    public static final KvConfig DENSE = defaults(KvPolicy.DENSE);
+
+    public KvConfig {
+        if (labelChannels < 0) throw new InvalidRequestException("label channels r must be >= 0 (0 = default), got " + labelChannels);
+        if (labelBits != 16 && labelBits != 8) throw new InvalidRequestException("label bits must be 16 or 8, got " + labelBits);
+        if (sinks < 0 || window < 0) throw new InvalidRequestException("sinks and window must be >= 0");
+        if (!Double.isFinite(lambda) || lambda < 0 || lambda > 20) throw new InvalidRequestException("lambda must be in [0, 20], got " + lambda);
+        if (!Double.isFinite(rho) || rho <= 0 || rho > 1) throw new InvalidRequestException("rho must be in (0, 1], got " + rho);
+        if (kFloor < 1 || kMin < 1) throw new InvalidRequestException("k_floor and k_min must be >= 1");
+        if (denseLayers < 0) throw new InvalidRequestException("dense layers must be >= 0, got " + denseLayers);
+        if (capacity < 0) throw new InvalidRequestException("capacity must be >= 0 (0 = unbounded), got " + capacity);
+        if (capacity > 0 && capacity < sinks + window + 1) {
+            throw new InvalidRequestException("capacity " + capacity + " must exceed sinks + window = " + (sinks + window));
+        }
+    }
+
+    /** The defaults of a policy: S = 4, W = 64, lambda = 1 for dspp (none of them for ds), rho = 1/16. */
+    public static KvConfig defaults(KvPolicy policy) {
+        boolean pp = policy == KvPolicy.DSPP;
+        return new KvConfig(policy, 0, 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
+                ChannelSource.QK, GqaSelection.PER_HEAD, 0);
+    }
+
+    /** r for a head dimension. */
+    public int labelChannels(int headDim) {
+        int r = labelChannels > 0 ? labelChannels : Math.max(16, headDim / 8);
+        return Math.min(r, headDim);
+    }
+
+    /**
+     * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
+     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity; "_" works for "-"). Changing the
+     * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
+     */
+    public KvConfig with(Map<String, String> options) {
+        KvConfig c = this;
+        String policy = options.get("policy");
+        if (policy != null) c = defaults(KvPolicy.parse(policy));
+        int r = c.labelChannels, bits = c.labelBits, s = c.sinks, w = c.window, kf = c.kFloor, km = c.kMin;
+        int dl = c.denseLayers, cap = c.capacity;
+        double lam = c.lambda, rh = c.rho;
+        ChannelSource src = c.channelSource;
+        GqaSelection gqa = c.gqaSelection;
+        for (Map.Entry<String, String> e : options.entrySet()) {
+            String key = e.getKey().toLowerCase(Locale.ROOT).replace('_', '-');
+            String v = e.getValue();
+            switch (key) {
+                case "policy" -> { }
+                case "r", "label-channels" -> r = integer(key, v);
+                case "label-bits" -> bits = integer(key, v);
+                case "sinks" -> s = integer(key, v);
+                case "window" -> w = integer(key, v);
+                case "lambda" -> lam = number(key, v);
+                case "rho" -> rh = fraction(key, v);
+                case "k-floor" -> kf = integer(key, v);
+                case "k-min" -> km = integer(key, v);
+                case "dense-layers" -> dl = integer(key, v);
+                case "capacity" -> cap = integer(key, v);
+                case "channels", "channel-source" -> src = choice(ChannelSource.class, key, v);
+                case "gqa", "gqa-selection" -> gqa = choice(GqaSelection.class, key, v);
+                default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
+            }
+        }
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap);
+    }
+
+    /** The per-sequence token budget of a sparse layer's selection before decay: max(kFloor, T rho) - S - W. */
+    public int meanBudget(int context) {
+        return Math.max(0, Math.max(kFloor, (int) Math.floor(context * rho)) - sinks - window);
+    }
+
+    public boolean sparse() {
+        return policy != KvPolicy.DENSE;
+    }
+
+    @Override
+    public String toString() {
+        if (!sparse()) return capacity > 0 ? "dense (capacity " + capacity + ")" : "dense";
+        return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d dense_layers=%d"
+                        + " channels=%s gqa=%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
+                sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT),
+                gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "");
+    }
+
+    private static int integer(String key, String v) {
+        try {
+            return Integer.parseInt(v.trim());
+        } catch (NumberFormatException e) {
+            throw new InvalidRequestException("kv option " + key + " must be an integer, got '" + v + "'");
+        }
+    }
+
+    private static double number(String key, String v) {
+        try {
+            return Double.parseDouble(v.trim());
+        } catch (NumberFormatException e) {
+            throw new InvalidRequestException("kv option " + key + " must be a number, got '" + v + "'");
+        }
+    }
+
+    /** A number or a fraction such as 1/16. */
+    private static double fraction(String key, String v) {
+        int slash = v.indexOf('/');
+        if (slash < 0) return number(key, v);
+        return number(key, v.substring(0, slash)) / number(key, v.substring(slash + 1));
+    }
+
+    private static <E extends Enum<E>> E choice(Class<E> type, String key, String v) {
+        try {
+            return Enum.valueOf(type, v.trim().toUpperCase(Locale.ROOT).replace('-', '_'));
+        } catch (IllegalArgumentException e) {
+            throw new InvalidRequestException("kv option " + key + ": unknown value '" + v + "'");
+        }
+    }
+}

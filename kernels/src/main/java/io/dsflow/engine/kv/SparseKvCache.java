@@ -1,0 +1,319 @@
+package io.dsflow.engine.kv;
+
+import java.util.Arrays;
+
+/**
+ * The sparse policies on the CPU: the specification of the GPU kernels (docs/algorithm.md).
+ * <ul>
+ *   <li>{@code ds}, Double Sparsity: approximate scores of every past token from a label cache of r calibrated
+ *       channels, top-k, exact attention over the k;</li>
+ *   <li>{@code dspp}, DoubleSparse++: sinks S + ring window W + top-k_l of the candidates between them, exact attention
+ *       over the disjoint union (one softmax partial per source, merged by log-sum-exp), k_l decaying with depth at
+ *       equal mean. With S = W = 0 and lambda = 0 it is {@code ds}.</li>
+ * </ul>
+ * The first denseLayers layers, every prefill (several rows) and any decode step whose candidates fit the budget
+ * attend densely. Labels exist only for sparse layers.
+ * <pre>
+ *   labels[layer][h * r + i][slot]   channel channels[layer][h][i] of the key in that store slot, 16-bit (or 8-bit)
+ * </pre>
+ */
+public final class SparseKvCache implements KvCache {
+    private final KvConfig cfg;
+    private final int layers, numHeads, kvHeads, headDim, group, r, sinks;
+    private final KvStore store;
+    private final RingWindow ring;
+    private final int[][][] channels;      // [layer][head][r]
+    private final float[][][] labels;      // [layer][head * r + i][slot]; null for dense layers
+    private AttentionObserver observer;
+    private boolean denseFallback = true;
+    private long budgetContext = -1;
+    private int[] budgets;
+
+    public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig) {
+        if (!cfg.sparse()) throw new IllegalArgumentException("SparseKvCache is for ds and dspp");
+        if (channelConfig == null || channelConfig.layers() != layers) {
+            throw new IllegalArgumentException("a channel config for all " + layers + " layers is required");
+        }
+        this.cfg = cfg;
+        this.layers = layers;
+        this.numHeads = numHeads;
+        this.kvHeads = kvHeads;
+        this.headDim = headDim;
+        this.group = numHeads / kvHeads;
+        this.r = cfg.labelChannels(headDim);
+        this.sinks = cfg.sinks();
+        this.store = new KvStore(layers, kvHeads, headDim, 256, cfg.capacity(), sinks);
+        this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
+        this.channels = new int[layers][numHeads][];
+        this.labels = new float[layers][][];
+        for (int l = 0; l < layers; l++) {
+            for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
+            if (l >= cfg.denseLayers()) labels[l] = new float[numHeads * r][256];
+        }
+    }
+
+    private SparseKvCache(SparseKvCache o) {
+        cfg = o.cfg;
+        layers = o.layers;
+        numHeads = o.numHeads;
+        kvHeads = o.kvHeads;
+        headDim = o.headDim;
+        group = o.group;
+        r = o.r;
+        sinks = o.sinks;
+        store = o.store.copy();
+        ring = o.ring.copy();
+        channels = o.channels;
+        labels = new float[layers][][];
+        for (int l = 0; l < layers; l++) {
+            if (o.labels[l] == null) continue;
+            labels[l] = new float[o.labels[l].length][];
+            for (int i = 0; i < labels[l].length; i++) labels[l][i] = o.labels[l][i].clone();
+        }
+    }
+
+    public KvConfig config() {
+        return cfg;
+    }
+
+    public void observe(AttentionObserver observer) {
+        this.observer = observer;
+    }
+
+    /**
+     * Whether a decode step whose candidates all fit the budget attends densely (the default, and faster) instead of
+     * selecting all of them through the sparse path; the two agree to rounding, which the tests check.
+     */
+    void denseFallback(boolean enabled) {
+        this.denseFallback = enabled;
+    }
+
+    public KvStore store() {
+        return store;
+    }
+
+    public RingWindow ring() {
+        return ring;
+    }
+
+    @Override
+    public int length() {
+        return store.length();
+    }
+
+    @Override
+    public void append(int layer, float[] key, float[] value) {
+        int pos = (int) store.appended(layer);
+        int slot = store.append(layer, key, value);
+        ring.append(layer, pos, key, value);
+        float[][] lab = labels[layer];
+        if (lab == null) return;
+        if (slot >= lab[0].length) {
+            int cap = Math.max(slot + 1, lab[0].length * 2);
+            for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], cap);
+        }
+        for (int h = 0; h < numHeads; h++) {
+            int base = (h / group) * headDim;
+            int[] ch = channels[layer][h];
+            float scale = 0;
+            if (cfg.labelBits() == 8) {
+                for (int i = 0; i < r; i++) scale = Math.max(scale, Math.abs(key[base + ch[i]]));
+                scale /= 127f;
+            }
+            for (int i = 0; i < r; i++) lab[h * r + i][slot] = quantise(key[base + ch[i]], scale);
+        }
+    }
+
+    /** A label value as stored: fp16 (16-bit) or int8 times a per-token, per-head scale (8-bit). */
+    private float quantise(float x, float scale) {
+        if (cfg.labelBits() == 8) return scale == 0 ? 0 : Math.round(x / scale) * scale;
+        return io.dsflow.engine.model.DType.roundToHalf(x);
+    }
+
+    @Override
+    public void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale) {
+        if (rows > 1 || labels[layer] == null) {
+            CpuAttention.causal(store, layer, q, row0, rows, out, numHeads, scale);
+            return;
+        }
+        decodeStep(layer, q[row0], out[row0], scale);
+    }
+
+    /** The per-layer budgets at context T, computed once per step and shared by all layers. */
+    int[] budgets(long context) {
+        if (context != budgetContext) {
+            // tokens held once this step's token is in (layers append one after another, so read no layer's length)
+            long held = cfg.capacity() > 0 ? Math.min(context, cfg.capacity()) : context;
+            int candidates = (int) Math.max(0, held - sinks - ring.size());
+            budgets = LayerBudgets.compute(layers, cfg.denseLayers(), cfg.lambda(), cfg.meanBudget((int) context),
+                    cfg.kMin(), Math.max(1, candidates));
+            budgetContext = context;
+        }
+        return budgets;
+    }
+
+    private void decodeStep(int layer, float[] q, float[] out, float scale) {
+        long context = store.appended(layer);
+        int k = budgets(context)[layer];
+        int window = ring.size();
+        // candidates: non-sink slots whose token is older than the window
+        int[] cand = candidates(layer, context - window);
+        if (cand.length == 0 || (denseFallback && cand.length <= k)) {
+            CpuAttention.causal(store, layer, new float[][]{q}, 0, 1, new float[][]{out}, numHeads, scale);
+            return;
+        }
+        k = Math.min(k, cand.length);
+        // approximate scores of every candidate from the label cache: s~[h][i] = sum_c q[h][C_h[c]] * label[h][c][slot_i]
+        float[][] approx = new float[numHeads][cand.length];
+        float[][] lab = labels[layer];
+        for (int h = 0; h < numHeads; h++) {
+            int[] ch = channels[layer][h];
+            for (int c = 0; c < r; c++) {
+                float qc = q[h * headDim + ch[c]];
+                float[] row = lab[h * r + c];
+                float[] s = approx[h];
+                for (int i = 0; i < cand.length; i++) s[i] += qc * row[cand[i]];
+            }
+        }
+        // selection: top-k per query head, or one per kv head from the group's max or mean score
+        int[][] selected = new int[numHeads][k];
+        int[] picked = new int[k];
+        for (int g = 0; g < kvHeads; g++) {
+            if (cfg.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) {
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    TopK.select(approx[h], cand.length, k, picked);
+                    for (int i = 0; i < k; i++) selected[h][i] = cand[picked[i]];
+                }
+            } else {
+                float[] combined = approx[g * group].clone();
+                for (int h = g * group + 1; h < (g + 1) * group; h++) {
+                    for (int i = 0; i < cand.length; i++) {
+                        combined[i] = cfg.gqaSelection() == KvConfig.GqaSelection.MAX
+                                ? Math.max(combined[i], approx[h][i]) : combined[i] + approx[h][i];
+                    }
+                }
+                TopK.select(combined, cand.length, k, picked);
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    for (int i = 0; i < k; i++) selected[h][i] = cand[picked[i]];
+                }
+            }
+        }
+        // exact attention over sinks + selected + window, one softmax partial per source, merged by log-sum-exp
+        int sinkCount = Math.min(sinks, store.length(layer));
+        int[] sinkSlots = new int[sinkCount];
+        for (int i = 0; i < sinkCount; i++) sinkSlots[i] = i;
+        SoftmaxPartial[] parts = {new SoftmaxPartial(headDim), new SoftmaxPartial(headDim), new SoftmaxPartial(headDim)};
+        float[] scores = new float[Math.max(k, Math.max(sinkCount, window))];
+        int[] offsets = new int[scores.length];
+        for (int h = 0; h < numHeads; h++) {
+            int g = h / group;
+            storePartial(layer, q, h, g, sinkSlots, scale, scores, offsets, parts[0]);
+            storePartial(layer, q, h, g, selected[h], scale, scores, offsets, parts[1]);
+            windowPartial(layer, q, h, g, scale, scores, offsets, parts[2]);
+            SoftmaxPartial.merge(parts, out, h * headDim);
+            if (observer != null) observe(layer, q, h, g, cand, selected[h], out, scale);
+        }
+    }
+
+    /** Non-sink store slots holding tokens at positions below {@code limit}. */
+    private int[] candidates(int layer, long limit) {
+        int len = store.length(layer);
+        if (!store.wrapped(layer)) {
+            int n = (int) Math.max(0, Math.min(len, limit) - sinks);
+            int[] c = new int[n];
+            for (int i = 0; i < n; i++) c[i] = sinks + i;
+            return c;
+        }
+        int[] c = new int[len];
+        int n = 0;
+        for (int j = sinks; j < len; j++) if (store.position(layer, j) < limit) c[n++] = j;
+        return Arrays.copyOf(c, n);
+    }
+
+    private float dotKey(int layer, float[] q, int h, int g, int slot) {
+        float s = 0;
+        for (int c = 0; c < headDim; c++) s += q[h * headDim + c] * store.keys[layer][g * headDim + c][slot];
+        return s;
+    }
+
+    private void storePartial(int layer, float[] q, int h, int g, int[] slots, float scale, float[] scores,
+                              int[] offsets, SoftmaxPartial part) {
+        for (int i = 0; i < slots.length; i++) {
+            scores[i] = dotKey(layer, q, h, g, slots[i]) * scale;
+            offsets[i] = slots[i] * store.kvDim + g * headDim;
+        }
+        part.fill(scores, slots.length, store.values[layer], offsets);
+    }
+
+    private void windowPartial(int layer, float[] q, int h, int g, float scale, float[] scores, int[] offsets,
+                               SoftmaxPartial part) {
+        int n = 0;
+        float[] keys = ring.keys[layer];
+        for (int slot = 0; slot < ring.size; slot++) {
+            if (ring.position[layer][slot] < 0) continue;
+            int base = slot * ring.kvDim + g * headDim;
+            float s = 0;
+            for (int c = 0; c < headDim; c++) s += q[h * headDim + c] * keys[base + c];
+            scores[n] = s * scale;
+            offsets[n++] = base;
+        }
+        part.fill(scores, n, ring.values[layer], offsets);
+    }
+
+    /** Fidelity of one head's sparse attention against dense attention over the same store. */
+    private void observe(int layer, float[] q, int h, int g, int[] cand, int[] selected, float[] out, float scale) {
+        int len = store.length(layer);
+        double[] p = new double[len];
+        double max = Double.NEGATIVE_INFINITY;
+        for (int j = 0; j < len; j++) {
+            p[j] = dotKey(layer, q, h, g, j) * scale;
+            max = Math.max(max, p[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j < len; j++) sum += p[j] = Math.exp(p[j] - max);
+        double[] dense = new double[headDim];
+        for (int j = 0; j < len; j++) {
+            for (int c = 0; c < headDim; c++) dense[c] += p[j] / sum * store.values[layer][j * store.kvDim + g * headDim + c];
+        }
+        boolean[] attended = new boolean[len];
+        for (int j = 0; j < Math.min(sinks, len); j++) attended[j] = true;
+        for (int s : selected) attended[s] = true;
+        long windowFrom = store.appended(layer) - ring.size();
+        for (int j = 0; j < len; j++) if (store.position(layer, j) >= windowFrom) attended[j] = true;
+        double mass = 0;
+        for (int j = 0; j < len; j++) if (attended[j]) mass += p[j] / sum;
+        // exact top-k of the candidates by their true scores
+        float[] exact = new float[cand.length];
+        for (int i = 0; i < cand.length; i++) exact[i] = dotKey(layer, q, h, g, cand[i]);
+        int[] top = new int[selected.length];
+        TopK.select(exact, cand.length, selected.length, top);
+        java.util.Set<Integer> sel = new java.util.HashSet<>();
+        for (int s : selected) sel.add(s);
+        int hit = 0;
+        for (int t : top) if (sel.contains(cand[t])) hit++;
+        double err = 0, norm = 0;
+        for (int c = 0; c < headDim; c++) {
+            double d = out[h * headDim + c] - dense[c];
+            err += d * d;
+            norm += dense[c] * dense[c];
+        }
+        observer.sparseHead(layer, h, mass, hit / (double) selected.length, Math.sqrt(err / Math.max(norm, 1e-30)));
+    }
+
+    @Override
+    public KvCache copy() {
+        return new SparseKvCache(this);
+    }
+
+    @Override
+    public KvBytes bytes() {
+        long labelBytes = 0;
+        for (int l = 0; l < layers; l++) {
+            if (labels[l] == null) continue;
+            long perToken = (long) numHeads * r * cfg.labelBits() / 8 + (cfg.labelBits() == 8 ? numHeads * 2L : 0);
+            labelBytes += perToken * store.length(l);
+        }
+        long windowBytes = 2L * layers * ring.size() * ring.kvDim * KvBytes.VALUE_BYTES;
+        return new KvBytes(store.bytes(KvBytes.VALUE_BYTES), labelBytes, windowBytes, 0);
+    }
+}

@@ -1,0 +1,252 @@
+package io.dsflow.engine.kv;
+
+import io.dsflow.engine.model.DType;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+import java.util.Map;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The invariants of docs/algorithm.md, on caches filled with random keys, values and queries (odd sizes). */
+class SparseInvariantsTest {
+    static final int LAYERS = 4, HEADS = 6, KV_HEADS = 2, D = 18, T = 301;
+
+    /** Fills caches with the same random tokens in every layer; returns the last decode step's outputs per layer. */
+    static float[][] run(KvCache cache, long seed) {
+        Random rnd = new Random(seed);
+        float[][] out = new float[LAYERS][HEADS * D];
+        float scale = (float) (1 / Math.sqrt(D));
+        for (int t = 0; t < T; t++) {
+            for (int l = 0; l < LAYERS; l++) {
+                float[] k = gaussian(rnd, KV_HEADS * D), v = gaussian(rnd, KV_HEADS * D), q = gaussian(rnd, HEADS * D);
+                cache.append(l, k, v);
+                float[][] o = new float[1][HEADS * D];
+                cache.attend(l, new float[][]{q}, 0, 1, o, HEADS, scale);
+                out[l] = o[0];
+            }
+        }
+        return out;
+    }
+
+    static float[] gaussian(Random rnd, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) rnd.nextGaussian() * 2;
+        return x;
+    }
+
+    static SparseKvCache sparse(KvConfig cfg) {
+        return new SparseKvCache(cfg, LAYERS, HEADS, KV_HEADS, D, randomChannels(7));
+    }
+
+    static ChannelConfig randomChannels(long seed) {
+        Random rnd = new Random(seed);
+        int[][][] order = new int[LAYERS][HEADS][D];
+        for (int[][] l : order) {
+            for (int[] h : l) {
+                for (int c = 0; c < D; c++) h[c] = c;
+                for (int c = D - 1; c > 0; c--) {
+                    int j = rnd.nextInt(c + 1), t = h[c];
+                    h[c] = h[j];
+                    h[j] = t;
+                }
+            }
+        }
+        return new ChannelConfig(order);
+    }
+
+    static void assertClose(float[][] expected, float[][] actual, double tol) {
+        for (int l = 0; l < expected.length; l++) {
+            for (int i = 0; i < expected[l].length; i++) {
+                assertEquals(expected[l][i], actual[l][i], tol, "layer " + l + " element " + i);
+            }
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = KvPolicy.class, names = {"DS", "DSPP"})
+    void budgetsAtOrAboveTheCandidateCountGiveDenseOutput(KvPolicy policy) {
+        float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 1);
+        // k_floor past the context: every layer's budget covers all candidates, at every step
+        KvConfig full = KvConfig.defaults(policy).with(Map.of("k-floor", "100000", "window", "16", "dense-layers", "1"));
+        SparseKvCache throughSelection = sparse(full);
+        throughSelection.denseFallback(false);   // select every candidate and merge sinks + selected + window
+        int[] steps = new int[1];
+        throughSelection.observe((layer, head, mass, idx, err) -> steps[0]++);
+        assertClose(dense, run(throughSelection, 1), 2e-5);
+        assertTrue(steps[0] > 0, "the sparse path ran");
+        assertClose(dense, run(sparse(full), 1), 2e-5);
+    }
+
+    @Test
+    void fullLabelChannelsWith16BitLabelsAndFullBudgetGiveDense() {
+        float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 2);
+        // budget = candidate count exactly: rho = 1 makes k_mean = T - S - W, which the decay clips at k_max
+        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("r", String.valueOf(D), "rho", "1",
+                "lambda", "0", "window", "8", "dense-layers", "0"));
+        SparseKvCache cache = sparse(cfg);
+        cache.denseFallback(false);
+        double[] minMass = {1};
+        cache.observe((layer, head, mass, idx, err) -> minMass[0] = Math.min(minMass[0], mass));
+        assertClose(dense, run(cache, 2), 2e-5);
+        assertEquals(1.0, minMass[0], 1e-5, "every candidate selected: the attended set holds all the mass");
+    }
+
+    @Test
+    void sparseSelectionDiffersFromDenseWhenTheBudgetIsSmall() {
+        float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 3);
+        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "8", "k-min", "2", "window", "4",
+                "sinks", "2", "dense-layers", "1"));
+        float[][] out = run(sparse(cfg), 3);
+        assertArrayEquals(dense[0], out[0], 2e-5f, "dense layer 0 stays exact");
+        double diff = 0;
+        for (int i = 0; i < out[3].length; i++) diff += Math.abs(out[3][i] - dense[3][i]);
+        assertTrue(diff > 1e-3, "a budget of 2 of ~300 tokens must change the output");
+    }
+
+    @Test
+    void lambdaZeroNoSinksNoWindowIsExactlyDoubleSparsity() {
+        KvConfig ds = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "12"));
+        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "12", "lambda", "0", "sinks", "0", "window", "0"));
+        float[][] a = run(sparse(ds), 4), b = run(sparse(dspp), 4);
+        for (int l = 0; l < LAYERS; l++) assertArrayEquals(a[l], b[l], "layer " + l);
+    }
+
+    @ParameterizedTest
+    @EnumSource(KvConfig.GqaSelection.class)
+    void gqaSelectionsRunAndSharedOnesAgreeWithinAGroupSelection(KvConfig.GqaSelection gqa) {
+        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "40", "gqa", gqa.name(), "dense-layers", "0"));
+        float[][] out = run(sparse(cfg), 5);
+        for (float[] l : out) for (float x : l) assertTrue(Float.isFinite(x));
+        float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 5);
+        double err = 0;
+        for (int i = 0; i < out[2].length; i++) err += Math.abs(out[2][i] - dense[2][i]);
+        assertTrue(err > 0, "a 40-token budget of 300 is sparse");
+    }
+
+    @Test
+    void eightBitLabelsSelectAlmostAsWellAsSixteen() {
+        KvConfig c16 = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "60", "dense-layers", "0"));
+        KvConfig c8 = c16.with(Map.of("label-bits", "8"));
+        SparseKvCache a = sparse(c16), b = sparse(c8);
+        double[] recall = new double[2];
+        int[] n = new int[2];
+        a.observe((layer, head, mass, idx, err) -> { recall[0] += mass; n[0]++; });
+        b.observe((layer, head, mass, idx, err) -> { recall[1] += mass; n[1]++; });
+        run(a, 6);
+        run(b, 6);
+        assertTrue(n[0] > 0 && n[0] == n[1]);
+        assertEquals(recall[0] / n[0], recall[1] / n[1], 0.05);
+        assertTrue(a.bytes().labels() > b.bytes().labels());
+    }
+
+    @Test
+    void ringHoldsExactlyTheLastWPositionsAfterManyWrapsAndAnAppendTouchesOneSlot() {
+        int w = 7, kvDim = 5;
+        RingWindow ring = new RingWindow(1, w, kvDim);
+        Random rnd = new Random(9);
+        for (int t = 0; t < 10 * w + 3; t++) {
+            float[][] before = {ring.keys[0].clone(), ring.values[0].clone()};
+            int[] posBefore = ring.position[0].clone();
+            float[] k = gaussian(rnd, kvDim), v = gaussian(rnd, kvDim);
+            int slot = ring.append(0, t, k, v);
+            assertEquals(t % w, slot);
+            int changed = 0;
+            for (int s = 0; s < w; s++) {
+                boolean diff = posBefore[s] != ring.position[0][s];
+                for (int c = 0; c < kvDim; c++) {
+                    diff |= before[0][s * kvDim + c] != ring.keys[0][s * kvDim + c];
+                    diff |= before[1][s * kvDim + c] != ring.values[0][s * kvDim + c];
+                }
+                if (diff) changed++;
+            }
+            assertEquals(1, changed, "append of token " + t + " changed " + changed + " slots");
+            java.util.Set<Integer> held = new java.util.TreeSet<>();
+            for (int s = 0; s < w; s++) if (ring.position(0, s) >= 0) held.add(ring.position(0, s));
+            java.util.Set<Integer> expected = new java.util.TreeSet<>();
+            for (int p = Math.max(0, t - w + 1); p <= t; p++) expected.add(p);
+            assertEquals(expected, held);
+            for (int c = 0; c < kvDim; c++) assertEquals(k[c], ring.keys[0][slot * kvDim + c]);
+        }
+    }
+
+    @Test
+    void perLayerBudgetsSumExactlyToTheTotal() {
+        Random rnd = new Random(11);
+        for (int trial = 0; trial < 2000; trial++) {
+            int layers = 2 + rnd.nextInt(40), dense = rnd.nextInt(3), kMin = 1 + rnd.nextInt(20);
+            int kMax = kMin + rnd.nextInt(5000), kMean = kMin + rnd.nextInt(kMax - kMin + 1);
+            double lambda = rnd.nextDouble() * 4;
+            int[] k = LayerBudgets.compute(layers, dense, lambda, kMean, kMin, kMax);
+            int sparse = Math.max(0, layers - dense);
+            long sum = 0;
+            for (int l = 0; l < layers; l++) {
+                if (l < dense) assertEquals(0, k[l]);
+                else assertTrue(k[l] >= kMin && k[l] <= kMax, "k_" + l + " = " + k[l]);
+                sum += k[l];
+            }
+            assertEquals((long) sparse * kMean, sum, "layers " + layers + " lambda " + lambda);
+            for (int l = dense + 1; l < layers; l++) assertTrue(k[l] <= k[l - 1] + 1, "decays with depth");
+        }
+    }
+
+    @Test
+    void lambdaZeroIsUniformAndPositiveLambdaDecays() {
+        int[] uniform = LayerBudgets.compute(32, 2, 0, 256, 8, 4000);
+        for (int l = 2; l < 32; l++) assertEquals(256, uniform[l]);
+        int[] decay = LayerBudgets.compute(32, 2, 1, 256, 8, 4000);
+        assertTrue(decay[2] > 256 && decay[31] < 256, decay[2] + " .. " + decay[31]);
+        assertEquals(Math.exp(-1.0 * 2 / 31) / Math.exp(-1.0), decay[2] / (double) decay[31], 0.02);
+    }
+
+    @Test
+    void boundedCapacityKeepsSinksAndTheMostRecentTokensInConstantMemory() {
+        int cap = 40, sinks = 3;
+        KvStore store = new KvStore(1, 1, 2, 16, cap, sinks);
+        for (int t = 0; t < 500; t++) store.append(0, new float[]{t, t}, new float[]{-t, -t});
+        assertEquals(cap, store.length(0));
+        java.util.Set<Integer> held = new java.util.TreeSet<>();
+        for (int s = 0; s < cap; s++) held.add(store.position(0, s));
+        java.util.Set<Integer> expected = new java.util.TreeSet<>();
+        for (int p = 0; p < sinks; p++) expected.add(p);
+        for (int p = 500 - (cap - sinks); p < 500; p++) expected.add(p);
+        assertEquals(expected, held);
+        for (int s = 0; s < cap; s++) assertEquals(store.position(0, s), (int) store.keyChannel(0, 0)[s]);
+        KvConfig bounded = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("capacity", "120", "k-floor", "30", "dense-layers", "0"));
+        SparseKvCache c = sparse(bounded);
+        run(c, 8);
+        assertEquals(120, c.length());
+        assertNotEquals(0, c.bytes().labels());
+    }
+
+    @Test
+    void copyIsIndependent() {
+        SparseKvCache a = sparse(KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8")));
+        run(a, 12);
+        KvCache b = a.copy();
+        assertEquals(a.bytes(), b.bytes());
+        b.append(0, new float[KV_HEADS * D], new float[KV_HEADS * D]);
+        assertNotEquals(a.store().length(0), ((SparseKvCache) b).store().length(0));
+    }
+
+    @Test
+    void fp16RoundingIsExactOnRepresentableValuesAndRoundsToNearestEven() {
+        assertEquals(1.5f, DType.roundToHalf(1.5f));
+        assertEquals(65504f, DType.roundToHalf(65504f));
+        assertEquals(Float.POSITIVE_INFINITY, DType.roundToHalf(70000f));
+        assertEquals(1f, DType.roundToHalf(1f + 0x1p-11f));               // halfway: to even
+        assertEquals(1f + 0x1p-10f, DType.roundToHalf(1f + 0x1p-11f + 0x1p-20f));
+        Random rnd = new Random(1);
+        for (int i = 0; i < 100000; i++) {
+            float x = (float) (rnd.nextGaussian() * Math.pow(2, rnd.nextInt(30) - 20));
+            float h = DType.roundToHalf(x);
+            assertEquals(h, DType.roundToHalf(h), "idempotent");
+            if (Math.abs(x) > 1e-4) assertEquals(x, h, Math.abs(x) * 0x1p-11 * 1.0001);
+        }
+    }
+}
