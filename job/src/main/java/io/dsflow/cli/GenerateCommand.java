@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.GenerationResult;
+import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.sample.SamplingParams;
 
@@ -23,9 +24,15 @@ import java.util.Set;
 final class GenerateCommand {
     static final String USAGE = "generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]"
             + " [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop STR]... [--kv-policy dense|ds|dspp]"
-            + " [--backend cpu|cuda] [--dump-logits FILE] [--json]";
-    private static final Set<String> VALUED = Set.of("model", "prompt", "prompt-ids", "max-new-tokens", "temperature",
-            "top-p", "top-k", "seed", "stop", "kv-policy", "backend", "dump-logits");
+            + " [--backend cpu|cuda] [--dump-logits FILE] [--json] " + KvOptions.USAGE;
+    private static final Set<String> VALUED = union(Set.of("model", "prompt", "prompt-ids", "max-new-tokens",
+            "temperature", "top-p", "top-k", "seed", "stop", "kv-policy", "backend", "dump-logits"), KvOptions.NAMES);
+
+    static Set<String> union(Set<String> a, Set<String> b) {
+        java.util.Set<String> u = new java.util.HashSet<>(a);
+        u.addAll(b);
+        return u;
+    }
 
     private GenerateCommand() {
     }
@@ -38,15 +45,16 @@ final class GenerateCommand {
         }
         SamplingParams params = new SamplingParams(a.getDouble("temperature", 1.0), a.getDouble("top-p", 1.0),
                 a.getInt("top-k", 0), a.getLong("seed", 0), a.getInt("max-new-tokens", 64), a.all("stop"));
-        KvPolicy policy = KvPolicy.parse(a.get("kv-policy", "dense"));
+        KvConfig kv = KvOptions.config(KvPolicy.parse(a.get("kv-policy", "dense")), KvOptions.overrides(a));
         String backend = a.get("backend", "auto");
         if (!Set.of("cpu", "cuda", "auto").contains(backend)) {
             throw new UsageException("generate: --backend must be cpu or cuda, got '" + backend + "'");
         }
         try (Engine engine = Engine.load(model, backend)) {
+            KvOptions.applyChannelFile(a, engine);
             int[] prompt = a.has("prompt-ids") ? a.getIntList("prompt-ids")
                     : engine.tokenizer().encode(a.get("prompt", ""), true);
-            GenerationResult r = engine.generate(prompt, params, policy);
+            GenerationResult r = engine.generate(prompt, params, kv);
             if (a.has("dump-logits")) writeLogits(Path.of(a.get("dump-logits", null)), r.lastPromptLogits());
             if (a.has("json")) {
                 out.println(json(r));

@@ -25,6 +25,8 @@ public final class Main {
         try {
             return switch (args[0]) {
                 case "generate" -> GenerateCommand.run(args, out);
+                case "calibrate" -> CalibrateCommand.run(args, out);
+                case "eval" -> EvalCommand.run(args, out);
                 default -> throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
             };
         } catch (UsageException e) {
@@ -44,6 +46,7 @@ public final class Main {
     }
 
     static String usage() {
-        return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + GenerateCommand.USAGE + "\n";
+        return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + GenerateCommand.USAGE + "\n  "
+                + CalibrateCommand.USAGE + "\n  " + EvalCommand.USAGE + "\n";
     }
 }

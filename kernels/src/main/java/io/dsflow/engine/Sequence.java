@@ -1,6 +1,7 @@
 package io.dsflow.engine;
 
 import io.dsflow.engine.kv.KvCache;
+import io.dsflow.engine.kv.KvStore;
 
 import java.util.Arrays;
 
@@ -36,6 +37,25 @@ public final class Sequence {
         }
         System.arraycopy(newTokens, 0, tokens, length, newTokens.length);
         length += newTokens.length;
+    }
+
+    /**
+     * A sequence that continues {@code source}'s tokens under another cache, filled by replaying every key and value
+     * of source's dense store (no forward pass): eval prefills once and runs each policy on such a copy.
+     */
+    public static Sequence replay(Sequence source, KvStore store, KvCache target) {
+        int kvDim = store.kvDim();
+        float[] k = new float[kvDim], v = new float[kvDim];
+        for (int layer = 0; layer < store.layers(); layer++) {
+            for (int slot = 0; slot < store.length(layer); slot++) {
+                for (int c = 0; c < kvDim; c++) k[c] = store.keyChannel(layer, c)[slot];
+                System.arraycopy(store.values(layer), slot * kvDim, v, 0, kvDim);
+                target.append(layer, k, v);
+            }
+        }
+        Sequence s = new Sequence(target);
+        s.advance(source.tokens());
+        return s;
     }
 
     /** A copy with its own cache (eval runs each policy on a copy of one prefill). */

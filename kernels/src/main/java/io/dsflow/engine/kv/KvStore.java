@@ -139,6 +139,10 @@ public final class KvStore {
         return kvDim;
     }
 
+    public int layers() {
+        return layers;
+    }
+
     private void grow() {
         int next = limit > 0 ? Math.min(limit, capacity * 2) : capacity * 2;
         for (int l = 0; l < layers; l++) {

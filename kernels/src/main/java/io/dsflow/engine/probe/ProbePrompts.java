@@ -46,8 +46,13 @@ public final class ProbePrompts {
      * A pass-key sample of about {@code sentences} filler sentences with the key planted at a random depth.
      */
     public static Sample passKey(Random rnd, int sentences) {
+        return passKey(rnd, sentences, 0);
+    }
+
+    /** A pass-key sample with the key planted among sentences [minDepth, sentences). */
+    public static Sample passKey(Random rnd, int sentences, int minDepth) {
         String key = String.format("%05d", rnd.nextInt(100000));
-        int depth = rnd.nextInt(Math.max(1, sentences));
+        int depth = depth(rnd, sentences, minDepth);
         StringBuilder b = new StringBuilder();
         for (int i = 0; i < sentences; i++) {
             if (i == depth) b.append(" The pass key is ").append(key).append(". Remember it. ").append(key).append(" is the pass key.");
@@ -60,6 +65,11 @@ public final class ProbePrompts {
      * A records sample: 1 to 16 records ("Record 417 holds 2093.") at random depths; the question asks one of them.
      */
     public static Sample records(Random rnd, int sentences) {
+        return records(rnd, sentences, 0);
+    }
+
+    /** A records sample with every record planted among sentences [minDepth, sentences). */
+    public static Sample records(Random rnd, int sentences, int minDepth) {
         int count = 1 + rnd.nextInt(16);
         List<Integer> names = new ArrayList<>();
         while (names.size() < count) {
@@ -70,7 +80,7 @@ public final class ProbePrompts {
         int[] depth = new int[count];
         for (int i = 0; i < count; i++) {
             values[i] = 1000 + rnd.nextInt(9000);
-            depth[i] = rnd.nextInt(Math.max(1, sentences));
+            depth[i] = depth(rnd, sentences, minDepth);
         }
         int asked = rnd.nextInt(count);
         StringBuilder b = new StringBuilder();
@@ -83,5 +93,10 @@ public final class ProbePrompts {
         int name = names.get(asked);
         return new Sample("records", b.toString(), " Which value does record " + name + " hold? Record " + name + " holds",
                 Integer.toString(values[asked]));
+    }
+
+    private static int depth(Random rnd, int sentences, int minDepth) {
+        int lo = Math.max(0, Math.min(minDepth, sentences - 1));
+        return lo + rnd.nextInt(Math.max(1, sentences - lo));
     }
 }

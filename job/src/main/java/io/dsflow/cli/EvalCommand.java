@@ -1,0 +1,135 @@
+package io.dsflow.cli;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.engine.Engine;
+import io.dsflow.engine.kv.KvBytes;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.probe.Eval;
+
+import java.io.PrintStream;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * {@code eval --model DIR [--tasks passkey,records] [--lengths 1024,4096,8192] [--policies dense,ds,dspp]
+ * [--samples N] [--seed S] [kv options] [--json]}: the quality probe. A policy may carry its own overrides:
+ * {@code dspp:lambda=0.5:window=16}.
+ */
+final class EvalCommand {
+    static final String USAGE = "eval --model DIR [--tasks passkey,records] [--lengths 1024,4096,8192]"
+            + " [--policies dense,ds,dspp,dspp:lambda=0.5:window=16] [--samples N] [--seed S] [--recent-tokens N]"
+            + " [--json] " + KvOptions.USAGE;
+
+    private EvalCommand() {
+    }
+
+    static int run(String[] argv, PrintStream out) {
+        Args a = Args.parse("eval", argv, 1, GenerateCommand.union(Set.of("model", "tasks", "lengths", "policies",
+                "samples", "seed", "backend", "recent-tokens"), KvOptions.NAMES), Set.of("json"));
+        Path model = Path.of(a.require("model"));
+        List<String> tasks = Arrays.asList(a.get("tasks", "passkey,records").split(","));
+        for (String t : tasks) {
+            if (!t.equals("passkey") && !t.equals("records")) throw new UsageException("eval: unknown task '" + t + "' (passkey, records)");
+        }
+        List<Integer> lengths = new ArrayList<>();
+        for (String l : a.get("lengths", "1024,4096,8192").split(",")) {
+            try {
+                lengths.add(Integer.parseInt(l.trim()));
+            } catch (NumberFormatException e) {
+                throw new UsageException("eval: --lengths must be comma-separated integers, got '" + l + "'");
+            }
+        }
+        int samples = a.getInt("samples", 20);
+        if (samples < 1) throw new UsageException("eval: --samples must be >= 1");
+        Map<String, String> base = KvOptions.overrides(a);
+        List<Eval.Policy> policies = new ArrayList<>();
+        for (String spec : a.get("policies", "dense,ds,dspp").split(",")) policies.add(policy(spec.trim(), base));
+        try (Engine engine = Engine.load(model, a.get("backend", "cpu"))) {
+            KvOptions.applyChannelFile(a, engine);
+            for (int len : lengths) {
+                if (len < 64 || len > engine.config().maxPositions() - 64) {
+                    throw new UsageException("eval: length " + len + " must be in [64, " + (engine.config().maxPositions() - 64) + "]");
+                }
+            }
+            for (Eval.Policy p : policies) out.println("policy " + p.name() + ": " + p.kv());
+            List<Eval.Cell> cells = Eval.run(engine, tasks, lengths, policies, samples, a.getLong("seed", 0),
+                    a.getInt("recent-tokens", 0));
+            if (a.has("json")) out.println(json(cells));
+            else out.print(table(cells));
+        }
+        return 0;
+    }
+
+    /** "dspp" or "dspp:lambda=0.5:window=16": a policy with the command line's options, then its own. */
+    static Eval.Policy policy(String spec, Map<String, String> base) {
+        String[] parts = spec.split(":");
+        KvPolicy policy = KvPolicy.parse(parts[0]);
+        Map<String, String> own = new LinkedHashMap<>(policy == KvPolicy.DENSE ? Map.of() : base);
+        if (policy == KvPolicy.DENSE && base.containsKey("capacity")) own.put("capacity", base.get("capacity"));
+        for (int i = 1; i < parts.length; i++) {
+            int eq = parts[i].indexOf('=');
+            if (eq <= 0) throw new UsageException("eval: policy option '" + parts[i] + "' is not key=value");
+            own.put(parts[i].substring(0, eq), parts[i].substring(eq + 1));
+        }
+        KvConfig kv = KvOptions.config(policy, own);
+        return new Eval.Policy(spec, kv);
+    }
+
+    static String table(List<Eval.Cell> cells) {
+        StringBuilder b = new StringBuilder();
+        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %10s %9s %9s %11s%n", "task", "length",
+                "policy", "accuracy", "mass", "idx@k", "rel.err", "kv_labels", "kv_window", "kv_sinks", "kv_store"));
+        for (Eval.Cell c : cells) {
+            KvBytes k = c.meanBytes();
+            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %10s %9s %9s %11s%n",
+                    c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(), c.indexRecall(), c.relError(),
+                    mb(k.labels()), mb(k.window()), mb(k.sinks()), mb(k.store())));
+        }
+        return b.toString();
+    }
+
+    private static String mb(long bytes) {
+        return String.format(Locale.ROOT, "%.2fMB", bytes / 1e6);
+    }
+
+    static String json(List<Eval.Cell> cells) {
+        ObjectMapper m = new ObjectMapper();
+        ArrayNode arr = m.createArrayNode();
+        for (Eval.Cell c : cells) {
+            ObjectNode o = arr.addObject();
+            o.put("task", c.task);
+            o.put("length", c.length);
+            o.put("policy", c.policy);
+            o.put("samples", c.samples);
+            o.put("correct", c.correct);
+            o.put("accuracy", c.accuracy());
+            o.put("mean_context_tokens", c.contextTokens / Math.max(1, c.samples));
+            o.put("mass_recall", c.massRecall());
+            o.put("index_recall", c.indexRecall());
+            o.put("relative_error", c.relError());
+            ArrayNode perLayer = o.putArray("mass_recall_per_layer");
+            for (int l = 0; l < c.headSteps.length; l++) {
+                Double v = c.massRecall(l);
+                if (v == null) perLayer.addNull();
+                else perLayer.add(v);
+            }
+            KvBytes k = c.meanBytes();
+            ObjectNode bytes = o.putObject("kv_bytes");
+            bytes.put("labels", k.labels());
+            bytes.put("window", k.window());
+            bytes.put("sinks", k.sinks());
+            bytes.put("store", k.store());
+            bytes.put("total", k.total());
+        }
+        return arr.toString();
+    }
+}

@@ -1,0 +1,42 @@
+package io.dsflow.cli;
+
+import io.dsflow.engine.Engine;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
+
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * The KV cache options every engine command takes (docs/algorithm.md): {@code --r --label-bits --sinks --window
+ * --lambda --rho --k-floor --k-min --dense-layers --channels qk|q|k --gqa per_head|max|mean --capacity} and
+ * {@code --channel-file FILE}. A request's {@code kv} field takes the same names.
+ */
+final class KvOptions {
+    static final Set<String> NAMES = Set.of("r", "label-bits", "sinks", "window", "lambda", "rho", "k-floor", "k-min",
+            "dense-layers", "channels", "gqa", "capacity", "channel-file");
+    static final String USAGE = "[--r R] [--label-bits 16|8] [--sinks S] [--window W] [--lambda L] [--rho 1/16]"
+            + " [--k-floor K] [--k-min K] [--dense-layers N] [--channels qk|q|k] [--gqa per_head|max|mean]"
+            + " [--capacity C] [--channel-file FILE]";
+
+    private KvOptions() {
+    }
+
+    /** The options given on the command line, as kv overrides (policy excluded). */
+    static Map<String, String> overrides(Args a) {
+        Map<String, String> m = new LinkedHashMap<>();
+        for (String n : NAMES) if (!n.equals("channel-file") && a.has(n)) m.put(n, a.get(n, null));
+        return m;
+    }
+
+    /** A policy's configuration with the command line's overrides applied. */
+    static KvConfig config(KvPolicy policy, Map<String, String> overrides) {
+        return KvConfig.defaults(policy).with(overrides);
+    }
+
+    static void applyChannelFile(Args a, Engine engine) {
+        if (a.has("channel-file")) engine.useChannelFile(Path.of(a.get("channel-file", null)));
+    }
+}
