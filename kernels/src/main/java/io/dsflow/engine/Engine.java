@@ -140,7 +140,8 @@ public final class Engine implements AutoCloseable {
         return logits;
     }
 
-    private void checkTokens(Sequence seq, int[] tokens) {
+    /** Checks tokens can be fed to a sequence (ids in the vocabulary, positions left); throws InvalidRequestException. */
+    public void checkTokens(Sequence seq, int[] tokens) {
         ModelConfig c = config();
         if (tokens.length == 0) throw new InvalidRequestException("the prompt is empty");
         for (int t : tokens) {

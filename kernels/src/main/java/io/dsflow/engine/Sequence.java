@@ -31,6 +31,7 @@ public final class Sequence {
         return Arrays.copyOf(tokens, length);
     }
 
+    /** Records tokens the model has been fed (their K/V are in the cache). */
     void advance(int[] newTokens) {
         if (length + newTokens.length > tokens.length) {
             tokens = Arrays.copyOf(tokens, Math.max(tokens.length * 2, length + newTokens.length));

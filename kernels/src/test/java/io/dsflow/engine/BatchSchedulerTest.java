@@ -1,0 +1,153 @@
+package io.dsflow.engine;
+
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.sample.SamplingParams;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class BatchSchedulerTest {
+
+    /** Collects what the scheduler reports. */
+    static class Recorder implements BatchScheduler.Listener {
+        final Map<String, List<Integer>> tokens = new HashMap<>();
+        final Map<String, int[]> history = new HashMap<>();
+        final Map<String, FinishReason> finish = new HashMap<>();
+        final List<String> order = new ArrayList<>();
+        final Map<String, DsflowException> errors = new HashMap<>();
+
+        @Override
+        public void token(String id, int index, int tokenId) {
+            List<Integer> l = tokens.computeIfAbsent(id, k -> new ArrayList<>());
+            assertEquals(l.size(), index, "tokens arrive in index order");
+            l.add(tokenId);
+            order.add(id);
+        }
+
+        @Override
+        public void finished(String id, FinishReason reason, int promptTokens, int completionTokens, int[] h) {
+            finish.put(id, reason);
+            history.put(id, h);
+            assertEquals(tokens.getOrDefault(id, List.of()).size(), completionTokens);
+        }
+
+        @Override
+        public void failed(String id, DsflowException error) {
+            errors.put(id, error);
+        }
+
+        int[] of(String id) {
+            return tokens.getOrDefault(id, List.of()).stream().mapToInt(Integer::intValue).toArray();
+        }
+    }
+
+    static void drain(BatchScheduler s, Recorder r) {
+        for (int i = 0; i < 100000 && s.hasWork(); i++) s.step(r);
+        assertTrue(!s.hasWork(), "scheduler drained");
+    }
+
+    static int[] randomPrompt(Random rnd, int n) {
+        int[] p = new int[n];
+        p[0] = 0;
+        for (int i = 1; i < n; i++) p[i] = 3 + rnd.nextInt(509);
+        return p;
+    }
+
+    @Test
+    void concurrentRequestsMatchGenerateAloneAndInterleave() {
+        Engine e = TestModels.engine("probe-retrieval");
+        BatchScheduler s = new BatchScheduler(e, 64);
+        Recorder r = new Recorder();
+        Random rnd = new Random(1);
+        Map<String, int[]> prompts = new HashMap<>();
+        Map<String, SamplingParams> params = new HashMap<>();
+        for (int i = 0; i < 6; i++) {
+            int[] p = randomPrompt(rnd, 5 + rnd.nextInt(150));
+            SamplingParams sp = i % 2 == 0 ? SamplingParams.greedy(12) : new SamplingParams(0.8, 0.9, 20, 100 + i, 12, List.of());
+            prompts.put("r" + i, p);
+            params.put("r" + i, sp);
+            s.submit(new BatchScheduler.Work("r" + i, "c" + i, new int[0], p, sp, KvConfig.DENSE, 0));
+        }
+        drain(s, r);
+        for (String id : prompts.keySet()) {
+            int[] alone = e.generate(prompts.get(id), params.get(id), KvConfig.DENSE).tokenIds();
+            assertArrayEquals(alone, r.of(id), id);
+        }
+        // interleaved: some conversation's token arrives between two tokens of another
+        int firstEnd = r.order.lastIndexOf(r.order.get(0));
+        assertTrue(r.order.subList(0, firstEnd).stream().distinct().count() > 1, "tokens of concurrent requests interleave");
+    }
+
+    @Test
+    void followUpContinuesTheCacheWithoutPrefillingTheHistory() {
+        Engine e = TestModels.engine("probe-retrieval");
+        BatchScheduler s = new BatchScheduler(e, 32);
+        Recorder r = new Recorder();
+        Random rnd = new Random(2);
+        int[] turn1 = randomPrompt(rnd, 40), turn2 = new int[]{44, 55, 66, 77};
+        s.submit(new BatchScheduler.Work("t1", "conv", new int[0], turn1, SamplingParams.greedy(6), KvConfig.DENSE, 0));
+        drain(s, r);
+        long prefilled = s.prefilledTokens();
+        int[] history = r.history.get("t1");
+        assertEquals(turn1.length + 6, history.length);
+        s.submit(new BatchScheduler.Work("t2", "conv", history, turn2, SamplingParams.greedy(6), KvConfig.DENSE, 0));
+        drain(s, r);
+        assertEquals(0, s.historyPrefills());
+        assertEquals(prefilled + 1 + turn2.length, s.prefilledTokens(), "only the unfed last token and the new prompt");
+        int[] full = BatchScheduler.concat(history, turn2);
+        assertArrayEquals(e.generate(full, SamplingParams.greedy(6), KvConfig.DENSE).tokenIds(), r.of("t2"));
+
+        // a dropped cache is rebuilt from the history, with the same result
+        assertTrue(s.dropCache("conv") > 0);
+        s.submit(new BatchScheduler.Work("t2again", "conv", history, turn2, SamplingParams.greedy(6), KvConfig.DENSE, 0));
+        drain(s, r);
+        assertEquals(1, s.historyPrefills());
+        assertArrayEquals(r.of("t2"), r.of("t2again"));
+    }
+
+    @Test
+    void resumeRegeneratesSilentlyAndContinues() {
+        Engine e = TestModels.engine("llama-tiny");
+        SamplingParams sp = new SamplingParams(1.0, 1.0, 0, 5, 10, List.of());
+        int[] p = {0, 10, 20, 30};
+        int[] full = e.generate(p, sp, KvConfig.DENSE).tokenIds();
+        BatchScheduler s = new BatchScheduler(e, 8);
+        Recorder r = new Recorder() {
+            @Override
+            public void token(String id, int index, int tokenId) {
+                tokens.computeIfAbsent(id, k -> new ArrayList<>()).add(tokenId);
+                assertTrue(index >= 4, "tokens before the resume point are not emitted again");
+            }
+
+            @Override
+            public void finished(String id, FinishReason reason, int promptTokens, int completionTokens, int[] h) {
+                assertEquals(10, completionTokens, "usage counts the whole completion");
+                finish.put(id, reason);
+            }
+        };
+        s.submit(new BatchScheduler.Work("q", "c", new int[0], p, sp, KvConfig.DENSE, 4));
+        drain(s, r);
+        assertArrayEquals(java.util.Arrays.copyOfRange(full, 4, 10), r.of("q"));
+    }
+
+    @Test
+    void badRequestFailsAloneAndOthersGoOn() {
+        Engine e = TestModels.engine("llama-tiny");
+        BatchScheduler s = new BatchScheduler(e, 8);
+        Recorder r = new Recorder();
+        s.submit(new BatchScheduler.Work("bad", "c1", new int[0], new int[]{0, 9999}, SamplingParams.greedy(3), KvConfig.DENSE, 0));
+        s.submit(new BatchScheduler.Work("good", "c2", new int[0], new int[]{0, 5}, SamplingParams.greedy(3), KvConfig.DENSE, 0));
+        drain(s, r);
+        assertTrue(r.errors.get("bad") instanceof InvalidRequestException);
+        assertEquals(3, r.of("good").length);
+        assertTrue(!s.hasCache("c1"));
+    }
+}
