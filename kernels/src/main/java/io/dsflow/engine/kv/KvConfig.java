@@ -26,7 +26,7 @@ import java.util.Map;
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
-                       GqaSelection gqaSelection, int capacity) {
+                       GqaSelection gqaSelection, int capacity) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K }
 

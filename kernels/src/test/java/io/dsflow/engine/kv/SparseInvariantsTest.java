@@ -91,10 +91,16 @@ class SparseInvariantsTest {
                 "lambda", "0", "window", "8", "dense-layers", "0"));
         SparseKvCache cache = sparse(cfg);
         cache.denseFallback(false);
-        double[] minMass = {1};
-        cache.observe((layer, head, mass, idx, err) -> minMass[0] = Math.min(minMass[0], mass));
+        double[] minMass = {1}, maxErr = {0}, minIdx = {1};
+        cache.observe((layer, head, mass, idx, err) -> {
+            minMass[0] = Math.min(minMass[0], mass);
+            maxErr[0] = Math.max(maxErr[0], err);
+            minIdx[0] = Math.min(minIdx[0], idx);
+        });
         assertClose(dense, run(cache, 2), 2e-5);
         assertEquals(1.0, minMass[0], 1e-5, "every candidate selected: the attended set holds all the mass");
+        assertEquals(0.0, maxErr[0], 1e-4, "and the output equals dense");
+        assertEquals(1.0, minIdx[0], 1e-9, "and the selection is the exact top-k");
     }
 
     @Test

@@ -1,0 +1,90 @@
+package io.dsflow.job;
+
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.operators.DecodeSettings;
+import io.dsflow.operators.Limits;
+
+import java.io.IOException;
+import java.io.Reader;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Properties;
+
+/**
+ * The job's configuration, a properties file ({@code run --config FILE}); see config/dsflow.properties for every key.
+ * Every {@code kafka.*} key other than the ones named here passes through to the Kafka clients, so security settings
+ * (SASL/SSL) work as in any Kafka client: {@code kafka.security.protocol=SASL_SSL}.
+ */
+public record JobConfig(String bootstrapServers, String promptsTopic, String completionsTopic, String errorsTopic,
+                        String groupId, boolean exactlyOnce, long checkpointIntervalMs, int parallelism,
+                        DecodeSettings decode, Properties kafkaClient) {
+
+    public static JobConfig load(Path file) {
+        Properties p = new Properties();
+        try (Reader r = Files.newBufferedReader(file)) {
+            p.load(r);
+        } catch (IOException e) {
+            throw new DsflowException("cannot read config " + file + ": " + e.getMessage(), e);
+        }
+        return from(p);
+    }
+
+    public static JobConfig from(Properties p) {
+        Map<String, String> kv = new LinkedHashMap<>();
+        Properties client = new Properties();
+        for (String key : p.stringPropertyNames()) {
+            if (key.startsWith("kv.") && !key.equals("kv.policy")) kv.put(key.substring(3), p.getProperty(key));
+            if (key.startsWith("kafka.") && !key.equals("kafka.bootstrap.servers") && !key.equals("kafka.group.id")) {
+                client.put(key.substring(6), p.getProperty(key));
+            }
+        }
+        KvConfig kvConfig = KvConfig.defaults(KvPolicy.parse(p.getProperty("kv.policy", "dspp"))).with(kv);
+        Limits limits = new Limits(
+                integer(p, "limits.max-request-bytes", Limits.DEFAULT.maxRequestBytes()),
+                integer(p, "limits.max-prompt-tokens", Limits.DEFAULT.maxPromptTokens()),
+                integer(p, "limits.max-tokens", Limits.DEFAULT.maxTokens()),
+                integer(p, "limits.max-conversations", Limits.DEFAULT.maxConversations()),
+                integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()));
+        String delivery = p.getProperty("delivery", "at_least_once");
+        if (!delivery.equals("at_least_once") && !delivery.equals("exactly_once")) {
+            throw new DsflowException("delivery must be at_least_once or exactly_once, got '" + delivery + "'");
+        }
+        return new JobConfig(p.getProperty("kafka.bootstrap.servers", "localhost:9092"),
+                p.getProperty("topic.prompts", "prompts"), p.getProperty("topic.completions", "completions"),
+                p.getProperty("topic.errors", "errors"), p.getProperty("kafka.group.id", "dsflow"),
+                delivery.equals("exactly_once"), integer(p, "checkpoint.interval.ms", 10_000),
+                integer(p, "parallelism", 1),
+                new DecodeSettings(p.getProperty("model.dir", "models/probe-retrieval"), p.getProperty("backend", "auto"),
+                        kvConfig, limits, integer(p, "prefill.chunk", 256)),
+                client);
+    }
+
+    private static int integer(Properties p, String key, int fallback) {
+        String v = p.getProperty(key);
+        if (v == null) return fallback;
+        try {
+            return Integer.parseInt(v.trim());
+        } catch (NumberFormatException e) {
+            throw new DsflowException("config " + key + " must be an integer, got '" + v + "'");
+        }
+    }
+
+    public JobConfig withBootstrap(String servers) {
+        return new JobConfig(servers, promptsTopic, completionsTopic, errorsTopic, groupId, exactlyOnce,
+                checkpointIntervalMs, parallelism, decode, kafkaClient);
+    }
+
+    public JobConfig withDecode(DecodeSettings d) {
+        return new JobConfig(bootstrapServers, promptsTopic, completionsTopic, errorsTopic, groupId, exactlyOnce,
+                checkpointIntervalMs, parallelism, d, kafkaClient);
+    }
+
+    public JobConfig withDelivery(boolean exactly, long checkpointMs) {
+        return new JobConfig(bootstrapServers, promptsTopic, completionsTopic, errorsTopic, groupId, exactly,
+                checkpointMs, parallelism, decode, kafkaClient);
+    }
+}

@@ -1,0 +1,55 @@
+package io.dsflow.job;
+
+import io.dsflow.operators.OutputRecord;
+import org.apache.flink.api.common.serialization.SimpleStringSchema;
+import org.apache.flink.connector.base.DeliveryGuarantee;
+import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
+import org.apache.flink.connector.kafka.sink.KafkaSink;
+import org.apache.flink.connector.kafka.source.KafkaSource;
+import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
+
+import java.nio.charset.StandardCharsets;
+import java.util.Properties;
+
+/** Kafka source of requests and sink of completions/errors for a job configuration. */
+public final class KafkaIO {
+    /** The brokers' maximum; the connector's default of one hour makes every transactional producer fail. */
+    static final String TRANSACTION_TIMEOUT_MS = "900000";
+
+    private KafkaIO() {
+    }
+
+    /** Requests from the prompts topic; bounded at {@code end} when given (replay of an offset range). */
+    public static KafkaSource<String> source(JobConfig c, OffsetsInitializer start, OffsetsInitializer end) {
+        var b = KafkaSource.<String>builder()
+                .setBootstrapServers(c.bootstrapServers())
+                .setTopics(c.promptsTopic())
+                .setGroupId(c.groupId())
+                .setStartingOffsets(start)
+                .setValueOnlyDeserializer(new SimpleStringSchema())
+                .setProperties(c.kafkaClient())
+                .setProperty("isolation.level", "read_committed");
+        if (end != null) b.setBounded(end);
+        return b.build();
+    }
+
+    /** Chunk and final records to the completions topic, error records to the errors topic; key = conversation_id. */
+    public static KafkaSink<OutputRecord> sink(JobConfig c) {
+        Properties producer = new Properties();
+        producer.putAll(c.kafkaClient());
+        producer.setProperty("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+        producer.putIfAbsent("linger.ms", "0");
+        String completions = c.completionsTopic(), errors = c.errorsTopic();
+        return KafkaSink.<OutputRecord>builder()
+                .setBootstrapServers(c.bootstrapServers())
+                .setKafkaProducerConfig(producer)
+                .setRecordSerializer(KafkaRecordSerializationSchema.<OutputRecord>builder()
+                        .setTopicSelector((OutputRecord r) -> r.isError() ? errors : completions)
+                        .setKeySerializationSchema((OutputRecord r) -> r.key() == null ? null : r.key().getBytes(StandardCharsets.UTF_8))
+                        .setValueSerializationSchema((OutputRecord r) -> r.toJson().getBytes(StandardCharsets.UTF_8))
+                        .build())
+                .setDeliveryGuarantee(c.exactlyOnce() ? DeliveryGuarantee.EXACTLY_ONCE : DeliveryGuarantee.AT_LEAST_ONCE)
+                .setTransactionalIdPrefix("dsflow-" + c.groupId())
+                .build();
+    }
+}

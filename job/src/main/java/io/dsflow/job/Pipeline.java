@@ -1,0 +1,63 @@
+package io.dsflow.job;
+
+import io.dsflow.operators.DecodeOperator;
+import io.dsflow.operators.DecodeSettings;
+import io.dsflow.operators.Limits;
+import io.dsflow.operators.OutputRecord;
+import io.dsflow.operators.Request;
+import io.dsflow.operators.RequestParser;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.core.memory.ManagedMemoryUseCase;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
+import org.apache.flink.streaming.api.functions.ProcessFunction;
+import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
+
+/**
+ * The dsflow data flow, independent of where requests come from and where output goes (Kafka, a JSONL file, a test
+ * collection): raw JSON requests -> parse and validate (bad record -> error record) -> keyBy(conversation_id) ->
+ * decode operator -> chunk, final and error records.
+ */
+public final class Pipeline {
+    static final OutputTag<OutputRecord> PARSE_ERRORS =
+            new OutputTag<>("parse-errors", TypeInformation.of(OutputRecord.class));
+
+    /** Managed-memory weight of the decode operator (its share of the slot's managed memory, for KV caches). */
+    static final int DECODE_MEMORY_WEIGHT = 100;
+
+    private Pipeline() {
+    }
+
+    /** Every record the job emits: decode output and the parse errors, in one stream. */
+    public static DataStream<OutputRecord> build(DataStream<String> requests, DecodeSettings settings) {
+        SingleOutputStreamOperator<Request> parsed = requests.process(new Parse(settings.limits()))
+                .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse");
+        SingleOutputStreamOperator<OutputRecord> decoded = parsed
+                .keyBy((Request r) -> r.conversationId, Types.STRING)
+                .transform("decode", TypeInformation.of(OutputRecord.class), new DecodeOperator(settings))
+                .uid("decode");
+        decoded.getTransformation().declareManagedMemoryUseCaseAtOperatorScope(ManagedMemoryUseCase.OPERATOR,
+                DECODE_MEMORY_WEIGHT);
+        return decoded.union(parsed.getSideOutput(PARSE_ERRORS));
+    }
+
+    /** Parses each raw record; a bad one goes to the side output as its one error record. */
+    static final class Parse extends ProcessFunction<String, Request> {
+        private final Limits limits;
+        private transient RequestParser parser;
+
+        Parse(Limits limits) {
+            this.limits = limits;
+        }
+
+        @Override
+        public void processElement(String raw, Context ctx, Collector<Request> out) {
+            if (parser == null) parser = new RequestParser(limits);
+            RequestParser.Parsed p = parser.parse(raw);
+            if (p.request() != null) out.collect(p.request());
+            else ctx.output(PARSE_ERRORS, p.error());
+        }
+    }
+}

@@ -1,0 +1,23 @@
+package io.dsflow.operators;
+
+/**
+ * A conversation's checkpointed state (a Flink POJO): its token history and the request in progress. Small by
+ * design: token ids and parameters, never cache bytes; after a restore the cache is rebuilt by prefill from
+ * {@link #history} and the active request is regenerated from {@link #emitted} on (seeded sampling gives the same
+ * tokens).
+ */
+public class ConversationState {
+    /** Every token of the conversation before the active request (prompts and completions). */
+    public int[] history = new int[0];
+    /** The request being generated, or null. */
+    public Request active;
+    /** Its prompt tokens. */
+    public int[] activePrompt;
+    /** Completion tokens already emitted (chunk records sent downstream). */
+    public int[] completion = new int[0];
+    /** Requests that arrived while one was active, served in order. */
+    public Request[] queued = new Request[0];
+
+    public ConversationState() {
+    }
+}

@@ -1,0 +1,441 @@
+package io.dsflow.operators;
+
+import io.dsflow.engine.BatchScheduler;
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.Engine;
+import io.dsflow.engine.FinishReason;
+import io.dsflow.engine.InvalidRequestException;
+import io.dsflow.engine.Tokenizer;
+import io.dsflow.engine.kv.KvConfig;
+import org.apache.flink.api.common.accumulators.LongCounter;
+import org.apache.flink.api.common.operators.MailboxExecutor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.core.memory.ManagedMemoryUseCase;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.Histogram;
+import org.apache.flink.metrics.Meter;
+import org.apache.flink.metrics.MeterView;
+import org.apache.flink.metrics.MetricGroup;
+import org.apache.flink.runtime.memory.MemoryManager;
+import org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.BoundedOneInput;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.util.function.ThrowingRunnable;
+
+import java.nio.file.Path;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Deque;
+import java.util.HashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The keyed decode operator: serves completion requests keyed by conversation_id, streaming one chunk record per
+ * token and a final record per request.
+ * <ul>
+ *   <li>open(): loads the engine (one per subtask), computes its share of the task's managed memory, starts the engine
+ *       thread, and resumes any request that was in progress at the restored checkpoint;</li>
+ *   <li>the engine thread runs a {@link BatchScheduler}: every step advances all active conversations of the subtask
+ *       together, new requests join at the next step; results return through the task mailbox, where state is
+ *       updated and records are emitted, so a checkpoint always holds exactly the tokens emitted before it;</li>
+ *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager; when the budget or the
+ *       conversation limit is full, idle conversations' caches are dropped (rebuilt by prefill when they return) and
+ *       new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
+ *   <li>a new prompt on a conversation continues its cache (no re-prefill of the history while the cache is kept);</li>
+ *   <li>finish()/endInput(): waits until every request is served (bounded replays); close(): stops the engine thread,
+ *       releases the reserved memory and the engine.</li>
+ * </ul>
+ */
+public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
+        implements OneInputStreamOperator<Request, OutputRecord>, BoundedOneInput {
+    private static final long serialVersionUID = 1L;
+
+    /** Accumulator names, readable from a JobClient (tests check that follow-ups do not re-prefill history). */
+    public static final String HISTORY_PREFILLS = "dsflow-history-prefills";
+    public static final String PREFILLED_TOKENS = "dsflow-prefilled-tokens";
+
+    private final DecodeSettings settings;
+
+    private transient Engine engine;
+    private transient Tokenizer tokenizer;
+    private transient ValueState<ConversationState> state;
+    private transient MailboxExecutor mailbox;
+    private transient MemoryManager memoryManager;
+    private transient long budget;
+    private transient long reservedTotal;
+    private transient Map<String, Long> reserved;
+    private transient LinkedHashSet<String> idleCaches;    // kept caches of conversations with nothing active, LRU
+    private transient Deque<String> admission;             // conversations whose next request waits for memory
+    private transient Map<String, Inflight> inflight;      // by request id
+    private transient BlockingQueue<Runnable> inbox;       // task thread -> engine thread
+    private transient Thread engineThread;
+    private transient volatile boolean running;
+    private transient BatchScheduler scheduler;
+    private transient Histogram ttft, itl;
+    private transient Meter tokensPerSecond;
+    private transient Counter historyPrefillCounter;
+    private transient LongCounter historyPrefills, prefilledTokens;
+    private transient long lastHistoryPrefills, lastPrefilledTokens;
+
+    /** A request in progress, as the task thread sees it. */
+    private static final class Inflight {
+        final String conversationId;
+        final long startNanos;
+        long lastTokenNanos;
+        double itlSumMs;
+        int itlCount;
+        double ttftMs;
+        String text = "";
+
+        Inflight(String conversationId) {
+            this.conversationId = conversationId;
+            this.startNanos = System.nanoTime();
+        }
+    }
+
+    public DecodeOperator(DecodeSettings settings) {
+        this.settings = settings;
+    }
+
+    @Override
+    public void initializeState(StateInitializationContext context) throws Exception {
+        super.initializeState(context);
+        state = getPartitionedState(new ValueStateDescriptor<>("conversation", ConversationState.class));
+    }
+
+    @Override
+    public void open() throws Exception {
+        super.open();
+        mailbox = getContainingTask().getMailboxExecutorFactory().createExecutor(getOperatorConfig().getChainIndex());
+        engine = Engine.load(Path.of(settings.modelDir()), settings.backend());
+        tokenizer = engine.tokenizer();
+        scheduler = new BatchScheduler(engine, settings.prefillChunk());
+        memoryManager = getContainingTask().getEnvironment().getMemoryManager();
+        double fraction = getOperatorConfig().getManagedMemoryFractionOperatorUseCaseOfSlot(ManagedMemoryUseCase.OPERATOR,
+                getContainingTask().getEnvironment().getTaskManagerInfo().getConfiguration(),
+                getContainingTask().getEnvironment().getJobConfiguration(), getUserCodeClassloader());
+        budget = memoryManager.computeMemorySize(fraction);
+        reserved = new HashMap<>();
+        idleCaches = new LinkedHashSet<>();
+        admission = new ArrayDeque<>();
+        inflight = new HashMap<>();
+        inbox = new LinkedBlockingQueue<>();
+        registerMetrics();
+        LOG.info("decode subtask {}: {} MB of managed memory for KV caches, default kv policy {}",
+                getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), budget >> 20, settings.kv());
+        running = true;
+        engineThread = new Thread(this::engineLoop, "dsflow-engine-" + getRuntimeContext().getTaskInfo().getIndexOfThisSubtask());
+        engineThread.setDaemon(true);
+        engineThread.start();
+        resumeRestored();
+    }
+
+    private void registerMetrics() {
+        MetricGroup g = getMetricGroup().addGroup("dsflow");
+        ttft = g.histogram("time_to_first_token_ms", new DescriptiveStatisticsHistogram(2000));
+        itl = g.histogram("inter_token_latency_ms", new DescriptiveStatisticsHistogram(2000));
+        tokensPerSecond = g.meter("generation_tokens_per_second", new MeterView(10));
+        historyPrefillCounter = g.counter("history_prefills");
+        g.gauge("num_requests_running", () -> inflight.size());
+        g.gauge("num_requests_waiting", () -> admission.size());
+        g.gauge("kv_cache_bytes", () -> reservedTotal);
+        g.gauge("kv_cache_usage", () -> budget == 0 ? 0.0 : reservedTotal / (double) budget);
+        historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
+        prefilledTokens = getRuntimeContext().getLongCounter(PREFILLED_TOKENS);
+    }
+
+    /** Requests in progress at the checkpoint restored: their caches are gone, so they prefill their history again. */
+    private void resumeRestored() throws Exception {
+        List<Object> keys = new ArrayList<>();
+        try (var stream = getKeyedStateBackend().getKeys("conversation", VoidNamespace.INSTANCE)) {
+            stream.forEach(keys::add);
+        }
+        for (Object key : keys) {
+            setCurrentKey(key);
+            ConversationState cs = state.value();
+            if (cs != null && cs.active != null) {
+                Inflight f = new Inflight((String) key);
+                f.text = tokenizer.decode(cs.completion);
+                inflight.put(cs.active.requestId, f);
+                admission.add((String) key);
+            }
+        }
+        if (!keys.isEmpty()) LOG.info("restored {} conversations, {} with a request in progress", keys.size(), admission.size());
+        admitWaiting();
+    }
+
+    @Override
+    public void processElement(StreamRecord<Request> element) throws Exception {
+        Request r = element.getValue();
+        String conv = r.conversationId;
+        ConversationState cs = state.value();
+        if (cs == null) cs = new ConversationState();
+        if (cs.active != null || admission.contains(conv)) {
+            cs.queued = Arrays.copyOf(cs.queued, cs.queued.length + 1);
+            cs.queued[cs.queued.length - 1] = r;
+            state.update(cs);
+            return;
+        }
+        if (!activate(conv, cs, r)) return;
+        admission.add(conv);
+        admitWaiting();
+        // backpressure: while too many requests wait for memory or a slot, serve results instead of taking input
+        while (admission.size() > settings.limits().maxConversations()) {
+            mailbox.yield();
+            admitWaiting();
+        }
+    }
+
+    /** Makes r the conversation's active request (tokenised, checked); emits an error instead if it is bad. */
+    private boolean activate(String conv, ConversationState cs, Request r) throws Exception {
+        int[] prompt;
+        try {
+            prompt = r.promptIds != null ? r.promptIds : tokenizer.encode(r.prompt, cs.history.length == 0);
+            if (prompt.length == 0) throw new InvalidRequestException("the prompt has no tokens");
+            if (prompt.length > settings.limits().maxPromptTokens()) {
+                throw new InvalidRequestException("prompt has " + prompt.length + " tokens; the limit is "
+                        + settings.limits().maxPromptTokens());
+            }
+            RequestParser.kvConfig(r.kv, settings.kv());
+        } catch (DsflowException e) {
+            fail(conv, r, e);
+            return false;
+        }
+        cs.active = r;
+        cs.activePrompt = prompt;
+        cs.completion = new int[0];
+        state.update(cs);
+        inflight.put(r.requestId, new Inflight(conv));
+        return true;
+    }
+
+    /** Starts waiting conversations in order while memory and slots allow; asks for idle caches to be dropped. */
+    private void admitWaiting() throws Exception {
+        while (!admission.isEmpty()) {
+            String conv = admission.peek();
+            setCurrentKey(conv);
+            ConversationState cs = state.value();
+            Request r = cs.active;
+            KvConfig kv = RequestParser.kvConfig(r.kv, settings.kv());
+            long needed = engine.estimateCacheBytes(kv, (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1);
+            long have = reserved.getOrDefault(conv, 0L);
+            if (needed > budget) {
+                admission.poll();
+                if (have > 0) dropCache(conv);
+                endWithError(conv, cs, r, new InvalidRequestException(String.format("the request needs %.1f MB of KV"
+                        + " cache; the decode operator has %.1f MB of managed memory", needed / 1e6, budget / 1e6)));
+                continue;
+            }
+            int running = inflight.size() - admission.size();
+            if (running >= settings.limits().maxConversations() || reservedTotal - have + needed > budget) {
+                evictIdle(needed - (budget - reservedTotal + have), conv);
+                return;
+            }
+            admission.poll();
+            idleCaches.remove(conv);
+            if (needed > have) {
+                memoryManager.reserveMemory(this, needed - have);
+                reservedTotal += needed - have;
+                reserved.put(conv, needed);
+            }
+            BatchScheduler.Work w = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
+                    RequestParser.samplingParams(r), kv, cs.completion.length);
+            inbox.add(() -> scheduler.submit(w));
+        }
+    }
+
+    /** Drops least recently used idle caches (not {@code keep}'s) until {@code bytes} would be free. */
+    private void evictIdle(long bytes, String keep) {
+        long freed = 0;
+        for (String conv : new ArrayList<>(idleCaches)) {
+            if (freed >= bytes) break;
+            if (conv.equals(keep)) continue;
+            freed += reserved.getOrDefault(conv, 0L);
+            dropCache(conv);
+        }
+    }
+
+    private void dropCache(String conv) {
+        idleCaches.remove(conv);
+        Long bytes = reserved.remove(conv);
+        if (bytes != null) {
+            memoryManager.releaseMemory(this, bytes);
+            reservedTotal -= bytes;
+        }
+        inbox.add(() -> scheduler.dropCache(conv));
+    }
+
+    private void fail(String conv, Request r, DsflowException e) {
+        output.collect(new StreamRecord<>(OutputRecord.error(conv, r.requestId, "invalid_request", e.getMessage(), r.raw)));
+        output.collect(new StreamRecord<>(OutputRecord.finalRecord(conv, r.requestId, FinishReason.ERROR.id(), 0, 0, 0, 0)));
+    }
+
+    // ---- engine thread ----
+
+    private void engineLoop() {
+        List<ThrowingRunnable<Exception>> events = new ArrayList<>();
+        BatchScheduler.Listener listener = new BatchScheduler.Listener() {
+            @Override
+            public void token(String requestId, int index, int tokenId) {
+                events.add(() -> onToken(requestId, index, tokenId));
+            }
+
+            @Override
+            public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history) {
+                events.add(() -> onFinished(requestId, reason, promptTokens, completionTokens, history));
+            }
+
+            @Override
+            public void failed(String requestId, DsflowException error) {
+                events.add(() -> onFailed(requestId, error));
+            }
+        };
+        try {
+            while (running) {
+                Runnable command = scheduler.hasWork() ? inbox.poll() : inbox.poll(50, TimeUnit.MILLISECONDS);
+                while (command != null) {
+                    command.run();
+                    command = inbox.poll();
+                }
+                if (!scheduler.hasWork()) continue;
+                scheduler.step(listener);
+                long hp = scheduler.historyPrefills(), pt = scheduler.prefilledTokens();
+                if (!events.isEmpty() || hp != lastHistoryPrefills || pt != lastPrefilledTokens) {
+                    List<ThrowingRunnable<Exception>> batch = new ArrayList<>(events);
+                    events.clear();
+                    long dh = hp - lastHistoryPrefills, dp = pt - lastPrefilledTokens;
+                    lastHistoryPrefills = hp;
+                    lastPrefilledTokens = pt;
+                    mailbox.execute(() -> {
+                        historyPrefills.add(dh);
+                        historyPrefillCounter.inc(dh);
+                        prefilledTokens.add(dp);
+                        for (ThrowingRunnable<Exception> e : batch) e.run();
+                        admitWaiting();
+                    }, "dsflow decode results");
+                }
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        } catch (Throwable t) {
+            if (running) {
+                mailbox.execute(() -> {
+                    throw new RuntimeException("the decode engine failed: " + t, t);
+                }, "dsflow engine failure");
+            }
+        }
+    }
+
+    // ---- results, on the task thread ----
+
+    private void onToken(String requestId, int index, int tokenId) throws Exception {
+        Inflight f = inflight.get(requestId);
+        setCurrentKey(f.conversationId);
+        ConversationState cs = state.value();
+        cs.completion = Arrays.copyOf(cs.completion, cs.completion.length + 1);
+        cs.completion[cs.completion.length - 1] = tokenId;
+        state.update(cs);
+        String text = tokenizer.decode(cs.completion);
+        String delta = text.startsWith(f.text) ? text.substring(f.text.length()) : "";
+        if (text.startsWith(f.text)) f.text = text;
+        long now = System.nanoTime();
+        if (index == 0 || f.lastTokenNanos == 0) {
+            f.ttftMs = (now - f.startNanos) / 1e6;
+            ttft.update(Math.round(f.ttftMs));
+        } else {
+            double ms = (now - f.lastTokenNanos) / 1e6;
+            f.itlSumMs += ms;
+            f.itlCount++;
+            itl.update(Math.round(ms));
+        }
+        f.lastTokenNanos = now;
+        tokensPerSecond.markEvent();
+        output.collect(new StreamRecord<>(OutputRecord.chunk(f.conversationId, requestId, index, tokenId, delta)));
+    }
+
+    private void onFinished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history)
+            throws Exception {
+        Inflight f = inflight.remove(requestId);
+        setCurrentKey(f.conversationId);
+        ConversationState cs = state.value();
+        cs.history = history;
+        cs.active = null;
+        cs.activePrompt = null;
+        cs.completion = new int[0];
+        idleCaches.add(f.conversationId);
+        output.collect(new StreamRecord<>(OutputRecord.finalRecord(f.conversationId, requestId, reason.id(),
+                promptTokens, completionTokens, f.ttftMs, f.itlCount == 0 ? 0 : f.itlSumMs / f.itlCount)));
+        startNextQueued(f.conversationId, cs);
+    }
+
+    private void onFailed(String requestId, DsflowException error) throws Exception {
+        Inflight f = inflight.get(requestId);
+        setCurrentKey(f.conversationId);
+        idleCaches.add(f.conversationId); // its reservation can be reclaimed like any idle cache
+        endWithError(f.conversationId, state.value(), state.value().active, error);
+    }
+
+    /** Ends the active request with an error record and a final record, then serves the conversation's next one. */
+    private void endWithError(String conv, ConversationState cs, Request r, DsflowException error) throws Exception {
+        inflight.remove(r.requestId);
+        cs.active = null;
+        cs.activePrompt = null;
+        cs.completion = new int[0];
+        fail(conv, r, error);
+        startNextQueued(conv, cs);
+    }
+
+    private void startNextQueued(String conv, ConversationState cs) throws Exception {
+        while (cs.queued.length > 0) {
+            Request next = cs.queued[0];
+            cs.queued = Arrays.copyOfRange(cs.queued, 1, cs.queued.length);
+            if (activate(conv, cs, next)) {
+                admission.add(conv);
+                return;
+            }
+        }
+        state.update(cs);
+    }
+
+    @Override
+    public void endInput() throws Exception {
+        drain();
+    }
+
+    @Override
+    public void finish() throws Exception {
+        drain();
+        super.finish();
+    }
+
+    /** Serves every request taken so far (a bounded input has ended). */
+    private void drain() throws Exception {
+        while (!inflight.isEmpty()) {
+            admitWaiting();
+            mailbox.yield();
+        }
+    }
+
+    @Override
+    public void close() throws Exception {
+        running = false;
+        if (engineThread != null) {
+            engineThread.interrupt();
+            engineThread.join(10_000);
+        }
+        if (memoryManager != null) memoryManager.releaseAllMemory(this);
+        if (engine != null) engine.close();
+        super.close();
+    }
+}

@@ -1,0 +1,208 @@
+package io.dsflow.operators;
+
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.sample.SamplingParams;
+
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * Parses and validates one request record (JSON). A bad record becomes exactly one error record naming the cause,
+ * the request_id when it can be read, and the raw input (cut to 1000 characters); nothing throws.
+ */
+public final class RequestParser {
+    private static final ObjectMapper JSON = new ObjectMapper()
+            .enable(DeserializationFeature.FAIL_ON_READING_DUP_TREE_KEY);
+    private static final Set<String> FIELDS = Set.of("conversation_id", "request_id", "prompt", "prompt_ids",
+            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv");
+    private static final int DEFAULT_MAX_TOKENS = 64;
+    private static final int MAX_INPUT_IN_ERROR = 1000;
+
+    private final Limits limits;
+
+    public RequestParser(Limits limits) {
+        this.limits = limits;
+    }
+
+    /** Either a request or an error record. */
+    public record Parsed(Request request, OutputRecord error) {
+    }
+
+    public Parsed parse(String raw) {
+        if (raw == null) return error(null, null, "invalid_json", "empty record", "");
+        if (raw.getBytes(StandardCharsets.UTF_8).length > limits.maxRequestBytes()) {
+            return error(null, null, "too_large", "request is over " + limits.maxRequestBytes() + " bytes", raw);
+        }
+        JsonNode root;
+        try {
+            root = JSON.readTree(raw);
+        } catch (JsonProcessingException e) {
+            return error(null, null, "invalid_json", "not valid JSON: " + e.getOriginalMessage().replace('\n', ' '), raw);
+        }
+        if (root == null || !root.isObject()) return error(null, null, "invalid_json", "a request must be a JSON object", raw);
+        String requestId = root.path("request_id").isTextual() ? root.get("request_id").asText() : null;
+        String conversationId = root.path("conversation_id").isTextual() ? root.get("conversation_id").asText() : null;
+        if (requestId != null && requestId.length() > limits.maxIdLength()) requestId = null;
+        if (conversationId != null && conversationId.length() > limits.maxIdLength()) conversationId = null;
+        try {
+            return new Parsed(build(root, raw), null);
+        } catch (BadRequest e) {
+            return error(conversationId, requestId, e.code, e.getMessage(), raw);
+        } catch (DsflowException e) {
+            return error(conversationId, requestId, "invalid_parameter", e.getMessage(), raw);
+        }
+    }
+
+    private Request build(JsonNode root, String raw) {
+        for (Iterator<String> it = root.fieldNames(); it.hasNext(); ) {
+            String f = it.next();
+            if (!FIELDS.contains(f)) throw new BadRequest("unknown_field", "unknown field '" + cut(f, 64) + "'");
+        }
+        Request r = new Request();
+        r.raw = raw;
+        r.conversationId = id(root, "conversation_id");
+        r.requestId = id(root, "request_id");
+        boolean hasText = root.has("prompt") && !root.get("prompt").isNull();
+        boolean hasIds = root.has("prompt_ids") && !root.get("prompt_ids").isNull();
+        if (hasText == hasIds) throw new BadRequest("invalid_prompt", "give exactly one of prompt and prompt_ids");
+        if (hasText) {
+            JsonNode p = root.get("prompt");
+            if (!p.isTextual()) throw new BadRequest("invalid_prompt", "prompt must be a string");
+            if (p.asText().isEmpty()) throw new BadRequest("invalid_prompt", "prompt is empty");
+            r.prompt = p.asText();
+        } else {
+            JsonNode ids = root.get("prompt_ids");
+            if (!ids.isArray()) throw new BadRequest("invalid_prompt", "prompt_ids must be an array of token ids");
+            if (ids.isEmpty()) throw new BadRequest("invalid_prompt", "prompt_ids is empty");
+            if (ids.size() > limits.maxPromptTokens()) {
+                throw new BadRequest("prompt_too_long", "prompt has " + ids.size() + " tokens; the limit is " + limits.maxPromptTokens());
+            }
+            r.promptIds = new int[ids.size()];
+            for (int i = 0; i < r.promptIds.length; i++) {
+                JsonNode t = ids.get(i);
+                if (!t.isIntegralNumber() || !t.canConvertToInt() || t.asInt() < 0) {
+                    throw new BadRequest("invalid_prompt", "prompt_ids[" + i + "] is not a token id: " + cut(t.toString(), 32));
+                }
+                r.promptIds[i] = t.asInt();
+            }
+        }
+        r.maxTokens = integer(root, "max_tokens", DEFAULT_MAX_TOKENS);
+        if (r.maxTokens < 1 || r.maxTokens > limits.maxTokens()) {
+            throw new BadRequest("invalid_parameter", "max_tokens must be in [1, " + limits.maxTokens() + "], got " + r.maxTokens);
+        }
+        r.temperature = number(root, "temperature", 1.0);
+        r.topP = number(root, "top_p", 1.0);
+        r.topK = integer(root, "top_k", 0);
+        // without a seed, one derived from the request id: a regenerated step after a restore samples the same token
+        r.seed = root.has("seed") ? longValue(root, "seed") : r.requestId.hashCode() * 0x9E3779B97F4A7C15L;
+        List<String> stop = new ArrayList<>();
+        JsonNode s = root.get("stop");
+        if (s != null && !s.isNull()) {
+            if (s.isTextual()) stop.add(s.asText());
+            else if (s.isArray()) {
+                for (JsonNode e : s) {
+                    if (!e.isTextual()) throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
+                    stop.add(e.asText());
+                }
+            } else throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
+        }
+        r.stop = stop.toArray(new String[0]);
+        samplingParams(r); // validates temperature, top_p, top_k, stop
+        JsonNode kv = root.get("kv");
+        if (kv != null && !kv.isNull()) {
+            kvConfig(kv.toString(), KvConfig.DENSE); // validates names and values now
+            r.kv = kv.toString();
+        }
+        return r;
+    }
+
+    /** The sampling parameters of a valid request. */
+    public static SamplingParams samplingParams(Request r) {
+        return new SamplingParams(r.temperature, r.topP, r.topK, r.seed, r.maxTokens, List.of(r.stop));
+    }
+
+    /** A request's kv overrides applied to a base configuration. */
+    public static KvConfig kvConfig(String kvJson, KvConfig base) {
+        if (kvJson == null) return base;
+        JsonNode kv;
+        try {
+            kv = JSON.readTree(kvJson);
+        } catch (JsonProcessingException e) {
+            throw new BadRequest("invalid_parameter", "kv is not valid JSON");
+        }
+        if (!kv.isObject()) throw new BadRequest("invalid_parameter", "kv must be an object");
+        Map<String, String> options = new LinkedHashMap<>();
+        for (Iterator<Map.Entry<String, JsonNode>> it = kv.fields(); it.hasNext(); ) {
+            Map.Entry<String, JsonNode> e = it.next();
+            if (!e.getValue().isValueNode() || e.getValue().isNull()) {
+                throw new BadRequest("invalid_parameter", "kv." + cut(e.getKey(), 64) + " must be a number or a string");
+            }
+            options.put(e.getKey(), e.getValue().asText());
+        }
+        return base.with(options);
+    }
+
+    private String id(JsonNode root, String field) {
+        JsonNode n = root.get(field);
+        if (n == null || n.isNull()) throw new BadRequest("missing_field", field + " is required");
+        if (!n.isTextual()) throw new BadRequest("invalid_field", field + " must be a string");
+        String v = n.asText();
+        if (v.isEmpty()) throw new BadRequest("invalid_field", field + " is empty");
+        if (v.length() > limits.maxIdLength()) {
+            throw new BadRequest("invalid_field", field + " is " + v.length() + " characters; the limit is " + limits.maxIdLength());
+        }
+        return v;
+    }
+
+    private static int integer(JsonNode root, String field, int fallback) {
+        JsonNode n = root.get(field);
+        if (n == null || n.isNull()) return fallback;
+        if (!n.isIntegralNumber() || !n.canConvertToInt()) {
+            throw new BadRequest("invalid_parameter", field + " must be an integer, got " + cut(n.toString(), 32));
+        }
+        return n.asInt();
+    }
+
+    private static long longValue(JsonNode root, String field) {
+        JsonNode n = root.get(field);
+        if (!n.isIntegralNumber() || !n.canConvertToLong()) {
+            throw new BadRequest("invalid_parameter", field + " must be an integer, got " + cut(n.toString(), 32));
+        }
+        return n.asLong();
+    }
+
+    private static double number(JsonNode root, String field, double fallback) {
+        JsonNode n = root.get(field);
+        if (n == null || n.isNull()) return fallback;
+        if (!n.isNumber()) throw new BadRequest("invalid_parameter", field + " must be a number, got " + cut(n.toString(), 32));
+        return n.asDouble();
+    }
+
+    private static String cut(String s, int n) {
+        return s.length() <= n ? s : s.substring(0, n) + "...";
+    }
+
+    private static Parsed error(String conversationId, String requestId, String code, String message, String raw) {
+        return new Parsed(null, OutputRecord.error(conversationId, requestId, code, message, cut(raw, MAX_INPUT_IN_ERROR)));
+    }
+
+    /** A request that breaks a rule, with an error code. */
+    static final class BadRequest extends DsflowException {
+        final String code;
+
+        BadRequest(String code, String message) {
+            super(message);
+            this.code = code;
+        }
+    }
+}
