@@ -27,6 +27,8 @@ public final class Main {
                 case "generate" -> GenerateCommand.run(args, out);
                 case "calibrate" -> CalibrateCommand.run(args, out);
                 case "eval" -> EvalCommand.run(args, out);
+                case "demo" -> DemoCommand.run(args, out);
+                case "run" -> RunCommand.run(args, out);
                 default -> throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
             };
         } catch (UsageException e) {
@@ -38,6 +40,18 @@ public final class Main {
         } catch (OutOfMemoryError e) {
             err.println("dsflow: error: out of heap memory (" + e.getMessage() + "); raise -Xmx through DSFLOW_JAVA_OPTS");
             return 1;
+        } catch (Exception e) {
+            // a failed job or I/O: the message and its root cause on one line (DSFLOW_DEBUG=1 adds the stack trace)
+            Throwable root = e;
+            while (root.getCause() != null && root.getCause() != root) root = root.getCause();
+            if (root instanceof DsflowException) {
+                err.println("dsflow: error: " + oneLine(root.getMessage()));
+            } else {
+                err.println("dsflow: error: " + oneLine(String.valueOf(e.getMessage()))
+                        + (root != e ? " (cause: " + oneLine(String.valueOf(root)) + ")" : ""));
+            }
+            if (System.getenv("DSFLOW_DEBUG") != null) e.printStackTrace(err);
+            return 1;
         }
     }
 
@@ -47,6 +61,7 @@ public final class Main {
 
     static String usage() {
         return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + GenerateCommand.USAGE + "\n  "
-                + CalibrateCommand.USAGE + "\n  " + EvalCommand.USAGE + "\n";
+                + CalibrateCommand.USAGE + "\n  " + EvalCommand.USAGE + "\n  " + DemoCommand.USAGE + "\n  "
+                + RunCommand.USAGE + "\n";
     }
 }

@@ -71,6 +71,21 @@ class PipelineITCase {
     }
 
     @Test
+    void concurrentConversationsInterleave() throws Exception {
+        Conversations c = Conversations.random(6, 4);
+        List<OutputRecord> out = run(c.jsonLines(), settings(8), 1);
+        List<String> chunkOwners = out.stream().filter(r -> OutputRecord.CHUNK.equals(r.kind)).map(r -> r.requestId).toList();
+        // some request's chunks are separated by another request's chunk: the conversations were batched together
+        boolean interleaved = false;
+        for (String id : chunkOwners.stream().distinct().toList()) {
+            int first = chunkOwners.indexOf(id), last = chunkOwners.lastIndexOf(id);
+            if (chunkOwners.subList(first, last).stream().anyMatch(o -> !o.equals(id))) interleaved = true;
+        }
+        assertTrue(interleaved, "tokens of concurrent conversations interleave: " + chunkOwners);
+        c.check(out, engine);
+    }
+
+    @Test
     void badRecordsGetOneErrorEachAndTheRestIsServed() throws Exception {
         Conversations c = Conversations.random(4, 2);
         List<String> lines = new ArrayList<>(c.jsonLines());

@@ -64,6 +64,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     /** Accumulator names, readable from a JobClient (tests check that follow-ups do not re-prefill history). */
     public static final String HISTORY_PREFILLS = "dsflow-history-prefills";
     public static final String PREFILLED_TOKENS = "dsflow-prefilled-tokens";
+    /** Idle caches dropped to make room (their conversations re-prefill their history when they return). */
+    public static final String CACHE_EVICTIONS = "dsflow-cache-evictions";
 
     private final DecodeSettings settings;
 
@@ -85,7 +87,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient Histogram ttft, itl;
     private transient Meter tokensPerSecond;
     private transient Counter historyPrefillCounter;
-    private transient LongCounter historyPrefills, prefilledTokens;
+    private transient LongCounter historyPrefills, prefilledTokens, cacheEvictions;
     private transient long lastHistoryPrefills, lastPrefilledTokens;
 
     /** A request in progress, as the task thread sees it. */
@@ -153,6 +155,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         g.gauge("kv_cache_usage", () -> budget == 0 ? 0.0 : reservedTotal / (double) budget);
         historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
         prefilledTokens = getRuntimeContext().getLongCounter(PREFILLED_TOKENS);
+        cacheEvictions = getRuntimeContext().getLongCounter(CACHE_EVICTIONS);
     }
 
     /** Requests in progress at the checkpoint restored: their caches are gone, so they prefill their history again. */
@@ -263,6 +266,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             if (conv.equals(keep)) continue;
             freed += reserved.getOrDefault(conv, 0L);
             dropCache(conv);
+            cacheEvictions.add(1);
         }
     }
 

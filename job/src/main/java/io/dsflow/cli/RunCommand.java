@@ -1,0 +1,68 @@
+package io.dsflow.cli;
+
+import io.dsflow.job.JobConfig;
+import io.dsflow.job.JsonlFileSink;
+import io.dsflow.job.KafkaIO;
+import io.dsflow.job.Pipeline;
+import io.dsflow.operators.DecodeSettings;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.connector.file.src.FileSource;
+import org.apache.flink.connector.file.src.reader.TextLineInputFormat;
+import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+
+import java.io.PrintStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Properties;
+import java.util.Set;
+
+/**
+ * {@code run --config FILE}: the job against real Kafka (locally, or on a cluster when submitted with flink run);
+ * {@code run --replay-file IN --output-file OUT [--config FILE] [--model DIR]}: a bounded job over a JSONL file of
+ * requests writing chunk, final and error records as JSONL, then finishing; {@code run --config FILE --replay}: a
+ * bounded job over the prompts topic from the earliest offset to the latest at start.
+ */
+public final class RunCommand {
+    static final String USAGE = "run --config FILE [--replay] | run --replay-file IN --output-file OUT [--config FILE]"
+            + " [--model DIR] [--backend cpu|cuda|auto]";
+
+    private RunCommand() {
+    }
+
+    static int run(String[] argv, PrintStream out) throws Exception {
+        Args a = Args.parse("run", argv, 1, Set.of("config", "replay-file", "output-file", "model", "backend"), Set.of("replay"));
+        JobConfig config = a.has("config") ? JobConfig.load(Path.of(a.get("config", null))) : JobConfig.from(new Properties());
+        if (a.has("model") || a.has("backend")) {
+            DecodeSettings d = config.decode();
+            config = config.withDecode(new DecodeSettings(a.get("model", d.modelDir()), a.get("backend", d.backend()),
+                    d.kv(), d.limits(), d.prefillChunk()));
+        }
+        if (!Files.isRegularFile(Path.of(config.decode().modelDir(), "config.json"))) {
+            throw new UsageException("run: no model at " + config.decode().modelDir() + " (model.dir in the config, or --model)");
+        }
+        StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
+        env.setParallelism(config.parallelism());
+        if (a.has("replay-file")) {
+            if (!a.has("output-file")) throw new UsageException("run: --replay-file needs --output-file");
+            Path in = Path.of(a.get("replay-file", null));
+            if (!Files.isReadable(in)) throw new UsageException("run: cannot read " + in);
+            DataStream<String> requests = env.fromSource(FileSource.forRecordStreamFormat(new TextLineInputFormat(),
+                    new org.apache.flink.core.fs.Path(in.toAbsolutePath().toUri())).build(), WatermarkStrategy.noWatermarks(), "replay file");
+            Pipeline.build(requests.filter(l -> !l.isBlank()).name("skip blank lines"), config.decode())
+                    .sinkTo(new JsonlFileSink(Path.of(a.get("output-file", null)))).setParallelism(1).name("output file");
+            env.execute("dsflow replay " + in.getFileName());
+            out.println("replay: wrote " + a.get("output-file", null));
+            return 0;
+        }
+        if (!a.has("config")) throw new UsageException("run: give --config FILE, or --replay-file IN --output-file OUT");
+        env.enableCheckpointing(config.checkpointIntervalMs());
+        OffsetsInitializer start = a.has("replay") ? OffsetsInitializer.earliest()
+                : OffsetsInitializer.committedOffsets(org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST);
+        Pipeline.build(env.fromSource(KafkaIO.source(config, start, a.has("replay") ? OffsetsInitializer.latest() : null),
+                WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config)).name("completions");
+        env.execute(a.has("replay") ? "dsflow replay " + config.promptsTopic() : "dsflow");
+        return 0;
+    }
+}
