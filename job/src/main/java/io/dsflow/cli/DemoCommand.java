@@ -4,29 +4,17 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.engine.probe.ProbePrompts;
-import io.dsflow.job.EmbeddedKafka;
+import io.dsflow.job.EmbeddedJob;
 import io.dsflow.job.JobConfig;
-import io.dsflow.job.KafkaIO;
-import io.dsflow.job.Pipeline;
-import org.apache.flink.api.common.eventtime.WatermarkStrategy;
-import org.apache.flink.configuration.Configuration;
-import org.apache.flink.configuration.MemorySize;
-import org.apache.flink.configuration.TaskManagerOptions;
-import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
-import org.apache.flink.core.execution.JobClient;
-import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
-import org.apache.kafka.common.serialization.StringDeserializer;
-import org.apache.kafka.common.serialization.StringSerializer;
 
 import java.io.PrintStream;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.LinkedHashMap;
-import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Properties;
@@ -63,31 +51,16 @@ final class DemoCommand {
             String id = s.task() + "-" + (i / 2 + 1);
             questions.put(id, new Question(id, s.prompt(), s.answer()));
         }
-        try (EmbeddedKafka kafka = EmbeddedKafka.start()) {
-            Properties p = new Properties();
-            p.setProperty("model.dir", model.toString());
-            p.setProperty("backend", a.get("backend", "auto"));
-            p.setProperty("kv.policy", "dspp");
-            JobConfig config = JobConfig.from(p).withBootstrap(kafka.bootstrapServers()).withDelivery(false, 2000);
-            kafka.createTopics(1, config.promptsTopic(), config.completionsTopic(), config.errorsTopic());
-            out.printf(Locale.ROOT, "demo: Kafka broker at %s, topics %s -> %s (+ %s)%n", kafka.bootstrapServers(),
-                    config.promptsTopic(), config.completionsTopic(), config.errorsTopic());
-
-            Configuration flink = new Configuration();
-            flink.set(TaskManagerOptions.MANAGED_MEMORY_SIZE, MemorySize.parse("256m"));
-            StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
-            env.enableCheckpointing(config.checkpointIntervalMs());
-            Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
-                    WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config)).name("completions");
-            JobClient job = env.executeAsync("dsflow demo");
-            out.println("demo: Flink job started; sending " + questions.size() + " questions");
-
-            try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
-                    kafka.bootstrapServers()), new StringSerializer(), new StringSerializer());
-                 KafkaConsumer<String, String> consumer = new KafkaConsumer<>(Map.of("bootstrap.servers",
-                         kafka.bootstrapServers(), "group.id", "demo-reader", "auto.offset.reset", "earliest"),
-                         new StringDeserializer(), new StringDeserializer())) {
-                consumer.subscribe(List.of(config.completionsTopic(), config.errorsTopic()));
+        Properties p = new Properties();
+        p.setProperty("model.dir", model.toString());
+        p.setProperty("backend", a.get("backend", "auto"));
+        p.setProperty("kv.policy", "dspp");
+        try (EmbeddedJob job = EmbeddedJob.start(p, "256m")) {
+            JobConfig config = job.config();
+            out.printf(Locale.ROOT, "demo: Kafka broker at %s, Flink job reading %s, writing %s (+ %s); sending %d questions%n",
+                    job.bootstrapServers(), config.promptsTopic(), config.completionsTopic(), config.errorsTopic(), questions.size());
+            try (KafkaProducer<String, String> producer = job.producer();
+                 KafkaConsumer<String, String> consumer = job.consumer("demo-reader")) {
                 for (Question q : questions.values()) {
                     ObjectNode r = JSON.createObjectNode();
                     r.put("conversation_id", "demo-" + q.requestId());
@@ -116,7 +89,6 @@ final class DemoCommand {
                         }
                     }
                 }
-                job.cancel().get();
                 out.println();
                 int correct = 0;
                 for (Question q : questions.values()) {

@@ -29,6 +29,7 @@ public final class Main {
                 case "eval" -> EvalCommand.run(args, out);
                 case "demo" -> DemoCommand.run(args, out);
                 case "run" -> RunCommand.run(args, out);
+                case "overhead" -> OverheadCommand.run(args, out);
                 default -> throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
             };
         } catch (UsageException e) {
@@ -62,6 +63,6 @@ public final class Main {
     static String usage() {
         return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + GenerateCommand.USAGE + "\n  "
                 + CalibrateCommand.USAGE + "\n  " + EvalCommand.USAGE + "\n  " + DemoCommand.USAGE + "\n  "
-                + RunCommand.USAGE + "\n";
+                + RunCommand.USAGE + "\n  " + OverheadCommand.USAGE + "\n";
     }
 }

@@ -1,0 +1,83 @@
+package io.dsflow.job;
+
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.MemorySize;
+import org.apache.flink.configuration.TaskManagerOptions;
+import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
+import org.apache.flink.core.execution.JobClient;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.common.serialization.StringDeserializer;
+import org.apache.kafka.common.serialization.StringSerializer;
+
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+
+/**
+ * The whole product in one process, for the demo and measurements: an embedded Kafka broker with the three topics,
+ * and the dsflow job on a local Flink cluster reading and writing them.
+ */
+public final class EmbeddedJob implements AutoCloseable {
+    private final EmbeddedKafka kafka;
+    private final JobConfig config;
+    private final JobClient job;
+
+    private EmbeddedJob(EmbeddedKafka kafka, JobConfig config, JobClient job) {
+        this.kafka = kafka;
+        this.config = config;
+        this.job = job;
+    }
+
+    /** @param settings job properties (model.dir, backend, kv.*); Kafka addresses are filled in */
+    public static EmbeddedJob start(Properties settings, String managedMemory) throws Exception {
+        EmbeddedKafka kafka = EmbeddedKafka.start();
+        try {
+            JobConfig config = JobConfig.from(settings).withBootstrap(kafka.bootstrapServers()).withDelivery(false, 2000);
+            kafka.createTopics(1, config.promptsTopic(), config.completionsTopic(), config.errorsTopic());
+            Configuration flink = new Configuration();
+            flink.set(TaskManagerOptions.MANAGED_MEMORY_SIZE, MemorySize.parse(managedMemory));
+            StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
+            env.enableCheckpointing(config.checkpointIntervalMs());
+            Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
+                    WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config)).name("completions");
+            return new EmbeddedJob(kafka, config, env.executeAsync("dsflow (embedded)"));
+        } catch (Exception e) {
+            kafka.close();
+            throw e;
+        }
+    }
+
+    public JobConfig config() {
+        return config;
+    }
+
+    public String bootstrapServers() {
+        return kafka.bootstrapServers();
+    }
+
+    public KafkaProducer<String, String> producer() {
+        return new KafkaProducer<>(Map.of("bootstrap.servers", kafka.bootstrapServers(), "linger.ms", "0"),
+                new StringSerializer(), new StringSerializer());
+    }
+
+    /** A consumer of the completions and errors topics from their beginning. */
+    public KafkaConsumer<String, String> consumer(String group) {
+        KafkaConsumer<String, String> c = new KafkaConsumer<>(Map.of("bootstrap.servers", kafka.bootstrapServers(),
+                "group.id", group, "auto.offset.reset", "earliest", "fetch.max.wait.ms", "10"),
+                new StringDeserializer(), new StringDeserializer());
+        c.subscribe(List.of(config.completionsTopic(), config.errorsTopic()));
+        return c;
+    }
+
+    @Override
+    public void close() throws Exception {
+        try {
+            job.cancel().get();
+        } finally {
+            kafka.close();
+        }
+    }
+}
