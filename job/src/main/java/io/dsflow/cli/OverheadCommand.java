@@ -53,7 +53,7 @@ final class OverheadCommand {
                 p[0] = engine.config().bosTokenId() >= 0 ? engine.config().bosTokenId() : 3;
                 for (int i = 1; i < p.length; i++) p[i] = 3 + rnd.nextInt(engine.config().vocabSize() - 3);
             }
-            engine.generate(prompts[0], SamplingParams.greedy(8), KvConfig.defaults(policy)); // warm the JIT
+            engine.generate(prompts[0], SamplingParams.greedy(maxTokens), KvConfig.defaults(policy)); // warm the JIT
             for (int i = 0; i < requests; i++) {
                 GenerationResult r = engine.generate(prompts[i], SamplingParams.greedy(maxTokens), KvConfig.defaults(policy));
                 gen[i][0] = r.prefillMs();

@@ -27,6 +27,8 @@ public final class KafkaIO {
                 .setGroupId(c.groupId())
                 .setStartingOffsets(start)
                 .setValueOnlyDeserializer(new SimpleStringSchema())
+                // a request should not wait up to the default 500 ms in the broker for more data to arrive
+                .setProperty("fetch.max.wait.ms", "10")
                 .setProperties(c.kafkaClient())
                 .setProperty("isolation.level", "read_committed");
         if (end != null) b.setBounded(end);

@@ -32,12 +32,15 @@ public final class Pipeline {
 
     /** Every record the job emits: decode output and the parse errors, in one stream. */
     public static DataStream<OutputRecord> build(DataStream<String> requests, DecodeSettings settings) {
+        // buffer timeout 0: each token record leaves at once instead of waiting up to 100 ms for a network buffer to
+        // fill (tokens are few per second per conversation, so flushing per record costs little)
         SingleOutputStreamOperator<Request> parsed = requests.process(new Parse(settings.limits()))
-                .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse");
+                .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse").setBufferTimeout(0);
         SingleOutputStreamOperator<OutputRecord> decoded = parsed
                 .keyBy((Request r) -> r.conversationId, Types.STRING)
                 .transform("decode", TypeInformation.of(OutputRecord.class), new DecodeOperator(settings))
-                .uid("decode");
+                .uid("decode")
+                .setBufferTimeout(0);
         decoded.getTransformation().declareManagedMemoryUseCaseAtOperatorScope(ManagedMemoryUseCase.OPERATOR,
                 DECODE_MEMORY_WEIGHT);
         return decoded.union(parsed.getSideOutput(PARSE_ERRORS));
