@@ -60,7 +60,8 @@ final class EvalCommand {
                     throw new UsageException("eval: length " + len + " must be in [64, " + (engine.config().maxPositions() - 64) + "]");
                 }
             }
-            for (Eval.Policy p : policies) out.println("policy " + p.name() + ": " + p.kv());
+            // with --json, stdout carries only the JSON document
+            if (!a.has("json")) for (Eval.Policy p : policies) out.println("policy " + p.name() + ": " + p.kv());
             List<Eval.Cell> cells = Eval.run(engine, tasks, lengths, policies, samples, a.getLong("seed", 0),
                     a.getInt("recent-tokens", 0));
             if (a.has("json")) out.println(json(cells));
