@@ -130,7 +130,10 @@ public final class BatchScheduler {
     /** Frees an idle conversation's cache; returns the bytes freed (0 if it had none). */
     public long dropCache(String conversationId) {
         Kept k = idle.remove(conversationId);
-        return k == null ? 0 : k.seq().cache().bytes().total();
+        if (k == null) return 0;
+        long bytes = k.seq().cache().bytes().total();
+        k.seq().cache().release();
+        return bytes;
     }
 
     /** Whether this conversation has a cache kept (idle or in use). */

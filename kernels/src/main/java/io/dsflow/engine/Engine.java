@@ -1,6 +1,8 @@
 package io.dsflow.engine;
 
 import io.dsflow.engine.cpu.CpuBackend;
+import io.dsflow.engine.cuda.CudaBackend;
+import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
@@ -49,8 +51,18 @@ public final class Engine implements AutoCloseable {
         ModelFolder folder = ModelFolder.open(modelDir);
         ModelWeights weights = new ModelWeights(folder);
         Backend backend = switch (backendName.toLowerCase(Locale.ROOT)) {
-            case "cpu", "auto" -> new CpuBackend(weights);
-            case "cuda" -> throw new DsflowException("the cuda backend is not available in this build; use --backend cpu");
+            case "cpu" -> new CpuBackend(weights);
+            case "cuda" -> {
+                if (!CudaRuntime.available()) {
+                    throw new DsflowException("the cuda backend is not available: " + CudaRuntime.unavailableReason());
+                }
+                yield CudaBackend.load(weights, 0);
+            }
+            case "auto" -> {
+                if (CudaRuntime.available()) yield CudaBackend.load(weights, 0);
+                LOG.info("backend auto: using the cpu ({})", CudaRuntime.unavailableReason());
+                yield new CpuBackend(weights);
+            }
             default -> throw new DsflowException("unknown backend '" + backendName + "' (cpu, cuda, auto)");
         };
         ModelConfig c = folder.config();
@@ -200,6 +212,7 @@ public final class Engine implements AutoCloseable {
             decodeSteps++;
         }
         double tps = decodeSteps == 0 ? 0 : decodeSteps / (decodeNanos / 1e9);
+        seq.cache().release();
         return new GenerationResult(gen.tokens(), gen.text(tokenizer()), gen.finishReason(), prompt.length,
                 promptLogits, prefillMs, tps);
     }

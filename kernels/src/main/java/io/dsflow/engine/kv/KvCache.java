@@ -31,4 +31,8 @@ public interface KvCache {
 
     /** What this cache holds, by part, in the device format (16-bit keys and values). */
     KvBytes bytes();
+
+    /** Frees what the cache holds outside the heap (device memory); the cache is not used afterwards. */
+    default void release() {
+    }
 }

@@ -1,0 +1,382 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.Backend;
+import io.dsflow.engine.Batch;
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.kv.ChannelConfig;
+import io.dsflow.engine.kv.KvCache;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.model.Architecture;
+import io.dsflow.engine.model.DType;
+import io.dsflow.engine.model.ModelConfig;
+import io.dsflow.engine.model.ModelWeights;
+import io.dsflow.engine.model.SafeTensors;
+import jcuda.Pointer;
+import jcuda.driver.CUdeviceptr;
+
+import java.nio.ByteBuffer;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
+import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
+
+/**
+ * The forward pass on one NVIDIA GPU, step for step the CPU backend's (which is its specification): weights in bf16
+ * (uploaded straight from the memory-mapped files; fp16/fp32 files are rounded to bf16), activations in f32, KV caches
+ * in bf16, f32 accumulation. Kernels: src/main/cuda, one family per file.
+ * <ul>
+ *   <li>{@link #load} uploads a model, {@link #synthetic} makes random weights of a model's shapes on the device;</li>
+ *   <li>{@link #forward} runs on the calling thread (the device context is made current there);</li>
+ *   <li>{@link #close} frees the weights and work buffers; caches free themselves ({@link KvCache#release}).</li>
+ * </ul>
+ */
+public final class CudaBackend implements Backend {
+    /** A weight in device memory: bf16 values of a [out][in] (or [n]) tensor. */
+    private record Weight(CUdeviceptr ptr, long elements) {
+    }
+
+    private record Layer(Weight attnNorm, Weight attnNormBias, Weight q, Weight qBias, Weight k, Weight kBias, Weight v,
+                         Weight vBias, Weight o, Weight oBias, Weight mlpNorm, Weight mlpNormBias, Weight gate,
+                         Weight gateBias, Weight up, Weight upBias, Weight down, Weight downBias) {
+    }
+
+    private final CudaRuntime gpu;
+    private final ModelConfig c;
+    private final Weight embed, positionTable, projectIn, projectOut, finalNorm, finalNormBias, lmHead;
+    private final Layer[] layers;
+    private final CUdeviceptr invFreq;
+    private final Map<String, CUdeviceptr> scratch = new HashMap<>();
+    private final Map<String, Long> scratchBytes = new HashMap<>();
+    private final List<Weight> owned = new java.util.ArrayList<>();
+    private long weightBytes;
+
+    private interface Source {
+        Weight get(SafeTensors.Entry e, long elements, float scale);
+    }
+
+    private CudaBackend(CudaRuntime gpu, ModelConfig c, ModelWeights w, Source src) {
+        this.gpu = gpu;
+        this.c = c;
+        int h = c.hiddenSize();
+        long vocabRows = (long) c.vocabSize() * c.wordEmbedDim();
+        float ws = 0.02f;
+        embed = src.get(w == null ? null : w.embed, vocabRows, ws);
+        positionTable = c.architecture() == Architecture.OPT
+                ? src.get(w == null ? null : w.positions, (long) (c.maxPositions() + ModelConfig.OPT_POSITION_OFFSET) * h, ws) : null;
+        projectIn = w != null && w.projectIn != null ? src.get(w.projectIn, 0, ws) : null;
+        projectOut = w != null && w.projectOut != null ? src.get(w.projectOut, 0, ws) : null;
+        boolean ln = c.architecture() == Architecture.OPT;
+        finalNorm = w == null || w.finalNorm != null ? src.get(w == null ? null : w.finalNorm, h, -1) : null;
+        finalNormBias = ln && (w == null || w.finalNormBias != null) ? src.get(w == null ? null : w.finalNormBias, h, 0) : null;
+        lmHead = w != null && w.lmHead == w.embed ? embed : c.tieWordEmbeddings() ? embed
+                : src.get(w == null ? null : w.lmHead, vocabRows, ws);
+        layers = new Layer[c.numLayers()];
+        int inter = c.intermediateSize();
+        for (int i = 0; i < layers.length; i++) {
+            ModelWeights.Layer l = w == null ? null : w.layers[i];
+            layers[i] = new Layer(
+                    src.get(l == null ? null : l.attnNorm(), h, -1), ln ? src.get(l == null ? null : l.attnNormBias(), h, 0) : null,
+                    src.get(l == null ? null : l.q(), (long) c.qDim() * h, ws), opt(src, l == null ? null : l.qBias(), c.qDim()),
+                    src.get(l == null ? null : l.k(), (long) c.kvDim() * h, ws), opt(src, l == null ? null : l.kBias(), c.kvDim()),
+                    src.get(l == null ? null : l.v(), (long) c.kvDim() * h, ws), opt(src, l == null ? null : l.vBias(), c.kvDim()),
+                    src.get(l == null ? null : l.o(), (long) h * c.qDim(), ws), opt(src, l == null ? null : l.oBias(), h),
+                    src.get(l == null ? null : l.mlpNorm(), h, -1), ln ? src.get(l == null ? null : l.mlpNormBias(), h, 0) : null,
+                    ln ? null : src.get(l == null ? null : l.gate(), (long) inter * h, ws), opt(src, l == null ? null : l.gateBias(), inter),
+                    src.get(l == null ? null : l.up(), (long) inter * h, ws), opt(src, l == null ? null : l.upBias(), inter),
+                    src.get(l == null ? null : l.down(), (long) h * inter, ws), opt(src, l == null ? null : l.downBias(), h));
+        }
+        if (c.architecture().usesRope()) {
+            float[] inv = c.rope().inverseFrequencies(c.headDim());
+            invFreq = gpu.alloc(inv.length * 4L);
+            cuMemcpyHtoD(invFreq, Pointer.to(inv), inv.length * 4L);
+        } else {
+            invFreq = null;
+        }
+        int d = c.headDim();
+        if (d % 32 != 0 || d > 256 || d == 160 || d == 192 || d == 224) {
+            throw new DsflowException("the CUDA backend supports head_dim 32, 64, 96, 128 and 256, not " + d);
+        }
+    }
+
+    private static Weight opt(Source src, SafeTensors.Entry e, long n) {
+        return e == null ? null : src.get(e, n, 0);
+    }
+
+    /** Uploads a model's weights to a GPU. */
+    public static CudaBackend load(ModelWeights w, int device) {
+        CudaRuntime gpu = CudaRuntime.open(device);
+        Map<SafeTensors.Entry, Weight> uploaded = new HashMap<>();
+        return new CudaBackend(gpu, w.config, w, (e, n, scale) -> uploaded.computeIfAbsent(e, x -> upload(gpu, x)));
+    }
+
+    /** Random bf16 weights of a model's shapes, made on the device (norm weights 1, biases 0): for bench. */
+    public static CudaBackend synthetic(ModelConfig config, int device, long seed) {
+        CudaRuntime gpu = CudaRuntime.open(device);
+        long[] counter = {seed};
+        return new CudaBackend(gpu, config, null, (e, n, scale) -> random(gpu, n, counter[0]++, scale));
+    }
+
+    private static Weight upload(CudaRuntime gpu, SafeTensors.Entry e) {
+        long n = e.elements();
+        CUdeviceptr p = gpu.alloc(n * 2);
+        ByteBuffer buf = e.map();
+        if (e.dtype() == DType.BF16) {
+            cuMemcpyHtoD(p, Pointer.to(buf), n * 2);  // straight from the mapping, no heap copy
+        } else {
+            int chunk = 1 << 20;
+            short[] bits = new short[chunk];
+            for (long i0 = 0; i0 < n; i0 += chunk) {
+                int m = (int) Math.min(chunk, n - i0);
+                for (int i = 0; i < m; i++) bits[i] = toBf16(e.dtype().read(buf, i0 + i));
+                cuMemcpyHtoD(p.withByteOffset(i0 * 2), Pointer.to(bits), m * 2L);
+            }
+        }
+        return new Weight(p, n);
+    }
+
+    /** scale > 0: uniform in [-scale, scale); scale 0: zeros; scale -1: ones (norm weights). */
+    private static Weight random(CudaRuntime gpu, long n, long seed, float scale) {
+        CUdeviceptr p = gpu.alloc(n * 2);
+        if (scale > 0) {
+            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, p, n, seed, scale);
+        } else {
+            short v = scale == 0 ? 0 : toBf16(1f);
+            short[] chunk = new short[(int) Math.min(n, 1 << 20)];
+            java.util.Arrays.fill(chunk, v);
+            for (long i0 = 0; i0 < n; i0 += chunk.length) {
+                cuMemcpyHtoD(p.withByteOffset(i0 * 2), Pointer.to(chunk), Math.min(chunk.length, n - i0) * 2);
+            }
+        }
+        return new Weight(p, n);
+    }
+
+    /** float32 to bf16, rounding to nearest even. */
+    static short toBf16(float f) {
+        int bits = Float.floatToRawIntBits(f);
+        if ((bits & 0x7fffffff) > 0x7f800000) return (short) ((bits >>> 16) | 0x40);
+        return (short) ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
+    }
+
+    public CudaRuntime runtime() {
+        return gpu;
+    }
+
+    @Override
+    public ModelConfig config() {
+        return c;
+    }
+
+    @Override
+    public String description() {
+        return String.format("cuda:%d %s (%.1f GB, bf16 weights)", gpu.ordinal(), gpu.name(), gpu.totalMemory() / 1e9);
+    }
+
+    @Override
+    public KvCache newCache(KvConfig config, ChannelConfig channels) {
+        if (config.sparse()) {
+            throw new DsflowException("kv policy " + config.policy().id() + " is not available on the cuda backend yet");
+        }
+        if (config.capacity() > 0) throw new DsflowException("a bounded cache (capacity) is not available on cuda yet");
+        gpu.makeCurrent();
+        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256);
+    }
+
+    /** A cache whose first {@code tokens} slots hold arbitrary (uninitialised) values: bench's prefilled context. */
+    public CudaKvCache cacheOfLength(int tokens) {
+        gpu.makeCurrent();
+        CudaKvCache cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
+        cache.fillTo(tokens);
+        return cache;
+    }
+
+    private CUdeviceptr buf(String name, long floats) {
+        long bytes = Math.max(16, floats * 4);
+        Long have = scratchBytes.get(name);
+        if (have == null || have < bytes) {
+            if (have != null) gpu.free(scratch.get(name), have);
+            long size = Math.max(bytes, have == null ? 0 : have * 2);
+            scratch.put(name, gpu.alloc(size));
+            scratchBytes.put(name, size);
+        }
+        return scratch.get(name);
+    }
+
+    private CUdeviceptr ints(String name, int[] values) {
+        CUdeviceptr p = buf(name, values.length);
+        cuMemcpyHtoD(p, Pointer.to(values), values.length * 4L);
+        return p;
+    }
+
+    private static CUdeviceptr at(CUdeviceptr p, long floats) {
+        return p.withByteOffset(floats * 4);
+    }
+
+    private static CUdeviceptr ptr(Weight w) {
+        return w == null ? null : w.ptr();
+    }
+
+    /** y[rows][out] = x[rows][in] W^T + b: tensor cores for many rows, the bandwidth-bound GEMV for a decode batch. */
+    private void linear(CUdeviceptr y, CUdeviceptr x, int rows, Weight w, Weight bias, int out, int in) {
+        if (rows > 32) {
+            gpu.launch("gemm_wmma", (out + 63) / 64, (rows + 63) / 64, 128, y, x, w.ptr(), ptr(bias), rows, out, in);
+            return;
+        }
+        for (int r = 0; r < rows; ) {
+            int m = rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
+            gpu.launch("gemv_m" + m, (out + 7) / 8, 1, 256, at(y, (long) r * out), at(x, (long) r * in), w.ptr(),
+                    ptr(bias), out, in);
+            r += m;
+        }
+    }
+
+    /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias. */
+    private void norm(CUdeviceptr x, CUdeviceptr y, CUdeviceptr out, Weight w, Weight b, int rows) {
+        if (b == null) {
+            gpu.launch("add_rms_norm", rows, 1, 256, x, y, out, w.ptr(), rows, c.hiddenSize(), c.normEps());
+        } else {
+            gpu.launch("add_layer_norm", rows, 1, 256, x, y, out, w.ptr(), b.ptr(), rows, c.hiddenSize(), c.normEps());
+        }
+    }
+
+    @Override
+    public float[][] forward(Batch batch) {
+        float[][] logits = new float[batch.segments().size()][c.vocabSize()];
+        CUdeviceptr d = forwardToDevice(batch);
+        int vocab = c.vocabSize();
+        float[] flat = new float[logits.length * vocab];
+        cuMemcpyDtoH(Pointer.to(flat), d, (long) flat.length * 4);
+        for (int s = 0; s < logits.length; s++) System.arraycopy(flat, s * vocab, logits[s], 0, vocab);
+        return logits;
+    }
+
+    /** Greedy next tokens of each segment, sampled on the device (only the ids cross to the host). */
+    public int[] forwardGreedy(Batch batch) {
+        CUdeviceptr logits = forwardToDevice(batch);
+        int n = batch.segments().size();
+        CUdeviceptr ids = buf("argmax", n);
+        gpu.launch("argmax", n, 1, 1024, ids, logits, c.vocabSize());
+        int[] out = new int[n];
+        cuMemcpyDtoH(Pointer.to(out), ids, n * 4L);
+        return out;
+    }
+
+    /** The forward pass; returns the device buffer of logits [segments][vocab]. */
+    private CUdeviceptr forwardToDevice(Batch batch) {
+        gpu.makeCurrent();
+        int rows = batch.rows(), hidden = c.hiddenSize(), qDim = c.qDim(), kvDim = c.kvDim(), inter = c.intermediateSize();
+        int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
+        List<Batch.Segment> segments = batch.segments();
+        int[] starts = batch.segmentStarts();
+        boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        CUdeviceptr tokens = ints("tokens", batch.tokens()), positions = ints("positions", batch.positions());
+        CUdeviceptr x = buf("x", (long) rows * hidden), xn = buf("xn", (long) rows * hidden);
+        CUdeviceptr q = buf("q", (long) rows * qDim), k = buf("k", (long) rows * kvDim), v = buf("v", (long) rows * kvDim);
+        CUdeviceptr att = buf("att", (long) rows * qDim), tmp = buf("tmp", (long) rows * hidden);
+        CUdeviceptr up = buf("up", (long) rows * inter), gate = opt ? null : buf("gate", (long) rows * inter);
+        for (Batch.Segment s : segments) ((CudaKvCache) s.cache()).reserve(s.tokens().length);
+
+        // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
+        if (projectIn == null) {
+            gpu.launch("embed", rows, 1, 256, x, embed.ptr(), tokens, rows, c.wordEmbedDim(), ptr(positionTable),
+                    positions, ModelConfig.OPT_POSITION_OFFSET);
+        } else {
+            CUdeviceptr emb = buf("emb", (long) rows * c.wordEmbedDim());
+            gpu.launch("embed", rows, 1, 256, emb, embed.ptr(), tokens, rows, c.wordEmbedDim(), null, positions, 0);
+            linear(x, emb, rows, projectIn, null, hidden, c.wordEmbedDim());
+            gpu.launch("embed", rows, 1, 256, tmp, positionTable.ptr(), positions, rows, hidden, null, positions, 0);
+            gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, tmp, (long) rows * hidden);
+        }
+        CUdeviceptr pending = null; // the previous MLP's output, added to x by the next norm
+        for (int layer = 0; layer < layers.length; layer++) {
+            Layer w = layers[layer];
+            // 2. attention sublayer input: pre-norm (fused with the pending residual add) or the residual itself
+            CUdeviceptr in = x;
+            if (pre) {
+                norm(x, pending, xn, w.attnNorm, w.attnNormBias, rows);
+                in = xn;
+            }
+            linear(q, in, rows, w.q, w.qBias, qDim, hidden);
+            linear(k, in, rows, w.k, w.kBias, kvDim, hidden);
+            linear(v, in, rows, w.v, w.vBias, kvDim, hidden);
+            // 3. rotary positions on q and k
+            if (invFreq != null) {
+                gpu.launch("rope", rows, 1, 128, q, positions, invFreq, rows, heads, hd, qDim);
+                gpu.launch("rope", rows, 1, 128, k, positions, invFreq, rows, kvHeads, hd, kvDim);
+            }
+            // 4. each sequence appends its keys/values, then its rows attend over its cache (split, then merged)
+            for (int s = 0; s < segments.size(); s++) {
+                CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
+                int n = segments.get(s).tokens().length, r0 = starts[s], start = cache.length(layer);
+                gpu.launch("kv_append", n, 1, 256, cache.keys(layer), cache.values(layer), at(k, (long) r0 * kvDim),
+                        at(v, (long) r0 * kvDim), n, kvDim, start);
+                cache.appended(layer, n);
+                int length = start + n, splits = (length + 255) / 256;
+                CUdeviceptr partials = buf("partials", (long) n * heads * splits * (hd + 2));
+                gpu.launch("attention_split_d" + hd, n * heads, splits, 32, partials, at(q, (long) r0 * qDim),
+                        cache.keys(layer), cache.values(layer), n, heads, kvHeads, length, splits, scale);
+                gpu.launch("attention_merge", n * heads, 1, hd, at(att, (long) r0 * qDim), partials, n, heads, hd, splits);
+            }
+            // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
+            linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
+            if (pre) {
+                norm(x, tmp, xn, w.mlpNorm, w.mlpNormBias, rows);
+                in = xn;
+            } else {
+                norm(x, tmp, x, w.attnNorm, w.attnNormBias, rows);
+                in = x;
+            }
+            // 6. MLP: SwiGLU or OPT's ReLU
+            linear(up, in, rows, w.up, w.upBias, inter, hidden);
+            CUdeviceptr mlpOut = buf("mlp", (long) rows * hidden);
+            if (opt) {
+                gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
+                linear(mlpOut, up, rows, w.down, w.downBias, hidden, inter);
+            } else {
+                linear(gate, in, rows, w.gate, w.gateBias, inter, hidden);
+                gpu.launch("swiglu", (int) (((long) rows * inter + 255) / 256), 1, 256, gate, up, (long) rows * inter);
+                linear(mlpOut, gate, rows, w.down, w.downBias, hidden, inter);
+            }
+            if (pre) {
+                pending = mlpOut;
+            } else {
+                norm(x, mlpOut, x, w.mlpNorm, w.mlpNormBias, rows);
+            }
+        }
+        // 7. final norm (with the last residual add), last row of each segment, lm_head
+        CUdeviceptr hiddenOut = x;
+        if (pre && finalNorm != null) {
+            norm(x, pending, xn, finalNorm, finalNormBias, rows);
+            hiddenOut = xn;
+        } else if (pending != null) {
+            gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, pending, (long) rows * hidden);
+        }
+        int[] lastRows = new int[segments.size()];
+        for (int s = 0; s < lastRows.length; s++) lastRows[s] = starts[s] + segments.get(s).tokens().length - 1;
+        CUdeviceptr last = buf("last", (long) lastRows.length * hidden);
+        gpu.launch("gather_rows", lastRows.length, 1, 256, last, hiddenOut, ints("lastRows", lastRows), lastRows.length, hidden);
+        if (projectOut != null) {
+            CUdeviceptr projected = buf("projected", (long) lastRows.length * c.wordEmbedDim());
+            linear(projected, last, lastRows.length, projectOut, null, c.wordEmbedDim(), hidden);
+            last = projected;
+        }
+        CUdeviceptr logits = buf("logits", (long) lastRows.length * c.vocabSize());
+        linear(logits, last, lastRows.length, lmHead, null, c.vocabSize(), c.wordEmbedDim());
+        return logits;
+    }
+
+    /** Bytes of weights in device memory. */
+    public long weightBytes() {
+        return gpu.allocated() - scratchBytes.values().stream().mapToLong(Long::longValue).sum();
+    }
+
+    @Override
+    public void close() {
+        gpu.makeCurrent();
+        for (Map.Entry<String, CUdeviceptr> e : scratch.entrySet()) gpu.free(e.getValue(), scratchBytes.get(e.getKey()));
+        scratch.clear();
+        scratchBytes.clear();
+    }
+}

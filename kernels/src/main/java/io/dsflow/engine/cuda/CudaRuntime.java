@@ -1,0 +1,221 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.DsflowException;
+import jcuda.Pointer;
+import jcuda.driver.CUcontext;
+import jcuda.driver.CUdevice;
+import jcuda.driver.CUdeviceptr;
+import jcuda.driver.CUfunction;
+import jcuda.driver.CUmodule;
+import jcuda.driver.JCudaDriver;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.HashMap;
+import java.util.Map;
+
+import static jcuda.driver.JCudaDriver.cuCtxSetCurrent;
+import static jcuda.driver.JCudaDriver.cuCtxSynchronize;
+import static jcuda.driver.JCudaDriver.cuDeviceGet;
+import static jcuda.driver.JCudaDriver.cuDeviceGetCount;
+import static jcuda.driver.JCudaDriver.cuDeviceGetName;
+import static jcuda.driver.JCudaDriver.cuDevicePrimaryCtxRetain;
+import static jcuda.driver.JCudaDriver.cuDeviceTotalMem;
+import static jcuda.driver.JCudaDriver.cuInit;
+import static jcuda.driver.JCudaDriver.cuLaunchKernel;
+import static jcuda.driver.JCudaDriver.cuMemAlloc;
+import static jcuda.driver.JCudaDriver.cuMemFree;
+import static jcuda.driver.JCudaDriver.cuModuleGetFunction;
+import static jcuda.driver.JCudaDriver.cuModuleLoadData;
+
+/**
+ * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, the kernel
+ * modules built by nvcc at package time (cuda/*.fatbin on the classpath), allocations with a peak counter, launches.
+ * Calls are made current on the calling thread first, so any one thread at a time may drive it.
+ */
+public final class CudaRuntime implements AutoCloseable {
+    private static volatile String unavailable;
+    private static volatile Boolean present;
+
+    private final int ordinal;
+    private final CUcontext context = new CUcontext();
+    private final Map<String, CUfunction> functions = new HashMap<>();
+    private final String name;
+    private final long totalMemory;
+    private long allocated, peak;
+
+    private CudaRuntime(int ordinal) {
+        this.ordinal = ordinal;
+        CUdevice device = new CUdevice();
+        cuDeviceGet(device, ordinal);
+        cuDevicePrimaryCtxRetain(context, device);
+        cuCtxSetCurrent(context);
+        byte[] n = new byte[256];
+        cuDeviceGetName(n, n.length, device);
+        String s = new String(n, StandardCharsets.US_ASCII);
+        name = s.substring(0, Math.max(0, s.indexOf('\0')));
+        long[] mem = new long[1];
+        cuDeviceTotalMem(mem, device);
+        totalMemory = mem[0];
+        loadModules();
+    }
+
+    /**
+     * Whether a CUDA device and the kernels can be used here; probed once (on a host without the driver JCuda's first
+     * call throws UnsatisfiedLinkError, and later calls NoClassDefFoundError).
+     */
+    public static synchronized boolean available() {
+        if (present == null) {
+            try {
+                if (CudaRuntime.class.getResource("/cuda/modules.txt") == null) {
+                    throw new IllegalStateException("this build has no CUDA kernels (nvcc was missing at package time)");
+                }
+                JCudaDriver.setExceptionsEnabled(true);
+                cuInit(0);
+                int[] count = new int[1];
+                cuDeviceGetCount(count);
+                if (count[0] == 0) throw new IllegalStateException("no CUDA device");
+                present = true;
+            } catch (Throwable t) {
+                unavailable = String.valueOf(t.getMessage() == null ? t.toString() : t.getMessage()).replace('\n', ' ');
+                present = false;
+            }
+        }
+        return present;
+    }
+
+    /** Why CUDA cannot be used (null when it can). */
+    public static String unavailableReason() {
+        available();
+        return unavailable;
+    }
+
+    public static int deviceCount() {
+        if (!available()) return 0;
+        int[] count = new int[1];
+        cuDeviceGetCount(count);
+        return count[0];
+    }
+
+    public static CudaRuntime open(int ordinal) {
+        if (!available()) throw new DsflowException("CUDA is not available: " + unavailable);
+        return new CudaRuntime(ordinal);
+    }
+
+    private void loadModules() {
+        String list = resource("/cuda/modules.txt");
+        for (String module : new String(list.getBytes(StandardCharsets.UTF_8), StandardCharsets.UTF_8).split("\\s+")) {
+            if (module.isBlank()) continue;
+            byte[] image = bytes("/cuda/" + module + ".fatbin");
+            CUmodule m = new CUmodule();
+            cuModuleLoadData(m, image);
+            for (String fn : kernelNames(module)) {
+                CUfunction f = new CUfunction();
+                cuModuleGetFunction(f, m, fn);
+                functions.put(fn, f);
+            }
+        }
+    }
+
+    /** The kernels each module exports (extern "C" names). */
+    private static String[] kernelNames(String module) {
+        return switch (module) {
+            case "embedding" -> new String[]{"embed"};
+            case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
+            case "rope" -> new String[]{"rope"};
+            case "activation" -> new String[]{"swiglu", "relu", "residual_add", "fill_random_bf16"};
+            case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemm_wmma"};
+            case "attention" -> new String[]{"attention_split_d32", "attention_split_d64", "attention_split_d96",
+                    "attention_split_d128", "attention_split_d256", "attention_merge"};
+            case "kvcache" -> new String[]{"kv_append"};
+            case "sample" -> new String[]{"argmax", "gather_rows"};
+            default -> new String[0];
+        };
+    }
+
+    private static String resource(String path) {
+        return new String(bytes(path), StandardCharsets.UTF_8);
+    }
+
+    private static byte[] bytes(String path) {
+        try (InputStream in = CudaRuntime.class.getResourceAsStream(path)) {
+            if (in == null) throw new DsflowException("missing CUDA resource " + path);
+            return in.readAllBytes();
+        } catch (IOException e) {
+            throw new DsflowException("cannot read CUDA resource " + path + ": " + e.getMessage(), e);
+        }
+    }
+
+    public void makeCurrent() {
+        cuCtxSetCurrent(context);
+    }
+
+    public String name() {
+        return name;
+    }
+
+    public int ordinal() {
+        return ordinal;
+    }
+
+    public long totalMemory() {
+        return totalMemory;
+    }
+
+    public long peakAllocated() {
+        return peak;
+    }
+
+    public long allocated() {
+        return allocated;
+    }
+
+    public void resetPeak() {
+        peak = allocated;
+    }
+
+    public CUdeviceptr alloc(long bytes) {
+        CUdeviceptr p = new CUdeviceptr();
+        try {
+            cuMemAlloc(p, Math.max(bytes, 16));
+        } catch (jcuda.CudaException e) {
+            throw new DsflowException(String.format("out of GPU memory: %.1f MB more on %s (%.1f MB allocated)",
+                    bytes / 1e6, name, allocated / 1e6), e);
+        }
+        allocated += Math.max(bytes, 16);
+        peak = Math.max(peak, allocated);
+        return p;
+    }
+
+    public void free(CUdeviceptr p, long bytes) {
+        cuMemFree(p);
+        allocated -= Math.max(bytes, 16);
+    }
+
+    /** Launches a kernel on the default stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */
+    public void launch(String kernel, int gridX, int gridY, int block, Object... args) {
+        CUfunction f = functions.get(kernel);
+        if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+        Pointer[] ptrs = new Pointer[args.length];
+        for (int i = 0; i < args.length; i++) {
+            Object a = args[i];
+            if (a == null) ptrs[i] = Pointer.to(new CUdeviceptr());
+            else if (a instanceof CUdeviceptr p) ptrs[i] = Pointer.to(p);
+            else if (a instanceof Integer v) ptrs[i] = Pointer.to(new int[]{v});
+            else if (a instanceof Long v) ptrs[i] = Pointer.to(new long[]{v});
+            else if (a instanceof Float v) ptrs[i] = Pointer.to(new float[]{v});
+            else throw new IllegalArgumentException("kernel argument of type " + a.getClass());
+        }
+        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, 0, null, Pointer.to(ptrs), null);
+    }
+
+    public void synchronize() {
+        cuCtxSynchronize();
+    }
+
+    @Override
+    public void close() {
+        // the primary context stays with the process; allocations are freed by their owners
+    }
+}

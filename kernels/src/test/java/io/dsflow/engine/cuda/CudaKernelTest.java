@@ -1,0 +1,213 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.cpu.CpuOps;
+import io.dsflow.engine.kv.CpuAttention;
+import io.dsflow.engine.kv.KvStore;
+import jcuda.Pointer;
+import jcuda.driver.CUdeviceptr;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.api.Test;
+
+import java.util.Random;
+
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
+import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * Every CUDA kernel against the CPU backend on random inputs of odd sizes; outputs are poisoned with NaN first, so an
+ * element the kernel does not write fails the comparison. Skipped where there is no GPU.
+ */
+class CudaKernelTest {
+    static CudaRuntime gpu;
+
+    @BeforeAll
+    static void open() {
+        assumeTrue(CudaRuntime.available(), "no CUDA: " + CudaRuntime.unavailableReason());
+        gpu = CudaRuntime.open(0);
+    }
+
+    @AfterAll
+    static void close() {
+        if (gpu != null) gpu.close();
+    }
+
+    static float[] random(Random r, int n, float scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) r.nextGaussian() * scale;
+        return x;
+    }
+
+    static float bf(float f) {
+        return Float.intBitsToFloat(CudaBackend.toBf16(f) << 16);
+    }
+
+    static CUdeviceptr upload(float[] x) {
+        CUdeviceptr p = gpu.alloc(x.length * 4L);
+        cuMemcpyHtoD(p, Pointer.to(x), x.length * 4L);
+        return p;
+    }
+
+    static CUdeviceptr uploadBf16(float[] x) {
+        short[] b = new short[x.length];
+        for (int i = 0; i < x.length; i++) b[i] = CudaBackend.toBf16(x[i]);
+        CUdeviceptr p = gpu.alloc(x.length * 2L);
+        cuMemcpyHtoD(p, Pointer.to(b), x.length * 2L);
+        return p;
+    }
+
+    static CUdeviceptr poisoned(int n) {
+        float[] nan = new float[n];
+        java.util.Arrays.fill(nan, Float.NaN);
+        return upload(nan);
+    }
+
+    static float[] download(CUdeviceptr p, int n) {
+        gpu.synchronize();
+        float[] x = new float[n];
+        cuMemcpyDtoH(Pointer.to(x), p, n * 4L);
+        return x;
+    }
+
+    /** ||a - b|| / ||b||, NaN failing. */
+    static double relError(float[] got, float[] ref) {
+        double e = 0, n = 0;
+        for (int i = 0; i < ref.length; i++) {
+            assertTrue(Float.isFinite(got[i]), "element " + i + " not written or not finite: " + got[i]);
+            e += (got[i] - ref[i]) * (double) (got[i] - ref[i]);
+            n += ref[i] * (double) ref[i];
+        }
+        return Math.sqrt(e / Math.max(n, 1e-30));
+    }
+
+    @ParameterizedTest(name = "rows {0}, out {1}, in {2}")
+    @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "11,33,40", "33,97,200", "97,129,136", "200,70,333"})
+    void linearMatchesCpu(int rows, int out, int in) {
+        Random r = new Random(rows * 31L + out);
+        float[] x = random(r, rows * in, 1), w = random(r, out * in, 0.05f), b = random(r, out, 0.1f);
+        for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
+        for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
+        float[] wt = new float[w.length];
+        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) wt[i * out + o] = w[o * in + i];
+        float[][] xr = new float[rows][in], yr = new float[rows][out];
+        for (int m = 0; m < rows; m++) System.arraycopy(x, m * in, xr[m], 0, in);
+        CpuOps.matmul(xr, rows, new CpuOps.Linear(wt, in, out, b), yr);
+        float[] ref = new float[rows * out];
+        for (int m = 0; m < rows; m++) System.arraycopy(yr[m], 0, ref, m * out, out);
+        CudaBackend backend = null;
+        CUdeviceptr dx = upload(x), dw = uploadBf16(w), db = uploadBf16(b), dy = poisoned(rows * out);
+        if (rows > 32) gpu.launch("gemm_wmma", (out + 63) / 64, (rows + 63) / 64, 128, dy, dx, dw, db, rows, out, in);
+        else {
+            for (int m0 = 0; m0 < rows; ) {
+                int m = rows - m0 >= 8 ? 8 : rows - m0 >= 4 ? 4 : rows - m0 >= 2 ? 2 : 1;
+                gpu.launch("gemv_m" + m, (out + 7) / 8, 1, 256, dy.withByteOffset(m0 * out * 4L), dx.withByteOffset(m0 * in * 4L), dw, db, out, in);
+                m0 += m;
+            }
+        }
+        double err = relError(download(dy, rows * out), ref);
+        // the tensor-core path rounds x to bf16 (about 3e-3); the GEMV reads x in f32
+        assertTrue(err < (rows > 32 ? 1e-2 : 1e-5), "relative error " + err);
+    }
+
+    @Test
+    void normsMatchCpu() {
+        Random r = new Random(5);
+        int rows = 7, dim = 333;
+        float[] x = random(r, rows * dim, 2), y = random(r, rows * dim, 1), w = random(r, dim, 1), b = random(r, dim, 1);
+        for (int i = 0; i < dim; i++) {
+            w[i] = bf(w[i]);
+            b[i] = bf(b[i]);
+        }
+        for (boolean layerNorm : new boolean[]{false, true}) {
+            CUdeviceptr dx = upload(x), dy = upload(y), out = poisoned(rows * dim);
+            if (layerNorm) gpu.launch("add_layer_norm", rows, 1, 256, dx, dy, out, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+            else gpu.launch("add_rms_norm", rows, 1, 256, dx, dy, out, uploadBf16(w), rows, dim, 1e-5f);
+            float[] ref = new float[rows * dim], sum = new float[rows * dim];
+            for (int m = 0; m < rows; m++) {
+                float[] row = new float[dim], o = new float[dim];
+                for (int i = 0; i < dim; i++) row[i] = x[m * dim + i] + y[m * dim + i];
+                if (layerNorm) CpuOps.layerNorm(row, w, b, 1e-5f, o);
+                else CpuOps.rmsNorm(row, w, 1e-5f, o);
+                System.arraycopy(o, 0, ref, m * dim, dim);
+                System.arraycopy(row, 0, sum, m * dim, dim);
+            }
+            assertTrue(relError(download(out, rows * dim), ref) < 1e-5, "norm output");
+            assertTrue(relError(download(dx, rows * dim), sum) < 1e-6, "residual updated in place");
+        }
+    }
+
+    @Test
+    void ropeMatchesCpu() {
+        Random r = new Random(6);
+        int rows = 5, heads = 3, d = 32, stride = heads * d;
+        float[] x = random(r, rows * stride, 1);
+        int[] pos = {0, 1, 17, 4095, 131000};
+        float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(d);
+        CUdeviceptr dx = upload(x), dp = gpu.alloc(pos.length * 4L), di = upload(inv);
+        cuMemcpyHtoD(dp, Pointer.to(pos), pos.length * 4L);
+        gpu.launch("rope", rows, 1, 128, dx, dp, di, rows, heads, d, stride);
+        float[] ref = x.clone();
+        for (int m = 0; m < rows; m++) {
+            float[] row = java.util.Arrays.copyOfRange(ref, m * stride, (m + 1) * stride);
+            CpuOps.rope(row, heads, d, pos[m], inv);
+            System.arraycopy(row, 0, ref, m * stride, stride);
+        }
+        assertTrue(relError(download(dx, rows * stride), ref) < 1e-5);
+    }
+
+    @ParameterizedTest(name = "head_dim {0}, rows {1}, context {2}")
+    @CsvSource({"32,1,97", "64,3,97", "128,1,700", "128,97,97", "32,13,600"})
+    void attentionMatchesCpu(int d, int rows, int context) {
+        Random r = new Random(d * 7L + rows);
+        int heads = 6, kvHeads = 2, kvDim = kvHeads * d;
+        KvStore store = new KvStore(1, kvHeads, d, 16);
+        float[] kAll = new float[context * kvDim], vAll = new float[context * kvDim];
+        for (int t = 0; t < context; t++) {
+            float[] k = random(r, kvDim, 1), v = random(r, kvDim, 1);
+            for (int i = 0; i < kvDim; i++) {
+                k[i] = bf(k[i]);
+                v[i] = bf(v[i]);
+            }
+            store.append(0, k, v);
+            System.arraycopy(k, 0, kAll, t * kvDim, kvDim);
+            System.arraycopy(v, 0, vAll, t * kvDim, kvDim);
+        }
+        float[] q = random(r, rows * heads * d, 1);
+        float[][] qr = new float[rows][heads * d], outRef = new float[rows][heads * d];
+        for (int m = 0; m < rows; m++) System.arraycopy(q, m * heads * d, qr[m], 0, heads * d);
+        float scale = (float) (1 / Math.sqrt(d));
+        CpuAttention.causal(store, 0, qr, 0, rows, outRef, heads, scale);
+        int splits = (context + 255) / 256;
+        CUdeviceptr partials = gpu.alloc((long) rows * heads * splits * (d + 2) * 4), out = poisoned(rows * heads * d);
+        gpu.launch("attention_split_d" + d, rows * heads, splits, 32, partials, upload(q), uploadBf16(kAll), uploadBf16(vAll),
+                rows, heads, kvHeads, context, splits, scale);
+        gpu.launch("attention_merge", rows * heads, 1, d, out, partials, rows, heads, d, splits);
+        float[] ref = new float[rows * heads * d];
+        for (int m = 0; m < rows; m++) System.arraycopy(outRef[m], 0, ref, m * heads * d, heads * d);
+        double err = relError(download(out, rows * heads * d), ref);
+        assertTrue(err < 1e-4, "relative error " + err);
+    }
+
+    @Test
+    void argmaxAndGatherMatchCpu() {
+        Random r = new Random(8);
+        int rows = 3, vocab = 50001;
+        float[] logits = random(r, rows * vocab, 1);
+        logits[vocab + 777] = 10f;
+        logits[vocab + 999] = 10f; // tie: the lower index wins
+        CUdeviceptr ids = gpu.alloc(rows * 4L);
+        gpu.launch("argmax", rows, 1, 1024, ids, upload(logits), vocab);
+        gpu.synchronize();
+        int[] got = new int[rows];
+        cuMemcpyDtoH(Pointer.to(got), ids, rows * 4L);
+        for (int m = 0; m < rows; m++) {
+            assertEquals(io.dsflow.engine.sample.Sampler.argmax(java.util.Arrays.copyOfRange(logits, m * vocab, (m + 1) * vocab)), got[m]);
+        }
+        assertEquals(777, got[1]);
+    }
+}

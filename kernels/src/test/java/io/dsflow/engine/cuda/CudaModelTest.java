@@ -1,0 +1,71 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.Engine;
+import io.dsflow.engine.GenerationResult;
+import io.dsflow.engine.Sequence;
+import io.dsflow.engine.TestModels;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.sample.SamplingParams;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/** The whole model on the GPU against transformers' golden outputs. Skipped where there is no GPU. */
+class CudaModelTest {
+    @BeforeAll
+    static void requireGpu() {
+        assumeTrue(CudaRuntime.available(), "no CUDA: " + CudaRuntime.unavailableReason());
+    }
+
+    static List<TestModels.GoldenCase> cases() {
+        return TestModels.goldenCases();
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void goldenGreedyIdsAndLogitsWithin2e2(TestModels.GoldenCase c) {
+        try (Engine e = Engine.load(TestModels.dir(c.model()), "cuda")) {
+            GenerationResult r = e.generate(c.promptIds(), SamplingParams.greedy(16), KvPolicy.DENSE);
+            double maxRef = 0, maxDiff = 0;
+            for (int i = 0; i < c.lastLogits().length; i++) {
+                maxRef = Math.max(maxRef, Math.abs(c.lastLogits()[i]));
+                maxDiff = Math.max(maxDiff, Math.abs(c.lastLogits()[i] - r.lastPromptLogits()[i]));
+            }
+            assertTrue(maxDiff <= 2e-2 * maxRef, c + ": max |diff| " + maxDiff + " vs max |ref| " + maxRef);
+            assertArrayEquals(c.greedyIds(), r.tokenIds(), c.toString());
+        }
+    }
+
+    @Test
+    void batchedDecodeOnTheGpuEqualsEachSequenceAlone() {
+        try (Engine e = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
+            int[][] prompts = {{0, 5, 9}, {0, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53}, new int[130]};
+            for (int i = 0; i < prompts[2].length; i++) prompts[2][i] = 3 + (i * 37) % 500;
+            List<int[]> alone = new ArrayList<>();
+            for (int[] p : prompts) alone.add(e.generate(p, SamplingParams.greedy(8), KvPolicy.DENSE).tokenIds());
+            List<Sequence> seqs = new ArrayList<>();
+            int[] next = new int[prompts.length];
+            int[][] got = new int[prompts.length][8];
+            for (int i = 0; i < prompts.length; i++) {
+                Sequence s = e.newSequence(KvPolicy.DENSE);
+                next[i] = io.dsflow.engine.sample.Sampler.argmax(e.prefill(s, prompts[i]));
+                seqs.add(s);
+            }
+            for (int step = 0; step < 8; step++) {
+                for (int i = 0; i < seqs.size(); i++) got[i][step] = next[i];
+                if (step == 7) break;
+                float[][] logits = e.decode(seqs, next);
+                for (int i = 0; i < seqs.size(); i++) next[i] = io.dsflow.engine.sample.Sampler.argmax(logits[i]);
+            }
+            for (int i = 0; i < prompts.length; i++) assertArrayEquals(alone.get(i), got[i], "sequence " + i);
+        }
+    }
+}
