@@ -50,7 +50,8 @@ public final class CudaBackend implements Backend {
     private final Map<String, CUdeviceptr> scratch = new HashMap<>();
     private final Map<String, Long> scratchBytes = new HashMap<>();
     private final List<Weight> owned = new java.util.ArrayList<>();
-    private long weightBytes;
+    private final long weightBytes;
+    private final long embedBytes;
 
     private interface Source {
         Weight get(SafeTensors.Entry e, long elements, float scale);
@@ -94,6 +95,8 @@ public final class CudaBackend implements Backend {
         } else {
             invFreq = null;
         }
+        weightBytes = gpu.allocated();
+        embedBytes = c.tieWordEmbeddings() ? 0 : (long) c.vocabSize() * c.wordEmbedDim() * 2;
         int d = c.headDim();
         if (d % 32 != 0 || d > 256 || d == 160 || d == 192 || d == 224) {
             throw new DsflowException("the CUDA backend supports head_dim 32, 64, 96, 128 and 256, not " + d);
@@ -188,6 +191,11 @@ public final class CudaBackend implements Backend {
         gpu.makeCurrent();
         CudaKvCache cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
         cache.fillTo(tokens);
+        for (int l = 0; l < c.numLayers(); l++) {
+            long n = (long) (tokens + 64) * c.kvDim();
+            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.keys(l), n, 7L * l, 1f);
+            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.values(l), n, 7L * l + 3, 1f);
+        }
         return cache;
     }
 
@@ -369,7 +377,12 @@ public final class CudaBackend implements Backend {
 
     /** Bytes of weights in device memory. */
     public long weightBytes() {
-        return gpu.allocated() - scratchBytes.values().stream().mapToLong(Long::longValue).sum();
+        return weightBytes;
+    }
+
+    /** Bytes of weights a decode step reads: all of them but the embedding table, of which it gathers a few rows. */
+    public long weightBytesPerStep() {
+        return weightBytes - embedBytes;
     }
 
     @Override

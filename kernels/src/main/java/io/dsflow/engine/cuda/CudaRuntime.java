@@ -77,8 +77,12 @@ public final class CudaRuntime implements AutoCloseable {
                 cuDeviceGetCount(count);
                 if (count[0] == 0) throw new IllegalStateException("no CUDA device");
                 present = true;
+            } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
+                unavailable = "no NVIDIA driver here (libcuda.so.1 cannot be loaded)";
+                present = false;
             } catch (Throwable t) {
-                unavailable = String.valueOf(t.getMessage() == null ? t.toString() : t.getMessage()).replace('\n', ' ');
+                String m = String.valueOf(t.getMessage() == null ? t.toString() : t.getMessage());
+                unavailable = m.lines().findFirst().orElse(m);
                 present = false;
             }
         }

@@ -21,23 +21,19 @@ import java.util.Set;
  * [--top-p P] [--top-k K] [--seed S] [--stop STR]... [--kv-policy dense|ds|dspp] [--backend cpu|cuda]
  * [--dump-logits FILE] [--json]}: one completion, no Flink. Scripts depend on this interface and on the JSON fields.
  */
-final class GenerateCommand {
-    static final String USAGE = "generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]"
+public final class GenerateCommand {
+    public static final String USAGE = "generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]"
             + " [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop STR]... [--kv-policy dense|ds|dspp]"
             + " [--backend cpu|cuda] [--dump-logits FILE] [--json] " + KvOptions.USAGE;
-    private static final Set<String> VALUED = union(Set.of("model", "prompt", "prompt-ids", "max-new-tokens",
+    private static final Set<String> VALUED = Args.union(Set.of("model", "prompt", "prompt-ids", "max-new-tokens",
             "temperature", "top-p", "top-k", "seed", "stop", "kv-policy", "backend", "dump-logits"), KvOptions.NAMES);
 
-    static Set<String> union(Set<String> a, Set<String> b) {
-        java.util.Set<String> u = new java.util.HashSet<>(a);
-        u.addAll(b);
-        return u;
-    }
+
 
     private GenerateCommand() {
     }
 
-    static int run(String[] argv, PrintStream out) {
+    public static int run(String[] argv, PrintStream out) {
         Args a = Args.parse("generate", argv, 1, VALUED, Set.of("json"));
         Path model = Path.of(a.require("model"));
         if (a.has("prompt") == a.has("prompt-ids")) {

@@ -14,10 +14,10 @@ import java.util.Set;
  * --lambda --rho --k-floor --k-min --dense-layers --channels qk|q|k --gqa per_head|max|mean --capacity} and
  * {@code --channel-file FILE}. A request's {@code kv} field takes the same names.
  */
-final class KvOptions {
+public final class KvOptions {
     static final Set<String> NAMES = Set.of("r", "label-bits", "sinks", "window", "lambda", "rho", "k-floor", "k-min",
             "dense-layers", "channels", "gqa", "capacity", "channel-file");
-    static final String USAGE = "[--r R] [--label-bits 16|8] [--sinks S] [--window W] [--lambda L] [--rho 1/16]"
+    public static final String USAGE = "[--r R] [--label-bits 16|8] [--sinks S] [--window W] [--lambda L] [--rho 1/16]"
             + " [--k-floor K] [--k-min K] [--dense-layers N] [--channels qk|q|k] [--gqa per_head|max|mean]"
             + " [--capacity C] [--channel-file FILE]";
 

@@ -10,8 +10,14 @@ import java.util.Set;
  * Command-line options of one subcommand: {@code --name value}, {@code --name=value}, repeatable options and flags.
  * Anything unknown, a missing value or a malformed number is a {@link UsageException} naming the option.
  */
-final class Args {
+public final class Args {
     private final Map<String, List<String>> values = new LinkedHashMap<>();
+
+    public static Set<String> union(Set<String> a, Set<String> b) {
+        java.util.Set<String> u = new java.util.HashSet<>(a);
+        u.addAll(b);
+        return u;
+    }
 
     private Args() {
     }
@@ -20,7 +26,7 @@ final class Args {
      * @param valued options that take a value
      * @param flags  options that take none
      */
-    static Args parse(String command, String[] argv, int from, Set<String> valued, Set<String> flags) {
+    public static Args parse(String command, String[] argv, int from, Set<String> valued, Set<String> flags) {
         Args a = new Args();
         for (int i = from; i < argv.length; i++) {
             String arg = argv[i];
@@ -48,29 +54,29 @@ final class Args {
         return a;
     }
 
-    boolean has(String name) {
+    public boolean has(String name) {
         return values.containsKey(name);
     }
 
     /** The option's value; given more than once is an error (use {@link #all} for repeatable ones). */
-    String get(String name, String fallback) {
+    public String get(String name, String fallback) {
         List<String> v = values.get(name);
         if (v == null) return fallback;
         if (v.size() > 1) throw new UsageException("--" + name + " given " + v.size() + " times");
         return v.get(0);
     }
 
-    String require(String name) {
+    public String require(String name) {
         String v = get(name, null);
         if (v == null) throw new UsageException("--" + name + " is required");
         return v;
     }
 
-    List<String> all(String name) {
+    public List<String> all(String name) {
         return values.getOrDefault(name, List.of());
     }
 
-    int getInt(String name, int fallback) {
+    public int getInt(String name, int fallback) {
         String v = get(name, null);
         if (v == null) return fallback;
         try {
@@ -80,7 +86,7 @@ final class Args {
         }
     }
 
-    long getLong(String name, long fallback) {
+    public long getLong(String name, long fallback) {
         String v = get(name, null);
         if (v == null) return fallback;
         try {
@@ -90,7 +96,7 @@ final class Args {
         }
     }
 
-    double getDouble(String name, double fallback) {
+    public double getDouble(String name, double fallback) {
         String v = get(name, null);
         if (v == null) return fallback;
         try {
@@ -101,7 +107,7 @@ final class Args {
     }
 
     /** A comma-separated list of integers ("1,2,3"). */
-    int[] getIntList(String name) {
+    public int[] getIntList(String name) {
         String v = get(name, null);
         if (v == null) return null;
         String[] parts = v.split(",");

@@ -20,14 +20,14 @@ import java.util.Set;
  * sums the channel statistics over all of them, writes the DoubleSparse JSON (qk_proj, q_proj, k_proj) and prints
  * the top-r overlap (Jaccard) between the two halves of the data.
  */
-final class CalibrateCommand {
-    static final String USAGE = "calibrate --model DIR --out FILE [--samples N] [--block-len L] [--text FILE] [--r R]"
+public final class CalibrateCommand {
+    public static final String USAGE = "calibrate --model DIR --out FILE [--samples N] [--block-len L] [--text FILE] [--r R]"
             + " [--seed S] [--backend cpu]";
 
     private CalibrateCommand() {
     }
 
-    static int run(String[] argv, PrintStream out) {
+    public static int run(String[] argv, PrintStream out) {
         Args a = Args.parse("calibrate", argv, 1, Set.of("model", "out", "samples", "block-len", "text", "r", "seed",
                 "backend"), Set.of());
         Path model = Path.of(a.require("model"));

@@ -24,16 +24,16 @@ import java.util.Set;
  * [--samples N] [--seed S] [kv options] [--json]}: the quality probe. A policy may carry its own overrides:
  * {@code dspp:lambda=0.5:window=16}.
  */
-final class EvalCommand {
-    static final String USAGE = "eval --model DIR [--tasks passkey,records] [--lengths 1024,4096,8192]"
+public final class EvalCommand {
+    public static final String USAGE = "eval --model DIR [--tasks passkey,records] [--lengths 1024,4096,8192]"
             + " [--policies dense,ds,dspp,dspp:lambda=0.5:window=16] [--samples N] [--seed S] [--recent-tokens N]"
             + " [--json] " + KvOptions.USAGE;
 
     private EvalCommand() {
     }
 
-    static int run(String[] argv, PrintStream out) {
-        Args a = Args.parse("eval", argv, 1, GenerateCommand.union(Set.of("model", "tasks", "lengths", "policies",
+    public static int run(String[] argv, PrintStream out) {
+        Args a = Args.parse("eval", argv, 1, Args.union(Set.of("model", "tasks", "lengths", "policies",
                 "samples", "seed", "backend", "recent-tokens"), KvOptions.NAMES), Set.of("json"));
         Path model = Path.of(a.require("model"));
         List<String> tasks = Arrays.asList(a.get("tasks", "passkey,records").split(","));

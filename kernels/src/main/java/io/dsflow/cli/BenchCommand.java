@@ -1,0 +1,173 @@
+package io.dsflow.cli;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.engine.Batch;
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.cuda.CudaBackend;
+import io.dsflow.engine.cuda.CudaKvCache;
+import io.dsflow.engine.cuda.CudaRuntime;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.model.ModelConfig;
+import io.dsflow.engine.model.ModelFolder;
+import io.dsflow.engine.model.ModelWeights;
+import io.dsflow.engine.model.SyntheticModels;
+import jcuda.driver.CUdeviceptr;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
+
+/**
+ * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
+ * [--kv-policy dense] [--steps N] [--json FILE]}: decode tokens/s and step latency per batch and context (greedy
+ * sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak device memory, and
+ * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
+ * / step time) against a device-to-device copy measured in the same run.
+ */
+public final class BenchCommand {
+    public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
+            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense] [--steps N] [--json FILE]";
+
+    private BenchCommand() {
+    }
+
+    public static int run(String[] argv, PrintStream out) throws IOException {
+        Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
+                "steps", "json"), Set.of());
+        if (!a.get("backend", "cuda").equals("cuda")) {
+            throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
+        }
+        KvPolicy policy = KvPolicy.parse(a.get("kv-policy", "dense"));
+        if (policy != KvPolicy.DENSE) throw new DsflowException("bench: kv policy " + policy.id() + " is not on the GPU yet");
+        if (!CudaRuntime.available()) throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
+        String model = a.require("model");
+        int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
+        int prompt = a.getInt("prompt", 4096), steps = a.getInt("steps", 32);
+        long t0 = System.nanoTime();
+        CudaBackend b;
+        if (model.startsWith("synthetic:")) {
+            b = CudaBackend.synthetic(SyntheticModels.get(model.substring("synthetic:".length())), 0, 1);
+        } else {
+            b = CudaBackend.load(new ModelWeights(ModelFolder.open(Path.of(model))), 0);
+        }
+        CudaRuntime gpu = b.runtime();
+        ModelConfig c = b.config();
+        out.printf(Locale.ROOT, "bench: %s (%s) on %s: %.2f GB of bf16 weights, loaded in %.1f s%n", model, c,
+                gpu.name(), b.weightBytes() / 1e9, (System.nanoTime() - t0) / 1e9);
+        double copy = copyBandwidth(gpu);
+        out.printf(Locale.ROOT, "bench: device-to-device copy %.2f TB/s (bytes read + written)%n", copy / 1e12);
+        ObjectMapper json = new ObjectMapper();
+        ObjectNode root = json.createObjectNode();
+        root.put("model", model);
+        root.put("gpu", gpu.name());
+        root.put("weight_bytes", b.weightBytes());
+        root.put("copy_bytes_per_s", copy);
+        ArrayNode decode = root.putArray("decode");
+        out.printf(Locale.ROOT, "%-6s %-8s %12s %10s %12s %10s %12s%n", "batch", "context", "tokens/s", "ms/step",
+                "GB/step", "TB/s", "of copy");
+        for (int ctx : contexts) {
+            for (int batch : batches) {
+                if (ctx + steps + 8 > c.maxPositions()) continue;
+                gpu.resetPeak();
+                List<CudaKvCache> caches = new ArrayList<>();
+                try {
+                    for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx));
+                    int[] tokens = new int[batch];
+                    for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
+                    for (int s = 0; s < 3; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
+                    gpu.synchronize();
+                    long start = System.nanoTime();
+                    for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + 3 + s));
+                    gpu.synchronize();
+                    double sec = (System.nanoTime() - start) / 1e9 / steps;
+                    double kvBytes = (double) batch * (ctx + 3 + steps / 2.0) * c.numLayers() * 2 * c.kvDim() * 2;
+                    double bytes = b.weightBytesPerStep() + kvBytes;
+                    out.printf(Locale.ROOT, "%-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%%%n", batch, ctx, batch / sec,
+                            sec * 1e3, bytes / 1e9, bytes / sec / 1e12, 100 * bytes / sec / copy);
+                    ObjectNode row = decode.addObject();
+                    row.put("batch", batch);
+                    row.put("context", ctx);
+                    row.put("tokens_per_s", batch / sec);
+                    row.put("ms_per_step", sec * 1e3);
+                    row.put("bytes_per_step", bytes);
+                    row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
+                    row.put("peak_device_bytes", gpu.peakAllocated());
+                } catch (DsflowException e) {
+                    out.printf(Locale.ROOT, "%-6d %-8d skipped: %s%n", batch, ctx, e.getMessage());
+                } finally {
+                    for (CudaKvCache k : caches) k.release();
+                }
+            }
+        }
+        if (prompt > 0 && prompt <= c.maxPositions()) {
+            CudaKvCache cache = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
+            try {
+                int[] ids = new int[prompt];
+                for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
+                b.forwardGreedy(new Batch().add(b.newCache(KvConfig.DENSE, null), java.util.Arrays.copyOf(ids, 64), 0));
+                gpu.synchronize();
+                long start = System.nanoTime();
+                b.forwardGreedy(new Batch().add(cache, ids, 0));
+                gpu.synchronize();
+                double sec = (System.nanoTime() - start) / 1e9;
+                double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
+                        + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
+                out.printf(Locale.ROOT, "prefill %d tokens: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers and causal attention)%n",
+                        prompt, sec, prompt / sec, flops / sec / 1e12);
+                root.put("prefill_tokens", prompt);
+                root.put("prefill_tokens_per_s", prompt / sec);
+                root.put("prefill_tflops", flops / sec / 1e12);
+            } finally {
+                cache.release();
+            }
+        }
+        root.put("peak_device_bytes_max", gpu.peakAllocated());
+        out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
+        if (a.has("json")) Files.writeString(Path.of(a.get("json", null)), root.toPrettyString());
+        b.close();
+        return 0;
+    }
+
+    private static Batch step(List<CudaKvCache> caches, int[] tokens, int position) {
+        Batch batch = new Batch();
+        for (int i = 0; i < caches.size(); i++) batch.add(caches.get(i), new int[]{tokens[i]}, position);
+        return batch;
+    }
+
+    /** Bytes read plus bytes written per second by a 1 GiB device-to-device copy (median of 10). */
+    static double copyBandwidth(CudaRuntime gpu) {
+        long n = 1L << 30;
+        CUdeviceptr src = gpu.alloc(n), dst = gpu.alloc(n);
+        try {
+            for (int i = 0; i < 3; i++) cuMemcpyDtoD(dst, src, n);
+            double[] t = new double[10];
+            for (int i = 0; i < t.length; i++) {
+                gpu.synchronize();
+                long s = System.nanoTime();
+                cuMemcpyDtoD(dst, src, n);
+                gpu.synchronize();
+                t[i] = (System.nanoTime() - s) / 1e9;
+            }
+            java.util.Arrays.sort(t);
+            return 2.0 * n / t[t.length / 2];
+        } finally {
+            gpu.free(src, n);
+            gpu.free(dst, n);
+        }
+    }
+
+    private static int[] ints(Args a, String name, String fallback) {
+        int[] v = a.getIntList(name);
+        return v != null ? v : java.util.Arrays.stream(fallback.split(",")).mapToInt(Integer::parseInt).toArray();
+    }
+}
