@@ -1,22 +1,28 @@
-// Causal attention of a segment's rows over one sequence's cache, split over the context (flash-decoding).
-//   q: [rows][H * D] f32 (after RoPE); kc, vc: [cap][KVH][D] bf16 (token-major cache; the segment's own keys are in
-//   it already); row r attends slots [0, n_r) with n_r = length - rows + r + 1; head h reads kv head h / (H / KVH).
-// attention_split: one warp per (row, head, split of CHUNK slots); lanes own 32 slots at a time for the scores and
-//   D / 32 channels each for the output; writes an unnormalised partial (max m, sum l, o[D]).
-//   Grid: (rows * H, splits), block: 32. partials: [rows * H][splits][D + 2] f32.
+// Causal attention of every row of a forward pass over its sequence's cache, split over the context
+// (flash-decoding), then merged.
+//   q: [rows][H * D] f32 (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
+//   in it already); head h reads kv head h / (H / KVH).
+// attention_rows_dD: one warp per (row, head, split of CHUNK2 slots); lanes own 32 slots at a time for the scores
+//   (16-byte key loads) and D / 32 contiguous channels each for the output; writes an unnormalised partial
+//   (max m, sum l, o[D]). partials: [rows * H][splits][D + 2] f32.
 // attention_merge: out[r][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).  Grid: (rows * H), block: D.
 #include "common.cuh"
 
-#define CHUNK 256
+// Row r of the batch belongs to segment seg[r], whose cache for
+//   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
+//   Grid: (rows * H, splits), block: 32; splits cover CHUNK2 slots each (empty ones write l = 0).
+#define CHUNK2 128
 
 template <int D>
-__device__ void split_body(float* partials, const float* q, const bf16* kc, const bf16* vc, int rows, int H, int KVH,
-                           int length, int splits, float scale) {
+__device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
+                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale) {
     constexpr int PER = D / 32;
     int rh = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
     int r = rh / H, h = rh % H, g = h / (H / KVH);
-    int n = length - rows + r + 1;
-    int begin = s * CHUNK, end = min(n, begin + CHUNK);
+    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
+    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
+    int n = row_len[r];
+    int begin = s * CHUNK2, end = min(n, begin + CHUNK2);
     float* part = partials + ((size_t)rh * splits + s) * (D + 2);
     __shared__ float qs[D];
     const float* qr = q + (size_t)r * H * D + h * D;
@@ -29,10 +35,18 @@ __device__ void split_body(float* partials, const float* q, const bf16* kc, cons
         int j = j0 + lane;
         float score = -INFINITY;
         if (j < end) {
-            const bf16* k = kc + ((size_t)j * KVH + g) * D;
+            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + g) * D);
             float acc = 0.f;
-#pragma unroll 8
-            for (int c = 0; c < D; c++) acc += qs[c] * __bfloat162float(k[c]);
+#pragma unroll
+            for (int c8 = 0; c8 < D / 8; c8++) {
+                uint4 raw = k[c8];
+                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float2 f = __bfloat1622float2(h2[i]);
+                    acc += qs[c8 * 8 + 2 * i] * f.x + qs[c8 * 8 + 2 * i + 1] * f.y;
+                }
+            }
             score = acc * scale;
         }
         float mnew = fmaxf(m, warp_max(score));
@@ -44,9 +58,9 @@ __device__ void split_body(float* partials, const float* q, const bf16* kc, cons
         int count = min(32, end - j0);
         for (int t = 0; t < count; t++) {
             float pt = __shfl_sync(0xffffffffu, p, t);
-            const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D;
+            const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D + lane * PER;
 #pragma unroll
-            for (int i = 0; i < PER; i++) o[i] += pt * __bfloat162float(v[lane + 32 * i]);
+            for (int i = 0; i < PER; i++) o[i] += pt * __bfloat162float(v[i]);
         }
         m = mnew;
     }
@@ -55,14 +69,17 @@ __device__ void split_body(float* partials, const float* q, const bf16* kc, cons
         part[D + 1] = l;
     }
 #pragma unroll
-    for (int i = 0; i < PER; i++) part[lane + 32 * i] = o[i];
+    for (int i = 0; i < PER; i++) part[lane * PER + i] = o[i];
 }
 
-extern "C" __global__ void attention_split_d32(float* p, const float* q, const bf16* k, const bf16* v, int rows, int H, int KVH, int length, int splits, float scale) { split_body<32>(p, q, k, v, rows, H, KVH, length, splits, scale); }
-extern "C" __global__ void attention_split_d64(float* p, const float* q, const bf16* k, const bf16* v, int rows, int H, int KVH, int length, int splits, float scale) { split_body<64>(p, q, k, v, rows, H, KVH, length, splits, scale); }
-extern "C" __global__ void attention_split_d96(float* p, const float* q, const bf16* k, const bf16* v, int rows, int H, int KVH, int length, int splits, float scale) { split_body<96>(p, q, k, v, rows, H, KVH, length, splits, scale); }
-extern "C" __global__ void attention_split_d128(float* p, const float* q, const bf16* k, const bf16* v, int rows, int H, int KVH, int length, int splits, float scale) { split_body<128>(p, q, k, v, rows, H, KVH, length, splits, scale); }
-extern "C" __global__ void attention_split_d256(float* p, const float* q, const bf16* k, const bf16* v, int rows, int H, int KVH, int length, int splits, float scale) { split_body<256>(p, q, k, v, rows, H, KVH, length, splits, scale); }
+#define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \
+        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale) { \
+    rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale); }
+ROWS_KERNEL(32)
+ROWS_KERNEL(64)
+ROWS_KERNEL(96)
+ROWS_KERNEL(128)
+ROWS_KERNEL(256)
 
 extern "C" __global__ void attention_merge(float* out, const float* partials, int rows, int H, int D, int splits) {
     int rh = blockIdx.x, c = threadIdx.x;

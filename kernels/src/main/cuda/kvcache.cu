@@ -1,12 +1,14 @@
-// Appends a segment's keys and values to a sequence's cache, rounding to bf16:
-//   k, v: [rows][KVH * D] f32  ->  kc, vc: [cap][KVH * D] bf16 at slots start .. start + rows - 1.
-// Grid: (rows), block: 256 over KVH * D.
+// Appends every row's key and value to its sequence's cache, rounding to bf16:
+//   k, v: [rows][KVH * D] f32  ->  the cache [cap][KVH * D] bf16 of segment seg[r], at slot slot[r].
 #include "common.cuh"
 
-extern "C" __global__ void kv_append(bf16* kc, bf16* vc, const float* k, const float* v, int rows, int kv_dim, int start) {
+// kptr, vptr: device pointer tables of the segments' caches for this layer. Grid: (rows), block: 256 over KVH * D.
+extern "C" __global__ void kv_append_rows(const unsigned long long* kptr, const unsigned long long* vptr, const int* seg,
+                                          const int* slot, const float* k, const float* v, int kv_dim) {
     int r = blockIdx.x;
-    if (r >= rows) return;
-    size_t dst = (size_t)(start + r) * kv_dim, src = (size_t)r * kv_dim;
+    bf16* kc = reinterpret_cast<bf16*>(kptr[seg[r]]);
+    bf16* vc = reinterpret_cast<bf16*>(vptr[seg[r]]);
+    size_t dst = (size_t)slot[r] * kv_dim, src = (size_t)r * kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
         kc[dst + i] = __float2bfloat16(k[src + i]);
         vc[dst + i] = __float2bfloat16(v[src + i]);

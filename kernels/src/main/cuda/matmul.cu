@@ -1,8 +1,8 @@
 // Linear layers: y[m][n] = sum_k x[m][k] * W[n][k] + bias[n]
 //   x: [M][K] f32, W: [N][K] bf16 (Hugging Face layout), bias: [N] bf16 or null, y: [M][N] f32.
-// gemv_mN (decode, M = 1, 2, 4 or 8 rows): bandwidth-bound; one warp per output column n reads W[n] once with
+// gemv_mN (decode, M = 1, 2, 4, 8 or 16 rows): bandwidth-bound; one warp per output column n reads W[n] once with
 //   16-byte loads (8 bf16) when K % 8 == 0 (else one element per lane) and keeps M accumulators; the host loops over
-//   row groups of 8 for larger batches. Grid: (ceil(N / 8)), block: 256 (8 warps).
+//   row groups of 16 for larger batches. Grid: (ceil(N / 8)), block: 256 (8 warps).
 // gemm_wmma (prefill, many rows): tensor cores through WMMA (bf16 x bf16 -> f32), 64 x 64 output tiles, K in steps
 //   of 32 through shared memory; x is rounded to bf16 as it is staged. Grid: (ceil(N / 64), ceil(M / 64)), block: 128.
 #include "common.cuh"
@@ -56,6 +56,7 @@ extern "C" __global__ void gemv_m1(float* y, const float* x, const bf16* W, cons
 extern "C" __global__ void gemv_m2(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<2>(y, x, W, bias, N, K); }
 extern "C" __global__ void gemv_m4(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<4>(y, x, W, bias, N, K); }
 extern "C" __global__ void gemv_m8(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<8>(y, x, W, bias, N, K); }
+extern "C" __global__ void gemv_m16(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<16>(y, x, W, bias, N, K); }
 
 #define TILE 64
 #define TK 32

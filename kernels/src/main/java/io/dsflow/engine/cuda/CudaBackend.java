@@ -217,6 +217,17 @@ public final class CudaBackend implements Backend {
         return p;
     }
 
+    private CUdeviceptr longs(String name, long[] values) {
+        CUdeviceptr p = buf(name, values.length * 2L);
+        cuMemcpyHtoD(p, Pointer.to(values), values.length * 8L);
+        return p;
+    }
+
+    /** The raw device address of a pointer (for the kernels' pointer tables). */
+    private static long address(CUdeviceptr p) {
+        return jcuda.DeviceAddress.of(p);
+    }
+
     private static CUdeviceptr at(CUdeviceptr p, long floats) {
         return p.withByteOffset(floats * 4);
     }
@@ -232,7 +243,7 @@ public final class CudaBackend implements Backend {
             return;
         }
         for (int r = 0; r < rows; ) {
-            int m = rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
+            int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
             gpu.launch("gemv_m" + m, (out + 7) / 8, 1, 256, at(y, (long) r * out), at(x, (long) r * in), w.ptr(),
                     ptr(bias), out, in);
             r += m;
@@ -285,6 +296,30 @@ public final class CudaBackend implements Backend {
         CUdeviceptr att = buf("att", (long) rows * qDim), tmp = buf("tmp", (long) rows * hidden);
         CUdeviceptr up = buf("up", (long) rows * inter), gate = opt ? null : buf("gate", (long) rows * inter);
         for (Batch.Segment s : segments) ((CudaKvCache) s.cache()).reserve(s.tokens().length);
+        // per-step metadata, built once and read by every layer: each row's segment, cache slot and attended length,
+        // and each layer's table of the segments' cache pointers
+        int nseg = segments.size();
+        int[] seg = new int[rows], slot = new int[rows], rowLen = new int[rows];
+        long[] kTable = new long[layers.length * nseg], vTable = new long[layers.length * nseg];
+        int maxLen = 0;
+        for (int s = 0; s < nseg; s++) {
+            CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
+            int n = segments.get(s).tokens().length, start = cache.length(0);
+            for (int i = 0; i < n; i++) {
+                seg[starts[s] + i] = s;
+                slot[starts[s] + i] = start + i;
+                rowLen[starts[s] + i] = start + i + 1;
+            }
+            maxLen = Math.max(maxLen, start + n);
+            for (int l = 0; l < layers.length; l++) {
+                kTable[l * nseg + s] = address(cache.keys(l));
+                vTable[l * nseg + s] = address(cache.values(l));
+            }
+        }
+        CUdeviceptr dSeg = ints("seg", seg), dSlot = ints("slot", slot), dLen = ints("rowLen", rowLen);
+        CUdeviceptr dK = longs("kTable", kTable), dV = longs("vTable", vTable);
+        int splits = (maxLen + 127) / 128;
+        CUdeviceptr partials = buf("partials", (long) rows * heads * splits * (hd + 2));
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
         if (projectIn == null) {
@@ -314,19 +349,13 @@ public final class CudaBackend implements Backend {
                 gpu.launch("rope", rows, 1, 128, q, positions, invFreq, rows, heads, hd, qDim);
                 gpu.launch("rope", rows, 1, 128, k, positions, invFreq, rows, kvHeads, hd, kvDim);
             }
-            // 4. each sequence appends its keys/values, then its rows attend over its cache (split, then merged)
-            for (int s = 0; s < segments.size(); s++) {
-                CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
-                int n = segments.get(s).tokens().length, r0 = starts[s], start = cache.length(layer);
-                gpu.launch("kv_append", n, 1, 256, cache.keys(layer), cache.values(layer), at(k, (long) r0 * kvDim),
-                        at(v, (long) r0 * kvDim), n, kvDim, start);
-                cache.appended(layer, n);
-                int length = start + n, splits = (length + 255) / 256;
-                CUdeviceptr partials = buf("partials", (long) n * heads * splits * (hd + 2));
-                gpu.launch("attention_split_d" + hd, n * heads, splits, 32, partials, at(q, (long) r0 * qDim),
-                        cache.keys(layer), cache.values(layer), n, heads, kvHeads, length, splits, scale);
-                gpu.launch("attention_merge", n * heads, 1, hd, at(att, (long) r0 * qDim), partials, n, heads, hd, splits);
-            }
+            // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
+            gpu.launch("kv_append_rows", rows, 1, 256, dK.withByteOffset(8L * layer * nseg), dV.withByteOffset(8L * layer * nseg),
+                    dSeg, dSlot, k, v, kvDim);
+            gpu.launch("attention_rows_d" + hd, rows * heads, splits, 32, partials, q, dK.withByteOffset(8L * layer * nseg),
+                    dV.withByteOffset(8L * layer * nseg), dSeg, dLen, heads, kvHeads, splits, scale);
+            gpu.launch("attention_merge", rows * heads, 1, hd, att, partials, rows, heads, hd, splits);
+            for (Batch.Segment sg : segments) ((CudaKvCache) sg.cache()).appended(layer, sg.tokens().length);
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
             if (pre) {

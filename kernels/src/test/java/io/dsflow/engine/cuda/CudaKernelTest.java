@@ -160,37 +160,81 @@ class CudaKernelTest {
         assertTrue(relError(download(dx, rows * stride), ref) < 1e-5);
     }
 
+    /**
+     * Two sequences in one launch, as a forward pass batches them: the first's last {@code rows} tokens attend
+     * causally over its cache of {@code context} tokens (a prefill tail), the second's one token over {@code context / 2 + 3}
+     * (a decode step); the keys and values are appended through kv_append_rows first.
+     */
     @ParameterizedTest(name = "head_dim {0}, rows {1}, context {2}")
     @CsvSource({"32,1,97", "64,3,97", "128,1,700", "128,97,97", "32,13,600"})
-    void attentionMatchesCpu(int d, int rows, int context) {
+    void appendAndAttentionMatchCpu(int d, int rows, int context) {
         Random r = new Random(d * 7L + rows);
         int heads = 6, kvHeads = 2, kvDim = kvHeads * d;
-        KvStore store = new KvStore(1, kvHeads, d, 16);
-        float[] kAll = new float[context * kvDim], vAll = new float[context * kvDim];
-        for (int t = 0; t < context; t++) {
-            float[] k = random(r, kvDim, 1), v = random(r, kvDim, 1);
-            for (int i = 0; i < kvDim; i++) {
-                k[i] = bf(k[i]);
-                v[i] = bf(v[i]);
+        int[] lengths = {context, context / 2 + 3}, rowsOf = {rows, 1};
+        int totalRows = rows + 1;
+        KvStore[] stores = new KvStore[2];
+        CUdeviceptr[] kc = new CUdeviceptr[2], vc = new CUdeviceptr[2];
+        float[] kRows = new float[totalRows * kvDim], vRows = new float[totalRows * kvDim];
+        int[] seg = new int[totalRows], slot = new int[totalRows], len = new int[totalRows];
+        int row = 0;
+        for (int s = 0; s < 2; s++) {
+            stores[s] = new KvStore(1, kvHeads, d, 16);
+            float[] kAll = new float[lengths[s] * kvDim], vAll = new float[lengths[s] * kvDim];
+            for (int t = 0; t < lengths[s]; t++) {
+                float[] k = random(r, kvDim, 1), v = random(r, kvDim, 1);
+                for (int i = 0; i < kvDim; i++) {
+                    k[i] = bf(k[i]);
+                    v[i] = bf(v[i]);
+                }
+                stores[s].append(0, k, v);
+                boolean appendedByKernel = t >= lengths[s] - rowsOf[s];
+                if (appendedByKernel) {
+                    System.arraycopy(k, 0, kRows, row * kvDim, kvDim);
+                    System.arraycopy(v, 0, vRows, row * kvDim, kvDim);
+                    seg[row] = s;
+                    slot[row] = t;
+                    len[row] = t + 1;
+                    row++;
+                } else {
+                    System.arraycopy(k, 0, kAll, t * kvDim, kvDim);
+                    System.arraycopy(v, 0, vAll, t * kvDim, kvDim);
+                }
             }
-            store.append(0, k, v);
-            System.arraycopy(k, 0, kAll, t * kvDim, kvDim);
-            System.arraycopy(v, 0, vAll, t * kvDim, kvDim);
+            kc[s] = uploadBf16(kAll);
+            vc[s] = uploadBf16(vAll);
         }
-        float[] q = random(r, rows * heads * d, 1);
-        float[][] qr = new float[rows][heads * d], outRef = new float[rows][heads * d];
-        for (int m = 0; m < rows; m++) System.arraycopy(q, m * heads * d, qr[m], 0, heads * d);
+        CUdeviceptr kTable = upload(new long[]{jcuda.DeviceAddress.of(kc[0]), jcuda.DeviceAddress.of(kc[1])});
+        CUdeviceptr vTable = upload(new long[]{jcuda.DeviceAddress.of(vc[0]), jcuda.DeviceAddress.of(vc[1])});
+        CUdeviceptr dSeg = upload(seg), dSlot = upload(slot), dLen = upload(len);
+        gpu.launch("kv_append_rows", totalRows, 1, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim);
+        float[] q = random(r, totalRows * heads * d, 1);
         float scale = (float) (1 / Math.sqrt(d));
-        CpuAttention.causal(store, 0, qr, 0, rows, outRef, heads, scale);
-        int splits = (context + 255) / 256;
-        CUdeviceptr partials = gpu.alloc((long) rows * heads * splits * (d + 2) * 4), out = poisoned(rows * heads * d);
-        gpu.launch("attention_split_d" + d, rows * heads, splits, 32, partials, upload(q), uploadBf16(kAll), uploadBf16(vAll),
-                rows, heads, kvHeads, context, splits, scale);
-        gpu.launch("attention_merge", rows * heads, 1, d, out, partials, rows, heads, d, splits);
-        float[] ref = new float[rows * heads * d];
-        for (int m = 0; m < rows; m++) System.arraycopy(outRef[m], 0, ref, m * heads * d, heads * d);
-        double err = relError(download(out, rows * heads * d), ref);
+        float[] ref = new float[totalRows * heads * d];
+        for (int s = 0, r0 = 0; s < 2; r0 += rowsOf[s], s++) {
+            float[][] qr = new float[rowsOf[s]][heads * d], outRef = new float[rowsOf[s]][heads * d];
+            for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(q, (r0 + m) * heads * d, qr[m], 0, heads * d);
+            CpuAttention.causal(stores[s], 0, qr, 0, rowsOf[s], outRef, heads, scale);
+            for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(outRef[m], 0, ref, (r0 + m) * heads * d, heads * d);
+        }
+        int splits = (context + 127) / 128;
+        CUdeviceptr partials = gpu.alloc((long) totalRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
+        gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen,
+                heads, kvHeads, splits, scale);
+        gpu.launch("attention_merge", totalRows * heads, 1, d, out, partials, totalRows, heads, d, splits);
+        double err = relError(download(out, totalRows * heads * d), ref);
         assertTrue(err < 1e-4, "relative error " + err);
+    }
+
+    static CUdeviceptr upload(long[] x) {
+        CUdeviceptr p = gpu.alloc(x.length * 8L);
+        cuMemcpyHtoD(p, Pointer.to(x), x.length * 8L);
+        return p;
+    }
+
+    static CUdeviceptr upload(int[] x) {
+        CUdeviceptr p = gpu.alloc(x.length * 4L);
+        cuMemcpyHtoD(p, Pointer.to(x), x.length * 4L);
+        return p;
     }
 
     @Test

@@ -1,0 +1,14 @@
+package jcuda;
+
+/**
+ * The raw address a JCuda pointer holds (its native pointer plus byte offset). JCuda keeps them protected; kernels
+ * that take tables of device pointers (one cache per sequence) need the numbers, so this shim sits in JCuda's package.
+ */
+public final class DeviceAddress {
+    private DeviceAddress() {
+    }
+
+    public static long of(Pointer p) {
+        return p.getNativePointer() + p.getByteOffset();
+    }
+}
