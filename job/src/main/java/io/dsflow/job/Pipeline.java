@@ -34,8 +34,11 @@ public final class Pipeline {
     public static DataStream<OutputRecord> build(DataStream<String> requests, DecodeSettings settings) {
         // buffer timeout 0: each token record leaves at once instead of waiting up to 100 ms for a network buffer to
         // fill (tokens are few per second per conversation, so flushing per record costs little)
+        // the parser runs at its input's parallelism, so records reach keyBy in the order they were read: a rebalance
+        // here could let a conversation's second turn overtake its first
         SingleOutputStreamOperator<Request> parsed = requests.process(new Parse(settings.limits()))
-                .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse").setBufferTimeout(0);
+                .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse")
+                .setParallelism(requests.getParallelism()).setBufferTimeout(0);
         SingleOutputStreamOperator<OutputRecord> decoded = parsed
                 .keyBy((Request r) -> r.conversationId, Types.STRING)
                 .transform("decode", TypeInformation.of(OutputRecord.class), new DecodeOperator(settings))
