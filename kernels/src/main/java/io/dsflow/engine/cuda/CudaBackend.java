@@ -47,6 +47,9 @@ public final class CudaBackend implements Backend {
     private final Weight embed, positionTable, projectIn, projectOut, finalNorm, finalNormBias, lmHead;
     private final Layer[] layers;
     private final CUdeviceptr invFreq;
+    /** Decode steps run as captured graphs (one per batch size and split count) unless -Ddsflow.cuda.graphs=false. */
+    private static final boolean GRAPHS = !"false".equals(System.getProperty("dsflow.cuda.graphs"));
+    private final Map<Long, jcuda.driver.CUgraphExec> graphs = new HashMap<>();
     private final Map<String, CUdeviceptr> scratch = new HashMap<>();
     private final Map<String, Long> scratchBytes = new HashMap<>();
     private final List<Weight> owned = new java.util.ArrayList<>();
@@ -203,6 +206,9 @@ public final class CudaBackend implements Backend {
         long bytes = Math.max(16, floats * 4);
         Long have = scratchBytes.get(name);
         if (have == null || have < bytes) {
+            // a captured graph holds the old addresses: drop them all
+            for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);
+            graphs.clear();
             if (have != null) gpu.free(scratch.get(name), have);
             long size = Math.max(bytes, have == null ? 0 : have * 2);
             scratch.put(name, gpu.alloc(size));
@@ -244,10 +250,16 @@ public final class CudaBackend implements Backend {
         }
         for (int r = 0; r < rows; ) {
             int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
-            gpu.launch("gemv_m" + m, (out + 7) / 8, 1, 256, at(y, (long) r * out), at(x, (long) r * in), w.ptr(),
+            int cols = 8 * gemvColumns(m);
+            gpu.launch("gemv_m" + m, (out + cols - 1) / cols, 1, 256, at(y, (long) r * out), at(x, (long) r * in), w.ptr(),
                     ptr(bias), out, in);
             r += m;
         }
+    }
+
+    /** Output columns each warp of gemv_mM computes (matmul.cu). */
+    static int gemvColumns(int m) {
+        return m == 1 || m == 16 ? 1 : 2;
     }
 
     /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias. */
@@ -281,27 +293,50 @@ public final class CudaBackend implements Backend {
         return out;
     }
 
+    /** Device buffers and sizes of one forward pass: everything the launches read, prepared before them. */
+    private record Step(int rows, int nseg, int splits, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
+                        CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
+                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits) {
+    }
+
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
-        int rows = batch.rows(), hidden = c.hiddenSize(), qDim = c.qDim(), kvDim = c.kvDim(), inter = c.intermediateSize();
-        int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
+        boolean decodeOnly = batch.rows() == batch.segments().size();
+        boolean graph = GRAPHS && decodeOnly;
+        Step step = prepare(batch, graph);
+        if (graph) {
+            long key = ((long) step.rows() << 32) | step.splits();
+            jcuda.driver.CUgraphExec exec = graphs.get(key);
+            if (exec == null) {
+                exec = gpu.capture(() -> launchAll(step));
+                graphs.put(key, exec);
+            }
+            gpu.replay(exec);
+        } else {
+            launchAll(step);
+        }
+        for (Batch.Segment s : batch.segments()) {
+            for (int l = 0; l < layers.length; l++) ((CudaKvCache) s.cache()).appended(l, s.tokens().length);
+        }
+        return step.logits();
+    }
+
+    /**
+     * Per-step metadata, built once and read by every layer: the inputs, each row's segment, cache slot and attended
+     * length, each layer's table of the segments' cache pointers, and every work buffer at its size (so that the
+     * launches allocate nothing and can be captured). With {@code graph}, the attention covers the caches' capacity
+     * (empty splits exit at once), so one captured graph serves every step until a cache grows.
+     */
+    private Step prepare(Batch batch, boolean graph) {
+        int rows = batch.rows(), hidden = c.hiddenSize(), heads = c.numHeads(), hd = c.headDim();
         List<Batch.Segment> segments = batch.segments();
         int[] starts = batch.segmentStarts();
-        boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
-        float scale = (float) (1.0 / Math.sqrt(hd));
-        CUdeviceptr tokens = ints("tokens", batch.tokens()), positions = ints("positions", batch.positions());
-        CUdeviceptr x = buf("x", (long) rows * hidden), xn = buf("xn", (long) rows * hidden);
-        CUdeviceptr q = buf("q", (long) rows * qDim), k = buf("k", (long) rows * kvDim), v = buf("v", (long) rows * kvDim);
-        CUdeviceptr att = buf("att", (long) rows * qDim), tmp = buf("tmp", (long) rows * hidden);
-        CUdeviceptr up = buf("up", (long) rows * inter), gate = opt ? null : buf("gate", (long) rows * inter);
         for (Batch.Segment s : segments) ((CudaKvCache) s.cache()).reserve(s.tokens().length);
-        // per-step metadata, built once and read by every layer: each row's segment, cache slot and attended length,
-        // and each layer's table of the segments' cache pointers
         int nseg = segments.size();
-        int[] seg = new int[rows], slot = new int[rows], rowLen = new int[rows];
+        int[] seg = new int[rows], slot = new int[rows], rowLen = new int[rows], lastRows = new int[nseg];
         long[] kTable = new long[layers.length * nseg], vTable = new long[layers.length * nseg];
-        int maxLen = 0;
+        int span = 0;
         for (int s = 0; s < nseg; s++) {
             CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
             int n = segments.get(s).tokens().length, start = cache.length(0);
@@ -310,23 +345,53 @@ public final class CudaBackend implements Backend {
                 slot[starts[s] + i] = start + i;
                 rowLen[starts[s] + i] = start + i + 1;
             }
-            maxLen = Math.max(maxLen, start + n);
+            lastRows[s] = starts[s] + n - 1;
+            span = Math.max(span, graph ? cache.capacity() : start + n);
             for (int l = 0; l < layers.length; l++) {
                 kTable[l * nseg + s] = address(cache.keys(l));
                 vTable[l * nseg + s] = address(cache.values(l));
             }
         }
-        CUdeviceptr dSeg = ints("seg", seg), dSlot = ints("slot", slot), dLen = ints("rowLen", rowLen);
-        CUdeviceptr dK = longs("kTable", kTable), dV = longs("vTable", vTable);
-        int splits = (maxLen + 127) / 128;
+        int splits = (span + 127) / 128;
+        // size every work buffer first: a later growth would invalidate graphs captured in between
+        buf("x", (long) rows * hidden);
+        buf("xn", (long) rows * hidden);
+        buf("q", (long) rows * c.qDim());
+        buf("k", (long) rows * c.kvDim());
+        buf("v", (long) rows * c.kvDim());
+        buf("att", (long) rows * c.qDim());
+        buf("tmp", (long) rows * hidden);
+        buf("up", (long) rows * c.intermediateSize());
+        buf("gate", (long) rows * c.intermediateSize());
+        buf("mlp", (long) rows * hidden);
+        buf("emb", (long) rows * c.wordEmbedDim());
+        buf("last", (long) nseg * hidden);
+        buf("projected", (long) nseg * c.wordEmbedDim());
+        buf("argmax", nseg);
         CUdeviceptr partials = buf("partials", (long) rows * heads * splits * (hd + 2));
+        CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
+        return new Step(rows, nseg, splits, ints("tokens", batch.tokens()), ints("positions", batch.positions()),
+                ints("seg", seg), ints("slot", slot), ints("rowLen", rowLen), longs("kTable", kTable),
+                longs("vTable", vTable), partials, ints("lastRows", lastRows), logits);
+    }
+
+    /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
+    private void launchAll(Step st) {
+        int rows = st.rows(), nseg = st.nseg(), hidden = c.hiddenSize(), qDim = c.qDim(), kvDim = c.kvDim();
+        int inter = c.intermediateSize(), heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
+        boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        CUdeviceptr tokens = st.tokens(), positions = st.positions();
+        CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), q = scratch.get("q"), k = scratch.get("k");
+        CUdeviceptr v = scratch.get("v"), att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
+        CUdeviceptr gate = scratch.get("gate"), mlpOut = scratch.get("mlp");
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
         if (projectIn == null) {
             gpu.launch("embed", rows, 1, 256, x, embed.ptr(), tokens, rows, c.wordEmbedDim(), ptr(positionTable),
                     positions, ModelConfig.OPT_POSITION_OFFSET);
         } else {
-            CUdeviceptr emb = buf("emb", (long) rows * c.wordEmbedDim());
+            CUdeviceptr emb = scratch.get("emb");
             gpu.launch("embed", rows, 1, 256, emb, embed.ptr(), tokens, rows, c.wordEmbedDim(), null, positions, 0);
             linear(x, emb, rows, projectIn, null, hidden, c.wordEmbedDim());
             gpu.launch("embed", rows, 1, 256, tmp, positionTable.ptr(), positions, rows, hidden, null, positions, 0);
@@ -350,12 +415,11 @@ public final class CudaBackend implements Backend {
                 gpu.launch("rope", rows, 1, 128, k, positions, invFreq, rows, kvHeads, hd, kvDim);
             }
             // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
-            gpu.launch("kv_append_rows", rows, 1, 256, dK.withByteOffset(8L * layer * nseg), dV.withByteOffset(8L * layer * nseg),
-                    dSeg, dSlot, k, v, kvDim);
-            gpu.launch("attention_rows_d" + hd, rows * heads, splits, 32, partials, q, dK.withByteOffset(8L * layer * nseg),
-                    dV.withByteOffset(8L * layer * nseg), dSeg, dLen, heads, kvHeads, splits, scale);
-            gpu.launch("attention_merge", rows * heads, 1, hd, att, partials, rows, heads, hd, splits);
-            for (Batch.Segment sg : segments) ((CudaKvCache) sg.cache()).appended(layer, sg.tokens().length);
+            CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
+            gpu.launch("kv_append_rows", rows, 1, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim);
+            gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
+                    st.rowLen(), heads, kvHeads, st.splits(), scale);
+            gpu.launch("attention_merge", rows * heads, 1, hd, att, st.partials(), rows, heads, hd, st.splits());
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
             if (pre) {
@@ -367,7 +431,6 @@ public final class CudaBackend implements Backend {
             }
             // 6. MLP: SwiGLU or OPT's ReLU
             linear(up, in, rows, w.up, w.upBias, inter, hidden);
-            CUdeviceptr mlpOut = buf("mlp", (long) rows * hidden);
             if (opt) {
                 gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
                 linear(mlpOut, up, rows, w.down, w.downBias, hidden, inter);
@@ -390,18 +453,14 @@ public final class CudaBackend implements Backend {
         } else if (pending != null) {
             gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, pending, (long) rows * hidden);
         }
-        int[] lastRows = new int[segments.size()];
-        for (int s = 0; s < lastRows.length; s++) lastRows[s] = starts[s] + segments.get(s).tokens().length - 1;
-        CUdeviceptr last = buf("last", (long) lastRows.length * hidden);
-        gpu.launch("gather_rows", lastRows.length, 1, 256, last, hiddenOut, ints("lastRows", lastRows), lastRows.length, hidden);
+        CUdeviceptr last = scratch.get("last");
+        gpu.launch("gather_rows", nseg, 1, 256, last, hiddenOut, st.lastRows(), nseg, hidden);
         if (projectOut != null) {
-            CUdeviceptr projected = buf("projected", (long) lastRows.length * c.wordEmbedDim());
-            linear(projected, last, lastRows.length, projectOut, null, c.wordEmbedDim(), hidden);
+            CUdeviceptr projected = scratch.get("projected");
+            linear(projected, last, nseg, projectOut, null, c.wordEmbedDim(), hidden);
             last = projected;
         }
-        CUdeviceptr logits = buf("logits", (long) lastRows.length * c.vocabSize());
-        linear(logits, last, lastRows.length, lmHead, null, c.vocabSize(), c.wordEmbedDim());
-        return logits;
+        linear(st.logits(), last, nseg, lmHead, null, c.vocabSize(), c.wordEmbedDim());
     }
 
     /** Bytes of weights in device memory. */
@@ -417,6 +476,8 @@ public final class CudaBackend implements Backend {
     @Override
     public void close() {
         gpu.makeCurrent();
+        for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);
+        graphs.clear();
         for (Map.Entry<String, CUdeviceptr> e : scratch.entrySet()) gpu.free(e.getValue(), scratchBytes.get(e.getKey()));
         scratch.clear();
         scratchBytes.clear();

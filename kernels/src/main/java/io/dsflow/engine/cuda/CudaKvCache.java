@@ -102,6 +102,10 @@ public final class CudaKvCache implements KvCache {
         length[layer] += n;
     }
 
+    int capacity() {
+        return capacity;
+    }
+
     /** Marks the first {@code tokens} slots of every layer as filled (bench: a cache of random context). */
     void fillTo(int tokens) {
         reserve(tokens - length[0]);

@@ -6,7 +6,11 @@ import jcuda.driver.CUcontext;
 import jcuda.driver.CUdevice;
 import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUfunction;
+import jcuda.driver.CUgraph;
+import jcuda.driver.CUgraphExec;
 import jcuda.driver.CUmodule;
+import jcuda.driver.CUstream;
+import jcuda.driver.CUstreamCaptureMode;
 import jcuda.driver.JCudaDriver;
 
 import java.io.IOException;
@@ -41,6 +45,8 @@ public final class CudaRuntime implements AutoCloseable {
     private final int ordinal;
     private final CUcontext context = new CUcontext();
     private final Map<String, CUfunction> functions = new HashMap<>();
+    /** Every launch goes to this stream (a blocking one: it stays ordered with the copies on the legacy stream). */
+    private final CUstream stream = new CUstream();
     private final String name;
     private final long totalMemory;
     private long allocated, peak;
@@ -58,6 +64,7 @@ public final class CudaRuntime implements AutoCloseable {
         long[] mem = new long[1];
         cuDeviceTotalMem(mem, device);
         totalMemory = mem[0];
+        JCudaDriver.cuStreamCreate(stream, 0);
         loadModules();
     }
 
@@ -211,7 +218,30 @@ public final class CudaRuntime implements AutoCloseable {
             else if (a instanceof Float v) ptrs[i] = Pointer.to(new float[]{v});
             else throw new IllegalArgumentException("kernel argument of type " + a.getClass());
         }
-        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, 0, null, Pointer.to(ptrs), null);
+        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, 0, stream, Pointer.to(ptrs), null);
+    }
+
+    /** Records the launches {@code body} makes (nothing runs) into an executable graph. */
+    public CUgraphExec capture(Runnable body) {
+        JCudaDriver.cuStreamBeginCapture(stream, CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+        CUgraph graph = new CUgraph();
+        try {
+            body.run();
+        } finally {
+            JCudaDriver.cuStreamEndCapture(stream, graph);
+        }
+        CUgraphExec exec = new CUgraphExec();
+        JCudaDriver.cuGraphInstantiate(exec, graph, 0);
+        JCudaDriver.cuGraphDestroy(graph);
+        return exec;
+    }
+
+    public void replay(CUgraphExec graph) {
+        JCudaDriver.cuGraphLaunch(graph, stream);
+    }
+
+    public void destroy(CUgraphExec graph) {
+        JCudaDriver.cuGraphExecDestroy(graph);
     }
 
     public void synchronize() {

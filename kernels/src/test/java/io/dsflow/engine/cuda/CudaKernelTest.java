@@ -86,7 +86,8 @@ class CudaKernelTest {
     }
 
     @ParameterizedTest(name = "rows {0}, out {1}, in {2}")
-    @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "11,33,40", "33,97,200", "97,129,136", "200,70,333"})
+    @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "11,33,40", "16,45,88", "27,99,1024",
+            "33,97,200", "97,129,136", "200,70,333"})
     void linearMatchesCpu(int rows, int out, int in) {
         Random r = new Random(rows * 31L + out);
         float[] x = random(r, rows * in, 1), w = random(r, out * in, 0.05f), b = random(r, out, 0.1f);
@@ -104,8 +105,9 @@ class CudaKernelTest {
         if (rows > 32) gpu.launch("gemm_wmma", (out + 63) / 64, (rows + 63) / 64, 128, dy, dx, dw, db, rows, out, in);
         else {
             for (int m0 = 0; m0 < rows; ) {
-                int m = rows - m0 >= 8 ? 8 : rows - m0 >= 4 ? 4 : rows - m0 >= 2 ? 2 : 1;
-                gpu.launch("gemv_m" + m, (out + 7) / 8, 1, 256, dy.withByteOffset(m0 * out * 4L), dx.withByteOffset(m0 * in * 4L), dw, db, out, in);
+                int m = rows - m0 >= 16 ? 16 : rows - m0 >= 8 ? 8 : rows - m0 >= 4 ? 4 : rows - m0 >= 2 ? 2 : 1;
+                int cols = 8 * CudaBackend.gemvColumns(m);
+                gpu.launch("gemv_m" + m, (out + cols - 1) / cols, 1, 256, dy.withByteOffset(m0 * out * 4L), dx.withByteOffset(m0 * in * 4L), dw, db, out, in);
                 m0 += m;
             }
         }
