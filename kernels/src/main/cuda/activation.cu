@@ -9,6 +9,16 @@ extern "C" __global__ void swiglu(float* gate, const float* up, long n) {
     gate[i] = g / (1.f + __expf(-g)) * up[i];
 }
 
+// swiglu_fused: out[r][i] = silu(gu[r][i]) * gu[r][inter + i], gu: [rows][2 * inter] (the fused gate/up output),
+//   out: [rows][inter]. Grid: (ceil(rows * inter / 256)), block: 256.
+extern "C" __global__ void swiglu_fused(float* out, const float* gu, int rows, int inter) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)rows * inter) return;
+    long r = i / inter, c = i % inter;
+    float g = gu[r * 2 * inter + c];
+    out[i] = g / (1.f + __expf(-g)) * gu[r * 2 * inter + inter + c];
+}
+
 extern "C" __global__ void relu(float* x, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = fmaxf(x[i], 0.f);

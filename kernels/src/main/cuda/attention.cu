@@ -1,6 +1,6 @@
 // Causal attention of every row of a forward pass over its sequence's cache, split over the context
 // (flash-decoding), then merged.
-//   q: [rows][H * D] f32 (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
+//   q: rows of q_stride floats whose first H * D are the heads (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
 //   in it already); head h reads kv head h / (H / KVH).
 // attention_rows_dD: one warp per (row, head, split of CHUNK2 slots); lanes own 32 slots at a time for the scores
 //   (16-byte key loads) and D / 32 contiguous channels each for the output; writes an unnormalised partial
@@ -15,7 +15,7 @@
 
 template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
-                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale) {
+                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride) {
     constexpr int PER = D / 32;
     int rh = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
     int r = rh / H, h = rh % H, g = h / (H / KVH);
@@ -25,7 +25,7 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
     int begin = s * CHUNK2, end = min(n, begin + CHUNK2);
     float* part = partials + ((size_t)rh * splits + s) * (D + 2);
     __shared__ float qs[D];
-    const float* qr = q + (size_t)r * H * D + h * D;
+    const float* qr = q + (size_t)r * q_stride + h * D;
     for (int c = lane; c < D; c += 32) qs[c] = qr[c];
     __syncwarp();
     float m = -INFINITY, l = 0.f, o[PER];
@@ -73,8 +73,8 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
 }
 
 #define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \
-        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale) { \
-    rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale); }
+        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale, int q_stride) { \
+    rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride); }
 ROWS_KERNEL(32)
 ROWS_KERNEL(64)
 ROWS_KERNEL(96)

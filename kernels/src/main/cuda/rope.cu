@@ -6,6 +6,7 @@
 
 extern "C" __global__ void rope(float* x, const int* positions, const float* inv_freq, int rows, int heads,
                                 int head_dim, int row_stride) {
+    // q and k of the fused projection are rotated in one launch: heads counts both (their channels are adjacent)
     int r = blockIdx.x;
     if (r >= rows) return;
     int half = head_dim / 2;

@@ -37,9 +37,13 @@ public final class CudaBackend implements Backend {
     private record Weight(CUdeviceptr ptr, long elements) {
     }
 
-    private record Layer(Weight attnNorm, Weight attnNormBias, Weight q, Weight qBias, Weight k, Weight kBias, Weight v,
-                         Weight vBias, Weight o, Weight oBias, Weight mlpNorm, Weight mlpNormBias, Weight gate,
-                         Weight gateBias, Weight up, Weight upBias, Weight down, Weight downBias) {
+    /**
+     * One decoder layer on the device. q, k and v are one [qDim + 2 kvDim][hidden] matrix (one GEMV reads them, and its
+     * output rows are [q | k | v]); gate and up are one [2 inter][hidden] matrix for SwiGLU (OPT: up alone is fc1).
+     */
+    private record Layer(Weight attnNorm, Weight attnNormBias, Weight qkv, Weight qkvBias, Weight o, Weight oBias,
+                         Weight mlpNorm, Weight mlpNormBias, Weight gateUp, Weight gateUpBias, Weight down,
+                         Weight downBias) {
     }
 
     private final CudaRuntime gpu;
@@ -56,8 +60,11 @@ public final class CudaBackend implements Backend {
     private final long weightBytes;
     private final long embedBytes;
 
+    /** Where weights come from: the parts of one device tensor (laid end to end), or random values when null. */
     private interface Source {
         Weight get(SafeTensors.Entry e, long elements, float scale);
+
+        Weight concat(SafeTensors.Entry[] parts, long elements, float scale);
     }
 
     private CudaBackend(CudaRuntime gpu, ModelConfig c, ModelWeights w, Source src) {
@@ -78,17 +85,21 @@ public final class CudaBackend implements Backend {
                 : src.get(w == null ? null : w.lmHead, vocabRows, ws);
         layers = new Layer[c.numLayers()];
         int inter = c.intermediateSize();
+        long qkvRows = c.qDim() + 2L * c.kvDim();
         for (int i = 0; i < layers.length; i++) {
             ModelWeights.Layer l = w == null ? null : w.layers[i];
+            boolean qkvBias = l == null ? c.attentionBias() : l.qBias() != null;
+            boolean gateUpBias = l == null ? c.mlpBias() : l.upBias() != null;
             layers[i] = new Layer(
                     src.get(l == null ? null : l.attnNorm(), h, -1), ln ? src.get(l == null ? null : l.attnNormBias(), h, 0) : null,
-                    src.get(l == null ? null : l.q(), (long) c.qDim() * h, ws), opt(src, l == null ? null : l.qBias(), c.qDim()),
-                    src.get(l == null ? null : l.k(), (long) c.kvDim() * h, ws), opt(src, l == null ? null : l.kBias(), c.kvDim()),
-                    src.get(l == null ? null : l.v(), (long) c.kvDim() * h, ws), opt(src, l == null ? null : l.vBias(), c.kvDim()),
+                    src.concat(l == null ? null : new SafeTensors.Entry[]{l.q(), l.k(), l.v()}, qkvRows * h, ws),
+                    qkvBias ? src.concat(l == null ? null : new SafeTensors.Entry[]{l.qBias(), l.kBias(), l.vBias()}, qkvRows, 0) : null,
                     src.get(l == null ? null : l.o(), (long) h * c.qDim(), ws), opt(src, l == null ? null : l.oBias(), h),
                     src.get(l == null ? null : l.mlpNorm(), h, -1), ln ? src.get(l == null ? null : l.mlpNormBias(), h, 0) : null,
-                    ln ? null : src.get(l == null ? null : l.gate(), (long) inter * h, ws), opt(src, l == null ? null : l.gateBias(), inter),
-                    src.get(l == null ? null : l.up(), (long) inter * h, ws), opt(src, l == null ? null : l.upBias(), inter),
+                    ln ? src.get(l == null ? null : l.up(), (long) inter * h, ws)
+                            : src.concat(l == null ? null : new SafeTensors.Entry[]{l.gate(), l.up()}, 2L * inter * h, ws),
+                    !gateUpBias ? null : ln ? src.get(l == null ? null : l.upBias(), inter, 0)
+                            : src.concat(l == null ? null : new SafeTensors.Entry[]{l.gateBias(), l.upBias()}, 2L * inter, 0),
                     src.get(l == null ? null : l.down(), (long) h * inter, ws), opt(src, l == null ? null : l.downBias(), h));
         }
         if (c.architecture().usesRope()) {
@@ -114,32 +125,59 @@ public final class CudaBackend implements Backend {
     public static CudaBackend load(ModelWeights w, int device) {
         CudaRuntime gpu = CudaRuntime.open(device);
         Map<SafeTensors.Entry, Weight> uploaded = new HashMap<>();
-        return new CudaBackend(gpu, w.config, w, (e, n, scale) -> uploaded.computeIfAbsent(e, x -> upload(gpu, x)));
+        return new CudaBackend(gpu, w.config, w, new Source() {
+            @Override
+            public Weight get(SafeTensors.Entry e, long elements, float scale) {
+                return uploaded.computeIfAbsent(e, x -> upload(gpu, new SafeTensors.Entry[]{x}));
+            }
+
+            @Override
+            public Weight concat(SafeTensors.Entry[] parts, long elements, float scale) {
+                return upload(gpu, parts);
+            }
+        });
     }
 
     /** Random bf16 weights of a model's shapes, made on the device (norm weights 1, biases 0): for bench. */
     public static CudaBackend synthetic(ModelConfig config, int device, long seed) {
         CudaRuntime gpu = CudaRuntime.open(device);
         long[] counter = {seed};
-        return new CudaBackend(gpu, config, null, (e, n, scale) -> random(gpu, n, counter[0]++, scale));
+        return new CudaBackend(gpu, config, null, new Source() {
+            @Override
+            public Weight get(SafeTensors.Entry e, long n, float scale) {
+                return random(gpu, n, counter[0]++, scale);
+            }
+
+            @Override
+            public Weight concat(SafeTensors.Entry[] parts, long n, float scale) {
+                return random(gpu, n, counter[0]++, scale);
+            }
+        });
     }
 
-    private static Weight upload(CudaRuntime gpu, SafeTensors.Entry e) {
-        long n = e.elements();
-        CUdeviceptr p = gpu.alloc(n * 2);
-        ByteBuffer buf = e.map();
-        if (e.dtype() == DType.BF16) {
-            cuMemcpyHtoD(p, Pointer.to(buf), n * 2);  // straight from the mapping, no heap copy
-        } else {
-            int chunk = 1 << 20;
-            short[] bits = new short[chunk];
-            for (long i0 = 0; i0 < n; i0 += chunk) {
-                int m = (int) Math.min(chunk, n - i0);
-                for (int i = 0; i < m; i++) bits[i] = toBf16(e.dtype().read(buf, i0 + i));
-                cuMemcpyHtoD(p.withByteOffset(i0 * 2), Pointer.to(bits), m * 2L);
+    /** Uploads tensors end to end into one device buffer of bf16 (row-major [out][in] parts stack their rows). */
+    private static Weight upload(CudaRuntime gpu, SafeTensors.Entry[] parts) {
+        long total = 0;
+        for (SafeTensors.Entry e : parts) total += e.elements();
+        CUdeviceptr p = gpu.alloc(total * 2);
+        long at = 0;
+        for (SafeTensors.Entry e : parts) {
+            long n = e.elements();
+            ByteBuffer buf = e.map();
+            if (e.dtype() == DType.BF16) {
+                cuMemcpyHtoD(p.withByteOffset(at * 2), Pointer.to(buf), n * 2);  // straight from the mapping
+            } else {
+                int chunk = 1 << 20;
+                short[] bits = new short[chunk];
+                for (long i0 = 0; i0 < n; i0 += chunk) {
+                    int m = (int) Math.min(chunk, n - i0);
+                    for (int i = 0; i < m; i++) bits[i] = toBf16(e.dtype().read(buf, i0 + i));
+                    cuMemcpyHtoD(p.withByteOffset((at + i0) * 2), Pointer.to(bits), m * 2L);
+                }
             }
+            at += n;
         }
-        return new Weight(p, n);
+        return new Weight(p, total);
     }
 
     /** scale > 0: uniform in [-scale, scale); scale 0: zeros; scale -1: ones (norm weights). */
@@ -356,12 +394,10 @@ public final class CudaBackend implements Backend {
         // size every work buffer first: a later growth would invalidate graphs captured in between
         buf("x", (long) rows * hidden);
         buf("xn", (long) rows * hidden);
-        buf("q", (long) rows * c.qDim());
-        buf("k", (long) rows * c.kvDim());
-        buf("v", (long) rows * c.kvDim());
+        buf("qkv", (long) rows * (c.qDim() + 2L * c.kvDim()));
         buf("att", (long) rows * c.qDim());
         buf("tmp", (long) rows * hidden);
-        buf("up", (long) rows * c.intermediateSize());
+        buf("up", (long) rows * 2L * c.intermediateSize());
         buf("gate", (long) rows * c.intermediateSize());
         buf("mlp", (long) rows * hidden);
         buf("emb", (long) rows * c.wordEmbedDim());
@@ -382,8 +418,10 @@ public final class CudaBackend implements Backend {
         boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
         float scale = (float) (1.0 / Math.sqrt(hd));
         CUdeviceptr tokens = st.tokens(), positions = st.positions();
-        CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), q = scratch.get("q"), k = scratch.get("k");
-        CUdeviceptr v = scratch.get("v"), att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
+        int qkvDim = qDim + 2 * kvDim;
+        CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), qkv = scratch.get("qkv");
+        CUdeviceptr q = qkv, k = at(qkv, qDim), v = at(qkv, qDim + kvDim);   // [q | k | v] in rows of qkvDim
+        CUdeviceptr att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
         CUdeviceptr gate = scratch.get("gate"), mlpOut = scratch.get("mlp");
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
@@ -406,19 +444,14 @@ public final class CudaBackend implements Backend {
                 norm(x, pending, xn, w.attnNorm, w.attnNormBias, rows);
                 in = xn;
             }
-            linear(q, in, rows, w.q, w.qBias, qDim, hidden);
-            linear(k, in, rows, w.k, w.kBias, kvDim, hidden);
-            linear(v, in, rows, w.v, w.vBias, kvDim, hidden);
-            // 3. rotary positions on q and k
-            if (invFreq != null) {
-                gpu.launch("rope", rows, 1, 128, q, positions, invFreq, rows, heads, hd, qDim);
-                gpu.launch("rope", rows, 1, 128, k, positions, invFreq, rows, kvHeads, hd, kvDim);
-            }
+            linear(qkv, in, rows, w.qkv, w.qkvBias, qkvDim, hidden);
+            // 3. rotary positions on q and k (adjacent in each row: one launch over both)
+            if (invFreq != null) gpu.launch("rope", rows, 1, 128, q, positions, invFreq, rows, heads + kvHeads, hd, qkvDim);
             // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
-            gpu.launch("kv_append_rows", rows, 1, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim);
+            gpu.launch("kv_append_rows", rows, 1, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim, qkvDim);
             gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
-                    st.rowLen(), heads, kvHeads, st.splits(), scale);
+                    st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim);
             gpu.launch("attention_merge", rows * heads, 1, hd, att, st.partials(), rows, heads, hd, st.splits());
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
@@ -430,13 +463,13 @@ public final class CudaBackend implements Backend {
                 in = x;
             }
             // 6. MLP: SwiGLU or OPT's ReLU
-            linear(up, in, rows, w.up, w.upBias, inter, hidden);
             if (opt) {
+                linear(up, in, rows, w.gateUp, w.gateUpBias, inter, hidden);
                 gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
                 linear(mlpOut, up, rows, w.down, w.downBias, hidden, inter);
             } else {
-                linear(gate, in, rows, w.gate, w.gateBias, inter, hidden);
-                gpu.launch("swiglu", (int) (((long) rows * inter + 255) / 256), 1, 256, gate, up, (long) rows * inter);
+                linear(up, in, rows, w.gateUp, w.gateUpBias, 2 * inter, hidden);   // rows of [gate | up]
+                gpu.launch("swiglu_fused", (int) (((long) rows * inter + 255) / 256), 1, 256, gate, up, rows, inter);
                 linear(mlpOut, gate, rows, w.down, w.downBias, hidden, inter);
             }
             if (pre) {

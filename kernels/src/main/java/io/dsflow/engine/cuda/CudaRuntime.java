@@ -135,7 +135,7 @@ public final class CudaRuntime implements AutoCloseable {
             case "embedding" -> new String[]{"embed"};
             case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
             case "rope" -> new String[]{"rope"};
-            case "activation" -> new String[]{"swiglu", "relu", "residual_add", "fill_random_bf16"};
+            case "activation" -> new String[]{"swiglu", "swiglu_fused", "relu", "residual_add", "fill_random_bf16"};
             case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemm_wmma"};
             case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
                     "attention_rows_d128", "attention_rows_d256", "attention_merge"};

@@ -208,7 +208,7 @@ class CudaKernelTest {
         CUdeviceptr kTable = upload(new long[]{jcuda.DeviceAddress.of(kc[0]), jcuda.DeviceAddress.of(kc[1])});
         CUdeviceptr vTable = upload(new long[]{jcuda.DeviceAddress.of(vc[0]), jcuda.DeviceAddress.of(vc[1])});
         CUdeviceptr dSeg = upload(seg), dSlot = upload(slot), dLen = upload(len);
-        gpu.launch("kv_append_rows", totalRows, 1, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim);
+        gpu.launch("kv_append_rows", totalRows, 1, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim, kvDim);
         float[] q = random(r, totalRows * heads * d, 1);
         float scale = (float) (1 / Math.sqrt(d));
         float[] ref = new float[totalRows * heads * d];
@@ -221,7 +221,7 @@ class CudaKernelTest {
         int splits = (context + 127) / 128;
         CUdeviceptr partials = gpu.alloc((long) totalRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
         gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen,
-                heads, kvHeads, splits, scale);
+                heads, kvHeads, splits, scale, heads * d);
         gpu.launch("attention_merge", totalRows * heads, 1, d, out, partials, totalRows, heads, d, splits);
         double err = relError(download(out, totalRows * heads * d), ref);
         assertTrue(err < 1e-4, "relative error " + err);
@@ -237,6 +237,46 @@ class CudaKernelTest {
         CUdeviceptr p = gpu.alloc(x.length * 4L);
         cuMemcpyHtoD(p, Pointer.to(x), x.length * 4L);
         return p;
+    }
+
+    @Test
+    void elementwiseKernelsAndEmbeddingMatchCpu() {
+        Random r = new Random(9);
+        int rows = 3, inter = 301;
+        float[] gu = random(r, rows * 2 * inter, 2);
+        CUdeviceptr out = poisoned(rows * inter);
+        gpu.launch("swiglu_fused", (rows * inter + 255) / 256, 1, 256, out, upload(gu), rows, inter);
+        float[] ref = new float[rows * inter];
+        for (int m = 0; m < rows; m++) {
+            float[] g = java.util.Arrays.copyOfRange(gu, m * 2 * inter, m * 2 * inter + inter);
+            float[] u = java.util.Arrays.copyOfRange(gu, m * 2 * inter + inter, (m + 1) * 2 * inter);
+            CpuOps.swiglu(g, u);
+            System.arraycopy(g, 0, ref, m * inter, inter);
+        }
+        assertTrue(relError(download(out, rows * inter), ref) < 1e-5, "swiglu_fused");
+
+        float[] x = random(r, 1001, 1), y = random(r, 1001, 1);
+        CUdeviceptr dx = upload(x);
+        gpu.launch("relu", 4, 1, 256, dx, 1001L);
+        float[] relu = x.clone();
+        CpuOps.relu(relu);
+        assertTrue(relError(download(dx, 1001), relu) < 1e-7, "relu");
+        gpu.launch("residual_add", 4, 1, 256, dx, upload(y), 1001L);
+        CpuOps.add(relu, y);
+        assertTrue(relError(download(dx, 1001), relu) < 1e-7, "residual_add");
+
+        int vocab = 37, dim = 77;
+        float[] table = random(r, vocab * dim, 1), pos = random(r, 20 * dim, 1);
+        for (int i = 0; i < table.length; i++) table[i] = bf(table[i]);
+        for (int i = 0; i < pos.length; i++) pos[i] = bf(pos[i]);
+        int[] tokens = {5, 36, 0}, positions = {0, 7, 15};
+        CUdeviceptr emb = poisoned(3 * dim);
+        gpu.launch("embed", 3, 1, 256, emb, uploadBf16(table), upload(tokens), 3, dim, uploadBf16(pos), upload(positions), 2);
+        float[] expected = new float[3 * dim];
+        for (int m = 0; m < 3; m++) {
+            for (int i = 0; i < dim; i++) expected[m * dim + i] = table[tokens[m] * dim + i] + pos[(positions[m] + 2) * dim + i];
+        }
+        assertTrue(relError(download(emb, 3 * dim), expected) < 1e-7, "embedding with OPT positions");
     }
 
     @Test
