@@ -2,7 +2,7 @@
 // (flash-decoding), then merged.
 //   q: rows of q_stride floats whose first H * D are the heads (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
 //   in it already); head h reads kv head h / (H / KVH).
-// attention_rows_dD: one warp per (row, head, split of CHUNK2 slots); lanes own 32 slots at a time for the scores
+// attention_rows_dD: one warp per (row, head, split of CHUNK2 = 64 slots); lanes own 32 slots at a time for the scores
 //   (16-byte key loads) and D / 32 contiguous channels each for the output; writes an unnormalised partial
 //   (max m, sum l, o[D]). partials: [rows * H][splits][D + 2] f32.
 // attention_merge: out[r][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).  Grid: (rows * H), block: D.
@@ -11,7 +11,7 @@
 // Row r of the batch belongs to segment seg[r], whose cache for
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
 //   Grid: (rows * H, splits), block: 32; splits cover CHUNK2 slots each (empty ones write l = 0).
-#define CHUNK2 128
+#define CHUNK2 64
 
 template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
@@ -56,7 +56,23 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
 #pragma unroll
         for (int i = 0; i < PER; i++) o[i] *= corr;
         int count = min(32, end - j0);
-        for (int t = 0; t < count; t++) {
+        int t = 0;
+        for (; t + 4 <= count; t += 4) { // four value rows in flight at once
+            float vv[4][PER];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const bf16* v = vc + ((size_t)(j0 + t + u) * KVH + g) * D + lane * PER;
+#pragma unroll
+                for (int i = 0; i < PER; i++) vv[u][i] = __bfloat162float(v[i]);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float pt = __shfl_sync(0xffffffffu, p, t + u);
+#pragma unroll
+                for (int i = 0; i < PER; i++) o[i] += pt * vv[u][i];
+            }
+        }
+        for (; t < count; t++) {
             float pt = __shfl_sync(0xffffffffu, p, t);
             const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D + lane * PER;
 #pragma unroll
@@ -81,23 +97,139 @@ ROWS_KERNEL(96)
 ROWS_KERNEL(128)
 ROWS_KERNEL(256)
 
+// attention_gqa_dD_gG: the same result as attention_rows_dD, one warp per (row, kv head, split) serving the G query
+//   heads of the group: each key and value row is read once per kv head instead of G times. Same partials layout.
+//   Grid: (rows * KVH, splits), block: 32. Built for the common (D, G); other shapes use attention_rows_dD.
+template <int D, int G>
+__device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
+                         const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride) {
+    constexpr int PER = D / 32;
+    int rg = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
+    int r = rg / KVH, g = rg % KVH;
+    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
+    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
+    int n = row_len[r];
+    int begin = s * CHUNK2, end = min(n, begin + CHUNK2);
+    __shared__ float qs[G][D];
+#pragma unroll
+    for (int h = 0; h < G; h++)
+        for (int c = lane; c < D; c += 32) qs[h][c] = q[(size_t)r * q_stride + (g * G + h) * D + c];
+    __syncwarp();
+    float m[G], l[G], o[G][PER];
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+#pragma unroll
+        for (int i = 0; i < PER; i++) o[h][i] = 0.f;
+    }
+    for (int j0 = begin; j0 < end; j0 += 32) {
+        int j = j0 + lane;
+        float sc[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) sc[h] = 0.f;
+        if (j < end) {
+            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + g) * D);
+#pragma unroll
+            for (int c8 = 0; c8 < D / 8; c8++) {
+                uint4 raw = k[c8];
+                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+                float kf[8];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float2 f = __bfloat1622float2(h2[i]);
+                    kf[2 * i] = f.x;
+                    kf[2 * i + 1] = f.y;
+                }
+#pragma unroll
+                for (int h = 0; h < G; h++)
+#pragma unroll
+                    for (int i = 0; i < 8; i++) sc[h] += qs[h][c8 * 8 + i] * kf[i];
+            }
+        }
+        float p[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            float score = j < end ? sc[h] * scale : -INFINITY;
+            float mnew = fmaxf(m[h], warp_max(score));
+            p[h] = j < end ? __expf(score - mnew) : 0.f;
+            float corr = __expf(m[h] - mnew);
+            l[h] = l[h] * corr + warp_sum(p[h]);
+#pragma unroll
+            for (int i = 0; i < PER; i++) o[h][i] *= corr;
+            m[h] = mnew;
+        }
+        int count = min(32, end - j0);
+        for (int t = 0; t < count; t++) {
+            const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D + lane * PER;
+            float vv[PER];
+#pragma unroll
+            for (int i = 0; i < PER; i++) vv[i] = __bfloat162float(v[i]);
+#pragma unroll
+            for (int h = 0; h < G; h++) {
+                float pt = __shfl_sync(0xffffffffu, p[h], t);
+#pragma unroll
+                for (int i = 0; i < PER; i++) o[h][i] += pt * vv[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        float* part = partials + ((size_t)(r * H + g * G + h) * splits + s) * (D + 2);
+        if (lane == 0) {
+            part[D] = m[h];
+            part[D + 1] = l[h];
+        }
+#pragma unroll
+        for (int i = 0; i < PER; i++) part[lane * PER + i] = o[h][i];
+    }
+}
+
+#define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \
+        const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, \
+        int splits, float scale, int q_stride) { gqa_body<d, g>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride); }
+GQA_KERNEL(32, 2)
+GQA_KERNEL(32, 4)
+GQA_KERNEL(64, 2)
+GQA_KERNEL(64, 4)
+GQA_KERNEL(64, 8)
+GQA_KERNEL(128, 2)
+GQA_KERNEL(128, 4)
+GQA_KERNEL(128, 7)
+GQA_KERNEL(128, 8)
+
+// A (row, head) has at most MAX_SPLITS splits: contexts up to 131072 slots of 64 (the host checks).
+#define MAX_SPLITS 2048
+
 extern "C" __global__ void attention_merge(float* out, const float* partials, int rows, int H, int D, int splits) {
+    __shared__ float weight[MAX_SPLITS];
+    __shared__ float scratch[32];
     int rh = blockIdx.x, c = threadIdx.x;
-    if (c >= D) return;
     const float* base = partials + (size_t)rh * splits * (D + 2);
+    // the splits' maxima and sums, reduced by the whole block at once instead of walked by each thread
+    float m = -INFINITY;
+    for (int s = c; s < splits; s += blockDim.x) {
+        const float* p = base + (size_t)s * (D + 2);
+        if (p[D + 1] > 0.f) m = fmaxf(m, p[D]);
+    }
+    m = warp_max(m);
+    if ((c & 31) == 0) scratch[c >> 5] = m;
+    __syncthreads();
     float M = -INFINITY;
-    for (int s = 0; s < splits; s++) {
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, scratch[w]);
+    __syncthreads();
+    float l = 0.f;
+    for (int s = c; s < splits; s += blockDim.x) {
         const float* p = base + (size_t)s * (D + 2);
-        if (p[D + 1] > 0.f) M = fmaxf(M, p[D]);
+        float w = p[D + 1] > 0.f ? __expf(p[D] - M) : 0.f;
+        weight[s] = w;
+        l += p[D + 1] * w;
     }
-    float L = 0.f, o = 0.f;
-    for (int s = 0; s < splits; s++) {
-        const float* p = base + (size_t)s * (D + 2);
-        if (p[D + 1] <= 0.f) continue;
-        float w = __expf(p[D] - M);
-        L += p[D + 1] * w;
-        o += p[c] * w;
-    }
+    float L = block_sum(l, scratch);
+    if (c >= D) return;
+    float o = 0.f;
+#pragma unroll 4
+    for (int s = 0; s < splits; s++) o += base[(size_t)s * (D + 2) + c] * weight[s];
     int r = rh / H, h = rh % H;
     out[(size_t)r * H * D + h * D + c] = o / L;
 }

@@ -2,7 +2,7 @@
 //   if y != null: x[r] += y[r]            (the residual stream is updated in place)
 //   out[r] = rmsnorm(x[r]) * w            (rms_norm), or (x - mean) / std * w + b   (layer_norm)
 // w, b: [dim] bf16; out: [rows][dim] f32 (may equal x). Statistics in f32 over the block.
-// Grid: (rows), block: 256 threads.
+// Grid: (rows), block: 1024 threads (a decode step normalises one short row: latency, not bandwidth, bounds it).
 #include "common.cuh"
 
 extern "C" __global__ void add_rms_norm(float* x, const float* y, float* out, const bf16* w, int rows, int dim,
@@ -12,6 +12,7 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, float* out, co
     if (r >= rows) return;
     float* xr = x + (size_t)r * dim;
     float ss = 0.f;
+#pragma unroll 4
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = xr[i];
         if (y) {
@@ -31,6 +32,7 @@ extern "C" __global__ void add_layer_norm(float* x, const float* y, float* out, 
     if (r >= rows) return;
     float* xr = x + (size_t)r * dim;
     float s = 0.f;
+#pragma unroll 4
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = xr[i];
         if (y) {

@@ -303,9 +303,9 @@ public final class CudaBackend implements Backend {
     /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias. */
     private void norm(CUdeviceptr x, CUdeviceptr y, CUdeviceptr out, Weight w, Weight b, int rows) {
         if (b == null) {
-            gpu.launch("add_rms_norm", rows, 1, 256, x, y, out, w.ptr(), rows, c.hiddenSize(), c.normEps());
+            gpu.launch("add_rms_norm", rows, 1, 1024, x, y, out, w.ptr(), rows, c.hiddenSize(), c.normEps());
         } else {
-            gpu.launch("add_layer_norm", rows, 1, 256, x, y, out, w.ptr(), b.ptr(), rows, c.hiddenSize(), c.normEps());
+            gpu.launch("add_layer_norm", rows, 1, 1024, x, y, out, w.ptr(), b.ptr(), rows, c.hiddenSize(), c.normEps());
         }
     }
 
@@ -390,7 +390,8 @@ public final class CudaBackend implements Backend {
                 vTable[l * nseg + s] = address(cache.values(l));
             }
         }
-        int splits = (span + 127) / 128;
+        int splits = (span + 63) / 64;
+        if (splits > 2048) throw new DsflowException("contexts over 131072 tokens are not supported on cuda yet");
         // size every work buffer first: a later growth would invalidate graphs captured in between
         buf("x", (long) rows * hidden);
         buf("xn", (long) rows * hidden);
@@ -446,13 +447,19 @@ public final class CudaBackend implements Backend {
             }
             linear(qkv, in, rows, w.qkv, w.qkvBias, qkvDim, hidden);
             // 3. rotary positions on q and k (adjacent in each row: one launch over both)
-            if (invFreq != null) gpu.launch("rope", rows, 1, 128, q, positions, invFreq, rows, heads + kvHeads, hd, qkvDim);
+            if (invFreq != null) gpu.launch("rope", rows, heads + kvHeads, hd / 2, q, positions, invFreq, rows, heads + kvHeads, hd, qkvDim);
             // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rows", rows, 1, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim, qkvDim);
-            gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
-                    st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim);
-            gpu.launch("attention_merge", rows * heads, 1, hd, att, st.partials(), rows, heads, hd, st.splits());
+            String gqa = "attention_gqa_d" + hd + "_g" + heads / kvHeads;
+            if (heads > kvHeads && gpu.has(gqa)) {  // each key/value row read once for the query heads of its group
+                gpu.launch(gqa, rows * kvHeads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(), st.rowLen(), heads,
+                        kvHeads, st.splits(), scale, qkvDim);
+            } else {
+                gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
+                        st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim);
+            }
+            gpu.launch("attention_merge", rows * heads, 1, Math.max(hd, 128), att, st.partials(), rows, heads, hd, st.splits());
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
             if (pre) {

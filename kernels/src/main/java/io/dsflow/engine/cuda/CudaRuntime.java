@@ -138,7 +138,9 @@ public final class CudaRuntime implements AutoCloseable {
             case "activation" -> new String[]{"swiglu", "swiglu_fused", "relu", "residual_add", "fill_random_bf16"};
             case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemm_wmma"};
             case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
-                    "attention_rows_d128", "attention_rows_d256", "attention_merge"};
+                    "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",
+                    "attention_gqa_d32_g4", "attention_gqa_d64_g2", "attention_gqa_d64_g4", "attention_gqa_d64_g8",
+                    "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "kvcache" -> new String[]{"kv_append_rows"};
             case "sample" -> new String[]{"argmax", "gather_rows"};
             default -> new String[0];
@@ -205,6 +207,11 @@ public final class CudaRuntime implements AutoCloseable {
     }
 
     /** Launches a kernel on the default stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */
+    /** Whether this build has a kernel of that name. */
+    public boolean has(String kernel) {
+        return functions.containsKey(kernel);
+    }
+
     public void launch(String kernel, int gridX, int gridY, int block, Object... args) {
         CUfunction f = functions.get(kernel);
         if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");

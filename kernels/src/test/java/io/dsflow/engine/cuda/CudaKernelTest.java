@@ -127,8 +127,8 @@ class CudaKernelTest {
         }
         for (boolean layerNorm : new boolean[]{false, true}) {
             CUdeviceptr dx = upload(x), dy = upload(y), out = poisoned(rows * dim);
-            if (layerNorm) gpu.launch("add_layer_norm", rows, 1, 256, dx, dy, out, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
-            else gpu.launch("add_rms_norm", rows, 1, 256, dx, dy, out, uploadBf16(w), rows, dim, 1e-5f);
+            if (layerNorm) gpu.launch("add_layer_norm", rows, 1, 1024, dx, dy, out, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+            else gpu.launch("add_rms_norm", rows, 1, 1024, dx, dy, out, uploadBf16(w), rows, dim, 1e-5f);
             float[] ref = new float[rows * dim], sum = new float[rows * dim];
             for (int m = 0; m < rows; m++) {
                 float[] row = new float[dim], o = new float[dim];
@@ -152,7 +152,7 @@ class CudaKernelTest {
         float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(d);
         CUdeviceptr dx = upload(x), dp = gpu.alloc(pos.length * 4L), di = upload(inv);
         cuMemcpyHtoD(dp, Pointer.to(pos), pos.length * 4L);
-        gpu.launch("rope", rows, 1, 128, dx, dp, di, rows, heads, d, stride);
+        gpu.launch("rope", rows, heads, d / 2, dx, dp, di, rows, heads, d, stride);
         float[] ref = x.clone();
         for (int m = 0; m < rows; m++) {
             float[] row = java.util.Arrays.copyOfRange(ref, m * stride, (m + 1) * stride);
@@ -167,11 +167,12 @@ class CudaKernelTest {
      * causally over its cache of {@code context} tokens (a prefill tail), the second's one token over {@code context / 2 + 3}
      * (a decode step); the keys and values are appended through kv_append_rows first.
      */
-    @ParameterizedTest(name = "head_dim {0}, rows {1}, context {2}")
-    @CsvSource({"32,1,97", "64,3,97", "128,1,700", "128,97,97", "32,13,600"})
-    void appendAndAttentionMatchCpu(int d, int rows, int context) {
+    @ParameterizedTest(name = "head_dim {0}, rows {1}, context {2}, heads {3}/{4}")
+    @CsvSource({"32,1,97,6,2", "64,3,97,6,2", "128,1,700,6,2", "128,97,97,6,2", "32,13,600,6,2", "128,2,5000,6,2",
+            "32,1,97,8,2", "128,3,700,16,4", "128,2,5000,28,4", "64,5,300,16,2", "128,1,300,8,4"})
+    void appendAndAttentionMatchCpu(int d, int rows, int context, int heads, int kvHeads) {
         Random r = new Random(d * 7L + rows);
-        int heads = 6, kvHeads = 2, kvDim = kvHeads * d;
+        int kvDim = kvHeads * d;
         int[] lengths = {context, context / 2 + 3}, rowsOf = {rows, 1};
         int totalRows = rows + 1;
         KvStore[] stores = new KvStore[2];
@@ -218,11 +219,17 @@ class CudaKernelTest {
             CpuAttention.causal(stores[s], 0, qr, 0, rowsOf[s], outRef, heads, scale);
             for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(outRef[m], 0, ref, (r0 + m) * heads * d, heads * d);
         }
-        int splits = (context + 127) / 128;
+        int splits = (context + 63) / 64;
         CUdeviceptr partials = gpu.alloc((long) totalRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
-        gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen,
-                heads, kvHeads, splits, scale, heads * d);
-        gpu.launch("attention_merge", totalRows * heads, 1, d, out, partials, totalRows, heads, d, splits);
+        String gqa = "attention_gqa_d" + d + "_g" + heads / kvHeads;
+        if (gpu.has(gqa)) {
+            gpu.launch(gqa, totalRows * kvHeads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen, heads,
+                    kvHeads, splits, scale, heads * d);
+        } else {
+            gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg,
+                    dLen, heads, kvHeads, splits, scale, heads * d);
+        }
+        gpu.launch("attention_merge", totalRows * heads, 1, Math.max(d, 128), out, partials, totalRows, heads, d, splits);
         double err = relError(download(out, totalRows * heads * d), ref);
         assertTrue(err < 1e-4, "relative error " + err);
     }
