@@ -2,7 +2,7 @@
 // (flash-decoding), then merged.
 //   q: rows of q_stride floats whose first H * D are the heads (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
 //   in it already); head h reads kv head h / (H / KVH).
-// attention_rows_dD: one warp per (row, head, split of CHUNK2 = 64 slots); lanes own 32 slots at a time for the scores
+// attention_rows_dD: one warp per (row, head, split of `chunk` slots, a multiple of 32 chosen by the host); lanes own 32 slots at a time for the scores
 //   (16-byte key loads) and D / 32 contiguous channels each for the output; writes an unnormalised partial
 //   (max m, sum l, o[D]). partials: [rows * H][splits][D + 2] f32.
 // attention_merge: out[r][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).  Grid: (rows * H), block: D.
@@ -10,19 +10,19 @@
 
 // Row r of the batch belongs to segment seg[r], whose cache for
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
-//   Grid: (rows * H, splits), block: 32; splits cover CHUNK2 slots each (empty ones write l = 0).
-#define CHUNK2 64
+//   Grid: (rows * H, splits), block: 32; splits cover `chunk` slots each (empty ones write l = 0).
 
 template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
-                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride) {
+                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride,
+                          int chunk) {
     constexpr int PER = D / 32;
     int rh = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
     int r = rh / H, h = rh % H, g = h / (H / KVH);
     const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
     const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
     int n = row_len[r];
-    int begin = s * CHUNK2, end = min(n, begin + CHUNK2);
+    int begin = s * chunk, end = min(n, begin + chunk);
     float* part = partials + ((size_t)rh * splits + s) * (D + 2);
     __shared__ float qs[D];
     const float* qr = q + (size_t)r * q_stride + h * D;
@@ -89,8 +89,8 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
 }
 
 #define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \
-        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale, int q_stride) { \
-    rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride); }
+        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale, int q_stride, \
+        int chunk) { rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride, chunk); }
 ROWS_KERNEL(32)
 ROWS_KERNEL(64)
 ROWS_KERNEL(96)
@@ -102,14 +102,15 @@ ROWS_KERNEL(256)
 //   Grid: (rows * KVH, splits), block: 32. Built for the common (D, G); other shapes use attention_rows_dD.
 template <int D, int G>
 __device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
-                         const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride) {
+                         const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride,
+                         int chunk) {
     constexpr int PER = D / 32;
     int rg = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
     int r = rg / KVH, g = rg % KVH;
     const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
     const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
     int n = row_len[r];
-    int begin = s * CHUNK2, end = min(n, begin + CHUNK2);
+    int begin = s * chunk, end = min(n, begin + chunk);
     __shared__ float qs[G][D];
 #pragma unroll
     for (int h = 0; h < G; h++)
@@ -187,7 +188,8 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
 
 #define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \
         const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, \
-        int splits, float scale, int q_stride) { gqa_body<d, g>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride); }
+        int splits, float scale, int q_stride, int chunk) { \
+    gqa_body<d, g>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride, chunk); }
 GQA_KERNEL(32, 2)
 GQA_KERNEL(32, 4)
 GQA_KERNEL(64, 2)
@@ -198,7 +200,7 @@ GQA_KERNEL(128, 4)
 GQA_KERNEL(128, 7)
 GQA_KERNEL(128, 8)
 
-// A (row, head) has at most MAX_SPLITS splits: contexts up to 131072 slots of 64 (the host checks).
+// A (row, head) has at most MAX_SPLITS splits (the host checks).
 #define MAX_SPLITS 2048
 
 extern "C" __global__ void attention_merge(float* out, const float* partials, int rows, int H, int D, int splits) {

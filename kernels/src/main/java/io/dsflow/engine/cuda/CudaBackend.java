@@ -332,7 +332,7 @@ public final class CudaBackend implements Backend {
     }
 
     /** Device buffers and sizes of one forward pass: everything the launches read, prepared before them. */
-    private record Step(int rows, int nseg, int splits, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
+    private record Step(int rows, int nseg, int splits, int chunk, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
                         CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
                         CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits) {
     }
@@ -344,7 +344,7 @@ public final class CudaBackend implements Backend {
         boolean graph = GRAPHS && decodeOnly;
         Step step = prepare(batch, graph);
         if (graph) {
-            long key = ((long) step.rows() << 32) | step.splits();
+            long key = ((long) step.rows() << 32) | ((long) step.chunk() << 20) | step.splits();
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
@@ -390,8 +390,10 @@ public final class CudaBackend implements Backend {
                 vTable[l * nseg + s] = address(cache.values(l));
             }
         }
-        int splits = (span + 63) / 64;
-        if (splits > 2048) throw new DsflowException("contexts over 131072 tokens are not supported on cuda yet");
+        // slots per attention split: small batches take short splits so enough warps run (the merge then has more)
+        int chunk = rows * c.numKvHeads() >= 256 ? 128 : rows * c.numKvHeads() >= 32 ? 64 : 32;
+        int splits = (span + chunk - 1) / chunk;
+        while (splits > 2048) splits = (span + (chunk *= 2) - 1) / chunk;
         // size every work buffer first: a later growth would invalidate graphs captured in between
         buf("x", (long) rows * hidden);
         buf("xn", (long) rows * hidden);
@@ -407,7 +409,7 @@ public final class CudaBackend implements Backend {
         buf("argmax", nseg);
         CUdeviceptr partials = buf("partials", (long) rows * heads * splits * (hd + 2));
         CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
-        return new Step(rows, nseg, splits, ints("tokens", batch.tokens()), ints("positions", batch.positions()),
+        return new Step(rows, nseg, splits, chunk, ints("tokens", batch.tokens()), ints("positions", batch.positions()),
                 ints("seg", seg), ints("slot", slot), ints("rowLen", rowLen), longs("kTable", kTable),
                 longs("vTable", vTable), partials, ints("lastRows", lastRows), logits);
     }
@@ -450,14 +452,14 @@ public final class CudaBackend implements Backend {
             if (invFreq != null) gpu.launch("rope", rows, heads + kvHeads, hd / 2, q, positions, invFreq, rows, heads + kvHeads, hd, qkvDim);
             // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
-            gpu.launch("kv_append_rows", rows, 1, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim, qkvDim);
+            gpu.launch("kv_append_rows", rows, (kvDim + 255) / 256, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim, qkvDim);
             String gqa = "attention_gqa_d" + hd + "_g" + heads / kvHeads;
             if (heads > kvHeads && gpu.has(gqa)) {  // each key/value row read once for the query heads of its group
                 gpu.launch(gqa, rows * kvHeads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(), st.rowLen(), heads,
-                        kvHeads, st.splits(), scale, qkvDim);
+                        kvHeads, st.splits(), scale, qkvDim, st.chunk());
             } else {
                 gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
-                        st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim);
+                        st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim, st.chunk());
             }
             gpu.launch("attention_merge", rows * heads, 1, Math.max(hd, 128), att, st.partials(), rows, heads, hd, st.splits());
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)

@@ -209,7 +209,7 @@ class CudaKernelTest {
         CUdeviceptr kTable = upload(new long[]{jcuda.DeviceAddress.of(kc[0]), jcuda.DeviceAddress.of(kc[1])});
         CUdeviceptr vTable = upload(new long[]{jcuda.DeviceAddress.of(vc[0]), jcuda.DeviceAddress.of(vc[1])});
         CUdeviceptr dSeg = upload(seg), dSlot = upload(slot), dLen = upload(len);
-        gpu.launch("kv_append_rows", totalRows, 1, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim, kvDim);
+        gpu.launch("kv_append_rows", totalRows, (kvDim + 255) / 256, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim, kvDim);
         float[] q = random(r, totalRows * heads * d, 1);
         float scale = (float) (1 / Math.sqrt(d));
         float[] ref = new float[totalRows * heads * d];
@@ -219,15 +219,15 @@ class CudaKernelTest {
             CpuAttention.causal(stores[s], 0, qr, 0, rowsOf[s], outRef, heads, scale);
             for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(outRef[m], 0, ref, (r0 + m) * heads * d, heads * d);
         }
-        int splits = (context + 63) / 64;
+        int chunk = rows % 2 == 0 ? 32 : rows % 3 == 0 ? 64 : 128, splits = (context + chunk - 1) / chunk;
         CUdeviceptr partials = gpu.alloc((long) totalRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
         String gqa = "attention_gqa_d" + d + "_g" + heads / kvHeads;
         if (gpu.has(gqa)) {
             gpu.launch(gqa, totalRows * kvHeads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen, heads,
-                    kvHeads, splits, scale, heads * d);
+                    kvHeads, splits, scale, heads * d, chunk);
         } else {
             gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg,
-                    dLen, heads, kvHeads, splits, scale, heads * d);
+                    dLen, heads, kvHeads, splits, scale, heads * d, chunk);
         }
         gpu.launch("attention_merge", totalRows * heads, 1, Math.max(d, 128), out, partials, totalRows, heads, d, splits);
         double err = relError(download(out, totalRows * heads * d), ref);
