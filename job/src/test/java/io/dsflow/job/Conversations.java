@@ -28,6 +28,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 final class Conversations {
     static final Path MODEL = Path.of("..", "models", "probe-retrieval");
     private static final ObjectMapper JSON = new ObjectMapper();
+    private static Engine reference;
+
+    /** The engine the job's output is checked against: one for the whole test run, on the CPU. */
+    static synchronized Engine reference() {
+        if (reference == null) reference = Engine.load(MODEL, "cpu");
+        return reference;
+    }
 
     record Req(String conversationId, String requestId, int turn, int[] prompt, SamplingParams params) {
         String json() {

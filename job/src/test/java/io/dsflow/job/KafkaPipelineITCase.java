@@ -1,6 +1,5 @@
 package io.dsflow.job;
 
-import io.dsflow.engine.Engine;
 import io.dsflow.operators.DecodeOperator;
 import io.dsflow.operators.OutputRecord;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
@@ -41,7 +40,6 @@ class KafkaPipelineITCase {
             .setNumberTaskManagers(1).setNumberSlotsPerTaskManager(2).setConfiguration(memory()).build());
 
     static EmbeddedKafka kafka;
-    static Engine engine;
 
     static Configuration memory() {
         Configuration c = new Configuration();
@@ -52,12 +50,10 @@ class KafkaPipelineITCase {
     @BeforeAll
     static void start() throws Exception {
         kafka = EmbeddedKafka.start();
-        engine = Engine.load(Conversations.MODEL, "cpu");
     }
 
     @AfterAll
     static void stop() {
-        engine.close();
         kafka.close();
     }
 
@@ -105,7 +101,7 @@ class KafkaPipelineITCase {
         }
         Map<String, Object> acc = job.getJobExecutionResult().get().getAllAccumulatorResults();
         assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "no errors");
-        c.check(out, engine);
+        c.check(out, Conversations.reference());
         assertEquals(0L, ((Number) acc.get(DecodeOperator.HISTORY_PREFILLS)).longValue(),
                 "follow-up turns continue their caches: no history is prefilled again");
         long promptTokens = c.requests.stream().mapToLong(q -> q.prompt().length + (q.turn() > 0 ? 1 : 0)).sum();

@@ -1,11 +1,8 @@
 package io.dsflow.job;
 
-import io.dsflow.engine.Engine;
 import io.dsflow.operators.OutputRecord;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.test.junit5.MiniClusterExtension;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 
@@ -31,17 +28,6 @@ class MemoryLimitITCase {
             .setNumberTaskManagers(1).setNumberSlotsPerTaskManager(2)
             .setConfiguration(PipelineITCase.memory("2m")).build());
 
-    static Engine engine;
-
-    @BeforeAll
-    static void load() {
-        engine = Engine.load(Conversations.MODEL, "cpu");
-    }
-
-    @AfterAll
-    static void close() {
-        engine.close();
-    }
 
     @Test
     void allConversationsCompleteWhenOnlyAFewCachesFit() throws Exception {
@@ -58,6 +44,6 @@ class MemoryLimitITCase {
                     "follow-ups whose cache was dropped prefilled their history again");
         }
         assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "no request failed");
-        c.check(out, engine);
+        c.check(out, Conversations.reference());
     }
 }

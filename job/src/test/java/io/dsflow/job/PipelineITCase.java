@@ -1,6 +1,5 @@
 package io.dsflow.job;
 
-import io.dsflow.engine.Engine;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.operators.DecodeSettings;
@@ -12,8 +11,6 @@ import org.apache.flink.configuration.TaskManagerOptions;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.test.junit5.MiniClusterExtension;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 
@@ -30,17 +27,6 @@ class PipelineITCase {
             .setNumberTaskManagers(1).setNumberSlotsPerTaskManager(2)
             .setConfiguration(memory("64m")).build());
 
-    static Engine engine;
-
-    @BeforeAll
-    static void load() {
-        engine = Engine.load(Conversations.MODEL, "cpu");
-    }
-
-    @AfterAll
-    static void close() {
-        engine.close();
-    }
 
     static Configuration memory(String managed) {
         Configuration c = new Configuration();
@@ -67,7 +53,7 @@ class PipelineITCase {
     void conversationsAreServedAsGenerateServesThem() throws Exception {
         Conversations c = Conversations.random(12, 1);
         List<OutputRecord> out = run(c.jsonLines(), settings(8), 2);
-        c.check(out, engine);
+        c.check(out, Conversations.reference());
     }
 
     @Test
@@ -82,7 +68,7 @@ class PipelineITCase {
             if (chunkOwners.subList(first, last).stream().anyMatch(o -> !o.equals(id))) interleaved = true;
         }
         assertTrue(interleaved, "tokens of concurrent conversations interleave: " + chunkOwners);
-        c.check(out, engine);
+        c.check(out, Conversations.reference());
     }
 
     @Test
@@ -97,6 +83,6 @@ class PipelineITCase {
         List<OutputRecord> errors = out.stream().filter(OutputRecord::isError).toList();
         assertEquals(4, errors.size(), errors.toString());
         assertTrue(errors.stream().anyMatch(e -> "bad-vocab".equals(e.requestId) && e.errorMessage.contains("vocabulary")));
-        c.check(out.stream().filter(r -> !r.isError() && !"bad-vocab".equals(r.requestId)).toList(), engine);
+        c.check(out.stream().filter(r -> !r.isError() && !"bad-vocab".equals(r.requestId)).toList(), Conversations.reference());
     }
 }

@@ -302,5 +302,14 @@ class CudaKernelTest {
             assertEquals(io.dsflow.engine.sample.Sampler.argmax(java.util.Arrays.copyOfRange(logits, m * vocab, (m + 1) * vocab)), got[m]);
         }
         assertEquals(777, got[1]);
+        // gather_rows: the last row of each segment, in segment order
+        int dim = 129;
+        float[] hidden = random(r, 7 * dim, 1);
+        int[] index = {6, 0, 3};
+        CUdeviceptr dst = poisoned(3 * dim);
+        gpu.launch("gather_rows", 3, 1, 256, dst, upload(hidden), upload(index), 3, dim);
+        float[] expected = new float[3 * dim];
+        for (int i = 0; i < 3; i++) System.arraycopy(hidden, index[i] * dim, expected, i * dim, dim);
+        assertTrue(relError(download(dst, 3 * dim), expected) == 0.0, "gather_rows");
     }
 }
