@@ -17,6 +17,11 @@ public class ConversationState {
     public int[] completion = new int[0];
     /** Requests that arrived while one was active, served in order. */
     public Request[] queued = new Request[0];
+    /** The last request ids seen in this conversation (a repeated one is refused as a duplicate). */
+    public String[] recentRequestIds = new String[0];
+
+    /** How many request ids a conversation remembers for duplicate detection. */
+    public static final int REMEMBERED_IDS = 64;
 
     public ConversationState() {
     }

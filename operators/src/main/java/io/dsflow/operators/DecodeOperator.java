@@ -113,7 +113,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     @Override
     public void initializeState(StateInitializationContext context) throws Exception {
         super.initializeState(context);
-        state = getPartitionedState(new ValueStateDescriptor<>("conversation", ConversationState.class));
+        state = getPartitionedState(new ValueStateDescriptor<>("conversation", ConversationStateSerializer.INSTANCE));
     }
 
     @Override
@@ -184,6 +184,15 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         String conv = r.conversationId;
         ConversationState cs = state.value();
         if (cs == null) cs = new ConversationState();
+        if (Arrays.asList(cs.recentRequestIds).contains(r.requestId)
+                || (cs.active != null && cs.active.requestId.equals(r.requestId))
+                || Arrays.stream(cs.queued).anyMatch(q -> q.requestId.equals(r.requestId))) {
+            // a retried or replayed request: one error record, and the conversation goes on untouched
+            output.collect(new StreamRecord<>(OutputRecord.error(conv, r.requestId, "duplicate_request_id",
+                    "request_id " + r.requestId + " was already used in this conversation", r.raw)));
+            return;
+        }
+        cs.recentRequestIds = remember(cs.recentRequestIds, r.requestId);
         if (cs.active != null || admission.contains(conv)) {
             cs.queued = Arrays.copyOf(cs.queued, cs.queued.length + 1);
             cs.queued[cs.queued.length - 1] = r;
@@ -200,6 +209,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
     }
 
+    /** The ids with {@code id} added, keeping the last REMEMBERED_IDS. */
+    private static String[] remember(String[] ids, String id) {
+        int keep = Math.min(ids.length, ConversationState.REMEMBERED_IDS - 1);
+        String[] r = Arrays.copyOfRange(ids, ids.length - keep, ids.length + 1);
+        r[keep] = id;
+        return r;
+    }
+
     /** Makes r the conversation's active request (tokenised, checked); emits an error instead if it is bad. */
     private boolean activate(String conv, ConversationState cs, Request r) throws Exception {
         int[] prompt;
@@ -212,6 +229,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             }
             RequestParser.kvConfig(r.kv, settings.kv());
         } catch (DsflowException e) {
+            state.update(cs); // the request id is remembered all the same
             fail(conv, r, e);
             return false;
         }

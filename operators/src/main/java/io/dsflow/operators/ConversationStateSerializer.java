@@ -1,0 +1,239 @@
+package io.dsflow.operators;
+
+import org.apache.flink.api.common.typeutils.TypeSerializer;
+import org.apache.flink.api.common.typeutils.TypeSerializerSchemaCompatibility;
+import org.apache.flink.api.common.typeutils.TypeSerializerSnapshot;
+import org.apache.flink.core.memory.DataInputView;
+import org.apache.flink.core.memory.DataOutputView;
+
+import java.io.IOException;
+import java.util.Arrays;
+
+/**
+ * The checkpoint format of a conversation's state, written field by field so that it stays small (token ids as
+ * ints, no class names) and versioned: the snapshot records {@link #FORMAT_VERSION}, and a later version of this
+ * class reads what an older one wrote. Format 1:
+ * <pre>
+ *   int[] history | bool hasActive [Request active, int[] activePrompt] | int[] completion | int n, Request[n] queued
+ *   | int n, String[n] recentRequestIds
+ *   Request: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
+ *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv, nullable str raw
+ * </pre>
+ */
+public final class ConversationStateSerializer extends TypeSerializer<ConversationState> {
+    private static final long serialVersionUID = 1L;
+    public static final int FORMAT_VERSION = 1;
+    public static final ConversationStateSerializer INSTANCE = new ConversationStateSerializer();
+
+    @Override
+    public boolean isImmutableType() {
+        return false;
+    }
+
+    @Override
+    public TypeSerializer<ConversationState> duplicate() {
+        return this; // stateless
+    }
+
+    @Override
+    public ConversationState createInstance() {
+        return new ConversationState();
+    }
+
+    @Override
+    public ConversationState copy(ConversationState from) {
+        ConversationState c = new ConversationState();
+        c.history = from.history.clone();
+        c.active = from.active == null ? null : copy(from.active);
+        c.activePrompt = from.activePrompt == null ? null : from.activePrompt.clone();
+        c.completion = from.completion.clone();
+        c.queued = Arrays.stream(from.queued).map(ConversationStateSerializer::copy).toArray(Request[]::new);
+        c.recentRequestIds = from.recentRequestIds.clone();
+        return c;
+    }
+
+    private static Request copy(Request r) {
+        Request c = new Request();
+        c.conversationId = r.conversationId;
+        c.requestId = r.requestId;
+        c.prompt = r.prompt;
+        c.promptIds = r.promptIds == null ? null : r.promptIds.clone();
+        c.maxTokens = r.maxTokens;
+        c.temperature = r.temperature;
+        c.topP = r.topP;
+        c.topK = r.topK;
+        c.seed = r.seed;
+        c.stop = r.stop.clone();
+        c.kv = r.kv;
+        c.raw = r.raw;
+        return c;
+    }
+
+    @Override
+    public ConversationState copy(ConversationState from, ConversationState reuse) {
+        return copy(from);
+    }
+
+    @Override
+    public int getLength() {
+        return -1;
+    }
+
+    @Override
+    public void serialize(ConversationState s, DataOutputView out) throws IOException {
+        writeInts(s.history, out);
+        out.writeBoolean(s.active != null);
+        if (s.active != null) {
+            writeRequest(s.active, out);
+            writeInts(s.activePrompt, out);
+        }
+        writeInts(s.completion, out);
+        out.writeInt(s.queued.length);
+        for (Request r : s.queued) writeRequest(r, out);
+        out.writeInt(s.recentRequestIds.length);
+        for (String id : s.recentRequestIds) out.writeUTF(id);
+    }
+
+    @Override
+    public ConversationState deserialize(DataInputView in) throws IOException {
+        ConversationState s = new ConversationState();
+        s.history = readInts(in);
+        if (in.readBoolean()) {
+            s.active = readRequest(in);
+            s.activePrompt = readInts(in);
+        }
+        s.completion = readInts(in);
+        s.queued = new Request[in.readInt()];
+        for (int i = 0; i < s.queued.length; i++) s.queued[i] = readRequest(in);
+        s.recentRequestIds = new String[in.readInt()];
+        for (int i = 0; i < s.recentRequestIds.length; i++) s.recentRequestIds[i] = in.readUTF();
+        return s;
+    }
+
+    @Override
+    public ConversationState deserialize(ConversationState reuse, DataInputView in) throws IOException {
+        return deserialize(in);
+    }
+
+    @Override
+    public void copy(DataInputView in, DataOutputView out) throws IOException {
+        serialize(deserialize(in), out);
+    }
+
+    private static void writeRequest(Request r, DataOutputView out) throws IOException {
+        out.writeUTF(r.conversationId);
+        out.writeUTF(r.requestId);
+        writeNullable(r.prompt, out);
+        out.writeBoolean(r.promptIds != null);
+        if (r.promptIds != null) writeInts(r.promptIds, out);
+        out.writeInt(r.maxTokens);
+        out.writeDouble(r.temperature);
+        out.writeDouble(r.topP);
+        out.writeInt(r.topK);
+        out.writeLong(r.seed);
+        out.writeInt(r.stop.length);
+        for (String s : r.stop) out.writeUTF(s);
+        writeNullable(r.kv, out);
+        writeNullable(r.raw, out);
+    }
+
+    private static Request readRequest(DataInputView in) throws IOException {
+        Request r = new Request();
+        r.conversationId = in.readUTF();
+        r.requestId = in.readUTF();
+        r.prompt = readNullable(in);
+        if (in.readBoolean()) r.promptIds = readInts(in);
+        r.maxTokens = in.readInt();
+        r.temperature = in.readDouble();
+        r.topP = in.readDouble();
+        r.topK = in.readInt();
+        r.seed = in.readLong();
+        r.stop = new String[in.readInt()];
+        for (int i = 0; i < r.stop.length; i++) r.stop[i] = in.readUTF();
+        r.kv = readNullable(in);
+        r.raw = readNullable(in);
+        return r;
+    }
+
+    /** Strings of any length (writeUTF stops at 64 KB, and a prompt or a raw record can be longer). */
+    private static void writeNullable(String s, DataOutputView out) throws IOException {
+        if (s == null) {
+            out.writeInt(-1);
+            return;
+        }
+        byte[] b = s.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        out.writeInt(b.length);
+        out.write(b);
+    }
+
+    private static String readNullable(DataInputView in) throws IOException {
+        int n = in.readInt();
+        if (n < 0) return null;
+        byte[] b = new byte[n];
+        in.readFully(b);
+        return new String(b, java.nio.charset.StandardCharsets.UTF_8);
+    }
+
+    private static void writeInts(int[] a, DataOutputView out) throws IOException {
+        out.writeInt(a.length);
+        for (int v : a) out.writeInt(v);
+    }
+
+    private static int[] readInts(DataInputView in) throws IOException {
+        int[] a = new int[in.readInt()];
+        for (int i = 0; i < a.length; i++) a[i] = in.readInt();
+        return a;
+    }
+
+    @Override
+    public boolean equals(Object o) {
+        return o instanceof ConversationStateSerializer;
+    }
+
+    @Override
+    public int hashCode() {
+        return ConversationStateSerializer.class.hashCode();
+    }
+
+    @Override
+    public TypeSerializerSnapshot<ConversationState> snapshotConfiguration() {
+        return new Snapshot();
+    }
+
+    /** Records the format version; restores a serializer that reads it. */
+    public static final class Snapshot implements TypeSerializerSnapshot<ConversationState> {
+        private int version = FORMAT_VERSION;
+
+        @Override
+        public int getCurrentVersion() {
+            return FORMAT_VERSION;
+        }
+
+        @Override
+        public void writeSnapshot(DataOutputView out) {
+            // the format is the version: nothing else to write
+        }
+
+        @Override
+        public void readSnapshot(int readVersion, DataInputView in, ClassLoader loader) throws IOException {
+            if (readVersion > FORMAT_VERSION) {
+                throw new IOException("conversation state format " + readVersion + " is newer than this dsflow reads ("
+                        + FORMAT_VERSION + ")");
+            }
+            version = readVersion;
+        }
+
+        @Override
+        public TypeSerializer<ConversationState> restoreSerializer() {
+            return INSTANCE;
+        }
+
+        @Override
+        public TypeSerializerSchemaCompatibility<ConversationState> resolveSchemaCompatibility(
+                TypeSerializerSnapshot<ConversationState> oldSnapshot) {
+            if (!(oldSnapshot instanceof Snapshot old)) return TypeSerializerSchemaCompatibility.incompatible();
+            return old.version == FORMAT_VERSION ? TypeSerializerSchemaCompatibility.compatibleAsIs()
+                    : TypeSerializerSchemaCompatibility.compatibleAfterMigration();
+        }
+    }
+}
