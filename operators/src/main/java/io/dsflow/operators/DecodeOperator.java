@@ -60,12 +60,25 @@ import java.util.concurrent.TimeUnit;
 public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         implements OneInputStreamOperator<Request, OutputRecord>, BoundedOneInput {
     private static final long serialVersionUID = 1L;
+    /** Its own logger (AbstractStreamOperator's LOG carries Flink's name and level). */
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(DecodeOperator.class);
 
     /** Accumulator names, readable from a JobClient (tests check that follow-ups do not re-prefill history). */
     public static final String HISTORY_PREFILLS = "dsflow-history-prefills";
     public static final String PREFILLED_TOKENS = "dsflow-prefilled-tokens";
     /** Idle caches dropped to make room (their conversations re-prefill their history when they return). */
     public static final String CACHE_EVICTIONS = "dsflow-cache-evictions";
+    /** Requests in progress at a restored checkpoint, resumed by this attempt (their caches rebuilt by prefill). */
+    public static final String RESUMED_REQUESTS = "dsflow-resumed-requests";
+    private static final java.util.concurrent.atomic.AtomicLong RESUMED_IN_PROCESS = new java.util.concurrent.atomic.AtomicLong();
+
+    /**
+     * Requests resumed after restores by every decode operator of this JVM since it started (a local cluster's view;
+     * the accumulator above reports per job attempt, and a cancelled job's accumulators are gone).
+     */
+    public static long resumedRequestsInProcess() {
+        return RESUMED_IN_PROCESS.get();
+    }
 
     private final DecodeSettings settings;
 
@@ -175,6 +188,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             }
         }
         if (!keys.isEmpty()) LOG.info("restored {} conversations, {} with a request in progress", keys.size(), admission.size());
+        getRuntimeContext().getLongCounter(RESUMED_REQUESTS).add(admission.size());
+        RESUMED_IN_PROCESS.addAndGet(admission.size());
         admitWaiting();
     }
 
