@@ -61,7 +61,8 @@ public final class RunCommand {
         OffsetsInitializer start = a.has("replay") ? OffsetsInitializer.earliest()
                 : OffsetsInitializer.committedOffsets(org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST);
         Pipeline.build(env.fromSource(KafkaIO.source(config, start, a.has("replay") ? OffsetsInitializer.latest() : null),
-                WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config)).name("completions");
+                WatermarkStrategy.noWatermarks(), "prompts").uid("prompts"), config.decode())
+                .sinkTo(KafkaIO.sink(config)).name("completions").uid("completions");
         env.execute(a.has("replay") ? "dsflow replay " + config.promptsTopic() : "dsflow");
         return 0;
     }

@@ -42,7 +42,8 @@ public final class EmbeddedJob implements AutoCloseable {
             StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
             env.enableCheckpointing(config.checkpointIntervalMs());
             Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
-                    WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config)).name("completions");
+                    WatermarkStrategy.noWatermarks(), "prompts").uid("prompts"), config.decode())
+                .sinkTo(KafkaIO.sink(config)).name("completions").uid("completions");
             return new EmbeddedJob(kafka, config, env.executeAsync("dsflow (embedded)"));
         } catch (Exception e) {
             kafka.close();

@@ -74,6 +74,29 @@ final class Conversations {
         return c;
     }
 
+    /** {@code n} conversations of {@code turns} turns each (greedy and seeded alternately); turn t of all comes t-th. */
+    static Conversations withTurns(int n, int turns, long seed) {
+        Conversations c = new Conversations();
+        Random rnd = new Random(seed);
+        for (int t = 0; t < turns; t++) {
+            for (int i = 0; i < n; i++) {
+                int len = 3 + rnd.nextInt(t == 0 ? 40 : 8);
+                int[] p = new int[len];
+                for (int j = 0; j < len; j++) p[j] = 3 + rnd.nextInt(509);
+                if (t == 0) p[0] = 0;
+                SamplingParams sp = i % 2 == 0 ? SamplingParams.greedy(5)
+                        : new SamplingParams(0.9, 0.95, 40, 500 + i * 10L + t, 5, List.of());
+                c.requests.add(new Req("conv-" + i, "req-" + i + "-" + t, t, p, sp));
+            }
+        }
+        return c;
+    }
+
+    /** The requests of one turn. */
+    List<Req> turn(int t) {
+        return requests.stream().filter(r -> r.turn() == t).toList();
+    }
+
     List<String> jsonLines() {
         return requests.stream().map(Req::json).toList();
     }

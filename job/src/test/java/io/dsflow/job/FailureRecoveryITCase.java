@@ -34,7 +34,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Exactly-once token streams through failures: conversations through Kafka and the exactly-once sink with
+ * Exactly-once token streams through failures: 100 conversations (a third of them two turns) through Kafka and the exactly-once sink with
  * checkpoints, three task failures injected while tokens are being generated; a read_committed consumer sees exactly
  * the token streams of a failure-free run (generate on the same inputs), token for token, no gap, no duplicate.
  * After each restore the decode operator rebuilds its caches by prefill from the checkpointed token ids.
@@ -101,7 +101,7 @@ class FailureRecoveryITCase {
         p.setProperty("kafka.group.id", "fail-it");
         JobConfig config = JobConfig.from(p).withBootstrap(kafka.bootstrapServers()).withDelivery(true, 200);
         kafka.createTopics(2, "fail-prompts", "fail-completions", "fail-errors");
-        Conversations c = Conversations.random(80, 11);
+        Conversations c = Conversations.random(100, 11);
         try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
                 kafka.bootstrapServers()), new StringSerializer(), new StringSerializer())) {
             for (Conversations.Req q : c.requests) producer.send(new ProducerRecord<>("fail-prompts", q.conversationId(), q.json()));
