@@ -25,6 +25,7 @@ public final class Main {
             case "demo" -> DemoCommand.run(args, out);
             case "run" -> RunCommand.run(args, out);
             case "overhead" -> OverheadCommand.run(args, out);
+            case "soak" -> SoakCommand.run(args, out);
             default -> {
                 Integer r = EngineMain.dispatch(args, out);
                 if (r == null) throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
@@ -35,6 +36,6 @@ public final class Main {
 
     static String usage() {
         return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + DemoCommand.USAGE + "\n  " + RunCommand.USAGE
-                + "\n  " + OverheadCommand.USAGE + "\n  " + EngineMain.USAGE + "\n";
+                + "\n  " + OverheadCommand.USAGE + "\n  " + SoakCommand.USAGE + "\n  " + EngineMain.USAGE + "\n";
     }
 }

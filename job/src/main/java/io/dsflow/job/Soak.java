@@ -1,0 +1,148 @@
+package io.dsflow.job;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+
+import java.io.PrintStream;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Random;
+
+/**
+ * A soak of the whole product in one process (embedded Kafka, local Flink job): N conversations kept busy turn after
+ * turn for a while, measured at the Kafka client. Reports throughput, TTFT and inter-token latency percentiles, heap
+ * use, and checks that nothing is lost: every request gets one final, its chunks in index order, no duplicate.
+ */
+public final class Soak {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    /** What the soak saw. */
+    public record Report(long requests, long finals, long tokens, long lost, long outOfOrder, long errors,
+                         double seconds, double[] ttftMs, double[] itlMs, long maxHeapBytes) {
+        public double percentile(double[] sorted, double p) {
+            return sorted.length == 0 ? 0 : sorted[Math.min(sorted.length - 1, (int) Math.floor(p * sorted.length))];
+        }
+
+        public String summary() {
+            return String.format(Locale.ROOT, "soak: %.0f s, %d requests sent, %d finals, %d lost, %d out of order or"
+                            + " duplicated, %d errors; %.1f tokens/s, %.2f requests/s; TTFT p50 %.0f ms p99 %.0f ms;"
+                            + " ITL p50 %.1f ms p99 %.1f ms; max heap used %.0f MB", seconds, requests, finals, lost,
+                    outOfOrder, errors, tokens / seconds, finals / seconds, percentile(ttftMs, 0.5),
+                    percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), maxHeapBytes / 1e6);
+        }
+    }
+
+    private static final class InFlight {
+        final long sent = System.nanoTime();
+        long last;
+        int next;
+        final List<Double> gaps = new ArrayList<>();
+        double ttft = -1;
+    }
+
+    private Soak() {
+    }
+
+    public static Report run(String modelDir, String backend, int conversations, Duration length, int maxTokens,
+                             long seed, PrintStream progress) throws Exception {
+        Properties p = new Properties();
+        p.setProperty("model.dir", modelDir);
+        p.setProperty("backend", backend);
+        p.setProperty("limits.max-conversations", "64");
+        Random rnd = new Random(seed);
+        Map<String, InFlight> inflight = new HashMap<>();
+        Map<String, Integer> turnOf = new HashMap<>();
+        List<Double> ttft = new ArrayList<>(), itl = new ArrayList<>();
+        long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0;
+        long start = System.nanoTime(), end = start + length.toNanos(), nextReport = start + 30_000_000_000L;
+        try (EmbeddedJob job = EmbeddedJob.start(p, "256m");
+             KafkaProducer<String, String> producer = job.producer();
+             KafkaConsumer<String, String> consumer = job.consumer("soak")) {
+            String topic = job.config().promptsTopic();
+            for (int c = 0; c < conversations; c++) {
+                send(producer, topic, "soak-" + c, 0, maxTokens, rnd, inflight);
+                turnOf.put("soak-" + c, 0);
+                requests++;
+            }
+            long drainUntil = Long.MAX_VALUE;
+            while (!inflight.isEmpty() && System.nanoTime() < drainUntil) {
+                if (System.nanoTime() >= end && drainUntil == Long.MAX_VALUE) drainUntil = System.nanoTime() + 120_000_000_000L;
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(50))) {
+                    JsonNode n = JSON.readTree(r.value());
+                    String id = n.path("request_id").asText();
+                    InFlight f = inflight.get(id);
+                    long now = System.nanoTime();
+                    switch (n.path("type").asText()) {
+                        case "chunk" -> {
+                            if (f == null || n.get("index").asInt() != f.next) {
+                                outOfOrder++;
+                                continue;
+                            }
+                            f.next++;
+                            tokens++;
+                            if (f.ttft < 0) f.ttft = (now - f.sent) / 1e6;
+                            else f.gaps.add((now - f.last) / 1e6);
+                            f.last = now;
+                        }
+                        case "final" -> {
+                            if (f == null) {
+                                outOfOrder++;
+                                continue;
+                            }
+                            inflight.remove(id);
+                            finals++;
+                            if (f.ttft >= 0) ttft.add(f.ttft);
+                            itl.addAll(f.gaps);
+                            String conv = n.path("conversation_id").asText();
+                            if (System.nanoTime() < end) { // the conversation goes on with another turn
+                                int turn = turnOf.merge(conv, 1, Integer::sum);
+                                send(producer, topic, conv, turn, maxTokens, rnd, inflight);
+                                requests++;
+                            }
+                        }
+                        default -> errors++;
+                    }
+                }
+                Runtime rt = Runtime.getRuntime();
+                maxHeap = Math.max(maxHeap, rt.totalMemory() - rt.freeMemory());
+                if (System.nanoTime() > nextReport) {
+                    nextReport += 30_000_000_000L;
+                    progress.printf(Locale.ROOT, "soak: %.0f s, %d finals, %d tokens, %d in flight, heap %.0f MB%n",
+                            (System.nanoTime() - start) / 1e9, finals, tokens, inflight.size(), maxHeap / 1e6);
+                }
+            }
+        }
+        double[] t = ttft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+        double[] g = itl.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+        return new Report(requests, finals, tokens, inflight.size(), outOfOrder, errors,
+                (System.nanoTime() - start) / 1e9, t, g, maxHeap);
+    }
+
+    private static void send(KafkaProducer<String, String> producer, String topic, String conv, int turn, int maxTokens,
+                             Random rnd, Map<String, InFlight> inflight) {
+        ObjectNode r = JSON.createObjectNode();
+        String id = conv + "-t" + turn;
+        r.put("conversation_id", conv);
+        r.put("request_id", id);
+        ArrayNode ids = r.putArray("prompt_ids");
+        int len = turn == 0 ? 20 + rnd.nextInt(200) : 3 + rnd.nextInt(12);
+        for (int i = 0; i < len; i++) ids.add(i == 0 && turn == 0 ? 0 : 3 + rnd.nextInt(509));
+        r.put("max_tokens", maxTokens);
+        r.put("temperature", turn % 2 == 0 ? 0 : 0.8);
+        r.put("seed", rnd.nextInt(1000));
+        inflight.put(id, new InFlight());
+        producer.send(new ProducerRecord<>(topic, conv, r.toString()));
+    }
+}
