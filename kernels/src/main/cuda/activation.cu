@@ -1,13 +1,5 @@
-// MLP activations, elementwise over n values: swiglu: gate = silu(gate) * up;  relu: x = max(x, 0).
-// Grid: (ceil(n / 256)), block: 256.
+// MLP activations. relu: x = max(x, 0) over n values. Grid: (ceil(n / 256)), block: 256.
 #include "common.cuh"
-
-extern "C" __global__ void swiglu(float* gate, const float* up, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = gate[i];
-    gate[i] = g / (1.f + __expf(-g)) * up[i];
-}
 
 // swiglu_fused: out[r][i] = silu(gu[r][i]) * gu[r][inter + i], gu: [rows][2 * inter] (the fused gate/up output),
 //   out: [rows][inter]. Grid: (ceil(rows * inter / 256)), block: 256.

@@ -78,7 +78,6 @@ public final class BatchScheduler {
     private final Map<String, Sequence> busy = new HashMap<>();
     private long prefilledTokens;
     private long historyPrefills;
-    private long generatedTokens;
 
     /** @param prefillChunk most prompt tokens one step prefills (bounds the stall other conversations see) */
     public BatchScheduler(Engine engine, int prefillChunk) {
@@ -104,10 +103,6 @@ public final class BatchScheduler {
         return active.size();
     }
 
-    public int waitingCount() {
-        return waiting.size();
-    }
-
     /** Tokens fed through prefill so far (prompts, plus histories re-prefilled after a dropped cache). */
     public long prefilledTokens() {
         return prefilledTokens;
@@ -116,15 +111,6 @@ public final class BatchScheduler {
     /** Requests whose conversation history had to be prefilled again (its cache was dropped or lost). */
     public long historyPrefills() {
         return historyPrefills;
-    }
-
-    public long generatedTokens() {
-        return generatedTokens;
-    }
-
-    /** Conversations whose cache is kept but which generate nothing now, least recently used first. */
-    public List<String> idleConversations() {
-        return new ArrayList<>(idle.keySet());
     }
 
     /** Frees an idle conversation's cache; returns the bytes freed (0 if it had none). */
@@ -139,14 +125,6 @@ public final class BatchScheduler {
     /** Whether this conversation has a cache kept (idle or in use). */
     public boolean hasCache(String conversationId) {
         return idle.containsKey(conversationId) || busy.containsKey(conversationId);
-    }
-
-    /** Bytes of every cache held, in the device format. */
-    public long cacheBytes() {
-        long b = 0;
-        for (Kept k : idle.values()) b += k.seq().cache().bytes().total();
-        for (Sequence s : busy.values()) b += s.cache().bytes().total();
-        return b;
     }
 
     /** One forward pass: admit waiting work, one prefill chunk, one decode token for every generating request. */
@@ -180,7 +158,6 @@ public final class BatchScheduler {
                 if (token >= 0) {
                     if (a.produced >= a.work.resumeFrom()) listener.token(a.work.requestId(), a.produced, token);
                     a.produced++;
-                    generatedTokens++;
                     a.token = token;
                 }
             }

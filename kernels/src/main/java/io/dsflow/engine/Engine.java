@@ -66,8 +66,8 @@ public final class Engine implements AutoCloseable {
             default -> throw new DsflowException("unknown backend '" + backendName + "' (cpu, cuda, auto)");
         };
         ModelConfig c = folder.config();
-        LOG.info(String.format(Locale.ROOT, "model loaded: %s from %s, %s, %.1f MB %s weights, backend %s, in %.2f s",
-                c, modelDir, c.architecture().name().toLowerCase(Locale.ROOT), folder.weightBytes() / 1e6,
+        LOG.info(String.format(Locale.ROOT, "model loaded: %s from %s, %.1f MB %s weights, backend %s, in %.2f s",
+                c, modelDir, folder.weightBytes() / 1e6,
                 folder.storedDtype().name().toLowerCase(Locale.ROOT), backend.description(),
                 (System.nanoTime() - t0) / 1e9));
         return new Engine(folder, backend);

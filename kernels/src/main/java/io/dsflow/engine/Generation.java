@@ -81,10 +81,6 @@ public final class Generation {
         return Arrays.copyOf(out, count);
     }
 
-    public int lastToken() {
-        return out[count - 1];
-    }
-
     /** The completion's text, cut before a stop string that ended it. */
     public String text(Tokenizer tok) {
         return stoppedText != null ? stoppedText : tok.decode(tokens());

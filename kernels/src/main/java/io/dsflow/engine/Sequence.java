@@ -59,10 +59,4 @@ public final class Sequence {
         return s;
     }
 
-    /** A copy with its own cache (eval runs each policy on a copy of one prefill). */
-    public Sequence copy() {
-        Sequence s = new Sequence(cache.copy());
-        s.advance(tokens());
-        return s;
-    }
 }

@@ -102,13 +102,6 @@ public final class CudaRuntime implements AutoCloseable {
         return unavailable;
     }
 
-    public static int deviceCount() {
-        if (!available()) return 0;
-        int[] count = new int[1];
-        cuDeviceGetCount(count);
-        return count[0];
-    }
-
     public static CudaRuntime open(int ordinal) {
         if (!available()) throw new DsflowException("CUDA is not available: " + unavailable);
         return new CudaRuntime(ordinal);
@@ -135,7 +128,7 @@ public final class CudaRuntime implements AutoCloseable {
             case "embedding" -> new String[]{"embed"};
             case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
             case "rope" -> new String[]{"rope"};
-            case "activation" -> new String[]{"swiglu", "swiglu_fused", "relu", "residual_add", "fill_random_bf16"};
+            case "activation" -> new String[]{"swiglu_fused", "relu", "residual_add", "fill_random_bf16"};
             case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemm_wmma"};
             case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
                     "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",

@@ -142,11 +142,4 @@ public final class ChannelConfig {
         for (int i = 0; i < 3 && it.hasNext(); i++) b.append(i == 0 ? "" : ", ").append(it.next().getKey());
         return b.append(it.hasNext() ? ", ..." : "").toString();
     }
-
-    /** The identity order: channel c at rank c (for random-weight models, which have no heavy channels). */
-    public static ChannelConfig identity(int layers, int numHeads, int headDim) {
-        int[][][] order = new int[layers][numHeads][headDim];
-        for (int[][] l : order) for (int[] h : l) for (int c = 0; c < headDim; c++) h[c] = c;
-        return new ChannelConfig(order);
-    }
 }
