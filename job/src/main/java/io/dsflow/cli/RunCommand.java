@@ -60,9 +60,7 @@ public final class RunCommand {
         env.enableCheckpointing(config.checkpointIntervalMs());
         OffsetsInitializer start = a.has("replay") ? OffsetsInitializer.earliest()
                 : OffsetsInitializer.committedOffsets(org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST);
-        Pipeline.build(env.fromSource(KafkaIO.source(config, start, a.has("replay") ? OffsetsInitializer.latest() : null),
-                WatermarkStrategy.noWatermarks(), "prompts").uid("prompts"), config.decode())
-                .sinkTo(KafkaIO.sink(config)).name("completions").uid("completions");
+        KafkaIO.sinkTo(KafkaIO.pipeline(env, config, start, a.has("replay") ? OffsetsInitializer.latest() : null), config);
         env.execute(a.has("replay") ? "dsflow replay " + config.promptsTopic() : "dsflow");
         return 0;
     }

@@ -1,6 +1,5 @@
 package io.dsflow.job;
 
-import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.MemorySize;
 import org.apache.flink.configuration.TaskManagerOptions;
@@ -41,9 +40,7 @@ public final class EmbeddedJob implements AutoCloseable {
             flink.set(TaskManagerOptions.MANAGED_MEMORY_SIZE, MemorySize.parse(managedMemory));
             StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
             env.enableCheckpointing(config.checkpointIntervalMs());
-            Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
-                    WatermarkStrategy.noWatermarks(), "prompts").uid("prompts"), config.decode())
-                .sinkTo(KafkaIO.sink(config)).name("completions").uid("completions");
+            KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null), config);
             return new EmbeddedJob(kafka, config, env.executeAsync("dsflow (embedded)"));
         } catch (Exception e) {
             kafka.close();

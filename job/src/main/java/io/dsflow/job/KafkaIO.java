@@ -1,6 +1,9 @@
 package io.dsflow.job;
 
 import io.dsflow.operators.OutputRecord;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.api.common.serialization.SimpleStringSchema;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
@@ -17,6 +20,21 @@ public final class KafkaIO {
     static final String TRANSACTION_TIMEOUT_MS = "900000";
 
     private KafkaIO() {
+    }
+
+    /**
+     * The job on Kafka up to its sink: requests from the prompts topic (bounded at {@code end} when given) through the
+     * pipeline; every operator has a stable uid, so savepoints survive changes of parallelism.
+     */
+    public static DataStream<OutputRecord> pipeline(StreamExecutionEnvironment env, JobConfig c, OffsetsInitializer start,
+                                                    OffsetsInitializer end) {
+        return Pipeline.build(env.fromSource(source(c, start, end), WatermarkStrategy.noWatermarks(), "prompts")
+                .uid("prompts"), c.decode());
+    }
+
+    /** Writes the job's records to the completions and errors topics. */
+    public static void sinkTo(DataStream<OutputRecord> records, JobConfig c) {
+        records.sinkTo(sink(c)).name("completions").uid("completions");
     }
 
     /** Requests from the prompts topic; bounded at {@code end} when given (replay of an offset range). */

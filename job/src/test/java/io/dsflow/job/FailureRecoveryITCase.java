@@ -3,7 +3,6 @@ package io.dsflow.job;
 import io.dsflow.operators.DecodeOperator;
 import io.dsflow.operators.OutputRecord;
 import org.apache.flink.api.common.state.CheckpointListener;
-import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.RestartStrategyOptions;
@@ -12,12 +11,7 @@ import org.apache.flink.core.execution.JobClient;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.test.junit5.MiniClusterExtension;
-import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
-import org.apache.kafka.clients.producer.KafkaProducer;
-import org.apache.kafka.clients.producer.ProducerRecord;
-import org.apache.kafka.common.serialization.StringDeserializer;
-import org.apache.kafka.common.serialization.StringSerializer;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -26,8 +20,6 @@ import org.junit.jupiter.api.extension.RegisterExtension;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Map;
-import java.util.Properties;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -92,20 +84,9 @@ class FailureRecoveryITCase {
 
     @Test
     void committedTokenStreamsEqualAFailureFreeRunThroughThreeFailures() throws Exception {
-        Properties p = new Properties();
-        p.setProperty("model.dir", Conversations.MODEL.toString());
-        p.setProperty("backend", "cpu");
-        p.setProperty("topic.prompts", "fail-prompts");
-        p.setProperty("topic.completions", "fail-completions");
-        p.setProperty("topic.errors", "fail-errors");
-        p.setProperty("kafka.group.id", "fail-it");
-        JobConfig config = JobConfig.from(p).withBootstrap(kafka.bootstrapServers()).withDelivery(true, 200);
-        kafka.createTopics(2, "fail-prompts", "fail-completions", "fail-errors");
+        JobConfig config = KafkaTestJob.config(kafka, "fail", true, 200);
         Conversations c = Conversations.random(100, 11);
-        try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
-                kafka.bootstrapServers()), new StringSerializer(), new StringSerializer())) {
-            for (Conversations.Req q : c.requests) producer.send(new ProducerRecord<>("fail-prompts", q.conversationId(), q.json()));
-        }
+        KafkaTestJob.send(kafka, config, c.requests);
         Configuration restarts = new Configuration();
         restarts.set(RestartStrategyOptions.RESTART_STRATEGY, "fixed-delay");
         restarts.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_ATTEMPTS, 10);
@@ -116,30 +97,16 @@ class FailureRecoveryITCase {
         env.enableCheckpointing(config.checkpointIntervalMs());
         // an unbounded source: with a bounded one the decode operator drains everything in endInput, where no
         // checkpoint barrier passes, so no checkpoint would land mid-generation
-        Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
-                        WatermarkStrategy.noWatermarks(), "prompts"), config.decode())
-                .map(new FailThreeTimes()).name("fail three times")
-                .sinkTo(KafkaIO.sink(config));
+        KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null).map(new FailThreeTimes())
+                .name("fail three times"), config);
         long resumedBefore = DecodeOperator.resumedRequestsInProcess();
         JobClient job = env.executeAsync("failure recovery it");
 
         List<OutputRecord> out = new ArrayList<>();
-        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(Map.of("bootstrap.servers",
-                kafka.bootstrapServers(), "group.id", "fail-reader", "auto.offset.reset", "earliest",
-                "isolation.level", "read_committed"), new StringDeserializer(), new StringDeserializer())) {
-            consumer.subscribe(List.of("fail-completions", "fail-errors"));
-            long finals = 0, deadline = System.nanoTime() + 120_000_000_000L;
-            while (finals < c.requests.size() && System.nanoTime() < deadline) {
-                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
-                    OutputRecord rec = Conversations.parse(r.value());
-                    out.add(rec);
-                    if (OutputRecord.FINAL.equals(rec.kind)) finals++;
-                }
-            }
+        try (KafkaConsumer<String, String> consumer = KafkaTestJob.consumer(kafka, config, true)) {
+            KafkaTestJob.readFinals(consumer, out, c.requests.size(), Duration.ofMinutes(2));
             // anything committed after the last final would be a duplicate: read on over two more checkpoints
-            for (int i = 0; i < 5; i++) {
-                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) out.add(Conversations.parse(r.value()));
-            }
+            KafkaTestJob.readFinals(consumer, out, Long.MAX_VALUE, Duration.ofSeconds(1));
         }
         job.cancel().get();
         assertEquals(FAILURES_WANTED, FAILURES.get(), "every injected failure happened");

@@ -2,7 +2,6 @@ package io.dsflow.job;
 
 import io.dsflow.operators.DecodeOperator;
 import io.dsflow.operators.OutputRecord;
-import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.MemorySize;
 import org.apache.flink.configuration.TaskManagerOptions;
@@ -11,12 +10,7 @@ import org.apache.flink.core.execution.JobClient;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.test.junit5.MiniClusterExtension;
-import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
-import org.apache.kafka.clients.producer.KafkaProducer;
-import org.apache.kafka.clients.producer.ProducerRecord;
-import org.apache.kafka.common.serialization.StringDeserializer;
-import org.apache.kafka.common.serialization.StringSerializer;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -26,7 +20,6 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.Properties;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
@@ -59,45 +52,18 @@ class KafkaPipelineITCase {
 
     @Test
     void fiftyConversationsThroughKafkaEqualGenerateWithNoHistoryReprefill() throws Exception {
-        Properties p = new Properties();
-        p.setProperty("model.dir", Conversations.MODEL.toString());
-        p.setProperty("backend", "cpu");
-        p.setProperty("topic.prompts", "it-prompts");
-        p.setProperty("topic.completions", "it-completions");
-        p.setProperty("topic.errors", "it-errors");
-        p.setProperty("parallelism", "2");
-        JobConfig config = JobConfig.from(p).withBootstrap(kafka.bootstrapServers()).withDelivery(true, 500);
-        kafka.createTopics(2, "it-prompts", "it-completions", "it-errors");
-
+        JobConfig config = KafkaTestJob.config(kafka, "it", true, 500);
         Conversations c = Conversations.random(50, 3);
-        try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
-                kafka.bootstrapServers()), new StringSerializer(), new StringSerializer())) {
-            for (Conversations.Req q : c.requests) {
-                producer.send(new ProducerRecord<>("it-prompts", q.conversationId(), q.json()));
-            }
-        }
+        KafkaTestJob.send(kafka, config, c.requests);
         // a replay of the topic up to its end at start: the job finishes, and its accumulators can be read
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
-        env.setParallelism(config.parallelism());
+        env.setParallelism(2);
         env.enableCheckpointing(config.checkpointIntervalMs());
-        Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), OffsetsInitializer.latest()),
-                WatermarkStrategy.noWatermarks(), "prompts"), config.decode()).sinkTo(KafkaIO.sink(config));
+        KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), OffsetsInitializer.latest()), config);
         JobClient job = env.executeAsync("kafka it");
         List<OutputRecord> out = new ArrayList<>();
-        long finals = 0;
-        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(Map.of("bootstrap.servers",
-                kafka.bootstrapServers(), "group.id", "it-reader", "auto.offset.reset", "earliest",
-                "isolation.level", "read_committed"), new StringDeserializer(), new StringDeserializer())) {
-            consumer.subscribe(List.of("it-completions", "it-errors"));
-            long deadline = System.nanoTime() + 240_000_000_000L;
-            while (finals < c.requests.size() && System.nanoTime() < deadline) {
-                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
-                    OutputRecord rec = Conversations.parse(r.value());
-                    assertEquals(rec.conversationId, r.key(), "records are keyed by conversation");
-                    out.add(rec);
-                    if (OutputRecord.FINAL.equals(rec.kind)) finals++;
-                }
-            }
+        try (KafkaConsumer<String, String> consumer = KafkaTestJob.consumer(kafka, config, true)) {
+            KafkaTestJob.readFinals(consumer, out, c.requests.size(), Duration.ofMinutes(4));
         }
         Map<String, Object> acc = job.getJobExecutionResult().get().getAllAccumulatorResults();
         assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "no errors");

@@ -1,7 +1,6 @@
 package io.dsflow.job;
 
 import io.dsflow.operators.OutputRecord;
-import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.StateRecoveryOptions;
 import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
@@ -10,12 +9,7 @@ import org.apache.flink.core.execution.SavepointFormatType;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.test.junit5.MiniClusterExtension;
-import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
-import org.apache.kafka.clients.producer.KafkaProducer;
-import org.apache.kafka.clients.producer.ProducerRecord;
-import org.apache.kafka.common.serialization.StringDeserializer;
-import org.apache.kafka.common.serialization.StringSerializer;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -26,8 +20,6 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Map;
-import java.util.Properties;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
@@ -62,45 +54,22 @@ class RescaleITCase {
         env.configure(conf);
         env.setParallelism(parallelism);
         env.enableCheckpointing(config.checkpointIntervalMs());
-        Pipeline.build(env.fromSource(KafkaIO.source(config, OffsetsInitializer.earliest(), null),
-                        WatermarkStrategy.noWatermarks(), "prompts").uid("prompts"), config.decode())
-                .sinkTo(KafkaIO.sink(config)).uid("completions");
+        KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null), config);
         return env.executeAsync("rescale it, parallelism " + parallelism);
     }
 
     @Test
     void conversationsContinueThroughSavepointsAndRescaling() throws Exception {
-        Properties p = new Properties();
-        p.setProperty("model.dir", Conversations.MODEL.toString());
-        p.setProperty("backend", "cpu");
-        p.setProperty("topic.prompts", "rs-prompts");
-        p.setProperty("topic.completions", "rs-completions");
-        p.setProperty("topic.errors", "rs-errors");
-        p.setProperty("kafka.group.id", "rs-it");
-        JobConfig config = JobConfig.from(p).withBootstrap(kafka.bootstrapServers()).withDelivery(false, 200);
-        kafka.createTopics(2, "rs-prompts", "rs-completions", "rs-errors");
+        JobConfig config = KafkaTestJob.config(kafka, "rs", false, 200);
         Conversations c = Conversations.withTurns(10, 3, 21);
         int[] parallelism = {1, 2, 1};
         List<OutputRecord> out = new ArrayList<>();
         String savepoint = null;
-        try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
-                kafka.bootstrapServers()), new StringSerializer(), new StringSerializer());
-             KafkaConsumer<String, String> consumer = new KafkaConsumer<>(Map.of("bootstrap.servers",
-                     kafka.bootstrapServers(), "group.id", "rs-reader", "auto.offset.reset", "earliest"),
-                     new StringDeserializer(), new StringDeserializer())) {
-            consumer.subscribe(List.of("rs-completions", "rs-errors"));
+        try (KafkaConsumer<String, String> consumer = KafkaTestJob.consumer(kafka, config, false)) {
             for (int turn = 0; turn < 3; turn++) {
                 JobClient job = start(config, parallelism[turn], savepoint);
-                for (Conversations.Req q : c.turn(turn)) producer.send(new ProducerRecord<>("rs-prompts", q.conversationId(), q.json()));
-                producer.flush();
-                long finals = 0, deadline = System.nanoTime() + 60_000_000_000L;
-                while (finals < c.turn(turn).size() && System.nanoTime() < deadline) {
-                    for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(100))) {
-                        OutputRecord rec = Conversations.parse(r.value());
-                        out.add(rec);
-                        if (OutputRecord.FINAL.equals(rec.kind)) finals++;
-                    }
-                }
+                KafkaTestJob.send(kafka, config, c.turn(turn));
+                long finals = KafkaTestJob.readFinals(consumer, out, c.turn(turn).size(), Duration.ofMinutes(1));
                 assertEquals(c.turn(turn).size(), finals, "turn " + turn + " served at parallelism " + parallelism[turn]);
                 savepoint = job.stopWithSavepoint(false, savepoints.toUri().toString(), SavepointFormatType.CANONICAL).get();
             }
