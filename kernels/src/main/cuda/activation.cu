@@ -1,14 +1,13 @@
-// MLP activations. relu: x = max(x, 0) over n values. Grid: (ceil(n / 256)), block: 256.
+// Element-wise kernels. relu: x = max(x, 0) over n values (OPT's MLP; SwiGLU is fused into the products, matmul.cu).
+// Grid: (ceil(n / 256)), block: 256.
 #include "common.cuh"
 
-// swiglu_fused: out[r][i] = silu(gu[r][i]) * gu[r][inter + i], gu: [rows][2 * inter] (the fused gate/up output),
-//   out: [rows][inter]. Grid: (ceil(rows * inter / 256)), block: 256.
-extern "C" __global__ void swiglu_fused(float* out, const float* gu, int rows, int inter) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)rows * inter) return;
-    long r = i / inter, c = i % inter;
-    float g = gu[r * 2 * inter + c];
-    out[i] = g / (1.f + __expf(-g)) * gu[r * 2 * inter + inter + c];
+// interleave_rows: dst row 2i = src row i, dst row 2i + 1 = src row rows + i, for src [2 rows][cols] bf16 (gate stacked
+//   on up, as uploaded) -> the fused gate/up layout the SwiGLU epilogues read (matmul.cu). Grid: (2 rows), block: 256.
+extern "C" __global__ void interleave_rows(bf16* dst, const bf16* src, int rows, long cols) {
+    int r = blockIdx.x;
+    int from = (r & 1) ? rows + r / 2 : r / 2;
+    for (long c = threadIdx.x; c < cols; c += blockDim.x) dst[(size_t)r * cols + c] = src[(size_t)from * cols + c];
 }
 
 extern "C" __global__ void relu(float* x, long n) {
@@ -31,5 +30,19 @@ extern "C" __global__ void fill_random_bf16(bf16* out, long n, unsigned long lon
         z ^= z >> 31;
         float u = (float)(z >> 40) * (1.0f / 16777216.0f);
         out[i] = __float2bfloat16((2.f * u - 1.f) * scale);
+    }
+}
+
+// out = bf16(x) over n values (rounding to nearest even): the operand of the tensor-core GEMM. Grid: (ceil(n / 1024)),
+//   block: 256 (4 values a thread).
+extern "C" __global__ void f32_to_bf16(bf16* out, const float* x, long n) {
+    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 4 <= n) {
+        float4 v = *reinterpret_cast<const float4*>(x + i);
+        __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(out + i);
+        o[0] = __floats2bfloat162_rn(v.x, v.y);
+        o[1] = __floats2bfloat162_rn(v.z, v.w);
+    } else {
+        for (; i < n; i++) out[i] = __float2bfloat16(x[i]);
     }
 }

@@ -1,24 +1,51 @@
-// Causal attention of every row of a forward pass over its sequence's cache, split over the context
-// (flash-decoding), then merged.
-//   q: rows of q_stride floats whose first H * D are the heads (after RoPE); each sequence's cache: [cap][KVH][D] bf16 (token-major; the rows' own keys are
-//   in it already); head h reads kv head h / (H / KVH).
-// attention_rows_dD: one warp per (row, head, split of `chunk` slots, a multiple of 32 chosen by the host); lanes own 32 slots at a time for the scores
-//   (16-byte key loads) and D / 32 contiguous channels each for the output; writes an unnormalised partial
-//   (max m, sum l, o[D]). partials: [rows * H][splits][D + 2] f32.
-// attention_merge: out[r][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).  Grid: (rows * H), block: D.
+// Decode attention: every row of a forward pass that is not part of a prefill tile (attention_prefill.cu) attends
+// over its sequence's cache, split over the context (flash-decoding), then the splits are merged.
+//   q: rows of q_stride floats whose first H * D are the heads (after RoPE); each sequence's cache: [cap][KVH][D] bf16
+//   (token-major; the rows' own keys are in it already); head h reads kv head h / (H / KVH).
+//   rows_of: [P] the batch row of each decode row p; partials: [P * H][splits][D + 2] f32 (max m, sum l, o[D]).
+// attention_rows_dD: one warp per (decode row, head, split of `chunk` slots, a multiple of 32 chosen by the host);
+//   lanes own 32 slots at a time for the scores (16-byte key loads) and D / 32 contiguous channels each for the output.
+// attention_gqa_dD_gG: one warp per (decode row, kv head, split) for the G query heads of the group (below).
+// attention_merge: out[rows_of[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).
+//   Grid: (P * H), block: a multiple of D, at most 1024.
 #include "common.cuh"
 
 // Row r of the batch belongs to segment seg[r], whose cache for
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
-//   Grid: (rows * H, splits), block: 32; splits cover `chunk` slots each (empty ones write l = 0).
+//   Grid: (P * H, splits), block: 32; splits cover `chunk` slots each (empty ones write l = 0).
+
+// n consecutive bf16 values (n * 2 bytes aligned) as floats, in as few loads as their alignment allows
+template <int N>
+__device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
+    if constexpr (N % 8 == 0) {
+#pragma unroll
+        for (int c = 0; c < N; c += 8) {
+            uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+            const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float2 f = __bfloat1622float2(h2[i]);
+                dst[c + 2 * i] = f.x;
+                dst[c + 2 * i + 1] = f.y;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i));
+            dst[i] = f.x;
+            dst[i + 1] = f.y;
+        }
+    }
+}
 
 template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
-                          const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride,
-                          int chunk) {
+                          const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
+                          float scale, int q_stride, int chunk) {
     constexpr int PER = D / 32;
     int rh = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
-    int r = rh / H, h = rh % H, g = h / (H / KVH);
+    int r = rows_of[rh / H], h = rh % H, g = h / (H / KVH);
     const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
     const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
     int n = row_len[r];
@@ -89,40 +116,44 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
 }
 
 #define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \
-        const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, int splits, float scale, int q_stride, \
-        int chunk) { rows_body<d>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride, chunk); }
+        const unsigned long long* vp, const int* seg, const int* len, const int* rows_of, int H, int KVH, int splits, float scale, \
+        int q_stride, int chunk) { rows_body<d>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, chunk); }
 ROWS_KERNEL(32)
 ROWS_KERNEL(64)
 ROWS_KERNEL(96)
 ROWS_KERNEL(128)
 ROWS_KERNEL(256)
 
-// attention_gqa_dD_gG: the same result as attention_rows_dD, one warp per (row, kv head, split) serving the G query
-//   heads of the group: each key and value row is read once per kv head instead of G times. Same partials layout.
-//   Grid: (rows * KVH, splits), block: 32. Built for the common (D, G); other shapes use attention_rows_dD.
+// attention_gqa_dD_gG: the same result as attention_rows_dD for the G query heads of a group at once, so each key and
+//   value row is read once per kv head instead of G times. A block of GQA_WARPS warps takes (row, kv head, split);
+//   its warps take `chunk` slots each and combine their partials in shared memory (fewer splits for the merge to
+//   read). Same partials layout. Grid: (P * KVH, splits), block: 32 * GQA_WARPS, a split covering GQA_WARPS * chunk
+//   slots. Built for the common (D, G); other shapes use attention_rows_dD.
+#define GQA_WARPS 4
 template <int D, int G>
 __device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
-                         const int* seg, const int* row_len, int H, int KVH, int splits, float scale, int q_stride,
-                         int chunk) {
-    constexpr int PER = D / 32;
-    int rg = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
-    int r = rg / KVH, g = rg % KVH;
+                         const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
+                         float scale, int q_stride, int chunk) {
+    int rg = blockIdx.x, s = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
     const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
     const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
     int n = row_len[r];
-    int begin = s * chunk, end = min(n, begin + chunk);
+    // the block's split covers GQA_WARPS chunks, one a warp
+    int begin = (s * GQA_WARPS + warp) * chunk, end = min(n, begin + chunk);
     __shared__ float qs[G][D];
-#pragma unroll
-    for (int h = 0; h < G; h++)
-        for (int c = lane; c < D; c += 32) qs[h][c] = q[(size_t)r * q_stride + (g * G + h) * D + c];
-    __syncwarp();
-    float m[G], l[G], o[G][PER];
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = q[(size_t)r * q_stride + g * G * D + i];
+    __syncthreads();
+    // values: half-warps take alternate rows, lane owns channels [c0, c0 + D / 16) of each (16-byte loads at D = 128)
+    constexpr int VPER = D / 16;
+    int half = lane >> 4, c0 = (lane & 15) * VPER;
+    float m[G], l[G], o[G][VPER];
 #pragma unroll
     for (int h = 0; h < G; h++) {
         m[h] = -INFINITY;
         l[h] = 0.f;
 #pragma unroll
-        for (int i = 0; i < PER; i++) o[h][i] = 0.f;
+        for (int i = 0; i < VPER; i++) o[h][i] = 0.f;
     }
     for (int j0 = begin; j0 < end; j0 += 32) {
         int j = j0 + lane;
@@ -157,39 +188,75 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
             float corr = __expf(m[h] - mnew);
             l[h] = l[h] * corr + warp_sum(p[h]);
 #pragma unroll
-            for (int i = 0; i < PER; i++) o[h][i] *= corr;
+            for (int i = 0; i < VPER; i++) o[h][i] *= corr;
             m[h] = mnew;
         }
         int count = min(32, end - j0);
-        for (int t = 0; t < count; t++) {
-            const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D + lane * PER;
-            float vv[PER];
+        // 4 rows a half-warp in flight: all loads first, then the products (p of a missing row is 0, its load skipped)
+        for (int t0 = 0; t0 < count; t0 += 8) {
+            float vf[4][VPER];
 #pragma unroll
-            for (int i = 0; i < PER; i++) vv[i] = __bfloat162float(v[i]);
+            for (int u = 0; u < 4; u++) {
+                int t = t0 + 2 * u + half;
+                if (t < count) {
+                    load_bf16<VPER>(vf[u], vc + ((size_t)(j0 + t) * KVH + g) * D + c0);
+                } else {
 #pragma unroll
-            for (int h = 0; h < G; h++) {
-                float pt = __shfl_sync(0xffffffffu, p[h], t);
+                    for (int i = 0; i < VPER; i++) vf[u][i] = 0.f;
+                }
+            }
 #pragma unroll
-                for (int i = 0; i < PER; i++) o[h][i] += pt * vv[i];
+            for (int u = 0; u < 4; u++) {
+                int t = min(t0 + 2 * u + half, 31);
+#pragma unroll
+                for (int h = 0; h < G; h++) {
+                    float pt = __shfl_sync(0xffffffffu, p[h], t);
+#pragma unroll
+                    for (int i = 0; i < VPER; i++) o[h][i] += pt * vf[u][i];
+                }
             }
         }
     }
+    // the warps' partials combined in shared memory into the block's: max M, sum L, o, each rescaled by e^(m_w - M)
+    __shared__ float wm[GQA_WARPS][G], wl[GQA_WARPS][G], wo[GQA_WARPS][G][D];
 #pragma unroll
     for (int h = 0; h < G; h++) {
-        float* part = partials + ((size_t)(r * H + g * G + h) * splits + s) * (D + 2);
         if (lane == 0) {
-            part[D] = m[h];
-            part[D + 1] = l[h];
+            wm[warp][h] = m[h];
+            wl[warp][h] = l[h];
         }
 #pragma unroll
-        for (int i = 0; i < PER; i++) part[lane * PER + i] = o[h][i];
+        for (int i = 0; i < VPER; i++) {
+            float v = o[h][i] + __shfl_xor_sync(0xffffffffu, o[h][i], 16);   // the two halves' rows
+            if (half == 0) wo[warp][h][c0 + i] = v;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int h = i / D, c = i % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < GQA_WARPS; w++) M = fmaxf(M, wm[w][h]);
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < GQA_WARPS; w++) {
+            float e = wl[w][h] > 0.f ? __expf(wm[w][h] - M) : 0.f;
+            L += wl[w][h] * e;
+            O += wo[w][h][c] * e;
+        }
+        float* part = partials + ((size_t)(pr * H + g * G + h) * splits + s) * (D + 2);
+        part[c] = O;
+        if (c == 0) {
+            part[D] = M;
+            part[D + 1] = L;
+        }
     }
 }
 
 #define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \
-        const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, int H, int KVH, \
-        int splits, float scale, int q_stride, int chunk) { \
-    gqa_body<d, g>(p, q, kp, vp, seg, len, H, KVH, splits, scale, q_stride, chunk); }
+        const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, const int* rows_of, int H, \
+        int KVH, int splits, float scale, int q_stride, int chunk) { \
+    gqa_body<d, g>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, chunk); }
 GQA_KERNEL(32, 2)
 GQA_KERNEL(32, 4)
 GQA_KERNEL(64, 2)
@@ -203,9 +270,11 @@ GQA_KERNEL(128, 8)
 // A (row, head) has at most MAX_SPLITS splits (the host checks).
 #define MAX_SPLITS 2048
 
-extern "C" __global__ void attention_merge(float* out, const float* partials, int rows, int H, int D, int splits) {
+extern "C" __global__ void attention_merge(float* out, const float* partials, const int* rows_of, int H, int D,
+                                           int splits) {
     __shared__ float weight[MAX_SPLITS];
     __shared__ float scratch[32];
+    __shared__ float sums[1024];
     int rh = blockIdx.x, c = threadIdx.x;
     const float* base = partials + (size_t)rh * splits * (D + 2);
     // the splits' maxima and sums, reduced by the whole block at once instead of walked by each thread
@@ -228,10 +297,17 @@ extern "C" __global__ void attention_merge(float* out, const float* partials, in
         l += p[D + 1] * w;
     }
     float L = block_sum(l, scratch);
-    if (c >= D) return;
+    // blockDim / D groups of D threads each sum every groups-th split, then group 0 adds the others' sums
+    int groups = blockDim.x / D, grp = c / D, ch = c % D;
     float o = 0.f;
+    if (grp < groups) {
 #pragma unroll 4
-    for (int s = 0; s < splits; s++) o += base[(size_t)s * (D + 2) + c] * weight[s];
-    int r = rh / H, h = rh % H;
-    out[(size_t)r * H * D + h * D + c] = o / L;
+        for (int s = grp; s < splits; s += groups) o += base[(size_t)s * (D + 2) + ch] * weight[s];
+        sums[c] = o;
+    }
+    __syncthreads();
+    if (grp != 0) return;
+    for (int k = 1; k < groups; k++) o += sums[k * D + ch];
+    int r = rows_of[rh / H], h = rh % H;
+    out[(size_t)r * H * D + h * D + ch] = o / L;
 }

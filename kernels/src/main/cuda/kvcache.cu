@@ -1,17 +1,35 @@
-// Appends every row's key and value to its sequence's cache, rounding to bf16:
-//   k, v: rows of src_stride floats (the fused q/k/v output), KVH * D used  ->  the cache [cap][KVH * D] bf16 of segment seg[r], at slot slot[r].
+// The step between the q/k/v projection and attention, for every row of a forward pass, in one launch:
+//   qkv: [rows][row_stride] f32, each row [q: H x D | k: KVH x D | v: KVH x D | ...] (the fused projection's output)
+//   q heads: rotated in place (RoPE, Hugging Face rotate-half: (x_i, x_{i+D/2}) -> (x_i cos - x_{i+D/2} sin,
+//     x_{i+D/2} cos + x_i sin), angle = positions[r] * inv_freq[i] in f32; inv_freq: [D / 2], llama3 scaling applied
+//     on the host; null for models without rotary positions)
+//   k heads: rotated, then appended, rounded to bf16, to the cache of segment seg[r] at slot slot[r];
+//   v heads: appended likewise. Each cache: [cap][KVH * D] bf16 at kptr[seg[r]], vptr[seg[r]] (this layer's tables).
+// Grid: (rows, H + 2 KVH), block: D / 2 threads, one rotation pair (or two values of v) each.
 #include "common.cuh"
 
-// kptr, vptr: device pointer tables of the segments' caches for this layer. Grid: (rows, ceil(KVH * D / 256)), block: 256.
-extern "C" __global__ void kv_append_rows(const unsigned long long* kptr, const unsigned long long* vptr, const int* seg,
-                                          const int* slot, const float* k, const float* v, int kv_dim, int src_stride) {
-    int r = blockIdx.x;
-    bf16* kc = reinterpret_cast<bf16*>(kptr[seg[r]]);
-    bf16* vc = reinterpret_cast<bf16*>(vptr[seg[r]]);
-    size_t dst = (size_t)slot[r] * kv_dim, src = (size_t)r * src_stride;
-    int i = blockIdx.y * blockDim.x + threadIdx.x;
-    if (i < kv_dim) {
-        kc[dst + i] = __float2bfloat16(k[src + i]);
-        vc[dst + i] = __float2bfloat16(v[src + i]);
+extern "C" __global__ void kv_append_rope(float* qkv, const int* positions, const float* inv_freq,
+                                          const unsigned long long* kptr, const unsigned long long* vptr,
+                                          const int* seg, const int* slot, int H, int KVH, int D, int row_stride) {
+    int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = D / 2;
+    if (i >= half) return;
+    float* x = qkv + (size_t)r * row_stride + h * D;
+    float a = x[i], b = x[i + half];
+    if (inv_freq && h < H + KVH) {
+        float s, c;
+        sincosf((float)positions[r] * inv_freq[i], &s, &c);
+        float ra = a * c - b * s, rb = b * c + a * s;
+        a = ra;
+        b = rb;
     }
+    if (h < H) {
+        x[i] = a;
+        x[i + half] = b;
+        return;
+    }
+    bool key = h < H + KVH;
+    int g = key ? h - H : h - H - KVH;
+    bf16* cache = reinterpret_cast<bf16*>(key ? kptr[seg[r]] : vptr[seg[r]]) + (size_t)slot[r] * KVH * D + g * D;
+    cache[i] = __float2bfloat16(a);
+    cache[i + half] = __float2bfloat16(b);
 }

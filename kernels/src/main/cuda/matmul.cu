@@ -1,15 +1,20 @@
 // Linear layers: y[m][n] = sum_k x[m][k] * W[n][k] + bias[n]
 //   x: [M][K] f32, W: [N][K] bf16 (Hugging Face layout), bias: [N] bf16 or null, y: [M][N] f32.
+// SwiGLU epilogue (the *_swiglu GEMVs, gemm_bf16 with act != null): W is the fused gate/up matrix with its rows
+//   interleaved (row 2i = gate_i, row 2i + 1 = up_i), so each pair of adjacent outputs becomes one activation
+//   act[m][i] = silu(y[m][2i]) * y[m][2i + 1], [M][N / 2], and y itself is never written.
 // gemv_mM (decode, M = 1, 2, 4, 8 or 16 rows): bandwidth-bound; each warp computes C consecutive output columns
 //   (C = 1 for M = 1 and 16, 2 for M = 2, 4 and 8), reading each W row once with 16-byte loads (8 bf16) when
 //   K % 8 == 0 (else one element per lane) and sharing each x load among its C rows; the host loops over row groups
 //   of 16 for larger batches. Grid: (ceil(N / (8 C))), block: 256 (8 warps).
-// gemm_wmma (prefill, many rows): tensor cores through WMMA (bf16 x bf16 -> f32), 64 x 64 output tiles, K in steps
-//   of 32 through shared memory; x is rounded to bf16 as it is staged. Grid: (ceil(N / 64), ceil(M / 64)), block: 128.
+// gemm_bf16 (prefill, many rows): tensor cores, below.
 #include "common.cuh"
-#include <mma.h>
 
-template <int M, int C>
+__device__ __forceinline__ float silu_times(float gate, float up) {
+    return gate / (1.f + __expf(-gate)) * up;
+}
+
+template <int M, int C, bool SWIGLU>
 __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) {
     int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * C;
     int lane = threadIdx.x & 31;
@@ -56,77 +61,167 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
             }
         }
     }
-#pragma unroll
-    for (int j = 0; j < C; j++) {
-        int n = n0 + j;
-        float b = bias && n < N ? __bfloat162float(bias[n]) : 0.f;
+    if constexpr (SWIGLU) {   // C = 2: this warp's columns are (gate_i, up_i), i = n0 / 2
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float s = warp_sum(acc[m][j]);
-            if (lane == 0 && n < N) y[(size_t)m * N + n] = s + b;
+            float g = warp_sum(acc[m][0]) + (bias ? __bfloat162float(bias[n0]) : 0.f);
+            float u = warp_sum(acc[m][1]) + (bias ? __bfloat162float(bias[n0 + 1]) : 0.f);
+            if (lane == 0) y[(size_t)m * (N / 2) + n0 / 2] = silu_times(g, u);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < C; j++) {
+            int n = n0 + j;
+            float b = bias && n < N ? __bfloat162float(bias[n]) : 0.f;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float s = warp_sum(acc[m][j]);
+                if (lane == 0 && n < N) y[(size_t)m * N + n] = s + b;
+            }
         }
     }
 }
 
 // C columns per warp: the x loads are shared by C weight rows; fewer rows and more columns keep the registers in check
-extern "C" __global__ void gemv_m1(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<1, 1>(y, x, W, bias, N, K); }
-extern "C" __global__ void gemv_m2(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<2, 2>(y, x, W, bias, N, K); }
-extern "C" __global__ void gemv_m4(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<4, 2>(y, x, W, bias, N, K); }
-extern "C" __global__ void gemv_m8(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<8, 2>(y, x, W, bias, N, K); }
-extern "C" __global__ void gemv_m16(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { gemv_body<16, 1>(y, x, W, bias, N, K); }
+#define GEMV(m, c) \
+    extern "C" __global__ void gemv_m##m(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { \
+        gemv_body<m, c, false>(y, x, W, bias, N, K); } \
+    extern "C" __global__ void gemv_m##m##_swiglu(float* act, const float* x, const bf16* W, const bf16* bias, int N, \
+                                                 int K) { gemv_body<m, 2, true>(act, x, W, bias, N, K); }
+GEMV(1, 1)
+GEMV(2, 2)
+GEMV(4, 2)
+GEMV(8, 2)
+GEMV(16, 1)
 
-#define TILE 64
-#define TK 32
-#define LDS 48   // padded row of a staged tile: 96 bytes keeps every WMMA pointer 32-byte aligned
+// gemm_bf16: y = x W^T + bias for many rows (prefill), on tensor cores: mma.sync m16n8k16 (bf16 x bf16 -> f32)
+//   fed by ldmatrix from shared memory, which cp.async fills STAGES - 1 K-steps of GBK ahead.
+//   xb: [M][K] bf16 (x rounded by f32_to_bf16, or written as bf16 by its producer), W: [N][K] bf16, y: [M][N] f32
+//   (or, with act, the SwiGLU activations [M][N / 2] in bf16: the next GEMM's input as is); K % 8 == 0 (16-byte rows); M, N
+//   arbitrary (rows and columns past the edge are loaded as zeros and not written).
+//   Block tile 128 x BN (BN = 128); 8 warps as 2 (M) x 4 (N), each a 64 x BN/4 tile of 16 x 8 mma tiles.
+//   Shared rows are GBK bf16 (16-byte chunks) stored swizzled (tile_offset) so that the 8 rows an ldmatrix reads fall
+//   in 8 distinct bank groups. Dynamic shared memory: STAGES * (128 + BN) * GBK * 2 bytes.
+//   Grid: (ceil(M / 128) * ceil(N / BN)) in a grouped order: 16 row tiles sweep the columns together, so the blocks in
+//   flight share their W tiles in L2 instead of streaming all of W once per row tile. Block: 256.
+#define GBM 128
+#define GROUP_M 16
 
-extern "C" __global__ void __launch_bounds__(128) gemm_wmma(float* y, const float* x, const bf16* W, const bf16* bias,
-                                                            int M, int N, int K) {
-    using namespace nvcuda;
-    __shared__ __align__(32) bf16 As[TILE][LDS];
-    __shared__ __align__(32) bf16 Bs[TILE][LDS];
-    __shared__ __align__(32) float Cs[4][16 * 16];
-    int m0 = blockIdx.y * TILE, n0 = blockIdx.x * TILE;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int wm = warp >> 1, wn = warp & 1;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+// byte offset of 16-byte chunk c of row r in a swizzled tile of BK-wide rows (BK = 32: 64-byte rows, paired up;
+// BK = 64: 128-byte rows, c ^ (r & 7))
+template <int BK>
+__device__ __forceinline__ unsigned tile_offset(int r, int c) {
+    if constexpr (BK == 32) return r * 64 + ((c ^ ((r >> 1) & 3)) << 4);
+    else return r * 128 + ((c ^ (r & 7)) << 4);
+}
+
+template <int BN, int STAGES, int GBK>
+__device__ __forceinline__ void gemm_body(float* y, bf16* act, const bf16* xb, const bf16* W, const bf16* bias, int M,
+                                          int N, int K) {
+    constexpr int NT = BN / 32;   // mma tiles of 8 columns per warp
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned a_smem = smem_addr(smem), b_smem = a_smem + STAGES * GBM * GBK * 2;
+    int tiles_m = (M + GBM - 1) / GBM, tiles_n = (N + BN - 1) / BN;
+    int t = blockIdx.x, per_group = GROUP_M * tiles_n, first_m = (t / per_group) * GROUP_M;
+    int group_rows = min(tiles_m - first_m, GROUP_M);
+    int m0 = (first_m + (t % per_group) % group_rows) * GBM, n0 = ((t % per_group) / group_rows) * BN;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int wm = warp >> 2, wn = warp & 3;
+    int ksteps = (K + GBK - 1) / GBK;
+
+    // each thread copies chunk tid % CPR of rows tid / CPR + (256 / CPR) i of A and of B per K-step
+    constexpr int CPR = GBK / 8, RPP = 256 / CPR;   // chunks a row, rows a pass
+    auto load = [&](int stage, int kstep) {
+        int c = tid % CPR, k = kstep * GBK + c * 8;
+        bool kin = k < K;
 #pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
-    for (int k0 = 0; k0 < K; k0 += TK) {
-        for (int i = threadIdx.x; i < TILE * TK; i += blockDim.x) {
-            int r = i / TK, c = i % TK;
-            int gm = m0 + r, gn = n0 + r, gk = k0 + c;
-            As[r][c] = __float2bfloat16(gm < M && gk < K ? x[(size_t)gm * K + gk] : 0.f);
-            Bs[r][c] = gn < N && gk < K ? W[(size_t)gn * K + gk] : __float2bfloat16(0.f);
+        for (int h = 0; h < GBM / RPP; h++) {
+            int r = tid / CPR + h * RPP, gm = m0 + r;
+            bool ok = kin && gm < M;
+            cp_async16(a_smem + (stage * GBM * GBK * 2) + tile_offset<GBK>(r, c), xb + (size_t)(ok ? gm : 0) * K + (ok ? k : 0), ok);
         }
-        __syncthreads();
 #pragma unroll
-        for (int kk = 0; kk < TK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(a[i], &As[wm * 32 + i * 16][kk], LDS);
-#pragma unroll
-            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(b[j], &Bs[wn * 32 + j * 16][kk], LDS);
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int h = 0; h < BN / RPP; h++) {
+            int r = tid / CPR + h * RPP, gn = n0 + r;
+            bool ok = kin && gn < N;
+            cp_async16(b_smem + (stage * BN * GBK * 2) + tile_offset<GBK>(r, c), W + (size_t)(ok ? gn : 0) * K + (ok ? k : 0), ok);
         }
-        __syncthreads();
+    };
+
+    float acc[4][NT][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < ksteps) load(s, s);
+        asm volatile("cp.async.commit_group;\n");
     }
+    for (int ks = 0; ks < ksteps; ks++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));
+        __syncthreads();   // step ks has landed for every thread, and step ks - 1's stage is free to refill
+        int next = ks + STAGES - 1;
+        if (next < ksteps) load(next % STAGES, next);
+        asm volatile("cp.async.commit_group;\n");
+        unsigned a_base = a_smem + (ks % STAGES) * GBM * GBK * 2, b_base = b_smem + (ks % STAGES) * BN * GBK * 2;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
+        for (int kk = 0; kk < GBK / 16; kk++) {
+            unsigned a[4][4], b[NT][2];
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            wmma::store_matrix_sync(Cs[warp], acc[i][j], 16, wmma::mem_row_major);
-            __syncwarp();
-            for (int e = lane; e < 256; e += 32) {
-                int gm = m0 + wm * 32 + i * 16 + e / 16, gn = n0 + wn * 32 + j * 16 + e % 16;
-                if (gm < M && gn < N) y[(size_t)gm * N + gn] = Cs[warp][e] + (bias ? __bfloat162float(bias[gn]) : 0.f);
+            for (int i = 0; i < 4; i++) {
+                int r = wm * 64 + i * 16 + (lane & 15);
+                ldmatrix_x4(a_base + tile_offset<GBK>(r, kk * 2 + (lane >> 4)), a[i][0], a[i][1], a[i][2], a[i][3]);
             }
-            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < NT / 2; j++) {
+                int r = wn * (BN / 4) + j * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b_base + tile_offset<GBK>(r, kk * 2 + ((lane >> 3) & 1)), b[2 * j][0], b[2 * j][1],
+                            b[2 * j + 1][0], b[2 * j + 1][1]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) mma_bf16(acc[i][j], a[i], b[j][0], b[j][1]);
         }
     }
+    asm volatile("cp.async.wait_group 0;\n");
+
+    // accumulator layout of m16n8: c0, c1 at (row lane / 4, columns 2 (lane % 4) + 0, 1); c2, c3 eight rows below
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        int n = n0 + wn * (BN / 4) + j * 8 + (lane & 3) * 2;
+        float b0 = bias && n < N ? __bfloat162float(bias[n]) : 0.f;
+        float b1 = bias && n + 1 < N ? __bfloat162float(bias[n + 1]) : 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int m = m0 + wm * 64 + i * 16 + (lane >> 2) + h * 8;
+                if (m >= M) continue;
+                float* out = y + (size_t)m * N + n;
+                float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
+                if (act) {   // n is even: (gate_i, up_i) with i = n / 2
+                    if (n < N) act[(size_t)m * (N / 2) + n / 2] = __float2bfloat16(silu_times(v0, v1));
+                    continue;
+                }
+                if (n + 1 < N && (N & 1) == 0) {
+                    *reinterpret_cast<float2*>(out) = make_float2(v0, v1);
+                } else {
+                    if (n < N) out[0] = v0;
+                    if (n + 1 < N) out[1] = v1;
+                }
+            }
+        }
+    }
+}
+
+// 128 x 128 tiles, K-steps of 64, 3 stages (96 KB of shared memory, two blocks an SM). Measured slower on the H100
+// (dev/cuda/README.md, v9-v11): K-steps of 32 with 4 stages (-10%), 128 x 256 tiles with 3 stages.
+extern "C" __global__ void __launch_bounds__(256) gemm_bf16(float* y, bf16* act, const bf16* xb, const bf16* W,
+                                                            const bf16* bias, int M, int N, int K) {
+    gemm_body<128, 3, 64>(y, act, xb, W, bias, M, N, K);
 }

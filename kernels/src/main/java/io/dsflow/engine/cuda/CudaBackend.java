@@ -39,7 +39,8 @@ public final class CudaBackend implements Backend {
 
     /**
      * One decoder layer on the device. q, k and v are one [qDim + 2 kvDim][hidden] matrix (one GEMV reads them, and its
-     * output rows are [q | k | v]); gate and up are one [2 inter][hidden] matrix for SwiGLU (OPT: up alone is fc1).
+     * output rows are [q | k | v]); gate and up are one [2 inter][hidden] matrix with their rows interleaved (gate_i,
+     * up_i), so the product's epilogue applies SwiGLU (OPT: up alone is fc1).
      */
     private record Layer(Weight attnNorm, Weight attnNormBias, Weight qkv, Weight qkvBias, Weight o, Weight oBias,
                          Weight mlpNorm, Weight mlpNormBias, Weight gateUp, Weight gateUpBias, Weight down,
@@ -65,6 +66,9 @@ public final class CudaBackend implements Backend {
         Weight get(SafeTensors.Entry e, long elements, float scale);
 
         Weight concat(SafeTensors.Entry[] parts, long elements, float scale);
+
+        /** gate and up ([rows][cols] each) with their rows interleaved: the layout of the SwiGLU epilogues. */
+        Weight interleave(SafeTensors.Entry gate, SafeTensors.Entry up, long elements, float scale);
     }
 
     private CudaBackend(CudaRuntime gpu, ModelConfig c, ModelWeights w, Source src) {
@@ -97,9 +101,9 @@ public final class CudaBackend implements Backend {
                     src.get(l == null ? null : l.o(), (long) h * c.qDim(), ws), opt(src, l == null ? null : l.oBias(), h),
                     src.get(l == null ? null : l.mlpNorm(), h, -1), ln ? src.get(l == null ? null : l.mlpNormBias(), h, 0) : null,
                     ln ? src.get(l == null ? null : l.up(), (long) inter * h, ws)
-                            : src.concat(l == null ? null : new SafeTensors.Entry[]{l.gate(), l.up()}, 2L * inter * h, ws),
+                            : src.interleave(l == null ? null : l.gate(), l == null ? null : l.up(), 2L * inter * h, ws),
                     !gateUpBias ? null : ln ? src.get(l == null ? null : l.upBias(), inter, 0)
-                            : src.concat(l == null ? null : new SafeTensors.Entry[]{l.gateBias(), l.upBias()}, 2L * inter, 0),
+                            : src.interleave(l == null ? null : l.gateBias(), l == null ? null : l.upBias(), 2L * inter, 0),
                     src.get(l == null ? null : l.down(), (long) h * inter, ws), opt(src, l == null ? null : l.downBias(), h));
         }
         if (c.architecture().usesRope()) {
@@ -135,6 +139,19 @@ public final class CudaBackend implements Backend {
             public Weight concat(SafeTensors.Entry[] parts, long elements, float scale) {
                 return upload(gpu, parts);
             }
+
+            @Override
+            public Weight interleave(SafeTensors.Entry gate, SafeTensors.Entry up, long elements, float scale) {
+                Weight stacked = upload(gpu, new SafeTensors.Entry[]{gate, up});
+                long[] shape = gate.shape();
+                int rows = (int) shape[0];
+                long cols = shape.length > 1 ? shape[1] : 1;
+                CUdeviceptr p = gpu.alloc(stacked.elements() * 2);
+                gpu.launch("interleave_rows", 2 * rows, 1, 256, p, stacked.ptr(), rows, cols);
+                gpu.synchronize();
+                gpu.free(stacked.ptr(), stacked.elements() * 2);
+                return new Weight(p, stacked.elements());
+            }
         });
     }
 
@@ -150,6 +167,11 @@ public final class CudaBackend implements Backend {
 
             @Override
             public Weight concat(SafeTensors.Entry[] parts, long n, float scale) {
+                return random(gpu, n, counter[0]++, scale);
+            }
+
+            @Override
+            public Weight interleave(SafeTensors.Entry gate, SafeTensors.Entry up, long n, float scale) {
                 return random(gpu, n, counter[0]++, scale);
             }
         });
@@ -280,32 +302,18 @@ public final class CudaBackend implements Backend {
         return w == null ? null : w.ptr();
     }
 
-    /** y[rows][out] = x[rows][in] W^T + b: tensor cores for many rows, the bandwidth-bound GEMV for a decode batch. */
+    /** y[rows][out] = x[rows][in] W^T + b (CudaOps.linear: tensor cores for many rows, the GEMV for a decode batch). */
     private void linear(CUdeviceptr y, CUdeviceptr x, int rows, Weight w, Weight bias, int out, int in) {
-        if (rows > 32) {
-            gpu.launch("gemm_wmma", (out + 63) / 64, (rows + 63) / 64, 128, y, x, w.ptr(), ptr(bias), rows, out, in);
-            return;
-        }
-        for (int r = 0; r < rows; ) {
-            int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
-            int cols = 8 * gemvColumns(m);
-            gpu.launch("gemv_m" + m, (out + cols - 1) / cols, 1, 256, at(y, (long) r * out), at(x, (long) r * in), w.ptr(),
-                    ptr(bias), out, in);
-            r += m;
-        }
+        CudaOps.linear(gpu, y, x, scratch.get("xbf"), false, rows, w.ptr(), ptr(bias), out, in, false);
     }
 
-    /** Output columns each warp of gemv_mM computes (matmul.cu). */
-    static int gemvColumns(int m) {
-        return m == 1 || m == 16 ? 1 : 2;
-    }
-
-    /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias. */
-    private void norm(CUdeviceptr x, CUdeviceptr y, CUdeviceptr out, Weight w, Weight b, int rows) {
+    /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias; into outBf16 (bf16) instead if given. */
+    private void norm(CUdeviceptr x, CUdeviceptr y, CUdeviceptr out, CUdeviceptr outBf16, Weight w, Weight b, int rows) {
         if (b == null) {
-            gpu.launch("add_rms_norm", rows, 1, 1024, x, y, out, w.ptr(), rows, c.hiddenSize(), c.normEps());
+            gpu.launch("add_rms_norm", rows, 1, 1024, x, y, out, outBf16, w.ptr(), rows, c.hiddenSize(), c.normEps());
         } else {
-            gpu.launch("add_layer_norm", rows, 1, 1024, x, y, out, w.ptr(), b.ptr(), rows, c.hiddenSize(), c.normEps());
+            gpu.launch("add_layer_norm", rows, 1, 1024, x, y, out, outBf16, w.ptr(), b.ptr(), rows, c.hiddenSize(),
+                    c.normEps());
         }
     }
 
@@ -334,6 +342,7 @@ public final class CudaBackend implements Backend {
     /** Device buffers and sizes of one forward pass: everything the launches read, prepared before them. */
     private record Step(int rows, int nseg, int splits, int chunk, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
                         CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
+                        int tileCount, CUdeviceptr tiles, int decodeRows, CUdeviceptr rowsOf,
                         CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits) {
     }
 
@@ -374,7 +383,11 @@ public final class CudaBackend implements Backend {
         int nseg = segments.size();
         int[] seg = new int[rows], slot = new int[rows], rowLen = new int[rows], lastRows = new int[nseg];
         long[] kTable = new long[layers.length * nseg], vTable = new long[layers.length * nseg];
-        int span = 0;
+        // segments of many rows (prefills) attend in tiles on tensor cores; the other rows by the split kernels
+        boolean tensorCorePrefill = CudaOps.hasPrefillAttention(gpu, hd);
+        java.util.List<Integer> tiles = new java.util.ArrayList<>();
+        int[] rowsOf = new int[rows];
+        int decodeRows = 0, span = 0;
         for (int s = 0; s < nseg; s++) {
             CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
             int n = segments.get(s).tokens().length, start = cache.length(0);
@@ -383,35 +396,49 @@ public final class CudaBackend implements Backend {
                 slot[starts[s] + i] = start + i;
                 rowLen[starts[s] + i] = start + i + 1;
             }
+            if (tensorCorePrefill && n >= CudaOps.PREFILL_TILE_MIN_ROWS) {
+                for (int i = 0; i < n; i += CudaOps.PREFILL_TILE_ROWS) {
+                    tiles.addAll(List.of(s, starts[s] + i, Math.min(CudaOps.PREFILL_TILE_ROWS, n - i)));
+                }
+            } else {
+                for (int i = 0; i < n; i++) rowsOf[decodeRows++] = starts[s] + i;
+                span = Math.max(span, graph ? cache.capacity() : start + n);
+            }
             lastRows[s] = starts[s] + n - 1;
-            span = Math.max(span, graph ? cache.capacity() : start + n);
             for (int l = 0; l < layers.length; l++) {
                 kTable[l * nseg + s] = address(cache.keys(l));
                 vTable[l * nseg + s] = address(cache.values(l));
             }
         }
         // slots per attention split: small batches take short splits so enough warps run (the merge then has more)
-        int chunk = rows * c.numKvHeads() >= 256 ? 128 : rows * c.numKvHeads() >= 32 ? 64 : 32;
-        int splits = (span + chunk - 1) / chunk;
-        while (splits > 2048) splits = (span + (chunk *= 2) - 1) / chunk;
+        int chunk = decodeRows * c.numKvHeads() >= 256 ? 128 : decodeRows * c.numKvHeads() >= 32 ? 64 : 32;
+        int slots = CudaOps.splitSlots(gpu, heads, c.numKvHeads(), hd, chunk);
+        while ((span + slots - 1) / slots > 2048) {
+            chunk *= 2;
+            slots *= 2;
+        }
+        int splits = Math.max(1, (span + slots - 1) / slots);
         // size every work buffer first: a later growth would invalidate graphs captured in between
         buf("x", (long) rows * hidden);
         buf("xn", (long) rows * hidden);
         buf("qkv", (long) rows * (c.qDim() + 2L * c.kvDim()));
         buf("att", (long) rows * c.qDim());
         buf("tmp", (long) rows * hidden);
-        buf("up", (long) rows * 2L * c.intermediateSize());
-        buf("gate", (long) rows * c.intermediateSize());
+        buf("up", (long) rows * c.intermediateSize());     // OPT's fc1 output; SwiGLU activations (f32 from the GEMV)
+        buf("actbf", (long) rows * c.intermediateSize() / 2 + 4);   // SwiGLU activations in bf16 from the GEMM
         buf("mlp", (long) rows * hidden);
         buf("emb", (long) rows * c.wordEmbedDim());
         buf("last", (long) nseg * hidden);
         buf("projected", (long) nseg * c.wordEmbedDim());
         buf("argmax", nseg);
-        CUdeviceptr partials = buf("partials", (long) rows * heads * splits * (hd + 2));
+        int widestInput = Math.max(Math.max(hidden, c.qDim()), Math.max(c.intermediateSize(), c.wordEmbedDim()));
+        buf("xbf", (long) rows * widestInput / 2 + 4);   // bf16 copy of a GEMM's input
+        CUdeviceptr partials = buf("partials", (long) Math.max(1, decodeRows) * heads * splits * (hd + 2));
         CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
         return new Step(rows, nseg, splits, chunk, ints("tokens", batch.tokens()), ints("positions", batch.positions()),
                 ints("seg", seg), ints("slot", slot), ints("rowLen", rowLen), longs("kTable", kTable),
-                longs("vTable", vTable), partials, ints("lastRows", lastRows), logits);
+                longs("vTable", vTable), tiles.size() / 3, ints("tiles", tiles.stream().mapToInt(Integer::intValue).toArray()),
+                decodeRows, ints("rowsOf", rowsOf), partials, ints("lastRows", lastRows), logits);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
@@ -419,13 +446,15 @@ public final class CudaBackend implements Backend {
         int rows = st.rows(), nseg = st.nseg(), hidden = c.hiddenSize(), qDim = c.qDim(), kvDim = c.kvDim();
         int inter = c.intermediateSize(), heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
         boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
-        float scale = (float) (1.0 / Math.sqrt(hd));
         CUdeviceptr tokens = st.tokens(), positions = st.positions();
         int qkvDim = qDim + 2 * kvDim;
         CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), qkv = scratch.get("qkv");
-        CUdeviceptr q = qkv, k = at(qkv, qDim), v = at(qkv, qDim + kvDim);   // [q | k | v] in rows of qkvDim
+        CUdeviceptr q = qkv;   // [q | k | v] in rows of qkvDim
         CUdeviceptr att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
-        CUdeviceptr gate = scratch.get("gate"), mlpOut = scratch.get("mlp");
+        CUdeviceptr mlpOut = scratch.get("mlp"), xbf = scratch.get("xbf"), actBf = scratch.get("actbf");
+        // many rows (a prefill): products on tensor cores, whose bf16 inputs the pre-norms and SwiGLU write directly
+        boolean tc = CudaOps.tensorCores(rows, hidden) && CudaOps.tensorCores(rows, qDim)
+                && CudaOps.tensorCores(rows, inter);
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
         if (projectIn == null) {
@@ -443,54 +472,48 @@ public final class CudaBackend implements Backend {
             Layer w = layers[layer];
             // 2. attention sublayer input: pre-norm (fused with the pending residual add) or the residual itself
             CUdeviceptr in = x;
+            boolean inBf16 = pre && tc;
             if (pre) {
-                norm(x, pending, xn, w.attnNorm, w.attnNormBias, rows);
+                norm(x, pending, xn, inBf16 ? xbf : null, w.attnNorm, w.attnNormBias, rows);
                 in = xn;
             }
-            linear(qkv, in, rows, w.qkv, w.qkvBias, qkvDim, hidden);
-            // 3. rotary positions on q and k (adjacent in each row: one launch over both)
-            if (invFreq != null) gpu.launch("rope", rows, heads + kvHeads, hd / 2, q, positions, invFreq, rows, heads + kvHeads, hd, qkvDim);
-            // 4. every row's key/value goes to its sequence's cache; then all rows attend, split over the context and merged
+            CudaOps.linear(gpu, qkv, in, xbf, inBf16, rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden, false);
+            // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch)
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
-            gpu.launch("kv_append_rows", rows, (kvDim + 255) / 256, 256, kt, vt, st.seg(), st.slot(), k, v, kvDim, qkvDim);
-            String gqa = "attention_gqa_d" + hd + "_g" + heads / kvHeads;
-            if (heads > kvHeads && gpu.has(gqa)) {  // each key/value row read once for the query heads of its group
-                gpu.launch(gqa, rows * kvHeads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(), st.rowLen(), heads,
-                        kvHeads, st.splits(), scale, qkvDim, st.chunk());
-            } else {
-                gpu.launch("attention_rows_d" + hd, rows * heads, st.splits(), 32, st.partials(), q, kt, vt, st.seg(),
-                        st.rowLen(), heads, kvHeads, st.splits(), scale, qkvDim, st.chunk());
-            }
-            gpu.launch("attention_merge", rows * heads, 1, Math.max(hd, 128), att, st.partials(), rows, heads, hd, st.splits());
+            gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
+                    st.slot(), heads, kvHeads, hd, qkvDim);
+            // 4. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged
+            CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
+                    st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
             if (pre) {
-                norm(x, tmp, xn, w.mlpNorm, w.mlpNormBias, rows);
+                norm(x, tmp, xn, inBf16 ? xbf : null, w.mlpNorm, w.mlpNormBias, rows);
                 in = xn;
             } else {
-                norm(x, tmp, x, w.attnNorm, w.attnNormBias, rows);
+                norm(x, tmp, x, null, w.attnNorm, w.attnNormBias, rows);
                 in = x;
             }
-            // 6. MLP: SwiGLU or OPT's ReLU
+            // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU
             if (opt) {
-                linear(up, in, rows, w.gateUp, w.gateUpBias, inter, hidden);
+                CudaOps.linear(gpu, up, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter, hidden, false);
                 gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
                 linear(mlpOut, up, rows, w.down, w.downBias, hidden, inter);
             } else {
-                linear(up, in, rows, w.gateUp, w.gateUpBias, 2 * inter, hidden);   // rows of [gate | up]
-                gpu.launch("swiglu_fused", (int) (((long) rows * inter + 255) / 256), 1, 256, gate, up, rows, inter);
-                linear(mlpOut, gate, rows, w.down, w.downBias, hidden, inter);
+                CUdeviceptr act = tc ? actBf : up;   // [rows][inter]: bf16 for the GEMM, f32 for the GEMV
+                CudaOps.linear(gpu, act, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), 2 * inter, hidden, true);
+                CudaOps.linear(gpu, mlpOut, up, actBf, tc, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false);
             }
             if (pre) {
                 pending = mlpOut;
             } else {
-                norm(x, mlpOut, x, w.mlpNorm, w.mlpNormBias, rows);
+                norm(x, mlpOut, x, null, w.mlpNorm, w.mlpNormBias, rows);
             }
         }
         // 7. final norm (with the last residual add), last row of each segment, lm_head
         CUdeviceptr hiddenOut = x;
         if (pre && finalNorm != null) {
-            norm(x, pending, xn, finalNorm, finalNormBias, rows);
+            norm(x, pending, xn, null, finalNorm, finalNormBias, rows);
             hiddenOut = xn;
         } else if (pending != null) {
             gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, pending, (long) rows * hidden);

@@ -44,6 +44,7 @@ public final class CudaRuntime implements AutoCloseable {
 
     private final int ordinal;
     private final CUcontext context = new CUcontext();
+    private final Map<String, Integer> sharedAllowed = new HashMap<>();
     private final Map<String, CUfunction> functions = new HashMap<>();
     /** Every launch goes to this stream (a blocking one: it stays ordered with the copies on the legacy stream). */
     private final CUstream stream = new CUstream();
@@ -127,14 +128,15 @@ public final class CudaRuntime implements AutoCloseable {
         return switch (module) {
             case "embedding" -> new String[]{"embed"};
             case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
-            case "rope" -> new String[]{"rope"};
-            case "activation" -> new String[]{"swiglu_fused", "relu", "residual_add", "fill_random_bf16"};
-            case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemm_wmma"};
+            case "activation" -> new String[]{"interleave_rows", "relu", "residual_add", "fill_random_bf16", "f32_to_bf16"};
+            case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemv_m1_swiglu",
+                    "gemv_m2_swiglu", "gemv_m4_swiglu", "gemv_m8_swiglu", "gemv_m16_swiglu", "gemm_bf16"};
             case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
                     "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",
                     "attention_gqa_d32_g4", "attention_gqa_d64_g2", "attention_gqa_d64_g4", "attention_gqa_d64_g8",
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
-            case "kvcache" -> new String[]{"kv_append_rows"};
+            case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
+            case "kvcache" -> new String[]{"kv_append_rope"};
             case "sample" -> new String[]{"argmax", "gather_rows"};
             default -> new String[0];
         };
@@ -206,8 +208,21 @@ public final class CudaRuntime implements AutoCloseable {
     }
 
     public void launch(String kernel, int gridX, int gridY, int block, Object... args) {
+        launchWithSharedMemory(kernel, gridX, gridY, block, 0, args);
+    }
+
+    /**
+     * A launch with {@code sharedBytes} of dynamic shared memory; past 48 KB the kernel is allowed that much first
+     * (once per kernel).
+     */
+    public void launchWithSharedMemory(String kernel, int gridX, int gridY, int block, int sharedBytes, Object... args) {
         CUfunction f = functions.get(kernel);
         if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+        if (sharedBytes > 48 * 1024 && sharedAllowed.getOrDefault(kernel, 0) < sharedBytes) {
+            JCudaDriver.cuFuncSetAttribute(f, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    sharedBytes);
+            sharedAllowed.put(kernel, sharedBytes);
+        }
         Pointer[] ptrs = new Pointer[args.length];
         for (int i = 0; i < args.length; i++) {
             Object a = args[i];
@@ -218,7 +233,7 @@ public final class CudaRuntime implements AutoCloseable {
             else if (a instanceof Float v) ptrs[i] = Pointer.to(new float[]{v});
             else throw new IllegalArgumentException("kernel argument of type " + a.getClass());
         }
-        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, 0, stream, Pointer.to(ptrs), null);
+        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, stream, Pointer.to(ptrs), null);
     }
 
     /** Records the launches {@code body} makes (nothing runs) into an executable graph. */

@@ -85,41 +85,57 @@ class CudaKernelTest {
         return Math.sqrt(e / Math.max(n, 1e-30));
     }
 
+    /**
+     * A linear layer as the forward pass launches it (GEMV up to 32 rows, tensor cores beyond), plain and with the
+     * SwiGLU epilogue: then W is a gate/up pair ({@code out} rows each) interleaved on the device by interleave_rows,
+     * as the backend uploads it, and the output is silu(gate) * up (bf16 from the tensor cores).
+     */
     @ParameterizedTest(name = "rows {0}, out {1}, in {2}")
     @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "11,33,40", "16,45,88", "27,99,1024",
-            "33,97,200", "97,129,136", "200,70,333"})
+            "33,97,200", "97,129,136", "200,70,333", "300,260,520", "513,384,1032"})
     void linearMatchesCpu(int rows, int out, int in) {
-        Random r = new Random(rows * 31L + out);
-        float[] x = random(r, rows * in, 1), w = random(r, out * in, 0.05f), b = random(r, out, 0.1f);
-        for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
-        for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
-        float[] wt = new float[w.length];
-        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) wt[i * out + o] = w[o * in + i];
-        float[][] xr = new float[rows][in], yr = new float[rows][out];
-        for (int m = 0; m < rows; m++) System.arraycopy(x, m * in, xr[m], 0, in);
-        CpuOps.matmul(xr, rows, new CpuOps.Linear(wt, in, out, b), yr);
-        float[] ref = new float[rows * out];
-        for (int m = 0; m < rows; m++) System.arraycopy(yr[m], 0, ref, m * out, out);
-        CudaBackend backend = null;
-        CUdeviceptr dx = upload(x), dw = uploadBf16(w), db = uploadBf16(b), dy = poisoned(rows * out);
-        if (rows > 32) gpu.launch("gemm_wmma", (out + 63) / 64, (rows + 63) / 64, 128, dy, dx, dw, db, rows, out, in);
-        else {
-            for (int m0 = 0; m0 < rows; ) {
-                int m = rows - m0 >= 16 ? 16 : rows - m0 >= 8 ? 8 : rows - m0 >= 4 ? 4 : rows - m0 >= 2 ? 2 : 1;
-                int cols = 8 * CudaBackend.gemvColumns(m);
-                gpu.launch("gemv_m" + m, (out + cols - 1) / cols, 1, 256, dy.withByteOffset(m0 * out * 4L), dx.withByteOffset(m0 * in * 4L), dw, db, out, in);
-                m0 += m;
+        for (boolean swiglu : new boolean[]{false, true}) {
+            int n = swiglu ? 2 * out : out;   // rows of W: [gate; up] stacked for SwiGLU
+            Random r = new Random(rows * 31L + out);
+            float[] x = random(r, rows * in, 1), w = random(r, n * in, 0.05f), b = random(r, n, 0.1f);
+            for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
+            for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
+            float[] wt = new float[w.length];
+            for (int o = 0; o < n; o++) for (int i = 0; i < in; i++) wt[i * n + o] = w[o * in + i];
+            float[][] xr = new float[rows][in], yr = new float[rows][n];
+            for (int m = 0; m < rows; m++) System.arraycopy(x, m * in, xr[m], 0, in);
+            CpuOps.matmul(xr, rows, new CpuOps.Linear(wt, in, n, b), yr);
+            float[] ref = new float[rows * out];
+            for (int m = 0; m < rows; m++) {
+                float[] g = java.util.Arrays.copyOf(yr[m], out);
+                if (swiglu) CpuOps.swiglu(g, java.util.Arrays.copyOfRange(yr[m], out, n));
+                System.arraycopy(g, 0, ref, m * out, out);
             }
+            CUdeviceptr dw = uploadBf16(w), db = uploadBf16(b);
+            if (swiglu) {
+                CUdeviceptr iw = gpu.alloc((long) n * in * 2), ib = gpu.alloc(n * 2L);
+                gpu.launch("interleave_rows", n, 1, 256, iw, dw, out, (long) in);
+                gpu.launch("interleave_rows", n, 1, 256, ib, db, out, 1L);
+                dw = iw;
+                db = ib;
+            }
+            boolean tc = CudaOps.tensorCores(rows, in);
+            float[] nan = new float[rows * out];
+            java.util.Arrays.fill(nan, Float.NaN);
+            CUdeviceptr dy = swiglu && tc ? uploadBf16(nan) : upload(nan);
+            CudaOps.linear(gpu, dy, upload(x), gpu.alloc((long) rows * in * 2), false, rows, dw, db, n, in, swiglu);
+            float[] got = swiglu && tc ? downloadBf16(dy, rows * out) : download(dy, rows * out);
+            double err = relError(got, ref);
+            // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
+            assertTrue(err < (tc ? 1e-2 : 1e-5), (swiglu ? "swiglu: " : "") + "relative error " + err);
         }
-        double err = relError(download(dy, rows * out), ref);
-        // the tensor-core path rounds x to bf16 (about 3e-3); the GEMV reads x in f32
-        assertTrue(err < (rows > 32 ? 1e-2 : 1e-5), "relative error " + err);
     }
 
-    @Test
-    void normsMatchCpu() {
+    @ParameterizedTest(name = "dim {0}")
+    @CsvSource({"333", "9001"})   // 9001: wider than the values a thread keeps in registers
+    void normsMatchCpu(int dim) {
         Random r = new Random(5);
-        int rows = 7, dim = 333;
+        int rows = 7;
         float[] x = random(r, rows * dim, 2), y = random(r, rows * dim, 1), w = random(r, dim, 1), b = random(r, dim, 1);
         for (int i = 0; i < dim; i++) {
             w[i] = bf(w[i]);
@@ -127,8 +143,14 @@ class CudaKernelTest {
         }
         for (boolean layerNorm : new boolean[]{false, true}) {
             CUdeviceptr dx = upload(x), dy = upload(y), out = poisoned(rows * dim);
-            if (layerNorm) gpu.launch("add_layer_norm", rows, 1, 1024, dx, dy, out, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
-            else gpu.launch("add_rms_norm", rows, 1, 1024, dx, dy, out, uploadBf16(w), rows, dim, 1e-5f);
+            CUdeviceptr outBf = uploadBf16(new float[rows * dim]), dx2 = upload(x);
+            if (layerNorm) {
+                gpu.launch("add_layer_norm", rows, 1, 1024, dx, dy, out, null, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+                gpu.launch("add_layer_norm", rows, 1, 1024, dx2, dy, null, outBf, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+            } else {
+                gpu.launch("add_rms_norm", rows, 1, 1024, dx, dy, out, null, uploadBf16(w), rows, dim, 1e-5f);
+                gpu.launch("add_rms_norm", rows, 1, 1024, dx2, dy, null, outBf, uploadBf16(w), rows, dim, 1e-5f);
+            }
             float[] ref = new float[rows * dim], sum = new float[rows * dim];
             for (int m = 0; m < rows; m++) {
                 float[] row = new float[dim], o = new float[dim];
@@ -139,41 +161,68 @@ class CudaKernelTest {
                 System.arraycopy(row, 0, sum, m * dim, dim);
             }
             assertTrue(relError(download(out, rows * dim), ref) < 1e-5, "norm output");
+            assertTrue(relError(downloadBf16(outBf, rows * dim), ref) < 5e-3, "norm output in bf16");
             assertTrue(relError(download(dx, rows * dim), sum) < 1e-6, "residual updated in place");
         }
     }
 
+    /** q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16. */
     @Test
-    void ropeMatchesCpu() {
+    void ropeAndCacheAppendMatchCpu() {
         Random r = new Random(6);
-        int rows = 5, heads = 3, d = 32, stride = heads * d;
+        int rows = 5, heads = 3, kvHeads = 2, d = 32, kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5;
         float[] x = random(r, rows * stride, 1);
-        int[] pos = {0, 1, 17, 4095, 131000};
+        int[] pos = {0, 1, 17, 4095, 131000}, slot = {3, 0, 7, 1, 2};
         float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(d);
-        CUdeviceptr dx = upload(x), dp = gpu.alloc(pos.length * 4L), di = upload(inv);
-        cuMemcpyHtoD(dp, Pointer.to(pos), pos.length * 4L);
-        gpu.launch("rope", rows, heads, d / 2, dx, dp, di, rows, heads, d, stride);
-        float[] ref = x.clone();
+        CUdeviceptr dx = upload(x), kc = uploadBf16(new float[8 * kvDim]), vc = uploadBf16(new float[8 * kvDim]);
+        gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, d / 2, dx, upload(pos), upload(inv),
+                upload(new long[]{jcuda.DeviceAddress.of(kc)}), upload(new long[]{jcuda.DeviceAddress.of(vc)}),
+                upload(new int[rows]), upload(slot), heads, kvHeads, d, stride);
+        float[] ref = x.clone(), kRef = new float[8 * kvDim], vRef = new float[8 * kvDim];
         for (int m = 0; m < rows; m++) {
-            float[] row = java.util.Arrays.copyOfRange(ref, m * stride, (m + 1) * stride);
-            CpuOps.rope(row, heads, d, pos[m], inv);
-            System.arraycopy(row, 0, ref, m * stride, stride);
+            float[] q = java.util.Arrays.copyOfRange(ref, m * stride, m * stride + heads * d);
+            CpuOps.rope(q, heads, d, pos[m], inv);
+            System.arraycopy(q, 0, ref, m * stride, q.length);
+            float[] k = java.util.Arrays.copyOfRange(x, m * stride + heads * d, m * stride + heads * d + kvDim);
+            CpuOps.rope(k, kvHeads, d, pos[m], inv);
+            for (int i = 0; i < kvDim; i++) {
+                kRef[slot[m] * kvDim + i] = bf(k[i]);
+                vRef[slot[m] * kvDim + i] = bf(x[m * stride + heads * d + kvDim + i]);
+            }
         }
-        assertTrue(relError(download(dx, rows * stride), ref) < 1e-5);
+        float[] got = download(dx, rows * stride);
+        float[] q = new float[rows * heads * d], qRef = new float[rows * heads * d];
+        for (int m = 0; m < rows; m++) {
+            System.arraycopy(got, m * stride, q, m * heads * d, heads * d);
+            System.arraycopy(ref, m * stride, qRef, m * heads * d, heads * d);
+        }
+        assertTrue(relError(q, qRef) < 1e-5, "q");
+        assertTrue(relError(downloadBf16(kc, 8 * kvDim), kRef) < 1e-3, "keys in the cache");
+        assertTrue(relError(downloadBf16(vc, 8 * kvDim), vRef) == 0, "values in the cache");
+    }
+
+    static float[] downloadBf16(CUdeviceptr p, int n) {
+        gpu.synchronize();
+        short[] b = new short[n];
+        cuMemcpyDtoH(Pointer.to(b), p, n * 2L);
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = Float.intBitsToFloat(b[i] << 16);
+        return x;
     }
 
     /**
      * Two sequences in one launch, as a forward pass batches them: the first's last {@code rows} tokens attend
      * causally over its cache of {@code context} tokens (a prefill tail), the second's one token over {@code context / 2 + 3}
-     * (a decode step); the keys and values are appended through kv_append_rows first.
+     * (a decode step); the keys and values are appended through kv_append_rope first (no rotation).
      */
     @ParameterizedTest(name = "head_dim {0}, rows {1}, context {2}, heads {3}/{4}")
     @CsvSource({"32,1,97,6,2", "64,3,97,6,2", "128,1,700,6,2", "128,97,97,6,2", "32,13,600,6,2", "128,2,5000,6,2",
-            "32,1,97,8,2", "128,3,700,16,4", "128,2,5000,28,4", "64,5,300,16,2", "128,1,300,8,4"})
+            "32,1,97,8,2", "128,3,700,16,4", "128,2,5000,28,4", "64,5,300,16,2", "128,1,300,8,4", "128,200,1000,32,8",
+            "64,130,300,16,2", "128,16,16,8,8", "128,63,5000,8,2", "32,40,300,8,2", "96,33,200,6,2"})
     void appendAndAttentionMatchCpu(int d, int rows, int context, int heads, int kvHeads) {
         Random r = new Random(d * 7L + rows);
         int kvDim = kvHeads * d;
-        int[] lengths = {context, context / 2 + 3}, rowsOf = {rows, 1};
+        int[] lengths = {context, context / 2 + 3}, rowsPerSeq = {rows, 1};
         int totalRows = rows + 1;
         KvStore[] stores = new KvStore[2];
         CUdeviceptr[] kc = new CUdeviceptr[2], vc = new CUdeviceptr[2];
@@ -190,7 +239,7 @@ class CudaKernelTest {
                     v[i] = bf(v[i]);
                 }
                 stores[s].append(0, k, v);
-                boolean appendedByKernel = t >= lengths[s] - rowsOf[s];
+                boolean appendedByKernel = t >= lengths[s] - rowsPerSeq[s];
                 if (appendedByKernel) {
                     System.arraycopy(k, 0, kRows, row * kvDim, kvDim);
                     System.arraycopy(v, 0, vRows, row * kvDim, kvDim);
@@ -209,29 +258,41 @@ class CudaKernelTest {
         CUdeviceptr kTable = upload(new long[]{jcuda.DeviceAddress.of(kc[0]), jcuda.DeviceAddress.of(kc[1])});
         CUdeviceptr vTable = upload(new long[]{jcuda.DeviceAddress.of(vc[0]), jcuda.DeviceAddress.of(vc[1])});
         CUdeviceptr dSeg = upload(seg), dSlot = upload(slot), dLen = upload(len);
-        gpu.launch("kv_append_rows", totalRows, (kvDim + 255) / 256, 256, kTable, vTable, dSeg, dSlot, upload(kRows), upload(vRows), kvDim, kvDim);
+        float[] kvRows = new float[totalRows * 2 * kvDim];   // rows [k | v], as the fused projection lays them out
+        for (int m = 0; m < totalRows; m++) {
+            System.arraycopy(kRows, m * kvDim, kvRows, m * 2 * kvDim, kvDim);
+            System.arraycopy(vRows, m * kvDim, kvRows, m * 2 * kvDim + kvDim, kvDim);
+        }
+        gpu.launch("kv_append_rope", totalRows, 2 * kvHeads, d / 2, upload(kvRows), dSlot, null, kTable, vTable, dSeg,
+                dSlot, 0, kvHeads, d, 2 * kvDim);
         float[] q = random(r, totalRows * heads * d, 1);
         float scale = (float) (1 / Math.sqrt(d));
         float[] ref = new float[totalRows * heads * d];
-        for (int s = 0, r0 = 0; s < 2; r0 += rowsOf[s], s++) {
-            float[][] qr = new float[rowsOf[s]][heads * d], outRef = new float[rowsOf[s]][heads * d];
-            for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(q, (r0 + m) * heads * d, qr[m], 0, heads * d);
-            CpuAttention.causal(stores[s], 0, qr, 0, rowsOf[s], outRef, heads, scale);
-            for (int m = 0; m < rowsOf[s]; m++) System.arraycopy(outRef[m], 0, ref, (r0 + m) * heads * d, heads * d);
+        for (int s = 0, r0 = 0; s < 2; r0 += rowsPerSeq[s], s++) {
+            float[][] qr = new float[rowsPerSeq[s]][heads * d], outRef = new float[rowsPerSeq[s]][heads * d];
+            for (int m = 0; m < rowsPerSeq[s]; m++) System.arraycopy(q, (r0 + m) * heads * d, qr[m], 0, heads * d);
+            CpuAttention.causal(stores[s], 0, qr, 0, rowsPerSeq[s], outRef, heads, scale);
+            for (int m = 0; m < rowsPerSeq[s]; m++) System.arraycopy(outRef[m], 0, ref, (r0 + m) * heads * d, heads * d);
         }
-        int chunk = rows % 2 == 0 ? 32 : rows % 3 == 0 ? 64 : 128, splits = (context + chunk - 1) / chunk;
-        CUdeviceptr partials = gpu.alloc((long) totalRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
-        String gqa = "attention_gqa_d" + d + "_g" + heads / kvHeads;
-        if (gpu.has(gqa)) {
-            gpu.launch(gqa, totalRows * kvHeads, splits, 32, partials, upload(q), kTable, vTable, dSeg, dLen, heads,
-                    kvHeads, splits, scale, heads * d, chunk);
-        } else {
-            gpu.launch("attention_rows_d" + d, totalRows * heads, splits, 32, partials, upload(q), kTable, vTable, dSeg,
-                    dLen, heads, kvHeads, splits, scale, heads * d, chunk);
+        // the first sequence's rows go through the tensor-core prefill tiles where the forward pass would send them
+        boolean tiled = rows >= CudaOps.PREFILL_TILE_MIN_ROWS && CudaOps.hasPrefillAttention(gpu, d);
+        java.util.List<Integer> tiles = new java.util.ArrayList<>();
+        int[] rowsOf = new int[totalRows];
+        int decodeRows = 0;
+        for (int i = 0; i < rows; i += tiled ? CudaOps.PREFILL_TILE_ROWS : 1) {
+            if (tiled) tiles.addAll(java.util.List.of(0, i, Math.min(CudaOps.PREFILL_TILE_ROWS, rows - i)));
+            else rowsOf[decodeRows++] = i;
         }
-        gpu.launch("attention_merge", totalRows * heads, 1, Math.max(d, 128), out, partials, totalRows, heads, d, splits);
+        rowsOf[decodeRows++] = rows;
+        int chunk = rows % 2 == 0 ? 32 : rows % 3 == 0 ? 64 : 128;
+        int slots = CudaOps.splitSlots(gpu, heads, kvHeads, d, chunk), splits = (context + slots - 1) / slots;
+        CUdeviceptr partials = gpu.alloc((long) decodeRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
+        CudaOps.attention(gpu, out, upload(q), heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3,
+                upload(tiles.stream().mapToInt(Integer::intValue).toArray()), decodeRows, upload(rowsOf), partials,
+                splits, chunk, heads, kvHeads, d);
         double err = relError(download(out, totalRows * heads * d), ref);
-        assertTrue(err < 1e-4, "relative error " + err);
+        // the tensor-core path rounds q and the probabilities to bf16; the split kernels keep them in f32
+        assertTrue(err < (tiled ? 1e-2 : 1e-4), "relative error " + err + (tiled ? " (prefill tiles)" : ""));
     }
 
     static CUdeviceptr upload(long[] x) {
@@ -249,19 +310,6 @@ class CudaKernelTest {
     @Test
     void elementwiseKernelsAndEmbeddingMatchCpu() {
         Random r = new Random(9);
-        int rows = 3, inter = 301;
-        float[] gu = random(r, rows * 2 * inter, 2);
-        CUdeviceptr out = poisoned(rows * inter);
-        gpu.launch("swiglu_fused", (rows * inter + 255) / 256, 1, 256, out, upload(gu), rows, inter);
-        float[] ref = new float[rows * inter];
-        for (int m = 0; m < rows; m++) {
-            float[] g = java.util.Arrays.copyOfRange(gu, m * 2 * inter, m * 2 * inter + inter);
-            float[] u = java.util.Arrays.copyOfRange(gu, m * 2 * inter + inter, (m + 1) * 2 * inter);
-            CpuOps.swiglu(g, u);
-            System.arraycopy(g, 0, ref, m * inter, inter);
-        }
-        assertTrue(relError(download(out, rows * inter), ref) < 1e-5, "swiglu_fused");
-
         float[] x = random(r, 1001, 1), y = random(r, 1001, 1);
         CUdeviceptr dx = upload(x);
         gpu.launch("relu", 4, 1, 256, dx, 1001L);

@@ -1,0 +1,106 @@
+package io.dsflow.engine.cuda;
+
+import jcuda.driver.CUdeviceptr;
+
+/**
+ * How the forward pass launches the matrix-product and attention kernels (grid shapes, which variant for which
+ * shape): one place, shared by {@link CudaBackend} and the kernel tests, so the tests exercise the launches the
+ * model makes.
+ */
+final class CudaOps {
+    /** A segment with at least this many rows in a step attends through the tensor-core prefill kernel. */
+    static final int PREFILL_TILE_MIN_ROWS = 16;
+    /** Rows of a prefill tile (attention_prefill.cu). */
+    static final int PREFILL_TILE_ROWS = 64;
+
+    private CudaOps() {
+    }
+
+    /** Whether a product of this many rows over inputs this wide runs on tensor cores (else the GEMV). */
+    static boolean tensorCores(int rows, int in) {
+        return rows > 32 && in % 8 == 0;
+    }
+
+    /**
+     * y[rows][out] = x[rows][in] W^T + bias (f32 activations, bf16 weights). On tensor cores ({@link #tensorCores}) the
+     * input is bf16 in {@code xBf16}: already there when {@code xInBf16} (its producer wrote it), else x is rounded into
+     * it first; the GEMV (small batches) reads x in f32, over groups of up to 16 rows.
+     * With {@code swiglu}, W is the row-interleaved gate/up matrix and y receives the activations silu(gate) * up,
+     * [rows][out / 2]: bf16 on tensor cores (the next product's input as is), f32 from the GEMV.
+     */
+    static void linear(CudaRuntime gpu, CUdeviceptr y, CUdeviceptr x, CUdeviceptr xBf16, boolean xInBf16, int rows,
+                       CUdeviceptr w, CUdeviceptr bias, int out, int in, boolean swiglu) {
+        if (tensorCores(rows, in)) {
+            if (!xInBf16) {
+                long n = (long) rows * in;
+                gpu.launch("f32_to_bf16", (int) ((n + 1023) / 1024), 1, 256, xBf16, x, n);
+            }
+            int blocks = ((rows + 127) / 128) * ((out + 127) / 128);   // 128 x 128 tiles, 3 stages of 2 x 16 KB
+            gpu.launchWithSharedMemory("gemm_bf16", blocks, 1, 256, 3 * 2 * 128 * 64 * 2, swiglu ? null : y,
+                    swiglu ? y : null, xBf16, w, bias, rows, out, in);
+            return;
+        }
+        if (xInBf16) throw new IllegalStateException("the GEMV reads f32 inputs");
+        int width = swiglu ? out / 2 : out;
+        for (int r = 0; r < rows; ) {
+            int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
+            int cols = 8 * (swiglu ? 2 : gemvColumns(m));
+            gpu.launch("gemv_m" + m + (swiglu ? "_swiglu" : ""), (out + cols - 1) / cols, 1, 256,
+                    y.withByteOffset((long) r * width * 4), x.withByteOffset((long) r * in * 4), w, bias, out, in);
+            r += m;
+        }
+    }
+
+    /** Output columns each warp of gemv_mM computes (matmul.cu; the _swiglu variants: 2, a gate/up pair). */
+    static int gemvColumns(int m) {
+        return m == 1 || m == 16 ? 1 : 2;
+    }
+
+    /** Warps of a block of attention_gqa (attention.cu), each taking one chunk of the block's split. */
+    static final int GQA_WARPS = 4;
+
+    private static String gqaKernel(int heads, int kvHeads, int hd) {
+        return "attention_gqa_d" + hd + "_g" + heads / kvHeads;
+    }
+
+    private static boolean groupKernel(CudaRuntime gpu, int heads, int kvHeads, int hd) {
+        return heads > kvHeads && gpu.has(gqaKernel(heads, kvHeads, hd));
+    }
+
+    /** Cache slots one split of the decode attention covers, for warps of {@code chunk} slots. */
+    static int splitSlots(CudaRuntime gpu, int heads, int kvHeads, int hd, int chunk) {
+        return groupKernel(gpu, heads, kvHeads, hd) ? GQA_WARPS * chunk : chunk;
+    }
+
+    /** Whether this build has the tensor-core prefill attention for a head size. */
+    static boolean hasPrefillAttention(CudaRuntime gpu, int headDim) {
+        return gpu.has("attention_prefill_d" + headDim);
+    }
+
+    /**
+     * The attention of one layer for every row of a step. Rows in prefill tiles ({@code tiles}: [tileCount][3] =
+     * segment, first row, row count) go through the tensor-core kernel; the {@code decodeRows} rows listed in
+     * {@code rowsOf} go through the split (flash-decoding) kernels into {@code partials} ([decodeRows * heads][splits][hd
+     * + 2] f32) and the merge. Either kernel writes out[row][heads * hd].
+     */
+    static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr q, int qStride, CUdeviceptr kTable,
+                          CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount, CUdeviceptr tiles,
+                          int decodeRows, CUdeviceptr rowsOf, CUdeviceptr partials, int splits, int chunk, int heads,
+                          int kvHeads, int hd) {
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        if (tileCount > 0) {
+            gpu.launchWithSharedMemory("attention_prefill_d" + hd, tileCount, heads, 128, 5 * PREFILL_TILE_ROWS * hd * 2,
+                    out, q, kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
+        }
+        if (decodeRows == 0) return;
+        if (groupKernel(gpu, heads, kvHeads, hd)) {  // each key/value row read once for the query heads of its group
+            gpu.launch(gqaKernel(heads, kvHeads, hd), decodeRows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
+                    kvHeads, splits, scale, qStride, chunk);
+        } else {
+            gpu.launch("attention_rows_d" + hd, decodeRows * heads, splits, 32, partials, q, kTable, vTable, seg, rowLen,
+                    rowsOf, heads, kvHeads, splits, scale, qStride, chunk);
+        }
+        gpu.launch("attention_merge", decodeRows * heads, 1, Math.min(1024, 4 * hd), out, partials, rowsOf, heads, hd,
+                splits);
+    }
+}
