@@ -47,6 +47,7 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 integer(p, "limits.max-request-bytes", Limits.DEFAULT.maxRequestBytes()),
                 integer(p, "limits.max-prompt-tokens", Limits.DEFAULT.maxPromptTokens()),
                 integer(p, "limits.max-tokens", Limits.DEFAULT.maxTokens()),
+                integer(p, "limits.max-running", Limits.DEFAULT.maxRunning()),
                 integer(p, "limits.max-conversations", Limits.DEFAULT.maxConversations()),
                 integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()));
         String delivery = p.getProperty("delivery", "at_least_once");

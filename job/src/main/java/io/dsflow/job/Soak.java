@@ -60,7 +60,7 @@ public final class Soak {
         Properties p = new Properties();
         p.setProperty("model.dir", modelDir);
         p.setProperty("backend", backend);
-        p.setProperty("limits.max-conversations", "64");
+        p.setProperty("limits.max-running", "64");
         Random rnd = new Random(seed);
         Map<String, InFlight> inflight = new HashMap<>();
         Map<String, Integer> turnOf = new HashMap<>();

@@ -8,14 +8,14 @@ import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.RestartStrategyOptions;
 import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
 import org.apache.flink.core.execution.JobClient;
-import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
+import org.apache.flink.runtime.minicluster.MiniCluster;
+import org.apache.flink.runtime.minicluster.MiniClusterConfiguration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
-import org.apache.flink.test.junit5.MiniClusterExtension;
+import org.apache.flink.streaming.util.TestStreamEnvironment;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.extension.RegisterExtension;
 
 import java.time.Duration;
 import java.util.ArrayList;
@@ -26,16 +26,15 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Exactly-once token streams through failures: 100 conversations (a third of them two turns) through Kafka and the exactly-once sink with
- * checkpoints, three task failures injected while tokens are being generated; a read_committed consumer sees exactly
- * the token streams of a failure-free run (generate on the same inputs), token for token, no gap, no duplicate.
- * After each restore the decode operator rebuilds its caches by prefill from the checkpointed token ids.
+ * Exactly-once token streams through failures: 100 conversations (a third of them two turns) through Kafka and the
+ * exactly-once sink with checkpoints; while tokens are being generated, three task failures are thrown and one
+ * TaskManager is lost (terminated, a fresh one started in its place); a read_committed consumer sees exactly the token
+ * streams of a failure-free run (generate on the same inputs), token for token, no gap, no duplicate. After each
+ * restore the decode operator rebuilds its caches by prefill from the checkpointed token ids.
  */
 class FailureRecoveryITCase {
-    @RegisterExtension
-    static final MiniClusterExtension CLUSTER = new MiniClusterExtension(new MiniClusterResourceConfiguration.Builder()
-            .setNumberTaskManagers(1).setNumberSlotsPerTaskManager(2).setConfiguration(PipelineITCase.memory("64m")).build());
-
+    /** Two TaskManagers of one slot each: the job (parallelism 2) has a subtask of every operator on both. */
+    static MiniCluster cluster;
     static EmbeddedKafka kafka;
 
     /** Failures injected so far, over all attempts. */
@@ -45,10 +44,16 @@ class FailureRecoveryITCase {
     @BeforeAll
     static void start() throws Exception {
         kafka = EmbeddedKafka.start();
+        cluster = new MiniCluster(new MiniClusterConfiguration.Builder().setConfiguration(PipelineITCase.memory("64m"))
+                .setNumTaskManagers(2).setNumSlotsPerTaskManager(1).build());
+        cluster.start();
+        TestStreamEnvironment.setAsContext(cluster, 2);
     }
 
     @AfterAll
-    static void stop() {
+    static void stop() throws Exception {
+        TestStreamEnvironment.unsetAsContext();
+        if (cluster != null) cluster.close();
         kafka.close();
     }
 
@@ -83,7 +88,7 @@ class FailureRecoveryITCase {
     }
 
     @Test
-    void committedTokenStreamsEqualAFailureFreeRunThroughThreeFailures() throws Exception {
+    void committedTokenStreamsEqualAFailureFreeRunThroughTaskFailuresAndATaskManagerLoss() throws Exception {
         JobConfig config = KafkaTestJob.config(kafka, "fail", true, 200);
         Conversations c = Conversations.random(100, 11);
         KafkaTestJob.send(kafka, config, c.requests);
@@ -99,19 +104,24 @@ class FailureRecoveryITCase {
         // checkpoint barrier passes, so no checkpoint would land mid-generation
         KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null).map(new FailThreeTimes())
                 .name("fail three times"), config);
-        long resumedBefore = DecodeOperator.resumedRequestsInProcess();
         JobClient job = env.executeAsync("failure recovery it");
 
         List<OutputRecord> out = new ArrayList<>();
+        long resumedAtLoss;
         try (KafkaConsumer<String, String> consumer = KafkaTestJob.consumer(kafka, config, true)) {
-            KafkaTestJob.readFinals(consumer, out, c.requests.size(), Duration.ofMinutes(2));
+            // a fifth of the finals committed: checkpoints were taken while tokens flowed; lose a TaskManager now
+            long read = KafkaTestJob.readFinals(consumer, out, c.requests.size() / 5, Duration.ofMinutes(2));
+            resumedAtLoss = DecodeOperator.resumedRequestsInProcess();
+            cluster.terminateTaskManager(0).get();
+            cluster.startTaskManager();   // the job needs both slots again
+            KafkaTestJob.readFinals(consumer, out, c.requests.size() - read, Duration.ofMinutes(2));
             // anything committed after the last final would be a duplicate: read on over two more checkpoints
             KafkaTestJob.readFinals(consumer, out, Long.MAX_VALUE, Duration.ofSeconds(1));
         }
         job.cancel().get();
         assertEquals(FAILURES_WANTED, FAILURES.get(), "every injected failure happened");
-        assertTrue(DecodeOperator.resumedRequestsInProcess() > resumedBefore,
-                "restores resumed requests that were in progress (caches rebuilt by prefill)");
+        assertTrue(DecodeOperator.resumedRequestsInProcess() > resumedAtLoss,
+                "the restore after the TaskManager loss resumed requests in progress (caches rebuilt by prefill)");
         assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "no errors");
         c.check(out, Conversations.reference()); // chunk indices 0..n-1 exactly once, one final, tokens = generate
     }

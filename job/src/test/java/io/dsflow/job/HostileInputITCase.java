@@ -79,7 +79,7 @@ class HostileInputITCase {
             }
         }
         List<OutputRecord> out = PipelineITCase.run(lines, new DecodeSettings(Conversations.MODEL.toString(), "cpu",
-                KvConfig.defaults(KvPolicy.DSPP), new Limits(1 << 20, 4096, 512, 8, 256), 32), 2);
+                KvConfig.defaults(KvPolicy.DSPP), new Limits(1 << 20, 4096, 512, 8, 100_000, 256), 32), 2);
 
         Map<String, Integer> errorsPerMarker = new HashMap<>();
         int errors = 0;

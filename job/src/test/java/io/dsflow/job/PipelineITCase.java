@@ -34,9 +34,9 @@ class PipelineITCase {
         return c;
     }
 
-    static DecodeSettings settings(int maxConversations) {
+    static DecodeSettings settings(int maxRunning) {
         return new DecodeSettings(Conversations.MODEL.toString(), "cpu", KvConfig.defaults(KvPolicy.DSPP),
-                new Limits(1 << 20, 4096, 512, maxConversations, 256), 32);
+                new Limits(1 << 20, 4096, 512, maxRunning, 100_000, 256), 32);
     }
 
     static List<OutputRecord> run(List<String> lines, DecodeSettings s, int parallelism) throws Exception {
@@ -84,5 +84,23 @@ class PipelineITCase {
         assertEquals(4, errors.size(), errors.toString());
         assertTrue(errors.stream().anyMatch(e -> "bad-vocab".equals(e.requestId) && e.errorMessage.contains("vocabulary")));
         c.check(out.stream().filter(r -> !r.isError() && !"bad-vocab".equals(r.requestId)).toList(), Conversations.reference());
+    }
+
+    /** One subtask holding at most 4 conversations: the 5th and 6th get an error record per request, the 4 are served. */
+    @Test
+    void conversationsPastTheSubtaskLimitGetAnErrorRecordEachAndTheOthersAreServed() throws Exception {
+        Conversations c = Conversations.random(6, 5);   // conv-0 and conv-3 have two turns
+        DecodeSettings s = settings(8);
+        Limits l = s.limits();
+        DecodeSettings limited = new DecodeSettings(s.modelDir(), s.backend(), s.kv(), new Limits(l.maxRequestBytes(),
+                l.maxPromptTokens(), l.maxTokens(), l.maxRunning(), 4, l.maxIdLength()), s.prefillChunk());
+        List<OutputRecord> out = run(c.jsonLines(), limited, 1);
+        List<OutputRecord> errors = out.stream().filter(OutputRecord::isError).toList();
+        assertEquals(List.of("conv-4", "conv-5"), errors.stream().map(e -> e.conversationId).sorted().toList(), errors.toString());
+        assertTrue(errors.stream().allMatch(e -> "conversation_limit".equals(e.errorCode)), errors.toString());
+        Conversations served = new Conversations();
+        served.requests.addAll(c.requests.stream().filter(r -> !r.conversationId().equals("conv-4")
+                && !r.conversationId().equals("conv-5")).toList());
+        served.check(out.stream().filter(r -> !r.isError()).toList(), Conversations.reference());
     }
 }

@@ -50,8 +50,10 @@ import java.util.concurrent.TimeUnit;
  *       together, new requests join at the next step; results return through the task mailbox, where state is
  *       updated and records are emitted, so a checkpoint always holds exactly the tokens emitted before it;</li>
  *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager; when the budget or the
- *       conversation limit is full, idle conversations' caches are dropped (rebuilt by prefill when they return) and
- *       new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
+ *       limit of running requests is full, idle conversations' caches are dropped (rebuilt by prefill when they
+ *       return) and new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
+ *   <li>bounded state: a subtask holds at most limits.max-conversations conversations; a request opening one more
+ *       gets a conversation_limit error record (counted again from the keyed state on restore or rescale);</li>
  *   <li>a new prompt on a conversation continues its cache (no re-prefill of the history while the cache is kept);</li>
  *   <li>finish()/endInput(): waits until every request is served (bounded replays); close(): stops the engine thread,
  *       releases the reserved memory and the engine.</li>
@@ -92,6 +94,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient Map<String, Long> reserved;
     private transient LinkedHashSet<String> idleCaches;    // kept caches of conversations with nothing active, LRU
     private transient Deque<String> admission;             // conversations whose next request waits for memory
+    private transient long conversations;                  // conversations with state on this subtask
     private transient Map<String, Inflight> inflight;      // by request id
     private transient BlockingQueue<Runnable> inbox;       // task thread -> engine thread
     private transient Thread engineThread;
@@ -164,6 +167,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         historyPrefillCounter = g.counter("history_prefills");
         g.gauge("num_requests_running", () -> inflight.size());
         g.gauge("num_requests_waiting", () -> admission.size());
+        g.gauge("num_conversations", () -> conversations);
         g.gauge("kv_cache_bytes", () -> reservedTotal);
         g.gauge("kv_cache_usage", () -> budget == 0 ? 0.0 : reservedTotal / (double) budget);
         historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
@@ -180,6 +184,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         for (Object key : keys) {
             setCurrentKey(key);
             ConversationState cs = state.value();
+            if (cs != null) conversations++;
             if (cs != null && cs.active != null) {
                 Inflight f = new Inflight((String) key);
                 f.text = tokenizer.decode(cs.completion);
@@ -198,7 +203,16 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Request r = element.getValue();
         String conv = r.conversationId;
         ConversationState cs = state.value();
-        if (cs == null) cs = new ConversationState();
+        if (cs == null) {
+            if (conversations >= settings.limits().maxConversations()) {
+                // no state is created: the conversations this subtask holds go on; this one may retry later
+                output.collect(new StreamRecord<>(OutputRecord.error(conv, r.requestId, "conversation_limit",
+                        "this decode subtask holds " + conversations + " conversations, its limit", r.raw)));
+                return;
+            }
+            conversations++;
+            cs = new ConversationState();
+        }
         if (Arrays.asList(cs.recentRequestIds).contains(r.requestId)
                 || (cs.active != null && cs.active.requestId.equals(r.requestId))
                 || Arrays.stream(cs.queued).anyMatch(q -> q.requestId.equals(r.requestId))) {
@@ -218,7 +232,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         admission.add(conv);
         admitWaiting();
         // backpressure: while too many requests wait for memory or a slot, serve results instead of taking input
-        while (admission.size() > settings.limits().maxConversations()) {
+        while (admission.size() > settings.limits().maxRunning()) {
             mailbox.yield();
             admitWaiting();
         }
@@ -274,7 +288,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 continue;
             }
             int running = inflight.size() - admission.size();
-            if (running >= settings.limits().maxConversations() || reservedTotal - have + needed > budget) {
+            if (running >= settings.limits().maxRunning() || reservedTotal - have + needed > budget) {
                 evictIdle(needed - (budget - reservedTotal + have), conv);
                 return;
             }

@@ -9,7 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 class RequestParserTest {
-    private final RequestParser parser = new RequestParser(new Limits(4096, 100, 512, 8, 32));
+    private final RequestParser parser = new RequestParser(new Limits(4096, 100, 512, 8, 1000, 32));
 
     private OutputRecord error(String raw, String code) {
         RequestParser.Parsed p = parser.parse(raw);
