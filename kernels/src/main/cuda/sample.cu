@@ -1,5 +1,6 @@
-// Greedy sampling on the device: out[r] = argmax_i logits[r][i] (lowest index on ties).
-//   logits: [rows][vocab] f32. Grid: (rows), block: 1024.
+// Sampling on the device; only the chosen ids cross to the host.
+// argmax: out[r] = argmax_i logits[r][i] (lowest index on ties). logits: [rows][vocab] f32. Grid: (rows), block: 1024.
+// sample_rows: temperature, then top-k, then top-p, then a draw, as io.dsflow.engine.sample.Sampler does it (below).
 // gather_rows: dst[i][:] = src[index[i]][:] for i < count (the last row of each segment before the lm_head).
 //   src, dst: [.][dim] f32. Grid: (count), block: 256.
 #include "common.cuh"
@@ -39,4 +40,113 @@ extern "C" __global__ void gather_rows(float* dst, const float* src, const int* 
     int i = blockIdx.x;
     if (i >= count) return;
     for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[(size_t)i * dim + c] = src[(size_t)index[i] * dim + c];
+}
+
+// sample_rows: for each row r, with params[r] = {temperature, top_p, top_k (0: all), u in [0, 1)} (doubles; u comes from
+// the host's (seed, step) generator, so a draw does not depend on the backend):
+//   the tokens in order of logit (descending, lower index first on ties); keep the first top_k; p_i = e^((l_i - max) / T)
+//   in double; the nucleus is the shortest prefix whose mass reaches top_p of the kept mass; the token is the first
+//   whose prefix mass exceeds u times the nucleus mass.
+// Nothing is sorted: a token's place in the order is its rank key c_i = (order_key(l_i) << 32) | ~i (larger = earlier),
+// and each cut (top-k, top-p, the draw) is the largest rank key whose prefix (all c >= it) holds enough count or mass,
+// found by bisection on the logit's key (32 block-wide sums) and, within a group of equal logits, on the index.
+//   probs: [rows][vocab] double scratch. Grid: (rows), block: 1024.
+__device__ __forceinline__ unsigned order_key(float f) {
+    unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);   // larger float, larger key
+}
+
+__device__ double block_sum_d(double v, double* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += scratch[w];   // same order in every thread
+    return t;
+}
+
+// Sum of weights (1 each, or probs[i]) over the tokens whose logit key is >= lo (above == false: == lo) and, with
+// idx_max >= 0, index <= idx_max.
+__device__ double prefix_weight(const float* row, const double* probs, int vocab, unsigned lo, bool equal_only,
+                                int idx_max, double* scratch) {
+    double acc = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        unsigned k = order_key(row[i]);
+        bool in = equal_only ? (k == lo && (idx_max < 0 || i <= idx_max)) : k >= lo;
+        if (in) acc += probs ? probs[i] : 1.0;
+    }
+    return block_sum_d(acc, scratch);
+}
+
+// The index of the first token in order whose prefix weight reaches target (strict: exceeds it).
+__device__ int find_cut(const float* row, const double* probs, int vocab, double target, bool strict, double* scratch) {
+    unsigned lo = 0, hi = 0xffffffffu;
+    while (lo < hi) {   // largest key v with weight(key >= v) reaching the target
+        unsigned mid = (unsigned)(lo + ((unsigned long long)hi - lo + 1) / 2);   // 64-bit: hi - lo + 1 may be 2^32
+        double w = prefix_weight(row, probs, vocab, mid, false, -1, scratch);
+        if (strict ? w > target : w >= target) lo = mid; else hi = mid - 1;
+    }
+    // within the tokens of key lo: the smallest index whose prefix (all of key > lo, then these by index) reaches it;
+    // usually the key is one token's, whose index a sum over the block finds
+    double ties = prefix_weight(row, nullptr, vocab, lo, true, -1, scratch);
+    if (ties == 1.0) {
+        double at = 0;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) if (order_key(row[i]) == lo) at = i;
+        return (int)block_sum_d(at, scratch);
+    }
+    double above = lo == 0xffffffffu ? 0.0 : prefix_weight(row, probs, vocab, lo + 1, false, -1, scratch);
+    int a = 0, b = vocab - 1;
+    while (a < b) {
+        int mid = (a + b) / 2;
+        double w = above + prefix_weight(row, probs, vocab, lo, true, mid, scratch);
+        if (strict ? w > target : w >= target) b = mid; else a = mid + 1;
+    }
+    return a;
+}
+
+extern "C" __global__ void sample_rows(int* out, const float* logits, const double* params, double* probs_all,
+                                       int vocab) {
+    __shared__ double scratch[32];
+    __shared__ float smax[32];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    double* probs = probs_all + (size_t)blockIdx.x * vocab;
+    const double* p = params + 4 * blockIdx.x;
+    double temperature = p[0], top_p = p[1], u = p[3];
+    int top_k = (int)p[2];
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    mx = warp_max(mx);
+    if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, smax[w]);
+    // 1. top-k: the rank key of the k-th token; the kept tokens are those at or before it
+    unsigned long long kept_from = 0;
+    if (top_k > 0 && top_k < vocab) {
+        int i = find_cut(row, nullptr, vocab, (double)top_k, false, scratch);
+        kept_from = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+    }
+    // 2. probabilities of the kept tokens (0 for the rest)
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        unsigned long long c = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+        probs[i] = c >= kept_from ? exp(((double)row[i] - (double)mx) / temperature) : 0.0;
+    }
+    __syncthreads();
+    double sum = prefix_weight(row, probs, vocab, 0, false, -1, scratch);
+    // 3. top-p: the nucleus ends at the first token whose prefix mass reaches top_p of the kept mass
+    if (top_p < 1.0) {
+        int i = find_cut(row, probs, vocab, top_p * sum, false, scratch);
+        unsigned long long nucleus_from = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+        __syncthreads();
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            unsigned long long c = ((unsigned long long)order_key(row[j]) << 32) | (unsigned)~j;
+            if (c < nucleus_from) probs[j] = 0.0;
+        }
+        __syncthreads();
+        sum = prefix_weight(row, probs, vocab, 0, false, -1, scratch);
+    }
+    // 4. the draw: the first token whose prefix mass exceeds u times the nucleus mass
+    int token = find_cut(row, probs, vocab, u * sum, true, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = token;
 }

@@ -4,6 +4,8 @@ import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.model.ModelConfig;
+import io.dsflow.engine.sample.Sampler;
+import io.dsflow.engine.sample.SamplingParams;
 
 /**
  * Where the forward pass runs: the CPU (the specification) or a GPU. A backend owns the weights in its own layout and
@@ -28,6 +30,18 @@ public interface Backend extends AutoCloseable {
      * the logits [vocab] of each segment's last row are returned, in segment order.
      */
     float[][] forward(Batch batch);
+
+    /**
+     * {@link #forward}, then the next token of each segment whose params are not null, sampled as {@link Sampler}
+     * samples (-1 for the others): backends that can sample where the logits are override this, so that only the
+     * ids leave the device. {@code steps[i]}: the completion step of segment i (the draw's (seed, step)).
+     */
+    default int[] forwardSampled(Batch batch, SamplingParams[] params, int[] steps) {
+        float[][] logits = forward(batch);
+        int[] ids = new int[logits.length];
+        for (int i = 0; i < ids.length; i++) ids[i] = params[i] == null ? -1 : Sampler.sample(logits[i], params[i], steps[i]);
+        return ids;
+    }
 
     @Override
     void close();

@@ -147,14 +147,24 @@ public final class BatchScheduler {
             }
             rows.add(a);
         }
-        float[][] logits = engine.backend().forward(batch);
+        // a token for each row that ends its prompt or decodes (rows with more prompt to prefill take none)
+        SamplingParams[] params = new SamplingParams[rows.size()];
+        int[] steps = new int[rows.size()];
+        for (int i = 0; i < rows.size(); i++) {
+            Active a = rows.get(i);
+            if (a.pending == null && !a.gen.finished()) {
+                params[i] = a.gen.params();
+                steps[i] = a.gen.step();
+            }
+        }
+        int[] sampled = engine.backend().forwardSampled(batch, params, steps);
         for (int i = 0; i < rows.size(); i++) {
             Active a = rows.get(i);
             a.seq.advance(batch.segments().get(i).tokens());
             a.token = -1;
             if (a.pending != null) continue; // more prompt to prefill
             if (!a.gen.finished()) {
-                int token = a.gen.accept(logits[i]);
+                int token = a.gen.acceptToken(sampled[i]);
                 if (token >= 0) {
                     if (a.produced >= a.work.resumeFrom()) listener.token(a.work.requestId(), a.produced, token);
                     a.produced++;

@@ -203,13 +203,17 @@ public final class Engine implements AutoCloseable {
         float[] promptLogits = logits;
         long decodeNanos = 0;
         int decodeSteps = 0;
-        while (!gen.finished()) {
-            int token = gen.accept(logits);
-            if (token < 0 || gen.finished()) break;
+        int token = gen.finished() ? -1 : gen.accept(logits);
+        while (token >= 0 && !gen.finished()) {
+            // decode steps sample on the backend (on a GPU only the id comes back)
             long t1 = System.nanoTime();
-            logits = decode(List.of(seq), new int[]{token})[0];
+            checkTokens(seq, new int[]{token});
+            int next = backend.forwardSampled(new Batch().add(seq.cache(), new int[]{token}, seq.position()),
+                    new SamplingParams[]{params}, new int[]{gen.step()})[0];
+            seq.advance(new int[]{token});
             decodeNanos += System.nanoTime() - t1;
             decodeSteps++;
+            token = gen.acceptToken(next);
         }
         double tps = decodeSteps == 0 ? 0 : decodeSteps / (decodeNanos / 1e9);
         seq.cache().release();

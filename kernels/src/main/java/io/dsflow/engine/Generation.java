@@ -45,7 +45,12 @@ public final class Generation {
      */
     public int accept(float[] logits) {
         if (finish != null) throw new IllegalStateException("generation already finished");
-        int token = Sampler.sample(logits, params, count);
+        return acceptToken(Sampler.sample(logits, params, count));
+    }
+
+    /** {@link #accept} with the token already sampled (by a backend, with {@link #params} at {@link #step}). */
+    public int acceptToken(int token) {
+        if (finish != null) throw new IllegalStateException("generation already finished");
         for (int eos : eosIds) {
             if (token == eos) {
                 finish = FinishReason.STOP;
@@ -66,6 +71,15 @@ public final class Generation {
             finish = FinishReason.LENGTH;
         }
         return token;
+    }
+
+    public SamplingParams params() {
+        return params;
+    }
+
+    /** The completion step the next token is sampled at (tokens accepted so far). */
+    public int step() {
+        return count;
     }
 
     public boolean finished() {

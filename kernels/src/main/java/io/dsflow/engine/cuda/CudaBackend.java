@@ -11,6 +11,7 @@ import io.dsflow.engine.model.DType;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelWeights;
 import io.dsflow.engine.model.SafeTensors;
+import io.dsflow.engine.sample.SamplingParams;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
 
@@ -19,7 +20,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
-import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
 import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
 
 /**
@@ -113,6 +113,7 @@ public final class CudaBackend implements Backend {
         } else {
             invFreq = null;
         }
+        gpu.trim();   // the staging blocks of the interleaved uploads go back to the driver
         weightBytes = gpu.allocated();
         embedBytes = c.tieWordEmbeddings() ? 0 : (long) c.vocabSize() * c.wordEmbedDim() * 2;
         int d = c.headDim();
@@ -277,16 +278,30 @@ public final class CudaBackend implements Backend {
         return scratch.get(name);
     }
 
-    private CUdeviceptr ints(String name, int[] values) {
-        CUdeviceptr p = buf(name, values.length);
-        cuMemcpyHtoD(p, Pointer.to(values), values.length * 4L);
-        return p;
-    }
-
-    private CUdeviceptr longs(String name, long[] values) {
-        CUdeviceptr p = buf(name, values.length * 2L);
-        cuMemcpyHtoD(p, Pointer.to(values), values.length * 8L);
-        return p;
+    /**
+     * Copies a step's metadata to the device in one asynchronous copy from pinned memory: the tables first (8-byte
+     * aligned), then the int arrays, end to end in one device buffer; returns where each landed, in argument order.
+     * The layout depends only on the arrays' lengths, so a graph captured for a shape finds its inputs where it left
+     * them.
+     */
+    private CUdeviceptr[] upload(long[][] tables, int[][] arrays) {
+        int bytes = 0;
+        for (long[] t : tables) bytes += 8 * t.length;
+        for (int[] a : arrays) bytes += 4 * a.length;
+        CUdeviceptr meta = buf("meta", bytes / 4 + 4);
+        java.nio.ByteBuffer b = gpu.staging(bytes);
+        CUdeviceptr[] at = new CUdeviceptr[tables.length + arrays.length];
+        int k = 0;
+        for (long[] t : tables) {
+            at[k++] = meta.withByteOffset(b.position());
+            for (long v : t) b.putLong(v);
+        }
+        for (int[] a : arrays) {
+            at[k++] = meta.withByteOffset(b.position());
+            for (int v : a) b.putInt(v);
+        }
+        gpu.uploadStaging(meta, bytes);
+        return at;
     }
 
     /** The raw device address of a pointer (for the kernels' pointer tables). */
@@ -323,9 +338,41 @@ public final class CudaBackend implements Backend {
         CUdeviceptr d = forwardToDevice(batch);
         int vocab = c.vocabSize();
         float[] flat = new float[logits.length * vocab];
-        cuMemcpyDtoH(Pointer.to(flat), d, (long) flat.length * 4);
+        gpu.download(flat, d, flat.length);
         for (int s = 0; s < logits.length; s++) System.arraycopy(flat, s * vocab, logits[s], 0, vocab);
         return logits;
+    }
+
+    /**
+     * The next token of each segment, sampled on the device (argmax for greedy rows, sample_rows for the others with
+     * the host's uniform draw for (seed, step)); only the ids cross to the host.
+     */
+    @Override
+    public int[] forwardSampled(Batch batch, SamplingParams[] params, int[] steps) {
+        int n = batch.segments().size(), vocab = c.vocabSize();
+        // the draw's buffers first: growing a buffer drops the captured graphs, which must not happen mid-step
+        CUdeviceptr drawn = buf("drawn", n), prm = buf("drawParams", 8L * n), probs = buf("probs", 2L * n * vocab);
+        CUdeviceptr logits = forwardToDevice(batch);
+        CUdeviceptr ids = buf("argmax", n);
+        gpu.launch("argmax", n, 1, 1024, ids, logits, vocab);
+        int[] greedy = new int[n];
+        double[] draw = CudaOps.drawParams(params, steps);
+        boolean any = java.util.Arrays.stream(params).anyMatch(p -> p != null && !p.greedy());
+        gpu.download(greedy, ids, n);
+        if (!any) return mask(greedy, params);
+        java.nio.ByteBuffer st = gpu.staging(draw.length * 8);
+        for (double v : draw) st.putDouble(v);
+        gpu.uploadStaging(prm, draw.length * 8);
+        gpu.launch("sample_rows", n, 1, 1024, drawn, logits, prm, probs, vocab);
+        int[] out = new int[n];
+        gpu.download(out, drawn, n);
+        for (int i = 0; i < n; i++) if (params[i] != null && params[i].greedy()) out[i] = greedy[i];
+        return mask(out, params);
+    }
+
+    private static int[] mask(int[] ids, SamplingParams[] params) {
+        for (int i = 0; i < ids.length; i++) if (params[i] == null) ids[i] = -1;
+        return ids;
     }
 
     /** Greedy next tokens of each segment, sampled on the device (only the ids cross to the host). */
@@ -335,7 +382,7 @@ public final class CudaBackend implements Backend {
         CUdeviceptr ids = buf("argmax", n);
         gpu.launch("argmax", n, 1, 1024, ids, logits, c.vocabSize());
         int[] out = new int[n];
-        cuMemcpyDtoH(Pointer.to(out), ids, n * 4L);
+        gpu.download(out, ids, n);
         return out;
     }
 
@@ -435,10 +482,10 @@ public final class CudaBackend implements Backend {
         buf("xbf", (long) rows * widestInput / 2 + 4);   // bf16 copy of a GEMM's input
         CUdeviceptr partials = buf("partials", (long) Math.max(1, decodeRows) * heads * splits * (hd + 2));
         CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
-        return new Step(rows, nseg, splits, chunk, ints("tokens", batch.tokens()), ints("positions", batch.positions()),
-                ints("seg", seg), ints("slot", slot), ints("rowLen", rowLen), longs("kTable", kTable),
-                longs("vTable", vTable), tiles.size() / 3, ints("tiles", tiles.stream().mapToInt(Integer::intValue).toArray()),
-                decodeRows, ints("rowsOf", rowsOf), partials, ints("lastRows", lastRows), logits);
+        CUdeviceptr[] d = upload(new long[][]{kTable, vTable}, new int[][]{batch.tokens(), batch.positions(), seg, slot,
+                rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows});
+        return new Step(rows, nseg, splits, chunk, d[2], d[3], d[4], d[5], d[6], d[0], d[1], tiles.size() / 3, d[7],
+                decodeRows, d[8], partials, d[9], logits);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */

@@ -1,5 +1,7 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.sample.Sampler;
+import io.dsflow.engine.sample.SamplingParams;
 import jcuda.driver.CUdeviceptr;
 
 /**
@@ -102,5 +104,23 @@ final class CudaOps {
         }
         gpu.launch("attention_merge", decodeRows * heads, 1, Math.min(1024, 4 * hd), out, partials, rowsOf, heads, hd,
                 splits);
+    }
+
+    /**
+     * sample_rows' parameters (sample.cu): [rows][4] doubles {temperature, top_p, top_k, u}, u the host's uniform draw
+     * for (seed, step), so the device picks what {@link Sampler} picks; rows without params or greedy get neutral ones
+     * (their ids come from argmax or are not wanted).
+     */
+    static double[] drawParams(SamplingParams[] params, int[] steps) {
+        double[] draw = new double[4 * params.length];
+        for (int i = 0; i < params.length; i++) {
+            SamplingParams p = params[i];
+            boolean sampled = p != null && !p.greedy();
+            draw[4 * i] = sampled ? p.temperature() : 1;
+            draw[4 * i + 1] = sampled ? p.topP() : 1;
+            draw[4 * i + 2] = sampled ? p.topK() : 0;
+            draw[4 * i + 3] = sampled ? Sampler.uniform(p.seed(), steps[i]) : 0;
+        }
+        return draw;
     }
 }

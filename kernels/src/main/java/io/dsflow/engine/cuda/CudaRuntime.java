@@ -5,6 +5,8 @@ import jcuda.Pointer;
 import jcuda.driver.CUcontext;
 import jcuda.driver.CUdevice;
 import jcuda.driver.CUdeviceptr;
+import jcuda.driver.CUevent;
+import jcuda.driver.CUevent_flags;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUgraph;
 import jcuda.driver.CUgraphExec;
@@ -34,8 +36,16 @@ import static jcuda.driver.JCudaDriver.cuModuleGetFunction;
 import static jcuda.driver.JCudaDriver.cuModuleLoadData;
 
 /**
- * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, the kernel
- * modules built by nvcc at package time (cuda/*.fatbin on the classpath), allocations with a peak counter, launches.
+ * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, one stream, the
+ * kernel modules built by nvcc at package time (cuda/*.fatbin on the classpath), launches, and
+ * <ul>
+ *   <li>a caching memory pool: freed blocks are kept by size class and handed out again (KV caches come and go with
+ *       conversations; cuMemFree would synchronise the device each time); on an out-of-memory the cached blocks are
+ *       returned to the driver and the allocation retried; {@link #peakAllocated} is the peak held from the driver;</li>
+ *   <li>pinned host staging for the per-step copies: uploads are packed into one pinned buffer and copied
+ *       asynchronously on the stream; downloads land in pinned memory and the host waits on an event recorded after
+ *       them (not on the whole device).</li>
+ * </ul>
  * Calls are made current on the calling thread first, so any one thread at a time may drive it.
  */
 public final class CudaRuntime implements AutoCloseable {
@@ -50,7 +60,13 @@ public final class CudaRuntime implements AutoCloseable {
     private final CUstream stream = new CUstream();
     private final String name;
     private final long totalMemory;
-    private long allocated, peak;
+    private long allocated, held, peak;
+    /** Free blocks by their (rounded) size. */
+    private final Map<Long, java.util.ArrayDeque<CUdeviceptr>> pool = new HashMap<>();
+    private final CUevent uploaded = new CUevent(), downloaded = new CUevent();
+    private Pointer pinned = new Pointer();
+    private java.nio.ByteBuffer staging;
+    private boolean uploadInFlight;
 
     private CudaRuntime(int ordinal) {
         this.ordinal = ordinal;
@@ -66,6 +82,8 @@ public final class CudaRuntime implements AutoCloseable {
         cuDeviceTotalMem(mem, device);
         totalMemory = mem[0];
         JCudaDriver.cuStreamCreate(stream, 0);
+        JCudaDriver.cuEventCreate(uploaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
+        JCudaDriver.cuEventCreate(downloaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         loadModules();
     }
 
@@ -137,7 +155,7 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sample" -> new String[]{"argmax", "gather_rows"};
+            case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];
         };
     }
@@ -171,34 +189,123 @@ public final class CudaRuntime implements AutoCloseable {
         return totalMemory;
     }
 
+    /** The most device memory held from the driver (in use plus cached free blocks) since the last reset. */
     public long peakAllocated() {
         return peak;
     }
 
+    /** Bytes in use: what the blocks handed out and not freed were asked for (exact, not rounded to size classes). */
     public long allocated() {
         return allocated;
     }
 
     public void resetPeak() {
-        peak = allocated;
+        peak = held;
+    }
+
+    /** Pool size classes: powers of two up to 2 MB, then multiples of 2 MB. */
+    static long sizeClass(long bytes) {
+        long b = Math.max(bytes, 512);
+        if (b <= (2 << 20)) return Long.highestOneBit(b - 1) << 1;
+        return (b + (2 << 20) - 1) & -(2L << 20);
     }
 
     public CUdeviceptr alloc(long bytes) {
-        CUdeviceptr p = new CUdeviceptr();
-        try {
-            cuMemAlloc(p, Math.max(bytes, 16));
-        } catch (jcuda.CudaException e) {
-            throw new DsflowException(String.format("out of GPU memory: %.1f MB more on %s (%.1f MB allocated)",
-                    bytes / 1e6, name, allocated / 1e6), e);
+        long size = sizeClass(bytes);
+        java.util.ArrayDeque<CUdeviceptr> free = pool.get(size);
+        CUdeviceptr p = free == null ? null : free.poll();
+        if (p == null) {
+            p = new CUdeviceptr();
+            try {
+                cuMemAlloc(p, size);
+            } catch (jcuda.CudaException e) {
+                trim();   // give the cached blocks back and try once more
+                try {
+                    cuMemAlloc(p, size);
+                } catch (jcuda.CudaException again) {
+                    throw new DsflowException(String.format("out of GPU memory: %.1f MB more on %s (%.1f MB in use)",
+                            bytes / 1e6, name, allocated / 1e6), again);
+                }
+            }
+            held += size;
+            peak = Math.max(peak, held);
         }
-        allocated += Math.max(bytes, 16);
-        peak = Math.max(peak, allocated);
+        allocated += bytes;
         return p;
     }
 
+    /** Returns a block to the pool ({@code bytes}: what was asked of {@link #alloc}). */
     public void free(CUdeviceptr p, long bytes) {
-        cuMemFree(p);
-        allocated -= Math.max(bytes, 16);
+        long size = sizeClass(bytes);
+        pool.computeIfAbsent(size, k -> new java.util.ArrayDeque<>()).add(p);
+        allocated -= bytes;
+    }
+
+    /** Frees the cached blocks (after the device is done with them). */
+    public void trim() {
+        synchronize();
+        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : pool.entrySet()) {
+            for (CUdeviceptr p : e.getValue()) {
+                cuMemFree(p);
+                held -= e.getKey();
+            }
+        }
+        pool.clear();
+    }
+
+    /**
+     * The pinned staging buffer for one upload, little-endian, position 0, at least {@code bytes} long. The previous
+     * upload from it has finished copying before it is handed out again.
+     */
+    public java.nio.ByteBuffer staging(int bytes) {
+        if (uploadInFlight) {
+            JCudaDriver.cuEventSynchronize(uploaded);
+            uploadInFlight = false;
+        }
+        if (staging == null || staging.capacity() < bytes) {
+            if (staging != null) JCudaDriver.cuMemFreeHost(pinned);
+            int size = Math.max(bytes, 1 << 16);
+            pinned = new Pointer();
+            JCudaDriver.cuMemAllocHost(pinned, size);
+            staging = pinned.getByteBuffer(0, size).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        }
+        staging.clear();
+        return staging;
+    }
+
+    /** Copies the first {@code bytes} of the staging buffer to {@code dst}, asynchronously on the stream. */
+    public void uploadStaging(CUdeviceptr dst, int bytes) {
+        JCudaDriver.cuMemcpyHtoDAsync(dst, pinned, bytes, stream);
+        JCudaDriver.cuEventRecord(uploaded, stream);
+        uploadInFlight = true;
+    }
+
+    /** Waits for the stream's work so far, then copies {@code n} ints from the device through pinned memory. */
+    public void download(int[] dst, CUdeviceptr src, int n) {
+        java.nio.ByteBuffer b = downloadBytes(src, n * 4L);
+        b.asIntBuffer().get(dst, 0, n);
+    }
+
+    /** Waits for the stream's work so far, then copies {@code n} floats from the device through pinned memory. */
+    public void download(float[] dst, CUdeviceptr src, int n) {
+        java.nio.ByteBuffer b = downloadBytes(src, n * 4L);
+        b.asFloatBuffer().get(dst, 0, n);
+    }
+
+    private Pointer pinnedDown = new Pointer();
+    private long pinnedDownBytes;
+
+    private java.nio.ByteBuffer downloadBytes(CUdeviceptr src, long bytes) {
+        if (pinnedDownBytes < bytes) {
+            if (pinnedDownBytes > 0) JCudaDriver.cuMemFreeHost(pinnedDown);
+            pinnedDownBytes = Math.max(bytes, 1 << 16);
+            pinnedDown = new Pointer();
+            JCudaDriver.cuMemAllocHost(pinnedDown, pinnedDownBytes);
+        }
+        JCudaDriver.cuMemcpyDtoHAsync(pinnedDown, src, bytes, stream);
+        JCudaDriver.cuEventRecord(downloaded, stream);
+        JCudaDriver.cuEventSynchronize(downloaded);
+        return pinnedDown.getByteBuffer(0, bytes).order(java.nio.ByteOrder.LITTLE_ENDIAN);
     }
 
     /** Launches a kernel on the default stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */

@@ -52,8 +52,11 @@ public final class Sampler {
         return best;
     }
 
-    /** A uniform double in [0, 1) from (seed, step): SplitMix64's finaliser over a mix of the two. */
-    static double uniform(long seed, int step) {
+    /**
+     * A uniform double in [0, 1) from (seed, step): SplitMix64's finaliser over a mix of the two. Backends that sample
+     * elsewhere (the GPU) draw with the same number, so a seed picks the same tokens on every backend.
+     */
+    public static double uniform(long seed, int step) {
         long z = seed * 0x9E3779B97F4A7C15L + (step + 1) * 0xD1B54A32D192ED03L;
         z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
         z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;

@@ -3,6 +3,8 @@ package io.dsflow.engine.cuda;
 import io.dsflow.engine.cpu.CpuOps;
 import io.dsflow.engine.kv.CpuAttention;
 import io.dsflow.engine.kv.KvStore;
+import io.dsflow.engine.sample.Sampler;
+import io.dsflow.engine.sample.SamplingParams;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
 import org.junit.jupiter.api.AfterAll;
@@ -11,6 +13,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.api.Test;
 
+import java.util.List;
 import java.util.Random;
 
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
@@ -304,6 +307,51 @@ class CudaKernelTest {
     static CUdeviceptr upload(int[] x) {
         CUdeviceptr p = gpu.alloc(x.length * 4L);
         cuMemcpyHtoD(p, Pointer.to(x), x.length * 4L);
+        return p;
+    }
+
+    /**
+     * sample_rows draws what the CPU Sampler draws: random logits with planted ties (equal values, so the order's
+     * lower-index-first rule decides), temperatures, top-k and top-p together and alone, 40 steps of a seed each.
+     */
+    @ParameterizedTest(name = "vocab {0}")
+    @CsvSource({"1001", "128256"})
+    void samplingMatchesTheCpuSampler(int vocab) {
+        Random r = new Random(vocab);
+        SamplingParams[] kinds = {new SamplingParams(1.0, 1.0, 0, 7, 8, List.of()), new SamplingParams(0.7, 0.9, 40, 8, 8, List.of()),
+                new SamplingParams(1.3, 1.0, 5, 9, 8, List.of()), new SamplingParams(0.5, 0.5, 0, 10, 8, List.of()),
+                new SamplingParams(1.0, 0.95, 1, 11, 8, List.of()), new SamplingParams(2.0, 0.99, 1000, 12, 8, List.of())};
+        int steps = 40, rows = kinds.length * steps;
+        float[] logits = new float[rows * vocab];
+        SamplingParams[] params = new SamplingParams[rows];
+        int[] step = new int[rows];
+        for (int k = 0; k < kinds.length; k++) {
+            for (int s = 0; s < steps; s++) {
+                int row = k * steps + s;
+                params[row] = kinds[k];
+                step[row] = s;
+                for (int i = 0; i < vocab; i++) logits[row * vocab + i] = (float) (r.nextGaussian() * 3);
+                for (int t = 0; t < 8; t++) {   // ties among the likeliest tokens
+                    int a = r.nextInt(vocab), b = r.nextInt(vocab);
+                    logits[row * vocab + b] = logits[row * vocab + a] = 9f + r.nextInt(3);
+                }
+            }
+        }
+        CUdeviceptr out = upload(new int[rows]);
+        gpu.launch("sample_rows", rows, 1, 1024, out, upload(logits), upload(CudaOps.drawParams(params, step)),
+                gpu.alloc((long) rows * vocab * 8), vocab);
+        gpu.synchronize();
+        int[] got = new int[rows];
+        cuMemcpyDtoH(Pointer.to(got), out, rows * 4L);
+        for (int row = 0; row < rows; row++) {
+            float[] l = java.util.Arrays.copyOfRange(logits, row * vocab, (row + 1) * vocab);
+            assertEquals(Sampler.sample(l, params[row], step[row]), got[row], "row " + row + " " + params[row]);
+        }
+    }
+
+    static CUdeviceptr upload(double[] x) {
+        CUdeviceptr p = gpu.alloc(x.length * 8L);
+        cuMemcpyHtoD(p, Pointer.to(x), x.length * 8L);
         return p;
     }
 

@@ -68,4 +68,20 @@ class CudaModelTest {
             for (int i = 0; i < prompts.length; i++) assertArrayEquals(alone.get(i), got[i], "sequence " + i);
         }
     }
+
+    /** Seeded sampling on the device (sample_rows, the host's draw) picks the tokens the CPU backend picks. */
+    @Test
+    void seededSamplingOnTheGpuEqualsTheCpu() {
+        try (Engine gpu = Engine.load(TestModels.dir("probe-retrieval"), "cuda");
+             Engine cpu = Engine.load(TestModels.dir("probe-retrieval"), "cpu")) {
+            int[] prompt = new int[90];
+            for (int i = 0; i < prompt.length; i++) prompt[i] = 3 + (i * 53) % 500;
+            prompt[0] = 0;
+            for (SamplingParams p : List.of(new SamplingParams(0.8, 0.9, 40, 1, 24, List.of()),
+                    new SamplingParams(1.2, 1.0, 0, 2, 24, List.of()), new SamplingParams(0.6, 0.5, 5, 3, 24, List.of()))) {
+                assertArrayEquals(cpu.generate(prompt, p, KvPolicy.DENSE).tokenIds(),
+                        gpu.generate(prompt, p, KvPolicy.DENSE).tokenIds(), p.toString());
+            }
+        }
+    }
 }
