@@ -25,7 +25,7 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
 #pragma unroll
         for (int j = 0; j < C; j++) acc[m][j] = 0.f;
     if ((K & 7) == 0) {
-#pragma unroll 2
+#pragma unroll (M <= 2 ? 4 : 2)   // small batches: more weight loads in flight per lane
         for (int k = lane * 8; k < K; k += 256) {
             float wf[C][8];
 #pragma unroll

@@ -23,12 +23,13 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, float* out, bf
     if (r >= rows) return;
     float* xr = x + (size_t)r * dim;
     const float* yr = y ? y + (size_t)r * dim : nullptr;
-    float v[NORM_REGS];
+    float v[NORM_REGS], wv[NORM_REGS];
     float ss = 0.f;
 #pragma unroll
-    for (int u = 0; u < NORM_REGS; u++) {   // all loads of a thread in flight at once
+    for (int u = 0; u < NORM_REGS; u++) {   // all loads of a thread in flight at once, the weights' too
         int i = threadIdx.x + u * blockDim.x;
         v[u] = i < dim ? xr[i] + (yr ? yr[i] : 0.f) : 0.f;
+        wv[u] = i < dim ? __bfloat162float(w[i]) : 0.f;
     }
 #pragma unroll
     for (int u = 0; u < NORM_REGS; u++) {
@@ -45,7 +46,7 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, float* out, bf
 #pragma unroll
     for (int u = 0; u < NORM_REGS; u++) {
         int i = threadIdx.x + u * blockDim.x;
-        if (i < dim) store(out, out_bf, (size_t)r * dim + i, v[u] * inv * __bfloat162float(w[i]));
+        if (i < dim) store(out, out_bf, (size_t)r * dim + i, v[u] * inv * wv[u]);
     }
     for (int i = threadIdx.x + NORM_REGS * blockDim.x; i < dim; i += blockDim.x) {
         store(out, out_bf, (size_t)r * dim + i, xr[i] * inv * __bfloat162float(w[i]));

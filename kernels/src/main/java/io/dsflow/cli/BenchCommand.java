@@ -78,6 +78,7 @@ public final class BenchCommand {
         for (int ctx : contexts) {
             for (int batch : batches) {
                 if (ctx + steps + 8 > c.maxPositions()) continue;
+                gpu.trim();        // the previous row's cached blocks do not count against this one
                 gpu.resetPeak();
                 List<CudaKvCache> caches = new ArrayList<>();
                 try {
@@ -114,7 +115,9 @@ public final class BenchCommand {
             try {
                 int[] ids = new int[prompt];
                 for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
-                b.forwardGreedy(new Batch().add(b.newCache(KvConfig.DENSE, null), java.util.Arrays.copyOf(ids, 64), 0));
+                CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
+                b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
+                warm.release();
                 gpu.synchronize();
                 long start = System.nanoTime();
                 b.forwardGreedy(new Batch().add(cache, ids, 0));
