@@ -123,6 +123,13 @@ final class Conversations {
             int[] input = concat(history, q.prompt());
             int[] expected = engine.generate(input, q.params(), KvConfig.DENSE).tokenIds();
             assertArrayEquals(expected, got, q.requestId() + " equals generate on the same inputs");
+            // the chunks' texts add up to the completion's text (unless it ends inside a multi-byte character)
+            String whole = engine.tokenizer().decode(got);
+            if (!whole.endsWith("\uFFFD")) {
+                StringBuilder text = new StringBuilder();
+                for (int i = 0; i < got.length; i++) text.append(recs.get(i).text);
+                assertEquals(whole, text.toString(), q.requestId() + " chunk texts");
+            }
             // what the model saw: the history, the prompt and the completion except an EOS
             historyOf.put(q.conversationId(), concat(input, got));
             assertTrue(last.ttftMs >= 0);

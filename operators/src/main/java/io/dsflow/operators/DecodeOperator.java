@@ -114,7 +114,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         double itlSumMs;
         int itlCount;
         double ttftMs;
-        String text = "";
+        /** Incremental detokenization: the chunk text of token n is decode(prefix..n) minus decode(prefix..read). */
+        int prefixOffset, readOffset;
 
         Inflight(String conversationId) {
             this.conversationId = conversationId;
@@ -187,7 +188,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             if (cs != null) conversations++;
             if (cs != null && cs.active != null) {
                 Inflight f = new Inflight((String) key);
-                f.text = tokenizer.decode(cs.completion);
+                f.prefixOffset = Math.max(0, cs.completion.length - 1);   // one token of context for the next text
+                f.readOffset = cs.completion.length;
                 inflight.put(cs.active.requestId, f);
                 admission.add((String) key);
             }
@@ -397,9 +399,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         cs.completion = Arrays.copyOf(cs.completion, cs.completion.length + 1);
         cs.completion[cs.completion.length - 1] = tokenId;
         state.update(cs);
-        String text = tokenizer.decode(cs.completion);
-        String delta = text.startsWith(f.text) ? text.substring(f.text.length()) : "";
-        if (text.startsWith(f.text)) f.text = text;
+        String delta = textDelta(f, cs.completion);
         long now = System.nanoTime();
         if (index == 0 || f.lastTokenNanos == 0) {
             f.ttftMs = (now - f.startNanos) / 1e6;
@@ -413,6 +413,20 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         f.lastTokenNanos = now;
         tokensPerSecond.markEvent();
         output.collect(new StreamRecord<>(OutputRecord.chunk(f.conversationId, requestId, index, tokenId, delta)));
+    }
+
+    /**
+     * The text the newest token adds, decoding only the tokens since the last emitted text and one before them (so
+     * a tokenizer's leading-space rule treats both decodes alike): constant work a token instead of decoding the whole
+     * completion each time. A token that ends inside a multi-byte character adds nothing until the character is whole.
+     */
+    private String textDelta(Inflight f, int[] completion) {
+        String before = tokenizer.decode(Arrays.copyOfRange(completion, f.prefixOffset, f.readOffset));
+        String now = tokenizer.decode(Arrays.copyOfRange(completion, f.prefixOffset, completion.length));
+        if (now.length() <= before.length() || now.endsWith("\uFFFD") || !now.startsWith(before)) return "";
+        f.prefixOffset = f.readOffset;
+        f.readOffset = completion.length;
+        return now.substring(before.length());
     }
 
     private void onFinished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history)
