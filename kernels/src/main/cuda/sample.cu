@@ -52,7 +52,7 @@ extern "C" __global__ void gather_rows(float* dst, const float* src, const int* 
 // found by bisection on the logit's key (32 block-wide sums) and, within a group of equal logits, on the index.
 //   probs: [rows][vocab] double scratch. Grid: (rows), block: 1024.
 __device__ __forceinline__ unsigned order_key(float f) {
-    unsigned u = __float_as_uint(f);
+    unsigned u = __float_as_uint(f + 0.0f);   // -0 + 0 = +0: the two zeros tie, as the CPU sampler has them
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);   // larger float, larger key
 }
 

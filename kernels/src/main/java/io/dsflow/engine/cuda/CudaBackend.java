@@ -54,7 +54,16 @@ public final class CudaBackend implements Backend {
     private final CUdeviceptr invFreq;
     /** Decode steps run as captured graphs (one per batch size and split count) unless -Ddsflow.cuda.graphs=false. */
     private static final boolean GRAPHS = !"false".equals(System.getProperty("dsflow.cuda.graphs"));
-    private final Map<Long, jcuda.driver.CUgraphExec> graphs = new HashMap<>();
+    /** Graphs kept, least recently used dropped: batch sizes and growing contexts would otherwise add up without end. */
+    private static final int MAX_GRAPHS = 64;
+    private final Map<Long, jcuda.driver.CUgraphExec> graphs = new java.util.LinkedHashMap<>(16, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<Long, jcuda.driver.CUgraphExec> eldest) {
+            if (size() <= MAX_GRAPHS) return false;
+            gpu.destroy(eldest.getValue());   // its last replay finished: every step waits for its result
+            return true;
+        }
+    };
     private final Map<String, CUdeviceptr> scratch = new HashMap<>();
     private final Map<String, Long> scratchBytes = new HashMap<>();
     private final List<Weight> owned = new java.util.ArrayList<>();

@@ -14,10 +14,8 @@ public final class Sampler {
     public static int sample(float[] logits, SamplingParams p, int step) {
         if (p.greedy()) return argmax(logits);
         int n = logits.length;
-        Integer[] order = new Integer[n];
-        for (int i = 0; i < n; i++) order[i] = i;
-        Arrays.sort(order, (a, b) -> logits[a] != logits[b] ? Float.compare(logits[b], logits[a]) : Integer.compare(a, b));
         int keep = p.topK() > 0 ? Math.min(p.topK(), n) : n;
+        int[] order = firstInOrder(logits, keep);
         double[] prob = new double[keep];
         double max = logits[order[0]];
         double sum = 0;
@@ -44,6 +42,67 @@ public final class Sampler {
             if (u < acc) return order[i];
         }
         return order[nucleus - 1];
+    }
+
+    /**
+     * The ids of the {@code k} first tokens in order (logit descending, lower id first on ties), in that order: each
+     * token is one sortable long (its logit's rank, then its id), so the order costs a primitive sort of the k kept
+     * (found by a bounded heap when k is small) rather than a sort of boxed ids over the whole vocabulary.
+     */
+    static int[] firstInOrder(float[] logits, int k) {
+        int n = logits.length;
+        long[] keys;
+        if (k < n / 8) {
+            long[] heap = new long[k];   // max-heap of the k smallest keys
+            int size = 0;
+            for (int i = 0; i < n; i++) {
+                long key = rankKey(logits[i], i);
+                if (size < k) {
+                    heap[size] = key;
+                    siftUp(heap, size++);
+                } else if (key < heap[0]) {
+                    heap[0] = key;
+                    siftDown(heap, k);
+                }
+            }
+            keys = heap;
+        } else {
+            keys = new long[n];
+            for (int i = 0; i < n; i++) keys[i] = rankKey(logits[i], i);
+        }
+        Arrays.sort(keys);
+        int[] order = new int[k];
+        for (int i = 0; i < k; i++) order[i] = (int) (keys[i] & 0x7fffffffL);
+        return order;
+    }
+
+    /** Ascending in (logit descending, id ascending); non-negative. */
+    private static long rankKey(float logit, int id) {
+        int u = Float.floatToRawIntBits(logit + 0f);   // -0 + 0 = +0: the two zeros tie, as == has them
+        int key = u < 0 ? ~u : u | 0x80000000;   // unsigned order of the logit
+        return ((~key & 0xffffffffL) << 31) | id;
+    }
+
+    private static void siftUp(long[] h, int i) {
+        while (i > 0 && h[(i - 1) / 2] < h[i]) {
+            long t = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = t;
+            i = (i - 1) / 2;
+        }
+    }
+
+    private static void siftDown(long[] h, int size) {
+        for (int i = 0; ; ) {
+            int l = 2 * i + 1, r = l + 1, big = i;
+            if (l < size && h[l] > h[big]) big = l;
+            if (r < size && h[r] > h[big]) big = r;
+            if (big == i) return;
+            long t = h[i];
+            h[i] = h[big];
+            h[big] = t;
+            i = big;
+        }
     }
 
     public static int argmax(float[] logits) {
