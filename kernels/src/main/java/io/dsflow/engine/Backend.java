@@ -43,6 +43,31 @@ public interface Backend extends AutoCloseable {
         return ids;
     }
 
+    /**
+     * Bytes a cache of {@code tokens} tokens takes on this backend under a policy (at least what it allocates): what a
+     * caller budgets per conversation. The CPU keeps float32 keys, values and labels on the heap.
+     */
+    default long cacheBytes(KvConfig kv, long tokens) {
+        ModelConfig c = config();
+        long held = kv.capacity() > 0 ? Math.min(tokens, kv.capacity()) : tokens;
+        long perToken = 2L * c.numLayers() * c.kvDim() * Float.BYTES;
+        long ring = 0;
+        if (kv.sparse()) {
+            int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+            perToken += (long) sparseLayers * c.numHeads() * kv.labelChannels(c.headDim()) * Float.BYTES;
+            ring = 2L * c.numLayers() * kv.window() * c.kvDim() * Float.BYTES;
+        }
+        return held * perToken + ring;
+    }
+
+    /**
+     * Bytes this backend's own memory has for KV caches (a GPU's free memory less its working buffers), or -1 when
+     * the caches live in the JVM's memory and the caller's budget (Flink managed memory) applies.
+     */
+    default long deviceCacheBudget() {
+        return -1;
+    }
+
     @Override
     void close();
 }

@@ -157,16 +157,7 @@ public final class Engine implements AutoCloseable {
      * keys, values and labels): what the decode operator reserves from Flink's managed memory per conversation.
      */
     public long estimateCacheBytes(KvConfig kv, long tokens) {
-        ModelConfig c = config();
-        long held = kv.capacity() > 0 ? Math.min(tokens, kv.capacity()) : tokens;
-        long perToken = 2L * c.numLayers() * c.kvDim() * Float.BYTES;
-        long ring = 0;
-        if (kv.sparse()) {
-            int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
-            perToken += (long) sparseLayers * c.numHeads() * kv.labelChannels(c.headDim()) * Float.BYTES;
-            ring = 2L * c.numLayers() * kv.window() * c.kvDim() * Float.BYTES;
-        }
-        return held * perToken + ring;
+        return backend.cacheBytes(kv, tokens);
     }
 
     /** Checks tokens can be fed to a sequence (ids in the vocabulary, positions left); throws InvalidRequestException. */

@@ -49,7 +49,8 @@ import java.util.concurrent.TimeUnit;
  *   <li>the engine thread runs a {@link BatchScheduler}: every step advances all active conversations of the subtask
  *       together, new requests join at the next step; results return through the task mailbox, where state is
  *       updated and records are emitted, so a checkpoint always holds exactly the tokens emitted before it;</li>
- *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager; when the budget or the
+ *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager (on a GPU backend: counted
+ *       against the device's free memory, where the caches live); when the budget or the
  *       limit of running requests is full, idle conversations' caches are dropped (rebuilt by prefill when they
  *       return) and new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
  *   <li>bounded state: a subtask holds at most limits.max-conversations conversations; a request opening one more
@@ -90,6 +91,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient MailboxExecutor mailbox;
     private transient MemoryManager memoryManager;
     private transient long budget;
+    private transient boolean cachesOnDevice;             // a GPU's memory, not Flink managed memory, bounds caches
     private transient long reservedTotal;
     private transient Map<String, Long> reserved;
     private transient LinkedHashSet<String> idleCaches;    // kept caches of conversations with nothing active, LRU
@@ -144,15 +146,18 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         double fraction = getOperatorConfig().getManagedMemoryFractionOperatorUseCaseOfSlot(ManagedMemoryUseCase.OPERATOR,
                 getContainingTask().getEnvironment().getTaskManagerInfo().getConfiguration(),
                 getContainingTask().getEnvironment().getJobConfiguration(), getUserCodeClassloader());
-        budget = memoryManager.computeMemorySize(fraction);
+        long device = engine.backend().deviceCacheBudget();
+        cachesOnDevice = device >= 0;
+        budget = cachesOnDevice ? device : memoryManager.computeMemorySize(fraction);
         reserved = new HashMap<>();
         idleCaches = new LinkedHashSet<>();
         admission = new ArrayDeque<>();
         inflight = new HashMap<>();
         inbox = new LinkedBlockingQueue<>();
         registerMetrics();
-        LOG.info("decode subtask {}: {} MB of managed memory for KV caches, default kv policy {}",
-                getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), budget >> 20, settings.kv());
+        LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}",
+                getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), budget >> 20,
+                cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory", settings.kv());
         running = true;
         engineThread = new Thread(this::engineLoop, "dsflow-engine-" + getRuntimeContext().getTaskInfo().getIndexOfThisSubtask());
         engineThread.setDaemon(true);
@@ -286,7 +291,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 admission.poll();
                 if (have > 0) dropCache(conv);
                 endWithError(conv, cs, r, new InvalidRequestException(String.format("the request needs %.1f MB of KV"
-                        + " cache; the decode operator has %.1f MB of managed memory", needed / 1e6, budget / 1e6)));
+                        + " cache; the decode operator has %.1f MB of %s", needed / 1e6, budget / 1e6,
+                        cachesOnDevice ? "device memory" : "managed memory")));
                 continue;
             }
             int running = inflight.size() - admission.size();
@@ -297,7 +303,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             admission.poll();
             idleCaches.remove(conv);
             if (needed > have) {
-                memoryManager.reserveMemory(this, needed - have);
+                if (!cachesOnDevice) memoryManager.reserveMemory(this, needed - have);
                 reservedTotal += needed - have;
                 reserved.put(conv, needed);
             }
@@ -323,7 +329,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         idleCaches.remove(conv);
         Long bytes = reserved.remove(conv);
         if (bytes != null) {
-            memoryManager.releaseMemory(this, bytes);
+            if (!cachesOnDevice) memoryManager.releaseMemory(this, bytes);
             reservedTotal -= bytes;
         }
         inbox.add(() -> scheduler.dropCache(conv));

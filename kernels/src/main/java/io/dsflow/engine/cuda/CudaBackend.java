@@ -259,6 +259,28 @@ public final class CudaBackend implements Backend {
         return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256);
     }
 
+    /**
+     * Device bytes a dense cache of {@code tokens} tokens holds: keys and values per layer in bf16 at a capacity that
+     * doubles from 256 slots, each block rounded to the memory pool's size class.
+     */
+    @Override
+    public long cacheBytes(KvConfig kv, long tokens) {
+        long cap = 256;
+        while (cap < tokens) cap *= 2;
+        return 2L * c.numLayers() * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
+    }
+
+    /**
+     * The device's free memory less a reserve for the working buffers of a step (10% of the device, at least 1 GB):
+     * the budget for KV caches, which the decode operator admits conversations against.
+     */
+    @Override
+    public long deviceCacheBudget() {
+        gpu.makeCurrent();
+        long free = gpu.freeMemory();
+        return Math.max(0, free - Math.max(1L << 30, gpu.totalMemory() / 10));
+    }
+
     /** A cache whose first {@code tokens} slots hold arbitrary (uninitialised) values: bench's prefilled context. */
     public CudaKvCache cacheOfLength(int tokens) {
         gpu.makeCurrent();

@@ -189,6 +189,15 @@ public final class CudaRuntime implements AutoCloseable {
         return totalMemory;
     }
 
+    /** Device memory the driver has free now, plus the blocks this pool caches (they are ours to hand out). */
+    public long freeMemory() {
+        long[] free = new long[1], total = new long[1];
+        JCudaDriver.cuMemGetInfo(free, total);
+        long cached = 0;
+        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : pool.entrySet()) cached += e.getKey() * e.getValue().size();
+        return free[0] + cached;
+    }
+
     /** The most device memory held from the driver (in use plus cached free blocks) since the last reset. */
     public long peakAllocated() {
         return peak;

@@ -84,4 +84,25 @@ class CudaModelTest {
             }
         }
     }
+
+    /** What the decode operator budgets per conversation covers what a cache allocates; the device budget is sane. */
+    @Test
+    void cacheEstimateCoversTheDeviceBytesOfACache() {
+        try (Engine e = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
+            CudaBackend b = (CudaBackend) e.backend();
+            var c = e.config();
+            for (int tokens : new int[]{1, 255, 257, 1000, 5000}) {
+                long before = b.runtime().allocated();
+                CudaKvCache cache = (CudaKvCache) b.newCache(io.dsflow.engine.kv.KvConfig.DENSE, null);
+                cache.reserve(tokens);
+                long used = b.runtime().allocated() - before;
+                cache.release();
+                long exact = 2L * c.numLayers() * c.kvDim() * 2 * tokens;
+                assertTrue(used >= exact && used <= e.estimateCacheBytes(io.dsflow.engine.kv.KvConfig.DENSE, tokens),
+                        tokens + " tokens: " + exact + " <= " + used + " <= estimate");
+            }
+            long budget = b.deviceCacheBudget();
+            assertTrue(budget > 0 && budget < b.runtime().totalMemory(), "device budget " + budget);
+        }
+    }
 }
