@@ -3,7 +3,7 @@
 //   q heads: rotated in place (RoPE, Hugging Face rotate-half: (x_i, x_{i+D/2}) -> (x_i cos - x_{i+D/2} sin,
 //     x_{i+D/2} cos + x_i sin), angle = positions[r] * inv_freq[i] in f32; inv_freq: [D / 2], llama3 scaling applied
 //     on the host; null for models without rotary positions)
-//   k heads: rotated, then appended, rounded to bf16, to the cache of segment seg[r] at slot slot[r];
+//   k heads: rotated (in place as well), then appended, rounded to bf16, to the cache of segment seg[r] at slot slot[r];
 //   v heads: appended likewise. Each cache: [cap][KVH * D] bf16 at kptr[seg[r]], vptr[seg[r]] (this layer's tables).
 // Grid: (rows, H + 2 KVH), block: D / 2 threads, one rotation pair (or two values of v) each.
 #include "common.cuh"
@@ -22,11 +22,11 @@ extern "C" __global__ void kv_append_rope(float* qkv, const int* positions, cons
         a = ra;
         b = rb;
     }
-    if (h < H) {
+    if (h < H + KVH) {   // rotated q and k stay in the row (the label cache reads the rotated keys)
         x[i] = a;
         x[i + half] = b;
-        return;
     }
+    if (h < H) return;
     bool key = h < H + KVH;
     int g = key ? h - H : h - H - KVH;
     bf16* cache = reinterpret_cast<bf16*>(key ? kptr[seg[r]] : vptr[seg[r]]) + (size_t)slot[r] * KVH * D + g * D;

@@ -47,8 +47,8 @@ public final class BenchCommand {
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
-        KvPolicy policy = KvPolicy.parse(a.get("kv-policy", "dense"));
-        if (policy != KvPolicy.DENSE) throw new DsflowException("bench: kv policy " + policy.id() + " is not on the GPU yet");
+        List<KvPolicy> policies = new ArrayList<>();
+        for (String id : a.get("kv-policy", "dense").split(",")) policies.add(KvPolicy.parse(id.trim()));
         if (!CudaRuntime.available()) throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
@@ -73,8 +73,10 @@ public final class BenchCommand {
         root.put("weight_bytes", b.weightBytes());
         root.put("copy_bytes_per_s", copy);
         ArrayNode decode = root.putArray("decode");
-        out.printf(Locale.ROOT, "%-6s %-8s %12s %10s %12s %10s %12s%n", "batch", "context", "tokens/s", "ms/step",
-                "GB/step", "TB/s", "of copy");
+        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s%n", "policy", "batch", "context",
+                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB");
+        for (KvPolicy policy : policies) {
+        KvConfig kv = KvConfig.defaults(policy);
         for (int ctx : contexts) {
             for (int batch : batches) {
                 if (ctx + steps + 8 > c.maxPositions()) continue;
@@ -82,7 +84,7 @@ public final class BenchCommand {
                 gpu.resetPeak();
                 List<CudaKvCache> caches = new ArrayList<>();
                 try {
-                    for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx));
+                    for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx, kv));
                     int[] tokens = new int[batch];
                     for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
                     for (int s = 0; s < 3; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
@@ -91,11 +93,12 @@ public final class BenchCommand {
                     for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + 3 + s));
                     gpu.synchronize();
                     double sec = (System.nanoTime() - start) / 1e9 / steps;
-                    double kvBytes = (double) batch * (ctx + 3 + steps / 2.0) * c.numLayers() * 2 * c.kvDim() * 2;
-                    double bytes = b.weightBytesPerStep() + kvBytes;
-                    out.printf(Locale.ROOT, "%-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%%%n", batch, ctx, batch / sec,
-                            sec * 1e3, bytes / 1e9, bytes / sec / 1e12, 100 * bytes / sec / copy);
+                    double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + 3 + steps / 2);
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f%n", policy.id(),
+                            batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12, 100 * bytes / sec / copy,
+                            gpu.peakAllocated() / 1e9);
                     ObjectNode row = decode.addObject();
+                    row.put("policy", policy.id());
                     row.put("batch", batch);
                     row.put("context", ctx);
                     row.put("tokens_per_s", batch / sec);
@@ -104,11 +107,12 @@ public final class BenchCommand {
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
                 } catch (DsflowException e) {
-                    out.printf(Locale.ROOT, "%-6d %-8d skipped: %s%n", batch, ctx, e.getMessage());
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.id(), batch, ctx, e.getMessage());
                 } finally {
                     for (CudaKvCache k : caches) k.release();
                 }
             }
+        }
         }
         if (prompt > 0 && prompt <= c.maxPositions()) {
             CudaKvCache cache = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
@@ -172,5 +176,28 @@ public final class BenchCommand {
     private static int[] ints(Args a, String name, String fallback) {
         int[] v = a.getIntList(name);
         return v != null ? v : java.util.Arrays.stream(fallback.split(",")).mapToInt(Integer::parseInt).toArray();
+    }
+
+    /**
+     * Cache bytes one sequence's decode step must read at a context: every key and value of the dense layers (and of
+     * sparse layers whose candidates fit the budget); in a selecting layer, the candidates' labels plus, per query
+     * head, the keys and values of its sinks, selection and window.
+     */
+    static double cacheBytesPerStep(ModelConfig c, KvConfig kv, int context) {
+        double full = 2.0 * context * c.kvDim() * 2;
+        if (!kv.sparse()) return c.numLayers() * full;
+        int cand = Math.max(0, context - kv.sinks() - kv.window());
+        int[] k = io.dsflow.engine.kv.LayerBudgets.compute(c.numLayers(), kv.denseLayers(), kv.lambda(),
+                kv.meanBudget(context), kv.kMin(), Math.max(1, cand));
+        double bytes = 0;
+        for (int l = 0; l < c.numLayers(); l++) {
+            if (l < kv.denseLayers() || cand <= k[l]) {
+                bytes += full;
+            } else {
+                bytes += (double) cand * c.numHeads() * kv.labelChannels(c.headDim()) * 2
+                        + (double) c.numHeads() * (kv.sinks() + k[l] + kv.window()) * c.headDim() * 2 * 2;
+            }
+        }
+        return bytes;
     }
 }

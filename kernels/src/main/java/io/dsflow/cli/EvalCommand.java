@@ -114,9 +114,9 @@ public final class EvalCommand {
             o.put("correct", c.correct);
             o.put("accuracy", c.accuracy());
             o.put("mean_context_tokens", c.contextTokens / Math.max(1, c.samples));
-            o.put("mass_recall", c.massRecall());
-            o.put("index_recall", c.indexRecall());
-            o.put("relative_error", c.relError());
+            putMetric(o, "mass_recall", c.massRecall());
+            putMetric(o, "index_recall", c.indexRecall());
+            putMetric(o, "relative_error", c.relError());
             ArrayNode perLayer = o.putArray("mass_recall_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {
                 Double v = c.massRecall(l);
@@ -132,5 +132,11 @@ public final class EvalCommand {
             bytes.put("total", k.total());
         }
         return arr.toString();
+    }
+
+    /** A fidelity metric, null where it was not measured (sparse policies on the GPU). */
+    private static void putMetric(ObjectNode o, String name, double v) {
+        if (Double.isNaN(v)) o.putNull(name);
+        else o.put(name, v);
     }
 }

@@ -16,6 +16,7 @@ import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
 
 import java.nio.ByteBuffer;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -251,23 +252,40 @@ public final class CudaBackend implements Backend {
 
     @Override
     public KvCache newCache(KvConfig config, ChannelConfig channels) {
-        if (config.sparse()) {
-            throw new DsflowException("kv policy " + config.policy().id() + " is not available on the cuda backend yet");
-        }
         if (config.capacity() > 0) throw new DsflowException("a bounded cache (capacity) is not available on cuda yet");
         gpu.makeCurrent();
-        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256);
+        if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256);
+        // ds / dspp: labels of 16 bits, the whole store on the device (device placement)
+        if (config.labelBits() != 16) throw new DsflowException("8-bit labels are not available on cuda yet");
+        if (!gpu.has("sparse_attention_d" + c.headDim())) {
+            throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim() + " on cuda");
+        }
+        if (channels == null) throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
+        int r = config.labelChannels(c.headDim());
+        if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
+        int[][][] ch = new int[c.numLayers()][][];
+        for (int l = Math.min(config.denseLayers(), c.numLayers()); l < c.numLayers(); l++) {
+            ch[l] = new int[c.numHeads()][];
+            for (int h = 0; h < c.numHeads(); h++) ch[l][h] = channels.top(l, h, r);
+        }
+        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256, config, c.numHeads(), ch);
     }
 
     /**
-     * Device bytes a dense cache of {@code tokens} tokens holds: keys and values per layer in bf16 at a capacity that
-     * doubles from 256 slots, each block rounded to the memory pool's size class.
+     * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
+     * fp16 labels) at a capacity that doubles from 256 slots, each block rounded to the memory pool's size class.
      */
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
         long cap = 256;
         while (cap < tokens) cap *= 2;
-        return 2L * c.numLayers() * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
+        long bytes = 2L * c.numLayers() * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
+        if (kv.sparse()) {   // labels of the sparse layers, fp16, and their channel tables
+            int width = c.numHeads() * kv.labelChannels(c.headDim());
+            int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+            bytes += sparseLayers * (CudaRuntime.sizeClass(cap * width * 2) + CudaRuntime.sizeClass(width * 4L));
+        }
+        return bytes;
     }
 
     /**
@@ -283,13 +301,42 @@ public final class CudaBackend implements Backend {
 
     /** A cache whose first {@code tokens} slots hold arbitrary (uninitialised) values: bench's prefilled context. */
     public CudaKvCache cacheOfLength(int tokens) {
+        return cacheOfLength(tokens, KvConfig.DENSE);
+    }
+
+    /**
+     * {@link #cacheOfLength(int)} under a policy; a sparse one labels random channels (a fixed permutation per layer
+     * and head) with random values, which exercises the same kernels and memory as calibrated ones.
+     */
+    public CudaKvCache cacheOfLength(int tokens, KvConfig kv) {
         gpu.makeCurrent();
-        CudaKvCache cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
+        CudaKvCache cache;
+        if (kv.sparse()) {
+            int[][][] order = new int[c.numLayers()][c.numHeads()][];
+            java.util.Random rnd = new java.util.Random(17);
+            for (int[][] layer : order) {
+                for (int h = 0; h < layer.length; h++) {
+                    java.util.List<Integer> ch = new java.util.ArrayList<>();
+                    for (int i = 0; i < c.headDim(); i++) ch.add(i);
+                    java.util.Collections.shuffle(ch, rnd);
+                    layer[h] = ch.stream().mapToInt(Integer::intValue).toArray();
+                }
+            }
+            cache = (CudaKvCache) newCache(kv, new ChannelConfig(order));
+            cache.reserve(tokens + 64);
+        } else {
+            cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
+        }
         cache.fillTo(tokens);
+        long cap = cache.capacity();
         for (int l = 0; l < c.numLayers(); l++) {
-            long n = (long) (tokens + 64) * c.kvDim();
+            long n = cap * c.kvDim();
             gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.keys(l), n, 7L * l, 1f);
             gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.values(l), n, 7L * l + 3, 1f);
+            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16: finite values of order 1
+                long m = cap * c.numHeads() * cache.labelChannels();
+                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.labels(l), m, 7L * l + 5, 1f);
+            }
         }
         return cache;
     }
@@ -421,14 +468,30 @@ public final class CudaBackend implements Backend {
     private record Step(int rows, int nseg, int splits, int chunk, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
                         CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
                         int tileCount, CUdeviceptr tiles, int decodeRows, CUdeviceptr rowsOf,
-                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits) {
+                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits, SparsePlan sparse) {
+    }
+
+    /**
+     * Which decode rows take the sparse path in each layer (ds / dspp caches, sparse layers, more candidates than the
+     * budget), as CPU SparseKvCache decides it; the others stay dense.
+     * <pre>
+     *   denseRows: [layers][decodeRows] batch rows (denseCount[l] used), sp: [layers][maxSparse][7] descriptors
+     *   (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable: [layers][segments] label and
+     *   channel pointers (0: none), segR: [segments] label channels
+     * </pre>
+     */
+    private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
+                              CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
+                              CUdeviceptr segR, int maxR, int maxCand, int maxK, int splits, CUdeviceptr scores,
+                              CUdeviceptr selected, CUdeviceptr partials) {
     }
 
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
         boolean decodeOnly = batch.rows() == batch.segments().size();
-        boolean graph = GRAPHS && decodeOnly;
+        boolean sparse = batch.segments().stream().anyMatch(sg -> ((CudaKvCache) sg.cache()).sparse() != null);
+        boolean graph = GRAPHS && decodeOnly && !sparse;   // the sparse rows of a layer change from step to step
         Step step = prepare(batch, graph);
         if (graph) {
             long key = ((long) step.rows() << 32) | ((long) step.chunk() << 20) | step.splits();
@@ -513,10 +576,76 @@ public final class CudaBackend implements Backend {
         buf("xbf", (long) rows * widestInput / 2 + 4);   // bf16 copy of a GEMM's input
         CUdeviceptr partials = buf("partials", (long) Math.max(1, decodeRows) * heads * splits * (hd + 2));
         CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
-        CUdeviceptr[] d = upload(new long[][]{kTable, vTable}, new int[][]{batch.tokens(), batch.positions(), seg, slot,
-                rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows});
-        return new Step(rows, nseg, splits, chunk, d[2], d[3], d[4], d[5], d[6], d[0], d[1], tiles.size() / 3, d[7],
-                decodeRows, d[8], partials, d[9], logits);
+        // the sparse path: per layer, which decode rows select (and their descriptors), which stay dense
+        int L = layers.length;
+        boolean anySparse = segments.stream().anyMatch(sg -> ((CudaKvCache) sg.cache()).sparse() != null);
+        int[] denseCount = new int[L], sparseCount = new int[L], segR = new int[nseg];
+        int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
+        long[] lTable = new long[0], chTable = new long[0];
+        int maxR = 0, maxCand = 1, maxK = 1, maxSpan = 1;
+        if (anySparse) {
+            denseRows = new int[L * Math.max(1, decodeRows)];
+            sp = new int[L * Math.max(1, decodeRows) * 7];
+            sparseRows = new int[L * Math.max(1, decodeRows)];
+            lTable = new long[L * nseg];
+            chTable = new long[L * nseg];
+            int[][] budgetsOf = new int[nseg][];
+            int[] cand = new int[nseg];
+            for (int s = 0; s < nseg; s++) {
+                CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
+                KvConfig kv = cache.sparse();
+                if (kv == null) continue;
+                segR[s] = cache.labelChannels();
+                maxR = Math.max(maxR, segR[s]);
+                for (int l = 0; l < L; l++) {
+                    lTable[l * nseg + s] = cache.labels(l) == null ? 0 : address(cache.labels(l));
+                    chTable[l * nseg + s] = cache.channels(l) == null ? 0 : address(cache.channels(l));
+                }
+                int context = cache.length(0) + 1;   // the decode row's token included
+                cand[s] = Math.max(0, context - kv.sinks() - kv.window());
+                budgetsOf[s] = io.dsflow.engine.kv.LayerBudgets.compute(L, kv.denseLayers(), kv.lambda(),
+                        kv.meanBudget(context), kv.kMin(), Math.max(1, cand[s]));
+            }
+            for (int l = 0; l < L; l++) {
+                for (int i = 0; i < decodeRows; i++) {
+                    int row = rowsOf[i], s = seg[row];
+                    CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
+                    KvConfig kv = cache.sparse();
+                    boolean single = segments.get(s).tokens().length == 1;
+                    if (kv == null || !single || cache.labels(l) == null || cand[s] <= budgetsOf[s][l]) {
+                        denseRows[l * decodeRows + denseCount[l]++] = row;   // dense layer, prefill, or fits the budget
+                        continue;
+                    }
+                    int p = sparseCount[l]++, at = (l * decodeRows + p) * 7;
+                    sparseRows[l * decodeRows + p] = row;
+                    sp[at] = row;
+                    sp[at + 1] = cand[s];
+                    sp[at + 2] = budgetsOf[s][l];
+                    sp[at + 3] = kv.sinks();
+                    sp[at + 4] = kv.window();
+                    sp[at + 5] = kv.gqaSelection().ordinal();
+                    sp[at + 6] = segR[s];
+                    maxCand = Math.max(maxCand, cand[s]);
+                    maxK = Math.max(maxK, budgetsOf[s][l]);
+                    maxSpan = Math.max(maxSpan, kv.sinks() + budgetsOf[s][l] + kv.window());
+                }
+            }
+        }
+        int maxSparse = anySparse ? Arrays.stream(sparseCount).max().orElse(0) : 0;
+        int sparseSplits = (maxSpan + 31) / 32;
+        CUdeviceptr scores = null, selected = null, spartials = null;
+        if (maxSparse > 0) {
+            scores = buf("scores", (long) maxSparse * heads * maxCand);
+            selected = buf("selected", (long) maxSparse * heads * maxK);
+            spartials = buf("spartials", (long) maxSparse * heads * sparseSplits * (hd + 2));
+        }
+        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable}, new int[][]{batch.tokens(),
+                batch.positions(), seg, slot, rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf,
+                lastRows, denseRows, sp, sparseRows, segR});
+        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[12], decodeRows, sparseCount, d[13], d[14],
+                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, scores, selected, spartials) : null;
+        return new Step(rows, nseg, splits, chunk, d[4], d[5], d[6], d[7], d[8], d[0], d[1], tiles.size() / 3, d[9],
+                decodeRows, d[10], partials, d[11], logits, plan);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
@@ -560,9 +689,33 @@ public final class CudaBackend implements Backend {
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
                     st.slot(), heads, kvHeads, hd, qkvDim);
-            // 4. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged
-            CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
-                    st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
+            // 4. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged; with
+            //    sparse caches, this layer's selecting rows go through labels, top-k and attention over the selection
+            SparsePlan sp = st.sparse();
+            if (sp == null) {
+                CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
+                        st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
+            } else {
+                CUdeviceptr lt = sp.lTable().withByteOffset(8L * layer * nseg), ct = sp.chTable().withByteOffset(8L * layer * nseg);
+                gpu.launch("label_append", rows, heads, Math.max(32, sp.maxR()), qkv, lt, ct, st.seg(), st.slot(), sp.segR(),
+                        heads, kvHeads, hd, qkvDim);
+                CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
+                        sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
+                        st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
+                int n = sp.sparseCount()[layer];
+                if (n > 0) {
+                    CUdeviceptr desc = sp.sp().withByteOffset(4L * 7 * layer * sp.sparseStride());
+                    gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, sp.scores(), q, lt, ct,
+                            st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
+                    gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
+                            sp.maxCand(), sp.maxK());
+                    gpu.launch("sparse_attention_d" + hd, n * heads, sp.splits(), 32, sp.partials(), q, kt, vt, st.seg(),
+                            st.rowLen(), desc, sp.selected(), heads, kvHeads, sp.splits(), (float) (1.0 / Math.sqrt(hd)),
+                            qkvDim, 32, sp.maxK());
+                    gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(),
+                            sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
+                }
+            }
             // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
             linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
             if (pre) {

@@ -2,6 +2,7 @@ package io.dsflow.engine.cuda;
 
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvCache;
+import io.dsflow.engine.kv.KvConfig;
 import jcuda.driver.CUdeviceptr;
 
 import java.lang.ref.Cleaner;
@@ -9,10 +10,14 @@ import java.lang.ref.Cleaner;
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
- * A sequence's dense KV cache in GPU memory, written and read by the CUDA backend's forward pass:
- * <pre>keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major</pre>
+ * A sequence's KV cache in GPU memory, written and read by the CUDA backend's forward pass:
+ * <pre>
+ *   keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major
+ *   labels[layer]:              [capacity][heads * r] fp16 (ds / dspp, sparse layers only; null otherwise)
+ *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
+ * </pre>
  * so that growing (capacity doubles) is one contiguous copy per layer. Freed by {@link #release()}, or when it
- * becomes unreachable.
+ * becomes unreachable. A sparse cache keeps its whole store on the device (device placement).
  */
 public final class CudaKvCache implements KvCache {
     private static final Cleaner CLEANER = Cleaner.create();
@@ -20,14 +25,16 @@ public final class CudaKvCache implements KvCache {
     /** The device buffers, apart from the cache object so that the cleaner can free them. */
     private static final class Buffers implements Runnable {
         final CudaRuntime gpu;
-        final CUdeviceptr[] keys, values;
-        long bytesEach;
+        final CUdeviceptr[] keys, values, labels, channels;
+        long bytesEach, labelBytesEach, channelBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
             this.gpu = gpu;
             keys = new CUdeviceptr[layers];
             values = new CUdeviceptr[layers];
+            labels = new CUdeviceptr[layers];
+            channels = new CUdeviceptr[layers];
         }
 
         @Override
@@ -38,30 +45,73 @@ public final class CudaKvCache implements KvCache {
             for (int l = 0; l < keys.length; l++) {
                 if (keys[l] != null) gpu.free(keys[l], bytesEach);
                 if (values[l] != null) gpu.free(values[l], bytesEach);
+                if (labels[l] != null) gpu.free(labels[l], labelBytesEach);
+                if (channels[l] != null) gpu.free(channels[l], channelBytes);
             }
         }
     }
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
+    /** The sparse policy (null: dense) and its label width heads * r. */
+    private final KvConfig sparse;
+    private final int labelWidth, labelR, heads;
+    private final int[][][] channelsHost;
     private final int[] length;
     private final Buffers buffers;
     private final Cleaner.Cleanable cleanable;
     private int capacity;
 
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity) {
+        this(gpu, layers, kvDim, initialCapacity, null, 0, null);
+    }
+
+    /**
+     * A cache for a sparse policy: {@code channels[layer][head]} the r channels of each head's labels, null for the
+     * dense layers (which keep no labels).
+     */
+    CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity, KvConfig sparse, int heads,
+                int[][][] channels) {
         this.gpu = gpu;
         this.layers = layers;
         this.kvDim = kvDim;
+        this.sparse = sparse;
+        this.heads = heads;
+        this.channelsHost = channels;
         this.length = new int[layers];
         this.buffers = new Buffers(gpu, layers);
         this.cleanable = CLEANER.register(this, buffers);
+        int width = 0, rr = 0;
+        if (sparse != null) {
+            for (int l = 0; l < layers; l++) {
+                if (channels[l] == null) continue;
+                int r = channels[l][0].length;
+                rr = r;
+                width = heads * r;
+                int[] flat = new int[width];
+                for (int h = 0; h < heads; h++) System.arraycopy(channels[l][h], 0, flat, h * r, r);
+                buffers.channelBytes = width * 4L;
+                buffers.channels[l] = gpu.alloc(buffers.channelBytes);
+                jcuda.driver.JCudaDriver.cuMemcpyHtoD(buffers.channels[l], jcuda.Pointer.to(flat), buffers.channelBytes);
+            }
+        }
+        this.labelWidth = width;
+        this.labelR = rr;
         allocate(Math.max(16, initialCapacity));
     }
 
     private void allocate(int cap) {
-        long bytes = (long) cap * kvDim * 2;
+        long bytes = (long) cap * kvDim * 2, labelBytes = (long) cap * labelWidth * 2;
         for (int l = 0; l < layers; l++) {
+            if (buffers.channels[l] != null) {
+                CUdeviceptr lab = gpu.alloc(labelBytes);
+                if (buffers.labels[l] != null) {
+                    long used = (long) length[l] * labelWidth * 2;
+                    if (used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
+                    gpu.free(buffers.labels[l], buffers.labelBytesEach);
+                }
+                buffers.labels[l] = lab;
+            }
             CUdeviceptr k = gpu.alloc(bytes), v = gpu.alloc(bytes);
             if (buffers.keys[l] != null) {
                 long used = (long) length[l] * kvDim * 2;
@@ -76,6 +126,7 @@ public final class CudaKvCache implements KvCache {
             buffers.values[l] = v;
         }
         buffers.bytesEach = bytes;
+        buffers.labelBytesEach = labelBytes;
         capacity = cap;
     }
 
@@ -92,6 +143,25 @@ public final class CudaKvCache implements KvCache {
 
     CUdeviceptr values(int layer) {
         return buffers.values[layer];
+    }
+
+    /** The sparse policy, or null for a dense cache. */
+    KvConfig sparse() {
+        return sparse;
+    }
+
+    /** This layer's label cache (null: a dense cache or layer). */
+    CUdeviceptr labels(int layer) {
+        return buffers.labels[layer];
+    }
+
+    CUdeviceptr channels(int layer) {
+        return buffers.channels[layer];
+    }
+
+    /** Label channels per head (0 for a dense cache). */
+    int labelChannels() {
+        return labelR;
     }
 
     int length(int layer) {
@@ -130,12 +200,13 @@ public final class CudaKvCache implements KvCache {
     @Override
     public KvCache copy() {
         gpu.makeCurrent();
-        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity);
+        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity, sparse, heads, channelsHost);
         for (int l = 0; l < layers; l++) {
             long used = (long) length[l] * kvDim * 2;
             if (used > 0) {
                 cuMemcpyDtoD(c.buffers.keys[l], buffers.keys[l], used);
                 cuMemcpyDtoD(c.buffers.values[l], buffers.values[l], used);
+                if (buffers.labels[l] != null) cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], (long) length[l] * labelWidth * 2);
             }
             c.length[l] = length[l];
         }
@@ -144,9 +215,12 @@ public final class CudaKvCache implements KvCache {
 
     @Override
     public KvBytes bytes() {
-        long b = 0;
-        for (int l : length) b += 2L * l * kvDim * 2;
-        return new KvBytes(b, 0, 0, 0);
+        long b = 0, labels = 0;
+        for (int l = 0; l < layers; l++) {
+            b += 2L * length[l] * kvDim * 2;
+            if (buffers.labels[l] != null) labels += (long) length[l] * labelWidth * 2;
+        }
+        return new KvBytes(b, labels, 0, 0);
     }
 
     @Override

@@ -155,6 +155,8 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
+            case "sparse" -> new String[]{"label_append", "sparse_scores", "sparse_topk", "sparse_attention_d32",
+                    "sparse_attention_d64", "sparse_attention_d128"};
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];
         };

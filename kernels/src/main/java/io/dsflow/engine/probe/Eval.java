@@ -41,6 +41,8 @@ public final class Eval {
         public double[] massRecallSum, indexRecallSum, relErrorSum;
         public long[] headSteps;
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
+        /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
+        public boolean unobserved;
 
         Cell(String task, int length, String policy, int layers) {
             this.task = task;
@@ -56,17 +58,17 @@ public final class Eval {
             return samples == 0 ? 0 : correct / (double) samples;
         }
 
-        /** Mean over the sparse layers' head-steps (1.0 when the policy never attended sparsely). */
+        /** Mean over the sparse layers' head-steps (1.0 when the policy never attended sparsely; NaN: not measured). */
         public double massRecall() {
-            return mean(massRecallSum, 1.0);
+            return unobserved ? Double.NaN : mean(massRecallSum, 1.0);
         }
 
         public double indexRecall() {
-            return mean(indexRecallSum, 1.0);
+            return unobserved ? Double.NaN : mean(indexRecallSum, 1.0);
         }
 
         public double relError() {
-            return mean(relErrorSum, 0.0);
+            return unobserved ? Double.NaN : mean(relErrorSum, 0.0);
         }
 
         public Double massRecall(int layer) {
@@ -115,9 +117,10 @@ public final class Eval {
                     for (Policy p : policies) {
                         Cell cell = cells.computeIfAbsent(task + "/" + length + "/" + p.name(),
                                 k -> new Cell(task, length, p.name(), layers));
-                        answer(engine, prefilled, p.kv(), question, s.answer(), cell);
+                        answer(engine, prefilled, context, p.kv(), question, s.answer(), cell);
                         cell.contextTokens += context.length;
                     }
+                    prefilled.cache().release();
                     LOG.info(String.format(Locale.ROOT, "eval: length %d %s sample %d/%d (%d context tokens), %.1f s",
                             length, task, i + 1, samples, context.length, (System.nanoTime() - t0) / 1e9));
                 }
@@ -134,10 +137,17 @@ public final class Eval {
         return new ArrayList<>(cells.values());
     }
 
-    private static void answer(Engine engine, Sequence prefilled, KvConfig kv, int[] question, String expected, Cell cell) {
-        DenseKvCache dense = (DenseKvCache) prefilled.cache();
-        Sequence seq = Sequence.replay(prefilled, dense.store(), engine.backend().newCache(kv,
-                kv.sparse() ? engine.channels(kv.channelSource()) : null));
+    private static void answer(Engine engine, Sequence prefilled, int[] context, KvConfig kv, int[] question,
+                               String expected, Cell cell) {
+        Sequence seq;
+        if (prefilled.cache() instanceof DenseKvCache dense) {   // the CPU: the dense prefill replayed into the policy
+            seq = Sequence.replay(prefilled, dense.store(), engine.backend().newCache(kv,
+                    kv.sparse() ? engine.channels(kv.channelSource()) : null));
+        } else {   // a GPU cache: prefill the context again under the policy (a prefill is dense under every policy)
+            seq = engine.newSequence(kv);
+            engine.prefill(seq, context);
+        }
+        if (kv.sparse() && !(seq.cache() instanceof SparseKvCache)) cell.unobserved = true;
         if (seq.cache() instanceof SparseKvCache sparse) {
             sparse.observe((layer, head, mass, idx, err) -> {
                 cell.massRecallSum[layer] += mass;
@@ -159,6 +169,7 @@ public final class Eval {
         cell.samples++;
         if (ok) cell.correct++;
         cell.bytes = cell.bytes.plus(seq.cache().bytes());
+        seq.cache().release();
     }
 
     /** A sample whose context is close to (not over) {@code length} tokens, the same for the same seed. */

@@ -18,6 +18,7 @@ import java.util.Random;
 
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
 import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -346,6 +347,54 @@ class CudaKernelTest {
         for (int row = 0; row < rows; row++) {
             float[] l = java.util.Arrays.copyOfRange(logits, row * vocab, (row + 1) * vocab);
             assertEquals(Sampler.sample(l, params[row], step[row]), got[row], "row " + row + " " + params[row]);
+        }
+    }
+
+    /**
+     * sparse_topk picks what kv/TopK picks (the k largest, ties to the lower candidate) per query head and per kv head
+     * from the group's max or sum, for budgets below, at and above the candidate count.
+     */
+    @Test
+    void sparseTopKMatchesCpuTopK() {
+        Random r = new Random(12);
+        int heads = 4, kvHeads = 2, group = 2, maxCand = 5000, maxK = 300;
+        int[][] rowsSpec = {{1000, 7, 0}, {37, 37, 1}, {5000, 300, 2}, {2048, 64, 0}};   // candidates, k, mode
+        int rows = rowsSpec.length, sinks = 4;
+        float[] scores = new float[rows * heads * maxCand];
+        for (int i = 0; i < scores.length; i++) scores[i] = r.nextInt(5) == 0 ? 1f : (float) r.nextGaussian();   // ties
+        int[] sp = new int[rows * 7];
+        for (int p = 0; p < rows; p++) {
+            sp[p * 7] = p;
+            sp[p * 7 + 1] = rowsSpec[p][0];
+            sp[p * 7 + 2] = rowsSpec[p][1];
+            sp[p * 7 + 3] = sinks;
+            sp[p * 7 + 5] = rowsSpec[p][2];
+        }
+        CUdeviceptr sel = upload(new int[rows * heads * maxK]);
+        gpu.launch("sparse_topk", rows * heads, 1, 1024, sel, upload(scores), upload(sp), heads, kvHeads, maxCand, maxK);
+        gpu.synchronize();
+        int[] got = new int[rows * heads * maxK];
+        cuMemcpyDtoH(Pointer.to(got), sel, got.length * 4L);
+        for (int p = 0; p < rows; p++) {
+            int n = rowsSpec[p][0], k = Math.min(rowsSpec[p][1], n), mode = rowsSpec[p][2];
+            for (int h = 0; h < heads; h++) {
+                float[] s = java.util.Arrays.copyOfRange(scores, (p * heads + h) * maxCand, (p * heads + h) * maxCand + n);
+                if (mode != 0) {
+                    int h0 = (h / group) * group;
+                    s = java.util.Arrays.copyOfRange(scores, (p * heads + h0) * maxCand, (p * heads + h0) * maxCand + n);
+                    for (int j = 1; j < group; j++) {
+                        for (int c = 0; c < n; c++) {
+                            float o = scores[(p * heads + h0 + j) * maxCand + c];
+                            s[c] = mode == 1 ? Math.max(s[c], o) : s[c] + o;
+                        }
+                    }
+                }
+                int[] want = new int[k];
+                io.dsflow.engine.kv.TopK.select(s, n, k, want);
+                for (int i = 0; i < k; i++) want[i] += sinks;
+                assertArrayEquals(want, java.util.Arrays.copyOfRange(got, (p * heads + h) * maxK, (p * heads + h) * maxK + k),
+                        "row " + p + " head " + h + " mode " + mode);
+            }
         }
     }
 

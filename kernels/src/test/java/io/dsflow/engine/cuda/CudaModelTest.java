@@ -105,4 +105,29 @@ class CudaModelTest {
             assertTrue(budget > 0 && budget < b.runtime().totalMemory(), "device budget " + budget);
         }
     }
+
+    /**
+     * ds and dspp on the GPU (labels, top-k and attention over the selection on the device) answer as the CPU
+     * reference does: greedy tokens of pass-key and records prompts of about 1600 tokens, where the sparse layers
+     * select (k well below the candidates).
+     */
+    @Test
+    void sparsePoliciesOnTheGpuGenerateWhatTheCpuGenerates() {
+        try (Engine gpu = Engine.load(TestModels.dir("probe-retrieval"), "cuda");
+             Engine cpu = Engine.load(TestModels.dir("probe-retrieval"), "cpu")) {
+            for (int seed = 1; seed <= 2; seed++) {
+                for (io.dsflow.engine.probe.ProbePrompts.Sample sample : List.of(
+                        io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(seed), 200),
+                        io.dsflow.engine.probe.ProbePrompts.records(new java.util.Random(seed), 200))) {
+                    int[] prompt = cpu.tokenizer().encode(sample.prompt(), true);
+                    for (KvPolicy policy : List.of(KvPolicy.DS, KvPolicy.DSPP)) {
+                        int[] want = cpu.generate(prompt, SamplingParams.greedy(8), policy).tokenIds();
+                        int[] got = gpu.generate(prompt, SamplingParams.greedy(8), policy).tokenIds();
+                        assertArrayEquals(want, got, policy.id() + " seed " + seed + " " + sample.task() + ", "
+                                + prompt.length + " prompt tokens");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,223 @@
+// DoubleSparse++ decode attention on the device (docs/algorithm.md; the CPU reference is kv/SparseKvCache): for a
+// decode row p of a sparse layer, the approximate score of every candidate from the label cache, the top-k of the
+// candidates, then exact attention over sinks + selected + window, split and merged like the dense decode kernels.
+// Device placement: the whole K/V store stays on the device, the window is its last W slots.
+//   qkv rows: [q: H x D | k: KVH x D | v] f32 after RoPE (kv_append_rope writes the rotated keys back)
+//   labels of a segment's layer: [cap][H * r] fp16, label[slot][h * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head)
+//   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
+//   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints: the batch row, its candidates count (slots
+//   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
+//   channels r; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
+#include "common.cuh"
+#include <cuda_fp16.h>
+
+#define SP_FIELDS 7
+enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R };
+
+// label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot; seg_r:
+//   [segments] label channels r of each segment's policy. Grid: (rows, H), block: the largest r.
+extern "C" __global__ void label_append(const float* qkv, const unsigned long long* lptr,
+                                        const unsigned long long* chptr, const int* seg, const int* slot,
+                                        const int* seg_r, int H, int KVH, int D, int row_stride) {
+    int row = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
+    __half* labels = reinterpret_cast<__half*>(lptr[seg[row]]);
+    int r = seg_r[seg[row]];
+    if (labels == nullptr || i >= r) return;
+    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
+    int g = h / (H / KVH);
+    float k = qkv[(size_t)row * row_stride + (size_t)(H + g) * D + ch[h * r + i]];
+    labels[(size_t)slot[row] * H * r + h * r + i] = __float2half_rn(k);
+}
+
+// sparse_scores: scores[p][h][c] = sum_i q[h][channels[h][i]] * label[sinks + c][h][i] for c < cand.
+//   Grid: (P * H, ceil(max_cand / 256)), block: 256.
+extern "C" __global__ void sparse_scores(float* scores, const float* q, const unsigned long long* lptr,
+                                         const unsigned long long* chptr, const int* seg, const int* sp, int H, int D,
+                                         int q_stride, int max_cand) {
+    __shared__ float qc[64];
+    int ph = blockIdx.x, p = ph / H, h = ph % H;
+    const int* d = sp + p * SP_FIELDS;
+    int row = d[SP_ROW], r = d[SP_R];
+    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
+    if (threadIdx.x < r) qc[threadIdx.x] = q[(size_t)row * q_stride + h * D + ch[h * r + threadIdx.x]];
+    __syncthreads();
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= d[SP_CAND]) return;
+    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + c) * H * r + h * r;
+    float s = 0.f;
+    for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
+    scores[(size_t)ph * max_cand + c] = s;
+}
+
+__device__ __forceinline__ unsigned score_key(float f) {
+    unsigned u = __float_as_uint(f + 0.0f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ int block_count(int v, int* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += scratch[w];
+    return t;
+}
+
+// sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head), ties to the lower candidate, as
+//   kv/TopK does; written as slots in ascending order. mode 0: per query head; 1 / 2: one selection per kv head from
+//   the group's max / sum of scores, by the block of the group's first head, written for each head of the group.
+//   The k-th largest is found by bisection on the scores' order keys (block-wide counts). Grid: (P * H), block: 1024.
+extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* sp, int H, int KVH, int max_cand,
+                                       int max_k) {
+    __shared__ int scratch[32];
+    __shared__ int offsets[1024];
+    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE], sinks = d[SP_SINKS];
+    if (mode != 0 && h0 % G != 0) return;
+    int n = d[SP_CAND], k = min(d[SP_K], n);
+    float* s = scores + (size_t)(p * H + h0) * max_cand;
+    if (mode != 0) {   // the group's scores combined into its first head's row
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            float v = s[c];
+            for (int j = 1; j < G; j++) {
+                float o = scores[(size_t)(p * H + h0 + j) * max_cand + c];
+                v = mode == 1 ? fmaxf(v, o) : v + o;
+            }
+            s[c] = v;
+        }
+        __syncthreads();
+    }
+    // largest key v with count(key >= v) >= k
+    unsigned lo = 0, hi = 0xffffffffu;
+    while (lo < hi) {
+        unsigned mid = (unsigned)(lo + ((unsigned long long)hi - lo + 1) / 2);
+        int cnt = 0;
+        for (int c = threadIdx.x; c < n; c += blockDim.x) cnt += score_key(s[c]) >= mid;
+        if (block_count(cnt, scratch) >= k) lo = mid; else hi = mid - 1;
+    }
+    int above = 0;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) above += score_key(s[c]) > lo;
+    int ties_taken = k - block_count(above, scratch);
+    // each thread takes a contiguous range of candidates, so a prefix sum over threads keeps index order
+    int per = (n + blockDim.x - 1) / blockDim.x, from = threadIdx.x * per, to = min(n, from + per);
+    int mine = 0, ties = 0;
+    for (int c = from; c < to; c++) {
+        unsigned key = score_key(s[c]);
+        mine += key > lo;
+        ties += key == lo;
+    }
+    // exclusive prefix sums of ties, then of the picks (ties limited to the first ties_taken by index)
+    offsets[threadIdx.x] = ties;
+    __syncthreads();
+    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+        int v = threadIdx.x >= o ? offsets[threadIdx.x - o] : 0;
+        __syncthreads();
+        offsets[threadIdx.x] += v;
+        __syncthreads();
+    }
+    int ties_before = offsets[threadIdx.x] - ties;
+    int my_ties = max(0, min(ties, ties_taken - ties_before));
+    __syncthreads();
+    offsets[threadIdx.x] = mine + my_ties;
+    __syncthreads();
+    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+        int v = threadIdx.x >= o ? offsets[threadIdx.x - o] : 0;
+        __syncthreads();
+        offsets[threadIdx.x] += v;
+        __syncthreads();
+    }
+    int at = offsets[threadIdx.x] - (mine + my_ties);
+    int heads = mode == 0 ? 1 : G;
+    int tie_left = my_ties;
+    for (int c = from; c < to; c++) {
+        unsigned key = score_key(s[c]);
+        bool take = key > lo || (key == lo && tie_left > 0);
+        if (key == lo && take) tie_left--;
+        if (!take) continue;
+        for (int j = 0; j < heads; j++) selected[(size_t)(p * H + h0 + j) * max_k + at] = sinks + c;
+        at++;
+    }
+}
+
+// sparse_attention_dD: attention of sparse row p, head h over its m = S + k + W slots: sinks [0, S), the selected
+//   slots, the window [n - W, n) (n = row_len of its batch row); one warp per (p, h, split of `chunk` of the m),
+//   partials [P * H][splits][D + 2] as the dense decode kernels write them (attention_merge finishes, with the
+//   sparse rows' batch rows as its rows_of).
+//   Grid: (P * H, splits), block: 32.
+template <int D>
+__device__ void sparse_attention_body(float* partials, const float* q, const unsigned long long* kptr,
+                                      const unsigned long long* vptr, const int* seg, const int* row_len,
+                                      const int* sp, const int* selected, int H, int KVH, int splits, float scale,
+                                      int q_stride, int chunk, int max_k) {
+    constexpr int PER = D / 32;
+    int ph = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
+    int p = ph / H, h = ph % H, g = h / (H / KVH);
+    const int* d = sp + p * SP_FIELDS;
+    int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
+    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[row]]);
+    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[row]]);
+    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]);
+    int m = sinks + k + window;
+    const int* sel = selected + (size_t)ph * max_k;
+    auto slot_of = [&](int t) { return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k); };
+    int begin = s * chunk, end = min(m, begin + chunk);
+    float* part = partials + ((size_t)ph * splits + s) * (D + 2);
+    __shared__ float qs[D];
+    for (int c = lane; c < D; c += 32) qs[c] = q[(size_t)row * q_stride + h * D + c];
+    __syncwarp();
+    float mx = -INFINITY, l = 0.f, o[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) o[i] = 0.f;
+    for (int t0 = begin; t0 < end; t0 += 32) {
+        int t = t0 + lane;
+        float score = -INFINITY;
+        int my_slot = t < end ? slot_of(t) : 0;
+        if (t < end) {
+            const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)my_slot * KVH + g) * D);
+            float acc = 0.f;
+#pragma unroll
+            for (int c8 = 0; c8 < D / 8; c8++) {
+                uint4 raw = kr[c8];
+                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float2 f = __bfloat1622float2(h2[i]);
+                    acc += qs[c8 * 8 + 2 * i] * f.x + qs[c8 * 8 + 2 * i + 1] * f.y;
+                }
+            }
+            score = acc * scale;
+        }
+        float mnew = fmaxf(mx, warp_max(score));
+        float pr = t < end ? __expf(score - mnew) : 0.f;
+        float corr = __expf(mx - mnew);
+        l = l * corr + warp_sum(pr);
+#pragma unroll
+        for (int i = 0; i < PER; i++) o[i] *= corr;
+        int count = min(32, end - t0);
+        for (int u = 0; u < count; u++) {
+            float pu = __shfl_sync(0xffffffffu, pr, u);
+            int su = __shfl_sync(0xffffffffu, my_slot, u);
+            const bf16* v = vc + ((size_t)su * KVH + g) * D + lane * PER;
+#pragma unroll
+            for (int i = 0; i < PER; i++) o[i] += pu * __bfloat162float(v[i]);
+        }
+        mx = mnew;
+    }
+    if (lane == 0) {
+        part[D] = mx;
+        part[D + 1] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; i++) part[lane * PER + i] = o[i];
+}
+
+#define SPARSE_KERNEL(dim) extern "C" __global__ void sparse_attention_d##dim(float* partials, const float* q, \
+        const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, const int* sp, \
+        const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k) { \
+    sparse_attention_body<dim>(partials, q, kp, vp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, chunk, \
+                               max_k); }
+SPARSE_KERNEL(32)
+SPARSE_KERNEL(64)
+SPARSE_KERNEL(128)
