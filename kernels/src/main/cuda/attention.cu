@@ -9,6 +9,7 @@
 // attention_merge: out[rows_of[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).
 //   Grid: (P * H), block: a multiple of D, at most 1024.
 #include "common.cuh"
+#include "split_attention.cuh"
 
 // Row r of the batch belongs to segment seg[r], whose cache for
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
@@ -43,76 +44,12 @@ template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
                           const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
                           float scale, int q_stride, int chunk) {
-    constexpr int PER = D / 32;
-    int rh = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
+    int rh = blockIdx.x, s = blockIdx.y;
     int r = rows_of[rh / H], h = rh % H, g = h / (H / KVH);
-    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
-    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
-    int n = row_len[r];
-    int begin = s * chunk, end = min(n, begin + chunk);
-    float* part = partials + ((size_t)rh * splits + s) * (D + 2);
-    __shared__ float qs[D];
-    const float* qr = q + (size_t)r * q_stride + h * D;
-    for (int c = lane; c < D; c += 32) qs[c] = qr[c];
-    __syncwarp();
-    float m = -INFINITY, l = 0.f, o[PER];
-#pragma unroll
-    for (int i = 0; i < PER; i++) o[i] = 0.f;
-    for (int j0 = begin; j0 < end; j0 += 32) {
-        int j = j0 + lane;
-        float score = -INFINITY;
-        if (j < end) {
-            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + g) * D);
-            float acc = 0.f;
-#pragma unroll
-            for (int c8 = 0; c8 < D / 8; c8++) {
-                uint4 raw = k[c8];
-                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float2 f = __bfloat1622float2(h2[i]);
-                    acc += qs[c8 * 8 + 2 * i] * f.x + qs[c8 * 8 + 2 * i + 1] * f.y;
-                }
-            }
-            score = acc * scale;
-        }
-        float mnew = fmaxf(m, warp_max(score));
-        float p = j < end ? __expf(score - mnew) : 0.f;
-        float corr = __expf(m - mnew);
-        l = l * corr + warp_sum(p);
-#pragma unroll
-        for (int i = 0; i < PER; i++) o[i] *= corr;
-        int count = min(32, end - j0);
-        int t = 0;
-        for (; t + 4 <= count; t += 4) { // four value rows in flight at once
-            float vv[4][PER];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const bf16* v = vc + ((size_t)(j0 + t + u) * KVH + g) * D + lane * PER;
-#pragma unroll
-                for (int i = 0; i < PER; i++) vv[u][i] = __bfloat162float(v[i]);
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                float pt = __shfl_sync(0xffffffffu, p, t + u);
-#pragma unroll
-                for (int i = 0; i < PER; i++) o[i] += pt * vv[u][i];
-            }
-        }
-        for (; t < count; t++) {
-            float pt = __shfl_sync(0xffffffffu, p, t);
-            const bf16* v = vc + ((size_t)(j0 + t) * KVH + g) * D + lane * PER;
-#pragma unroll
-            for (int i = 0; i < PER; i++) o[i] += pt * __bfloat162float(v[i]);
-        }
-        m = mnew;
-    }
-    if (lane == 0) {
-        part[D] = m;
-        part[D + 1] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < PER; i++) part[lane * PER + i] = o[i];
+    int n = row_len[r], begin = s * chunk, end = min(n, begin + chunk);
+    warp_attend_slots<D>(partials + ((size_t)rh * splits + s) * (D + 2), q + (size_t)r * q_stride + h * D,
+                         reinterpret_cast<const bf16*>(kptr[seg[r]]), reinterpret_cast<const bf16*>(vptr[seg[r]]), g,
+                         KVH, begin, end, scale, [](int t) { return t; });
 }
 
 #define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \

@@ -27,6 +27,18 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Sum over a block (any warp count); every thread gets the same result, summed in the same order. scratch: 32 values.
+template <typename T>
+__device__ __forceinline__ T block_sum_all(T v, T* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    T t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += scratch[w];
+    return t;
+}
+
 // Tensor-core building blocks (sm_80+): asynchronous 16-byte copies to shared memory, ldmatrix, mma.sync m16n8k16.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));

@@ -56,16 +56,6 @@ __device__ __forceinline__ unsigned order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);   // larger float, larger key
 }
 
-__device__ double block_sum_d(double v, double* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double t = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += scratch[w];   // same order in every thread
-    return t;
-}
-
 // Sum of weights (1 each, or probs[i]) over the tokens whose logit key is >= lo (above == false: == lo) and, with
 // idx_max >= 0, index <= idx_max.
 __device__ double prefix_weight(const float* row, const double* probs, int vocab, unsigned lo, bool equal_only,
@@ -76,7 +66,7 @@ __device__ double prefix_weight(const float* row, const double* probs, int vocab
         bool in = equal_only ? (k == lo && (idx_max < 0 || i <= idx_max)) : k >= lo;
         if (in) acc += probs ? probs[i] : 1.0;
     }
-    return block_sum_d(acc, scratch);
+    return block_sum_all(acc, scratch);
 }
 
 // The index of the first token in order whose prefix weight reaches target (strict: exceeds it).
@@ -93,7 +83,7 @@ __device__ int find_cut(const float* row, const double* probs, int vocab, double
     if (ties == 1.0) {
         double at = 0;
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) if (order_key(row[i]) == lo) at = i;
-        return (int)block_sum_d(at, scratch);
+        return (int)block_sum_all(at, scratch);
     }
     double above = lo == 0xffffffffu ? 0.0 : prefix_weight(row, probs, vocab, lo + 1, false, -1, scratch);
     int a = 0, b = vocab - 1;

@@ -9,6 +9,7 @@
 //   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
 //   channels r; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
 #include "common.cuh"
+#include "split_attention.cuh"
 #include <cuda_fp16.h>
 
 #define SP_FIELDS 7
@@ -54,14 +55,19 @@ __device__ __forceinline__ unsigned score_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ int block_count(int v, int* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// exclusive prefix sum of v over the block's threads in thread order (buf: blockDim.x ints of shared memory)
+__device__ int block_exclusive_scan(int v, int* buf) {
+    buf[threadIdx.x] = v;
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+        int add = threadIdx.x >= o ? buf[threadIdx.x - o] : 0;
+        __syncthreads();
+        buf[threadIdx.x] += add;
+        __syncthreads();
+    }
+    int r = buf[threadIdx.x] - v;
     __syncthreads();
-    int t = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += scratch[w];
-    return t;
+    return r;
 }
 
 // sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head), ties to the lower candidate, as
@@ -95,11 +101,11 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
         unsigned mid = (unsigned)(lo + ((unsigned long long)hi - lo + 1) / 2);
         int cnt = 0;
         for (int c = threadIdx.x; c < n; c += blockDim.x) cnt += score_key(s[c]) >= mid;
-        if (block_count(cnt, scratch) >= k) lo = mid; else hi = mid - 1;
+        if (block_sum_all(cnt, scratch) >= k) lo = mid; else hi = mid - 1;
     }
     int above = 0;
     for (int c = threadIdx.x; c < n; c += blockDim.x) above += score_key(s[c]) > lo;
-    int ties_taken = k - block_count(above, scratch);
+    int ties_taken = k - block_sum_all(above, scratch);
     // each thread takes a contiguous range of candidates, so a prefix sum over threads keeps index order
     int per = (n + blockDim.x - 1) / blockDim.x, from = threadIdx.x * per, to = min(n, from + per);
     int mine = 0, ties = 0;
@@ -109,26 +115,9 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
         ties += key == lo;
     }
     // exclusive prefix sums of ties, then of the picks (ties limited to the first ties_taken by index)
-    offsets[threadIdx.x] = ties;
-    __syncthreads();
-    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-        int v = threadIdx.x >= o ? offsets[threadIdx.x - o] : 0;
-        __syncthreads();
-        offsets[threadIdx.x] += v;
-        __syncthreads();
-    }
-    int ties_before = offsets[threadIdx.x] - ties;
+    int ties_before = block_exclusive_scan(ties, offsets);
     int my_ties = max(0, min(ties, ties_taken - ties_before));
-    __syncthreads();
-    offsets[threadIdx.x] = mine + my_ties;
-    __syncthreads();
-    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-        int v = threadIdx.x >= o ? offsets[threadIdx.x - o] : 0;
-        __syncthreads();
-        offsets[threadIdx.x] += v;
-        __syncthreads();
-    }
-    int at = offsets[threadIdx.x] - (mine + my_ties);
+    int at = block_exclusive_scan(mine + my_ties, offsets);
     int heads = mode == 0 ? 1 : G;
     int tie_left = my_ties;
     for (int c = from; c < to; c++) {
@@ -151,66 +140,17 @@ __device__ void sparse_attention_body(float* partials, const float* q, const uns
                                       const unsigned long long* vptr, const int* seg, const int* row_len,
                                       const int* sp, const int* selected, int H, int KVH, int splits, float scale,
                                       int q_stride, int chunk, int max_k) {
-    constexpr int PER = D / 32;
-    int ph = blockIdx.x, s = blockIdx.y, lane = threadIdx.x;
+    int ph = blockIdx.x, s = blockIdx.y;
     int p = ph / H, h = ph % H, g = h / (H / KVH);
     const int* d = sp + p * SP_FIELDS;
     int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
-    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[row]]);
-    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[row]]);
-    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]);
-    int m = sinks + k + window;
+    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
     const int* sel = selected + (size_t)ph * max_k;
-    auto slot_of = [&](int t) { return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k); };
-    int begin = s * chunk, end = min(m, begin + chunk);
-    float* part = partials + ((size_t)ph * splits + s) * (D + 2);
-    __shared__ float qs[D];
-    for (int c = lane; c < D; c += 32) qs[c] = q[(size_t)row * q_stride + h * D + c];
-    __syncwarp();
-    float mx = -INFINITY, l = 0.f, o[PER];
-#pragma unroll
-    for (int i = 0; i < PER; i++) o[i] = 0.f;
-    for (int t0 = begin; t0 < end; t0 += 32) {
-        int t = t0 + lane;
-        float score = -INFINITY;
-        int my_slot = t < end ? slot_of(t) : 0;
-        if (t < end) {
-            const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)my_slot * KVH + g) * D);
-            float acc = 0.f;
-#pragma unroll
-            for (int c8 = 0; c8 < D / 8; c8++) {
-                uint4 raw = kr[c8];
-                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float2 f = __bfloat1622float2(h2[i]);
-                    acc += qs[c8 * 8 + 2 * i] * f.x + qs[c8 * 8 + 2 * i + 1] * f.y;
-                }
-            }
-            score = acc * scale;
-        }
-        float mnew = fmaxf(mx, warp_max(score));
-        float pr = t < end ? __expf(score - mnew) : 0.f;
-        float corr = __expf(mx - mnew);
-        l = l * corr + warp_sum(pr);
-#pragma unroll
-        for (int i = 0; i < PER; i++) o[i] *= corr;
-        int count = min(32, end - t0);
-        for (int u = 0; u < count; u++) {
-            float pu = __shfl_sync(0xffffffffu, pr, u);
-            int su = __shfl_sync(0xffffffffu, my_slot, u);
-            const bf16* v = vc + ((size_t)su * KVH + g) * D + lane * PER;
-#pragma unroll
-            for (int i = 0; i < PER; i++) o[i] += pu * __bfloat162float(v[i]);
-        }
-        mx = mnew;
-    }
-    if (lane == 0) {
-        part[D] = mx;
-        part[D + 1] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < PER; i++) part[lane * PER + i] = o[i];
+    warp_attend_slots<D>(partials + ((size_t)ph * splits + s) * (D + 2), q + (size_t)row * q_stride + h * D,
+                         reinterpret_cast<const bf16*>(kptr[seg[row]]), reinterpret_cast<const bf16*>(vptr[seg[row]]),
+                         g, KVH, s * chunk, min(m, (s + 1) * chunk), scale, [=](int t) {
+                             return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k);
+                         });
 }
 
 #define SPARSE_KERNEL(dim) extern "C" __global__ void sparse_attention_d##dim(float* partials, const float* q, \
