@@ -73,10 +73,10 @@ __device__ int block_exclusive_scan(int v, int* buf) {
 // sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head), ties to the lower candidate, as
 //   kv/TopK does; written as slots in ascending order. mode 0: per query head; 1 / 2: one selection per kv head from
 //   the group's max / sum of scores, by the block of the group's first head, written for each head of the group.
-//   The k-th largest is found by bisection on the scores' order keys (block-wide counts). Grid: (P * H), block: 1024.
+//   The k-th largest is found by radix select on the scores' order keys (four histogram passes). Grid: (P * H),
+//   block: 1024.
 extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* sp, int H, int KVH, int max_cand,
                                        int max_k) {
-    __shared__ int scratch[32];
     __shared__ int offsets[1024];
     int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
     const int* d = sp + p * SP_FIELDS;
@@ -95,17 +95,35 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
         }
         __syncthreads();
     }
-    // largest key v with count(key >= v) >= k
-    unsigned lo = 0, hi = 0xffffffffu;
-    while (lo < hi) {
-        unsigned mid = (unsigned)(lo + ((unsigned long long)hi - lo + 1) / 2);
-        int cnt = 0;
-        for (int c = threadIdx.x; c < n; c += blockDim.x) cnt += score_key(s[c]) >= mid;
-        if (block_sum_all(cnt, scratch) >= k) lo = mid; else hi = mid - 1;
+    // the k-th largest key, by radix select over its four bytes (a 256-bin histogram per pass, highest byte first):
+    // lo ends as that key and ties_taken as how many of the keys equal to it the selection takes
+    __shared__ int hist[256];
+    __shared__ unsigned prefix_s;
+    __shared__ int need_s;
+    unsigned prefix = 0, mask = 0;
+    int need = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+        __syncthreads();
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            unsigned key = score_key(s[c]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int d = 255;
+            while (d > 0 && hist[d] < need) need -= hist[d--];
+            prefix_s = prefix | ((unsigned)d << shift);
+            need_s = need;
+        }
+        __syncthreads();
+        prefix = prefix_s;
+        need = need_s;
+        mask |= 255u << shift;
+        __syncthreads();
     }
-    int above = 0;
-    for (int c = threadIdx.x; c < n; c += blockDim.x) above += score_key(s[c]) > lo;
-    int ties_taken = k - block_sum_all(above, scratch);
+    unsigned lo = prefix;
+    int ties_taken = need;
     // each thread takes a contiguous range of candidates, so a prefix sum over threads keeps index order
     int per = (n + blockDim.x - 1) / blockDim.x, from = threadIdx.x * per, to = min(n, from + per);
     int mine = 0, ties = 0;

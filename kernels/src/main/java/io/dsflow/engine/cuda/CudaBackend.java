@@ -57,9 +57,9 @@ public final class CudaBackend implements Backend {
     private static final boolean GRAPHS = !"false".equals(System.getProperty("dsflow.cuda.graphs"));
     /** Graphs kept, least recently used dropped: batch sizes and growing contexts would otherwise add up without end. */
     private static final int MAX_GRAPHS = 64;
-    private final Map<Long, jcuda.driver.CUgraphExec> graphs = new java.util.LinkedHashMap<>(16, 0.75f, true) {
+    private final Map<String, jcuda.driver.CUgraphExec> graphs = new java.util.LinkedHashMap<>(16, 0.75f, true) {
         @Override
-        protected boolean removeEldestEntry(Map.Entry<Long, jcuda.driver.CUgraphExec> eldest) {
+        protected boolean removeEldestEntry(Map.Entry<String, jcuda.driver.CUgraphExec> eldest) {
             if (size() <= MAX_GRAPHS) return false;
             gpu.destroy(eldest.getValue());   // its last replay finished: every step waits for its result
             return true;
@@ -490,11 +490,14 @@ public final class CudaBackend implements Backend {
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
         boolean decodeOnly = batch.rows() == batch.segments().size();
-        boolean sparse = batch.segments().stream().anyMatch(sg -> ((CudaKvCache) sg.cache()).sparse() != null);
-        boolean graph = GRAPHS && decodeOnly && !sparse;   // the sparse rows of a layer change from step to step
+        boolean graph = GRAPHS && decodeOnly;
         Step step = prepare(batch, graph);
         if (graph) {
-            long key = ((long) step.rows() << 32) | ((long) step.chunk() << 20) | step.splits();
+            // one graph per shape: batch size and splits, and with sparse caches which rows select in each layer and
+            // the bucketed sizes of their buffers (candidates, budgets, splits), which change every few hundred tokens
+            SparsePlan p = step.sparse();
+            String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
+                    + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR());
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
@@ -582,7 +585,7 @@ public final class CudaBackend implements Backend {
         int[] denseCount = new int[L], sparseCount = new int[L], segR = new int[nseg];
         int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
         long[] lTable = new long[0], chTable = new long[0];
-        int maxR = 0, maxCand = 1, maxK = 1, maxSpan = 1;
+        int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
             sp = new int[L * Math.max(1, decodeRows) * 7];
@@ -627,12 +630,15 @@ public final class CudaBackend implements Backend {
                     sp[at + 6] = segR[s];
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
-                    maxSpan = Math.max(maxSpan, kv.sinks() + budgetsOf[s][l] + kv.window());
+                    maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
                 }
             }
         }
         int maxSparse = anySparse ? Arrays.stream(sparseCount).max().orElse(0) : 0;
-        int sparseSplits = (maxSpan + 31) / 32;
+        // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
+        maxCand = (maxCand + 1023) / 1024 * 1024;
+        maxK = Math.max(64, Integer.highestOneBit(maxK - 1) << 1);
+        int sparseSplits = (maxSinksWindow + maxK + 31) / 32;
         CUdeviceptr scores = null, selected = null, spartials = null;
         if (maxSparse > 0) {
             scores = buf("scores", (long) maxSparse * heads * maxCand);
