@@ -55,6 +55,16 @@ public final class CudaBackend implements Backend {
     private final CUdeviceptr invFreq;
     /** Decode steps run as captured graphs (one per batch size and split count) unless -Ddsflow.cuda.graphs=false. */
     private static final boolean GRAPHS = !"false".equals(System.getProperty("dsflow.cuda.graphs"));
+    /**
+     * Whether a sparse layer whose candidates all fit the budget attends densely (the default, as SparseKvCache does)
+     * instead of selecting every candidate through the sparse kernels; the two agree, which the tests check.
+     */
+    private boolean denseFallback = true;
+
+    void denseFallback(boolean enabled) {
+        this.denseFallback = enabled;
+    }
+
     /** Graphs kept, least recently used dropped: batch sizes and growing contexts would otherwise add up without end. */
     private static final int MAX_GRAPHS = 64;
     private final Map<String, jcuda.driver.CUgraphExec> graphs = new java.util.LinkedHashMap<>(16, 0.75f, true) {
@@ -615,7 +625,8 @@ public final class CudaBackend implements Backend {
                     CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
                     KvConfig kv = cache.sparse();
                     boolean single = segments.get(s).tokens().length == 1;
-                    if (kv == null || !single || cache.labels(l) == null || cand[s] <= budgetsOf[s][l]) {
+                    boolean fits = denseFallback && cand[s] <= budgetsOf[s][l];
+                    if (kv == null || !single || cache.labels(l) == null || cand[s] == 0 || fits) {
                         denseRows[l * decodeRows + denseCount[l]++] = row;   // dense layer, prefill, or fits the budget
                         continue;
                     }
