@@ -46,7 +46,19 @@ extern "C" __global__ void sparse_scores(float* scores, const float* q, const un
     if (c >= d[SP_CAND]) return;
     const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + c) * H * r + h * r;
     float s = 0.f;
-    for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
+    if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
+        for (int i = 0; i < r; i += 8) {
+            uint4 raw = *reinterpret_cast<const uint4*>(lab + i);
+            const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(h2[e]);
+                s += qc[i + 2 * e] * f.x + qc[i + 2 * e + 1] * f.y;
+            }
+        }
+    } else {
+        for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
+    }
     scores[(size_t)ph * max_cand + c] = s;
 }
 
@@ -105,9 +117,13 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        for (int c = threadIdx.x; c < n; c += blockDim.x) {
-            unsigned key = score_key(s[c]);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1);
+        for (int base = 0; base < n; base += blockDim.x) {
+            // lanes with the same digit add once (scores cluster in a few top bytes: per-lane atomics would queue)
+            int c = base + threadIdx.x;
+            unsigned key = c < n ? score_key(s[c]) : 0u;
+            unsigned digit = c < n && (key & mask) == prefix ? (key >> shift) & 255 : 256u;
+            unsigned peers = __match_any_sync(0xffffffffu, digit);
+            if (digit < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
         }
         __syncthreads();
         if (threadIdx.x == 0) {
