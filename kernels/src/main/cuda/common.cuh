@@ -27,6 +27,13 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// A float's place in ascending order as an unsigned key (larger float, larger key); -0 + 0 = +0 makes the two zeros
+// tie, as Java's == has them. Selection kernels (sampling, top-k) order scores by it.
+__device__ __forceinline__ unsigned order_key(float f) {
+    unsigned u = __float_as_uint(f + 0.0f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
 // Sum over a block (any warp count); every thread gets the same result, summed in the same order. scratch: 32 values.
 template <typename T>
 __device__ __forceinline__ T block_sum_all(T v, T* scratch) {

@@ -51,9 +51,9 @@ extern "C" __global__ void gather_rows(float* dst, const float* src, const int* 
 // and each cut (top-k, top-p, the draw) is the largest rank key whose prefix (all c >= it) holds enough count or mass,
 // found by bisection on the logit's key (32 block-wide sums) and, within a group of equal logits, on the index.
 //   probs: [rows][vocab] double scratch. Grid: (rows), block: 1024.
-__device__ __forceinline__ unsigned order_key(float f) {
-    unsigned u = __float_as_uint(f + 0.0f);   // -0 + 0 = +0: the two zeros tie, as the CPU sampler has them
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);   // larger float, larger key
+// a token's rank key: larger = earlier in the order (logit descending, lower id first on ties)
+__device__ __forceinline__ unsigned long long rank_key(float logit, int id) {
+    return ((unsigned long long)order_key(logit) << 32) | (unsigned)~id;
 }
 
 // Sum of weights (1 each, or probs[i]) over the tokens whose logit key is >= lo (above == false: == lo) and, with
@@ -115,11 +115,11 @@ extern "C" __global__ void sample_rows(int* out, const float* logits, const doub
     unsigned long long kept_from = 0;
     if (top_k > 0 && top_k < vocab) {
         int i = find_cut(row, nullptr, vocab, (double)top_k, false, scratch);
-        kept_from = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+        kept_from = rank_key(row[i], i);
     }
     // 2. probabilities of the kept tokens (0 for the rest)
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        unsigned long long c = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+        unsigned long long c = rank_key(row[i], i);
         probs[i] = c >= kept_from ? exp(((double)row[i] - (double)mx) / temperature) : 0.0;
     }
     __syncthreads();
@@ -127,10 +127,10 @@ extern "C" __global__ void sample_rows(int* out, const float* logits, const doub
     // 3. top-p: the nucleus ends at the first token whose prefix mass reaches top_p of the kept mass
     if (top_p < 1.0) {
         int i = find_cut(row, probs, vocab, top_p * sum, false, scratch);
-        unsigned long long nucleus_from = ((unsigned long long)order_key(row[i]) << 32) | (unsigned)~i;
+        unsigned long long nucleus_from = rank_key(row[i], i);
         __syncthreads();
         for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-            unsigned long long c = ((unsigned long long)order_key(row[j]) << 32) | (unsigned)~j;
+            unsigned long long c = rank_key(row[j], j);
             if (c < nucleus_from) probs[j] = 0.0;
         }
         __syncthreads();

@@ -62,11 +62,6 @@ extern "C" __global__ void sparse_scores(float* scores, const float* q, const un
     scores[(size_t)ph * max_cand + c] = s;
 }
 
-__device__ __forceinline__ unsigned score_key(float f) {
-    unsigned u = __float_as_uint(f + 0.0f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // exclusive prefix sum of v over the block's threads in thread order (buf: blockDim.x ints of shared memory)
 __device__ int block_exclusive_scan(int v, int* buf) {
     buf[threadIdx.x] = v;
@@ -120,7 +115,7 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
         for (int base = 0; base < n; base += blockDim.x) {
             // lanes with the same digit add once (scores cluster in a few top bytes: per-lane atomics would queue)
             int c = base + threadIdx.x;
-            unsigned key = c < n ? score_key(s[c]) : 0u;
+            unsigned key = c < n ? order_key(s[c]) : 0u;
             unsigned digit = c < n && (key & mask) == prefix ? (key >> shift) & 255 : 256u;
             unsigned peers = __match_any_sync(0xffffffffu, digit);
             if (digit < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
@@ -144,7 +139,7 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
     int per = (n + blockDim.x - 1) / blockDim.x, from = threadIdx.x * per, to = min(n, from + per);
     int mine = 0, ties = 0;
     for (int c = from; c < to; c++) {
-        unsigned key = score_key(s[c]);
+        unsigned key = order_key(s[c]);
         mine += key > lo;
         ties += key == lo;
     }
@@ -155,7 +150,7 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
     int heads = mode == 0 ? 1 : G;
     int tie_left = my_ties;
     for (int c = from; c < to; c++) {
-        unsigned key = score_key(s[c]);
+        unsigned key = order_key(s[c]);
         bool take = key > lo || (key == lo && tie_left > 0);
         if (key == lo && take) tie_left--;
         if (!take) continue;
