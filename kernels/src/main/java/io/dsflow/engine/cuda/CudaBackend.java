@@ -438,21 +438,30 @@ public final class CudaBackend implements Backend {
     @Override
     public int[] forwardSampled(Batch batch, SamplingParams[] params, int[] steps) {
         int n = batch.segments().size(), vocab = c.vocabSize();
-        // the draw's buffers first: growing a buffer drops the captured graphs, which must not happen mid-step
-        CUdeviceptr drawn = buf("drawn", n), prm = buf("drawParams", 8L * n), probs = buf("probs", 2L * n * vocab);
+        boolean sampling = Arrays.stream(params).anyMatch(p -> p != null && !p.greedy());
+        // the draw's buffers (only when a row samples) come first: growing a buffer drops the captured graphs, which
+        // must not happen mid-step
+        CUdeviceptr drawn = null, prm = null, probs = null;
+        if (sampling) {
+            drawn = buf("drawn", n);
+            prm = buf("drawParams", 8L * n);
+            probs = buf("probs", 2L * n * vocab);
+        }
         CUdeviceptr logits = forwardToDevice(batch);
         CUdeviceptr ids = buf("argmax", n);
         gpu.launch("argmax", n, 1, 1024, ids, logits, vocab);
-        int[] greedy = new int[n];
+        int[] out = new int[n];
+        if (!sampling) {
+            gpu.download(out, ids, n);
+            return mask(out, params);
+        }
         double[] draw = CudaOps.drawParams(params, steps);
-        boolean any = java.util.Arrays.stream(params).anyMatch(p -> p != null && !p.greedy());
-        gpu.download(greedy, ids, n);
-        if (!any) return mask(greedy, params);
         java.nio.ByteBuffer st = gpu.staging(draw.length * 8);
         for (double v : draw) st.putDouble(v);
         gpu.uploadStaging(prm, draw.length * 8);
         gpu.launch("sample_rows", n, 1, 1024, drawn, logits, prm, probs, vocab);
-        int[] out = new int[n];
+        int[] greedy = new int[n];
+        gpu.download(greedy, ids, n);   // waits for both kernels
         gpu.download(out, drawn, n);
         for (int i = 0; i < n; i++) if (params[i] != null && params[i].greedy()) out[i] = greedy[i];
         return mask(out, params);
@@ -465,13 +474,10 @@ public final class CudaBackend implements Backend {
 
     /** Greedy next tokens of each segment, sampled on the device (only the ids cross to the host). */
     public int[] forwardGreedy(Batch batch) {
-        CUdeviceptr logits = forwardToDevice(batch);
         int n = batch.segments().size();
-        CUdeviceptr ids = buf("argmax", n);
-        gpu.launch("argmax", n, 1, 1024, ids, logits, c.vocabSize());
-        int[] out = new int[n];
-        gpu.download(out, ids, n);
-        return out;
+        SamplingParams[] greedy = new SamplingParams[n];
+        Arrays.fill(greedy, SamplingParams.greedy(1));
+        return forwardSampled(batch, greedy, new int[n]);
     }
 
     /** Device buffers and sizes of one forward pass: everything the launches read, prepared before them. */
