@@ -264,7 +264,7 @@ public final class CudaBackend implements Backend {
     public KvCache newCache(KvConfig config, ChannelConfig channels) {
         if (config.capacity() > 0) throw new DsflowException("a bounded cache (capacity) is not available on cuda yet");
         gpu.makeCurrent();
-        if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256);
+        if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY);
         // ds / dspp: labels of 16 bits, the whole store on the device (device placement)
         if (config.labelBits() != 16) throw new DsflowException("8-bit labels are not available on cuda yet");
         if (!gpu.has("sparse_attention_d" + c.headDim())) {
@@ -278,16 +278,17 @@ public final class CudaBackend implements Backend {
             ch[l] = new int[c.numHeads()][];
             for (int h = 0; h < c.numHeads(); h++) ch[l][h] = channels.top(l, h, r);
         }
-        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), 256, config, c.numHeads(), ch);
+        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch);
     }
 
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
-     * fp16 labels) at a capacity that doubles from 256 slots, each block rounded to the memory pool's size class.
+     * fp16 labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
+     * pool's size class.
      */
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
-        long cap = 256;
+        long cap = CudaKvCache.INITIAL_CAPACITY;
         while (cap < tokens) cap *= 2;
         long bytes = 2L * c.numLayers() * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers, fp16, and their channel tables

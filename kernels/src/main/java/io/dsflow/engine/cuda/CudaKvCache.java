@@ -51,6 +51,9 @@ public final class CudaKvCache implements KvCache {
         }
     }
 
+    /** Slots a new cache starts with; it doubles as it fills (CudaBackend.cacheBytes budgets by the same rule). */
+    static final int INITIAL_CAPACITY = 256;
+
     private final CudaRuntime gpu;
     private final int layers, kvDim;
     /** The sparse policy (null: dense) and its label width heads * r. */
