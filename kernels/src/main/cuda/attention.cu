@@ -20,16 +20,7 @@ template <int N>
 __device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
     if constexpr (N % 8 == 0) {
 #pragma unroll
-        for (int c = 0; c < N; c += 8) {
-            uint4 raw = *reinterpret_cast<const uint4*>(src + c);
-            const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float2 f = __bfloat1622float2(h2[i]);
-                dst[c + 2 * i] = f.x;
-                dst[c + 2 * i + 1] = f.y;
-            }
-        }
+        for (int c = 0; c < N; c += 8) bf16x8_to_float(*reinterpret_cast<const uint4*>(src + c), dst + c);
     } else {
 #pragma unroll
         for (int i = 0; i < N; i += 2) {
@@ -101,15 +92,8 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
             const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + g) * D);
 #pragma unroll
             for (int c8 = 0; c8 < D / 8; c8++) {
-                uint4 raw = k[c8];
-                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
                 float kf[8];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float2 f = __bfloat1622float2(h2[i]);
-                    kf[2 * i] = f.x;
-                    kf[2 * i + 1] = f.y;
-                }
+                bf16x8_to_float(k[c8], kf);
 #pragma unroll
                 for (int h = 0; h < G; h++)
 #pragma unroll

@@ -27,6 +27,17 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// 8 bf16 values (one 16-byte load) as floats
+__device__ __forceinline__ void bf16x8_to_float(uint4 raw, float* out) {   // by value: one 16-byte load
+    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(h2[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
 // A float's place in ascending order as an unsigned key (larger float, larger key); -0 + 0 = +0 makes the two zeros
 // tie, as Java's == has them. Selection kernels (sampling, top-k) order scores by it.
 __device__ __forceinline__ unsigned order_key(float f) {

@@ -31,14 +31,7 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
 #pragma unroll
             for (int j = 0; j < C; j++) {
                 int n = min(n0 + j, N - 1);   // a missing column re-reads the last one and is not written
-                uint4 raw = *reinterpret_cast<const uint4*>(W + (size_t)n * K + k);
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float2 f = __bfloat1622float2(h[i]);
-                    wf[j][2 * i] = f.x;
-                    wf[j][2 * i + 1] = f.y;
-                }
+                bf16x8_to_float(*reinterpret_cast<const uint4*>(W + (size_t)n * K + k), wf[j]);
             }
 #pragma unroll
             for (int m = 0; m < M; m++) {

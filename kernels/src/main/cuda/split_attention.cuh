@@ -26,13 +26,10 @@ __device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc
             float acc = 0.f;
 #pragma unroll
             for (int c8 = 0; c8 < D / 8; c8++) {
-                uint4 raw = k[c8];
-                const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+                float kf[8];
+                bf16x8_to_float(k[c8], kf);
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float2 f = __bfloat1622float2(h2[i]);
-                    acc += qs[c8 * 8 + 2 * i] * f.x + qs[c8 * 8 + 2 * i + 1] * f.y;
-                }
+                for (int i = 0; i < 4; i++) acc += qs[c8 * 8 + 2 * i] * kf[2 * i] + qs[c8 * 8 + 2 * i + 1] * kf[2 * i + 1];
             }
             score = acc * scale;
         }
