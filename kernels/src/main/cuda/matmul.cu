@@ -3,10 +3,15 @@
 // SwiGLU epilogue (the *_swiglu GEMVs, gemm_bf16 with act != null): W is the fused gate/up matrix with its rows
 //   interleaved (row 2i = gate_i, row 2i + 1 = up_i), so each pair of adjacent outputs becomes one activation
 //   act[m][i] = silu(y[m][2i]) * y[m][2i + 1], [M][N / 2], and y itself is never written.
+// Residual epilogue (accumulate != 0, not with SwiGLU): y[m][n] += the product, so the output and down projections
+//   add into the residual stream without a separate add.
 // gemv_mM (decode, M = 1, 2, 4, 8 or 16 rows): bandwidth-bound; each warp computes C consecutive output columns
 //   (C = 1 for M = 1 and 16, 2 for M = 2, 4 and 8), reading each W row once with 16-byte loads (8 bf16) when
 //   K % 8 == 0 (else one element per lane) and sharing each x load among its C rows; the host loops over row groups
 //   of 16 for larger batches. Grid: (ceil(N / (8 C))), block: 256 (8 warps).
+//   RMSNorm prologue (norm_w != null, [K] bf16): the product of rmsnorm(x[m]) * norm_w instead of x[m]. Every warp
+//   reads all of x[m] anyway, so it also sums its squares and scales its dot products by rsqrt(mean + eps) at the
+//   end: the pre-norm of a decode step costs no launch of its own.
 // gemm_bf16 (prefill, many rows): tensor cores, below.
 #include "common.cuh"
 
@@ -14,51 +19,75 @@ __device__ __forceinline__ float silu_times(float gate, float up) {
     return gate / (1.f + __expf(-gate)) * up;
 }
 
-template <int M, int C, bool SWIGLU>
-__device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) {
+template <int M, int C, bool SWIGLU, bool NORM>
+__device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* W, const bf16* bias,
+                                          const bf16* norm_w, float eps, int accumulate, int N, int K) {
     int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * C;
     int lane = threadIdx.x & 31;
     if (n0 >= N) return;
-    float acc[M][C];
+    float acc[M][C], ss[M];
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
+        ss[m] = 0.f;
 #pragma unroll
         for (int j = 0; j < C; j++) acc[m][j] = 0.f;
+    }
     if ((K & 7) == 0) {
 #pragma unroll (M <= 2 ? 4 : 2)   // small batches: more weight loads in flight per lane
         for (int k = lane * 8; k < K; k += 256) {
-            float wf[C][8];
+            float wf[C][8], g[8];
 #pragma unroll
             for (int j = 0; j < C; j++) {
                 int n = min(n0 + j, N - 1);   // a missing column re-reads the last one and is not written
                 bf16x8_to_float(*reinterpret_cast<const uint4*>(W + (size_t)n * K + k), wf[j]);
             }
+            if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k), g);
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + k);
-                float4 a = xv[0], b = xv[1];
+                float4 a4 = xv[0], b4 = xv[1];
+                float xs[8] = {a4.x, a4.y, a4.z, a4.w, b4.x, b4.y, b4.z, b4.w};
+                if constexpr (NORM) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) {
+                        ss[m] += xs[e] * xs[e];
+                        xs[e] *= g[e];
+                    }
+                }
 #pragma unroll
                 for (int j = 0; j < C; j++) {
-                    acc[m][j] += a.x * wf[j][0] + a.y * wf[j][1] + a.z * wf[j][2] + a.w * wf[j][3]
-                               + b.x * wf[j][4] + b.y * wf[j][5] + b.z * wf[j][6] + b.w * wf[j][7];
+                    acc[m][j] += xs[0] * wf[j][0] + xs[1] * wf[j][1] + xs[2] * wf[j][2] + xs[3] * wf[j][3]
+                               + xs[4] * wf[j][4] + xs[5] * wf[j][5] + xs[6] * wf[j][6] + xs[7] * wf[j][7];
                 }
             }
         }
     } else {
         for (int k = lane; k < K; k += 32) {
+            float xs[M];
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                xs[m] = x[(size_t)m * K + k];
+                if constexpr (NORM) {
+                    ss[m] += xs[m] * xs[m];
+                    xs[m] *= __bfloat162float(norm_w[k]);
+                }
+            }
 #pragma unroll
             for (int j = 0; j < C; j++) {
                 float wv = __bfloat162float(W[(size_t)min(n0 + j, N - 1) * K + k]);
 #pragma unroll
-                for (int m = 0; m < M; m++) acc[m][j] += x[(size_t)m * K + k] * wv;
+                for (int m = 0; m < M; m++) acc[m][j] += xs[m] * wv;
             }
         }
     }
+    float inv[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) inv[m] = NORM ? rsqrtf(warp_sum(ss[m]) / K + eps) : 1.f;
     if constexpr (SWIGLU) {   // C = 2: this warp's columns are (gate_i, up_i), i = n0 / 2
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float g = warp_sum(acc[m][0]) + (bias ? __bfloat162float(bias[n0]) : 0.f);
-            float u = warp_sum(acc[m][1]) + (bias ? __bfloat162float(bias[n0 + 1]) : 0.f);
+            float g = warp_sum(acc[m][0]) * inv[m] + (bias ? __bfloat162float(bias[n0]) : 0.f);
+            float u = warp_sum(acc[m][1]) * inv[m] + (bias ? __bfloat162float(bias[n0 + 1]) : 0.f);
             if (lane == 0) y[(size_t)m * (N / 2) + n0 / 2] = silu_times(g, u);
         }
     } else {
@@ -68,8 +97,9 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
             float b = bias && n < N ? __bfloat162float(bias[n]) : 0.f;
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                float s = warp_sum(acc[m][j]);
-                if (lane == 0 && n < N) y[(size_t)m * N + n] = s + b;
+                float s = warp_sum(acc[m][j]) * inv[m] + b;
+                float* out = y + (size_t)m * N + n;
+                if (lane == 0 && n < N) *out = accumulate ? *out + s : s;
             }
         }
     }
@@ -77,10 +107,14 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
 
 // C columns per warp: the x loads are shared by C weight rows; fewer rows and more columns keep the registers in check
 #define GEMV(m, c) \
-    extern "C" __global__ void gemv_m##m(float* y, const float* x, const bf16* W, const bf16* bias, int N, int K) { \
-        gemv_body<m, c, false>(y, x, W, bias, N, K); } \
-    extern "C" __global__ void gemv_m##m##_swiglu(float* act, const float* x, const bf16* W, const bf16* bias, int N, \
-                                                 int K) { gemv_body<m, 2, true>(act, x, W, bias, N, K); }
+    extern "C" __global__ void gemv_m##m(float* y, const float* x, const bf16* W, const bf16* bias, \
+                                         const bf16* norm_w, float eps, int accumulate, int N, int K) { \
+        if (norm_w) gemv_body<m, c, false, true>(y, x, W, bias, norm_w, eps, accumulate, N, K); \
+        else gemv_body<m, c, false, false>(y, x, W, bias, nullptr, 0.f, accumulate, N, K); } \
+    extern "C" __global__ void gemv_m##m##_swiglu(float* act, const float* x, const bf16* W, const bf16* bias, \
+                                                 const bf16* norm_w, float eps, int N, int K) { \
+        if (norm_w) gemv_body<m, 2, true, true>(act, x, W, bias, norm_w, eps, 0, N, K); \
+        else gemv_body<m, 2, true, false>(act, x, W, bias, nullptr, 0.f, 0, N, K); }
 GEMV(1, 1)
 GEMV(2, 2)
 GEMV(4, 2)
@@ -109,8 +143,8 @@ __device__ __forceinline__ unsigned tile_offset(int r, int c) {
 }
 
 template <int BN, int STAGES, int GBK>
-__device__ __forceinline__ void gemm_body(float* y, bf16* act, const bf16* xb, const bf16* W, const bf16* bias, int M,
-                                          int N, int K) {
+__device__ __forceinline__ void gemm_body(float* y, bf16* act, const bf16* xb, const bf16* W, const bf16* bias,
+                                          int accumulate, int M, int N, int K) {
     constexpr int NT = BN / 32;   // mma tiles of 8 columns per warp
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned a_smem = smem_addr(smem), b_smem = a_smem + STAGES * GBM * GBK * 2;
@@ -202,10 +236,16 @@ __device__ __forceinline__ void gemm_body(float* y, bf16* act, const bf16* xb, c
                     continue;
                 }
                 if (n + 1 < N && (N & 1) == 0) {
-                    *reinterpret_cast<float2*>(out) = make_float2(v0, v1);
+                    float2* o2 = reinterpret_cast<float2*>(out);
+                    if (accumulate) {
+                        float2 r = *o2;
+                        v0 = r.x + v0;
+                        v1 = r.y + v1;
+                    }
+                    *o2 = make_float2(v0, v1);
                 } else {
-                    if (n < N) out[0] = v0;
-                    if (n + 1 < N) out[1] = v1;
+                    if (n < N) out[0] = accumulate ? out[0] + v0 : v0;
+                    if (n + 1 < N) out[1] = accumulate ? out[1] + v1 : v1;
                 }
             }
         }
@@ -215,6 +255,6 @@ __device__ __forceinline__ void gemm_body(float* y, bf16* act, const bf16* xb, c
 // 128 x 128 tiles, K-steps of 64, 3 stages (96 KB of shared memory, two blocks an SM). Measured slower on the H100
 // (dev/cuda/README.md, v9-v11): K-steps of 32 with 4 stages (-10%), 128 x 256 tiles with 3 stages.
 extern "C" __global__ void __launch_bounds__(256) gemm_bf16(float* y, bf16* act, const bf16* xb, const bf16* W,
-                                                            const bf16* bias, int M, int N, int K) {
-    gemm_body<128, 3, 64>(y, act, xb, W, bias, M, N, K);
+                                                            const bf16* bias, int accumulate, int M, int N, int K) {
+    gemm_body<128, 3, 64>(y, act, xb, W, bias, accumulate, M, N, K);
 }

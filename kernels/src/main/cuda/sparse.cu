@@ -8,9 +8,14 @@
 //   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints: the batch row, its candidates count (slots
 //   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
 //   channels r; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
+// Two ways to the selection, both ranking the same floats (label_score) and picking by the same radix select:
+//   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
+//   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
+//   never reach global memory; a group's heads combined in registers for a shared selection).
 #include "common.cuh"
 #include "split_attention.cuh"
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 
 #define SP_FIELDS 7
 enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R };
@@ -30,6 +35,35 @@ extern "C" __global__ void label_append(const float* qkv, const unsigned long lo
     labels[(size_t)slot[row] * H * r + h * r + i] = __float2half_rn(k);
 }
 
+// s plus 8 of q's label channels times 8 fp16 labels of a candidate (one 16-byte read-only load: ld.global.nc, the
+// labels reached through a pointer table would otherwise be read by generic loads): the one order of additions
+// every score kernel uses, so ds and dspp rank the same floats
+__device__ __forceinline__ float label_chunk(float s, uint4 raw, const float* qc) {
+    const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        float2 f = __half22float2(h2[e]);
+        s += qc[2 * e] * f.x + qc[2 * e + 1] * f.y;
+    }
+    return s;
+}
+
+// q's label channels times one candidate's labels of a head (r of them, fp16): sum_i qc[i] * lab[i]
+__device__ __forceinline__ float label_score(const __half* lab, const float* qc, int r) {
+    float s = 0.f;
+    if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
+        for (int i = 0; i < r; i += 8) s = label_chunk(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i);
+    } else {
+        for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
+    }
+    return s;
+}
+
+// the group's heads' scores combined for a shared selection: mode 1 max, mode 2 sum (the mean's order)
+__device__ __forceinline__ float combine_scores(int mode, float a, float b) {
+    return mode == 1 ? fmaxf(a, b) : a + b;
+}
+
 // sparse_scores: scores[p][h][c] = sum_i q[h][channels[h][i]] * label[sinks + c][h][i] for c < cand.
 //   Grid: (P * H, ceil(max_cand / 256)), block: 256.
 extern "C" __global__ void sparse_scores(float* scores, const float* q, const unsigned long long* lptr,
@@ -45,66 +79,150 @@ extern "C" __global__ void sparse_scores(float* scores, const float* q, const un
     int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= d[SP_CAND]) return;
     const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + c) * H * r + h * r;
-    float s = 0.f;
-    if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
-        for (int i = 0; i < r; i += 8) {
-            uint4 raw = *reinterpret_cast<const uint4*>(lab + i);
-            const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+    scores[(size_t)ph * max_cand + c] = label_score(lab, qc, r);
+}
+
+// Top-k by radix select, in parts that one block (select_top_k) or a cluster of blocks (sparse_select_cluster)
+// put together. Order: the larger score first, ties to the lower candidate, as kv/TopK does. Call each part with the
+// whole block (a multiple of 32 threads, at most 1024).
+//   1. The k-th largest key by radix select on the scores' order keys: four 256-bin histogram passes, highest byte
+//      first; after the first, only the keys still matching the prefix count, and warps with none of them skip.
+//   2. The picks in index order: each warp owns a contiguous range of candidates (read in coalesced chunks of 32) and
+//      counts its keys above the k-th and its ties by ballot; a scan over the warps gives each its first output
+//      position and how many ties it takes; a second sweep writes them.
+
+// A candidate's order key: from a score, or as stored (the fused kernels keep keys, not scores, in shared memory)
+__device__ __forceinline__ unsigned key_of(const float* s, int c) { return order_key(s[c]); }
+__device__ __forceinline__ unsigned key_of(const unsigned* s, int c) { return s[c]; }
+
+// hist[digit] += how many of s[0, n) have (key & mask) == prefix and that digit at `shift`. Four keys a thread in
+// flight at once: each key's chain (load, ballot, match, add) is short, so independent ones hide each other's latency.
+#define HIST_UNROLL 4
+template <typename T>
+__device__ void count_digits(int* hist, const T* s, int n, unsigned mask, unsigned prefix, int shift) {
+    int lane = threadIdx.x & 31;
+    for (int base = 0; base < n; base += HIST_UNROLL * blockDim.x) {
+        unsigned key[HIST_UNROLL];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 f = __half22float2(h2[e]);
-                s += qc[i + 2 * e] * f.x + qc[i + 2 * e + 1] * f.y;
-            }
+        for (int u = 0; u < HIST_UNROLL; u++) {
+            int c = base + u * blockDim.x + threadIdx.x;
+            key[u] = c < n ? key_of(s, c) : 0u;
         }
-    } else {
-        for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
+#pragma unroll
+        for (int u = 0; u < HIST_UNROLL; u++) {
+            int c = base + u * blockDim.x + threadIdx.x;
+            bool counts = c < n && (key[u] & mask) == prefix;
+            if (__ballot_sync(0xffffffffu, counts) == 0) continue;
+            // lanes with the same digit add once (scores cluster in a few top bytes: per-lane atomics would queue)
+            unsigned digit = counts ? (key[u] >> shift) & 255 : 256u;
+            unsigned peers = __match_any_sync(0xffffffffu, digit);
+            if (counts && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+        }
     }
-    scores[(size_t)ph * max_cand + c] = s;
 }
 
-// exclusive prefix sum of v over the block's threads in thread order (buf: blockDim.x ints of shared memory)
-__device__ int block_exclusive_scan(int v, int* buf) {
-    buf[threadIdx.x] = v;
-    __syncthreads();
-    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-        int add = threadIdx.x >= o ? buf[threadIdx.x - o] : 0;
-        __syncthreads();
-        buf[threadIdx.x] += add;
-        __syncthreads();
+// By one warp: the digit at which the count from the top of hist reaches `need`; *prefix gets it at `shift`, *need
+// what is still needed within it. Lane l reads digits 255 - 8l - j, j < 8.
+__device__ void pick_digit(const int* hist, int need, unsigned prefix, int shift, unsigned* prefix_out, int* need_out) {
+    int lane = threadIdx.x & 31, cnt[8], total = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        cnt[j] = hist[255 - 8 * lane - j];
+        total += cnt[j];
     }
-    int r = buf[threadIdx.x] - v;
-    __syncthreads();
-    return r;
+    int incl = total;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    unsigned reach = __ballot_sync(0xffffffffu, incl >= need);
+    int at = reach ? __ffs(reach) - 1 : 31;
+    if (lane == at) {
+        int left = need - (incl - total), j = 0;
+        while (j < 7 && cnt[j] < left) left -= cnt[j++];
+        *prefix_out = prefix | ((unsigned)(255 - 8 * at - j) << shift);
+        *need_out = left;
+    }
 }
 
-// sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head), ties to the lower candidate, as
-//   kv/TopK does; written as slots in ascending order. mode 0: per query head; 1 / 2: one selection per kv head from
-//   the group's max / sum of scores, by the block of the group's first head, written for each head of the group.
-//   The k-th largest is found by radix select on the scores' order keys (four histogram passes). Grid: (P * H),
-//   block: 1024.
-extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* sp, int H, int KVH, int max_cand,
-                                       int max_k) {
-    __shared__ int offsets[1024];
-    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
-    const int* d = sp + p * SP_FIELDS;
-    int mode = d[SP_MODE], sinks = d[SP_SINKS];
-    if (mode != 0 && h0 % G != 0) return;
-    int n = d[SP_CAND], k = min(d[SP_K], n);
-    float* s = scores + (size_t)(p * H + h0) * max_cand;
-    if (mode != 0) {   // the group's scores combined into its first head's row
-        for (int c = threadIdx.x; c < n; c += blockDim.x) {
-            float v = s[c];
-            for (int j = 1; j < G; j++) {
-                float o = scores[(size_t)(p * H + h0 + j) * max_cand + c];
-                v = mode == 1 ? fmaxf(v, o) : v + o;
-            }
-            s[c] = v;
-        }
-        __syncthreads();
+// The range of s[0, n) this warp owns in the picking sweeps: [*from, *to), chunks of 32
+__device__ __forceinline__ void warp_range(int n, int* from, int* to) {
+    int warps = blockDim.x >> 5, per = (n + warps * 32 - 1) / (warps * 32) * 32;
+    *from = (threadIdx.x >> 5) * per;
+    *to = min(n, *from + per);
+}
+
+// The block's keys above lo and equal to it among s[0, n), per warp into warp_above / warp_ties (32 ints each of
+// shared memory); returns the block's totals in *above, *ties (every thread).
+template <typename T>
+__device__ void count_picks(const T* s, int n, unsigned lo, int* warp_above, int* warp_ties, int* above, int* ties) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, from, to;
+    warp_range(n, &from, &to);
+    int a = 0, t = 0;
+    for (int c0 = from; c0 < to; c0 += 32) {
+        int c = c0 + lane;
+        unsigned key = c < to ? key_of(s, c) : 0u;
+        a += __popc(__ballot_sync(0xffffffffu, c < to && key > lo));
+        t += __popc(__ballot_sync(0xffffffffu, c < to && key == lo));
     }
-    // the k-th largest key, by radix select over its four bytes (a 256-bin histogram per pass, highest byte first):
-    // lo ends as that key and ties_taken as how many of the keys equal to it the selection takes
-    __shared__ int hist[256];
+    if (lane == 0) {
+        warp_above[warp] = a;
+        warp_ties[warp] = t;
+    }
+    __syncthreads();
+    a = lane < warps ? warp_above[lane] : 0;
+    t = lane < warps ? warp_ties[lane] : 0;
+    *above = __reduce_add_sync(0xffffffffu, a);
+    *ties = __reduce_add_sync(0xffffffffu, t);
+}
+
+// Writes the block's picks among s[0, n) (candidate index_base + c) as slots to `heads` rows from out (row stride
+// max_k), from output position `at` on, taking the first `tie_allow` of its ties; count_picks filled warp_above /
+// warp_ties.
+template <typename T>
+__device__ void write_picks(int* out, int heads, int max_k, const T* s, int n, int index_base, unsigned lo,
+                            int at, int tie_allow, int sinks, const int* warp_above, const int* warp_ties) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, from, to;
+    warp_range(n, &from, &to);
+    // lane v: warp v's ties taken and picks; exclusive scans over the warps give this warp's start
+    int t = lane < warps ? warp_ties[lane] : 0, tincl = t;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, tincl, o);
+        if (lane >= o) tincl += u;
+    }
+    int taken = max(0, min(t, tie_allow - (tincl - t)));
+    int picks = (lane < warps ? warp_above[lane] : 0) + taken, pincl = picks;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, pincl, o);
+        if (lane >= o) pincl += u;
+    }
+    at += __shfl_sync(0xffffffffu, pincl - picks, warp);
+    int tie_left = __shfl_sync(0xffffffffu, taken, warp);
+    unsigned before = (1u << lane) - 1;
+    for (int c0 = from; c0 < to; c0 += 32) {
+        int c = c0 + lane;
+        unsigned key = c < to ? key_of(s, c) : 0u;
+        bool tie = c < to && key == lo;
+        unsigned tie_mask = __ballot_sync(0xffffffffu, tie);
+        bool take = (c < to && key > lo) || (tie && __popc(tie_mask & before) < tie_left);
+        unsigned take_mask = __ballot_sync(0xffffffffu, take);
+        if (take) {
+            int pos = at + __popc(take_mask & before);
+            for (int j = 0; j < heads; j++) out[(size_t)j * max_k + pos] = sinks + index_base + c;
+        }
+        at += __popc(take_mask);
+        tie_left -= min(tie_left, __popc(tie_mask));
+    }
+}
+
+// The k largest of s[0, n) (global or shared memory) by one block, written as slots (sinks + c) in ascending order to
+//   `heads` selection rows from out (row stride max_k).
+template <typename T>
+__device__ void select_top_k(int* out, int heads, int max_k, const T* s, int n, int k, int sinks) {
+    __shared__ int hist[256], warp_above[32], warp_ties[32];
     __shared__ unsigned prefix_s;
     __shared__ int need_s;
     unsigned prefix = 0, mask = 0;
@@ -112,51 +230,220 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        for (int base = 0; base < n; base += blockDim.x) {
-            // lanes with the same digit add once (scores cluster in a few top bytes: per-lane atomics would queue)
-            int c = base + threadIdx.x;
-            unsigned key = c < n ? order_key(s[c]) : 0u;
-            unsigned digit = c < n && (key & mask) == prefix ? (key >> shift) & 255 : 256u;
-            unsigned peers = __match_any_sync(0xffffffffu, digit);
-            if (digit < 256 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
-        }
+        count_digits(hist, s, n, mask, prefix, shift);
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int d = 255;
-            while (d > 0 && hist[d] < need) need -= hist[d--];
-            prefix_s = prefix | ((unsigned)d << shift);
-            need_s = need;
-        }
+        if (threadIdx.x < 32) pick_digit(hist, need, prefix, shift, &prefix_s, &need_s);
         __syncthreads();
         prefix = prefix_s;
         need = need_s;
         mask |= 255u << shift;
+    }
+    // prefix: the k-th largest key; need: how many of the keys equal to it the selection takes (the first by index)
+    int above, ties;
+    count_picks(s, n, prefix, warp_above, warp_ties, &above, &ties);
+    write_picks(out, heads, max_k, s, n, 0, prefix, 0, need, sinks, warp_above, warp_ties);
+}
+
+// sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head) as select_top_k picks them. mode 0:
+//   per query head; 1 / 2: one selection per kv head from the group's max / sum of scores, by the block of the
+//   group's first head (combined into its scores row), written for each head of the group. Grid: (P * H), block: 1024.
+extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* sp, int H, int KVH, int max_cand,
+                                       int max_k) {
+    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE];
+    if (mode != 0 && h0 % G != 0) return;
+    int n = d[SP_CAND];
+    float* s = scores + (size_t)(p * H + h0) * max_cand;
+    if (mode != 0) {
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            float v = s[c];
+            for (int j = 1; j < G; j++) v = combine_scores(mode, v, scores[(size_t)(p * H + h0 + j) * max_cand + c]);
+            s[c] = v;
+        }
         __syncthreads();
     }
-    unsigned lo = prefix;
-    int ties_taken = need;
-    // each thread takes a contiguous range of candidates, so a prefix sum over threads keeps index order
-    int per = (n + blockDim.x - 1) / blockDim.x, from = threadIdx.x * per, to = min(n, from + per);
-    int mine = 0, ties = 0;
-    for (int c = from; c < to; c++) {
-        unsigned key = order_key(s[c]);
-        mine += key > lo;
-        ties += key == lo;
+    select_top_k(selected + (size_t)(p * H + h0) * max_k, mode == 0 ? 1 : G, max_k, s, n, min(d[SP_K], n),
+                 d[SP_SINKS]);
+}
+
+// The selection's scores, as order keys, into keys[0, n): candidate c's labels at lab + c * stride, head j's r = R of them at + j * R,
+//   its score label_score's, the heads' combined (mode). R a multiple of 8: each thread scores SEL_UNROLL candidates
+//   of a head at once, all their 16-byte label loads issued before the products, so enough bytes are in flight for
+//   one block to stream the labels of a long context.
+#define SEL_UNROLL 4
+template <int R>
+__device__ void score_candidates(unsigned* keys, const __half* lab, size_t stride, const float* qc, int heads, int mode,
+                                 int n) {
+    for (int c0 = threadIdx.x; c0 < n; c0 += SEL_UNROLL * blockDim.x) {
+        float v[SEL_UNROLL];
+        for (int j = 0; j < heads; j++) {
+            uint4 raw[SEL_UNROLL][R / 8];
+#pragma unroll
+            for (int u = 0; u < SEL_UNROLL; u++) {
+                int c = min(c0 + u * (int)blockDim.x, n - 1);   // past the end: re-read the last one, not stored
+#pragma unroll
+                for (int i = 0; i < R / 8; i++) raw[u][i] = __ldg(reinterpret_cast<const uint4*>(lab + c * stride + j * R + i * 8));
+            }
+#pragma unroll
+            for (int u = 0; u < SEL_UNROLL; u++) {
+                float t = 0.f;
+#pragma unroll
+                for (int i = 0; i < R / 8; i++) t = label_chunk(t, raw[u][i], qc + j * R + i * 8);
+                v[u] = j == 0 ? t : combine_scores(mode, v[u], t);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < SEL_UNROLL; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c < n) keys[c] = order_key(v[u]);
+        }
     }
-    // exclusive prefix sums of ties, then of the picks (ties limited to the first ties_taken by index)
-    int ties_before = block_exclusive_scan(ties, offsets);
-    int my_ties = max(0, min(ties, ties_taken - ties_before));
-    int at = block_exclusive_scan(mine + my_ties, offsets);
+}
+
+// sparse_select (dspp): sparse_scores and sparse_topk in one block per (row, head; mode != 0: the group's first
+//   head), the candidates' order keys in dynamic shared memory: [max_cand] (the host keeps max_cand within it).
+//   Grid: (P * H), block: 1024.
+extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, const float* q,
+                                                                 const unsigned long long* lptr,
+                                                                 const unsigned long long* chptr, const int* seg,
+                                                                 const int* sp, int H, int KVH, int D, int q_stride,
+                                                                 int max_k) {
+    extern __shared__ unsigned s[];   // the candidates' order keys
+    __shared__ float qc[8 * 64];   // the selection's heads (up to 8) x r (up to 64) label channels of q
+    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
+    if (mode != 0 && h0 % G != 0) return;
     int heads = mode == 0 ? 1 : G;
-    int tie_left = my_ties;
-    for (int c = from; c < to; c++) {
-        unsigned key = order_key(s[c]);
-        bool take = key > lo || (key == lo && tie_left > 0);
-        if (key == lo && take) tie_left--;
-        if (!take) continue;
-        for (int j = 0; j < heads; j++) selected[(size_t)(p * H + h0 + j) * max_k + at] = sinks + c;
-        at++;
+    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
+    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
+        int h = h0 + i / r;
+        qc[i] = q[(size_t)row * q_stride + h * D + ch[h * r + i % r]];
     }
+    __syncthreads();
+    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)d[SP_SINKS] * H * r + h0 * r;
+    size_t stride = (size_t)H * r;
+    if (r == 16) {
+        score_candidates<16>(s, lab, stride, qc, heads, mode, n);
+    } else if (r == 8) {
+        score_candidates<8>(s, lab, stride, qc, heads, mode, n);
+    } else {
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            float v = label_score(lab + c * stride, qc, r);
+            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
+            s[c] = order_key(v);
+        }
+    }
+    __syncthreads();
+    select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
+}
+
+// sparse_select_cluster (dspp on sm_90): sparse_select spread over a cluster of SEL_CLUSTER blocks per selection, so
+//   that a batch of one streams its labels with SEL_CLUSTER blocks a head instead of one. Block rank b scores the
+//   candidates [b * tile, (b + 1) * tile) into its shared memory; in each radix pass the blocks add their histograms
+//   into the first block's (distributed shared memory), which picks the digit; each block's first output position
+//   and share of the ties come from the counts of the blocks before it (tiles are in index order).
+//   Grid: (P * H * SEL_CLUSTER), block: 256 (a cluster's fixed costs, its barriers and the radix passes' scans, grow
+//   with the warps of its blocks; 1024 threads a block measured twice as slow), dynamic shared memory: tile keys,
+//   tile = max_cand / SEL_CLUSTER rounded up to 32.
+#define SEL_CLUSTER 8
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define SEL_CLUSTER_DIMS __cluster_dims__(SEL_CLUSTER, 1, 1)
+#else
+#define SEL_CLUSTER_DIMS
+#endif
+extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select_cluster(
+        int* selected, const float* q, const unsigned long long* lptr, const unsigned long long* chptr, const int* seg,
+        const int* sp, int H, int KVH, int D, int q_stride, int max_k, int tile) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    extern __shared__ unsigned s[];   // the candidates' order keys
+    __shared__ float qc[8 * 64];
+    __shared__ int hist[256], warp_above[32], warp_ties[32];
+    // read in the first block only: the cluster's histograms (two, one cleared while the other fills), the picked
+    // prefix and need, and each block's counts of picks
+    __shared__ int cl_hist[2][256], cl_above[SEL_CLUSTER], cl_ties[SEL_CLUSTER];
+    __shared__ unsigned cl_prefix;
+    __shared__ int cl_need;
+    int rank = (int)cluster.block_rank(), sel = blockIdx.x / SEL_CLUSTER;
+    int G = H / KVH, p = sel / H, h0 = sel % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND], k = min(d[SP_K], n);
+    if (mode != 0 && h0 % G != 0) return;   // the whole cluster: its blocks share sel
+    int heads = mode == 0 ? 1 : G;
+    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
+    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
+        int h = h0 + i / r;
+        qc[i] = q[(size_t)row * q_stride + h * D + ch[h * r + i % r]];
+    }
+    if (rank == 0) {
+        for (int b = threadIdx.x; b < 512; b += blockDim.x) cl_hist[b >> 8][b & 255] = 0;
+    }
+    __syncthreads();
+    // 1. this block's tile of scores
+    int from = rank * tile, m = max(0, min(n - from, tile));
+    size_t stride = (size_t)H * r;
+    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + from) * stride + h0 * r;
+    if (r == 16) {
+        score_candidates<16>(s, lab, stride, qc, heads, mode, m);
+    } else if (r == 8) {
+        score_candidates<8>(s, lab, stride, qc, heads, mode, m);
+    } else {
+        for (int c = threadIdx.x; c < m; c += blockDim.x) {
+            float v = label_score(lab + c * stride, qc, r);
+            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
+            s[c] = order_key(v);
+        }
+    }
+    cluster.sync();   // scores in place, the first block's histograms cleared
+    // 2. radix passes over the cluster
+    unsigned* root_prefix = cluster.map_shared_rank(&cl_prefix, 0);
+    int* root_need = cluster.map_shared_rank(&cl_need, 0);
+    unsigned prefix = 0, mask = 0;
+    int need = k;
+    for (int shift = 24, pass = 0; shift >= 0; shift -= 8, pass++) {
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+        __syncthreads();
+        count_digits(hist, s, m, mask, prefix, shift);
+        __syncthreads();
+        int* root_hist = cluster.map_shared_rank(cl_hist[pass & 1], 0);
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+            if (hist[b]) atomicAdd(&root_hist[b], hist[b]);
+        }
+        cluster.sync();   // every block's counts are in
+        if (rank == 0) {   // warp 0 picks, the others clear the next pass's histogram
+            if (threadIdx.x < 32) pick_digit(cl_hist[pass & 1], need, prefix, shift, &cl_prefix, &cl_need);
+            for (int b = (int)threadIdx.x - 32; b >= 0 && b < 256; b += blockDim.x - 32) cl_hist[(pass + 1) & 1][b] = 0;
+        }
+        cluster.sync();   // the digit is picked
+        prefix = *root_prefix;
+        need = *root_need;
+        mask |= 255u << shift;
+    }
+    // 3. picks: prefix is the k-th largest key, need how many of its ties are taken (the first by index)
+    int above, ties;
+    count_picks(s, m, prefix, warp_above, warp_ties, &above, &ties);
+    int* root_above = cluster.map_shared_rank(cl_above, 0);
+    int* root_ties = cluster.map_shared_rank(cl_ties, 0);
+    if (threadIdx.x == 0) {
+        root_above[rank] = above;
+        root_ties[rank] = ties;
+    }
+    cluster.sync();
+    int at = 0, ties_before = 0;
+    for (int b = 0; b < rank; b++) {
+        int t = root_ties[b];
+        at += root_above[b] + max(0, min(t, need - ties_before));
+        ties_before += t;
+    }
+    cluster.sync();   // the first block's shared memory is read by all: it stays until here
+    write_picks(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, m, from, prefix, at,
+                max(0, need - ties_before), d[SP_SINKS], warp_above, warp_ties);
+#else
+    __trap();   // built for sm_90 only: the host launches sparse_select elsewhere
+#endif
 }
 
 // sparse_attention_dD: attention of sparse row p, head h over its m = S + k + W slots: sinks [0, S), the selected

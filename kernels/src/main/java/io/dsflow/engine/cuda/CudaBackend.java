@@ -6,6 +6,7 @@ import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.model.Architecture;
 import io.dsflow.engine.model.DType;
 import io.dsflow.engine.model.ModelConfig;
@@ -408,17 +409,22 @@ public final class CudaBackend implements Backend {
 
     /** y[rows][out] = x[rows][in] W^T + b (CudaOps.linear: tensor cores for many rows, the GEMV for a decode batch). */
     private void linear(CUdeviceptr y, CUdeviceptr x, int rows, Weight w, Weight bias, int out, int in) {
-        CudaOps.linear(gpu, y, x, scratch.get("xbf"), false, rows, w.ptr(), ptr(bias), out, in, false);
+        CudaOps.linear(gpu, y, x, scratch.get("xbf"), false, rows, w.ptr(), ptr(bias), out, in, false, null, false);
     }
 
-    /** x += y (if y); out = norm(x): RMSNorm, or LayerNorm when there is a bias; into outBf16 (bf16) instead if given. */
-    private void norm(CUdeviceptr x, CUdeviceptr y, CUdeviceptr out, CUdeviceptr outBf16, Weight w, Weight b, int rows) {
+    /** out = norm(x): RMSNorm, or LayerNorm when there is a bias; into outBf16 (bf16) instead if given. */
+    private void norm(CUdeviceptr x, CUdeviceptr out, CUdeviceptr outBf16, Weight w, Weight b, int rows) {
         if (b == null) {
-            gpu.launch("add_rms_norm", rows, 1, 1024, x, y, out, outBf16, w.ptr(), rows, c.hiddenSize(), c.normEps());
+            gpu.launch("add_rms_norm", rows, 1, 1024, x, null, out, outBf16, w.ptr(), rows, c.hiddenSize(), c.normEps());
         } else {
-            gpu.launch("add_layer_norm", rows, 1, 1024, x, y, out, outBf16, w.ptr(), b.ptr(), rows, c.hiddenSize(),
+            gpu.launch("add_layer_norm", rows, 1, 1024, x, null, out, outBf16, w.ptr(), b.ptr(), rows, c.hiddenSize(),
                     c.normEps());
         }
+    }
+
+    /** The RMSNorm a product applies to its input itself (CudaOps.linear), or null where the norm is a kernel of its own. */
+    private CudaOps.RmsNorm fusedNorm(Weight w, Weight bias) {
+        return bias == null && c.layerNormBefore() ? new CudaOps.RmsNorm(w.ptr(), c.normEps()) : null;
     }
 
     @Override
@@ -496,12 +502,16 @@ public final class CudaBackend implements Backend {
      *   (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable: [layers][segments] label and
      *   channel pointers (0: none), segR: [segments] label channels
      * </pre>
+     * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
+     * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
+     * scores in {@code scores}. Both select the same slots.
      */
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
-                              CUdeviceptr segR, int maxR, int maxCand, int maxK, int splits, CUdeviceptr scores,
-                              CUdeviceptr selected, CUdeviceptr partials) {
+                              CUdeviceptr segR, int maxR, int maxCand, int maxK, int splits, boolean fused,
+                              CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
+
 
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
@@ -514,7 +524,8 @@ public final class CudaBackend implements Backend {
             // the bucketed sizes of their buffers (candidates, budgets, splits), which change every few hundred tokens
             SparsePlan p = step.sparse();
             String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
-                    + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR());
+                    + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR()
+                    + (p.fused() ? ",fused" : ""));
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
@@ -584,10 +595,9 @@ public final class CudaBackend implements Backend {
         buf("xn", (long) rows * hidden);
         buf("qkv", (long) rows * (c.qDim() + 2L * c.kvDim()));
         buf("att", (long) rows * c.qDim());
-        buf("tmp", (long) rows * hidden);
+        buf("tmp", (long) rows * hidden);   // OPT's learned positions
         buf("up", (long) rows * c.intermediateSize());     // OPT's fc1 output; SwiGLU activations (f32 from the GEMV)
         buf("actbf", (long) rows * c.intermediateSize() / 2 + 4);   // SwiGLU activations in bf16 from the GEMM
-        buf("mlp", (long) rows * hidden);
         buf("emb", (long) rows * c.wordEmbedDim());
         buf("last", (long) nseg * hidden);
         buf("projected", (long) nseg * c.wordEmbedDim());
@@ -603,6 +613,7 @@ public final class CudaBackend implements Backend {
         int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
         long[] lTable = new long[0], chTable = new long[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
+        boolean allDspp = true;
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
             sp = new int[L * Math.max(1, decodeRows) * 7];
@@ -648,6 +659,7 @@ public final class CudaBackend implements Backend {
                     sp[at + 6] = segR[s];
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
+                    allDspp &= kv.policy() == KvPolicy.DSPP;
                     maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
                 }
             }
@@ -657,9 +669,10 @@ public final class CudaBackend implements Backend {
         maxCand = (maxCand + 1023) / 1024 * 1024;
         maxK = Math.max(64, Integer.highestOneBit(maxK - 1) << 1);
         int sparseSplits = (maxSinksWindow + maxK + 31) / 32;
+        boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand);
         CUdeviceptr scores = null, selected = null, spartials = null;
         if (maxSparse > 0) {
-            scores = buf("scores", (long) maxSparse * heads * maxCand);
+            if (!fused) scores = buf("scores", (long) maxSparse * heads * maxCand);
             selected = buf("selected", (long) maxSparse * heads * maxK);
             spartials = buf("spartials", (long) maxSparse * heads * sparseSplits * (hd + 2));
         }
@@ -667,7 +680,7 @@ public final class CudaBackend implements Backend {
                 batch.positions(), seg, slot, rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf,
                 lastRows, denseRows, sp, sparseRows, segR});
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[12], decodeRows, sparseCount, d[13], d[14],
-                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, scores, selected, spartials) : null;
+                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, fused, scores, selected, spartials) : null;
         return new Step(rows, nseg, splits, chunk, d[4], d[5], d[6], d[7], d[8], d[0], d[1], tiles.size() / 3, d[9],
                 decodeRows, d[10], partials, d[11], logits, plan);
     }
@@ -682,7 +695,7 @@ public final class CudaBackend implements Backend {
         CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), qkv = scratch.get("qkv");
         CUdeviceptr q = qkv;   // [q | k | v] in rows of qkvDim
         CUdeviceptr att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
-        CUdeviceptr mlpOut = scratch.get("mlp"), xbf = scratch.get("xbf"), actBf = scratch.get("actbf");
+        CUdeviceptr xbf = scratch.get("xbf"), actBf = scratch.get("actbf");
         // many rows (a prefill): products on tensor cores, whose bf16 inputs the pre-norms and SwiGLU write directly
         boolean tc = CudaOps.tensorCores(rows, hidden) && CudaOps.tensorCores(rows, qDim)
                 && CudaOps.tensorCores(rows, inter);
@@ -698,17 +711,20 @@ public final class CudaBackend implements Backend {
             gpu.launch("embed", rows, 1, 256, tmp, positionTable.ptr(), positions, rows, hidden, null, positions, 0);
             gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, tmp, (long) rows * hidden);
         }
-        CUdeviceptr pending = null; // the previous MLP's output, added to x by the next norm
         for (int layer = 0; layer < layers.length; layer++) {
             Layer w = layers[layer];
-            // 2. attention sublayer input: pre-norm (fused with the pending residual add) or the residual itself
+            // 2. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
+            //    kernel first; post-norm: the residual stream itself)
+            CudaOps.RmsNorm attnNorm = fusedNorm(w.attnNorm, w.attnNormBias);
             CUdeviceptr in = x;
-            boolean inBf16 = pre && tc;
-            if (pre) {
-                norm(x, pending, xn, inBf16 ? xbf : null, w.attnNorm, w.attnNormBias, rows);
+            boolean inBf16 = false;
+            if (pre && attnNorm == null) {
+                norm(x, xn, tc ? xbf : null, w.attnNorm, w.attnNormBias, rows);
                 in = xn;
+                inBf16 = tc;
             }
-            CudaOps.linear(gpu, qkv, in, xbf, inBf16, rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden, false);
+            CudaOps.linear(gpu, qkv, in, xbf, inBf16, rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden, false,
+                    attnNorm, false);
             // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch)
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
@@ -729,10 +745,15 @@ public final class CudaBackend implements Backend {
                 int n = sp.sparseCount()[layer];
                 if (n > 0) {
                     CUdeviceptr desc = sp.sp().withByteOffset(4L * 7 * layer * sp.sparseStride());
-                    gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, sp.scores(), q, lt, ct,
-                            st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
-                    gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
-                            sp.maxCand(), sp.maxK());
+                    if (sp.fused()) {
+                        CudaOps.select(gpu, sp.selected(), q, lt, ct, st.seg(), desc, n, heads, kvHeads, hd, qkvDim,
+                                sp.maxCand(), sp.maxK());
+                    } else {
+                        gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, sp.scores(), q, lt, ct,
+                                st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
+                        gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
+                                sp.maxCand(), sp.maxK());
+                    }
                     gpu.launch("sparse_attention_d" + hd, n * heads, sp.splits(), 32, sp.partials(), q, kt, vt, st.seg(),
                             st.rowLen(), desc, sp.selected(), heads, kvHeads, sp.splits(), (float) (1.0 / Math.sqrt(hd)),
                             qkvDim, 32, sp.maxK());
@@ -740,47 +761,48 @@ public final class CudaBackend implements Backend {
                             sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
                 }
             }
-            // 5. output projection; residual add fused into the MLP's norm (post-norm: into the attention norm)
-            linear(tmp, att, rows, w.o, w.oBias, hidden, qDim);
-            if (pre) {
-                norm(x, tmp, xn, inBf16 ? xbf : null, w.mlpNorm, w.mlpNormBias, rows);
+            // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
+            CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
+            if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);
+            CudaOps.RmsNorm mlpNorm = fusedNorm(w.mlpNorm, w.mlpNormBias);
+            in = x;
+            inBf16 = false;
+            if (pre && mlpNorm == null) {
+                norm(x, xn, tc ? xbf : null, w.mlpNorm, w.mlpNormBias, rows);
                 in = xn;
-            } else {
-                norm(x, tmp, x, null, w.attnNorm, w.attnNormBias, rows);
-                in = x;
+                inBf16 = tc;
             }
-            // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU
+            // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
             if (opt) {
-                CudaOps.linear(gpu, up, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter, hidden, false);
+                CudaOps.linear(gpu, up, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter, hidden, false,
+                        mlpNorm, false);
                 gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
-                linear(mlpOut, up, rows, w.down, w.downBias, hidden, inter);
+                CudaOps.linear(gpu, x, up, xbf, false, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false, null,
+                        true);
             } else {
                 CUdeviceptr act = tc ? actBf : up;   // [rows][inter]: bf16 for the GEMM, f32 for the GEMV
-                CudaOps.linear(gpu, act, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), 2 * inter, hidden, true);
-                CudaOps.linear(gpu, mlpOut, up, actBf, tc, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false);
+                CudaOps.linear(gpu, act, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), 2 * inter, hidden,
+                        true, mlpNorm, false);
+                CudaOps.linear(gpu, x, up, actBf, tc, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false, null,
+                        true);
             }
-            if (pre) {
-                pending = mlpOut;
-            } else {
-                norm(x, mlpOut, x, null, w.mlpNorm, w.mlpNormBias, rows);
-            }
+            if (!pre) norm(x, x, null, w.mlpNorm, w.mlpNormBias, rows);
         }
-        // 7. final norm (with the last residual add), last row of each segment, lm_head
-        CUdeviceptr hiddenOut = x;
-        if (pre && finalNorm != null) {
-            norm(x, pending, xn, null, finalNorm, finalNormBias, rows);
-            hiddenOut = xn;
-        } else if (pending != null) {
-            gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, pending, (long) rows * hidden);
-        }
+        // 7. last row of each segment, final norm (RMSNorm: in lm_head's prologue), lm_head
         CUdeviceptr last = scratch.get("last");
-        gpu.launch("gather_rows", nseg, 1, 256, last, hiddenOut, st.lastRows(), nseg, hidden);
+        gpu.launch("gather_rows", nseg, 1, 256, last, x, st.lastRows(), nseg, hidden);
+        CudaOps.RmsNorm headNorm = null;
+        if (pre && finalNorm != null) {
+            headNorm = projectOut == null ? fusedNorm(finalNorm, finalNormBias) : null;
+            if (headNorm == null) norm(last, last, null, finalNorm, finalNormBias, nseg);
+        }
         if (projectOut != null) {
             CUdeviceptr projected = scratch.get("projected");
             linear(projected, last, nseg, projectOut, null, c.wordEmbedDim(), hidden);
             last = projected;
         }
-        linear(st.logits(), last, nseg, lmHead, null, c.vocabSize(), c.wordEmbedDim());
+        CudaOps.linear(gpu, st.logits(), last, scratch.get("xbf"), false, nseg, lmHead.ptr(), null, c.vocabSize(),
+                c.wordEmbedDim(), false, headNorm, false);
     }
 
     /** Bytes of weights in device memory. */

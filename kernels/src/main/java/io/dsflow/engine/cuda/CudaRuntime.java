@@ -68,6 +68,18 @@ public final class CudaRuntime implements AutoCloseable {
     private java.nio.ByteBuffer staging;
     private boolean uploadInFlight;
 
+    private final int computeMajor, multiprocessors;
+
+    /** Streaming multiprocessors of the device (132 on an H100 SXM). */
+    public int multiprocessors() {
+        return multiprocessors;
+    }
+
+    /** The device's compute capability, major number (9 on Hopper: thread-block clusters). */
+    public int computeMajor() {
+        return computeMajor;
+    }
+
     private CudaRuntime(int ordinal) {
         this.ordinal = ordinal;
         CUdevice device = new CUdevice();
@@ -81,6 +93,13 @@ public final class CudaRuntime implements AutoCloseable {
         long[] mem = new long[1];
         cuDeviceTotalMem(mem, device);
         totalMemory = mem[0];
+        int[] major = new int[1];
+        JCudaDriver.cuDeviceGetAttribute(major, jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                device);
+        computeMajor = major[0];
+        JCudaDriver.cuDeviceGetAttribute(major, jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                device);
+        multiprocessors = major[0];
         JCudaDriver.cuStreamCreate(stream, 0);
         JCudaDriver.cuEventCreate(uploaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         JCudaDriver.cuEventCreate(downloaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
@@ -155,7 +174,8 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sparse" -> new String[]{"label_append", "sparse_scores", "sparse_topk", "sparse_attention_d32",
+            case "sparse" -> new String[]{"label_append", "sparse_scores", "sparse_topk", "sparse_select", "sparse_select_cluster",
+                    "sparse_attention_d32",
                     "sparse_attention_d64", "sparse_attention_d128"};
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];

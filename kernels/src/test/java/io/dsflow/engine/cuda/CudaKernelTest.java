@@ -98,41 +98,56 @@ class CudaKernelTest {
     @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "11,33,40", "16,45,88", "27,99,1024",
             "33,97,200", "97,129,136", "200,70,333", "300,260,520", "513,384,1032"})
     void linearMatchesCpu(int rows, int out, int in) {
-        for (boolean swiglu : new boolean[]{false, true}) {
-            int n = swiglu ? 2 * out : out;   // rows of W: [gate; up] stacked for SwiGLU
-            Random r = new Random(rows * 31L + out);
-            float[] x = random(r, rows * in, 1), w = random(r, n * in, 0.05f), b = random(r, n, 0.1f);
-            for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
-            for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
-            float[] wt = new float[w.length];
-            for (int o = 0; o < n; o++) for (int i = 0; i < in; i++) wt[i * n + o] = w[o * in + i];
-            float[][] xr = new float[rows][in], yr = new float[rows][n];
-            for (int m = 0; m < rows; m++) System.arraycopy(x, m * in, xr[m], 0, in);
-            CpuOps.matmul(xr, rows, new CpuOps.Linear(wt, in, n, b), yr);
-            float[] ref = new float[rows * out];
-            for (int m = 0; m < rows; m++) {
-                float[] g = java.util.Arrays.copyOf(yr[m], out);
-                if (swiglu) CpuOps.swiglu(g, java.util.Arrays.copyOfRange(yr[m], out, n));
-                System.arraycopy(g, 0, ref, m * out, out);
+        for (boolean fused : new boolean[]{false, true}) {
+            for (boolean swiglu : new boolean[]{false, true}) {
+                linearCase(rows, out, in, swiglu, fused, fused && !swiglu);
             }
-            CUdeviceptr dw = uploadBf16(w), db = uploadBf16(b);
-            if (swiglu) {
-                CUdeviceptr iw = gpu.alloc((long) n * in * 2), ib = gpu.alloc(n * 2L);
-                gpu.launch("interleave_rows", n, 1, 256, iw, dw, out, (long) in);
-                gpu.launch("interleave_rows", n, 1, 256, ib, db, out, 1L);
-                dw = iw;
-                db = ib;
-            }
-            boolean tc = CudaOps.tensorCores(rows, in);
-            float[] nan = new float[rows * out];
-            java.util.Arrays.fill(nan, Float.NaN);
-            CUdeviceptr dy = swiglu && tc ? uploadBf16(nan) : upload(nan);
-            CudaOps.linear(gpu, dy, upload(x), gpu.alloc((long) rows * in * 2), false, rows, dw, db, n, in, swiglu);
-            float[] got = swiglu && tc ? downloadBf16(dy, rows * out) : download(dy, rows * out);
-            double err = relError(got, ref);
-            // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
-            assertTrue(err < (tc ? 1e-2 : 1e-5), (swiglu ? "swiglu: " : "") + "relative error " + err);
         }
+    }
+
+    /** One product against the CPU: plain, or with the RMSNorm prologue ({@code norm}) and the residual epilogue. */
+    private void linearCase(int rows, int out, int in, boolean swiglu, boolean norm, boolean accumulate) {
+        int n = swiglu ? 2 * out : out;   // rows of W: [gate; up] stacked for SwiGLU
+        Random r = new Random(rows * 31L + out + (norm ? 7 : 0));
+        float[] x = random(r, rows * in, 1), w = random(r, n * in, 0.05f), b = random(r, n, 0.1f);
+        float[] g = random(r, in, 1), y0 = random(r, rows * out, 1);
+        for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
+        for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
+        for (int i = 0; i < g.length; i++) g[i] = bf(g[i]);
+        float[] wt = new float[w.length];
+        for (int o = 0; o < n; o++) for (int i = 0; i < in; i++) wt[i * n + o] = w[o * in + i];
+        float[][] xr = new float[rows][in], yr = new float[rows][n];
+        for (int m = 0; m < rows; m++) {
+            System.arraycopy(x, m * in, xr[m], 0, in);
+            if (norm) CpuOps.rmsNorm(xr[m].clone(), g, 1e-5f, xr[m]);
+        }
+        CpuOps.matmul(xr, rows, new CpuOps.Linear(wt, in, n, b), yr);
+        float[] ref = new float[rows * out];
+        for (int m = 0; m < rows; m++) {
+            float[] gate = java.util.Arrays.copyOf(yr[m], out);
+            if (swiglu) CpuOps.swiglu(gate, java.util.Arrays.copyOfRange(yr[m], out, n));
+            for (int o = 0; o < out; o++) ref[m * out + o] = accumulate ? y0[m * out + o] + gate[o] : gate[o];
+        }
+        CUdeviceptr dw = uploadBf16(w), db = uploadBf16(b);
+        if (swiglu) {
+            CUdeviceptr iw = gpu.alloc((long) n * in * 2), ib = gpu.alloc(n * 2L);
+            gpu.launch("interleave_rows", n, 1, 256, iw, dw, out, (long) in);
+            gpu.launch("interleave_rows", n, 1, 256, ib, db, out, 1L);
+            dw = iw;
+            db = ib;
+        }
+        boolean tc = CudaOps.tensorCores(rows, in);
+        float[] start = accumulate ? y0 : new float[rows * out];
+        if (!accumulate) java.util.Arrays.fill(start, Float.NaN);
+        CUdeviceptr dy = swiglu && tc ? uploadBf16(start) : upload(start);
+        CudaOps.RmsNorm rms = norm ? new CudaOps.RmsNorm(uploadBf16(g), 1e-5f) : null;
+        CudaOps.linear(gpu, dy, upload(x), gpu.alloc((long) rows * in * 2), false, rows, dw, db, n, in, swiglu, rms,
+                accumulate);
+        float[] got = swiglu && tc ? downloadBf16(dy, rows * out) : download(dy, rows * out);
+        double err = relError(got, ref);
+        // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
+        String what = (norm ? "rmsnorm prologue, " : "") + (accumulate ? "residual epilogue, " : "") + (swiglu ? "swiglu, " : "");
+        assertTrue(err < (tc ? 1e-2 : 1e-5), what + "relative error " + err);
     }
 
     @ParameterizedTest(name = "dim {0}")
@@ -396,6 +411,119 @@ class CudaKernelTest {
                         "row " + p + " head " + h + " mode " + mode);
             }
         }
+    }
+
+    /**
+     * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
+     * (ds) select, per head and per kv head (max, sum), with 16 label channels (the unrolled path) and 12 (the general
+     * one), budgets below and above the candidates; and the selection is the top of the scores computed on the CPU
+     * (every selected candidate scores at least every other one, within float rounding).
+     */
+    @Test
+    void fusedSelectionEqualsScoresThenTopK() {
+        Random rnd = new Random(21);
+        int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
+        int[] segR = {16, 12};
+        int[][] rowsSpec = {{0, 1000, 7, 0}, {1, 37, 40, 1}, {0, 5000, 300, 2}, {1, 2049, 64, 0}, {0, 3001, 1000, 1}};
+        int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
+        float[][] labels = new float[2][], chq = new float[rows][];
+        int[][] channels = new int[2][];
+        long[] lptr = new long[2], chptr = new long[2];
+        for (int sgm = 0; sgm < 2; sgm++) {
+            int r = segR[sgm];
+            labels[sgm] = new float[cap * heads * r];
+            short[] half = new short[labels[sgm].length];
+            for (int i = 0; i < half.length; i++) {
+                // multiples of 1/256 in [-4, 4): exact in fp16, and ties among the scores
+                labels[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
+                half[i] = fp16(labels[sgm][i]);
+            }
+            CUdeviceptr dl = gpu.alloc(half.length * 2L);
+            cuMemcpyHtoD(dl, Pointer.to(half), half.length * 2L);
+            lptr[sgm] = jcuda.DeviceAddress.of(dl);
+            channels[sgm] = new int[heads * r];
+            for (int i = 0; i < channels[sgm].length; i++) channels[sgm][i] = rnd.nextInt(hd);
+            chptr[sgm] = jcuda.DeviceAddress.of(upload(channels[sgm]));
+        }
+        float[] q = random(rnd, rows * qStride, 1);
+        int[] sp = new int[rows * 7], seg = new int[rows];
+        for (int p = 0; p < rows; p++) {
+            seg[p] = rowsSpec[p][0];
+            sp[p * 7] = p;
+            sp[p * 7 + 1] = rowsSpec[p][1];
+            sp[p * 7 + 2] = rowsSpec[p][2];
+            sp[p * 7 + 3] = sinks;
+            sp[p * 7 + 5] = rowsSpec[p][3];
+            sp[p * 7 + 6] = segR[seg[p]];
+        }
+        CUdeviceptr dq = upload(q), dl = upload(lptr), dch = upload(chptr), dseg = upload(seg), dsp = upload(sp);
+        CUdeviceptr unfused = upload(new int[rows * heads * maxK]), fused = upload(new int[rows * heads * maxK]);
+        CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
+        gpu.launch("sparse_scores", rows * heads, (maxCand + 255) / 256, 256, scores, dq, dl, dch, dseg, dsp, heads, hd,
+                qStride, maxCand);
+        gpu.launch("sparse_topk", rows * heads, 1, 1024, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
+        int[] a = new int[rows * heads * maxK], b = new int[rows * heads * maxK];
+        gpu.synchronize();
+        cuMemcpyDtoH(Pointer.to(a), unfused, a.length * 4L);
+        // the one-block kernel, and on Hopper the cluster kernel the backend launches there (CudaOps.select)
+        gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, fused, dq, dl, dch, dseg, dsp,
+                heads, kvHeads, hd, qStride, maxK);
+        gpu.synchronize();
+        cuMemcpyDtoH(Pointer.to(b), fused, b.length * 4L);
+        checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK, "sparse_select");
+        if (gpu.computeMajor() >= 9) {
+            CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
+            CudaOps.select(gpu, clustered, dq, dl, dch, dseg, dsp, rows, heads, kvHeads, hd, qStride, maxCand, maxK);
+            gpu.synchronize();
+            cuMemcpyDtoH(Pointer.to(b), clustered, b.length * 4L);
+            checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK,
+                    "sparse_select_cluster");
+        }
+    }
+
+    /** b (a fused selection) equals a (scores then top-k) and is the top of the scores computed on the CPU. */
+    private static void checkSelection(int[] a, int[] b, int[][] rowsSpec, int[] seg, int[] segR, float[][] labels,
+                                       int[][] channels, float[] q, int heads, int group, int hd, int qStride, int sinks,
+                                       int maxK, String kernel) {
+        for (int p = 0; p < rowsSpec.length; p++) {
+            int sgm = seg[p], r = segR[sgm], n = rowsSpec[p][1], k = Math.min(rowsSpec[p][2], n), mode = rowsSpec[p][3];
+            for (int h = 0; h < heads; h++) {
+                int from = (p * heads + h) * maxK;
+                String what = kernel + ": row " + p + " head " + h + " mode " + mode + " r " + r;
+                assertArrayEquals(java.util.Arrays.copyOfRange(a, from, from + k), java.util.Arrays.copyOfRange(b, from, from + k), what);
+                // the CPU's scores of the selection's heads (one head, or the group's combined)
+                double[] cpu = new double[n];
+                int h0 = mode == 0 ? h : h / group * group, nh = mode == 0 ? 1 : group;
+                for (int c = 0; c < n; c++) {
+                    for (int j = 0; j < nh; j++) {
+                        double t = 0;
+                        for (int i = 0; i < r; i++) {
+                            int hh = h0 + j;
+                            t += q[p * qStride + hh * hd + channels[sgm][hh * r + i]]
+                                    * labels[sgm][(sinks + c) * heads * r + hh * r + i];
+                        }
+                        cpu[c] = j == 0 ? t : mode == 1 ? Math.max(cpu[c], t) : cpu[c] + t;
+                    }
+                }
+                boolean[] picked = new boolean[n];
+                double lowestPicked = Double.MAX_VALUE, highestLeft = -Double.MAX_VALUE;
+                for (int i = 0; i < k; i++) {
+                    int c = b[from + i] - sinks;
+                    assertTrue(c >= 0 && c < n && !picked[c] && (i == 0 || b[from + i] > b[from + i - 1]), what + ": slot " + b[from + i]);
+                    picked[c] = true;
+                    lowestPicked = Math.min(lowestPicked, cpu[c]);
+                }
+                for (int c = 0; c < n; c++) if (!picked[c]) highestLeft = Math.max(highestLeft, cpu[c]);
+                assertTrue(lowestPicked >= highestLeft - 1e-4, what + ": picked down to " + lowestPicked + ", left " + highestLeft);
+            }
+        }
+    }
+
+    /** A float that fp16 holds exactly (normal or zero) as its fp16 bits. */
+    static short fp16(float f) {
+        if (f == 0) return 0;
+        int bits = Float.floatToIntBits(f), exp = ((bits >>> 23) & 0xff) - 127 + 15;
+        return (short) (((bits >>> 16) & 0x8000) | (exp << 10) | ((bits >>> 13) & 0x3ff));
     }
 
     static CUdeviceptr upload(double[] x) {
