@@ -45,8 +45,13 @@ public final class Engine implements AutoCloseable {
         this.backend = backend;
     }
 
-    /** Loads a model folder onto a backend: "cpu", "cuda", or "auto" (cuda where it is available, else cpu). */
+    /** Loads a model folder onto a backend: "cpu", "cuda", or "auto" (cuda where it is available, else cpu); GPU 0. */
     public static Engine load(Path modelDir, String backendName) {
+        return load(modelDir, backendName, 0);
+    }
+
+    /** Loads a model folder onto a backend, on CUDA device {@code device} where the backend is a GPU. */
+    public static Engine load(Path modelDir, String backendName, int device) {
         long t0 = System.nanoTime();
         ModelFolder folder = ModelFolder.open(modelDir);
         ModelWeights weights = new ModelWeights(folder);
@@ -56,10 +61,10 @@ public final class Engine implements AutoCloseable {
                 if (!CudaRuntime.available()) {
                     throw new DsflowException("the cuda backend is not available: " + CudaRuntime.unavailableReason());
                 }
-                yield CudaBackend.load(weights, 0);
+                yield CudaBackend.load(weights, device);
             }
             case "auto" -> {
-                if (CudaRuntime.available()) yield CudaBackend.load(weights, 0);
+                if (CudaRuntime.available()) yield CudaBackend.load(weights, device);
                 LOG.info("backend auto: using the cpu ({})", CudaRuntime.unavailableReason());
                 yield new CpuBackend(weights);
             }

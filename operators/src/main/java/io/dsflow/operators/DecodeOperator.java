@@ -6,6 +6,7 @@ import io.dsflow.engine.Engine;
 import io.dsflow.engine.FinishReason;
 import io.dsflow.engine.InvalidRequestException;
 import io.dsflow.engine.Tokenizer;
+import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.KvConfig;
 import org.apache.flink.api.common.accumulators.LongCounter;
 import org.apache.flink.api.common.operators.MailboxExecutor;
@@ -44,7 +45,7 @@ import java.util.concurrent.TimeUnit;
  * The keyed decode operator: serves completion requests keyed by conversation_id, streaming one chunk record per
  * token and a final record per request.
  * <ul>
- *   <li>open(): loads the engine (one per subtask), computes its share of the task's managed memory, starts the engine
+ *   <li>open(): loads the engine (one per subtask, on its own GPU: {@link GpuBinding}), computes its share of the task's managed memory, starts the engine
  *       thread, and resumes any request that was in progress at the restored checkpoint;</li>
  *   <li>the engine thread runs a {@link BatchScheduler}: every step advances all active conversations of the subtask
  *       together, new requests join at the next step; results return through the task mailbox, where state is
@@ -86,6 +87,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private final DecodeSettings settings;
 
     private transient Engine engine;
+    /** The GPU this subtask claimed (GpuBinding), -1 for none. */
+    private transient int device = -1;
     private transient Tokenizer tokenizer;
     private transient ValueState<ConversationState> state;
     private transient MailboxExecutor mailbox;
@@ -139,16 +142,20 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     public void open() throws Exception {
         super.open();
         mailbox = getContainingTask().getMailboxExecutorFactory().createExecutor(getOperatorConfig().getChainIndex());
-        engine = Engine.load(Path.of(settings.modelDir()), settings.backend());
+        int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
+        device = "cpu".equalsIgnoreCase(settings.backend()) ? -1 : GpuBinding.claim(subtask,
+                getRuntimeContext().getExternalResourceInfos(GpuBinding.RESOURCE), CudaRuntime.deviceCount());
+        engine = Engine.load(Path.of(settings.modelDir()), settings.backend(), Math.max(0, device));
+        if (device >= 0) LOG.info("decode subtask {} bound to GPU {} ({})", subtask, device, engine.backend().description());
         tokenizer = engine.tokenizer();
         scheduler = new BatchScheduler(engine, settings.prefillChunk());
         memoryManager = getContainingTask().getEnvironment().getMemoryManager();
         double fraction = getOperatorConfig().getManagedMemoryFractionOperatorUseCaseOfSlot(ManagedMemoryUseCase.OPERATOR,
                 getContainingTask().getEnvironment().getTaskManagerInfo().getConfiguration(),
                 getContainingTask().getEnvironment().getJobConfiguration(), getUserCodeClassloader());
-        long device = engine.backend().deviceCacheBudget();
-        cachesOnDevice = device >= 0;
-        budget = cachesOnDevice ? device : memoryManager.computeMemorySize(fraction);
+        long deviceBudget = engine.backend().deviceCacheBudget();
+        cachesOnDevice = deviceBudget >= 0;
+        budget = cachesOnDevice ? deviceBudget : memoryManager.computeMemorySize(fraction);
         reserved = new HashMap<>();
         idleCaches = new LinkedHashSet<>();
         admission = new ArrayDeque<>();
@@ -507,6 +514,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
         if (memoryManager != null) memoryManager.releaseAllMemory(this);
         if (engine != null) engine.close();
+        GpuBinding.release(device);
+        device = -1;
         super.close();
     }
 }

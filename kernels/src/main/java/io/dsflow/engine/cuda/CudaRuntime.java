@@ -140,6 +140,14 @@ public final class CudaRuntime implements AutoCloseable {
         return unavailable;
     }
 
+    /** CUDA devices this process sees (0 where CUDA is unavailable). */
+    public static int deviceCount() {
+        if (!available()) return 0;
+        int[] count = new int[1];
+        cuDeviceGetCount(count);
+        return count[0];
+    }
+
     public static CudaRuntime open(int ordinal) {
         if (!available()) throw new DsflowException("CUDA is not available: " + unavailable);
         return new CudaRuntime(ordinal);
