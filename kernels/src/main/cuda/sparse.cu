@@ -301,6 +301,31 @@ __device__ void score_candidates(unsigned* keys, const __half* lab, size_t strid
     }
 }
 
+// The label channels of q for the selection's heads h0 .. h0 + heads - 1: qc[j * r + i] = q[(h0 + j) * D +
+// channels[(h0 + j) * r + i]] (qrow: the row's q, channels: the layer's [H * r] table)
+__device__ void label_queries(float* qc, const float* qrow, const int* channels, int h0, int heads, int r, int D) {
+    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
+        int h = h0 + i / r;
+        qc[i] = qrow[h * D + channels[h * r + i % r]];
+    }
+}
+
+// score_candidates for the label widths it unrolls, else one candidate at a time through label_score
+__device__ void score_selection(unsigned* keys, const __half* lab, size_t stride, const float* qc, int heads, int mode,
+                                int r, int n) {
+    if (r == 16) {
+        score_candidates<16>(keys, lab, stride, qc, heads, mode, n);
+    } else if (r == 8) {
+        score_candidates<8>(keys, lab, stride, qc, heads, mode, n);
+    } else {
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            float v = label_score(lab + c * stride, qc, r);
+            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
+            keys[c] = order_key(v);
+        }
+    }
+}
+
 // sparse_select (dspp): sparse_scores and sparse_topk in one block per (row, head; mode != 0: the group's first
 //   head), the candidates' order keys in dynamic shared memory: [max_cand] (the host keeps max_cand within it).
 //   Grid: (P * H), block: 1024.
@@ -316,25 +341,11 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
     int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
     if (mode != 0 && h0 % G != 0) return;
     int heads = mode == 0 ? 1 : G;
-    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
-    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
-        int h = h0 + i / r;
-        qc[i] = q[(size_t)row * q_stride + h * D + ch[h * r + i % r]];
-    }
+    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     __syncthreads();
     const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)d[SP_SINKS] * H * r + h0 * r;
     size_t stride = (size_t)H * r;
-    if (r == 16) {
-        score_candidates<16>(s, lab, stride, qc, heads, mode, n);
-    } else if (r == 8) {
-        score_candidates<8>(s, lab, stride, qc, heads, mode, n);
-    } else {
-        for (int c = threadIdx.x; c < n; c += blockDim.x) {
-            float v = label_score(lab + c * stride, qc, r);
-            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
-            s[c] = order_key(v);
-        }
-    }
+    score_selection(s, lab, stride, qc, heads, mode, r, n);
     __syncthreads();
     select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
 }
@@ -373,11 +384,7 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
     int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND], k = min(d[SP_K], n);
     if (mode != 0 && h0 % G != 0) return;   // the whole cluster: its blocks share sel
     int heads = mode == 0 ? 1 : G;
-    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
-    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
-        int h = h0 + i / r;
-        qc[i] = q[(size_t)row * q_stride + h * D + ch[h * r + i % r]];
-    }
+    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     if (rank == 0) {
         for (int b = threadIdx.x; b < 512; b += blockDim.x) cl_hist[b >> 8][b & 255] = 0;
     }
@@ -386,17 +393,7 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
     int from = rank * tile, m = max(0, min(n - from, tile));
     size_t stride = (size_t)H * r;
     const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + from) * stride + h0 * r;
-    if (r == 16) {
-        score_candidates<16>(s, lab, stride, qc, heads, mode, m);
-    } else if (r == 8) {
-        score_candidates<8>(s, lab, stride, qc, heads, mode, m);
-    } else {
-        for (int c = threadIdx.x; c < m; c += blockDim.x) {
-            float v = label_score(lab + c * stride, qc, r);
-            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
-            s[c] = order_key(v);
-        }
-    }
+    score_selection(s, lab, stride, qc, heads, mode, r, m);
     cluster.sync();   // scores in place, the first block's histograms cleared
     // 2. radix passes over the cluster
     unsigned* root_prefix = cluster.map_shared_rank(&cl_prefix, 0);
