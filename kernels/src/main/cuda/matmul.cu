@@ -121,6 +121,144 @@ GEMV(4, 2)
 GEMV(8, 2)
 GEMV(16, 1)
 
+// gemv_tc (decode, 2-16 rows, K % 32 == 0): the same products on tensor cores, for batches where gemv_mM is bound by
+//   its f32 x loads and FMAs rather than by W. W is the A operand (16 output columns x k16) and x the B operand
+//   (k16 x 8 rows; NT = 2 tiles for 9-16 rows) of mma m16n8k16. The dot products do not care which k goes where, so
+//   each lane loads 16 contiguous bytes (8 k) of a W row and of an x row and takes them as its fragment slots: no
+//   shuffles, W read once with 16-byte loads. x is split into three bf16 parts (hi + mid + lo = x exactly: 24 bits of
+//   mantissa), three products each, so the result keeps f32 precision. RMSNorm prologue and the epilogues as gemv_mM.
+//   Block: 8 warps = GV_FG groups of 16 columns x GV_KS slices of K, the slices' partial products added in shared
+//   memory. Grid: (ceil(N / (16 GV_FG))).
+#define GV_FG 1
+#define GV_KS 8
+// part: each warp's accumulators, ss_part: each warp's sums of squares per row (declared once by the kernel: the
+// variants' own declarations would all be allocated)
+typedef float GemvTcPart[8][2][32][4];
+template <int NT, bool SWIGLU, bool NORM>
+__device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[8][16], float* y, const float* x,
+                                             const bf16* W, const bf16* bias, const bf16* norm_w, float eps,
+                                             int accumulate, int M, int N, int K) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int fg = warp / GV_KS, ks = warp % GV_KS;
+    int f0 = (blockIdx.x * GV_FG + fg) * 16;
+    int span = (K / 32 + GV_KS - 1) / GV_KS * 32, k_begin = ks * span, k_end = min(K, k_begin + span);
+    const bf16* w_lo = W + (size_t)min(f0 + g, N - 1) * K + 8 * t;   // a missing column re-reads the last one
+    const bf16* w_hi = W + (size_t)min(f0 + g + 8, N - 1) * K + 8 * t;
+    float acc[NT][4], ss[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        ss[j] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+    }
+#pragma unroll 4
+    for (int k = k_begin; k < k_end; k += 32) {
+        uint4 a_lo = *reinterpret_cast<const uint4*>(w_lo + k), a_hi = *reinterpret_cast<const uint4*>(w_hi + k);
+        float gw[8];
+        if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k + 8 * t), gw);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            int m = j * 8 + g;
+            float xs[8];
+            if (m < M) {
+                const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + k + 8 * t);
+                float4 p = xv[0], q = xv[1];
+                xs[0] = p.x; xs[1] = p.y; xs[2] = p.z; xs[3] = p.w; xs[4] = q.x; xs[5] = q.y; xs[6] = q.z; xs[7] = q.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) xs[e] = 0.f;
+            }
+            if constexpr (NORM) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    ss[j] += xs[e] * xs[e];
+                    xs[e] *= gw[e];
+                }
+            }
+            // x = hi + mid + lo, each bf16; k slots: step 0 takes 8t + 0..3, step 1 8t + 4..7 (as W's halves)
+            unsigned b[3][4];
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                float r0 = xs[e], r1 = xs[e + 1];
+                __nv_bfloat162 h = __floats2bfloat162_rn(r0, r1);
+                float2 hf = __bfloat1622float2(h);
+                r0 -= hf.x;
+                r1 -= hf.y;
+                __nv_bfloat162 md = __floats2bfloat162_rn(r0, r1);
+                float2 mf = __bfloat1622float2(md);
+                __nv_bfloat162 lo = __floats2bfloat162_rn(r0 - mf.x, r1 - mf.y);
+                b[0][e / 2] = *reinterpret_cast<unsigned*>(&h);
+                b[1][e / 2] = *reinterpret_cast<unsigned*>(&md);
+                b[2][e / 2] = *reinterpret_cast<unsigned*>(&lo);
+            }
+            unsigned a0[4] = {a_lo.x, a_hi.x, a_lo.y, a_hi.y}, a1[4] = {a_lo.z, a_hi.z, a_lo.w, a_hi.w};
+#pragma unroll
+            for (int part_ = 0; part_ < 3; part_++) {
+                mma_bf16(acc[j], a0, b[part_][0], b[part_][1]);
+                mma_bf16(acc[j], a1, b[part_][2], b[part_][3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) part[warp][j][lane][e] = acc[j][e];
+        if constexpr (NORM) {   // row j * 8 + g: the four lanes t of g hold its slice's squares
+            float v = ss[j] + __shfl_xor_sync(0xffffffffu, ss[j], 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            if (t == 0) ss_part[warp][j * 8 + g] = v;
+        }
+    }
+    __syncthreads();
+    // the block's [16 GV_FG columns][8 NT rows] results: thread i takes column pair / column i % (16 GV_FG), rows
+    // accumulated over the K slices; c0, c1 at (column g, rows 2t, 2t + 1), c2, c3 at column g + 8
+    constexpr int COLS = 16 * GV_FG, ROWS = 8 * NT;
+    for (int i = threadIdx.x; i < COLS * ROWS; i += blockDim.x) {
+        int m = i / COLS, col = i % COLS;
+        if (SWIGLU && (col & 1)) continue;   // the even (gate) column's thread writes the pair
+        if (m >= M) continue;
+        auto value = [&](int c) {
+            int grp = c / 16, cg = c % 16, j = m / 8, mr = m % 8;
+            int ln = (cg % 8) * 4 + mr / 2, e = (cg >= 8 ? 2 : 0) + (mr & 1);
+            float v = 0.f, sq = 0.f;
+#pragma unroll
+            for (int s = 0; s < GV_KS; s++) {
+                v += part[grp * GV_KS + s][j][ln][e];
+                if constexpr (NORM) sq += ss_part[grp * GV_KS + s][m];
+            }
+            if constexpr (NORM) v *= rsqrtf(sq / K + eps);
+            int n = blockIdx.x * COLS + c;
+            return v + (bias && n < N ? __bfloat162float(bias[n]) : 0.f);
+        };
+        int n = blockIdx.x * COLS + col;
+        if (n >= N) continue;
+        if constexpr (SWIGLU) {
+            y[(size_t)m * (N / 2) + n / 2] = silu_times(value(col), value(col + 1));
+        } else {
+            float v = value(col);
+            float* out = y + (size_t)m * N + n;
+            *out = accumulate ? *out + v : v;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_tc(float* y, const float* x, const bf16* W, const bf16* bias,
+                                                          const bf16* norm_w, float eps, int accumulate, int swiglu,
+                                                          int M, int N, int K) {
+    // one kernel, its variants picked per launch (uniform branches): rows 2-8 take one mma tile, 9-16 two
+    __shared__ GemvTcPart part;
+    __shared__ float ss_part[8][16];
+#define GEMV_TC(nt, sw) \
+    if (norm_w) gemv_tc_body<nt, sw, true>(part, ss_part, y, x, W, bias, norm_w, eps, accumulate, M, N, K); \
+    else gemv_tc_body<nt, sw, false>(part, ss_part, y, x, W, bias, nullptr, 0.f, accumulate, M, N, K);
+    if (M > 8) {
+        if (swiglu) { GEMV_TC(2, true) } else { GEMV_TC(2, false) }
+    } else {
+        if (swiglu) { GEMV_TC(1, true) } else { GEMV_TC(1, false) }
+    }
+#undef GEMV_TC
+}
+
 // gemm_bf16: y = x W^T + bias for many rows (prefill), on tensor cores: mma.sync m16n8k16 (bf16 x bf16 -> f32)
 //   fed by ldmatrix from shared memory, which cp.async fills STAGES - 1 K-steps of GBK ahead.
 //   xb: [M][K] bf16 (x rounded by f32_to_bf16, or written as bf16 by its producer), W: [N][K] bf16, y: [M][N] f32

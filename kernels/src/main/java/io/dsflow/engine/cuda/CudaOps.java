@@ -32,7 +32,8 @@ final class CudaOps {
      * rmsnorm(x) * weight row by row; with {@code accumulate} the product is added to y (the residual stream).
      * On tensor cores ({@link #tensorCores}) the input is bf16 in {@code xBf16}: already there when {@code xInBf16} (its
      * producer wrote it), else x is rounded (or normalised) into it first; the GEMV (small batches) reads x in f32, over
-     * groups of up to 16 rows, and applies the norm in its prologue.
+     * groups of up to 16 rows, and applies the norm in its prologue: one row through the FMA kernel (gemv_m1), 2-16 rows
+     * on tensor cores (gemv_tc, x split into three bf16 parts so the products keep f32 precision) where in % 32 == 0.
      * With {@code swiglu}, W is the row-interleaved gate/up matrix and y receives the activations silu(gate) * up,
      * [rows][out / 2]: bf16 on tensor cores (the next product's input as is), f32 from the GEMV.
      */
@@ -58,9 +59,16 @@ final class CudaOps {
         CUdeviceptr normWeight = norm == null ? null : norm.weight();
         float eps = norm == null ? 0f : norm.eps();
         for (int r = 0; r < rows; ) {
+            CUdeviceptr yr = y.withByteOffset((long) r * width * 4), xr = x.withByteOffset((long) r * in * 4);
+            if (rows - r >= 2 && in % 32 == 0) {   // 2-16 rows on tensor cores
+                int m = Math.min(16, rows - r);
+                gpu.launch("gemv_tc", (out + GEMV_TC_COLUMNS - 1) / GEMV_TC_COLUMNS, 1, 256, yr, xr, w, bias, normWeight,
+                        eps, accumulate ? 1 : 0, swiglu ? 1 : 0, m, out, in);
+                r += m;
+                continue;
+            }
             int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
             int cols = 8 * (swiglu ? 2 : gemvColumns(m));
-            CUdeviceptr yr = y.withByteOffset((long) r * width * 4), xr = x.withByteOffset((long) r * in * 4);
             if (swiglu) {
                 gpu.launch("gemv_m" + m + "_swiglu", (out + cols - 1) / cols, 1, 256, yr, xr, w, bias, normWeight, eps,
                         out, in);
@@ -71,6 +79,9 @@ final class CudaOps {
             r += m;
         }
     }
+
+    /** Output columns a block of gemv_tc computes (matmul.cu: GV_FG groups of 16). */
+    static final int GEMV_TC_COLUMNS = 16;
 
     /** Output columns each warp of gemv_mM computes (matmul.cu; the _swiglu variants: 2, a gate/up pair). */
     static int gemvColumns(int m) {

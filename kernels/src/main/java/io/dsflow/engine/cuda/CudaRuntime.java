@@ -175,7 +175,7 @@ public final class CudaRuntime implements AutoCloseable {
             case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
             case "activation" -> new String[]{"interleave_rows", "relu", "residual_add", "fill_random_bf16", "f32_to_bf16"};
             case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemv_m1_swiglu",
-                    "gemv_m2_swiglu", "gemv_m4_swiglu", "gemv_m8_swiglu", "gemv_m16_swiglu", "gemm_bf16"};
+                    "gemv_m2_swiglu", "gemv_m4_swiglu", "gemv_m8_swiglu", "gemv_m16_swiglu", "gemv_tc", "gemm_bf16"};
             case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
                     "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",
                     "attention_gqa_d32_g4", "attention_gqa_d64_g2", "attention_gqa_d64_g4", "attention_gqa_d64_g8",
