@@ -15,22 +15,6 @@
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
 //   Grid: (P * H, splits), block: 32; splits cover `chunk` slots each (empty ones write l = 0).
 
-// n consecutive bf16 values (n * 2 bytes aligned) as floats, in as few loads as their alignment allows
-template <int N>
-__device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
-    if constexpr (N % 8 == 0) {
-#pragma unroll
-        for (int c = 0; c < N; c += 8) bf16x8_to_float(*reinterpret_cast<const uint4*>(src + c), dst + c);
-    } else {
-#pragma unroll
-        for (int i = 0; i < N; i += 2) {
-            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i));
-            dst[i] = f.x;
-            dst[i + 1] = f.y;
-        }
-    }
-}
-
 template <int D>
 __device__ void rows_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
                           const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
@@ -57,121 +41,16 @@ ROWS_KERNEL(256)
 //   its warps take `chunk` slots each and combine their partials in shared memory (fewer splits for the merge to
 //   read). Same partials layout. Grid: (P * KVH, splits), block: 32 * GQA_WARPS, a split covering GQA_WARPS * chunk
 //   slots. Built for the common (D, G); other shapes use attention_rows_dD.
-#define GQA_WARPS 4
 template <int D, int G>
 __device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
                          const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
                          float scale, int q_stride, int chunk) {
-    int rg = blockIdx.x, s = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int rg = blockIdx.x, s = blockIdx.y;
     int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
-    const bf16* kc = reinterpret_cast<const bf16*>(kptr[seg[r]]);
-    const bf16* vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
-    int n = row_len[r];
-    // the block's split covers GQA_WARPS chunks, one a warp
-    int begin = (s * GQA_WARPS + warp) * chunk, end = min(n, begin + chunk);
-    __shared__ float qs[G][D];
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = q[(size_t)r * q_stride + g * G * D + i];
-    __syncthreads();
-    // values: half-warps take alternate rows, lane owns channels [c0, c0 + D / 16) of each (16-byte loads at D = 128)
-    constexpr int VPER = D / 16;
-    int half = lane >> 4, c0 = (lane & 15) * VPER;
-    float m[G], l[G], o[G][VPER];
-#pragma unroll
-    for (int h = 0; h < G; h++) {
-        m[h] = -INFINITY;
-        l[h] = 0.f;
-#pragma unroll
-        for (int i = 0; i < VPER; i++) o[h][i] = 0.f;
-    }
-    for (int j0 = begin; j0 < end; j0 += 32) {
-        int j = j0 + lane;
-        float sc[G];
-#pragma unroll
-        for (int h = 0; h < G; h++) sc[h] = 0.f;
-        if (j < end) {
-            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + g) * D);
-#pragma unroll
-            for (int c8 = 0; c8 < D / 8; c8++) {
-                float kf[8];
-                bf16x8_to_float(k[c8], kf);
-#pragma unroll
-                for (int h = 0; h < G; h++)
-#pragma unroll
-                    for (int i = 0; i < 8; i++) sc[h] += qs[h][c8 * 8 + i] * kf[i];
-            }
-        }
-        float p[G];
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-            float score = j < end ? sc[h] * scale : -INFINITY;
-            float mnew = fmaxf(m[h], warp_max(score));
-            p[h] = j < end ? __expf(score - mnew) : 0.f;
-            float corr = __expf(m[h] - mnew);
-            l[h] = l[h] * corr + warp_sum(p[h]);
-#pragma unroll
-            for (int i = 0; i < VPER; i++) o[h][i] *= corr;
-            m[h] = mnew;
-        }
-        int count = min(32, end - j0);
-        // 4 rows a half-warp in flight: all loads first, then the products (p of a missing row is 0, its load skipped)
-        for (int t0 = 0; t0 < count; t0 += 8) {
-            float vf[4][VPER];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int t = t0 + 2 * u + half;
-                if (t < count) {
-                    load_bf16<VPER>(vf[u], vc + ((size_t)(j0 + t) * KVH + g) * D + c0);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < VPER; i++) vf[u][i] = 0.f;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int t = min(t0 + 2 * u + half, 31);
-#pragma unroll
-                for (int h = 0; h < G; h++) {
-                    float pt = __shfl_sync(0xffffffffu, p[h], t);
-#pragma unroll
-                    for (int i = 0; i < VPER; i++) o[h][i] += pt * vf[u][i];
-                }
-            }
-        }
-    }
-    // the warps' partials combined in shared memory into the block's: max M, sum L, o, each rescaled by e^(m_w - M)
-    __shared__ float wm[GQA_WARPS][G], wl[GQA_WARPS][G], wo[GQA_WARPS][G][D];
-#pragma unroll
-    for (int h = 0; h < G; h++) {
-        if (lane == 0) {
-            wm[warp][h] = m[h];
-            wl[warp][h] = l[h];
-        }
-#pragma unroll
-        for (int i = 0; i < VPER; i++) {
-            float v = o[h][i] + __shfl_xor_sync(0xffffffffu, o[h][i], 16);   // the two halves' rows
-            if (half == 0) wo[warp][h][c0 + i] = v;
-        }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        int h = i / D, c = i % D;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < GQA_WARPS; w++) M = fmaxf(M, wm[w][h]);
-        float L = 0.f, O = 0.f;
-#pragma unroll
-        for (int w = 0; w < GQA_WARPS; w++) {
-            float e = wl[w][h] > 0.f ? __expf(wm[w][h] - M) : 0.f;
-            L += wl[w][h] * e;
-            O += wo[w][h][c] * e;
-        }
-        float* part = partials + ((size_t)(pr * H + g * G + h) * splits + s) * (D + 2);
-        part[c] = O;
-        if (c == 0) {
-            part[D] = M;
-            part[D + 1] = L;
-        }
-    }
+    group_attend_slots<D, G, true>(partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2),
+                                   q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
+                                   reinterpret_cast<const bf16*>(vptr[seg[r]]), g, KVH, row_len[r], s, splits, chunk,
+                                   scale, [](int t) { return t; });
 }
 
 #define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \

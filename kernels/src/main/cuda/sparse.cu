@@ -474,3 +474,44 @@ __device__ void sparse_attention_body(float* partials, const float* q, const uns
 SPARSE_KERNEL(32)
 SPARSE_KERNEL(64)
 SPARSE_KERNEL(128)
+
+// sparse_attention_dD_gG: sparse_attention_dD in blocks of GQA_WARPS warps (group_attend_slots) that combine their
+//   partials in shared memory, so the merge reads GQA_WARPS times fewer splits. shared = 0: the rows selecting per
+//   query head (mode 0), G = 1, a block per (row, head, split); shared = 1: the rows whose kv head's group shares one
+//   selection (modes 1, 2), G = H / KVH, a block per (row, kv head, split) reading each selected row once for the
+//   group. Rows of the other kind return at once. Same partials as sparse_attention_dD, GQA_WARPS * chunk slots a
+//   split. Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
+template <int D, int G>
+__device__ void sparse_group_body(float* partials, const float* q, const unsigned long long* kptr,
+                                  const unsigned long long* vptr, const int* seg, const int* row_len, const int* sp,
+                                  const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk,
+                                  int max_k, int shared) {
+    int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
+    const int* d = sp + p * SP_FIELDS;
+    if ((d[SP_MODE] != 0) != (shared != 0)) return;
+    int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
+    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
+    const int* sel = selected + (size_t)(p * H + h0) * max_k;
+    group_attend_slots<D, G, false>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
+                                    q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
+                                    reinterpret_cast<const bf16*>(vptr[seg[row]]), h0 / (H / KVH), KVH, m, blockIdx.y,
+                                    splits, chunk, scale, [=](int t) {
+                                        return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k);
+                                    });
+}
+
+#define SPARSE_GROUP_KERNEL(dim, g) extern "C" __global__ void sparse_attention_d##dim##_g##g(float* partials, \
+        const float* q, const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, \
+        const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k, \
+        int shared) { \
+    sparse_group_body<dim, g>(partials, q, kp, vp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, chunk, \
+                              max_k, shared); }
+SPARSE_GROUP_KERNEL(32, 1)
+SPARSE_GROUP_KERNEL(32, 4)
+SPARSE_GROUP_KERNEL(64, 1)
+SPARSE_GROUP_KERNEL(64, 4)
+SPARSE_GROUP_KERNEL(64, 8)
+SPARSE_GROUP_KERNEL(128, 1)
+SPARSE_GROUP_KERNEL(128, 2)
+SPARSE_GROUP_KERNEL(128, 4)
+SPARSE_GROUP_KERNEL(128, 8)

@@ -1,4 +1,6 @@
-// One warp's share of a split decode attention (shared by the dense and the sparse kernels): the softmax partial of
+// Split decode attention shared by the dense and the sparse kernels: one warp's share (warp_attend_slots), or a block's
+// for a group of query heads (group_attend_slots).
+// One warp's share of a split decode attention: the softmax partial of
 // one query head over the slots slot_of(t) for t in [begin, end) of a cache [cap][KVH][D] bf16 (kv head g):
 //   part[0..D) = sum_t e^(s_t - m) v_t, part[D] = m = max_t s_t, part[D + 1] = sum_t e^(s_t - m), s_t = scale q.k_t
 // Lanes own 32 slots at a time for the scores (16-byte key loads) and D / 32 channels each for the output, with
@@ -70,4 +72,139 @@ __device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc
     }
 #pragma unroll
     for (int i = 0; i < PER; i++) part[lane * PER + i] = o[i];
+}
+
+// n consecutive bf16 values (n * 2 bytes aligned) as floats, in as few loads as their alignment allows
+template <int N>
+__device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
+    if constexpr (N % 8 == 0) {
+#pragma unroll
+        for (int c = 0; c < N; c += 8) bf16x8_to_float(*reinterpret_cast<const uint4*>(src + c), dst + c);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i));
+            dst[i] = f.x;
+            dst[i + 1] = f.y;
+        }
+    }
+}
+
+// A block of GQA_WARPS warps' share of a split decode attention for the G query heads of kv head g (which read the same
+// key and value rows): split s of the slots slot_of(t), t in [0, n); each warp takes `chunk` of them (the split covers
+// GQA_WARPS chunks) and the warps' partials are combined in shared memory into the split's. part0: the partial of the
+// group's first head at split s (partials [heads][splits][D + 2], so head h's is part0 + h * splits * (D + 2)); qrow:
+// the G heads' queries, G * D floats. DIRECT: slot_of is the identity (dense decode), its rows read without the slot
+// exchange. Call with the whole block (32 * GQA_WARPS threads).
+#define GQA_WARPS 4
+template <int D, int G, bool DIRECT, typename SlotOf>
+__device__ void group_attend_slots(float* part0, const float* qrow, const bf16* kc, const bf16* vc, int g, int KVH,
+                                   int n, int s, int splits, int chunk, float scale, SlotOf slot_of) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int begin = (s * GQA_WARPS + warp) * chunk, end = min(n, begin + chunk);
+    __shared__ float qs[G][D];
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = qrow[i];
+    __syncthreads();
+    // values: half-warps take alternate rows, lane owns channels [c0, c0 + D / 16) of each (16-byte loads at D = 128)
+    constexpr int VPER = D / 16;
+    int half = lane >> 4, c0 = (lane & 15) * VPER;
+    float m[G], l[G], o[G][VPER];
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+#pragma unroll
+        for (int i = 0; i < VPER; i++) o[h][i] = 0.f;
+    }
+    for (int j0 = begin; j0 < end; j0 += 32) {
+        int j = j0 + lane;
+        int slot = DIRECT ? j : (j < end ? slot_of(j) : 0);
+        float sc[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) sc[h] = 0.f;
+        if (j < end) {
+            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)slot * KVH + g) * D);
+#pragma unroll
+            for (int c8 = 0; c8 < D / 8; c8++) {
+                float kf[8];
+                bf16x8_to_float(k[c8], kf);
+#pragma unroll
+                for (int h = 0; h < G; h++)
+#pragma unroll
+                    for (int i = 0; i < 8; i++) sc[h] += qs[h][c8 * 8 + i] * kf[i];
+            }
+        }
+        float p[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            float score = j < end ? sc[h] * scale : -INFINITY;
+            float mnew = fmaxf(m[h], warp_max(score));
+            p[h] = j < end ? __expf(score - mnew) : 0.f;
+            float corr = __expf(m[h] - mnew);
+            l[h] = l[h] * corr + warp_sum(p[h]);
+#pragma unroll
+            for (int i = 0; i < VPER; i++) o[h][i] *= corr;
+            m[h] = mnew;
+        }
+        int count = min(32, end - j0);
+        // 4 rows a half-warp in flight: all loads first, then the products (p of a missing row is 0, its load skipped)
+        for (int t0 = 0; t0 < count; t0 += 8) {
+            float vf[4][VPER];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int t = t0 + 2 * u + half;
+                int row = DIRECT ? j0 + t : __shfl_sync(0xffffffffu, slot, min(t, 31));
+                if (t < count) {
+                    load_bf16<VPER>(vf[u], vc + ((size_t)row * KVH + g) * D + c0);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < VPER; i++) vf[u][i] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int t = min(t0 + 2 * u + half, 31);
+#pragma unroll
+                for (int h = 0; h < G; h++) {
+                    float pt = __shfl_sync(0xffffffffu, p[h], t);
+#pragma unroll
+                    for (int i = 0; i < VPER; i++) o[h][i] += pt * vf[u][i];
+                }
+            }
+        }
+    }
+    // the warps' partials combined in shared memory into the block's: max M, sum L, o, each rescaled by e^(m_w - M)
+    __shared__ float wm[GQA_WARPS][G], wl[GQA_WARPS][G], wo[GQA_WARPS][G][D];
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        if (lane == 0) {
+            wm[warp][h] = m[h];
+            wl[warp][h] = l[h];
+        }
+#pragma unroll
+        for (int i = 0; i < VPER; i++) {
+            float v = o[h][i] + __shfl_xor_sync(0xffffffffu, o[h][i], 16);   // the two halves' rows
+            if (half == 0) wo[warp][h][c0 + i] = v;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int h = i / D, c = i % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < GQA_WARPS; w++) M = fmaxf(M, wm[w][h]);
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < GQA_WARPS; w++) {
+            float e = wl[w][h] > 0.f ? __expf(wm[w][h] - M) : 0.f;
+            L += wl[w][h] * e;
+            O += wo[w][h][c] * e;
+        }
+        float* part = part0 + (size_t)h * splits * (D + 2);
+        part[c] = O;
+        if (c == 0) {
+            part[D] = M;
+            part[D + 1] = L;
+        }
+    }
 }

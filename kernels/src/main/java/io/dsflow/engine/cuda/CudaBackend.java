@@ -504,12 +504,14 @@ public final class CudaBackend implements Backend {
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
-     * scores in {@code scores}. Both select the same slots.
+     * scores in {@code scores}. Both select the same slots. {@code groupKinds}: 0 when the selected rows' attention
+     * runs one warp a split (sparse_attention_dD), else the kinds of rows present for the block kernels
+     * (sparse_attention_dD_gG): 1 per-head selections, 2 selections shared by a kv head's group.
      */
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr segR, int maxR, int maxCand, int maxK, int splits, boolean fused,
-                              CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
+                              int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
 
 
@@ -525,7 +527,7 @@ public final class CudaBackend implements Backend {
             SparsePlan p = step.sparse();
             String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR()
-                    + (p.fused() ? ",fused" : ""));
+                    + (p.fused() ? ",fused" : "") + ",g" + p.groupKinds());
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
@@ -613,7 +615,7 @@ public final class CudaBackend implements Backend {
         int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
         long[] lTable = new long[0], chTable = new long[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
-        boolean allDspp = true;
+        boolean allDspp = true, anyPerHead = false, anyShared = false;
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
             sp = new int[L * Math.max(1, decodeRows) * 7];
@@ -660,6 +662,8 @@ public final class CudaBackend implements Backend {
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
                     allDspp &= kv.policy() == KvPolicy.DSPP;
+                    if (kv.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) anyPerHead = true;
+                    else anyShared = true;
                     maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
                 }
             }
@@ -668,7 +672,11 @@ public final class CudaBackend implements Backend {
         // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
         maxCand = (maxCand + 1023) / 1024 * 1024;
         maxK = Math.max(64, Integer.highestOneBit(maxK - 1) << 1);
-        int sparseSplits = (maxSinksWindow + maxK + 31) / 32;
+        // the selected rows' attention in blocks of GQA_WARPS warps where this build has the kernels for the step
+        boolean groupAttention = gpu.has(CudaOps.sparseGroupKernel(hd, 1))
+                && (!anyShared || gpu.has(CudaOps.sparseGroupKernel(hd, heads / c.numKvHeads())));
+        int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
+        int sparseSplits = (maxSinksWindow + maxK + splitSlots - 1) / splitSlots;
         boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand);
         CUdeviceptr scores = null, selected = null, spartials = null;
         if (maxSparse > 0) {
@@ -680,7 +688,8 @@ public final class CudaBackend implements Backend {
                 batch.positions(), seg, slot, rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf,
                 lastRows, denseRows, sp, sparseRows, segR});
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[12], decodeRows, sparseCount, d[13], d[14],
-                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, fused, scores, selected, spartials) : null;
+                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, fused,
+                groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) : 0, scores, selected, spartials) : null;
         return new Step(rows, nseg, splits, chunk, d[4], d[5], d[6], d[7], d[8], d[0], d[1], tiles.size() / 3, d[9],
                 decodeRows, d[10], partials, d[11], logits, plan);
     }
@@ -754,9 +763,8 @@ public final class CudaBackend implements Backend {
                         gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
                                 sp.maxCand(), sp.maxK());
                     }
-                    gpu.launch("sparse_attention_d" + hd, n * heads, sp.splits(), 32, sp.partials(), q, kt, vt, st.seg(),
-                            st.rowLen(), desc, sp.selected(), heads, kvHeads, sp.splits(), (float) (1.0 / Math.sqrt(hd)),
-                            qkvDim, 32, sp.maxK());
+                    CudaOps.sparseAttention(gpu, sp.partials(), q, kt, vt, st.seg(), st.rowLen(), desc, sp.selected(), n,
+                            heads, kvHeads, hd, sp.splits(), qkvDim, sp.maxK(), sp.groupKinds());
                     gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(),
                             sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
                 }

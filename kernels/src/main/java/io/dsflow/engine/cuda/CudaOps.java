@@ -136,6 +136,36 @@ final class CudaOps {
                 splits);
     }
 
+    static String sparseGroupKernel(int hd, int group) {
+        return "sparse_attention_d" + hd + "_g" + group;
+    }
+
+    /**
+     * Attention of {@code rows} sparse rows over their sinks, selections and windows into {@code partials} (sparse.cu),
+     * for attention_merge. {@code groupKinds} 0: one warp a split of 32 slots (sparse_attention_dD); else blocks of
+     * {@link #GQA_WARPS} warps, a split of GQA_WARPS * 32 slots: bit 1, the rows selecting per query head (a block per
+     * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once).
+     */
+    static void sparseAttention(CudaRuntime gpu, CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
+                                CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, CUdeviceptr desc,
+                                CUdeviceptr selected, int rows, int heads, int kvHeads, int hd, int splits, int qStride,
+                                int maxK, int groupKinds) {
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        if (groupKinds == 0) {
+            gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, seg, rowLen, desc,
+                    selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
+            return;
+        }
+        if ((groupKinds & 1) != 0) {
+            gpu.launch(sparseGroupKernel(hd, 1), rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable, seg,
+                    rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 0);
+        }
+        if ((groupKinds & 2) != 0) {
+            gpu.launch(sparseGroupKernel(hd, heads / kvHeads), rows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable,
+                    vTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 1);
+        }
+    }
+
     /** Blocks of a cluster of sparse_select_cluster (sparse.cu), each scoring a tile of the candidates. */
     static final int SELECT_CLUSTER = 8;
     /** Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block may have on an A100. */

@@ -184,7 +184,10 @@ public final class CudaRuntime implements AutoCloseable {
             case "kvcache" -> new String[]{"kv_append_rope"};
             case "sparse" -> new String[]{"label_append", "sparse_scores", "sparse_topk", "sparse_select", "sparse_select_cluster",
                     "sparse_attention_d32",
-                    "sparse_attention_d64", "sparse_attention_d128"};
+                    "sparse_attention_d64", "sparse_attention_d128", "sparse_attention_d32_g1", "sparse_attention_d32_g4",
+                    "sparse_attention_d64_g1", "sparse_attention_d64_g4", "sparse_attention_d64_g8",
+                    "sparse_attention_d128_g1", "sparse_attention_d128_g2", "sparse_attention_d128_g4",
+                    "sparse_attention_d128_g8"};
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];
         };

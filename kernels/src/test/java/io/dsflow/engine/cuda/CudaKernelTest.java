@@ -520,6 +520,91 @@ class CudaKernelTest {
         }
     }
 
+    /**
+     * The selected rows' attention in blocks of four warps (sparse_attention_dD_gG: per-head rows and rows whose group
+     * shares a selection, in one step) equals softmax attention over sinks + selection + window computed on the CPU,
+     * for head sizes 64 and 128, GQA groups of 4, candidates and budgets of odd sizes, a budget above the candidates.
+     */
+    @ParameterizedTest(name = "head_dim {0}")
+    @CsvSource({"64", "128"})
+    void groupedSparseAttentionMatchesCpu(int hd) {
+        Random rnd = new Random(hd);
+        int heads = 8, kvHeads = 2, group = 4, sinks = 4, window = 16, cap = 700, qStride = heads * hd, maxK = 512;
+        int[][] rowsSpec = {{613, 97, 0}, {300, 1000, 2}, {450, 131, 1}};   // row length, budget, mode
+        int rows = rowsSpec.length;
+        float[][] keys = new float[rows][], values = new float[rows][];
+        long[] kptr = new long[rows], vptr = new long[rows];
+        for (int r = 0; r < rows; r++) {
+            keys[r] = random(rnd, cap * kvHeads * hd, 1);
+            values[r] = random(rnd, cap * kvHeads * hd, 1);
+            for (int i = 0; i < keys[r].length; i++) {
+                keys[r][i] = bf(keys[r][i]);
+                values[r][i] = bf(values[r][i]);
+            }
+            kptr[r] = jcuda.DeviceAddress.of(uploadBf16(keys[r]));
+            vptr[r] = jcuda.DeviceAddress.of(uploadBf16(values[r]));
+        }
+        float[] q = random(rnd, rows * qStride, 1);
+        int[] sp = new int[rows * 7], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
+        int[][][] chosen = new int[rows][heads][];
+        for (int p = 0; p < rows; p++) {
+            int n = rowsSpec[p][0], cand = n - sinks - window, k = Math.min(rowsSpec[p][1], cand), mode = rowsSpec[p][2];
+            seg[p] = p;
+            len[p] = n;
+            sp[p * 7] = p;
+            sp[p * 7 + 1] = cand;
+            sp[p * 7 + 2] = rowsSpec[p][1];
+            sp[p * 7 + 3] = sinks;
+            sp[p * 7 + 4] = window;
+            sp[p * 7 + 5] = mode;
+            for (int h = 0; h < heads; h++) {
+                if (mode != 0 && h % group != 0) {
+                    chosen[p][h] = chosen[p][h - h % group];   // the group's first head's selection
+                } else {
+                    java.util.List<Integer> all = new java.util.ArrayList<>();
+                    for (int c = 0; c < cand; c++) all.add(sinks + c);
+                    java.util.Collections.shuffle(all, rnd);
+                    chosen[p][h] = all.subList(0, k).stream().mapToInt(Integer::intValue).sorted().toArray();
+                }
+                System.arraycopy(chosen[p][h], 0, sel, (p * heads + h) * maxK, k);
+            }
+        }
+        int splits = (sinks + window + maxK + 127) / 128;
+        CUdeviceptr partials = gpu.alloc(4L * rows * heads * splits * (hd + 2)), out = poisoned(rows * qStride);
+        CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(seg), upload(len), upload(sp),
+                upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK, 3);
+        int[] rowsOf = {0, 1, 2};
+        gpu.launch("attention_merge", rows * heads, 1, Math.min(1024, 4 * hd), out, partials, upload(rowsOf), heads, hd,
+                splits);
+        float[] ref = new float[rows * qStride];
+        for (int p = 0; p < rows; p++) {
+            int n = len[p];
+            for (int h = 0; h < heads; h++) {
+                int g = h / group;
+                java.util.List<Integer> slots = new java.util.ArrayList<>();
+                for (int t = 0; t < sinks; t++) slots.add(t);
+                for (int c : chosen[p][h]) slots.add(c);
+                for (int t = n - window; t < n; t++) slots.add(t);
+                double[] w = new double[slots.size()];
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int i = 0; i < w.length; i++) {
+                    double dot = 0;
+                    for (int c = 0; c < hd; c++) dot += q[p * qStride + h * hd + c] * keys[p][(slots.get(i) * kvHeads + g) * hd + c];
+                    w[i] = dot / Math.sqrt(hd);
+                    max = Math.max(max, w[i]);
+                }
+                for (int i = 0; i < w.length; i++) sum += (w[i] = Math.exp(w[i] - max));
+                for (int c = 0; c < hd; c++) {
+                    double o = 0;
+                    for (int i = 0; i < w.length; i++) o += w[i] * values[p][(slots.get(i) * kvHeads + g) * hd + c];
+                    ref[p * qStride + h * hd + c] = (float) (o / sum);
+                }
+            }
+        }
+        double err = relError(download(out, rows * qStride), ref);
+        assertTrue(err < 1e-4, "relative error " + err);
+    }
+
     /** A float that fp16 holds exactly (normal or zero) as its fp16 bits. */
     static short fp16(float f) {
         if (f == 0) return 0;
