@@ -9,7 +9,6 @@ import io.dsflow.engine.cuda.CudaBackend;
 import io.dsflow.engine.cuda.CudaKvCache;
 import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.KvConfig;
-import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelFolder;
 import io.dsflow.engine.model.ModelWeights;
@@ -22,6 +21,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.Locale;
 import java.util.Set;
 
@@ -29,14 +29,14 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
- * [--kv-policy dense] [--steps N] [--json FILE]}: decode tokens/s and step latency per batch and context (greedy
+ * [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--json FILE]}: decode tokens/s and step latency per batch and context (greedy
  * sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak device memory, and
  * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
  * / step time) against a device-to-device copy measured in the same run.
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
-            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense] [--steps N] [--json FILE]";
+            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--json FILE]";
 
     private BenchCommand() {
     }
@@ -47,8 +47,9 @@ public final class BenchCommand {
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
-        List<KvPolicy> policies = new ArrayList<>();
-        for (String id : a.get("kv-policy", "dense").split(",")) policies.add(KvPolicy.parse(id.trim()));
+        // as eval takes them: "dspp" or "dspp:gqa=mean:window=16"
+        List<io.dsflow.engine.probe.Eval.Policy> policies = new ArrayList<>();
+        for (String spec : a.get("kv-policy", "dense").split(",")) policies.add(EvalCommand.policy(spec.trim(), Map.of()));
         if (!CudaRuntime.available()) throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
@@ -75,8 +76,8 @@ public final class BenchCommand {
         ArrayNode decode = root.putArray("decode");
         out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s%n", "policy", "batch", "context",
                 "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB");
-        for (KvPolicy policy : policies) {
-        KvConfig kv = KvConfig.defaults(policy);
+        for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
+        KvConfig kv = policy.kv();
         for (int ctx : contexts) {
             for (int batch : batches) {
                 if (ctx + steps + 8 > c.maxPositions()) continue;
@@ -94,11 +95,11 @@ public final class BenchCommand {
                     gpu.synchronize();
                     double sec = (System.nanoTime() - start) / 1e9 / steps;
                     double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + 3 + steps / 2);
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f%n", policy.id(),
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f%n", policy.name(),
                             batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12, 100 * bytes / sec / copy,
                             gpu.peakAllocated() / 1e9);
                     ObjectNode row = decode.addObject();
-                    row.put("policy", policy.id());
+                    row.put("policy", policy.name());
                     row.put("batch", batch);
                     row.put("context", ctx);
                     row.put("tokens_per_s", batch / sec);
@@ -107,7 +108,7 @@ public final class BenchCommand {
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
                 } catch (DsflowException e) {
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.id(), batch, ctx, e.getMessage());
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
                 } finally {
                     for (CudaKvCache k : caches) k.release();
                 }

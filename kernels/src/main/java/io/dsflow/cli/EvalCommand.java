@@ -78,7 +78,7 @@ public final class EvalCommand {
         if (policy == KvPolicy.DENSE && base.containsKey("capacity")) own.put("capacity", base.get("capacity"));
         for (int i = 1; i < parts.length; i++) {
             int eq = parts[i].indexOf('=');
-            if (eq <= 0) throw new UsageException("eval: policy option '" + parts[i] + "' is not key=value");
+            if (eq <= 0) throw new UsageException("policy option '" + parts[i] + "' in '" + spec + "' is not key=value");
             own.put(parts[i].substring(0, eq), parts[i].substring(eq + 1));
         }
         KvConfig kv = KvOptions.config(policy, own);
