@@ -13,7 +13,10 @@ public class ConversationState {
     public Request active;
     /** Its prompt tokens. */
     public int[] activePrompt;
-    /** Completion tokens already emitted (chunk records sent downstream). */
+    /**
+     * Completion tokens emitted (chunk records sent downstream), as of the last checkpoint: the operator keeps the
+     * running count in memory and writes it here before each barrier (and resets it when the request ends).
+     */
     public int[] completion = new int[0];
     /** Requests that arrived while one was active, served in order. */
     public Request[] queued = new Request[0];

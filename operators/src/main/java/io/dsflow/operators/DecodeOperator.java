@@ -121,10 +121,31 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         double ttftMs;
         /** Incremental detokenization: the chunk text of token n is decode(prefix..n) minus decode(prefix..read). */
         int prefixOffset, readOffset;
+        /** The completion's tokens emitted so far (the first {@code emitted}); keyed state gets them at each checkpoint. */
+        int[] completion = new int[16];
+        int emitted;
+        /** Tokens emitted since the keyed state last got them. */
+        boolean unsaved;
 
         Inflight(String conversationId) {
             this.conversationId = conversationId;
             this.startNanos = System.nanoTime();
+        }
+
+        Inflight(String conversationId, int[] emittedBefore) {
+            this(conversationId);
+            completion = Arrays.copyOf(emittedBefore, Math.max(16, emittedBefore.length * 2));
+            emitted = emittedBefore.length;
+        }
+
+        void append(int token) {
+            if (emitted == completion.length) completion = Arrays.copyOf(completion, completion.length * 2);
+            completion[emitted++] = token;
+            unsaved = true;
+        }
+
+        int[] tokens() {
+            return Arrays.copyOf(completion, emitted);
         }
     }
 
@@ -199,7 +220,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             ConversationState cs = state.value();
             if (cs != null) conversations++;
             if (cs != null && cs.active != null) {
-                Inflight f = new Inflight((String) key);
+                Inflight f = new Inflight((String) key, cs.completion);
                 f.prefixOffset = Math.max(0, cs.completion.length - 1);   // one token of context for the next text
                 f.readOffset = cs.completion.length;
                 inflight.put(cs.active.requestId, f);
@@ -315,7 +336,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 reserved.put(conv, needed);
             }
             BatchScheduler.Work w = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
-                    RequestParser.samplingParams(r), kv, cs.completion.length);
+                    RequestParser.samplingParams(r), kv, inflight.get(r.requestId).emitted);
             inbox.add(() -> scheduler.submit(w));
         }
     }
@@ -406,13 +427,11 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     // ---- results, on the task thread ----
 
     private void onToken(String requestId, int index, int tokenId) throws Exception {
+        // the token joins the keyed state at the next checkpoint (prepareSnapshotPreBarrier), not now: a state update
+        // a token would serialise the conversation (its whole history, on RocksDB) for every token
         Inflight f = inflight.get(requestId);
-        setCurrentKey(f.conversationId);
-        ConversationState cs = state.value();
-        cs.completion = Arrays.copyOf(cs.completion, cs.completion.length + 1);
-        cs.completion[cs.completion.length - 1] = tokenId;
-        state.update(cs);
-        String delta = textDelta(f, cs.completion);
+        f.append(tokenId);
+        String delta = textDelta(f);
         long now = System.nanoTime();
         if (index == 0 || f.lastTokenNanos == 0) {
             f.ttftMs = (now - f.startNanos) / 1e6;
@@ -433,12 +452,12 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
      * a tokenizer's leading-space rule treats both decodes alike): constant work a token instead of decoding the whole
      * completion each time. A token that ends inside a multi-byte character adds nothing until the character is whole.
      */
-    private String textDelta(Inflight f, int[] completion) {
-        String before = tokenizer.decode(Arrays.copyOfRange(completion, f.prefixOffset, f.readOffset));
-        String now = tokenizer.decode(Arrays.copyOfRange(completion, f.prefixOffset, completion.length));
+    private String textDelta(Inflight f) {
+        String before = tokenizer.decode(Arrays.copyOfRange(f.completion, f.prefixOffset, f.readOffset));
+        String now = tokenizer.decode(Arrays.copyOfRange(f.completion, f.prefixOffset, f.emitted));
         if (now.length() <= before.length() || now.endsWith("\uFFFD") || !now.startsWith(before)) return "";
         f.prefixOffset = f.readOffset;
-        f.readOffset = completion.length;
+        f.readOffset = f.emitted;
         return now.substring(before.length());
     }
 
@@ -484,6 +503,26 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             }
         }
         state.update(cs);
+    }
+
+    /**
+     * Before the barrier leaves this operator: the tokens each request in progress emitted since the last checkpoint go
+     * into its conversation's state, so a checkpoint holds exactly the tokens emitted before it.
+     */
+    @Override
+    public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
+        super.prepareSnapshotPreBarrier(checkpointId);
+        for (Map.Entry<String, Inflight> e : inflight.entrySet()) {
+            Inflight f = e.getValue();
+            if (!f.unsaved) continue;
+            setCurrentKey(f.conversationId);
+            ConversationState cs = state.value();
+            if (cs != null && cs.active != null && cs.active.requestId.equals(e.getKey())) {
+                cs.completion = f.tokens();
+                state.update(cs);
+            }
+            f.unsaved = false;
+        }
     }
 
     @Override
