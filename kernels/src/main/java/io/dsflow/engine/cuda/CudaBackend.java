@@ -677,7 +677,9 @@ public final class CudaBackend implements Backend {
                 && (!anyShared || gpu.has(CudaOps.sparseGroupKernel(hd, heads / c.numKvHeads())));
         int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
         int sparseSplits = (maxSinksWindow + maxK + splitSlots - 1) / splitSlots;
-        boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand);
+        // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
+        boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand)
+                && (anyShared ? heads / c.numKvHeads() : 1) * maxR <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
         CUdeviceptr scores = null, selected = null, spartials = null;
         if (maxSparse > 0) {
             if (!fused) scores = buf("scores", (long) maxSparse * heads * maxCand);

@@ -171,6 +171,9 @@ final class CudaOps {
     /** Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block may have on an A100. */
     static final int SELECT_MAX_CANDIDATES = 38 * 1024;
 
+    /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
+    static final int SELECT_MAX_QUERY_CHANNELS = 8 * 64;
+
     /** Whether dspp's fused selection takes this many candidates (bucketed) on this device. */
     static boolean canSelect(CudaRuntime gpu, int maxCand) {
         return (gpu.computeMajor() >= 9 ? selectTile(maxCand) : maxCand) <= SELECT_MAX_CANDIDATES;
