@@ -584,9 +584,16 @@ public final class CudaBackend implements Backend {
                 vTable[l * nseg + s] = address(cache.values(l));
             }
         }
-        // slots per attention split: small batches take short splits so enough warps run (the merge then has more)
-        int chunk = decodeRows * c.numKvHeads() >= 256 ? 128 : decodeRows * c.numKvHeads() >= 32 ? 64 : 32;
+        // slots per attention split: small batches take short splits so enough warps run (the merge then has more),
+        // up to 128 splits: past that the merge costs more than the warps gain (H100, batch 1: 32-slot chunks are best
+        // at 4K, 64 at 16K, 128 at 32K)
+        boolean small = decodeRows * c.numKvHeads() < 32;
+        int chunk = decodeRows * c.numKvHeads() >= 256 ? 128 : small ? 32 : 64;
         int slots = CudaOps.splitSlots(gpu, heads, c.numKvHeads(), hd, chunk);
+        while (small && chunk < 128 && (span + slots - 1) / slots > 128) {
+            chunk *= 2;
+            slots *= 2;
+        }
         while ((span + slots - 1) / slots > 2048) {
             chunk *= 2;
             slots *= 2;
