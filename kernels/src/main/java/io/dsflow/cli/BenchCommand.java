@@ -205,9 +205,8 @@ public final class BenchCommand {
     static double cacheBytesPerStep(ModelConfig c, KvConfig kv, int context) {
         double full = 2.0 * context * c.kvDim() * 2;
         if (!kv.sparse()) return c.numLayers() * full;
-        int cand = Math.max(0, context - kv.sinks() - kv.window());
-        int[] k = io.dsflow.engine.kv.LayerBudgets.compute(c.numLayers(), kv.denseLayers(), kv.lambda(),
-                kv.meanBudget(context), kv.kMin(), Math.max(1, cand));
+        int cand = kv.candidates(context);
+        int[] k = kv.layerBudgets(c.numLayers(), context);
         double bytes = 0;
         for (int l = 0; l < c.numLayers(); l++) {
             if (l < kv.denseLayers() || cand <= k[l]) {

@@ -514,7 +514,6 @@ public final class CudaBackend implements Backend {
                               int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
 
-
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
@@ -642,9 +641,8 @@ public final class CudaBackend implements Backend {
                     chTable[l * nseg + s] = cache.channels(l) == null ? 0 : address(cache.channels(l));
                 }
                 int context = cache.length(0) + 1;   // the decode row's token included
-                cand[s] = Math.max(0, context - kv.sinks() - kv.window());
-                budgetsOf[s] = io.dsflow.engine.kv.LayerBudgets.compute(L, kv.denseLayers(), kv.lambda(),
-                        kv.meanBudget(context), kv.kMin(), Math.max(1, cand[s]));
+                cand[s] = kv.candidates(context);
+                budgetsOf[s] = kv.layerBudgets(L, context);
             }
             for (int l = 0; l < L; l++) {
                 for (int i = 0; i < decodeRows; i++) {

@@ -103,6 +103,21 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         return Math.max(0, Math.max(kFloor, (int) Math.floor(context * rho)) - sinks - window);
     }
 
+    /**
+     * A decode step's candidates at context T (this step's token included): the tokens a sequence holds (capacity
+     * bounds them) that are neither sinks nor in the window.
+     */
+    public int candidates(long context) {
+        long held = capacity > 0 ? Math.min(context, capacity) : context;
+        return (int) Math.max(0, held - sinks - window);
+    }
+
+    /** The per-layer budgets at context T (LayerBudgets: decayed with depth at the mean budget), 0 for dense layers. */
+    public int[] layerBudgets(int layers, long context) {
+        return LayerBudgets.compute(layers, denseLayers, lambda, meanBudget((int) context), kMin,
+                Math.max(1, candidates(context)));
+    }
+
     public boolean sparse() {
         return policy != KvPolicy.DENSE;
     }

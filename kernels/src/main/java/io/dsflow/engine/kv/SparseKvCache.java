@@ -142,11 +142,8 @@ public final class SparseKvCache implements KvCache {
     /** The per-layer budgets at context T, computed once per step and shared by all layers. */
     int[] budgets(long context) {
         if (context != budgetContext) {
-            // tokens held once this step's token is in (layers append one after another, so read no layer's length)
-            long held = cfg.capacity() > 0 ? Math.min(context, cfg.capacity()) : context;
-            int candidates = (int) Math.max(0, held - sinks - ring.size());
-            budgets = LayerBudgets.compute(layers, cfg.denseLayers(), cfg.lambda(), cfg.meanBudget((int) context),
-                    cfg.kMin(), Math.max(1, candidates));
+            // context: this step's token included (layers append one after another, so read no layer's length)
+            budgets = cfg.layerBudgets(layers, context);
             budgetContext = context;
         }
         return budgets;
