@@ -127,15 +127,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         /** Tokens emitted since the keyed state last got them. */
         boolean unsaved;
 
-        Inflight(String conversationId) {
+        /** A request starting, or resuming after a restore with the tokens it had emitted at the checkpoint. */
+        Inflight(String conversationId, int[] emittedBefore) {
             this.conversationId = conversationId;
             this.startNanos = System.nanoTime();
-        }
-
-        Inflight(String conversationId, int[] emittedBefore) {
-            this(conversationId);
             completion = Arrays.copyOf(emittedBefore, Math.max(16, emittedBefore.length * 2));
             emitted = emittedBefore.length;
+            prefixOffset = Math.max(0, emitted - 1);   // one token of context for the next text
+            readOffset = emitted;
         }
 
         void append(int token) {
@@ -184,10 +183,10 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         inbox = new LinkedBlockingQueue<>();
         registerMetrics();
         LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}",
-                getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(), budget >> 20,
+                subtask, budget >> 20,
                 cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory", settings.kv());
         running = true;
-        engineThread = new Thread(this::engineLoop, "dsflow-engine-" + getRuntimeContext().getTaskInfo().getIndexOfThisSubtask());
+        engineThread = new Thread(this::engineLoop, "dsflow-engine-" + subtask);
         engineThread.setDaemon(true);
         engineThread.start();
         resumeRestored();
@@ -220,10 +219,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             ConversationState cs = state.value();
             if (cs != null) conversations++;
             if (cs != null && cs.active != null) {
-                Inflight f = new Inflight((String) key, cs.completion);
-                f.prefixOffset = Math.max(0, cs.completion.length - 1);   // one token of context for the next text
-                f.readOffset = cs.completion.length;
-                inflight.put(cs.active.requestId, f);
+                inflight.put(cs.active.requestId, new Inflight((String) key, cs.completion));
                 admission.add((String) key);
             }
         }
@@ -301,7 +297,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         cs.activePrompt = prompt;
         cs.completion = new int[0];
         state.update(cs);
-        inflight.put(r.requestId, new Inflight(conv));
+        inflight.put(r.requestId, new Inflight(conv, new int[0]));
         return true;
     }
 

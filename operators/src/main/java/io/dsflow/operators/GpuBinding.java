@@ -40,16 +40,8 @@ public final class GpuBinding {
      * @param deviceCount the CUDA devices this process sees
      */
     public static int device(int subtask, Collection<ExternalResourceInfo> assigned, int deviceCount) {
-        List<Integer> indices = assigned.stream().map(GpuBinding::index).sorted().toList();
-        if (!indices.isEmpty()) {
-            int index = indices.get(subtask % indices.size());
-            if (deviceCount > 0 && index >= deviceCount) {
-                throw new DsflowException("the TaskManager was given GPU " + index + " but this process sees "
-                        + deviceCount + " CUDA device(s) (does CUDA_VISIBLE_DEVICES hide it?)");
-            }
-            return index;
-        }
-        return deviceCount > 0 ? subtask % deviceCount : -1;
+        List<Integer> candidates = candidates(assigned, deviceCount);
+        return candidates.isEmpty() ? -1 : visible(candidates.get(subtask % candidates.size()), deviceCount);
     }
 
     /** Subtasks of this process on each device. */
@@ -60,14 +52,13 @@ public final class GpuBinding {
      * that one and a candidate is less used; release it in close().
      */
     public static synchronized int claim(int subtask, Collection<ExternalResourceInfo> assigned, int deviceCount) {
-        int preferred = device(subtask, assigned, deviceCount);
-        if (preferred < 0) return preferred;
-        List<Integer> candidates = assigned.isEmpty() ? IntStream.range(0, deviceCount).boxed().toList()
-                : assigned.stream().map(GpuBinding::index).sorted().toList();
-        int chosen = preferred;
+        List<Integer> candidates = candidates(assigned, deviceCount);
+        if (candidates.isEmpty()) return -1;
+        int chosen = visible(candidates.get(subtask % candidates.size()), deviceCount);
         for (int c : candidates) {
             if (IN_USE.getOrDefault(c, 0) < IN_USE.getOrDefault(chosen, 0)) chosen = c;
         }
+        visible(chosen, deviceCount);   // a less used candidate is checked as well
         IN_USE.merge(chosen, 1, Integer::sum);
         return chosen;
     }
@@ -75,6 +66,21 @@ public final class GpuBinding {
     /** Gives back a device {@link #claim} handed out (negative: none). */
     public static synchronized void release(int device) {
         if (device >= 0) IN_USE.computeIfPresent(device, (d, n) -> n > 1 ? n - 1 : null);
+    }
+
+    /** The GPUs a subtask may take: the TaskManager's resource indices in order, else every device this process sees. */
+    private static List<Integer> candidates(Collection<ExternalResourceInfo> assigned, int deviceCount) {
+        if (!assigned.isEmpty()) return assigned.stream().map(GpuBinding::index).sorted().toList();
+        return IntStream.range(0, deviceCount).boxed().toList();
+    }
+
+    /** The index, checked against the devices this process sees (none seen: not checked, the backend says why). */
+    private static int visible(int index, int deviceCount) {
+        if (deviceCount > 0 && index >= deviceCount) {
+            throw new DsflowException("the TaskManager was given GPU " + index + " but this process sees "
+                    + deviceCount + " CUDA device(s) (does CUDA_VISIBLE_DEVICES hide it?)");
+        }
+        return index;
     }
 
     private static int index(ExternalResourceInfo info) {
