@@ -23,8 +23,8 @@ __device__ void rows_body(float* partials, const float* q, const unsigned long l
     int r = rows_of[rh / H], h = rh % H, g = h / (H / KVH);
     int n = row_len[r], begin = s * chunk, end = min(n, begin + chunk);
     warp_attend_slots<D>(partials + ((size_t)rh * splits + s) * (D + 2), q + (size_t)r * q_stride + h * D,
-                         reinterpret_cast<const bf16*>(kptr[seg[r]]), reinterpret_cast<const bf16*>(vptr[seg[r]]), g,
-                         KVH, begin, end, scale, [](int t) { return t; });
+                         reinterpret_cast<const bf16*>(kptr[seg[r]]), reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr,
+                         nullptr, g, KVH, begin, end, scale, [](int t) { return t; });
 }
 
 #define ROWS_KERNEL(d) extern "C" __global__ void attention_rows_d##d(float* p, const float* q, const unsigned long long* kp, \
@@ -49,8 +49,8 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
     int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
     group_attend_slots<D, G, true>(partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2),
                                    q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
-                                   reinterpret_cast<const bf16*>(vptr[seg[r]]), g, KVH, row_len[r], s, splits, chunk,
-                                   scale, [](int t) { return t; });
+                                   reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr, nullptr, g, KVH, row_len[r], s,
+                                   splits, chunk, scale, [](int t) { return t; });
 }
 
 #define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \

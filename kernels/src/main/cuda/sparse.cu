@@ -1,7 +1,8 @@
 // DoubleSparse++ decode attention on the device (docs/algorithm.md; the CPU reference is kv/SparseKvCache): for a
 // decode row p of a sparse layer, the approximate score of every candidate from the label cache, the top-k of the
 // candidates, then exact attention over sinks + selected + window, split and merged like the dense decode kernels.
-// Device placement: the whole K/V store stays on the device, the window is its last W slots.
+// Device placement: the whole K/V store stays on the device, the window is its last W slots. Host placement: the store
+// is pinned host memory the device reads in place; sinks and window also live in a device ring that the attention reads.
 //   qkv rows: [q: H x D | k: KVH x D | v] f32 after RoPE (kv_append_rope writes the rotated keys back)
 //   labels of a segment's layer: [cap][H * r] fp16, label[slot][h * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head)
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
@@ -20,19 +21,37 @@
 #define SP_FIELDS 7
 enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R };
 
-// label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot; seg_r:
-//   [segments] label channels r of each segment's policy. Grid: (rows, H), block: the largest r.
+// label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot; with
+//   host placement also its key and value into the segment's device ring of sinks and window (rkptr / rvptr: this
+//   layer's ring tables, 0: none; seg_ring: [segments][2] sinks S, window W): slot p < S to ring slot p, else to
+//   S + (p - S) mod W, written only by the last W rows of a segment in this step (several rows of a prefill would
+//   race for a ring slot; last_rows: [segments] each segment's last batch row). seg_r: [segments] label channels r.
+//   Grid: (rows, H), block: the largest r, at least 32.
 extern "C" __global__ void label_append(const float* qkv, const unsigned long long* lptr,
-                                        const unsigned long long* chptr, const int* seg, const int* slot,
-                                        const int* seg_r, int H, int KVH, int D, int row_stride) {
-    int row = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
-    __half* labels = reinterpret_cast<__half*>(lptr[seg[row]]);
-    int r = seg_r[seg[row]];
-    if (labels == nullptr || i >= r) return;
-    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
-    int g = h / (H / KVH);
-    float k = qkv[(size_t)row * row_stride + (size_t)(H + g) * D + ch[h * r + i]];
-    labels[(size_t)slot[row] * H * r + h * r + i] = __float2half_rn(k);
+                                        const unsigned long long* chptr, const unsigned long long* rkptr,
+                                        const unsigned long long* rvptr, const int* seg, const int* slot,
+                                        const int* last_rows, const int* seg_r, const int* seg_ring, int H, int KVH,
+                                        int D, int row_stride) {
+    int row = blockIdx.x, h = blockIdx.y, sg = seg[row];
+    __half* labels = reinterpret_cast<__half*>(lptr[sg]);
+    if (labels == nullptr) return;
+    const float* x = qkv + (size_t)row * row_stride;
+    int r = seg_r[sg], p = slot[row];
+    if (threadIdx.x < r) {
+        const int* ch = reinterpret_cast<const int*>(chptr[sg]);
+        int g = h / (H / KVH);
+        labels[(size_t)p * H * r + h * r + threadIdx.x] = __float2half_rn(x[(H + g) * D + ch[h * r + threadIdx.x]]);
+    }
+    bf16* rk = reinterpret_cast<bf16*>(rkptr[sg]);
+    if (rk == nullptr || h >= KVH) return;
+    int sinks = seg_ring[2 * sg], window = seg_ring[2 * sg + 1];
+    if (p >= sinks && (window == 0 || p < slot[last_rows[sg]] + 1 - window)) return;
+    int at = p < sinks ? p : sinks + (p - sinks) % window;
+    bf16* rv = reinterpret_cast<bf16*>(rvptr[sg]);
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {   // the same bf16 rounding as kv_append_rope's store
+        rk[((size_t)at * KVH + h) * D + c] = __float2bfloat16(x[(H + h) * D + c]);
+        rv[((size_t)at * KVH + h) * D + c] = __float2bfloat16(x[(H + KVH + h) * D + c]);
+    }
 }
 
 // s plus 8 of q's label channels times 8 fp16 labels of a candidate (one 16-byte read-only load: ld.global.nc, the
@@ -443,14 +462,23 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
 #endif
 }
 
+// The slot a sparse row reads for t in [0, S + k + W): sinks [0, S), the selection sel, the window [n - W, n) of a row
+//   of length n; with a ring (host placement) sinks and window are its slots, as split_attention.cuh's negative slots
+__device__ __forceinline__ int sparse_slot(int t, int sinks, int k, int window, int n, const int* sel, bool ring) {
+    if (t >= sinks && t < sinks + k) return sel[t - sinks];
+    int p = t < sinks ? t : n - window + (t - sinks - k);
+    return !ring ? p : -1 - (p < sinks ? p : sinks + (p - sinks) % window);
+}
+
 // sparse_attention_dD: attention of sparse row p, head h over its m = S + k + W slots: sinks [0, S), the selected
 //   slots, the window [n - W, n) (n = row_len of its batch row); one warp per (p, h, split of `chunk` of the m),
 //   partials [P * H][splits][D + 2] as the dense decode kernels write them (attention_merge finishes, with the
-//   sparse rows' batch rows as its rows_of).
+//   sparse rows' batch rows as its rows_of). rkptr / rvptr: this layer's ring tables (0: none, device placement).
 //   Grid: (P * H, splits), block: 32.
 template <int D>
 __device__ void sparse_attention_body(float* partials, const float* q, const unsigned long long* kptr,
-                                      const unsigned long long* vptr, const int* seg, const int* row_len,
+                                      const unsigned long long* vptr, const unsigned long long* rkptr,
+                                      const unsigned long long* rvptr, const int* seg, const int* row_len,
                                       const int* sp, const int* selected, int H, int KVH, int splits, float scale,
                                       int q_stride, int chunk, int max_k) {
     int ph = blockIdx.x, s = blockIdx.y;
@@ -459,18 +487,21 @@ __device__ void sparse_attention_body(float* partials, const float* q, const uns
     int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
     int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
     const int* sel = selected + (size_t)ph * max_k;
+    const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
+    bool ring = kring != nullptr;
     warp_attend_slots<D>(partials + ((size_t)ph * splits + s) * (D + 2), q + (size_t)row * q_stride + h * D,
                          reinterpret_cast<const bf16*>(kptr[seg[row]]), reinterpret_cast<const bf16*>(vptr[seg[row]]),
-                         g, KVH, s * chunk, min(m, (s + 1) * chunk), scale, [=](int t) {
-                             return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k);
-                         });
+                         kring, reinterpret_cast<const bf16*>(rvptr[seg[row]]), g, KVH, s * chunk,
+                         min(m, (s + 1) * chunk), scale,
+                         [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
 }
 
 #define SPARSE_KERNEL(dim) extern "C" __global__ void sparse_attention_d##dim(float* partials, const float* q, \
-        const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, const int* sp, \
-        const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k) { \
-    sparse_attention_body<dim>(partials, q, kp, vp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, chunk, \
-                               max_k); }
+        const unsigned long long* kp, const unsigned long long* vp, const unsigned long long* rkp, \
+        const unsigned long long* rvp, const int* seg, const int* len, const int* sp, const int* selected, int H, int KVH, \
+        int splits, float scale, int q_stride, int chunk, int max_k) { \
+    sparse_attention_body<dim>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
+                               chunk, max_k); }
 SPARSE_KERNEL(32)
 SPARSE_KERNEL(64)
 SPARSE_KERNEL(128)
@@ -483,7 +514,8 @@ SPARSE_KERNEL(128)
 //   split. Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
 template <int D, int G>
 __device__ void sparse_group_body(float* partials, const float* q, const unsigned long long* kptr,
-                                  const unsigned long long* vptr, const int* seg, const int* row_len, const int* sp,
+                                  const unsigned long long* vptr, const unsigned long long* rkptr,
+                                  const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
                                   const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk,
                                   int max_k, int shared) {
     int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
@@ -492,20 +524,22 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
     int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
     int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
     const int* sel = selected + (size_t)(p * H + h0) * max_k;
+    const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
+    bool ring = kring != nullptr;
     group_attend_slots<D, G, false>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
                                     q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
-                                    reinterpret_cast<const bf16*>(vptr[seg[row]]), h0 / (H / KVH), KVH, m, blockIdx.y,
-                                    splits, chunk, scale, [=](int t) {
-                                        return t < sinks ? t : t < sinks + k ? sel[t - sinks] : n - window + (t - sinks - k);
-                                    });
+                                    reinterpret_cast<const bf16*>(vptr[seg[row]]), kring,
+                                    reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / (H / KVH), KVH, m, blockIdx.y,
+                                    splits, chunk, scale,
+                                    [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
 }
 
 #define SPARSE_GROUP_KERNEL(dim, g) extern "C" __global__ void sparse_attention_d##dim##_g##g(float* partials, \
-        const float* q, const unsigned long long* kp, const unsigned long long* vp, const int* seg, const int* len, \
-        const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k, \
-        int shared) { \
-    sparse_group_body<dim, g>(partials, q, kp, vp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, chunk, \
-                              max_k, shared); }
+        const float* q, const unsigned long long* kp, const unsigned long long* vp, const unsigned long long* rkp, \
+        const unsigned long long* rvp, const int* seg, const int* len, const int* sp, const int* selected, int H, int KVH, \
+        int splits, float scale, int q_stride, int chunk, int max_k, int shared) { \
+    sparse_group_body<dim, g>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
+                              chunk, max_k, shared); }
 SPARSE_GROUP_KERNEL(32, 1)
 SPARSE_GROUP_KERNEL(32, 4)
 SPARSE_GROUP_KERNEL(64, 1)

@@ -1,16 +1,23 @@
 // Split decode attention shared by the dense and the sparse kernels: one warp's share (warp_attend_slots), or a block's
 // for a group of query heads (group_attend_slots).
+// Slots: slot_of(t) >= 0 is a row of the cache [cap][KVH][D] bf16 (kc, vc); a negative one, -1 - i, is row i of the
+// device ring [S + W][KVH][D] (kring, vring: host placement's sinks and window; the dense kernels pass none).
 // One warp's share of a split decode attention: the softmax partial of
-// one query head over the slots slot_of(t) for t in [begin, end) of a cache [cap][KVH][D] bf16 (kv head g):
+// one query head over the slots slot_of(t) for t in [begin, end) of its cache (kv head g):
 //   part[0..D) = sum_t e^(s_t - m) v_t, part[D] = m = max_t s_t, part[D + 1] = sum_t e^(s_t - m), s_t = scale q.k_t
 // Lanes own 32 slots at a time for the scores (16-byte key loads) and D / 32 channels each for the output, with
 // four value rows in flight. An empty range writes l = 0. Call with the whole warp.
 #pragma once
 #include "common.cuh"
 
+// kv head g's row of a slot (above: a cache row, or a ring row for a negative slot)
+__device__ __forceinline__ const bf16* kv_row(const bf16* cache, const bf16* ring, int slot, int KVH, int g, int D) {
+    return slot >= 0 ? cache + ((size_t)slot * KVH + g) * D : ring + ((size_t)(-1 - slot) * KVH + g) * D;
+}
+
 template <int D, typename SlotOf>
-__device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc, const bf16* vc, int g, int KVH,
-                                  int begin, int end, float scale, SlotOf slot_of) {
+__device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc, const bf16* vc, const bf16* kring,
+                                  const bf16* vring, int g, int KVH, int begin, int end, float scale, SlotOf slot_of) {
     constexpr int PER = D / 32;
     int lane = threadIdx.x & 31;
     __shared__ float qs[D];
@@ -24,7 +31,7 @@ __device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc
         float score = -INFINITY;
         int slot = j < end ? slot_of(j) : 0;
         if (j < end) {
-            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)slot * KVH + g) * D);
+            const uint4* k = reinterpret_cast<const uint4*>(kv_row(kc, kring, slot, KVH, g, D));
             float acc = 0.f;
 #pragma unroll
             for (int c8 = 0; c8 < D / 8; c8++) {
@@ -47,7 +54,7 @@ __device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc
             float vv[4][PER];
 #pragma unroll
             for (int u = 0; u < 4; u++) {
-                const bf16* v = vc + ((size_t)__shfl_sync(0xffffffffu, slot, t + u) * KVH + g) * D + lane * PER;
+                const bf16* v = kv_row(vc, vring, __shfl_sync(0xffffffffu, slot, t + u), KVH, g, D) + lane * PER;
 #pragma unroll
                 for (int i = 0; i < PER; i++) vv[u][i] = __bfloat162float(v[i]);
             }
@@ -60,7 +67,7 @@ __device__ void warp_attend_slots(float* part, const float* qrow, const bf16* kc
         }
         for (; t < count; t++) {
             float pt = __shfl_sync(0xffffffffu, p, t);
-            const bf16* v = vc + ((size_t)__shfl_sync(0xffffffffu, slot, t) * KVH + g) * D + lane * PER;
+            const bf16* v = kv_row(vc, vring, __shfl_sync(0xffffffffu, slot, t), KVH, g, D) + lane * PER;
 #pragma unroll
             for (int i = 0; i < PER; i++) o[i] += pt * __bfloat162float(v[i]);
         }
@@ -98,8 +105,9 @@ __device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
 // exchange. Call with the whole block (32 * GQA_WARPS threads).
 #define GQA_WARPS 4
 template <int D, int G, bool DIRECT, typename SlotOf>
-__device__ void group_attend_slots(float* part0, const float* qrow, const bf16* kc, const bf16* vc, int g, int KVH,
-                                   int n, int s, int splits, int chunk, float scale, SlotOf slot_of) {
+__device__ void group_attend_slots(float* part0, const float* qrow, const bf16* kc, const bf16* vc, const bf16* kring,
+                                   const bf16* vring, int g, int KVH, int n, int s, int splits, int chunk, float scale,
+                                   SlotOf slot_of) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int begin = (s * GQA_WARPS + warp) * chunk, end = min(n, begin + chunk);
     __shared__ float qs[G][D];
@@ -123,7 +131,8 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
 #pragma unroll
         for (int h = 0; h < G; h++) sc[h] = 0.f;
         if (j < end) {
-            const uint4* k = reinterpret_cast<const uint4*>(kc + ((size_t)slot * KVH + g) * D);
+            const uint4* k = reinterpret_cast<const uint4*>(DIRECT ? kc + ((size_t)slot * KVH + g) * D
+                                                                   : kv_row(kc, kring, slot, KVH, g, D));
 #pragma unroll
             for (int c8 = 0; c8 < D / 8; c8++) {
                 float kf[8];
@@ -155,7 +164,7 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
                 int t = t0 + 2 * u + half;
                 int row = DIRECT ? j0 + t : __shfl_sync(0xffffffffu, slot, min(t, 31));
                 if (t < count) {
-                    load_bf16<VPER>(vf[u], vc + ((size_t)row * KVH + g) * D + c0);
+                    load_bf16<VPER>(vf[u], (DIRECT ? vc + ((size_t)row * KVH + g) * D : kv_row(vc, vring, row, KVH, g, D)) + c0);
                 } else {
 #pragma unroll
                     for (int i = 0; i < VPER; i++) vf[u][i] = 0.f;

@@ -29,8 +29,9 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
- * [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--json FILE]}: decode tokens/s and step latency per batch and context (greedy
- * sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak device memory, and
+ * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--json FILE]}: decode tokens/s and step latency per
+ * batch and context (greedy sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak
+ * device memory (and pinned host memory: host placement's stores), and
  * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
  * / step time) against a device-to-device copy measured in the same run.
  */
@@ -75,8 +76,8 @@ public final class BenchCommand {
         root.put("copy_bytes_per_s", copy);
         ArrayNode decode = root.putArray("decode");
         warmUp(b);
-        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s%n", "policy", "batch", "context",
-                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB");
+        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s%n", "policy", "batch", "context",
+                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB");
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
         KvConfig kv = policy.kv();
         for (int ctx : contexts) {
@@ -96,9 +97,9 @@ public final class BenchCommand {
                     gpu.synchronize();
                     double sec = (System.nanoTime() - start) / 1e9 / steps;
                     double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + 3 + steps / 2);
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f%n", policy.name(),
-                            batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12, 100 * bytes / sec / copy,
-                            gpu.peakAllocated() / 1e9);
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f%n",
+                            policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
+                            100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9);
                     ObjectNode row = decode.addObject();
                     row.put("policy", policy.name());
                     row.put("batch", batch);
@@ -108,6 +109,7 @@ public final class BenchCommand {
                     row.put("bytes_per_step", bytes);
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
+                    row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
                 } catch (DsflowException e) {
                     out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
                 } finally {

@@ -61,6 +61,14 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Host bytes outside the JVM heap that a cache of {@code tokens} tokens pins (the CUDA backend's host placement), to
+     * be reserved from the operator's managed memory; 0 where the backend keeps none.
+     */
+    default long hostCacheBytes(KvConfig kv, long tokens) {
+        return 0;
+    }
+
+    /**
      * Bytes this backend's own memory has for KV caches (a GPU's free memory less its working buffers), or -1 when
      * the caches live in the JVM's memory and the caller's budget (Flink managed memory) applies.
      */

@@ -285,19 +285,36 @@ public final class CudaBackend implements Backend {
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
      * fp16 labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
-     * pool's size class.
+     * pool's size class. Host placement: the sparse layers' keys and values are in host memory ({@link #hostCacheBytes})
+     * and their rings of sinks and window on the device instead.
      */
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
-        long cap = CudaKvCache.INITIAL_CAPACITY;
-        while (cap < tokens) cap *= 2;
-        long bytes = 2L * c.numLayers() * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
+        long cap = capacityFor(tokens);
+        int sparseLayers = kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
+        boolean host = kv.placement() == KvConfig.Placement.HOST;
+        long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers()) * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers, fp16, and their channel tables
             int width = c.numHeads() * kv.labelChannels(c.headDim());
-            int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
             bytes += sparseLayers * (CudaRuntime.sizeClass(cap * width * 2) + CudaRuntime.sizeClass(width * 4L));
+            long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
+            if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
         }
         return bytes;
+    }
+
+    /** Pinned host bytes a cache of {@code tokens} tokens holds: host placement's sparse-layer keys and values. */
+    @Override
+    public long hostCacheBytes(KvConfig kv, long tokens) {
+        if (!kv.sparse() || kv.placement() != KvConfig.Placement.HOST) return 0;
+        int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+        return 2L * sparseLayers * capacityFor(tokens) * c.kvDim() * 2;
+    }
+
+    private static long capacityFor(long tokens) {
+        long cap = CudaKvCache.INITIAL_CAPACITY;
+        while (cap < tokens) cap *= 2;
+        return cap;
     }
 
     /**
@@ -348,6 +365,11 @@ public final class CudaBackend implements Backend {
             if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16: finite values of order 1
                 long m = cap * c.numHeads() * cache.labelChannels();
                 gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.labels(l), m, 7L * l + 5, 1f);
+            }
+            if (cache.ringKeys(l) != null) {
+                long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
+                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.ringKeys(l), m, 7L * l + 1, 1f);
+                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.ringValues(l), m, 7L * l + 2, 1f);
             }
         }
         return cache;
@@ -500,7 +522,8 @@ public final class CudaBackend implements Backend {
      * <pre>
      *   denseRows: [layers][decodeRows] batch rows (denseCount[l] used), sp: [layers][maxSparse][7] descriptors
      *   (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable: [layers][segments] label and
-     *   channel pointers (0: none), segR: [segments] label channels
+     *   channel pointers (0: none), ringKTable / ringVTable: [layers][segments] device rings of sinks and window (host
+     *   placement; 0: none), segR: [segments] label channels, segRing: [segments][2] sinks and window
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
@@ -510,8 +533,8 @@ public final class CudaBackend implements Backend {
      */
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
-                              CUdeviceptr segR, int maxR, int maxCand, int maxK, int splits, boolean fused,
-                              int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
+                              CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segR, CUdeviceptr segRing,
+                              int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
 
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
@@ -619,7 +642,8 @@ public final class CudaBackend implements Backend {
         boolean anySparse = segments.stream().anyMatch(sg -> ((CudaKvCache) sg.cache()).sparse() != null);
         int[] denseCount = new int[L], sparseCount = new int[L], segR = new int[nseg];
         int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
-        long[] lTable = new long[0], chTable = new long[0];
+        long[] lTable = new long[0], chTable = new long[0], ringKTable = new long[0], ringVTable = new long[0];
+        int[] segRing = new int[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
         boolean allDspp = true, anyPerHead = false, anyShared = false;
         if (anySparse) {
@@ -628,6 +652,9 @@ public final class CudaBackend implements Backend {
             sparseRows = new int[L * Math.max(1, decodeRows)];
             lTable = new long[L * nseg];
             chTable = new long[L * nseg];
+            ringKTable = new long[L * nseg];
+            ringVTable = new long[L * nseg];
+            segRing = new int[2 * nseg];
             int[][] budgetsOf = new int[nseg][];
             int[] cand = new int[nseg];
             for (int s = 0; s < nseg; s++) {
@@ -636,9 +663,13 @@ public final class CudaBackend implements Backend {
                 if (kv == null) continue;
                 segR[s] = cache.labelChannels();
                 maxR = Math.max(maxR, segR[s]);
+                segRing[2 * s] = kv.sinks();
+                segRing[2 * s + 1] = kv.window();
                 for (int l = 0; l < L; l++) {
                     lTable[l * nseg + s] = cache.labels(l) == null ? 0 : address(cache.labels(l));
                     chTable[l * nseg + s] = cache.channels(l) == null ? 0 : address(cache.channels(l));
+                    ringKTable[l * nseg + s] = cache.ringKeys(l) == null ? 0 : address(cache.ringKeys(l));
+                    ringVTable[l * nseg + s] = cache.ringValues(l) == null ? 0 : address(cache.ringValues(l));
                 }
                 int context = cache.length(0) + 1;   // the decode row's token included
                 cand[s] = kv.candidates(context);
@@ -691,14 +722,15 @@ public final class CudaBackend implements Backend {
             selected = buf("selected", (long) maxSparse * heads * maxK);
             spartials = buf("spartials", (long) maxSparse * heads * sparseSplits * (hd + 2));
         }
-        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable}, new int[][]{batch.tokens(),
-                batch.positions(), seg, slot, rowLen, tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf,
-                lastRows, denseRows, sp, sparseRows, segR});
-        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[12], decodeRows, sparseCount, d[13], d[14],
-                decodeRows, d[2], d[3], d[15], maxR, maxCand, maxK, sparseSplits, fused,
+        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, ringKTable, ringVTable},
+                new int[][]{batch.tokens(), batch.positions(), seg, slot, rowLen,
+                        tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows, denseRows, sp, sparseRows,
+                        segR, segRing});
+        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[14], decodeRows, sparseCount, d[15], d[16],
+                decodeRows, d[2], d[3], d[4], d[5], d[17], d[18], maxR, maxCand, maxK, sparseSplits, fused,
                 groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) : 0, scores, selected, spartials) : null;
-        return new Step(rows, nseg, splits, chunk, d[4], d[5], d[6], d[7], d[8], d[0], d[1], tiles.size() / 3, d[9],
-                decodeRows, d[10], partials, d[11], logits, plan);
+        return new Step(rows, nseg, splits, chunk, d[6], d[7], d[8], d[9], d[10], d[0], d[1], tiles.size() / 3, d[11],
+                decodeRows, d[12], partials, d[13], logits, plan);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
@@ -752,9 +784,11 @@ public final class CudaBackend implements Backend {
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
             } else {
-                CUdeviceptr lt = sp.lTable().withByteOffset(8L * layer * nseg), ct = sp.chTable().withByteOffset(8L * layer * nseg);
-                gpu.launch("label_append", rows, heads, Math.max(32, sp.maxR()), qkv, lt, ct, st.seg(), st.slot(), sp.segR(),
-                        heads, kvHeads, hd, qkvDim);
+                long at = 8L * layer * nseg;
+                CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
+                CUdeviceptr rkt = sp.ringKTable().withByteOffset(at), rvt = sp.ringVTable().withByteOffset(at);
+                gpu.launch("label_append", rows, heads, Math.max(32, sp.maxR()), qkv, lt, ct, rkt, rvt, st.seg(),
+                        st.slot(), st.lastRows(), sp.segR(), sp.segRing(), heads, kvHeads, hd, qkvDim);
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
                         st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
@@ -770,8 +804,8 @@ public final class CudaBackend implements Backend {
                         gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
                                 sp.maxCand(), sp.maxK());
                     }
-                    CudaOps.sparseAttention(gpu, sp.partials(), q, kt, vt, st.seg(), st.rowLen(), desc, sp.selected(), n,
-                            heads, kvHeads, hd, sp.splits(), qkvDim, sp.maxK(), sp.groupKinds());
+                    CudaOps.sparseAttention(gpu, sp.partials(), q, kt, vt, rkt, rvt, st.seg(), st.rowLen(), desc,
+                            sp.selected(), n, heads, kvHeads, hd, sp.splits(), qkvDim, sp.maxK(), sp.groupKinds());
                     gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(),
                             sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
                 }

@@ -7,17 +7,23 @@ import jcuda.driver.CUdeviceptr;
 
 import java.lang.ref.Cleaner;
 
+import static jcuda.driver.JCudaDriver.cuMemcpy;
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
- * A sequence's KV cache in GPU memory, written and read by the CUDA backend's forward pass:
+ * A sequence's KV cache for the CUDA backend's forward pass:
  * <pre>
  *   keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major
  *   labels[layer]:              [capacity][heads * r] fp16 (ds / dspp, sparse layers only; null otherwise)
  *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
+ *   ringKeys[layer], ringValues[layer]: [sinks + window][kvHeads * headDim] bf16, host placement's sparse layers only:
+ *                               token p in slot p (p < sinks), else sinks + (p - sinks) mod window
  * </pre>
- * so that growing (capacity doubles) is one contiguous copy per layer. Freed by {@link #release()}, or when it
- * becomes unreachable. A sparse cache keeps its whole store on the device (device placement).
+ * so that growing (capacity doubles) is one contiguous copy per layer. Device placement keeps everything in device
+ * memory. Host placement keeps the sparse layers' keys and values in pinned host memory mapped into the device (the
+ * kernels read and write it in place), and their sinks and window also in device rings, which the sparse attention
+ * reads instead of the host copy; the labels and the dense layers stay on the device. Freed by {@link #release()}, or
+ * when it becomes unreachable.
  */
 public final class CudaKvCache implements KvCache {
     private static final Cleaner CLEANER = Cleaner.create();
@@ -25,8 +31,10 @@ public final class CudaKvCache implements KvCache {
     /** The device buffers, apart from the cache object so that the cleaner can free them. */
     private static final class Buffers implements Runnable {
         final CudaRuntime gpu;
-        final CUdeviceptr[] keys, values, labels, channels;
-        long bytesEach, labelBytesEach, channelBytes;
+        final CUdeviceptr[] keys, values, labels, channels, ringKeys, ringValues;
+        /** Layers whose keys and values are in pinned host memory. */
+        final boolean[] onHost;
+        long bytesEach, labelBytesEach, channelBytes, ringBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
@@ -35,6 +43,14 @@ public final class CudaKvCache implements KvCache {
             values = new CUdeviceptr[layers];
             labels = new CUdeviceptr[layers];
             channels = new CUdeviceptr[layers];
+            ringKeys = new CUdeviceptr[layers];
+            ringValues = new CUdeviceptr[layers];
+            onHost = new boolean[layers];
+        }
+
+        void freeStore(CUdeviceptr p, int layer) {
+            if (onHost[layer]) gpu.freeHost(p, bytesEach);
+            else gpu.free(p, bytesEach);
         }
 
         @Override
@@ -43,10 +59,12 @@ public final class CudaKvCache implements KvCache {
             freed = true;
             gpu.makeCurrent();
             for (int l = 0; l < keys.length; l++) {
-                if (keys[l] != null) gpu.free(keys[l], bytesEach);
-                if (values[l] != null) gpu.free(values[l], bytesEach);
+                if (keys[l] != null) freeStore(keys[l], l);
+                if (values[l] != null) freeStore(values[l], l);
                 if (labels[l] != null) gpu.free(labels[l], labelBytesEach);
                 if (channels[l] != null) gpu.free(channels[l], channelBytes);
+                if (ringKeys[l] != null) gpu.free(ringKeys[l], ringBytes);
+                if (ringValues[l] != null) gpu.free(ringValues[l], ringBytes);
             }
         }
     }
@@ -96,6 +114,14 @@ public final class CudaKvCache implements KvCache {
                 buffers.channelBytes = width * 4L;
                 buffers.channels[l] = gpu.alloc(buffers.channelBytes);
                 jcuda.driver.JCudaDriver.cuMemcpyHtoD(buffers.channels[l], jcuda.Pointer.to(flat), buffers.channelBytes);
+                if (sparse.placement() == KvConfig.Placement.HOST) {
+                    buffers.onHost[l] = true;
+                    buffers.ringBytes = (long) (sparse.sinks() + sparse.window()) * kvDim * 2;
+                    if (buffers.ringBytes > 0) {
+                        buffers.ringKeys[l] = gpu.alloc(buffers.ringBytes);
+                        buffers.ringValues[l] = gpu.alloc(buffers.ringBytes);
+                    }
+                }
             }
         }
         this.labelWidth = width;
@@ -115,15 +141,16 @@ public final class CudaKvCache implements KvCache {
                 }
                 buffers.labels[l] = lab;
             }
-            CUdeviceptr k = gpu.alloc(bytes), v = gpu.alloc(bytes);
+            boolean host = buffers.onHost[l];
+            CUdeviceptr k = host ? gpu.allocHost(bytes) : gpu.alloc(bytes), v = host ? gpu.allocHost(bytes) : gpu.alloc(bytes);
             if (buffers.keys[l] != null) {
                 long used = (long) length[l] * kvDim * 2;
-                if (used > 0) {
-                    cuMemcpyDtoD(k, buffers.keys[l], used);
-                    cuMemcpyDtoD(v, buffers.values[l], used);
+                if (used > 0) {   // unified addressing: one copy call for device and host stores
+                    cuMemcpy(k, buffers.keys[l], used);
+                    cuMemcpy(v, buffers.values[l], used);
                 }
-                gpu.free(buffers.keys[l], buffers.bytesEach);
-                gpu.free(buffers.values[l], buffers.bytesEach);
+                buffers.freeStore(buffers.keys[l], l);
+                buffers.freeStore(buffers.values[l], l);
             }
             buffers.keys[l] = k;
             buffers.values[l] = v;
@@ -146,6 +173,20 @@ public final class CudaKvCache implements KvCache {
 
     CUdeviceptr values(int layer) {
         return buffers.values[layer];
+    }
+
+    /** This layer's ring of sinks and window on the device (host placement's sparse layers), else null. */
+    CUdeviceptr ringKeys(int layer) {
+        return buffers.ringKeys[layer];
+    }
+
+    CUdeviceptr ringValues(int layer) {
+        return buffers.ringValues[layer];
+    }
+
+    /** Whether this layer's keys and values are in host memory. */
+    boolean onHost(int layer) {
+        return buffers.onHost[layer];
     }
 
     /** The sparse policy, or null for a dense cache. */
@@ -207,9 +248,13 @@ public final class CudaKvCache implements KvCache {
         for (int l = 0; l < layers; l++) {
             long used = (long) length[l] * kvDim * 2;
             if (used > 0) {
-                cuMemcpyDtoD(c.buffers.keys[l], buffers.keys[l], used);
-                cuMemcpyDtoD(c.buffers.values[l], buffers.values[l], used);
+                cuMemcpy(c.buffers.keys[l], buffers.keys[l], used);
+                cuMemcpy(c.buffers.values[l], buffers.values[l], used);
                 if (buffers.labels[l] != null) cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], (long) length[l] * labelWidth * 2);
+                if (buffers.ringKeys[l] != null) {
+                    cuMemcpyDtoD(c.buffers.ringKeys[l], buffers.ringKeys[l], buffers.ringBytes);
+                    cuMemcpyDtoD(c.buffers.ringValues[l], buffers.ringValues[l], buffers.ringBytes);
+                }
             }
             c.length[l] = length[l];
         }
@@ -218,12 +263,15 @@ public final class CudaKvCache implements KvCache {
 
     @Override
     public KvBytes bytes() {
-        long b = 0, labels = 0;
+        long b = 0, labels = 0, rings = 0;
         for (int l = 0; l < layers; l++) {
             b += 2L * length[l] * kvDim * 2;
             if (buffers.labels[l] != null) labels += (long) length[l] * labelWidth * 2;
+            if (buffers.ringKeys[l] != null) rings += 2 * buffers.ringBytes;
         }
-        return new KvBytes(b, labels, 0, 0);
+        int window = sparse == null ? 0 : sparse.window(), sinkSlots = sparse == null ? 0 : sparse.sinks();
+        long windowBytes = window + sinkSlots == 0 ? 0 : rings * window / (window + sinkSlots);
+        return new KvBytes(b, labels, windowBytes, rings - windowBytes);
     }
 
     @Override

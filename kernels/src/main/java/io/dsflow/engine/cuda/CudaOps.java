@@ -145,24 +145,27 @@ final class CudaOps {
      * for attention_merge. {@code groupKinds} 0: one warp a split of 32 slots (sparse_attention_dD); else blocks of
      * {@link #GQA_WARPS} warps, a split of GQA_WARPS * 32 slots: bit 1, the rows selecting per query head (a block per
      * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once).
+     * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
+     * segment without one).
      */
     static void sparseAttention(CudaRuntime gpu, CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
-                                CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, CUdeviceptr desc,
-                                CUdeviceptr selected, int rows, int heads, int kvHeads, int hd, int splits, int qStride,
-                                int maxK, int groupKinds) {
+                                CUdeviceptr vTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr seg,
+                                CUdeviceptr rowLen, CUdeviceptr desc, CUdeviceptr selected, int rows, int heads,
+                                int kvHeads, int hd, int splits, int qStride, int maxK, int groupKinds) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (groupKinds == 0) {
-            gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, seg, rowLen, desc,
-                    selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
+            gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, ringKTable,
+                    ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
             return;
         }
         if ((groupKinds & 1) != 0) {
-            gpu.launch(sparseGroupKernel(hd, 1), rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable, seg,
-                    rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 0);
+            gpu.launch(sparseGroupKernel(hd, 1), rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable,
+                    ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 0);
         }
         if ((groupKinds & 2) != 0) {
             gpu.launch(sparseGroupKernel(hd, heads / kvHeads), rows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable,
-                    vTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 1);
+                    vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
+                    32, maxK, 1);
         }
     }
 

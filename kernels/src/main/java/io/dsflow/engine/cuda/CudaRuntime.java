@@ -61,6 +61,9 @@ public final class CudaRuntime implements AutoCloseable {
     private final String name;
     private final long totalMemory;
     private long allocated, held, peak;
+    /** Pinned host blocks by their device address, and the bytes of them held now and at most since the last reset. */
+    private final Map<Long, Pointer> hostBlocks = new HashMap<>();
+    private long hostHeld, hostPeak;
     /** Free blocks by their (rounded) size. */
     private final Map<Long, java.util.ArrayDeque<CUdeviceptr>> pool = new HashMap<>();
     private final CUevent uploaded = new CUevent(), downloaded = new CUevent();
@@ -243,6 +246,46 @@ public final class CudaRuntime implements AutoCloseable {
 
     public void resetPeak() {
         peak = held;
+        hostPeak = hostHeld;
+    }
+
+    /** Pinned host memory held for the device now ({@link #allocHost}). */
+    public long hostAllocated() {
+        return hostHeld;
+    }
+
+    /** The most pinned host memory held for the device ({@link #allocHost}) since the last reset. */
+    public long peakHostAllocated() {
+        return hostPeak;
+    }
+
+    /**
+     * Pinned host memory mapped into the device's address space (unified addressing: kernels read and write it at the
+     * returned address, over the host link). Not pooled: host-placed caches are few and long-lived.
+     */
+    public CUdeviceptr allocHost(long bytes) {
+        Pointer host = new Pointer();
+        try {
+            JCudaDriver.cuMemHostAlloc(host, bytes, jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_DEVICEMAP
+                    | jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_PORTABLE);
+        } catch (jcuda.CudaException e) {
+            throw new DsflowException(String.format("out of pinned host memory: %.1f MB more for %s (%.1f MB held)",
+                    bytes / 1e6, name, hostHeld / 1e6), e);
+        }
+        CUdeviceptr p = new CUdeviceptr();
+        JCudaDriver.cuMemHostGetDevicePointer(p, host, 0);
+        hostBlocks.put(jcuda.DeviceAddress.of(p), host);
+        hostHeld += bytes;
+        hostPeak = Math.max(hostPeak, hostHeld);
+        return p;
+    }
+
+    /** Frees a block of {@link #allocHost} (waits for the device: the driver's free of pinned memory synchronises). */
+    public void freeHost(CUdeviceptr p, long bytes) {
+        Pointer host = hostBlocks.remove(jcuda.DeviceAddress.of(p));
+        if (host == null) throw new IllegalArgumentException("not a pinned host block of this runtime");
+        JCudaDriver.cuMemFreeHost(host);
+        hostHeld -= bytes;
     }
 
     /** Pool size classes: powers of two up to 2 MB, then multiples of 2 MB. */

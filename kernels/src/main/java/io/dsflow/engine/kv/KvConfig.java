@@ -23,14 +23,22 @@ import java.util.Map;
  * @param gqaSelection  per_head: each query head selects its tokens; max / mean: one selection per kv head from the
  *                      group's maximum or mean approximate score (each selected row then serves the whole group)
  * @param capacity      C: tokens a sequence keeps (0 = unbounded); past C the oldest non-sink tokens are evicted
+ * @param placement     where a GPU keeps a sparse cache's full key/value store (the CPU keeps everything on its heap)
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
-                       GqaSelection gqaSelection, int capacity) implements java.io.Serializable {
+                       GqaSelection gqaSelection, int capacity, Placement placement) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K }
 
     public enum GqaSelection { PER_HEAD, MAX, MEAN }
+
+    /**
+     * DEVICE: the whole cache in device memory. HOST (ds / dspp): the sparse layers' full key/value store in pinned host
+     * memory that the device reads through its mapping; the device keeps the labels, the sinks and the window (a ring of
+     * W slots), and the selected rows are read from host memory during attention. The dense layers stay on the device.
+     */
+    public enum Placement { DEVICE, HOST }
 
     public static final KvConfig DENSE = defaults(KvPolicy.DENSE);
 
@@ -43,6 +51,10 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (kFloor < 1 || kMin < 1) throw new InvalidRequestException("k_floor and k_min must be >= 1");
         if (denseLayers < 0) throw new InvalidRequestException("dense layers must be >= 0, got " + denseLayers);
         if (capacity < 0) throw new InvalidRequestException("capacity must be >= 0 (0 = unbounded), got " + capacity);
+        if (placement == null) throw new InvalidRequestException("placement must be device or host");
+        if (placement == Placement.HOST && policy == KvPolicy.DENSE) {
+            throw new InvalidRequestException("placement host is for the sparse policies (ds, dspp): dense attention reads every row");
+        }
         if (capacity > 0 && capacity < sinks + window + 1) {
             throw new InvalidRequestException("capacity " + capacity + " must exceed sinks + window = " + (sinks + window));
         }
@@ -52,7 +64,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     public static KvConfig defaults(KvPolicy policy) {
         boolean pp = policy == KvPolicy.DSPP;
         return new KvConfig(policy, 0, 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
-                ChannelSource.QK, GqaSelection.PER_HEAD, 0);
+                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE);
     }
 
     /** r for a head dimension. */
@@ -63,7 +75,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
-     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity; "_" works for "-"). Changing the
+     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement; "_" works for "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
     public KvConfig with(Map<String, String> options) {
@@ -75,6 +87,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         double lam = c.lambda, rh = c.rho;
         ChannelSource src = c.channelSource;
         GqaSelection gqa = c.gqaSelection;
+        Placement placement = c.placement;
         for (Map.Entry<String, String> e : options.entrySet()) {
             String key = e.getKey().toLowerCase(Locale.ROOT).replace('_', '-');
             String v = e.getValue();
@@ -92,10 +105,11 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 case "capacity" -> cap = integer(key, v);
                 case "channels", "channel-source" -> src = choice(ChannelSource.class, key, v);
                 case "gqa", "gqa-selection" -> gqa = choice(GqaSelection.class, key, v);
+                case "placement" -> placement = choice(Placement.class, key, v);
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
-        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap);
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement);
     }
 
     /** The per-sequence token budget of a sparse layer's selection before decay: max(kFloor, T rho) - S - W. */
@@ -126,9 +140,10 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     public String toString() {
         if (!sparse()) return capacity > 0 ? "dense (capacity " + capacity + ")" : "dense";
         return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d dense_layers=%d"
-                        + " channels=%s gqa=%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
+                        + " channels=%s gqa=%s%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
                 sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT),
-                gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "");
+                gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
+                placement == Placement.HOST ? " placement=host" : "");
     }
 
     private static int integer(String key, String v) {

@@ -65,6 +65,13 @@ class CudaKernelTest {
         return p;
     }
 
+    /** A copy of a device buffer in pinned host memory mapped into the device (host placement's store). */
+    static CUdeviceptr onHost(CUdeviceptr device, long bytes) {
+        CUdeviceptr h = gpu.allocHost(bytes);
+        jcuda.driver.JCudaDriver.cuMemcpy(h, device, bytes);
+        return h;
+    }
+
     static CUdeviceptr poisoned(int n) {
         float[] nan = new float[n];
         java.util.Arrays.fill(nan, Float.NaN);
@@ -524,25 +531,47 @@ class CudaKernelTest {
      * The selected rows' attention in blocks of four warps (sparse_attention_dD_gG: per-head rows and rows whose group
      * shares a selection, in one step) equals softmax attention over sinks + selection + window computed on the CPU,
      * for head sizes 64 and 128, GQA groups of 4, candidates and budgets of odd sizes, a budget above the candidates.
+     * Host placement: the store in pinned host memory, its sinks and window rows overwritten with NaN there, so the
+     * attention must read them from the device ring (window wrapped around: row lengths are not multiples of W).
      */
-    @ParameterizedTest(name = "head_dim {0}")
-    @CsvSource({"64", "128"})
-    void groupedSparseAttentionMatchesCpu(int hd) {
+    @ParameterizedTest(name = "head_dim {0}, host placement {1}")
+    @CsvSource({"64, false", "128, false", "64, true", "128, true"})
+    void groupedSparseAttentionMatchesCpu(int hd, boolean host) {
         Random rnd = new Random(hd);
         int heads = 8, kvHeads = 2, group = 4, sinks = 4, window = 16, cap = 700, qStride = heads * hd, maxK = 512;
         int[][] rowsSpec = {{613, 97, 0}, {300, 1000, 2}, {450, 131, 1}};   // row length, budget, mode
         int rows = rowsSpec.length;
         float[][] keys = new float[rows][], values = new float[rows][];
-        long[] kptr = new long[rows], vptr = new long[rows];
+        long[] kptr = new long[rows], vptr = new long[rows], ringK = new long[rows], ringV = new long[rows];
+        int rowWidth = kvHeads * hd;
         for (int r = 0; r < rows; r++) {
-            keys[r] = random(rnd, cap * kvHeads * hd, 1);
-            values[r] = random(rnd, cap * kvHeads * hd, 1);
+            keys[r] = random(rnd, cap * rowWidth, 1);
+            values[r] = random(rnd, cap * rowWidth, 1);
             for (int i = 0; i < keys[r].length; i++) {
                 keys[r][i] = bf(keys[r][i]);
                 values[r][i] = bf(values[r][i]);
             }
-            kptr[r] = jcuda.DeviceAddress.of(uploadBf16(keys[r]));
-            vptr[r] = jcuda.DeviceAddress.of(uploadBf16(values[r]));
+            if (!host) {
+                kptr[r] = jcuda.DeviceAddress.of(uploadBf16(keys[r]));
+                vptr[r] = jcuda.DeviceAddress.of(uploadBf16(values[r]));
+                continue;
+            }
+            // the ring as label_append fills it: position t < S in slot t, else in S + (t - S) mod W
+            int n = rowsSpec[r][0];
+            float[] rk = new float[(sinks + window) * rowWidth], rv = new float[rk.length];
+            float[] storeK = keys[r].clone(), storeV = values[r].clone();
+            for (int t = 0; t < n; t++) {
+                if (t >= sinks && t < n - window) continue;
+                int at = t < sinks ? t : sinks + (t - sinks) % window;
+                System.arraycopy(keys[r], t * rowWidth, rk, at * rowWidth, rowWidth);
+                System.arraycopy(values[r], t * rowWidth, rv, at * rowWidth, rowWidth);
+                java.util.Arrays.fill(storeK, t * rowWidth, (t + 1) * rowWidth, Float.NaN);
+                java.util.Arrays.fill(storeV, t * rowWidth, (t + 1) * rowWidth, Float.NaN);
+            }
+            kptr[r] = jcuda.DeviceAddress.of(onHost(uploadBf16(storeK), storeK.length * 2L));
+            vptr[r] = jcuda.DeviceAddress.of(onHost(uploadBf16(storeV), storeV.length * 2L));
+            ringK[r] = jcuda.DeviceAddress.of(uploadBf16(rk));
+            ringV[r] = jcuda.DeviceAddress.of(uploadBf16(rv));
         }
         float[] q = random(rnd, rows * qStride, 1);
         int[] sp = new int[rows * 7], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
@@ -571,8 +600,8 @@ class CudaKernelTest {
         }
         int splits = (sinks + window + maxK + 127) / 128;
         CUdeviceptr partials = gpu.alloc(4L * rows * heads * splits * (hd + 2)), out = poisoned(rows * qStride);
-        CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(seg), upload(len), upload(sp),
-                upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK, 3);
+        CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(ringK), upload(ringV),
+                upload(seg), upload(len), upload(sp), upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK, 3);
         int[] rowsOf = {0, 1, 2};
         gpu.launch("attention_merge", rows * heads, 1, Math.min(1024, 4 * hd), out, partials, upload(rowsOf), heads, hd,
                 splits);

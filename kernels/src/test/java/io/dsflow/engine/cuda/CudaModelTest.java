@@ -101,6 +101,25 @@ class CudaModelTest {
                 assertTrue(used >= exact && used <= e.estimateCacheBytes(io.dsflow.engine.kv.KvConfig.DENSE, tokens),
                         tokens + " tokens: " + exact + " <= " + used + " <= estimate");
             }
+            // host placement: the sparse layers' stores pinned in host memory, the device keeps labels and rings
+            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+                    .with(java.util.Map.of("placement", "host"));
+            int[][][] order = new int[c.numLayers()][c.numHeads()][c.headDim()];
+            for (int[][] layer : order) for (int[] head : layer) for (int i = 0; i < head.length; i++) head[i] = i;
+            var channels = new io.dsflow.engine.kv.ChannelConfig(order);
+            for (int tokens : new int[]{1, 1000, 5000}) {
+                long before = b.runtime().allocated(), hostBefore = b.runtime().hostAllocated();
+                CudaKvCache cache = (CudaKvCache) b.newCache(host, channels);
+                cache.reserve(tokens);
+                long used = b.runtime().allocated() - before, pinned = b.runtime().hostAllocated() - hostBefore;
+                cache.release();
+                int sparseLayers = c.numLayers() - host.denseLayers();
+                long hostExact = 2L * sparseLayers * c.kvDim() * 2 * tokens;
+                assertTrue(pinned >= hostExact && pinned <= b.hostCacheBytes(host, tokens), tokens + " tokens: host " + pinned);
+                long onDevice = e.estimateCacheBytes(host.with(java.util.Map.of("placement", "device")), tokens);
+                assertTrue(used <= e.estimateCacheBytes(host, tokens) && e.estimateCacheBytes(host, tokens) < onDevice,
+                        tokens + " tokens: host placement keeps " + used + " device bytes, device placement " + onDevice);
+            }
             long budget = b.deviceCacheBudget();
             assertTrue(budget > 0 && budget < b.runtime().totalMemory(), "device budget " + budget);
         }
@@ -111,7 +130,9 @@ class CudaModelTest {
      * reference does: greedy tokens of pass-key and records prompts of about 1600 tokens, where the sparse layers
      * select (k well below the candidates), per query head and from the group's mean. (Selection from the group's
      * max is held to the CPU at kernel level, sparseTopKMatchesCpuTopK: over a whole model one of four prompts
-     * diverged at its fourth answer token, a near-tie of the combined scores, whose products the GPU fuses.)
+     * diverged at its fourth answer token, a near-tie of the combined scores, whose products the GPU fuses.) Host
+     * placement generates the same: the store read in host memory, sinks and window from the device ring, which wraps
+     * around about 25 times over such a prompt.
      */
     @Test
     void sparsePoliciesOnTheGpuGenerateWhatTheCpuGenerates() {
@@ -126,9 +147,11 @@ class CudaModelTest {
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP),
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")))) {
                         int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
-                        int[] got = gpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
-                        assertArrayEquals(want, got, kv + " seed " + seed + " " + sample.task() + ", "
-                                + prompt.length + " prompt tokens");
+                        for (io.dsflow.engine.kv.KvConfig placed : List.of(kv, kv.with(java.util.Map.of("placement", "host")))) {
+                            int[] got = gpu.generate(prompt, SamplingParams.greedy(8), placed).tokenIds();
+                            assertArrayEquals(want, got, placed + " seed " + seed + " " + sample.task() + ", "
+                                    + prompt.length + " prompt tokens");
+                        }
                     }
                 }
             }
@@ -148,9 +171,11 @@ class CudaModelTest {
             int[] dense = gpu.generate(prompt, SamplingParams.greedy(8), KvPolicy.DENSE).tokenIds();
             for (String policy : List.of("ds", "dspp")) {
                 for (String floor : List.of("100000", "200000")) {   // budgets capped at, and asked above, the candidates
-                    io.dsflow.engine.kv.KvConfig kv = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.parse(policy))
-                            .with(java.util.Map.of("k-floor", floor, "lambda", "0"));
-                    assertArrayEquals(dense, gpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds(), policy + " " + floor);
+                    for (String placement : List.of("device", "host")) {
+                        io.dsflow.engine.kv.KvConfig kv = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.parse(policy))
+                                .with(java.util.Map.of("k-floor", floor, "lambda", "0", "placement", placement));
+                        assertArrayEquals(dense, gpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds(), kv.toString());
+                    }
                 }
             }
         }
