@@ -51,8 +51,8 @@ import java.util.concurrent.TimeUnit;
  *       together, new requests join at the next step; results return through the task mailbox, where state is
  *       updated and records are emitted, so a checkpoint always holds exactly the tokens emitted before it;</li>
  *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager (on a GPU backend: counted
- *       against the device's free memory, where the caches live); when the budget or the
- *       limit of running requests is full, idle conversations' caches are dropped (rebuilt by prefill when they
+ *       against the device's free memory, where the caches live; the pinned host stores of placement=host are reserved
+ *       from the MemoryManager); when a budget or the limit of running requests is full, idle conversations' caches are dropped (rebuilt by prefill when they
  *       return) and new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
  *   <li>bounded state: a subtask holds at most limits.max-conversations conversations; a request opening one more
  *       gets a conversation_limit error record (counted again from the keyed state on restore or rescale);</li>
@@ -97,6 +97,9 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient boolean cachesOnDevice;             // a GPU's memory, not Flink managed memory, bounds caches
     private transient long reservedTotal;
     private transient Map<String, Long> reserved;
+    /** Pinned host memory of host-placed GPU caches, reserved from managed memory: its budget, total and by conversation. */
+    private transient long hostBudget, hostReservedTotal;
+    private transient Map<String, Long> hostReserved;
     private transient LinkedHashSet<String> idleCaches;    // kept caches of conversations with nothing active, LRU
     private transient Deque<String> admission;             // conversations whose next request waits for memory
     private transient long conversations;                  // conversations with state on this subtask
@@ -176,7 +179,9 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         long deviceBudget = engine.backend().deviceCacheBudget();
         cachesOnDevice = deviceBudget >= 0;
         budget = cachesOnDevice ? deviceBudget : memoryManager.computeMemorySize(fraction);
+        hostBudget = cachesOnDevice ? memoryManager.computeMemorySize(fraction) : 0;
         reserved = new HashMap<>();
+        hostReserved = new HashMap<>();
         idleCaches = new LinkedHashSet<>();
         admission = new ArrayDeque<>();
         inflight = new HashMap<>();
@@ -309,19 +314,26 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             ConversationState cs = state.value();
             Request r = cs.active;
             KvConfig kv = RequestParser.kvConfig(r.kv, settings.kv());
-            long needed = engine.estimateCacheBytes(kv, (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1);
-            long have = reserved.getOrDefault(conv, 0L);
-            if (needed > budget) {
+            long tokens = (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1;
+            long needed = engine.estimateCacheBytes(kv, tokens);
+            long hostNeeded = engine.backend().hostCacheBytes(kv, tokens);   // host placement's pinned stores
+            long have = reserved.getOrDefault(conv, 0L), hostHave = hostReserved.getOrDefault(conv, 0L);
+            if (needed > budget || hostNeeded > hostBudget) {
                 admission.poll();
                 if (have > 0) dropCache(conv);
-                endWithError(conv, cs, r, new InvalidRequestException(String.format("the request needs %.1f MB of KV"
-                        + " cache; the decode operator has %.1f MB of %s", needed / 1e6, budget / 1e6,
-                        cachesOnDevice ? "device memory" : "managed memory")));
+                endWithError(conv, cs, r, new InvalidRequestException(needed > budget
+                        ? String.format("the request needs %.1f MB of KV cache; the decode operator has %.1f MB of %s",
+                                needed / 1e6, budget / 1e6, cachesOnDevice ? "device memory" : "managed memory")
+                        : String.format("the request needs %.1f MB of pinned host memory for its KV store (placement"
+                                + " host); the decode operator has %.1f MB of managed memory", hostNeeded / 1e6,
+                                hostBudget / 1e6)));
                 continue;
             }
             int running = inflight.size() - admission.size();
-            if (running >= settings.limits().maxRunning() || reservedTotal - have + needed > budget) {
-                evictIdle(needed - (budget - reservedTotal + have), conv);
+            if (running >= settings.limits().maxRunning() || reservedTotal - have + needed > budget
+                    || hostReservedTotal - hostHave + hostNeeded > hostBudget) {
+                evictIdle(needed - (budget - reservedTotal + have), hostNeeded - (hostBudget - hostReservedTotal + hostHave),
+                        conv);
                 return;
             }
             admission.poll();
@@ -331,19 +343,28 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 reservedTotal += needed - have;
                 reserved.put(conv, needed);
             }
+            if (hostNeeded > hostHave) {
+                memoryManager.reserveMemory(this, hostNeeded - hostHave);
+                hostReservedTotal += hostNeeded - hostHave;
+                hostReserved.put(conv, hostNeeded);
+            }
             BatchScheduler.Work w = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
                     RequestParser.samplingParams(r), kv, inflight.get(r.requestId).emitted);
             inbox.add(() -> scheduler.submit(w));
         }
     }
 
-    /** Drops least recently used idle caches (not {@code keep}'s) until {@code bytes} would be free. */
-    private void evictIdle(long bytes, String keep) {
-        long freed = 0;
+    /**
+     * Drops least recently used idle caches (not {@code keep}'s) until {@code bytes} of the cache budget and
+     * {@code hostBytes} of pinned host memory would be free.
+     */
+    private void evictIdle(long bytes, long hostBytes, String keep) {
+        long freed = 0, hostFreed = 0;
         for (String conv : new ArrayList<>(idleCaches)) {
-            if (freed >= bytes) break;
+            if (freed >= bytes && hostFreed >= hostBytes) break;
             if (conv.equals(keep)) continue;
             freed += reserved.getOrDefault(conv, 0L);
+            hostFreed += hostReserved.getOrDefault(conv, 0L);
             dropCache(conv);
             cacheEvictions.add(1);
         }
@@ -355,6 +376,11 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         if (bytes != null) {
             if (!cachesOnDevice) memoryManager.releaseMemory(this, bytes);
             reservedTotal -= bytes;
+        }
+        Long hostBytes = hostReserved.remove(conv);
+        if (hostBytes != null) {
+            memoryManager.releaseMemory(this, hostBytes);
+            hostReservedTotal -= hostBytes;
         }
         inbox.add(() -> scheduler.dropCache(conv));
     }
