@@ -4,11 +4,14 @@
 // Device placement: the whole K/V store stays on the device, the window is its last W slots. Host placement: the store
 // is pinned host memory the device reads in place; sinks and window also live in a device ring that the attention reads.
 //   qkv rows: [q: H x D | k: KVH x D | v] f32 after RoPE (kv_append_rope writes the rotated keys back)
-//   labels of a segment's layer: [cap][H * r] fp16, label[slot][h * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head)
+//   labels of a segment's layer: [cap][H * r], label[slot][h * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head),
+//     fp16 (16-bit labels) or int8 times a per-token, per-head scale (8-bit: value = q * scale, scale = fp16(max |k_c| /
+//     127) over the head's r channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises);
+//     scales of a segment's layer: [H][cap] fp16 (head-major: a head's scales of consecutive candidates read together)
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
 //   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints: the batch row, its candidates count (slots
 //   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
-//   channels r; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
+//   channels r, label bits (16 or 8), cache capacity; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
 // Two ways to the selection, both ranking the same floats (label_score) and picking by the same radix select:
 //   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
 //   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
@@ -18,64 +21,126 @@
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
 
-#define SP_FIELDS 7
-enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R };
+#define SP_FIELDS 9
+enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CAP };
+// seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
+#define SEG_FIELDS 5
+enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP };
 
-// label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot; with
-//   host placement also its key and value into the segment's device ring of sinks and window (rkptr / rvptr: this
-//   layer's ring tables, 0: none; seg_ring: [segments][2] sinks S, window W): slot p < S to ring slot p, else to
-//   S + (p - S) mod W, written only by the last W rows of a segment in this step (several rows of a prefill would
-//   race for a ring slot; last_rows: [segments] each segment's last batch row). seg_r: [segments] label channels r.
-//   Grid: (rows, H), block: the largest r, at least 32.
+// label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot (8-bit:
+//   with the head's scale into sptr's scales); with host placement also its key and value into the segment's device
+//   ring of sinks and window (rkptr / rvptr: this layer's ring tables, 0: none): slot p < S to ring slot p, else to
+//   S + (p - S) mod W, written only by the last W rows of a segment in this step (several rows of a prefill would race
+//   for a ring slot; last_rows: [segments] each segment's last batch row). seg_info: [segments][SEG_FIELDS].
+//   Grid: (rows, H), block: the largest r rounded up to 32 (at most 64).
 extern "C" __global__ void label_append(const float* qkv, const unsigned long long* lptr,
-                                        const unsigned long long* chptr, const unsigned long long* rkptr,
-                                        const unsigned long long* rvptr, const int* seg, const int* slot,
-                                        const int* last_rows, const int* seg_r, const int* seg_ring, int H, int KVH,
-                                        int D, int row_stride) {
-    int row = blockIdx.x, h = blockIdx.y, sg = seg[row];
-    __half* labels = reinterpret_cast<__half*>(lptr[sg]);
+                                        const unsigned long long* chptr, const unsigned long long* sptr,
+                                        const unsigned long long* rkptr, const unsigned long long* rvptr,
+                                        const int* seg, const int* slot, const int* last_rows, const int* seg_info,
+                                        int H, int KVH, int D, int row_stride) {
+    __shared__ float warp_max_abs[2];
+    int row = blockIdx.x, h = blockIdx.y, sg = seg[row], i = threadIdx.x;
+    void* labels = reinterpret_cast<void*>(lptr[sg]);
     if (labels == nullptr) return;
+    const int* info = seg_info + sg * SEG_FIELDS;
     const float* x = qkv + (size_t)row * row_stride;
-    int r = seg_r[sg], p = slot[row];
-    if (threadIdx.x < r) {
-        const int* ch = reinterpret_cast<const int*>(chptr[sg]);
-        int g = h / (H / KVH);
-        labels[(size_t)p * H * r + h * r + threadIdx.x] = __float2half_rn(x[(H + g) * D + ch[h * r + threadIdx.x]]);
+    int r = info[SEG_R], p = slot[row];
+    const int* ch = reinterpret_cast<const int*>(chptr[sg]);
+    float k = i < r ? x[(H + h / (H / KVH)) * D + ch[h * r + i]] : 0.f;
+    size_t at = (size_t)p * H * r + h * r + i;
+    if (info[SEG_BITS] == 16) {
+        if (i < r) reinterpret_cast<__half*>(labels)[at] = __float2half_rn(k);
+    } else {   // the head's scale from the largest |k_c| of its r channels (at most two warps)
+        float m = warp_max(fabsf(k));
+        if ((i & 31) == 0) warp_max_abs[i >> 5] = m;
+        __syncthreads();
+        m = blockDim.x > 32 ? fmaxf(warp_max_abs[0], warp_max_abs[1]) : warp_max_abs[0];
+        __half sc = __float2half_rn(m / 127.f);
+        float scale = __half2float(sc);
+        if (i < r) {
+            float qv = scale == 0.f ? 0.f : fminf(127.f, fmaxf(-127.f, floorf(k / scale + 0.5f)));
+            reinterpret_cast<signed char*>(labels)[at] = (signed char)qv;
+        }
+        if (i == 0) reinterpret_cast<__half*>(sptr[sg])[(size_t)h * info[SEG_CAP] + p] = sc;
     }
     bf16* rk = reinterpret_cast<bf16*>(rkptr[sg]);
     if (rk == nullptr || h >= KVH) return;
-    int sinks = seg_ring[2 * sg], window = seg_ring[2 * sg + 1];
+    int sinks = info[SEG_SINKS], window = info[SEG_WINDOW];
     if (p >= sinks && (window == 0 || p < slot[last_rows[sg]] + 1 - window)) return;
-    int at = p < sinks ? p : sinks + (p - sinks) % window;
+    int ring = p < sinks ? p : sinks + (p - sinks) % window;
     bf16* rv = reinterpret_cast<bf16*>(rvptr[sg]);
     for (int c = threadIdx.x; c < D; c += blockDim.x) {   // the same bf16 rounding as kv_append_rope's store
-        rk[((size_t)at * KVH + h) * D + c] = __float2bfloat16(x[(H + h) * D + c]);
-        rv[((size_t)at * KVH + h) * D + c] = __float2bfloat16(x[(H + KVH + h) * D + c]);
+        rk[((size_t)ring * KVH + h) * D + c] = __float2bfloat16(x[(H + h) * D + c]);
+        rv[((size_t)ring * KVH + h) * D + c] = __float2bfloat16(x[(H + KVH + h) * D + c]);
     }
 }
 
 // s plus 8 of q's label channels times 8 fp16 labels of a candidate (one 16-byte read-only load: ld.global.nc, the
-// labels reached through a pointer table would otherwise be read by generic loads): the one order of additions
-// every score kernel uses, so ds and dspp rank the same floats
+// labels reached through a pointer table would otherwise be read by generic loads). Every score kernel adds in this
+// order, channel after channel, each product rounded before its addition (no fused multiply-add), which is the CPU
+// reference's arithmetic (kv/SparseKvCache): the same labels and q give the same scores, so ds, dspp and the CPU rank
+// the same floats.
 __device__ __forceinline__ float label_chunk(float s, uint4 raw, const float* qc) {
     const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
     for (int e = 0; e < 4; e++) {
         float2 f = __half22float2(h2[e]);
-        s += qc[2 * e] * f.x + qc[2 * e + 1] * f.y;
+        s = __fadd_rn(s, __fmul_rn(qc[2 * e], f.x));
+        s = __fadd_rn(s, __fmul_rn(qc[2 * e + 1], f.y));
     }
     return s;
 }
 
-// q's label channels times one candidate's labels of a head (r of them, fp16): sum_i qc[i] * lab[i]
-__device__ __forceinline__ float label_score(const __half* lab, const float* qc, int r) {
-    float s = 0.f;
-    if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
-        for (int i = 0; i < r; i += 8) s = label_chunk(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i);
-    } else {
-        for (int i = 0; i < r; i++) s += qc[i] * __half2float(lab[i]);
-    }
+// label_chunk for 16 int8 labels, each dequantised first (value * scale, exact in f32) as the CPU reference keeps them
+__device__ __forceinline__ float label_chunk8(float s, uint4 raw, const float* qc, float scale) {
+    const signed char* b = reinterpret_cast<const signed char*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 16; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn((float)b[e], scale)));
     return s;
+}
+
+// A layer's label cache as one sparse row reads it (sparse.cu's header): element offsets count labels, not bytes.
+struct LabelCache {
+    const void* values;
+    const __half* scales;   // 8-bit only
+    int stride, bits, cap;   // stride: H * r labels a slot
+
+    __device__ LabelCache(unsigned long long values_ptr, unsigned long long scales_ptr, int H, int r, int bits_,
+                          int cap_)
+        : values(reinterpret_cast<const void*>(values_ptr)), scales(reinterpret_cast<const __half*>(scales_ptr)),
+          stride(H * r), bits(bits_), cap(cap_) {}
+
+    // q's label channels times the labels of head h at a slot (r of them): sum_i qc[i] * label[i]
+    __device__ __forceinline__ float score(const float* qc, int slot, int h, int r) const {
+        size_t at = (size_t)slot * stride + h * r;
+        float s = 0.f;
+        if (bits == 16) {
+            const __half* lab = reinterpret_cast<const __half*>(values) + at;
+            if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
+                for (int i = 0; i < r; i += 8) s = label_chunk(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i);
+            } else {
+                for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __half2float(lab[i])));
+            }
+        } else {
+            const signed char* lab = reinterpret_cast<const signed char*>(values) + at;
+            float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
+            if ((r & 15) == 0) {
+                for (int i = 0; i < r; i += 16) s = label_chunk8(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i, scale);
+            } else {
+                for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __fmul_rn((float)lab[i], scale)));
+            }
+        }
+        return s;
+    }
+};
+
+// The label channels of q for the selection's heads h0 .. h0 + heads - 1: qc[j * r + i] = q[(h0 + j) * D +
+// channels[(h0 + j) * r + i]] (qrow: the row's q, channels: the layer's [H * r] table)
+__device__ void label_queries(float* qc, const float* qrow, const int* channels, int h0, int heads, int r, int D) {
+    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
+        int h = h0 + i / r;
+        qc[i] = qrow[h * D + channels[h * r + i % r]];
+    }
 }
 
 // the group's heads' scores combined for a shared selection: mode 1 max, mode 2 sum (the mean's order)
@@ -86,19 +151,18 @@ __device__ __forceinline__ float combine_scores(int mode, float a, float b) {
 // sparse_scores: scores[p][h][c] = sum_i q[h][channels[h][i]] * label[sinks + c][h][i] for c < cand.
 //   Grid: (P * H, ceil(max_cand / 256)), block: 256.
 extern "C" __global__ void sparse_scores(float* scores, const float* q, const unsigned long long* lptr,
-                                         const unsigned long long* chptr, const int* seg, const int* sp, int H, int D,
-                                         int q_stride, int max_cand) {
+                                         const unsigned long long* chptr, const unsigned long long* sptr,
+                                         const int* seg, const int* sp, int H, int D, int q_stride, int max_cand) {
     __shared__ float qc[64];
     int ph = blockIdx.x, p = ph / H, h = ph % H;
     const int* d = sp + p * SP_FIELDS;
     int row = d[SP_ROW], r = d[SP_R];
-    const int* ch = reinterpret_cast<const int*>(chptr[seg[row]]);
-    if (threadIdx.x < r) qc[threadIdx.x] = q[(size_t)row * q_stride + h * D + ch[h * r + threadIdx.x]];
+    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h, 1, r, D);
     __syncthreads();
     int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= d[SP_CAND]) return;
-    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + c) * H * r + h * r;
-    scores[(size_t)ph * max_cand + c] = label_score(lab, qc, r);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
+    scores[(size_t)ph * max_cand + c] = labels.score(qc, d[SP_SINKS] + c, h, r);
 }
 
 // Top-k by radix select, in parts that one block (select_top_k) or a cluster of blocks (sparse_select_cluster)
@@ -286,29 +350,39 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
                  d[SP_SINKS]);
 }
 
-// The selection's scores, as order keys, into keys[0, n): candidate c's labels at lab + c * stride, head j's r = R of them at + j * R,
-//   its score label_score's, the heads' combined (mode). R a multiple of 8: each thread scores SEL_UNROLL candidates
-//   of a head at once, all their 16-byte label loads issued before the products, so enough bytes are in flight for
-//   one block to stream the labels of a long context.
+// The selection's scores, as order keys, into keys[0, n): the candidates are slots first, first + 1, ... of the label
+//   cache; head h0 + j's score LabelCache::score's, the heads' combined (mode). R (labels a head) a multiple of 8 for
+//   16-bit labels, of 16 for 8-bit ones: each thread scores SEL_UNROLL candidates of a head at once, all their 16-byte
+//   label loads (and 8-bit scales) issued before the products, so enough bytes are in flight for one block to stream
+//   the labels of a long context.
 #define SEL_UNROLL 4
-template <int R>
-__device__ void score_candidates(unsigned* keys, const __half* lab, size_t stride, const float* qc, int heads, int mode,
-                                 int n) {
+template <int R, bool EIGHT>
+__device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc,
+                                 int heads, int mode, int n) {
+    constexpr int PER = EIGHT ? 16 : 8, LOADS = R / PER;   // labels a 16-byte load, loads a head
     for (int c0 = threadIdx.x; c0 < n; c0 += SEL_UNROLL * blockDim.x) {
         float v[SEL_UNROLL];
         for (int j = 0; j < heads; j++) {
-            uint4 raw[SEL_UNROLL][R / 8];
+            uint4 raw[SEL_UNROLL][LOADS];
+            float scale[SEL_UNROLL];
 #pragma unroll
             for (int u = 0; u < SEL_UNROLL; u++) {
-                int c = min(c0 + u * (int)blockDim.x, n - 1);   // past the end: re-read the last one, not stored
+                int slot = first + min(c0 + u * (int)blockDim.x, n - 1);   // past the end: re-read the last one
+                size_t at = (size_t)slot * labels.stride + (h0 + j) * R;
+                const uint4* lab = EIGHT ? reinterpret_cast<const uint4*>(reinterpret_cast<const signed char*>(labels.values) + at)
+                                         : reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(labels.values) + at);
 #pragma unroll
-                for (int i = 0; i < R / 8; i++) raw[u][i] = __ldg(reinterpret_cast<const uint4*>(lab + c * stride + j * R + i * 8));
+                for (int i = 0; i < LOADS; i++) raw[u][i] = __ldg(lab + i);
+                scale[u] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)(h0 + j) * labels.cap + slot)) : 1.f;
             }
 #pragma unroll
             for (int u = 0; u < SEL_UNROLL; u++) {
                 float t = 0.f;
 #pragma unroll
-                for (int i = 0; i < R / 8; i++) t = label_chunk(t, raw[u][i], qc + j * R + i * 8);
+                for (int i = 0; i < LOADS; i++) {
+                    t = EIGHT ? label_chunk8(t, raw[u][i], qc + j * R + i * PER, scale[u])
+                              : label_chunk(t, raw[u][i], qc + j * R + i * PER);
+                }
                 v[u] = j == 0 ? t : combine_scores(mode, v[u], t);
             }
         }
@@ -320,26 +394,21 @@ __device__ void score_candidates(unsigned* keys, const __half* lab, size_t strid
     }
 }
 
-// The label channels of q for the selection's heads h0 .. h0 + heads - 1: qc[j * r + i] = q[(h0 + j) * D +
-// channels[(h0 + j) * r + i]] (qrow: the row's q, channels: the layer's [H * r] table)
-__device__ void label_queries(float* qc, const float* qrow, const int* channels, int h0, int heads, int r, int D) {
-    for (int i = threadIdx.x; i < heads * r; i += blockDim.x) {
-        int h = h0 + i / r;
-        qc[i] = qrow[h * D + channels[h * r + i % r]];
-    }
-}
-
-// score_candidates for the label widths it unrolls, else one candidate at a time through label_score
-__device__ void score_selection(unsigned* keys, const __half* lab, size_t stride, const float* qc, int heads, int mode,
-                                int r, int n) {
-    if (r == 16) {
-        score_candidates<16>(keys, lab, stride, qc, heads, mode, n);
-    } else if (r == 8) {
-        score_candidates<8>(keys, lab, stride, qc, heads, mode, n);
+// score_candidates for the label widths it unrolls, else one candidate at a time through LabelCache::score
+__device__ void score_selection(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
+                                int mode, int r, int n) {
+    if (labels.bits == 16 && r == 16) {
+        score_candidates<16, false>(keys, labels, first, h0, qc, heads, mode, n);
+    } else if (labels.bits == 16 && r == 8) {
+        score_candidates<8, false>(keys, labels, first, h0, qc, heads, mode, n);
+    } else if (labels.bits == 8 && r == 16) {
+        score_candidates<16, true>(keys, labels, first, h0, qc, heads, mode, n);
+    } else if (labels.bits == 8 && r == 32) {
+        score_candidates<32, true>(keys, labels, first, h0, qc, heads, mode, n);
     } else {
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
-            float v = label_score(lab + c * stride, qc, r);
-            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, label_score(lab + c * stride + j * r, qc + j * r, r));
+            float v = labels.score(qc, first + c, h0, r);
+            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, labels.score(qc + j * r, first + c, h0 + j, r));
             keys[c] = order_key(v);
         }
     }
@@ -350,7 +419,8 @@ __device__ void score_selection(unsigned* keys, const __half* lab, size_t stride
 //   Grid: (P * H), block: 1024.
 extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, const float* q,
                                                                  const unsigned long long* lptr,
-                                                                 const unsigned long long* chptr, const int* seg,
+                                                                 const unsigned long long* chptr,
+                                                                 const unsigned long long* sptr, const int* seg,
                                                                  const int* sp, int H, int KVH, int D, int q_stride,
                                                                  int max_k) {
     extern __shared__ unsigned s[];   // the candidates' order keys
@@ -362,9 +432,8 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
     int heads = mode == 0 ? 1 : G;
     label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     __syncthreads();
-    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)d[SP_SINKS] * H * r + h0 * r;
-    size_t stride = (size_t)H * r;
-    score_selection(s, lab, stride, qc, heads, mode, r, n);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
+    score_selection(s, labels, d[SP_SINKS], h0, qc, heads, mode, r, n);
     __syncthreads();
     select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
 }
@@ -384,8 +453,9 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
 #define SEL_CLUSTER_DIMS
 #endif
 extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select_cluster(
-        int* selected, const float* q, const unsigned long long* lptr, const unsigned long long* chptr, const int* seg,
-        const int* sp, int H, int KVH, int D, int q_stride, int max_k, int tile) {
+        int* selected, const float* q, const unsigned long long* lptr, const unsigned long long* chptr,
+        const unsigned long long* sptr, const int* seg, const int* sp, int H, int KVH, int D, int q_stride, int max_k,
+        int tile) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -410,9 +480,8 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
     __syncthreads();
     // 1. this block's tile of scores
     int from = rank * tile, m = max(0, min(n - from, tile));
-    size_t stride = (size_t)H * r;
-    const __half* lab = reinterpret_cast<const __half*>(lptr[seg[row]]) + (size_t)(d[SP_SINKS] + from) * stride + h0 * r;
-    score_selection(s, lab, stride, qc, heads, mode, r, m);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
+    score_selection(s, labels, d[SP_SINKS] + from, h0, qc, heads, mode, r, m);
     cluster.sync();   // scores in place, the first block's histograms cleared
     // 2. radix passes over the cluster
     unsigned* root_prefix = cluster.map_shared_rank(&cl_prefix, 0);

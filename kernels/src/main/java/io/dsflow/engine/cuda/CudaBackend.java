@@ -266,8 +266,7 @@ public final class CudaBackend implements Backend {
         if (config.capacity() > 0) throw new DsflowException("a bounded cache (capacity) is not available on cuda yet");
         gpu.makeCurrent();
         if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY);
-        // ds / dspp: labels of 16 bits, the whole store on the device (device placement)
-        if (config.labelBits() != 16) throw new DsflowException("8-bit labels are not available on cuda yet");
+        // ds / dspp: labels of 16 or 8 bits on the device; the store on the device or (placement=host) in host memory
         if (!gpu.has("sparse_attention_d" + c.headDim())) {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim() + " on cuda");
         }
@@ -284,7 +283,7 @@ public final class CudaBackend implements Backend {
 
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
-     * fp16 labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
+     * labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
      * pool's size class. Host placement: the sparse layers' keys and values are in host memory ({@link #hostCacheBytes})
      * and their rings of sinks and window on the device instead.
      */
@@ -294,9 +293,11 @@ public final class CudaBackend implements Backend {
         int sparseLayers = kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
         boolean host = kv.placement() == KvConfig.Placement.HOST;
         long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers()) * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
-        if (kv.sparse()) {   // labels of the sparse layers, fp16, and their channel tables
+        if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
             int width = c.numHeads() * kv.labelChannels(c.headDim());
-            bytes += sparseLayers * (CudaRuntime.sizeClass(cap * width * 2) + CudaRuntime.sizeClass(width * 4L));
+            long labels = kv.labelBits() == 8 ? CudaRuntime.sizeClass(cap * width) + CudaRuntime.sizeClass(cap * c.numHeads() * 2L)
+                    : CudaRuntime.sizeClass(cap * width * 2);
+            bytes += sparseLayers * (labels + CudaRuntime.sizeClass(width * 4L));
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
         }
@@ -362,9 +363,13 @@ public final class CudaBackend implements Backend {
             long n = cap * c.kvDim();
             gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.keys(l), n, 7L * l, 1f);
             gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.values(l), n, 7L * l + 3, 1f);
-            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16: finite values of order 1
-                long m = cap * c.numHeads() * cache.labelChannels();
+            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
+                long m = cap * c.numHeads() * cache.labelChannels() * cache.labelBits() / 16;
                 gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.labels(l), m, 7L * l + 5, 1f);
+            }
+            if (cache.scales(l) != null) {
+                long m = cap * c.numHeads();
+                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.scales(l), m, 7L * l + 6, 1f);
             }
             if (cache.ringKeys(l) != null) {
                 long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
@@ -520,10 +525,11 @@ public final class CudaBackend implements Backend {
      * Which decode rows take the sparse path in each layer (ds / dspp caches, sparse layers, more candidates than the
      * budget), as CPU SparseKvCache decides it; the others stay dense.
      * <pre>
-     *   denseRows: [layers][decodeRows] batch rows (denseCount[l] used), sp: [layers][maxSparse][7] descriptors
-     *   (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable: [layers][segments] label and
-     *   channel pointers (0: none), ringKTable / ringVTable: [layers][segments] device rings of sinks and window (host
-     *   placement; 0: none), segR: [segments] label channels, segRing: [segments][2] sinks and window
+     *   denseRows: [layers][decodeRows] batch rows (denseCount[l] used), sp: [layers][maxSparse][SPARSE_FIELDS]
+     *   descriptors (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable / sTable:
+     *   [layers][segments] label, channel and label-scale pointers (0: none), ringKTable / ringVTable:
+     *   [layers][segments] device rings of sinks and window (host placement; 0: none), segInfo:
+     *   [segments][SEGMENT_FIELDS] label channels, label bits, sinks, window, capacity
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
@@ -531,9 +537,12 @@ public final class CudaBackend implements Backend {
      * runs one warp a split (sparse_attention_dD), else the kinds of rows present for the block kernels
      * (sparse_attention_dD_gG): 1 per-head selections, 2 selections shared by a kv head's group.
      */
+    /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
+    static final int SPARSE_FIELDS = 9, SEGMENT_FIELDS = 5;
+
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
-                              CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segR, CUdeviceptr segRing,
+                              CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
                               int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
 
@@ -642,19 +651,20 @@ public final class CudaBackend implements Backend {
         boolean anySparse = segments.stream().anyMatch(sg -> ((CudaKvCache) sg.cache()).sparse() != null);
         int[] denseCount = new int[L], sparseCount = new int[L], segR = new int[nseg];
         int[] denseRows = new int[0], sp = new int[0], sparseRows = new int[0];
-        long[] lTable = new long[0], chTable = new long[0], ringKTable = new long[0], ringVTable = new long[0];
-        int[] segRing = new int[0];
+        long[] lTable = new long[0], chTable = new long[0], sTable = new long[0], ringKTable = new long[0], ringVTable = new long[0];
+        int[] segInfo = new int[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
         boolean allDspp = true, anyPerHead = false, anyShared = false;
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
-            sp = new int[L * Math.max(1, decodeRows) * 7];
+            sp = new int[L * Math.max(1, decodeRows) * SPARSE_FIELDS];
             sparseRows = new int[L * Math.max(1, decodeRows)];
             lTable = new long[L * nseg];
             chTable = new long[L * nseg];
+            sTable = new long[L * nseg];
             ringKTable = new long[L * nseg];
             ringVTable = new long[L * nseg];
-            segRing = new int[2 * nseg];
+            segInfo = new int[SEGMENT_FIELDS * nseg];
             int[][] budgetsOf = new int[nseg][];
             int[] cand = new int[nseg];
             for (int s = 0; s < nseg; s++) {
@@ -663,11 +673,12 @@ public final class CudaBackend implements Backend {
                 if (kv == null) continue;
                 segR[s] = cache.labelChannels();
                 maxR = Math.max(maxR, segR[s]);
-                segRing[2 * s] = kv.sinks();
-                segRing[2 * s + 1] = kv.window();
+                int[] info = {segR[s], cache.labelBits(), kv.sinks(), kv.window(), cache.capacity()};
+                System.arraycopy(info, 0, segInfo, SEGMENT_FIELDS * s, SEGMENT_FIELDS);
                 for (int l = 0; l < L; l++) {
                     lTable[l * nseg + s] = cache.labels(l) == null ? 0 : address(cache.labels(l));
                     chTable[l * nseg + s] = cache.channels(l) == null ? 0 : address(cache.channels(l));
+                    sTable[l * nseg + s] = cache.scales(l) == null ? 0 : address(cache.scales(l));
                     ringKTable[l * nseg + s] = cache.ringKeys(l) == null ? 0 : address(cache.ringKeys(l));
                     ringVTable[l * nseg + s] = cache.ringValues(l) == null ? 0 : address(cache.ringValues(l));
                 }
@@ -686,15 +697,11 @@ public final class CudaBackend implements Backend {
                         denseRows[l * decodeRows + denseCount[l]++] = row;   // dense layer, prefill, or fits the budget
                         continue;
                     }
-                    int p = sparseCount[l]++, at = (l * decodeRows + p) * 7;
+                    int p = sparseCount[l]++, at = (l * decodeRows + p) * SPARSE_FIELDS;
                     sparseRows[l * decodeRows + p] = row;
-                    sp[at] = row;
-                    sp[at + 1] = cand[s];
-                    sp[at + 2] = budgetsOf[s][l];
-                    sp[at + 3] = kv.sinks();
-                    sp[at + 4] = kv.window();
-                    sp[at + 5] = kv.gqaSelection().ordinal();
-                    sp[at + 6] = segR[s];
+                    int[] desc = {row, cand[s], budgetsOf[s][l], kv.sinks(), kv.window(), kv.gqaSelection().ordinal(),
+                            segR[s], cache.labelBits(), cache.capacity()};
+                    System.arraycopy(desc, 0, sp, at, SPARSE_FIELDS);
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
                     allDspp &= kv.policy() == KvPolicy.DSPP;
@@ -722,15 +729,15 @@ public final class CudaBackend implements Backend {
             selected = buf("selected", (long) maxSparse * heads * maxK);
             spartials = buf("spartials", (long) maxSparse * heads * sparseSplits * (hd + 2));
         }
-        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, ringKTable, ringVTable},
+        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, sTable, ringKTable, ringVTable},
                 new int[][]{batch.tokens(), batch.positions(), seg, slot, rowLen,
                         tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows, denseRows, sp, sparseRows,
-                        segR, segRing});
-        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[14], decodeRows, sparseCount, d[15], d[16],
-                decodeRows, d[2], d[3], d[4], d[5], d[17], d[18], maxR, maxCand, maxK, sparseSplits, fused,
+                        segInfo});
+        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[15], decodeRows, sparseCount, d[16], d[17],
+                decodeRows, d[2], d[3], d[4], d[5], d[6], d[18], maxR, maxCand, maxK, sparseSplits, fused,
                 groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) : 0, scores, selected, spartials) : null;
-        return new Step(rows, nseg, splits, chunk, d[6], d[7], d[8], d[9], d[10], d[0], d[1], tiles.size() / 3, d[11],
-                decodeRows, d[12], partials, d[13], logits, plan);
+        return new Step(rows, nseg, splits, chunk, d[7], d[8], d[9], d[10], d[11], d[0], d[1], tiles.size() / 3, d[12],
+                decodeRows, d[13], partials, d[14], logits, plan);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
@@ -786,21 +793,22 @@ public final class CudaBackend implements Backend {
             } else {
                 long at = 8L * layer * nseg;
                 CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
+                CUdeviceptr sct = sp.sTable().withByteOffset(at);
                 CUdeviceptr rkt = sp.ringKTable().withByteOffset(at), rvt = sp.ringVTable().withByteOffset(at);
-                gpu.launch("label_append", rows, heads, Math.max(32, sp.maxR()), qkv, lt, ct, rkt, rvt, st.seg(),
-                        st.slot(), st.lastRows(), sp.segR(), sp.segRing(), heads, kvHeads, hd, qkvDim);
+                gpu.launch("label_append", rows, heads, Math.max(32, (sp.maxR() + 31) / 32 * 32), qkv, lt, ct, sct, rkt, rvt, st.seg(),
+                        st.slot(), st.lastRows(), sp.segInfo(), heads, kvHeads, hd, qkvDim);
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
                         st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
                 int n = sp.sparseCount()[layer];
                 if (n > 0) {
-                    CUdeviceptr desc = sp.sp().withByteOffset(4L * 7 * layer * sp.sparseStride());
+                    CUdeviceptr desc = sp.sp().withByteOffset(4L * SPARSE_FIELDS * layer * sp.sparseStride());
                     if (sp.fused()) {
-                        CudaOps.select(gpu, sp.selected(), q, lt, ct, st.seg(), desc, n, heads, kvHeads, hd, qkvDim,
+                        CudaOps.select(gpu, sp.selected(), q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, hd, qkvDim,
                                 sp.maxCand(), sp.maxK());
                     } else {
                         gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, sp.scores(), q, lt, ct,
-                                st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
+                                sct, st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
                         gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
                                 sp.maxCand(), sp.maxK());
                     }

@@ -14,7 +14,9 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * A sequence's KV cache for the CUDA backend's forward pass:
  * <pre>
  *   keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major
- *   labels[layer]:              [capacity][heads * r] fp16 (ds / dspp, sparse layers only; null otherwise)
+ *   labels[layer]:              [capacity][heads * r] fp16, or int8 with 8-bit labels (ds / dspp, sparse layers only;
+ *                               null otherwise)
+ *   scales[layer]:              [heads][capacity] fp16, 8-bit labels only: label = int8 value * scale of (head, token)
  *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
  *   ringKeys[layer], ringValues[layer]: [sinks + window][kvHeads * headDim] bf16, host placement's sparse layers only:
  *                               token p in slot p (p < sinks), else sinks + (p - sinks) mod window
@@ -31,10 +33,10 @@ public final class CudaKvCache implements KvCache {
     /** The device buffers, apart from the cache object so that the cleaner can free them. */
     private static final class Buffers implements Runnable {
         final CudaRuntime gpu;
-        final CUdeviceptr[] keys, values, labels, channels, ringKeys, ringValues;
+        final CUdeviceptr[] keys, values, labels, scales, channels, ringKeys, ringValues;
         /** Layers whose keys and values are in pinned host memory. */
         final boolean[] onHost;
-        long bytesEach, labelBytesEach, channelBytes, ringBytes;
+        long bytesEach, labelBytesEach, scaleBytesEach, channelBytes, ringBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
@@ -42,6 +44,7 @@ public final class CudaKvCache implements KvCache {
             keys = new CUdeviceptr[layers];
             values = new CUdeviceptr[layers];
             labels = new CUdeviceptr[layers];
+            scales = new CUdeviceptr[layers];
             channels = new CUdeviceptr[layers];
             ringKeys = new CUdeviceptr[layers];
             ringValues = new CUdeviceptr[layers];
@@ -62,6 +65,7 @@ public final class CudaKvCache implements KvCache {
                 if (keys[l] != null) freeStore(keys[l], l);
                 if (values[l] != null) freeStore(values[l], l);
                 if (labels[l] != null) gpu.free(labels[l], labelBytesEach);
+                if (scales[l] != null) gpu.free(scales[l], scaleBytesEach);
                 if (channels[l] != null) gpu.free(channels[l], channelBytes);
                 if (ringKeys[l] != null) gpu.free(ringKeys[l], ringBytes);
                 if (ringValues[l] != null) gpu.free(ringValues[l], ringBytes);
@@ -74,9 +78,9 @@ public final class CudaKvCache implements KvCache {
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
-    /** The sparse policy (null: dense) and its label width heads * r. */
+    /** The sparse policy (null: dense), its label width heads * r, and bytes a label (2: fp16, 1: int8 and a scale). */
     private final KvConfig sparse;
-    private final int labelWidth, labelR, heads;
+    private final int labelWidth, labelR, heads, labelBytes;
     private final int[][][] channelsHost;
     private final int[] length;
     private final Buffers buffers;
@@ -126,20 +130,33 @@ public final class CudaKvCache implements KvCache {
         }
         this.labelWidth = width;
         this.labelR = rr;
+        this.labelBytes = sparse != null && sparse.labelBits() == 8 ? 1 : 2;
         allocate(Math.max(16, initialCapacity));
     }
 
     private void allocate(int cap) {
-        long bytes = (long) cap * kvDim * 2, labelBytes = (long) cap * labelWidth * 2;
+        long bytes = (long) cap * kvDim * 2, labelBlock = (long) cap * labelWidth * labelBytes;
+        long scaleBlock = labelBytes == 1 ? (long) heads * cap * 2 : 0;
         for (int l = 0; l < layers; l++) {
             if (buffers.channels[l] != null) {
-                CUdeviceptr lab = gpu.alloc(labelBytes);
+                CUdeviceptr lab = gpu.alloc(labelBlock);
                 if (buffers.labels[l] != null) {
-                    long used = (long) length[l] * labelWidth * 2;
+                    long used = (long) length[l] * labelWidth * labelBytes;
                     if (used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
                     gpu.free(buffers.labels[l], buffers.labelBytesEach);
                 }
                 buffers.labels[l] = lab;
+                if (scaleBlock > 0) {   // head-major: each head's scales move to their place at the new capacity
+                    CUdeviceptr sc = gpu.alloc(scaleBlock);
+                    if (buffers.scales[l] != null) {
+                        for (int h = 0; h < heads && length[l] > 0; h++) {
+                            cuMemcpyDtoD(sc.withByteOffset((long) h * cap * 2), buffers.scales[l].withByteOffset((long) h * capacity * 2),
+                                    (long) length[l] * 2);
+                        }
+                        gpu.free(buffers.scales[l], buffers.scaleBytesEach);
+                    }
+                    buffers.scales[l] = sc;
+                }
             }
             boolean host = buffers.onHost[l];
             CUdeviceptr k = host ? gpu.allocHost(bytes) : gpu.alloc(bytes), v = host ? gpu.allocHost(bytes) : gpu.alloc(bytes);
@@ -156,7 +173,8 @@ public final class CudaKvCache implements KvCache {
             buffers.values[l] = v;
         }
         buffers.bytesEach = bytes;
-        buffers.labelBytesEach = labelBytes;
+        buffers.labelBytesEach = labelBlock;
+        buffers.scaleBytesEach = scaleBlock;
         capacity = cap;
     }
 
@@ -197,6 +215,16 @@ public final class CudaKvCache implements KvCache {
     /** This layer's label cache (null: a dense cache or layer). */
     CUdeviceptr labels(int layer) {
         return buffers.labels[layer];
+    }
+
+    /** This layer's label scales (8-bit labels), else null. */
+    CUdeviceptr scales(int layer) {
+        return buffers.scales[layer];
+    }
+
+    /** 16 or 8 (0 for a dense cache). */
+    int labelBits() {
+        return sparse == null ? 0 : labelBytes * 8;
     }
 
     CUdeviceptr channels(int layer) {
@@ -250,7 +278,8 @@ public final class CudaKvCache implements KvCache {
             if (used > 0) {
                 cuMemcpy(c.buffers.keys[l], buffers.keys[l], used);
                 cuMemcpy(c.buffers.values[l], buffers.values[l], used);
-                if (buffers.labels[l] != null) cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], (long) length[l] * labelWidth * 2);
+                if (buffers.labels[l] != null) cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], (long) length[l] * labelWidth * labelBytes);
+                if (buffers.scales[l] != null) cuMemcpyDtoD(c.buffers.scales[l], buffers.scales[l], buffers.scaleBytesEach);
                 if (buffers.ringKeys[l] != null) {
                     cuMemcpyDtoD(c.buffers.ringKeys[l], buffers.ringKeys[l], buffers.ringBytes);
                     cuMemcpyDtoD(c.buffers.ringValues[l], buffers.ringValues[l], buffers.ringBytes);
@@ -266,7 +295,7 @@ public final class CudaKvCache implements KvCache {
         long b = 0, labels = 0, rings = 0;
         for (int l = 0; l < layers; l++) {
             b += 2L * length[l] * kvDim * 2;
-            if (buffers.labels[l] != null) labels += (long) length[l] * labelWidth * 2;
+            if (buffers.labels[l] != null) labels += (long) length[l] * (labelWidth * labelBytes + (labelBytes == 1 ? heads * 2 : 0));
             if (buffers.ringKeys[l] != null) rings += 2 * buffers.ringBytes;
         }
         int window = sparse == null ? 0 : sparse.window(), sinkSlots = sparse == null ? 0 : sparse.sinks();

@@ -195,17 +195,17 @@ final class CudaOps {
      * single blocks; batch 8, 256 us against 205 us.
      */
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
-                       CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads, int hd, int qStride,
-                       int maxCand, int maxK) {
+                       CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads, int hd,
+                       int qStride, int maxCand, int maxK) {
         boolean cluster = gpu.computeMajor() >= 9
                 && (rows * heads < gpu.multiprocessors() || maxCand > SELECT_MAX_CANDIDATES);
         if (cluster) {
             int tile = selectTile(maxCand);
             gpu.launchWithSharedMemory("sparse_select_cluster", rows * heads * SELECT_CLUSTER, 1, 256, 4 * tile,
-                    selected, q, labels, channels, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
+                    selected, q, labels, channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
         } else {
             gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, selected, q, labels,
-                    channels, seg, desc, heads, kvHeads, hd, qStride, maxK);
+                    channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
         }
     }
 

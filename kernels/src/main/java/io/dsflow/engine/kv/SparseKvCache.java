@@ -116,17 +116,20 @@ public final class SparseKvCache implements KvCache {
             int base = (h / group) * headDim;
             int[] ch = channels[layer][h];
             float scale = 0;
-            if (cfg.labelBits() == 8) {
+            if (cfg.labelBits() == 8) {   // the scale as a GPU keeps it, in fp16
                 for (int i = 0; i < r; i++) scale = Math.max(scale, Math.abs(key[base + ch[i]]));
-                scale /= 127f;
+                scale = io.dsflow.engine.model.DType.roundToHalf(scale / 127f);
             }
             for (int i = 0; i < r; i++) lab[h * r + i][slot] = quantise(key[base + ch[i]], scale);
         }
     }
 
-    /** A label value as stored: fp16 (16-bit) or int8 times a per-token, per-head scale (8-bit). */
+    /**
+     * A label value as stored: fp16 (16-bit) or int8 times a per-token, per-head fp16 scale (8-bit; the value rounded
+     * half up and clamped to +-127, since the scale's fp16 rounding can put the largest just past 127).
+     */
     private float quantise(float x, float scale) {
-        if (cfg.labelBits() == 8) return scale == 0 ? 0 : Math.round(x / scale) * scale;
+        if (cfg.labelBits() == 8) return scale == 0 ? 0 : Math.max(-127, Math.min(127, (float) Math.floor(x / scale + 0.5f))) * scale;
         return io.dsflow.engine.model.DType.roundToHalf(x);
     }
 

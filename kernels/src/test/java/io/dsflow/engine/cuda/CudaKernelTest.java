@@ -385,13 +385,13 @@ class CudaKernelTest {
         int rows = rowsSpec.length, sinks = 4;
         float[] scores = new float[rows * heads * maxCand];
         for (int i = 0; i < scores.length; i++) scores[i] = r.nextInt(5) == 0 ? 1f : (float) r.nextGaussian();   // ties
-        int[] sp = new int[rows * 7];
+        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS];
         for (int p = 0; p < rows; p++) {
-            sp[p * 7] = p;
-            sp[p * 7 + 1] = rowsSpec[p][0];
-            sp[p * 7 + 2] = rowsSpec[p][1];
-            sp[p * 7 + 3] = sinks;
-            sp[p * 7 + 5] = rowsSpec[p][2];
+            sp[p * CudaBackend.SPARSE_FIELDS] = p;
+            sp[p * CudaBackend.SPARSE_FIELDS + 1] = rowsSpec[p][0];
+            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][1];
+            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
+            sp[p * CudaBackend.SPARSE_FIELDS + 5] = rowsSpec[p][2];
         }
         CUdeviceptr sel = upload(new int[rows * heads * maxK]);
         gpu.launch("sparse_topk", rows * heads, 1, 1024, sel, upload(scores), upload(sp), heads, kvHeads, maxCand, maxK);
@@ -425,10 +425,12 @@ class CudaKernelTest {
      * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
      * (ds) select, per head and per kv head (max, sum), with 16 label channels (the unrolled path) and 12 (the general
      * one), budgets below and above the candidates; and the selection is the top of the scores computed on the CPU
-     * (every selected candidate scores at least every other one, within float rounding).
+     * (every selected candidate scores at least every other one, within float rounding). 16-bit labels and 8-bit ones
+     * (int8 values times a per-token, per-head fp16 scale, kept head-major).
      */
-    @Test
-    void fusedSelectionEqualsScoresThenTopK() {
+    @ParameterizedTest(name = "{0}-bit labels")
+    @org.junit.jupiter.params.provider.ValueSource(ints = {16, 8})
+    void fusedSelectionEqualsScoresThenTopK(int bits) {
         Random rnd = new Random(21);
         int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
         int[] segR = {16, 12};
@@ -436,56 +438,153 @@ class CudaKernelTest {
         int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
         float[][] labels = new float[2][], chq = new float[rows][];
         int[][] channels = new int[2][];
-        long[] lptr = new long[2], chptr = new long[2];
+        long[] lptr = new long[2], chptr = new long[2], sptr = new long[2];
         for (int sgm = 0; sgm < 2; sgm++) {
             int r = segR[sgm];
             labels[sgm] = new float[cap * heads * r];
-            short[] half = new short[labels[sgm].length];
-            for (int i = 0; i < half.length; i++) {
-                // multiples of 1/256 in [-4, 4): exact in fp16, and ties among the scores
-                labels[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
-                half[i] = fp16(labels[sgm][i]);
+            if (bits == 16) {
+                short[] half = new short[labels[sgm].length];
+                for (int i = 0; i < half.length; i++) {
+                    // multiples of 1/256 in [-4, 4): exact in fp16, and ties among the scores
+                    labels[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
+                    half[i] = fp16(labels[sgm][i]);
+                }
+                CUdeviceptr dl = gpu.alloc(half.length * 2L);
+                cuMemcpyHtoD(dl, Pointer.to(half), half.length * 2L);
+                lptr[sgm] = jcuda.DeviceAddress.of(dl);
+            } else {
+                // int8 values times scales of 2^-2 .. 2^-5 (fp16-exact), scales [heads][cap]
+                byte[] values = new byte[labels[sgm].length];
+                short[] scales = new short[heads * cap];
+                for (int t = 0; t < cap; t++) {
+                    for (int h = 0; h < heads; h++) {
+                        float scale = 1f / (4 << rnd.nextInt(4));
+                        scales[h * cap + t] = fp16(scale);
+                        for (int i = 0; i < r; i++) {
+                            int at = t * heads * r + h * r + i;
+                            values[at] = (byte) (rnd.nextInt(255) - 127);
+                            labels[sgm][at] = values[at] * scale;
+                        }
+                    }
+                }
+                CUdeviceptr dl = gpu.alloc(values.length), ds = gpu.alloc(scales.length * 2L);
+                cuMemcpyHtoD(dl, Pointer.to(values), values.length);
+                cuMemcpyHtoD(ds, Pointer.to(scales), scales.length * 2L);
+                lptr[sgm] = jcuda.DeviceAddress.of(dl);
+                sptr[sgm] = jcuda.DeviceAddress.of(ds);
             }
-            CUdeviceptr dl = gpu.alloc(half.length * 2L);
-            cuMemcpyHtoD(dl, Pointer.to(half), half.length * 2L);
-            lptr[sgm] = jcuda.DeviceAddress.of(dl);
             channels[sgm] = new int[heads * r];
             for (int i = 0; i < channels[sgm].length; i++) channels[sgm][i] = rnd.nextInt(hd);
             chptr[sgm] = jcuda.DeviceAddress.of(upload(channels[sgm]));
         }
         float[] q = random(rnd, rows * qStride, 1);
-        int[] sp = new int[rows * 7], seg = new int[rows];
+        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS], seg = new int[rows];
         for (int p = 0; p < rows; p++) {
             seg[p] = rowsSpec[p][0];
-            sp[p * 7] = p;
-            sp[p * 7 + 1] = rowsSpec[p][1];
-            sp[p * 7 + 2] = rowsSpec[p][2];
-            sp[p * 7 + 3] = sinks;
-            sp[p * 7 + 5] = rowsSpec[p][3];
-            sp[p * 7 + 6] = segR[seg[p]];
+            sp[p * CudaBackend.SPARSE_FIELDS] = p;
+            sp[p * CudaBackend.SPARSE_FIELDS + 1] = rowsSpec[p][1];
+            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][2];
+            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
+            sp[p * CudaBackend.SPARSE_FIELDS + 5] = rowsSpec[p][3];
+            sp[p * CudaBackend.SPARSE_FIELDS + 6] = segR[seg[p]];
+            sp[p * CudaBackend.SPARSE_FIELDS + 7] = bits;
+            sp[p * CudaBackend.SPARSE_FIELDS + 8] = cap;
         }
-        CUdeviceptr dq = upload(q), dl = upload(lptr), dch = upload(chptr), dseg = upload(seg), dsp = upload(sp);
+        CUdeviceptr dq = upload(q), dl = upload(lptr), dch = upload(chptr), dsc = upload(sptr), dseg = upload(seg);
+        CUdeviceptr dsp = upload(sp);
         CUdeviceptr unfused = upload(new int[rows * heads * maxK]), fused = upload(new int[rows * heads * maxK]);
         CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
-        gpu.launch("sparse_scores", rows * heads, (maxCand + 255) / 256, 256, scores, dq, dl, dch, dseg, dsp, heads, hd,
-                qStride, maxCand);
+        gpu.launch("sparse_scores", rows * heads, (maxCand + 255) / 256, 256, scores, dq, dl, dch, dsc, dseg, dsp, heads,
+                hd, qStride, maxCand);
         gpu.launch("sparse_topk", rows * heads, 1, 1024, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
         int[] a = new int[rows * heads * maxK], b = new int[rows * heads * maxK];
         gpu.synchronize();
         cuMemcpyDtoH(Pointer.to(a), unfused, a.length * 4L);
         // the one-block kernel, and on Hopper the cluster kernel the backend launches there (CudaOps.select)
-        gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, fused, dq, dl, dch, dseg, dsp,
-                heads, kvHeads, hd, qStride, maxK);
+        gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, fused, dq, dl, dch, dsc, dseg,
+                dsp, heads, kvHeads, hd, qStride, maxK);
         gpu.synchronize();
         cuMemcpyDtoH(Pointer.to(b), fused, b.length * 4L);
         checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK, "sparse_select");
         if (gpu.computeMajor() >= 9) {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
-            CudaOps.select(gpu, clustered, dq, dl, dch, dseg, dsp, rows, heads, kvHeads, hd, qStride, maxCand, maxK);
+            CudaOps.select(gpu, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads, kvHeads, hd, qStride, maxCand, maxK);
             gpu.synchronize();
             cuMemcpyDtoH(Pointer.to(b), clustered, b.length * 4L);
             checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK,
                     "sparse_select_cluster");
+        }
+    }
+
+    /**
+     * label_append writes what kv/SparseKvCache stores: fp16 labels, or int8 values with the head's fp16 scale
+     * (fp16(max |k_c| / 127), values rounded half up and clamped), bit for bit; and with host placement the ring of
+     * sinks and window: a prefill of 150 rows (S = 4, W = 16, so the window wrapped around) leaves the sinks and the
+     * last 16 keys and values in their ring slots, whichever rows' blocks ran last.
+     */
+    @Test
+    void labelAppendWritesLabelsScalesAndRingAsTheCpuStoresThem() {
+        Random rnd = new Random(31);
+        int heads = 8, kvHeads = 2, hd = 32, r = 16, stride = (heads + 2 * kvHeads) * hd, sinks = 4, window = 16;
+        int prefill = 150, rows = prefill + 1, cap0 = 160, cap1 = 64, decodeSlot = 40;
+        float[] qkv = random(rnd, rows * stride, 2);
+        int[] seg = new int[rows], slot = new int[rows];
+        for (int i = 0; i < prefill; i++) slot[i] = i;
+        seg[prefill] = 1;
+        slot[prefill] = decodeSlot;
+        int[][] channels = new int[2][heads * r];
+        for (int[] c : channels) for (int i = 0; i < c.length; i++) c[i] = rnd.nextInt(hd);
+        // segment 0: 8-bit labels and a ring; segment 1: 16-bit labels, no ring
+        CUdeviceptr lab0 = upload(new int[cap0 * heads * r / 4]), scales0 = upload(new int[heads * cap0 / 2]);
+        CUdeviceptr lab1 = upload(new int[cap1 * heads * r / 2]);
+        CUdeviceptr ringK = upload(new int[(sinks + window) * kvHeads * hd / 2]), ringV = upload(new int[(sinks + window) * kvHeads * hd / 2]);
+        long[] lptr = {jcuda.DeviceAddress.of(lab0), jcuda.DeviceAddress.of(lab1)};
+        long[] sptr = {jcuda.DeviceAddress.of(scales0), 0}, rk = {jcuda.DeviceAddress.of(ringK), 0}, rv = {jcuda.DeviceAddress.of(ringV), 0};
+        long[] chptr = {jcuda.DeviceAddress.of(upload(channels[0])), jcuda.DeviceAddress.of(upload(channels[1]))};
+        int[] info = {r, 8, sinks, window, cap0, r, 16, 0, 0, cap1};
+        gpu.launch("label_append", rows, heads, 32, upload(qkv), upload(lptr), upload(chptr), upload(sptr), upload(rk),
+                upload(rv), upload(seg), upload(slot), upload(new int[]{prefill - 1, prefill}), upload(info), heads,
+                kvHeads, hd, stride);
+        gpu.synchronize();
+        byte[] int8 = new byte[cap0 * heads * r];
+        short[] scales = new short[heads * cap0], half = new short[cap1 * heads * r];
+        cuMemcpyDtoH(Pointer.to(int8), lab0, int8.length);
+        cuMemcpyDtoH(Pointer.to(scales), scales0, scales.length * 2L);
+        cuMemcpyDtoH(Pointer.to(half), lab1, half.length * 2L);
+        for (int row = 0; row < rows; row++) {
+            for (int h = 0; h < heads; h++) {
+                int sg = seg[row], g = h / (heads / kvHeads);
+                float[] k = new float[r];
+                float max = 0;
+                for (int i = 0; i < r; i++) {
+                    k[i] = qkv[row * stride + (heads + g) * hd + channels[sg][h * r + i]];
+                    max = Math.max(max, Math.abs(k[i]));
+                }
+                if (sg == 1) {
+                    for (int i = 0; i < r; i++) {
+                        assertEquals(io.dsflow.engine.model.DType.floatToHalf(k[i]), half[slot[row] * heads * r + h * r + i],
+                                "fp16 label, head " + h + " channel " + i);
+                    }
+                    continue;
+                }
+                short scale = io.dsflow.engine.model.DType.floatToHalf(max / 127f);
+                assertEquals(scale, scales[h * cap0 + slot[row]], "scale of slot " + slot[row] + " head " + h);
+                float sc = io.dsflow.engine.model.DType.halfToFloat(scale);
+                for (int i = 0; i < r; i++) {
+                    int want = sc == 0 ? 0 : (int) Math.max(-127, Math.min(127, Math.floor(k[i] / sc + 0.5f)));
+                    assertEquals(want, int8[slot[row] * heads * r + h * r + i], "int8 label of slot " + slot[row] + " head " + h);
+                }
+            }
+        }
+        float[] ringKeys = downloadBf16(ringK, (sinks + window) * kvHeads * hd), ringValues = downloadBf16(ringV, ringKeys.length);
+        for (int p = 0; p < prefill; p++) {
+            if (p >= sinks && p < prefill - window) continue;
+            int at = p < sinks ? p : sinks + (p - sinks) % window;
+            for (int c = 0; c < kvHeads * hd; c++) {
+                assertEquals(bf(qkv[p * stride + heads * hd + c]), ringKeys[at * kvHeads * hd + c], "ring key of position " + p);
+                assertEquals(bf(qkv[p * stride + (heads + kvHeads) * hd + c]), ringValues[at * kvHeads * hd + c],
+                        "ring value of position " + p);
+            }
         }
     }
 
@@ -574,18 +673,18 @@ class CudaKernelTest {
             ringV[r] = jcuda.DeviceAddress.of(uploadBf16(rv));
         }
         float[] q = random(rnd, rows * qStride, 1);
-        int[] sp = new int[rows * 7], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
+        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
         int[][][] chosen = new int[rows][heads][];
         for (int p = 0; p < rows; p++) {
             int n = rowsSpec[p][0], cand = n - sinks - window, k = Math.min(rowsSpec[p][1], cand), mode = rowsSpec[p][2];
             seg[p] = p;
             len[p] = n;
-            sp[p * 7] = p;
-            sp[p * 7 + 1] = cand;
-            sp[p * 7 + 2] = rowsSpec[p][1];
-            sp[p * 7 + 3] = sinks;
-            sp[p * 7 + 4] = window;
-            sp[p * 7 + 5] = mode;
+            sp[p * CudaBackend.SPARSE_FIELDS] = p;
+            sp[p * CudaBackend.SPARSE_FIELDS + 1] = cand;
+            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][1];
+            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
+            sp[p * CudaBackend.SPARSE_FIELDS + 4] = window;
+            sp[p * CudaBackend.SPARSE_FIELDS + 5] = mode;
             for (int h = 0; h < heads; h++) {
                 if (mode != 0 && h % group != 0) {
                     chosen[p][h] = chosen[p][h - h % group];   // the group's first head's selection

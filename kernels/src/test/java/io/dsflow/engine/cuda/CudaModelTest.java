@@ -128,9 +128,10 @@ class CudaModelTest {
     /**
      * ds and dspp on the GPU (labels, top-k and attention over the selection on the device) answer as the CPU
      * reference does: greedy tokens of pass-key and records prompts of about 1600 tokens, where the sparse layers
-     * select (k well below the candidates), per query head and from the group's mean. (Selection from the group's
-     * max is held to the CPU at kernel level, sparseTopKMatchesCpuTopK: over a whole model one of four prompts
-     * diverged at its fourth answer token, a near-tie of the combined scores, whose products the GPU fuses.) Host
+     * select (k well below the candidates), per query head and from the group's mean, with 16- and 8-bit labels.
+     * (Selection from the group's max is held to the CPU at kernel level, sparseTopKMatchesCpuTopK: over a whole model
+     * one of four prompts diverged at its fourth answer token, a near-tie of the combined scores, whose products the
+     * GPU fuses.) Host
      * placement generates the same: the store read in host memory, sinks and window from the device ring, which wraps
      * around about 25 times over such a prompt.
      */
@@ -145,17 +146,61 @@ class CudaModelTest {
                     int[] prompt = cpu.tokenizer().encode(sample.prompt(), true);
                     for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS),
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP),
+                            io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP).with(java.util.Map.of("label-bits", "8")),
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")))) {
                         int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
                         for (io.dsflow.engine.kv.KvConfig placed : List.of(kv, kv.with(java.util.Map.of("placement", "host")))) {
                             int[] got = gpu.generate(prompt, SamplingParams.greedy(8), placed).tokenIds();
-                            assertArrayEquals(want, got, placed + " seed " + seed + " " + sample.task() + ", "
-                                    + prompt.length + " prompt tokens");
+                            String what = placed + " seed " + seed + " " + sample.task() + ", " + prompt.length + " prompt tokens";
+                            if (placed.labelBits() == 16) assertArrayEquals(want, got, what);
+                            else sameOrNearTie(cpu, gpu, prompt, placed, want, got, what);
                         }
                     }
                 }
             }
         }
+    }
+
+    /**
+     * The GPU's tokens equal the CPU's, or differ only where the CPU's own choice was a near-tie: fed the CPU's tokens,
+     * the GPU's logits stay within 5% of the CPU's largest at every step, and where the two argmaxes differ the CPU's
+     * top two were closer than twice the difference. (8-bit labels: a key a last bit apart, from the GPU's products,
+     * can round to another int8 value or scale, which moves its score by a quantisation step and can change a
+     * selection; where the model's next token is a near-tie, that flips it. Measured on the H100: one of eight prompts,
+     * its second token, CPU top two 0.0032 apart, the GPU's logits within 0.0157 of the CPU's, of 21.9.)
+     */
+    private static void sameOrNearTie(Engine cpu, Engine gpu, int[] prompt, io.dsflow.engine.kv.KvConfig kv, int[] want,
+                                      int[] got, String what) {
+        if (java.util.Arrays.equals(want, got)) return;
+        Sequence sc = cpu.newSequence(kv), sg = gpu.newSequence(kv);
+        float[] lc = cpu.prefill(sc, prompt), lg = gpu.prefill(sg, prompt);
+        for (int i = 0; i < want.length; i++) {
+            float max = 0, diff = 0;
+            for (int v = 0; v < lc.length; v++) {
+                max = Math.max(max, Math.abs(lc[v]));
+                diff = Math.max(diff, Math.abs(lc[v] - lg[v]));
+            }
+            assertTrue(diff <= 0.05f * max, what + ": step " + i + " logits differ by " + diff + " of " + max);
+            int a = argmax(lc), b = argmax(lg);
+            if (a != b) {
+                float gap = lc[a] - lc[b];
+                System.out.printf("%s: step %d, CPU token %d, GPU token %d: CPU gap %.4f, logits differ by %.4f of %.2f%n",
+                        what, i, a, b, gap, diff, max);
+                assertTrue(gap <= 2 * diff, what + ": step " + i + " argmax " + a + " vs " + b + ", CPU gap " + gap);
+            }
+            if (i + 1 < want.length) {
+                lc = cpu.decode(List.of(sc), new int[]{want[i]})[0];
+                lg = gpu.decode(List.of(sg), new int[]{want[i]})[0];
+            }
+        }
+        sc.cache().release();
+        sg.cache().release();
+    }
+
+    private static int argmax(float[] x) {
+        int best = 0;
+        for (int i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+        return best;
     }
 
     /**
