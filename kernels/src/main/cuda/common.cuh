@@ -38,6 +38,13 @@ __device__ __forceinline__ void bf16x8_to_float(uint4 raw, float* out) {   // by
     }
 }
 
+// 8 consecutive floats (32-byte aligned) in two 16-byte loads
+__device__ __forceinline__ void load_f32x8(const float* src, float* out) {
+    float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+    out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+    out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+
 // A float's place in ascending order as an unsigned key (larger float, larger key); -0 + 0 = +0 makes the two zeros
 // tie, as Java's == has them. Selection kernels (sampling, top-k) order scores by it.
 __device__ __forceinline__ unsigned order_key(float f) {

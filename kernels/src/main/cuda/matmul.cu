@@ -44,9 +44,8 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
             if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k), g);
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + k);
-                float4 a4 = xv[0], b4 = xv[1];
-                float xs[8] = {a4.x, a4.y, a4.z, a4.w, b4.x, b4.y, b4.z, b4.w};
+                float xs[8];
+                load_f32x8(x + (size_t)m * K + k, xs);
                 if constexpr (NORM) {
 #pragma unroll
                     for (int e = 0; e < 8; e++) {
@@ -161,9 +160,7 @@ __device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[
             int m = j * 8 + g;
             float xs[8];
             if (m < M) {
-                const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + k + 8 * t);
-                float4 p = xv[0], q = xv[1];
-                xs[0] = p.x; xs[1] = p.y; xs[2] = p.z; xs[3] = p.w; xs[4] = q.x; xs[5] = q.y; xs[6] = q.z; xs[7] = q.w;
+                load_f32x8(x + (size_t)m * K + k + 8 * t, xs);
             } else {
 #pragma unroll
                 for (int e = 0; e < 8; e++) xs[e] = 0.f;

@@ -449,6 +449,21 @@ public final class CudaBackend implements Backend {
         }
     }
 
+    /**
+     * A sublayer's input to its first product: the residual stream x with the product applying the RMSNorm itself, or
+     * (LayerNorm, or a GEMM's bf16 input) xn written by a norm kernel first; post-norm models read x as it is.
+     */
+    private record SublayerInput(CUdeviceptr x, boolean bf16, CudaOps.RmsNorm norm) {
+    }
+
+    private SublayerInput sublayerInput(Weight normWeight, Weight normBias, int rows, boolean tensorCores) {
+        CUdeviceptr x = scratch.get("x");
+        CudaOps.RmsNorm fused = fusedNorm(normWeight, normBias);
+        if (!c.layerNormBefore() || fused != null) return new SublayerInput(x, false, fused);
+        norm(x, scratch.get("xn"), tensorCores ? scratch.get("xbf") : null, normWeight, normBias, rows);
+        return new SublayerInput(scratch.get("xn"), tensorCores, null);
+    }
+
     /** The RMSNorm a product applies to its input itself (CudaOps.linear), or null where the norm is a kernel of its own. */
     private CudaOps.RmsNorm fusedNorm(Weight w, Weight bias) {
         return bias == null && c.layerNormBefore() ? new CudaOps.RmsNorm(w.ptr(), c.normEps()) : null;
@@ -747,7 +762,7 @@ public final class CudaBackend implements Backend {
         boolean opt = c.architecture() == Architecture.OPT, pre = c.layerNormBefore();
         CUdeviceptr tokens = st.tokens(), positions = st.positions();
         int qkvDim = qDim + 2 * kvDim;
-        CUdeviceptr x = scratch.get("x"), xn = scratch.get("xn"), qkv = scratch.get("qkv");
+        CUdeviceptr x = scratch.get("x"), qkv = scratch.get("qkv");
         CUdeviceptr q = qkv;   // [q | k | v] in rows of qkvDim
         CUdeviceptr att = scratch.get("att"), tmp = scratch.get("tmp"), up = scratch.get("up");
         CUdeviceptr xbf = scratch.get("xbf"), actBf = scratch.get("actbf");
@@ -770,16 +785,9 @@ public final class CudaBackend implements Backend {
             Layer w = layers[layer];
             // 2. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
             //    kernel first; post-norm: the residual stream itself)
-            CudaOps.RmsNorm attnNorm = fusedNorm(w.attnNorm, w.attnNormBias);
-            CUdeviceptr in = x;
-            boolean inBf16 = false;
-            if (pre && attnNorm == null) {
-                norm(x, xn, tc ? xbf : null, w.attnNorm, w.attnNormBias, rows);
-                in = xn;
-                inBf16 = tc;
-            }
-            CudaOps.linear(gpu, qkv, in, xbf, inBf16, rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden, false,
-                    attnNorm, false);
+            SublayerInput attnIn = sublayerInput(w.attnNorm, w.attnNormBias, rows, tc);
+            CudaOps.linear(gpu, qkv, attnIn.x(), xbf, attnIn.bf16(), rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden,
+                    false, attnIn.norm(), false);
             // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch)
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
@@ -821,25 +829,18 @@ public final class CudaBackend implements Backend {
             // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
             CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);
-            CudaOps.RmsNorm mlpNorm = fusedNorm(w.mlpNorm, w.mlpNormBias);
-            in = x;
-            inBf16 = false;
-            if (pre && mlpNorm == null) {
-                norm(x, xn, tc ? xbf : null, w.mlpNorm, w.mlpNormBias, rows);
-                in = xn;
-                inBf16 = tc;
-            }
+            SublayerInput mlpIn = sublayerInput(w.mlpNorm, w.mlpNormBias, rows, tc);
             // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
             if (opt) {
-                CudaOps.linear(gpu, up, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter, hidden, false,
-                        mlpNorm, false);
+                CudaOps.linear(gpu, up, mlpIn.x(), xbf, mlpIn.bf16(), rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter,
+                        hidden, false, mlpIn.norm(), false);
                 gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
                 CudaOps.linear(gpu, x, up, xbf, false, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false, null,
                         true);
             } else {
                 CUdeviceptr act = tc ? actBf : up;   // [rows][inter]: bf16 for the GEMM, f32 for the GEMV
-                CudaOps.linear(gpu, act, in, xbf, inBf16, rows, w.gateUp.ptr(), ptr(w.gateUpBias), 2 * inter, hidden,
-                        true, mlpNorm, false);
+                CudaOps.linear(gpu, act, mlpIn.x(), xbf, mlpIn.bf16(), rows, w.gateUp.ptr(), ptr(w.gateUpBias),
+                        2 * inter, hidden, true, mlpIn.norm(), false);
                 CudaOps.linear(gpu, x, up, actBf, tc, rows, w.down.ptr(), ptr(w.downBias), hidden, inter, false, null,
                         true);
             }

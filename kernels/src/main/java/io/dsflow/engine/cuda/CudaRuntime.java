@@ -51,6 +51,7 @@ import static jcuda.driver.JCudaDriver.cuModuleLoadData;
 public final class CudaRuntime implements AutoCloseable {
     private static volatile String unavailable;
     private static volatile Boolean present;
+    private static volatile int devices;
 
     private final int ordinal;
     private final CUcontext context = new CUcontext();
@@ -124,6 +125,7 @@ public final class CudaRuntime implements AutoCloseable {
                 int[] count = new int[1];
                 cuDeviceGetCount(count);
                 if (count[0] == 0) throw new IllegalStateException("no CUDA device");
+                devices = count[0];
                 present = true;
             } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
                 unavailable = "no NVIDIA driver here (libcuda.so.1 cannot be loaded)";
@@ -143,12 +145,9 @@ public final class CudaRuntime implements AutoCloseable {
         return unavailable;
     }
 
-    /** CUDA devices this process sees (0 where CUDA is unavailable). */
+    /** CUDA devices this process sees (0 where CUDA is unavailable; counted once, by {@link #available}). */
     public static int deviceCount() {
-        if (!available()) return 0;
-        int[] count = new int[1];
-        cuDeviceGetCount(count);
-        return count[0];
+        return available() ? devices : 0;
     }
 
     public static CudaRuntime open(int ordinal) {
