@@ -47,7 +47,7 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
                          float scale, int q_stride, int chunk) {
     int rg = blockIdx.x, s = blockIdx.y;
     int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
-    group_attend_slots<D, G, true>(partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2),
+    group_attend_slots<D, G, true, false>(partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2),
                                    q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
                                    reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr, nullptr, g, KVH, row_len[r], s,
                                    splits, chunk, scale, [](int t) { return t; });

@@ -11,7 +11,8 @@
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
 //   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints: the batch row, its candidates count (slots
 //   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
-//   channels r, label bits (16 or 8), cache capacity; scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
+//   channels r, label bits (16 or 8), cache capacity, 1 if its store is in host memory; scores: [P * H][max_cand] f32;
+//   selected: [P * H][max_k] slots
 // Two ways to the selection, both ranking the same floats (label_score) and picking by the same radix select:
 //   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
 //   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
@@ -21,8 +22,8 @@
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
 
-#define SP_FIELDS 9
-enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CAP };
+#define SP_FIELDS 10
+enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CAP, SP_HOST };
 // seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
 #define SEG_FIELDS 5
 enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP };
@@ -579,9 +580,11 @@ SPARSE_KERNEL(128)
 //   partials in shared memory, so the merge reads GQA_WARPS times fewer splits. shared = 0: the rows selecting per
 //   query head (mode 0), G = 1, a block per (row, head, split); shared = 1: the rows whose kv head's group shares one
 //   selection (modes 1, 2), G = H / KVH, a block per (row, kv head, split) reading each selected row once for the
-//   group. Rows of the other kind return at once. Same partials as sparse_attention_dD, GQA_WARPS * chunk slots a
-//   split. Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
-template <int D, int G>
+//   group. Rows of the other kind return at once. sparse_attention_dD_gG_host: the same for the rows whose store is in
+//   host memory (their key rows staged by whole rows, group_attend_slots' STAGED); each kernel returns at once for the
+//   other placement's rows. Same partials as sparse_attention_dD, GQA_WARPS * chunk slots a split.
+//   Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
+template <int D, int G, bool HOST>
 __device__ void sparse_group_body(float* partials, const float* q, const unsigned long long* kptr,
                                   const unsigned long long* vptr, const unsigned long long* rkptr,
                                   const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
@@ -589,13 +592,13 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
                                   int max_k, int shared) {
     int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
     const int* d = sp + p * SP_FIELDS;
-    if ((d[SP_MODE] != 0) != (shared != 0)) return;
+    if ((d[SP_MODE] != 0) != (shared != 0) || (d[SP_HOST] != 0) != HOST) return;
     int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
     int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
     const int* sel = selected + (size_t)(p * H + h0) * max_k;
     const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
     bool ring = kring != nullptr;
-    group_attend_slots<D, G, false>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
+    group_attend_slots<D, G, false, HOST>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
                                     q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
                                     reinterpret_cast<const bf16*>(vptr[seg[row]]), kring,
                                     reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / (H / KVH), KVH, m, blockIdx.y,
@@ -603,12 +606,13 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
                                     [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
 }
 
-#define SPARSE_GROUP_KERNEL(dim, g) extern "C" __global__ void sparse_attention_d##dim##_g##g(float* partials, \
-        const float* q, const unsigned long long* kp, const unsigned long long* vp, const unsigned long long* rkp, \
-        const unsigned long long* rvp, const int* seg, const int* len, const int* sp, const int* selected, int H, int KVH, \
-        int splits, float scale, int q_stride, int chunk, int max_k, int shared) { \
-    sparse_group_body<dim, g>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
-                              chunk, max_k, shared); }
+#define SPARSE_GROUP_VARIANT(dim, g, suffix, host) extern "C" __global__ void sparse_attention_d##dim##_g##g##suffix( \
+        float* partials, const float* q, const unsigned long long* kp, const unsigned long long* vp, \
+        const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, const int* len, const int* sp, \
+        const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k, int shared) { \
+    sparse_group_body<dim, g, host>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, \
+                                    q_stride, chunk, max_k, shared); }
+#define SPARSE_GROUP_KERNEL(dim, g) SPARSE_GROUP_VARIANT(dim, g, , false) SPARSE_GROUP_VARIANT(dim, g, _host, true)
 SPARSE_GROUP_KERNEL(32, 1)
 SPARSE_GROUP_KERNEL(32, 4)
 SPARSE_GROUP_KERNEL(64, 1)

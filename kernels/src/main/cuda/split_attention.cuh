@@ -102,14 +102,24 @@ __device__ __forceinline__ void load_bf16(float* dst, const bf16* src) {
 // GQA_WARPS chunks) and the warps' partials are combined in shared memory into the split's. part0: the partial of the
 // group's first head at split s (partials [heads][splits][D + 2], so head h's is part0 + h * splits * (D + 2)); qrow:
 // the G heads' queries, G * D floats. DIRECT: slot_of is the identity (dense decode), its rows read without the slot
-// exchange. Call with the whole block (32 * GQA_WARPS threads).
+// exchange. STAGED (gathered rows in host memory: host placement's selection): a chunk's 32 key rows are first staged
+// in shared memory by loads that read whole rows (D / 8 lanes a row, 16 bytes each), because a lane reading its own
+// row's 16-byte pieces has each load instruction touch 32 rows, a request over the host link per piece (measured on
+// the H100: 1.3-1.6x the tokens/s of host-placed decode; on device memory it gained nothing and its registers cost
+// occupancy). Call with the whole block (32 * GQA_WARPS threads).
 #define GQA_WARPS 4
-template <int D, int G, bool DIRECT, typename SlotOf>
+template <int D, int G, bool DIRECT, bool STAGED, typename SlotOf>
 __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* kc, const bf16* vc, const bf16* kring,
                                    const bf16* vring, int g, int KVH, int n, int s, int splits, int chunk, float scale,
                                    SlotOf slot_of) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int begin = (s * GQA_WARPS + warp) * chunk, end = min(n, begin + chunk);
+    // shared memory: the staged key rows (gathered rows only; each row padded by 16 bytes so that the lanes' reads of
+    // their rows fall in distinct banks), reused after the loop for the warps' partial outputs
+    constexpr int KROW = D + 8, KS_BYTES = STAGED ? GQA_WARPS * 32 * KROW * 2 : 0, WO_BYTES = GQA_WARPS * G * D * 4;
+    __shared__ __align__(16) unsigned char pool[KS_BYTES > WO_BYTES ? KS_BYTES : WO_BYTES];
+    bf16 (*ks)[KROW] = reinterpret_cast<bf16 (*)[KROW]>(pool) + warp * 32;
+    static_assert(!STAGED || (!DIRECT && 32 % (D / 8) == 0), "staged rows: gathered, whole 16-byte pieces a warp");
     __shared__ float qs[G][D];
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i / D][i % D] = qrow[i];
     __syncthreads();
@@ -127,12 +137,29 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
     for (int j0 = begin; j0 < end; j0 += 32) {
         int j = j0 + lane;
         int slot = DIRECT ? j : (j < end ? slot_of(j) : 0);
+        if constexpr (STAGED) {   // stage the chunk's key rows: all loads first, then the stores
+            constexpr int PIECES = D / 8, ROWS = 32 / PIECES, LOADS = 32 / ROWS;
+            int count = min(32, end - j0), piece = lane % PIECES;
+            uint4 raw[LOADS];
+#pragma unroll
+            for (int u = 0; u < LOADS; u++) {
+                int r = u * ROWS + lane / PIECES, sl = __shfl_sync(0xffffffffu, slot, r);
+                if (r < count) raw[u] = reinterpret_cast<const uint4*>(kv_row(kc, kring, sl, KVH, g, D))[piece];
+            }
+            __syncwarp();   // the previous chunk's rows are read
+#pragma unroll
+            for (int u = 0; u < LOADS; u++) {
+                int r = u * ROWS + lane / PIECES;
+                if (r < count) *reinterpret_cast<uint4*>(&ks[r][piece * 8]) = raw[u];
+            }
+            __syncwarp();
+        }
         float sc[G];
 #pragma unroll
         for (int h = 0; h < G; h++) sc[h] = 0.f;
         if (j < end) {
-            const uint4* k = reinterpret_cast<const uint4*>(DIRECT ? kc + ((size_t)slot * KVH + g) * D
-                                                                   : kv_row(kc, kring, slot, KVH, g, D));
+            const uint4* k = reinterpret_cast<const uint4*>(STAGED ? &ks[lane][0] : DIRECT ? kc + ((size_t)slot * KVH + g) * D
+                                                                                          : kv_row(kc, kring, slot, KVH, g, D));
 #pragma unroll
             for (int c8 = 0; c8 < D / 8; c8++) {
                 float kf[8];
@@ -183,7 +210,9 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
         }
     }
     // the warps' partials combined in shared memory into the block's: max M, sum L, o, each rescaled by e^(m_w - M)
-    __shared__ float wm[GQA_WARPS][G], wl[GQA_WARPS][G], wo[GQA_WARPS][G][D];
+    __shared__ float wm[GQA_WARPS][G], wl[GQA_WARPS][G];
+    float (*wo)[G][D] = reinterpret_cast<float (*)[G][D]>(pool);
+    if constexpr (STAGED) __syncthreads();   // every warp is done with its staged rows
 #pragma unroll
     for (int h = 0; h < G; h++) {
         if (lane == 0) {

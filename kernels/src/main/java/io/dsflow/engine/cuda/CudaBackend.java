@@ -550,16 +550,18 @@ public final class CudaBackend implements Backend {
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
      * scores in {@code scores}. Both select the same slots. {@code groupKinds}: 0 when the selected rows' attention
      * runs one warp a split (sparse_attention_dD), else the kinds of rows present for the block kernels
-     * (sparse_attention_dD_gG): 1 per-head selections, 2 selections shared by a kv head's group.
+     * (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's group, 4 stores on the
+     * device, 8 stores in host memory.
      */
-    /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
-    static final int SPARSE_FIELDS = 9, SEGMENT_FIELDS = 5;
-
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
-                              int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds, CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
+                              int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds,
+                              CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
     }
+
+    /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
+    static final int SPARSE_FIELDS = 10, SEGMENT_FIELDS = 5;
 
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
@@ -669,7 +671,7 @@ public final class CudaBackend implements Backend {
         long[] lTable = new long[0], chTable = new long[0], sTable = new long[0], ringKTable = new long[0], ringVTable = new long[0];
         int[] segInfo = new int[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
-        boolean allDspp = true, anyPerHead = false, anyShared = false;
+        boolean allDspp = true, anyPerHead = false, anyShared = false, anyOnDevice = false, anyOnHost = false;
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
             sp = new int[L * Math.max(1, decodeRows) * SPARSE_FIELDS];
@@ -714,9 +716,12 @@ public final class CudaBackend implements Backend {
                     }
                     int p = sparseCount[l]++, at = (l * decodeRows + p) * SPARSE_FIELDS;
                     sparseRows[l * decodeRows + p] = row;
+                    boolean host = cache.onHost(l);
                     int[] desc = {row, cand[s], budgetsOf[s][l], kv.sinks(), kv.window(), kv.gqaSelection().ordinal(),
-                            segR[s], cache.labelBits(), cache.capacity()};
+                            segR[s], cache.labelBits(), cache.capacity(), host ? 1 : 0};
                     System.arraycopy(desc, 0, sp, at, SPARSE_FIELDS);
+                    anyOnHost |= host;
+                    anyOnDevice |= !host;
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
                     allDspp &= kv.policy() == KvPolicy.DSPP;
@@ -750,7 +755,8 @@ public final class CudaBackend implements Backend {
                         segInfo});
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[15], decodeRows, sparseCount, d[16], d[17],
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[18], maxR, maxCand, maxK, sparseSplits, fused,
-                groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) : 0, scores, selected, spartials) : null;
+                groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) | (anyOnDevice ? 4 : 0) | (anyOnHost ? 8 : 0) : 0,
+                scores, selected, spartials) : null;
         return new Step(rows, nseg, splits, chunk, d[7], d[8], d[9], d[10], d[11], d[0], d[1], tiles.size() / 3, d[12],
                 decodeRows, d[13], partials, d[14], logits, plan);
     }

@@ -144,7 +144,9 @@ final class CudaOps {
      * Attention of {@code rows} sparse rows over their sinks, selections and windows into {@code partials} (sparse.cu),
      * for attention_merge. {@code groupKinds} 0: one warp a split of 32 slots (sparse_attention_dD); else blocks of
      * {@link #GQA_WARPS} warps, a split of GQA_WARPS * 32 slots: bit 1, the rows selecting per query head (a block per
-     * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once).
+     * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once); bit 4,
+     * rows whose store is on the device; bit 8, rows whose store is in host memory (the _host kernels, which stage key
+     * rows by whole rows). Each launch's kernel skips the rows of the other kinds.
      * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
      * segment without one).
      */
@@ -158,14 +160,18 @@ final class CudaOps {
                     ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
             return;
         }
-        if ((groupKinds & 1) != 0) {
-            gpu.launch(sparseGroupKernel(hd, 1), rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable,
-                    ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK, 0);
-        }
-        if ((groupKinds & 2) != 0) {
-            gpu.launch(sparseGroupKernel(hd, heads / kvHeads), rows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable,
-                    vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
-                    32, maxK, 1);
+        for (String placement : new String[]{"", "_host"}) {
+            if ((groupKinds & (placement.isEmpty() ? 4 : 8)) == 0) continue;
+            if ((groupKinds & 1) != 0) {
+                gpu.launch(sparseGroupKernel(hd, 1) + placement, rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable,
+                        vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
+                        32, maxK, 0);
+            }
+            if ((groupKinds & 2) != 0) {
+                gpu.launch(sparseGroupKernel(hd, heads / kvHeads) + placement, rows * kvHeads, splits, 32 * GQA_WARPS,
+                        partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads,
+                        splits, scale, qStride, 32, maxK, 1);
+            }
         }
     }
 

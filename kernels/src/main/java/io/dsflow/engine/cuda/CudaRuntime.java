@@ -189,7 +189,10 @@ public final class CudaRuntime implements AutoCloseable {
                     "sparse_attention_d64", "sparse_attention_d128", "sparse_attention_d32_g1", "sparse_attention_d32_g4",
                     "sparse_attention_d64_g1", "sparse_attention_d64_g4", "sparse_attention_d64_g8",
                     "sparse_attention_d128_g1", "sparse_attention_d128_g2", "sparse_attention_d128_g4",
-                    "sparse_attention_d128_g8"};
+                    "sparse_attention_d128_g8", "sparse_attention_d32_g1_host", "sparse_attention_d32_g4_host",
+                    "sparse_attention_d64_g1_host", "sparse_attention_d64_g4_host", "sparse_attention_d64_g8_host",
+                    "sparse_attention_d128_g1_host", "sparse_attention_d128_g2_host", "sparse_attention_d128_g4_host",
+                    "sparse_attention_d128_g8_host"};
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];
         };

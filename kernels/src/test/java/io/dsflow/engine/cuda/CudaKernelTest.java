@@ -685,6 +685,7 @@ class CudaKernelTest {
             sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
             sp[p * CudaBackend.SPARSE_FIELDS + 4] = window;
             sp[p * CudaBackend.SPARSE_FIELDS + 5] = mode;
+            sp[p * CudaBackend.SPARSE_FIELDS + 9] = host ? 1 : 0;
             for (int h = 0; h < heads; h++) {
                 if (mode != 0 && h % group != 0) {
                     chosen[p][h] = chosen[p][h - h % group];   // the group's first head's selection
@@ -700,7 +701,8 @@ class CudaKernelTest {
         int splits = (sinks + window + maxK + 127) / 128;
         CUdeviceptr partials = gpu.alloc(4L * rows * heads * splits * (hd + 2)), out = poisoned(rows * qStride);
         CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(ringK), upload(ringV),
-                upload(seg), upload(len), upload(sp), upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK, 3);
+                upload(seg), upload(len), upload(sp), upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK,
+                3 | (host ? 8 : 4));
         int[] rowsOf = {0, 1, 2};
         gpu.launch("attention_merge", rows * heads, 1, Math.min(1024, 4 * hd), out, partials, upload(rowsOf), heads, hd,
                 splits);
