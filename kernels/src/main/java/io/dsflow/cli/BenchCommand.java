@@ -119,27 +119,39 @@ public final class BenchCommand {
         }
         }
         if (prompt > 0 && prompt <= c.maxPositions()) {
-            CudaKvCache cache = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
-            try {
-                int[] ids = new int[prompt];
-                for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
-                CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
-                b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
-                warm.release();
-                gpu.synchronize();
-                long start = System.nanoTime();
-                b.forwardGreedy(new Batch().add(cache, ids, 0));
-                gpu.synchronize();
-                double sec = (System.nanoTime() - start) / 1e9;
-                double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
-                        + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
-                out.printf(Locale.ROOT, "prefill %d tokens: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers and causal attention)%n",
-                        prompt, sec, prompt / sec, flops / sec / 1e12);
-                root.put("prefill_tokens", prompt);
-                root.put("prefill_tokens_per_s", prompt / sec);
-                root.put("prefill_tflops", flops / sec / 1e12);
-            } finally {
-                cache.release();
+            // dense, and each policy whose prefill reads its store elsewhere (host placement)
+            List<KvConfig> prefills = new ArrayList<>(List.of(KvConfig.DENSE));
+            for (io.dsflow.engine.probe.Eval.Policy p : policies) {
+                if (p.kv().placement() == KvConfig.Placement.HOST) prefills.add(p.kv());
+            }
+            int[] ids = new int[prompt];
+            for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
+            CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
+            b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
+            warm.release();
+            ArrayNode prefillRows = root.putArray("prefill");
+            for (KvConfig kv : prefills) {
+                CudaKvCache cache = b.cacheOfLength(0, kv);
+                try {
+                    gpu.synchronize();
+                    long start = System.nanoTime();
+                    b.forwardGreedy(new Batch().add(cache, ids, 0));
+                    gpu.synchronize();
+                    double sec = (System.nanoTime() - start) / 1e9;
+                    double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
+                            + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
+                    String name = kv.sparse() ? kv.policy().id() + (kv.placement() == KvConfig.Placement.HOST ? " (host placement)" : "")
+                            : "dense";
+                    out.printf(Locale.ROOT, "prefill %d tokens, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers and"
+                            + " causal attention)%n", prompt, name, sec, prompt / sec, flops / sec / 1e12);
+                    ObjectNode row = prefillRows.addObject();
+                    row.put("kv", kv.toString());
+                    row.put("tokens", prompt);
+                    row.put("tokens_per_s", prompt / sec);
+                    row.put("tflops", flops / sec / 1e12);
+                } finally {
+                    cache.release();
+                }
             }
         }
         root.put("peak_device_bytes_max", gpu.peakAllocated());
