@@ -533,7 +533,28 @@ public final class CudaBackend implements Backend {
     private record Step(int rows, int nseg, int splits, int chunk, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
                         CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
                         int tileCount, CUdeviceptr tiles, int decodeRows, CUdeviceptr rowsOf,
-                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits, SparsePlan sparse) {
+                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits, SparsePlan sparse,
+                        List<HostPrefill> hostPrefills) {
+    }
+
+    /**
+     * A prefill of a host-placed cache: for each of its host layers, the layer's keys and values so far are copied to a
+     * device stage before the layer (the step's key/value tables point there), the prefill appends and attends on the
+     * device, and its new rows are copied back to host memory after the layer's attention. The prefill's attention
+     * reads every earlier row once per tile and head, which from host memory would be many passes over the link.
+     * keys, values: [start + rows][kvDim] bf16 on the device, reused by every layer.
+     */
+    private record HostPrefill(CudaKvCache cache, int start, int rows, CUdeviceptr keys, CUdeviceptr values, long rowBytes) {
+        void stageHistory(CudaRuntime gpu, int layer) {
+            gpu.copyAsync(keys, cache.keys(layer), start * rowBytes);
+            gpu.copyAsync(values, cache.values(layer), start * rowBytes);
+        }
+
+        void writeBack(CudaRuntime gpu, int layer) {
+            gpu.copyAsync(cache.keys(layer).withByteOffset(start * rowBytes), keys.withByteOffset(start * rowBytes), rows * rowBytes);
+            gpu.copyAsync(cache.values(layer).withByteOffset(start * rowBytes), values.withByteOffset(start * rowBytes),
+                    rows * rowBytes);
+        }
     }
 
     /**
@@ -647,6 +668,30 @@ public final class CudaBackend implements Backend {
             slots *= 2;
         }
         int splits = Math.max(1, (span + slots - 1) / slots);
+        // prefills of host-placed caches attend over a device stage of each host layer (HostPrefill)
+        List<HostPrefill> hostPrefills = new java.util.ArrayList<>();
+        long rowBytes = (long) c.kvDim() * 2, stageRows = 0;
+        for (Batch.Segment sg : segments) {
+            CudaKvCache cache = (CudaKvCache) sg.cache();
+            if (sg.tokens().length > 1 && cache.anyOnHost()) stageRows += cache.length(0) + sg.tokens().length;
+        }
+        if (stageRows > 0) {
+            CUdeviceptr stageK = buf("hostStageK", stageRows * rowBytes / 4), stageV = buf("hostStageV", stageRows * rowBytes / 4);
+            long at = 0;
+            for (int s = 0; s < nseg; s++) {
+                CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
+                int n = segments.get(s).tokens().length, start = cache.length(0);
+                if (n <= 1 || !cache.anyOnHost()) continue;
+                HostPrefill hp = new HostPrefill(cache, start, n, stageK.withByteOffset(at), stageV.withByteOffset(at), rowBytes);
+                hostPrefills.add(hp);
+                for (int l = 0; l < layers.length; l++) {
+                    if (!cache.onHost(l)) continue;
+                    kTable[l * nseg + s] = address(hp.keys());
+                    vTable[l * nseg + s] = address(hp.values());
+                }
+                at += (start + n) * rowBytes;
+            }
+        }
         // size every work buffer first: a later growth would invalidate graphs captured in between
         buf("x", (long) rows * hidden);
         buf("xn", (long) rows * hidden);
@@ -758,7 +803,7 @@ public final class CudaBackend implements Backend {
                 groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) | (anyOnDevice ? 4 : 0) | (anyOnHost ? 8 : 0) : 0,
                 scores, selected, spartials) : null;
         return new Step(rows, nseg, splits, chunk, d[7], d[8], d[9], d[10], d[11], d[0], d[1], tiles.size() / 3, d[12],
-                decodeRows, d[13], partials, d[14], logits, plan);
+                decodeRows, d[13], partials, d[14], logits, plan, hostPrefills);
     }
 
     /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
@@ -794,7 +839,9 @@ public final class CudaBackend implements Backend {
             SublayerInput attnIn = sublayerInput(w.attnNorm, w.attnNormBias, rows, tc);
             CudaOps.linear(gpu, qkv, attnIn.x(), xbf, attnIn.bf16(), rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden,
                     false, attnIn.norm(), false);
-            // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch)
+            // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch; a host-placed
+            //    prefill's to its device stage, which holds the layer's earlier rows)
+            for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.stageHistory(gpu, layer);
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
                     st.slot(), heads, kvHeads, hd, qkvDim);
@@ -832,6 +879,7 @@ public final class CudaBackend implements Backend {
                             sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
                 }
             }
+            for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
             // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
             CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);

@@ -202,6 +202,12 @@ public final class CudaKvCache implements KvCache {
         return buffers.ringValues[layer];
     }
 
+    /** Whether any layer's keys and values are in host memory (host placement). */
+    boolean anyOnHost() {
+        for (boolean h : buffers.onHost) if (h) return true;
+        return false;
+    }
+
     /** Whether this layer's keys and values are in host memory. */
     boolean onHost(int layer) {
         return buffers.onHost[layer];

@@ -162,6 +162,39 @@ class CudaModelTest {
     }
 
     /**
+     * A host-placed cache prefilled in two parts (the second part's attention reads the first part's rows from the
+     * device stage the host store is copied to) and then decoded generates exactly what the same cache on the device
+     * generates: same values, same arithmetic.
+     */
+    @Test
+    void hostPlacedPrefillInPartsEqualsDevicePlacement() {
+        try (Engine gpu = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
+            int[] prompt = gpu.tokenizer().encode(
+                    io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(7), 200).prompt(), true);
+            for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP),
+                    io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")))) {
+                int[] device = prefillInPartsThenDecode(gpu, prompt, kv);
+                int[] host = prefillInPartsThenDecode(gpu, prompt, kv.with(java.util.Map.of("placement", "host")));
+                assertArrayEquals(device, host, kv.toString());
+            }
+        }
+    }
+
+    private static int[] prefillInPartsThenDecode(Engine e, int[] prompt, io.dsflow.engine.kv.KvConfig kv) {
+        Sequence seq = e.newSequence(kv);
+        int half = prompt.length / 2;
+        e.prefill(seq, java.util.Arrays.copyOf(prompt, half));
+        float[] logits = e.prefill(seq, java.util.Arrays.copyOfRange(prompt, half, prompt.length));
+        int[] out = new int[8];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = argmax(logits);
+            logits = e.decode(List.of(seq), new int[]{out[i]})[0];
+        }
+        seq.cache().release();
+        return out;
+    }
+
+    /**
      * The GPU's tokens equal the CPU's, or differ only where the CPU's own choice was a near-tie: fed the CPU's tokens,
      * the GPU's logits stay within 5% of the CPU's largest at every step, and where the two argmaxes differ the CPU's
      * top two were closer than twice the difference. (8-bit labels: a key a last bit apart, from the GPU's products,
