@@ -295,9 +295,10 @@ public final class CudaBackend implements Backend {
         long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers()) * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
             int width = c.numHeads() * kv.labelChannels(c.headDim());
-            long labels = kv.labelBits() == 8 ? CudaRuntime.sizeClass(cap * width) + CudaRuntime.sizeClass(cap * c.numHeads() * 2L)
-                    : CudaRuntime.sizeClass(cap * width * 2);
-            bytes += sparseLayers * (labels + CudaRuntime.sizeClass(width * 4L));
+            bytes += kv.labelBits() == 8   // one block of every sparse layer's labels (and one of their scales)
+                    ? CudaRuntime.sizeClass(sparseLayers * cap * width) + CudaRuntime.sizeClass(sparseLayers * cap * c.numHeads() * 2L)
+                    : CudaRuntime.sizeClass(sparseLayers * cap * width * 2L);
+            bytes += sparseLayers * CudaRuntime.sizeClass(width * 4L);
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
         }

@@ -17,6 +17,8 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  *   labels[layer]:              [capacity][heads * r] fp16, or int8 with 8-bit labels (ds / dspp, sparse layers only;
  *                               null otherwise)
  *   scales[layer]:              [heads][capacity] fp16, 8-bit labels only: label = int8 value * scale of (head, token)
+ *   (the sparse layers' labels are one device block, their scales another: blocks of a few MB a layer would each lose
+ *   up to 2 MB to the memory pool's size classes)
  *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
  *   ringKeys[layer], ringValues[layer]: [sinks + window][kvHeads * headDim] bf16, host placement's sparse layers only:
  *                               token p in slot p (p < sinks), else sinks + (p - sinks) mod window
@@ -36,7 +38,9 @@ public final class CudaKvCache implements KvCache {
         final CUdeviceptr[] keys, values, labels, scales, channels, ringKeys, ringValues;
         /** Layers whose keys and values are in pinned host memory. */
         final boolean[] onHost;
-        long bytesEach, labelBytesEach, scaleBytesEach, channelBytes, ringBytes;
+        /** The blocks labels[] and scales[] lie in, layer after layer. */
+        CUdeviceptr labelBlock, scaleBlock;
+        long bytesEach, labelBytesEach, scaleBytesEach, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
@@ -64,12 +68,12 @@ public final class CudaKvCache implements KvCache {
             for (int l = 0; l < keys.length; l++) {
                 if (keys[l] != null) freeStore(keys[l], l);
                 if (values[l] != null) freeStore(values[l], l);
-                if (labels[l] != null) gpu.free(labels[l], labelBytesEach);
-                if (scales[l] != null) gpu.free(scales[l], scaleBytesEach);
                 if (channels[l] != null) gpu.free(channels[l], channelBytes);
                 if (ringKeys[l] != null) gpu.free(ringKeys[l], ringBytes);
                 if (ringValues[l] != null) gpu.free(ringValues[l], ringBytes);
             }
+            if (labelBlock != null) gpu.free(labelBlock, labelBlockBytes);
+            if (scaleBlock != null) gpu.free(scaleBlock, scaleBlockBytes);
         }
     }
 
@@ -135,28 +139,29 @@ public final class CudaKvCache implements KvCache {
     }
 
     private void allocate(int cap) {
-        long bytes = (long) cap * kvDim * 2, labelBlock = (long) cap * labelWidth * labelBytes;
-        long scaleBlock = labelBytes == 1 ? (long) heads * cap * 2 : 0;
-        for (int l = 0; l < layers; l++) {
+        long bytes = (long) cap * kvDim * 2, labelLayer = (long) cap * labelWidth * labelBytes;
+        long scaleLayer = labelBytes == 1 ? (long) heads * cap * 2 : 0;
+        int sparseLayers = 0;
+        for (CUdeviceptr ch : buffers.channels) if (ch != null) sparseLayers++;
+        CUdeviceptr labelBlock = sparseLayers == 0 ? null : gpu.alloc(sparseLayers * labelLayer);
+        CUdeviceptr scaleBlock = sparseLayers == 0 || scaleLayer == 0 ? null : gpu.alloc(sparseLayers * scaleLayer);
+        for (int l = 0, i = 0; l < layers; l++) {
             if (buffers.channels[l] != null) {
-                CUdeviceptr lab = gpu.alloc(labelBlock);
-                if (buffers.labels[l] != null) {
-                    long used = (long) length[l] * labelWidth * labelBytes;
-                    if (used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
-                    gpu.free(buffers.labels[l], buffers.labelBytesEach);
-                }
+                CUdeviceptr lab = labelBlock.withByteOffset(i * labelLayer);
+                long used = (long) length[l] * labelWidth * labelBytes;
+                if (buffers.labels[l] != null && used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
                 buffers.labels[l] = lab;
-                if (scaleBlock > 0) {   // head-major: each head's scales move to their place at the new capacity
-                    CUdeviceptr sc = gpu.alloc(scaleBlock);
+                if (scaleBlock != null) {   // head-major: each head's scales move to their place at the new capacity
+                    CUdeviceptr sc = scaleBlock.withByteOffset(i * scaleLayer);
                     if (buffers.scales[l] != null) {
                         for (int h = 0; h < heads && length[l] > 0; h++) {
                             cuMemcpyDtoD(sc.withByteOffset((long) h * cap * 2), buffers.scales[l].withByteOffset((long) h * capacity * 2),
                                     (long) length[l] * 2);
                         }
-                        gpu.free(buffers.scales[l], buffers.scaleBytesEach);
                     }
                     buffers.scales[l] = sc;
                 }
+                i++;
             }
             boolean host = buffers.onHost[l];
             CUdeviceptr k = host ? gpu.allocHost(bytes) : gpu.alloc(bytes), v = host ? gpu.allocHost(bytes) : gpu.alloc(bytes);
@@ -172,9 +177,15 @@ public final class CudaKvCache implements KvCache {
             buffers.keys[l] = k;
             buffers.values[l] = v;
         }
+        if (buffers.labelBlock != null) gpu.free(buffers.labelBlock, buffers.labelBlockBytes);
+        if (buffers.scaleBlock != null) gpu.free(buffers.scaleBlock, buffers.scaleBlockBytes);
+        buffers.labelBlock = labelBlock;
+        buffers.scaleBlock = scaleBlock;
+        buffers.labelBlockBytes = sparseLayers * labelLayer;
+        buffers.scaleBlockBytes = sparseLayers * scaleLayer;
         buffers.bytesEach = bytes;
-        buffers.labelBytesEach = labelBlock;
-        buffers.scaleBytesEach = scaleBlock;
+        buffers.labelBytesEach = labelLayer;
+        buffers.scaleBytesEach = scaleLayer;
         capacity = cap;
     }
 
