@@ -40,7 +40,7 @@ public final class CudaKvCache implements KvCache {
         final boolean[] onHost;
         /** The blocks labels[] and scales[] lie in, layer after layer. */
         CUdeviceptr labelBlock, scaleBlock;
-        long bytesEach, labelBytesEach, scaleBytesEach, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
+        long bytesEach, scaleBytesEach, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
@@ -184,7 +184,6 @@ public final class CudaKvCache implements KvCache {
         buffers.labelBlockBytes = sparseLayers * labelLayer;
         buffers.scaleBlockBytes = sparseLayers * scaleLayer;
         buffers.bytesEach = bytes;
-        buffers.labelBytesEach = labelLayer;
         buffers.scaleBytesEach = scaleLayer;
         capacity = cap;
     }
