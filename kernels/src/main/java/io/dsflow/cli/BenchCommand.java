@@ -31,20 +31,22 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
  * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--json FILE]}: decode tokens/s and step latency per
  * batch and context (greedy sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak
- * device memory (and pinned host memory: host placement's stores), and
+ * device memory (and pinned host memory: host placement's stores), with --profile a timeline of one more step (device
+ * time of each stage summed over the layers, from CUDA events, the step run eagerly), and
  * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
  * / step time) against a device-to-device copy measured in the same run.
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
-            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--json FILE]";
+            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--profile]"
+            + " [--json FILE]";
 
     private BenchCommand() {
     }
 
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
-                "steps", "json"), Set.of());
+                "steps", "json"), Set.of("profile"));
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
@@ -55,6 +57,7 @@ public final class BenchCommand {
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
         int prompt = a.getInt("prompt", 4096), steps = a.getInt("steps", 32);
+        boolean profile = a.has("profile");
         long t0 = System.nanoTime();
         CudaBackend b;
         if (model.startsWith("synthetic:")) {
@@ -110,6 +113,19 @@ public final class BenchCommand {
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
                     row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
+                    if (profile) {   // one more step, eager, with an event at each stage of each layer
+                        Map<String, Double> stages = b.profileStep(step(caches, tokens, ctx + 3 + steps));
+                        double total = stages.values().stream().mapToDouble(Double::doubleValue).sum();
+                        StringBuilder line = new StringBuilder(String.format(Locale.ROOT,
+                                "  timeline %s, batch %d, context %d: %.3f ms eager;", policy.name(), batch, ctx, total));
+                        ObjectNode prof = row.putObject("profile_ms");
+                        for (Map.Entry<String, Double> e : stages.entrySet()) {
+                            line.append(String.format(Locale.ROOT, " %s %.3f (%.0f%%)", e.getKey(), e.getValue(),
+                                    100 * e.getValue() / total));
+                            prof.put(e.getKey(), e.getValue());
+                        }
+                        out.println(line);
+                    }
                 } catch (DsflowException e) {
                     out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
                 } finally {

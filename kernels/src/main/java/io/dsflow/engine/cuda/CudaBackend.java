@@ -585,11 +585,42 @@ public final class CudaBackend implements Backend {
     /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
     static final int SPARSE_FIELDS = 10, SEGMENT_FIELDS = 5;
 
+    /** Events recorded at the start of each stage of a profiled forward pass (null: not profiling). */
+    private List<Map.Entry<String, jcuda.driver.CUevent>> marks;
+
+    /** Starts stage {@code name} of a profiled forward pass: the time until the next mark is counted as its. */
+    private void mark(String name) {
+        if (marks != null) marks.add(Map.entry(name, gpu.recordEvent()));
+    }
+
+    /**
+     * One eager forward pass (no graph) with a CUDA event at the start of each stage of every layer: the device time of
+     * each stage summed over the layers, in milliseconds, in the order the stages first ran (bench --profile). The
+     * events serialise nothing: the stream runs in order anyway.
+     */
+    public Map<String, Double> profileStep(Batch batch) {
+        gpu.makeCurrent();
+        marks = new java.util.ArrayList<>();
+        try {
+            forwardToDevice(batch);
+            mark("end");
+            Map<String, Double> ms = new java.util.LinkedHashMap<>();
+            for (int i = 0; i + 1 < marks.size(); i++) {
+                ms.merge(marks.get(i).getKey(), (double) gpu.elapsedMs(marks.get(i).getValue(), marks.get(i + 1).getValue()),
+                        Double::sum);
+            }
+            return ms;
+        } finally {
+            for (Map.Entry<String, jcuda.driver.CUevent> m : marks) gpu.destroy(m.getValue());
+            marks = null;
+        }
+    }
+
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
         boolean decodeOnly = batch.rows() == batch.segments().size();
-        boolean graph = GRAPHS && decodeOnly;
+        boolean graph = GRAPHS && decodeOnly && marks == null;
         Step step = prepare(batch, graph);
         if (graph) {
             // one graph per shape: batch size and splits, and with sparse caches which rows select in each layer and
@@ -823,6 +854,7 @@ public final class CudaBackend implements Backend {
                 && CudaOps.tensorCores(rows, inter);
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
+        mark("embedding");
         if (projectIn == null) {
             gpu.launch("embed", rows, 1, 256, x, embed.ptr(), tokens, rows, c.wordEmbedDim(), ptr(positionTable),
                     positions, ModelConfig.OPT_POSITION_OFFSET);
@@ -837,11 +869,13 @@ public final class CudaBackend implements Backend {
             Layer w = layers[layer];
             // 2. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
             //    kernel first; post-norm: the residual stream itself)
+            mark("q/k/v product");
             SublayerInput attnIn = sublayerInput(w.attnNorm, w.attnNormBias, rows, tc);
             CudaOps.linear(gpu, qkv, attnIn.x(), xbf, attnIn.bf16(), rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden,
                     false, attnIn.norm(), false);
             // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch; a host-placed
             //    prefill's to its device stage, which holds the layer's earlier rows)
+            mark("rope + kv append");
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.stageHistory(gpu, layer);
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
@@ -850,6 +884,7 @@ public final class CudaBackend implements Backend {
             //    sparse caches, this layer's selecting rows go through labels, top-k and attention over the selection
             SparsePlan sp = st.sparse();
             if (sp == null) {
+                mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
             } else {
@@ -857,14 +892,17 @@ public final class CudaBackend implements Backend {
                 CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
                 CUdeviceptr sct = sp.sTable().withByteOffset(at);
                 CUdeviceptr rkt = sp.ringKTable().withByteOffset(at), rvt = sp.ringVTable().withByteOffset(at);
+                mark("label append");
                 gpu.launch("label_append", rows, heads, Math.max(32, (sp.maxR() + 31) / 32 * 32), qkv, lt, ct, sct, rkt, rvt, st.seg(),
                         st.slot(), st.lastRows(), sp.segInfo(), heads, kvHeads, hd, qkvDim);
+                mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
                         st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
                 int n = sp.sparseCount()[layer];
                 if (n > 0) {
                     CUdeviceptr desc = sp.sp().withByteOffset(4L * SPARSE_FIELDS * layer * sp.sparseStride());
+                    mark(sp.fused() ? "selection (fused)" : "selection (scores, top-k)");
                     if (sp.fused()) {
                         CudaOps.select(gpu, sp.selected(), q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, hd, qkvDim,
                                 sp.maxCand(), sp.maxK());
@@ -874,6 +912,7 @@ public final class CudaBackend implements Backend {
                         gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
                                 sp.maxCand(), sp.maxK());
                     }
+                    mark("attention (selected rows)");
                     CudaOps.sparseAttention(gpu, sp.partials(), q, kt, vt, rkt, rvt, st.seg(), st.rowLen(), desc,
                             sp.selected(), n, heads, kvHeads, hd, sp.splits(), qkvDim, sp.maxK(), sp.groupKinds());
                     gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(),
@@ -882,8 +921,10 @@ public final class CudaBackend implements Backend {
             }
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
             // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
+            mark("output product");
             CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);
+            mark("mlp");
             SublayerInput mlpIn = sublayerInput(w.mlpNorm, w.mlpNormBias, rows, tc);
             // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
             if (opt) {
@@ -902,6 +943,7 @@ public final class CudaBackend implements Backend {
             if (!pre) norm(x, x, null, w.mlpNorm, w.mlpNormBias, rows);
         }
         // 7. last row of each segment, final norm (RMSNorm: in lm_head's prologue), lm_head
+        mark("lm head");
         CUdeviceptr last = scratch.get("last");
         gpu.launch("gather_rows", nseg, 1, 256, last, x, st.lastRows(), nseg, hidden);
         CudaOps.RmsNorm headNorm = null;

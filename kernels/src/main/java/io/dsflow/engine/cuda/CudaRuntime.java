@@ -391,6 +391,26 @@ public final class CudaRuntime implements AutoCloseable {
         return staging;
     }
 
+    /** A timing event recorded on the stream now (bench --profile); read with {@link #elapsedMs}, then destroy it. */
+    public CUevent recordEvent() {
+        CUevent e = new CUevent();
+        JCudaDriver.cuEventCreate(e, CUevent_flags.CU_EVENT_DEFAULT);
+        JCudaDriver.cuEventRecord(e, stream);
+        return e;
+    }
+
+    /** Milliseconds between two recorded events (waits for the later one). */
+    public float elapsedMs(CUevent from, CUevent to) {
+        JCudaDriver.cuEventSynchronize(to);
+        float[] ms = new float[1];
+        JCudaDriver.cuEventElapsedTime(ms, from, to);
+        return ms[0];
+    }
+
+    public void destroy(CUevent e) {
+        JCudaDriver.cuEventDestroy(e);
+    }
+
     /** Copies device or mapped host memory (unified addressing), asynchronously on the stream. */
     public void copyAsync(CUdeviceptr dst, CUdeviceptr src, long bytes) {
         if (bytes > 0) JCudaDriver.cuMemcpyAsync(dst, src, bytes, stream);
