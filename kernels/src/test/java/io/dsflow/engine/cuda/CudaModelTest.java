@@ -199,7 +199,7 @@ class CudaModelTest {
      * the GPU's logits stay within 5% of the CPU's largest at every step, and where the two argmaxes differ the CPU's
      * top two were closer than twice the difference. (8-bit labels: a key a last bit apart, from the GPU's products,
      * can round to another int8 value or scale, which moves its score by a quantisation step and can change a
-     * selection; where the model's next token is a near-tie, that flips it. Measured on the H100: one of eight prompts,
+     * selection; where the model's next token is a near-tie, that flips it. Measured on the H100: one of four prompts,
      * its second token, CPU top two 0.0032 apart, the GPU's logits within 0.0157 of the CPU's, of 21.9.)
      */
     private static void sameOrNearTie(Engine cpu, Engine gpu, int[] prompt, io.dsflow.engine.kv.KvConfig kv, int[] want,
