@@ -40,7 +40,8 @@ public final class EmbeddedKafka implements AutoCloseable {
 
     public static EmbeddedKafka start() throws Exception {
         Path dir = Files.createTempDirectory("dsflow-kafka");
-        int brokerPort = freePort(), controllerPort = freePort();
+        int[] ports = freePorts(2);
+        int brokerPort = ports[0], controllerPort = ports[1];
         Properties p = new Properties();
         p.put("process.roles", "broker,controller");
         p.put("node.id", "1");
@@ -82,9 +83,21 @@ public final class EmbeddedKafka implements AutoCloseable {
         }
     }
 
-    private static int freePort() throws IOException {
-        try (ServerSocket s = new ServerSocket(0, 0, java.net.InetAddress.getLoopbackAddress())) {
-            return s.getLocalPort();
+    /**
+     * n distinct free loopback ports: every socket stays open until all are chosen (asked one at a time, the system
+     * can hand the same port out twice, and the broker then refuses two listeners on one port).
+     */
+    private static int[] freePorts(int n) throws IOException {
+        ServerSocket[] sockets = new ServerSocket[n];
+        try {
+            int[] ports = new int[n];
+            for (int i = 0; i < n; i++) {
+                sockets[i] = new ServerSocket(0, 0, java.net.InetAddress.getLoopbackAddress());
+                ports[i] = sockets[i].getLocalPort();
+            }
+            return ports;
+        } finally {
+            for (ServerSocket s : sockets) if (s != null) s.close();
         }
     }
 
