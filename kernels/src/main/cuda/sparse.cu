@@ -13,7 +13,7 @@
 //   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
 //   channels r, label bits (16 or 8), cache capacity, 1 if its store is in host memory; scores: [P * H][max_cand] f32;
 //   selected: [P * H][max_k] slots
-// Two ways to the selection, both ranking the same floats (label_score) and picking by the same radix select:
+// Two ways to the selection, both ranking the same floats (LabelCache::score's) and picking by the same radix select:
 //   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
 //   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
 //   never reach global memory; a group's heads combined in registers for a shared selection).
@@ -27,6 +27,11 @@ enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CA
 // seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
 #define SEG_FIELDS 5
 enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP };
+
+// The device ring slot of store slot p (host placement): p for a sink (p < S), else S + (p - S) mod W
+__device__ __forceinline__ int ring_slot(int p, int sinks, int window) {
+    return p < sinks ? p : sinks + (p - sinks) % window;
+}
 
 // label_append: the label channels of every row's (rotated) key into its segment's label cache at its slot (8-bit:
 //   with the head's scale into sptr's scales); with host placement also its key and value into the segment's device
@@ -68,7 +73,7 @@ extern "C" __global__ void label_append(const float* qkv, const unsigned long lo
     if (rk == nullptr || h >= KVH) return;
     int sinks = info[SEG_SINKS], window = info[SEG_WINDOW];
     if (p >= sinks && (window == 0 || p < slot[last_rows[sg]] + 1 - window)) return;
-    int ring = p < sinks ? p : sinks + (p - sinks) % window;
+    int ring = ring_slot(p, sinks, window);
     bf16* rv = reinterpret_cast<bf16*>(rvptr[sg]);
     for (int c = threadIdx.x; c < D; c += blockDim.x) {   // the same bf16 rounding as kv_append_rope's store
         rk[((size_t)ring * KVH + h) * D + c] = __float2bfloat16(x[(H + h) * D + c]);
@@ -537,7 +542,7 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
 __device__ __forceinline__ int sparse_slot(int t, int sinks, int k, int window, int n, const int* sel, bool ring) {
     if (t >= sinks && t < sinks + k) return sel[t - sinks];
     int p = t < sinks ? t : n - window + (t - sinks - k);
-    return !ring ? p : -1 - (p < sinks ? p : sinks + (p - sinks) % window);
+    return ring ? -1 - ring_slot(p, sinks, window) : p;
 }
 
 // sparse_attention_dD: attention of sparse row p, head h over its m = S + k + W slots: sinks [0, S), the selected

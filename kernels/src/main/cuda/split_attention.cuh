@@ -137,9 +137,10 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
     for (int j0 = begin; j0 < end; j0 += 32) {
         int j = j0 + lane;
         int slot = DIRECT ? j : (j < end ? slot_of(j) : 0);
+        int count = min(32, end - j0);
         if constexpr (STAGED) {   // stage the chunk's key rows: all loads first, then the stores
             constexpr int PIECES = D / 8, ROWS = 32 / PIECES, LOADS = 32 / ROWS;
-            int count = min(32, end - j0), piece = lane % PIECES;
+            int piece = lane % PIECES;
             uint4 raw[LOADS];
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
@@ -182,7 +183,6 @@ __device__ void group_attend_slots(float* part0, const float* qrow, const bf16* 
             for (int i = 0; i < VPER; i++) o[h][i] *= corr;
             m[h] = mnew;
         }
-        int count = min(32, end - j0);
         // 4 rows a half-warp in flight: all loads first, then the products (p of a missing row is 0, its load skipped)
         for (int t0 = 0; t0 < count; t0 += 8) {
             float vf[4][VPER];

@@ -228,7 +228,7 @@ public final class CudaBackend implements Backend {
     private static Weight random(CudaRuntime gpu, long n, long seed, float scale) {
         CUdeviceptr p = gpu.alloc(n * 2);
         if (scale > 0) {
-            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, p, n, seed, scale);
+            fillRandom(gpu, p, n, seed, scale);
         } else {
             short v = scale == 0 ? 0 : toBf16(1f);
             short[] chunk = new short[(int) Math.min(n, 1 << 20)];
@@ -238,6 +238,11 @@ public final class CudaBackend implements Backend {
             }
         }
         return new Weight(p, n);
+    }
+
+    /** n bf16 values at p, uniform in [-scale, scale) from a seed (fill_random_bf16). */
+    private static void fillRandom(CudaRuntime gpu, CUdeviceptr p, long n, long seed, float scale) {
+        gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, p, n, seed, scale);
     }
 
     /** float32 to bf16, rounding to nearest even. */
@@ -362,20 +367,17 @@ public final class CudaBackend implements Backend {
         long cap = cache.capacity();
         for (int l = 0; l < c.numLayers(); l++) {
             long n = cap * c.kvDim();
-            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.keys(l), n, 7L * l, 1f);
-            gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, cache.values(l), n, 7L * l + 3, 1f);
+            fillRandom(gpu, cache.keys(l), n, 7L * l, 1f);
+            fillRandom(gpu, cache.values(l), n, 7L * l + 3, 1f);
             if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
-                long m = cap * c.numHeads() * cache.labelChannels() * cache.labelBits() / 16;
-                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.labels(l), m, 7L * l + 5, 1f);
+                fillRandom(gpu, cache.labels(l), cap * c.numHeads() * cache.labelChannels() * cache.labelBits() / 16,
+                        7L * l + 5, 1f);
             }
-            if (cache.scales(l) != null) {
-                long m = cap * c.numHeads();
-                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.scales(l), m, 7L * l + 6, 1f);
-            }
+            if (cache.scales(l) != null) fillRandom(gpu, cache.scales(l), cap * c.numHeads(), 7L * l + 6, 1f);
             if (cache.ringKeys(l) != null) {
                 long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
-                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.ringKeys(l), m, 7L * l + 1, 1f);
-                gpu.launch("fill_random_bf16", (int) Math.min(65535, (m + 255) / 256), 1, 256, cache.ringValues(l), m, 7L * l + 2, 1f);
+                fillRandom(gpu, cache.ringKeys(l), m, 7L * l + 1, 1f);
+                fillRandom(gpu, cache.ringValues(l), m, 7L * l + 2, 1f);
             }
         }
         return cache;
@@ -838,7 +840,10 @@ public final class CudaBackend implements Backend {
                 decodeRows, d[13], partials, d[14], logits, plan, hostPrefills);
     }
 
-    /** The forward pass's launches, and nothing else (no copy, no allocation): what a graph captures. */
+    /**
+     * The forward pass's launches and nothing else (no allocation; the only copies are a host-placed prefill's stage
+     * copies, and prefills are never captured): what a graph captures.
+     */
     private void launchAll(Step st) {
         int rows = st.rows(), nseg = st.nseg(), hidden = c.hiddenSize(), qDim = c.qDim(), kvDim = c.kvDim();
         int inter = c.intermediateSize(), heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();

@@ -20,6 +20,7 @@ import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.HashMap;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static jcuda.driver.JCudaDriver.cuCtxSetCurrent;
 import static jcuda.driver.JCudaDriver.cuCtxSynchronize;
@@ -61,13 +62,21 @@ public final class CudaRuntime implements AutoCloseable {
     private final CUstream stream = new CUstream();
     private final String name;
     private final long totalMemory;
-    private long allocated, held, peak;
-    /** Pinned host blocks by their device address, and the bytes of them held now and at most since the last reset. */
+    /** Device memory, and pinned host memory mapped into the device (its blocks' host pointers by device address). */
+    private final BlockPool pool = new BlockPool(size -> {
+        CUdeviceptr p = new CUdeviceptr();
+        cuMemAlloc(p, size);
+        return p;
+    }, p -> cuMemFree(p));
     private final Map<Long, Pointer> hostBlocks = new HashMap<>();
-    private final Map<Long, java.util.ArrayDeque<CUdeviceptr>> hostPool = new HashMap<>();
-    private long hostHeld, hostPeak, hostInUse;
-    /** Free blocks by their (rounded) size. */
-    private final Map<Long, java.util.ArrayDeque<CUdeviceptr>> pool = new HashMap<>();
+    private final BlockPool hostPool = new BlockPool(size -> {
+        Pointer host = new Pointer();
+        JCudaDriver.cuMemHostAlloc(host, size, JCudaDriver.CU_MEMHOSTALLOC_DEVICEMAP | JCudaDriver.CU_MEMHOSTALLOC_PORTABLE);
+        CUdeviceptr p = new CUdeviceptr();
+        JCudaDriver.cuMemHostGetDevicePointer(p, host, 0);
+        hostBlocks.put(jcuda.DeviceAddress.of(p), host);
+        return p;
+    }, p -> JCudaDriver.cuMemFreeHost(hostBlocks.remove(jcuda.DeviceAddress.of(p))));
     private final CUevent uploaded = new CUevent(), downloaded = new CUevent();
     private Pointer pinned = new Pointer();
     private java.nio.ByteBuffer staging;
@@ -185,15 +194,13 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sparse" -> new String[]{"label_append", "sparse_scores", "sparse_topk", "sparse_select", "sparse_select_cluster",
-                    "sparse_attention_d32",
-                    "sparse_attention_d64", "sparse_attention_d128", "sparse_attention_d32_g1", "sparse_attention_d32_g4",
-                    "sparse_attention_d64_g1", "sparse_attention_d64_g4", "sparse_attention_d64_g8",
-                    "sparse_attention_d128_g1", "sparse_attention_d128_g2", "sparse_attention_d128_g4",
-                    "sparse_attention_d128_g8", "sparse_attention_d32_g1_host", "sparse_attention_d32_g4_host",
-                    "sparse_attention_d64_g1_host", "sparse_attention_d64_g4_host", "sparse_attention_d64_g8_host",
-                    "sparse_attention_d128_g1_host", "sparse_attention_d128_g2_host", "sparse_attention_d128_g4_host",
-                    "sparse_attention_d128_g8_host"};
+            case "sparse" -> Stream.concat(Stream.of("label_append", "sparse_scores", "sparse_topk",
+                            "sparse_select", "sparse_select_cluster", "sparse_attention_d32", "sparse_attention_d64",
+                            "sparse_attention_d128"),
+                    // the grouped sparse attention, each for stores on the device and in host memory (sparse.cu)
+                    Stream.of("d32_g1", "d32_g4", "d64_g1", "d64_g4", "d64_g8", "d128_g1", "d128_g2", "d128_g4", "d128_g8")
+                            .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")))
+                    .toArray(String[]::new);
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             default -> new String[0];
         };
@@ -233,33 +240,33 @@ public final class CudaRuntime implements AutoCloseable {
         long[] free = new long[1], total = new long[1];
         JCudaDriver.cuMemGetInfo(free, total);
         long cached = 0;
-        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : pool.entrySet()) cached += e.getKey() * e.getValue().size();
+        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : pool.kept.entrySet()) cached += e.getKey() * e.getValue().size();
         return free[0] + cached;
     }
 
     /** The most device memory held from the driver (in use plus cached free blocks) since the last reset. */
     public long peakAllocated() {
-        return peak;
+        return pool.peak;
     }
 
     /** Bytes in use: what the blocks handed out and not freed were asked for (exact, not rounded to size classes). */
     public long allocated() {
-        return allocated;
+        return pool.inUse;
     }
 
     public void resetPeak() {
-        peak = held;
-        hostPeak = hostHeld;
+        pool.peak = pool.held;
+        hostPool.peak = hostPool.held;
     }
 
     /** Pinned host memory in use now: what the blocks of {@link #allocHost} handed out and not freed were asked for. */
     public long hostAllocated() {
-        return hostInUse;
+        return hostPool.inUse;
     }
 
     /** The most pinned host memory held for the device ({@link #allocHost}: in use and cached) since the last reset. */
     public long peakHostAllocated() {
-        return hostPeak;
+        return hostPool.peak;
     }
 
     /**
@@ -269,34 +276,10 @@ public final class CudaRuntime implements AutoCloseable {
      * new pinned memory, 0.21 s from the pool, dense 0.20 s), and host-placed caches come and go with conversations.
      */
     public CUdeviceptr allocHost(long bytes) {
-        long size = sizeClass(bytes);
-        java.util.ArrayDeque<CUdeviceptr> free = hostPool.get(size);
-        CUdeviceptr cached = free == null ? null : free.poll();
-        if (cached != null) {
-            hostInUse += bytes;
-            return cached;
-        }
-        Pointer host = new Pointer();
-        try {
-            JCudaDriver.cuMemHostAlloc(host, size, jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_DEVICEMAP
-                    | jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_PORTABLE);
-        } catch (jcuda.CudaException e) {
-            trimHost();   // give the cached blocks back and try once more
-            try {
-                JCudaDriver.cuMemHostAlloc(host, size, jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_DEVICEMAP
-                        | jcuda.driver.JCudaDriver.CU_MEMHOSTALLOC_PORTABLE);
-            } catch (jcuda.CudaException again) {
-                throw new DsflowException(String.format("out of pinned host memory: %.1f MB more for %s (%.1f MB held)",
-                        bytes / 1e6, name, hostHeld / 1e6), again);
-            }
-        }
-        CUdeviceptr p = new CUdeviceptr();
-        JCudaDriver.cuMemHostGetDevicePointer(p, host, 0);
-        hostBlocks.put(jcuda.DeviceAddress.of(p), host);
-        hostHeld += size;
-        hostPeak = Math.max(hostPeak, hostHeld);
-        hostInUse += bytes;
-        return p;
+        return hostPool.take(bytes, () -> {
+            synchronize();
+            hostPool.release();
+        }, "pinned host memory", name);
     }
 
     /** Returns a block of {@link #allocHost} to the pool ({@code bytes}: what was asked). */
@@ -304,20 +287,7 @@ public final class CudaRuntime implements AutoCloseable {
         if (!hostBlocks.containsKey(jcuda.DeviceAddress.of(p))) {
             throw new IllegalArgumentException("not a pinned host block of this runtime");
         }
-        hostPool.computeIfAbsent(sizeClass(bytes), k -> new java.util.ArrayDeque<>()).add(p);
-        hostInUse -= bytes;
-    }
-
-    /** Frees the cached pinned host blocks (after the device is done with them). */
-    private void trimHost() {
-        synchronize();
-        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : hostPool.entrySet()) {
-            for (CUdeviceptr p : e.getValue()) {
-                JCudaDriver.cuMemFreeHost(hostBlocks.remove(jcuda.DeviceAddress.of(p)));
-                hostHeld -= e.getKey();
-            }
-        }
-        hostPool.clear();
+        hostPool.give(p, bytes);
     }
 
     /** Pool size classes: powers of two up to 2 MB, then multiples of 2 MB. */
@@ -328,47 +298,80 @@ public final class CudaRuntime implements AutoCloseable {
     }
 
     public CUdeviceptr alloc(long bytes) {
-        long size = sizeClass(bytes);
-        java.util.ArrayDeque<CUdeviceptr> free = pool.get(size);
-        CUdeviceptr p = free == null ? null : free.poll();
-        if (p == null) {
-            p = new CUdeviceptr();
-            try {
-                cuMemAlloc(p, size);
-            } catch (jcuda.CudaException e) {
-                trim();   // give the cached blocks back and try once more
-                try {
-                    cuMemAlloc(p, size);
-                } catch (jcuda.CudaException again) {
-                    throw new DsflowException(String.format("out of GPU memory: %.1f MB more on %s (%.1f MB in use)",
-                            bytes / 1e6, name, allocated / 1e6), again);
-                }
-            }
-            held += size;
-            peak = Math.max(peak, held);
-        }
-        allocated += bytes;
-        return p;
+        return pool.take(bytes, this::trim, "GPU memory", name);
     }
 
     /** Returns a block to the pool ({@code bytes}: what was asked of {@link #alloc}). */
     public void free(CUdeviceptr p, long bytes) {
-        long size = sizeClass(bytes);
-        pool.computeIfAbsent(size, k -> new java.util.ArrayDeque<>()).add(p);
-        allocated -= bytes;
+        pool.give(p, bytes);
     }
 
     /** Frees the cached device and pinned host blocks (after the device is done with them). */
     public void trim() {
         synchronize();
-        for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : pool.entrySet()) {
-            for (CUdeviceptr p : e.getValue()) {
-                cuMemFree(p);
-                held -= e.getKey();
-            }
+        pool.release();
+        hostPool.release();
+    }
+
+    /**
+     * Blocks by size class ({@link #sizeClass}): a freed block is kept and handed out again, {@link #release} gives the
+     * kept ones back to the driver (cuMemFree synchronises the device, and pinning host memory is slow). inUse: what the
+     * blocks handed out and not given back were asked for; held: in use and kept, by size class; peak: the most held.
+     */
+    private static final class BlockPool {
+        interface Driver {
+            CUdeviceptr allocate(long size);
         }
-        pool.clear();
-        trimHost();
+
+        final Map<Long, java.util.ArrayDeque<CUdeviceptr>> kept = new HashMap<>();
+        private final Driver driver;
+        private final java.util.function.Consumer<CUdeviceptr> free;
+        long inUse, held, peak;
+
+        BlockPool(Driver driver, java.util.function.Consumer<CUdeviceptr> free) {
+            this.driver = driver;
+            this.free = free;
+        }
+
+        /** A block of at least {@code bytes}; where the driver refuses one, makeRoom runs and the driver is asked again. */
+        CUdeviceptr take(long bytes, Runnable makeRoom, String what, String device) {
+            long size = sizeClass(bytes);
+            java.util.ArrayDeque<CUdeviceptr> q = kept.get(size);
+            CUdeviceptr p = q == null ? null : q.poll();
+            if (p == null) {
+                try {
+                    p = driver.allocate(size);
+                } catch (jcuda.CudaException e) {
+                    makeRoom.run();   // give the kept blocks back and try once more
+                    try {
+                        p = driver.allocate(size);
+                    } catch (jcuda.CudaException again) {
+                        throw new DsflowException(String.format("out of %s: %.1f MB more on %s (%.1f MB in use)", what,
+                                bytes / 1e6, device, inUse / 1e6), again);
+                    }
+                }
+                held += size;
+                peak = Math.max(peak, held);
+            }
+            inUse += bytes;
+            return p;
+        }
+
+        void give(CUdeviceptr p, long bytes) {
+            kept.computeIfAbsent(sizeClass(bytes), k -> new java.util.ArrayDeque<>()).add(p);
+            inUse -= bytes;
+        }
+
+        /** Frees the kept blocks (the caller has waited for the device). */
+        void release() {
+            for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : kept.entrySet()) {
+                for (CUdeviceptr p : e.getValue()) {
+                    free.accept(p);
+                    held -= e.getKey();
+                }
+            }
+            kept.clear();
+        }
     }
 
     /**
