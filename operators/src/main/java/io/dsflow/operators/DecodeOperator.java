@@ -52,7 +52,8 @@ import java.util.concurrent.TimeUnit;
  *       updated and records are emitted, so a checkpoint always holds exactly the tokens emitted before it;</li>
  *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager (on a GPU backend: counted
  *       against the device's free memory, where the caches live; the pinned host stores of placement=host are reserved
- *       from the MemoryManager); when a budget or the limit of running requests is full, idle conversations' caches are dropped (rebuilt by prefill when they
+ *       from the MemoryManager); when a budget or the limit of running requests is full, idle conversations' caches
+ *       are dropped (rebuilt by prefill when they
  *       return) and new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
  *   <li>bounded state: a subtask holds at most limits.max-conversations conversations; a request opening one more
  *       gets a conversation_limit error record (counted again from the keyed state on restore or rescale);</li>
@@ -93,13 +94,9 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient ValueState<ConversationState> state;
     private transient MailboxExecutor mailbox;
     private transient MemoryManager memoryManager;
-    private transient long budget;
     private transient boolean cachesOnDevice;             // a GPU's memory, not Flink managed memory, bounds caches
-    private transient long reservedTotal;
-    private transient Map<String, Long> reserved;
-    /** Pinned host memory of host-placed GPU caches, reserved from managed memory: its budget, total and by conversation. */
-    private transient long hostBudget, hostReservedTotal;
-    private transient Map<String, Long> hostReserved;
+    /** The caches' bytes, and the pinned host stores of host-placed GPU caches (reserved from managed memory). */
+    private transient CacheBudget cacheBudget, hostBudget;
     private transient LinkedHashSet<String> idleCaches;    // kept caches of conversations with nothing active, LRU
     private transient Deque<String> admission;             // conversations whose next request waits for memory
     private transient long conversations;                  // conversations with state on this subtask
@@ -178,17 +175,16 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 getContainingTask().getEnvironment().getJobConfiguration(), getUserCodeClassloader());
         long deviceBudget = engine.backend().deviceCacheBudget();
         cachesOnDevice = deviceBudget >= 0;
-        budget = cachesOnDevice ? deviceBudget : memoryManager.computeMemorySize(fraction);
-        hostBudget = cachesOnDevice ? memoryManager.computeMemorySize(fraction) : 0;
-        reserved = new HashMap<>();
-        hostReserved = new HashMap<>();
+        long managed = memoryManager.computeMemorySize(fraction);
+        cacheBudget = new CacheBudget(cachesOnDevice ? deviceBudget : managed, !cachesOnDevice);
+        hostBudget = new CacheBudget(cachesOnDevice ? managed : 0, true);
         idleCaches = new LinkedHashSet<>();
         admission = new ArrayDeque<>();
         inflight = new HashMap<>();
         inbox = new LinkedBlockingQueue<>();
         registerMetrics();
         LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}",
-                subtask, budget >> 20,
+                subtask, cacheBudget.limit >> 20,
                 cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory", settings.kv());
         running = true;
         engineThread = new Thread(this::engineLoop, "dsflow-engine-" + subtask);
@@ -206,8 +202,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         g.gauge("num_requests_running", () -> inflight.size());
         g.gauge("num_requests_waiting", () -> admission.size());
         g.gauge("num_conversations", () -> conversations);
-        g.gauge("kv_cache_bytes", () -> reservedTotal);
-        g.gauge("kv_cache_usage", () -> budget == 0 ? 0.0 : reservedTotal / (double) budget);
+        g.gauge("kv_cache_bytes", () -> cacheBudget.total);
+        g.gauge("kv_cache_usage", () -> cacheBudget.limit == 0 ? 0.0 : cacheBudget.total / (double) cacheBudget.limit);
         historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
         prefilledTokens = getRuntimeContext().getLongCounter(PREFILLED_TOKENS);
         cacheEvictions = getRuntimeContext().getLongCounter(CACHE_EVICTIONS);
@@ -317,37 +313,27 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             long tokens = (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1;
             long needed = engine.estimateCacheBytes(kv, tokens);
             long hostNeeded = engine.backend().hostCacheBytes(kv, tokens);   // host placement's pinned stores
-            long have = reserved.getOrDefault(conv, 0L), hostHave = hostReserved.getOrDefault(conv, 0L);
-            if (needed > budget || hostNeeded > hostBudget) {
+            if (needed > cacheBudget.limit || hostNeeded > hostBudget.limit) {
                 admission.poll();
-                if (have > 0) dropCache(conv);
-                endWithError(conv, cs, r, new InvalidRequestException(needed > budget
+                if (cacheBudget.of(conv) > 0) dropCache(conv);
+                endWithError(conv, cs, r, new InvalidRequestException(needed > cacheBudget.limit
                         ? String.format("the request needs %.1f MB of KV cache; the decode operator has %.1f MB of %s",
-                                needed / 1e6, budget / 1e6, cachesOnDevice ? "device memory" : "managed memory")
+                                needed / 1e6, cacheBudget.limit / 1e6, cachesOnDevice ? "device memory" : "managed memory")
                         : String.format("the request needs %.1f MB of pinned host memory for its KV store (placement"
                                 + " host); the decode operator has %.1f MB of managed memory", hostNeeded / 1e6,
-                                hostBudget / 1e6)));
+                                hostBudget.limit / 1e6)));
                 continue;
             }
             int running = inflight.size() - admission.size();
-            if (running >= settings.limits().maxRunning() || reservedTotal - have + needed > budget
-                    || hostReservedTotal - hostHave + hostNeeded > hostBudget) {
-                evictIdle(needed - (budget - reservedTotal + have), hostNeeded - (hostBudget - hostReservedTotal + hostHave),
-                        conv);
+            long cacheShort = cacheBudget.shortfall(conv, needed), hostShort = hostBudget.shortfall(conv, hostNeeded);
+            if (running >= settings.limits().maxRunning() || cacheShort > 0 || hostShort > 0) {
+                evictIdle(cacheShort, hostShort, conv);
                 return;
             }
             admission.poll();
             idleCaches.remove(conv);
-            if (needed > have) {
-                if (!cachesOnDevice) memoryManager.reserveMemory(this, needed - have);
-                reservedTotal += needed - have;
-                reserved.put(conv, needed);
-            }
-            if (hostNeeded > hostHave) {
-                memoryManager.reserveMemory(this, hostNeeded - hostHave);
-                hostReservedTotal += hostNeeded - hostHave;
-                hostReserved.put(conv, hostNeeded);
-            }
+            cacheBudget.reserve(conv, needed);
+            hostBudget.reserve(conv, hostNeeded);
             BatchScheduler.Work w = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
                     RequestParser.samplingParams(r), kv, inflight.get(r.requestId).emitted);
             inbox.add(() -> scheduler.submit(w));
@@ -363,8 +349,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         for (String conv : new ArrayList<>(idleCaches)) {
             if (freed >= bytes && hostFreed >= hostBytes) break;
             if (conv.equals(keep)) continue;
-            freed += reserved.getOrDefault(conv, 0L);
-            hostFreed += hostReserved.getOrDefault(conv, 0L);
+            freed += cacheBudget.of(conv);
+            hostFreed += hostBudget.of(conv);
             dropCache(conv);
             cacheEvictions.add(1);
         }
@@ -372,17 +358,49 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     private void dropCache(String conv) {
         idleCaches.remove(conv);
-        Long bytes = reserved.remove(conv);
-        if (bytes != null) {
-            if (!cachesOnDevice) memoryManager.releaseMemory(this, bytes);
-            reservedTotal -= bytes;
-        }
-        Long hostBytes = hostReserved.remove(conv);
-        if (hostBytes != null) {
-            memoryManager.releaseMemory(this, hostBytes);
-            hostReservedTotal -= hostBytes;
-        }
+        cacheBudget.release(conv);
+        hostBudget.release(conv);
         inbox.add(() -> scheduler.dropCache(conv));
+    }
+
+    /**
+     * Bytes conversations' caches hold against a limit, by conversation; {@code managed}: the bytes are also reserved
+     * from the task's MemoryManager (Flink managed memory), where a GPU's own memory does not hold them.
+     */
+    private final class CacheBudget {
+        final long limit;
+        final boolean managed;
+        final Map<String, Long> held = new HashMap<>();
+        long total;
+
+        CacheBudget(long limit, boolean managed) {
+            this.limit = limit;
+            this.managed = managed;
+        }
+
+        long of(String conv) {
+            return held.getOrDefault(conv, 0L);
+        }
+
+        /** How many bytes others would have to free for conv to hold {@code needed} (0 or less: it fits). */
+        long shortfall(String conv, long needed) {
+            return total - of(conv) + needed - limit;
+        }
+
+        void reserve(String conv, long needed) throws org.apache.flink.runtime.memory.MemoryReservationException {
+            long have = of(conv);
+            if (needed <= have) return;
+            if (managed) memoryManager.reserveMemory(DecodeOperator.this, needed - have);
+            total += needed - have;
+            held.put(conv, needed);
+        }
+
+        void release(String conv) {
+            Long bytes = held.remove(conv);
+            if (bytes == null) return;
+            if (managed) memoryManager.releaseMemory(DecodeOperator.this, bytes);
+            total -= bytes;
+        }
     }
 
     private void fail(String conv, Request r, DsflowException e) {
