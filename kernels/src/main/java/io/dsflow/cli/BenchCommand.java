@@ -113,18 +113,23 @@ public final class BenchCommand {
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
                     row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
-                    if (profile) {   // one more step, eager, with an event at each stage of each layer
-                        Map<String, Double> stages = b.profileStep(step(caches, tokens, ctx + 3 + steps));
-                        double total = stages.values().stream().mapToDouble(Double::doubleValue).sum();
-                        StringBuilder line = new StringBuilder(String.format(Locale.ROOT,
-                                "  timeline %s, batch %d, context %d: %.3f ms eager;", policy.name(), batch, ctx, total));
+                    if (profile) {   // one more step, eager, with an event at each stage of each layer on each stream
+                        CudaBackend.Profile pr = b.profileStep(step(caches, tokens, ctx + 3 + steps));
                         ObjectNode prof = row.putObject("profile_ms");
-                        for (Map.Entry<String, Double> e : stages.entrySet()) {
-                            line.append(String.format(Locale.ROOT, " %s %.3f (%.0f%%)", e.getKey(), e.getValue(),
-                                    100 * e.getValue() / total));
-                            prof.put(e.getKey(), e.getValue());
+                        prof.put("step", pr.stepMs());
+                        out.println(stageLine(String.format(Locale.ROOT, "  timeline %s, batch %d, context %d: %.3f ms eager;"
+                                + " main stream", policy.name(), batch, ctx, pr.stepMs()), pr.mainMs(), pr.stepMs(),
+                                prof.putObject("main")));
+                        if (!pr.sideMs().isEmpty()) {
+                            out.println(stageLine("    side stream", pr.sideMs(), pr.stepMs(), prof.putObject("side")));
                         }
-                        out.println(line);
+                        StringBuilder layer = new StringBuilder(String.format(Locale.ROOT, "    layer %d (us from its start):",
+                                pr.layer()));
+                        for (CudaBackend.Span sp : pr.layerTimeline()) {
+                            layer.append(String.format(Locale.ROOT, " %s %s %.0f-%.0f;", sp.stream(), sp.stage(),
+                                    1e3 * sp.startMs(), 1e3 * sp.endMs()));
+                        }
+                        out.println(layer);
                     }
                 } catch (DsflowException e) {
                     out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
@@ -187,6 +192,16 @@ public final class BenchCommand {
      * Half a second of untimed decode steps (batch 1, 1K context) before the first row: without it the first row ran
      * on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run.
      */
+    /** "prefix stage ms (share of the step), ..." for one stream's stage totals, also put into json. */
+    private static String stageLine(String prefix, Map<String, Double> stages, double stepMs, ObjectNode json) {
+        StringBuilder line = new StringBuilder(prefix);
+        for (Map.Entry<String, Double> e : stages.entrySet()) {
+            line.append(String.format(Locale.ROOT, " %s %.3f (%.0f%%)", e.getKey(), e.getValue(), 100 * e.getValue() / stepMs));
+            json.put(e.getKey(), e.getValue());
+        }
+        return line.toString();
+    }
+
     private static void warmUp(CudaBackend b) {
         int ctx = Math.min(1024, b.config().maxPositions() / 2);
         List<CudaKvCache> caches = new ArrayList<>(List.of(b.cacheOfLength(ctx, KvConfig.DENSE)));

@@ -119,6 +119,8 @@ public final class CpuBackend implements Backend {
 
         for (int l = 0; l < layers.length; l++) {
             Layer w = layers[l];
+            // 1b. lookahead: the next layer's query predicted from this layer's input, for its selection
+            if (l + 1 < layers.length) predictNextQueries(l + 1, x, batch);
             // 2. attention sublayer: pre-norm (post-norm for OPT-350m style), q/k/v projections
             for (int r = 0; r < rows; r++) sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[r]);
             CpuOps.matmul(xn, rows, w.q, q);
@@ -177,6 +179,25 @@ public final class CpuBackend implements Backend {
         float[][] logits = new float[last.length][c.vocabSize()];
         CpuOps.matmul(last, last.length, lmHead, logits);
         return logits;
+    }
+
+    /**
+     * For each decode row whose cache selects ahead in {@code layer}: that layer's query computed from x (the previous
+     * layer's input) through its norm, q projection and RoPE, handed to the cache for its selection.
+     */
+    private void predictNextQueries(int layer, float[][] x, Batch batch) {
+        Layer w = layers[layer];
+        int[] starts = batch.segmentStarts();
+        for (int s = 0; s < starts.length; s++) {
+            Batch.Segment seg = batch.segments().get(s);
+            if (seg.tokens().length != 1 || !seg.cache().selectsAhead(layer)) continue;
+            int r = starts[s];
+            float[][] xn = new float[1][c.hiddenSize()], q = new float[1][c.qDim()];
+            sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[0]);
+            CpuOps.matmul(xn, 1, w.q, q);
+            if (invFreq != null) CpuOps.rope(q[0], c.numHeads(), c.headDim(), batch.positions()[r], invFreq);
+            seg.cache().predictQuery(layer, q[0]);
+        }
     }
 
     private void norm(float[] x, float[] w, float[] b, float[] out) {

@@ -134,6 +134,7 @@ public final class CudaBackend implements Backend {
         } else {
             invFreq = null;
         }
+        lookaheadDone = new jcuda.driver.CUevent[]{gpu.newEvent(), gpu.newEvent()};
         gpu.trim();   // the staging blocks of the interleaved uploads go back to the driver
         weightBytes = gpu.allocated();
         embedBytes = c.tieWordEmbeddings() ? 0 : (long) c.vocabSize() * c.wordEmbedDim() * 2;
@@ -581,39 +582,102 @@ public final class CudaBackend implements Backend {
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
                               int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds,
-                              CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials) {
+                              CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead) {
+    }
+
+    /**
+     * The look-ahead rows of a step (KvConfig lookahead): in each layer the first {@code aheadCount[l]} selecting rows
+     * (of which the first {@code stagedCount[l]} are staged: shared selections of host-placed stores) select on the side
+     * stream during layer l - 1, from a query predicted from that layer's input; the main stream waits for them at
+     * layer l's attention. Buffers by layer parity (the side stream fills layer l + 1's while the main stream reads
+     * layer l's):
+     * <pre>
+     *   selected[2]: [maxAhead * H][maxK] slots (a staged row's: indices into its stage), x[2]: [maxAhead][hidden]
+     *   the look-ahead rows' residual stream, q: [rows][H * D] predicted queries (label channels only), scores:
+     *   [maxAhead * H][maxCand] (unfused selection only), stageK / stageV[2]: [segments] pointers to [maxK][kvDim] bf16
+     * </pre>
+     * {@code stagedKinds}, {@code aheadKinds}: the attention kinds (groupKinds) of the staged and the other look-ahead
+     * rows.
+     */
+    private record Lookahead(int[] aheadCount, int[] stagedCount, int stagedKinds, int aheadKinds, CUdeviceptr[] selected,
+                             CUdeviceptr[] x, CUdeviceptr q, CUdeviceptr scores, CUdeviceptr[] stageK,
+                             CUdeviceptr[] stageV) {
+        Lookahead withStages(CUdeviceptr kTables, CUdeviceptr vTables, int segments) {
+            return new Lookahead(aheadCount, stagedCount, stagedKinds, aheadKinds, selected, x, q, scores,
+                    new CUdeviceptr[]{kTables, kTables.withByteOffset(8L * segments)},
+                    new CUdeviceptr[]{vTables, vTables.withByteOffset(8L * segments)});
+        }
     }
 
     /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
     static final int SPARSE_FIELDS = 10, SEGMENT_FIELDS = 5;
 
-    /** Events recorded at the start of each stage of a profiled forward pass (null: not profiling). */
-    private List<Map.Entry<String, jcuda.driver.CUevent>> marks;
+    /** An event recorded at the start of a stage of a profiled forward pass, on the main or the side stream. */
+    private record Mark(String stage, boolean side, int layer, jcuda.driver.CUevent event) {
+    }
 
-    /** Starts stage {@code name} of a profiled forward pass: the time until the next mark is counted as its. */
+    /** Marks of a profiled forward pass (null: not profiling), and the layer its launches are for now (-1: none). */
+    private List<Mark> marks;
+    private int markLayer = -1;
+    /** The side stream's mark at the end of a burst of work: the time until its next mark is idle, not a stage. */
+    private static final String SIDE_IDLE = "(side stream idle)";
+
+    /**
+     * Starts stage {@code name} of a profiled forward pass on the current stream: the time until that stream's next
+     * mark is counted as the stage's.
+     */
     private void mark(String name) {
-        if (marks != null) marks.add(Map.entry(name, gpu.recordEvent()));
+        if (marks != null) marks.add(new Mark(name, gpu.onSideStream(), markLayer, gpu.recordEvent()));
+    }
+
+    /** A stage of a profiled step on one stream, in milliseconds from the step's start (or its layer's, in a timeline). */
+    public record Span(String stream, String stage, double startMs, double endMs) {
     }
 
     /**
-     * One eager forward pass (no graph) with a CUDA event at the start of each stage of every layer: the device time of
-     * each stage summed over the layers, in milliseconds, in the order the stages first ran (bench --profile). The
-     * events serialise nothing: the stream runs in order anyway.
+     * A profiled step: its device time, each stage's time summed over the layers per stream (the main stream's stages in
+     * the order they first ran; the side stream's, when there is look-ahead work), and the timeline of the middle layer,
+     * its times from that layer's first stage (the side stream's work launched during the layer, for the next one,
+     * included).
      */
-    public Map<String, Double> profileStep(Batch batch) {
+    public record Profile(double stepMs, Map<String, Double> mainMs, Map<String, Double> sideMs, int layer,
+                          List<Span> layerTimeline) {
+    }
+
+    /**
+     * One eager forward pass (no graph) with a CUDA event at the start of each stage of every layer on each stream
+     * (bench --profile). The events serialise nothing: each stream runs in order anyway.
+     */
+    public Profile profileStep(Batch batch) {
         gpu.makeCurrent();
         marks = new java.util.ArrayList<>();
         try {
             forwardToDevice(batch);
+            markLayer = -1;
             mark("end");
-            Map<String, Double> ms = new java.util.LinkedHashMap<>();
-            for (int i = 0; i + 1 < marks.size(); i++) {
-                ms.merge(marks.get(i).getKey(), (double) gpu.elapsedMs(marks.get(i).getValue(), marks.get(i + 1).getValue()),
-                        Double::sum);
+            jcuda.driver.CUevent origin = marks.get(0).event();
+            int middle = layers.length / 2;
+            Map<String, Double> main = new java.util.LinkedHashMap<>(), side = new java.util.LinkedHashMap<>();
+            List<Span> timeline = new java.util.ArrayList<>();
+            double layerStart = Double.NaN;
+            for (boolean onSide : new boolean[]{false, true}) {
+                Mark prev = null;
+                for (Mark m : marks) {
+                    if (m.side() != onSide) continue;
+                    if (prev != null && !prev.stage().equals(SIDE_IDLE)) {
+                        double from = gpu.elapsedMs(origin, prev.event()), to = gpu.elapsedMs(origin, m.event());
+                        (onSide ? side : main).merge(prev.stage(), to - from, Double::sum);
+                        if (prev.layer() == middle) {
+                            if (Double.isNaN(layerStart)) layerStart = from;   // main first: the layer's first stage
+                            timeline.add(new Span(onSide ? "side" : "main", prev.stage(), from - layerStart, to - layerStart));
+                        }
+                    }
+                    prev = m;
+                }
             }
-            return ms;
+            return new Profile(gpu.elapsedMs(origin, marks.get(marks.size() - 1).event()), main, side, middle, timeline);
         } finally {
-            for (Map.Entry<String, jcuda.driver.CUevent> m : marks) gpu.destroy(m.getValue());
+            for (Mark m : marks) gpu.destroy(m.event());
             marks = null;
         }
     }
@@ -630,7 +694,9 @@ public final class CudaBackend implements Backend {
             SparsePlan p = step.sparse();
             String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR()
-                    + (p.fused() ? ",fused" : "") + ",g" + p.groupKinds());
+                    + (p.fused() ? ",fused" : "") + ",g" + p.groupKinds() + (p.ahead() == null ? "" : "|ahead"
+                    + Arrays.toString(p.ahead().aheadCount()) + Arrays.toString(p.ahead().stagedCount()) + ",g"
+                    + p.ahead().stagedKinds() + "," + p.ahead().aheadKinds()));
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
@@ -750,7 +816,8 @@ public final class CudaBackend implements Backend {
         long[] lTable = new long[0], chTable = new long[0], sTable = new long[0], ringKTable = new long[0], ringVTable = new long[0];
         int[] segInfo = new int[0];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
-        boolean allDspp = true, anyPerHead = false, anyShared = false, anyOnDevice = false, anyOnHost = false;
+        boolean allDspp = true;
+        int[] runKinds = new int[3], stagedCount = new int[L], aheadCount = new int[L];
         if (anySparse) {
             denseRows = new int[L * Math.max(1, decodeRows)];
             sp = new int[L * Math.max(1, decodeRows) * SPARSE_FIELDS];
@@ -783,33 +850,43 @@ public final class CudaBackend implements Backend {
                 budgetsOf[s] = kv.layerBudgets(L, context);
             }
             for (int l = 0; l < L; l++) {
+                // a layer's selecting rows in three runs: look-ahead rows staged from host memory, other look-ahead
+                // rows, rows selecting on the main stream
+                List<List<int[]>> runs = List.of(new java.util.ArrayList<>(), new java.util.ArrayList<>(),
+                        new java.util.ArrayList<>());
                 for (int i = 0; i < decodeRows; i++) {
                     int row = rowsOf[i], s = seg[row];
                     CudaKvCache cache = (CudaKvCache) segments.get(s).cache();
                     KvConfig kv = cache.sparse();
                     boolean single = segments.get(s).tokens().length == 1;
-                    boolean fits = denseFallback && cand[s] <= budgetsOf[s][l];
-                    if (kv == null || !single || cache.labels(l) == null || cand[s] == 0 || fits) {
+                    if (kv == null || !single || cache.labels(l) == null || cand[s] == 0
+                            || denseFallback && cand[s] <= budgetsOf[s][l]) {
                         denseRows[l * decodeRows + denseCount[l]++] = row;   // dense layer, prefill, or fits the budget
                         continue;
                     }
-                    int p = sparseCount[l]++, at = (l * decodeRows + p) * SPARSE_FIELDS;
-                    sparseRows[l * decodeRows + p] = row;
-                    boolean host = cache.onHost(l);
-                    int[] desc = {row, cand[s], budgetsOf[s][l], kv.sinks(), kv.window(), kv.gqaSelection().ordinal(),
-                            segR[s], cache.labelBits(), cache.capacity(), host ? 1 : 0};
-                    System.arraycopy(desc, 0, sp, at, SPARSE_FIELDS);
-                    anyOnHost |= host;
-                    anyOnDevice |= !host;
+                    boolean host = cache.onHost(l), shared = kv.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
+                    int run = !kv.selectsAhead(l, L) ? 2 : host && shared ? 0 : 1;
+                    boolean readsHost = host && run != 0;   // a staged row's selected rows are read from the device
+                    runs.get(run).add(new int[]{row, cand[s], budgetsOf[s][l], kv.sinks(), kv.window(),
+                            kv.gqaSelection().ordinal(), segR[s], cache.labelBits(), cache.capacity(), readsHost ? 1 : 0});
+                    runKinds[run] |= (shared ? 2 : 1) | (readsHost ? 8 : 4);
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);
                     allDspp &= kv.policy() == KvPolicy.DSPP;
-                    if (kv.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) anyPerHead = true;
-                    else anyShared = true;
                     maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
+                }
+                stagedCount[l] = runs.get(0).size();
+                aheadCount[l] = stagedCount[l] + runs.get(1).size();
+                for (List<int[]> run : runs) {
+                    for (int[] desc : run) {
+                        int p = sparseCount[l]++;
+                        sparseRows[l * decodeRows + p] = desc[0];
+                        System.arraycopy(desc, 0, sp, (l * decodeRows + p) * SPARSE_FIELDS, SPARSE_FIELDS);
+                    }
                 }
             }
         }
+        boolean anyShared = ((runKinds[0] | runKinds[1] | runKinds[2]) & 2) != 0;
         int maxSparse = anySparse ? Arrays.stream(sparseCount).max().orElse(0) : 0;
         // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
         maxCand = (maxCand + 1023) / 1024 * 1024;
@@ -828,16 +905,39 @@ public final class CudaBackend implements Backend {
             selected = buf("selected", (long) maxSparse * heads * maxK);
             spartials = buf("spartials", (long) maxSparse * heads * sparseSplits * (hd + 2));
         }
-        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, sTable, ringKTable, ringVTable},
+        // lookahead's buffers: two of each that one layer's side work writes while the main stream reads the previous
+        // layer's (by layer parity); the stages [2][segments][maxK][kvDim] bf16
+        int maxAhead = Arrays.stream(aheadCount).max().orElse(0);
+        boolean anyStaged = Arrays.stream(stagedCount).anyMatch(n -> n > 0);
+        long[] stageKTable = new long[anyStaged ? 2 * nseg : 0], stageVTable = new long[stageKTable.length];
+        Lookahead ahead = null;
+        if (maxAhead > 0) {
+            long stageBytes = (long) maxK * c.kvDim() * 2;
+            if (anyStaged) {
+                CUdeviceptr sk = buf("stageK", 2 * nseg * stageBytes / 4), sv = buf("stageV", 2 * nseg * stageBytes / 4);
+                for (int i = 0; i < 2 * nseg; i++) {
+                    stageKTable[i] = address(sk) + i * stageBytes;
+                    stageVTable[i] = address(sv) + i * stageBytes;
+                }
+            }
+            long selectedInts = (long) maxAhead * heads * maxK;
+            CUdeviceptr sel = buf("aheadSelected", 2 * selectedInts), x = buf("aheadX", 2L * maxAhead * hidden);
+            ahead = new Lookahead(aheadCount, stagedCount, groupAttention ? runKinds[0] : 0,
+                    groupAttention ? runKinds[1] : 0, new CUdeviceptr[]{sel, at(sel, selectedInts)},
+                    new CUdeviceptr[]{x, at(x, (long) maxAhead * hidden)}, buf("aheadQ", (long) rows * c.qDim()),
+                    fused ? null : buf("aheadScores", (long) maxAhead * heads * maxCand), null, null);
+        }
+        CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, sTable, ringKTable, ringVTable, stageKTable,
+                        stageVTable},
                 new int[][]{batch.tokens(), batch.positions(), seg, slot, rowLen,
                         tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows, denseRows, sp, sparseRows,
                         segInfo});
-        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[15], decodeRows, sparseCount, d[16], d[17],
-                decodeRows, d[2], d[3], d[4], d[5], d[6], d[18], maxR, maxCand, maxK, sparseSplits, fused,
-                groupAttention ? (anyPerHead ? 1 : 0) | (anyShared ? 2 : 0) | (anyOnDevice ? 4 : 0) | (anyOnHost ? 8 : 0) : 0,
-                scores, selected, spartials) : null;
-        return new Step(rows, nseg, splits, chunk, d[7], d[8], d[9], d[10], d[11], d[0], d[1], tiles.size() / 3, d[12],
-                decodeRows, d[13], partials, d[14], logits, plan, hostPrefills);
+        if (ahead != null && anyStaged) ahead = ahead.withStages(d[7], d[8], nseg);
+        SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
+                decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, sparseSplits, fused,
+                groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
+        return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
+                decodeRows, d[15], partials, d[16], logits, plan, hostPrefills);
     }
 
     /**
@@ -872,20 +972,26 @@ public final class CudaBackend implements Backend {
         }
         for (int layer = 0; layer < layers.length; layer++) {
             Layer w = layers[layer];
-            // 2. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
+            markLayer = layer;
+            // 2. lookahead: the next layer's selection (and its host-placed rows) on the side stream meanwhile
+            if (st.sparse() != null && st.sparse().ahead() != null && layer + 1 < layers.length
+                    && st.sparse().ahead().aheadCount()[layer + 1] > 0) {
+                lookAhead(st, layer + 1);
+            }
+            // 3. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
             //    kernel first; post-norm: the residual stream itself)
             mark("q/k/v product");
             SublayerInput attnIn = sublayerInput(w.attnNorm, w.attnNormBias, rows, tc);
             CudaOps.linear(gpu, qkv, attnIn.x(), xbf, attnIn.bf16(), rows, w.qkv.ptr(), ptr(w.qkvBias), qkvDim, hidden,
                     false, attnIn.norm(), false);
-            // 3. rotary positions on q and k; every row's key and value to its sequence's cache (one launch; a host-placed
+            // 4. rotary positions on q and k; every row's key and value to its sequence's cache (one launch; a host-placed
             //    prefill's to its device stage, which holds the layer's earlier rows)
             mark("rope + kv append");
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.stageHistory(gpu, layer);
             CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
             gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
                     st.slot(), heads, kvHeads, hd, qkvDim);
-            // 4. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged; with
+            // 5. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged; with
             //    sparse caches, this layer's selecting rows go through labels, top-k and attention over the selection
             SparsePlan sp = st.sparse();
             if (sp == null) {
@@ -906,32 +1012,42 @@ public final class CudaBackend implements Backend {
                         st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
                 int n = sp.sparseCount()[layer];
                 if (n > 0) {
-                    CUdeviceptr desc = sp.sp().withByteOffset(4L * SPARSE_FIELDS * layer * sp.sparseStride());
-                    mark(sp.fused() ? "selection (fused)" : "selection (scores, top-k)");
-                    if (sp.fused()) {
-                        CudaOps.select(gpu, sp.selected(), q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, hd, qkvDim,
-                                sp.maxCand(), sp.maxK());
-                    } else {
-                        gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, sp.scores(), q, lt, ct,
-                                sct, st.seg(), desc, heads, hd, qkvDim, sp.maxCand());
-                        gpu.launch("sparse_topk", n * heads, 1, 1024, sp.selected(), sp.scores(), desc, heads, kvHeads,
-                                sp.maxCand(), sp.maxK());
+                    // the layer's selecting rows: look-ahead rows first (selected on the side stream, staged ones from
+                    // their device stage), then the rows selecting here
+                    Lookahead la = sp.ahead();
+                    int ahead = la == null ? 0 : la.aheadCount()[layer], staged = la == null ? 0 : la.stagedCount()[layer];
+                    if (ahead > 0) {
+                        mark("wait for the side stream");
+                        gpu.await(lookaheadDone[layer & 1]);
+                        mark("attention (look-ahead rows)");
+                        CUdeviceptr sel = la.selected()[layer & 1];
+                        if (staged > 0) {
+                            attendSelected(st, layer, 0, staged, la.stageK()[layer & 1], la.stageV()[layer & 1], sel,
+                                    la.stagedKinds());
+                        }
+                        if (ahead > staged) {
+                            attendSelected(st, layer, staged, ahead - staged, kt, vt,
+                                    at(sel, (long) staged * heads * sp.maxK()), la.aheadKinds());
+                        }
                     }
-                    mark("attention (selected rows)");
-                    CudaOps.sparseAttention(gpu, sp.partials(), q, kt, vt, rkt, rvt, st.seg(), st.rowLen(), desc,
-                            sp.selected(), n, heads, kvHeads, hd, sp.splits(), qkvDim, sp.maxK(), sp.groupKinds());
+                    if (n > ahead) {
+                        mark(sp.fused() ? "selection (fused)" : "selection (scores, top-k)");
+                        select(st, layer, ahead, n - ahead, q, qkvDim, sp.selected(), sp.scores());
+                        mark("attention (selected rows)");
+                        attendSelected(st, layer, ahead, n - ahead, kt, vt, sp.selected(), sp.groupKinds());
+                    }
                     gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(),
                             sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()), heads, hd, sp.splits());
                 }
             }
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
-            // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
+            // 6. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
             mark("output product");
             CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);
             mark("mlp");
             SublayerInput mlpIn = sublayerInput(w.mlpNorm, w.mlpNormBias, rows, tc);
-            // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
+            // 7. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
             if (opt) {
                 CudaOps.linear(gpu, up, mlpIn.x(), xbf, mlpIn.bf16(), rows, w.gateUp.ptr(), ptr(w.gateUpBias), inter,
                         hidden, false, mlpIn.norm(), false);
@@ -947,7 +1063,8 @@ public final class CudaBackend implements Backend {
             }
             if (!pre) norm(x, x, null, w.mlpNorm, w.mlpNormBias, rows);
         }
-        // 7. last row of each segment, final norm (RMSNorm: in lm_head's prologue), lm_head
+        // 8. last row of each segment, final norm (RMSNorm: in lm_head's prologue), lm_head
+        markLayer = -1;
         mark("lm head");
         CUdeviceptr last = scratch.get("last");
         gpu.launch("gather_rows", nseg, 1, 256, last, x, st.lastRows(), nseg, hidden);
@@ -963,6 +1080,94 @@ public final class CudaBackend implements Backend {
         }
         CudaOps.linear(gpu, st.logits(), last, scratch.get("xbf"), false, nseg, lmHead.ptr(), null, c.vocabSize(),
                 c.wordEmbedDim(), false, headNorm, false);
+    }
+
+    /** Joins the side stream's work for a layer back into the main stream, by layer parity. */
+    private final jcuda.driver.CUevent[] lookaheadDone;
+
+    /**
+     * Side-stream work for layer {@code layer}'s look-ahead rows, made while layer - 1 runs on the main stream: their
+     * residual stream copied out first (the main stream goes on changing it), then on the side stream the query
+     * predicted from it through this layer's norm and q projection (label channels only), the selection, and the
+     * staged rows' keys and values gathered from host memory; the main stream waits for {@link #lookaheadDone} at
+     * this layer's attention.
+     */
+    private void lookAhead(Step st, int layer) {
+        SparsePlan sp = st.sparse();
+        Lookahead la = sp.ahead();
+        int n = la.aheadCount()[layer], staged = la.stagedCount()[layer], parity = layer & 1;
+        int hidden = c.hiddenSize(), heads = c.numHeads();
+        Layer w = layers[layer];
+        CUdeviceptr x = la.x()[parity], desc = sparseDescriptors(sp, layer, 0);
+        gpu.launch("gather_rows", n, 1, 256, x, scratch.get("x"), sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()),
+                n, hidden);
+        gpu.onSide(() -> {
+            mark("look-ahead query");
+            boolean pre = c.layerNormBefore();
+            int parts = (sp.maxR() + CudaOps.PREDICT_LABELS - 1) / CudaOps.PREDICT_LABELS;   // blocks a head
+            gpu.launchWithSharedMemory("predict_label_queries", n, heads * parts, 256, 4 * hidden, la.q(), x,
+                    pre ? w.attnNorm.ptr() : null, pre ? ptr(w.attnNormBias) : null, c.normEps(), w.qkv.ptr(),
+                    ptr(w.qkvBias), st.positions(), invFreq, sp.chTable().withByteOffset(8L * layer * st.nseg()), st.seg(),
+                    desc, heads, c.headDim(), hidden);
+            mark("look-ahead selection");
+            select(st, layer, 0, n, la.q(), c.qDim(), la.selected()[parity], la.scores());
+            if (staged > 0) {
+                mark("look-ahead gather (host rows)");
+                long at = 8L * layer * st.nseg();
+                // about 64 blocks (a few MB in flight): the link is the limit. Fewer blocks, or blocks holding whole
+                // multiprocessors, left the products beside them faster but the gather slower: the same step time
+                // (H100, batch 1 / 8 at 32K, 8 to 132 blocks: dev/cuda/README.md)
+                int units = staged * c.numKvHeads();
+                gpu.launch("gather_selected_rows", units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)), 1, 256,
+                        la.selected()[parity], st.kTable().withByteOffset(at), st.vTable().withByteOffset(at),
+                        la.stageK()[parity], la.stageV()[parity], st.seg(), desc, staged, heads, c.numKvHeads(), c.headDim(),
+                        sp.maxK());
+            }
+            mark(SIDE_IDLE);
+            gpu.record(lookaheadDone[parity]);
+        });
+    }
+
+    /** The descriptors of a layer's selecting rows from row {@code from} on. */
+    private static CUdeviceptr sparseDescriptors(SparsePlan sp, int layer, int from) {
+        return sp.sp().withByteOffset(4L * SPARSE_FIELDS * (layer * sp.sparseStride() + from));
+    }
+
+    /**
+     * The selection of {@code n} of a layer's selecting rows from row {@code from} on, ranked by q ([rows][qStride]):
+     * into selected ([n * H][maxK]): fused (dspp), or scores then top-k through {@code scores} ([n * H][maxCand]).
+     */
+    private void select(Step st, int layer, int from, int n, CUdeviceptr q, int qStride, CUdeviceptr selected,
+                        CUdeviceptr scores) {
+        SparsePlan sp = st.sparse();
+        int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
+        long at = 8L * layer * st.nseg();
+        CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
+        CUdeviceptr sct = sp.sTable().withByteOffset(at), desc = sparseDescriptors(sp, layer, from);
+        if (sp.fused()) {
+            CudaOps.select(gpu, selected, q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, hd, qStride, sp.maxCand(),
+                    sp.maxK());
+        } else {
+            gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, scores, q, lt, ct, sct, st.seg(),
+                    desc, heads, hd, qStride, sp.maxCand());
+            gpu.launch("sparse_topk", n * heads, 1, 1024, selected, scores, desc, heads, kvHeads, sp.maxCand(), sp.maxK());
+        }
+    }
+
+    /**
+     * Attention of {@code n} of a layer's selecting rows from row {@code from} on over sinks, window and their
+     * selection ({@code selected}: [n * H][maxK] slots of the stores in kTable / vTable), into the layer's partials at
+     * those rows.
+     */
+    private void attendSelected(Step st, int layer, int from, int n, CUdeviceptr kTable, CUdeviceptr vTable,
+                                CUdeviceptr selected, int kinds) {
+        SparsePlan sp = st.sparse();
+        int heads = c.numHeads(), hd = c.headDim();
+        long at = 8L * layer * st.nseg();
+        CudaOps.sparseAttention(gpu, at(sp.partials(), (long) from * heads * sp.splits() * (hd + 2)), scratch.get("qkv"),
+                kTable, vTable, sp.ringKTable().withByteOffset(at), sp.ringVTable().withByteOffset(at), st.seg(),
+                st.rowLen(), sparseDescriptors(sp, layer, from), selected, n, heads, c.numKvHeads(), hd, sp.splits(),
+                c.qDim() + 2 * c.kvDim(), sp.maxK(), kinds);
     }
 
     /** Bytes of weights in device memory. */
@@ -983,5 +1188,6 @@ public final class CudaBackend implements Backend {
         for (Map.Entry<String, CUdeviceptr> e : scratch.entrySet()) gpu.free(e.getValue(), scratchBytes.get(e.getKey()));
         scratch.clear();
         scratchBytes.clear();
+        for (jcuda.driver.CUevent e : lookaheadDone) gpu.destroy(e);
     }
 }

@@ -175,6 +175,9 @@ final class CudaOps {
         }
     }
 
+    /** Label channels of a head that a block of predict_label_queries (lookahead.cu) computes. */
+    static final int PREDICT_LABELS = 4;
+
     /** Blocks of a cluster of sparse_select_cluster (sparse.cu), each scoring a tile of the candidates. */
     static final int SELECT_CLUSTER = 8;
     /** Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block may have on an A100. */

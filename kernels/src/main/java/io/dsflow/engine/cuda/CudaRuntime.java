@@ -37,8 +37,8 @@ import static jcuda.driver.JCudaDriver.cuModuleGetFunction;
 import static jcuda.driver.JCudaDriver.cuModuleLoadData;
 
 /**
- * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, one stream, the
- * kernel modules built by nvcc at package time (cuda/*.fatbin on the classpath), launches, and
+ * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, a main stream and
+ * a side stream, the kernel modules built by nvcc at package time (cuda/*.fatbin on the classpath), launches, and
  * <ul>
  *   <li>a caching memory pool: freed blocks are kept by size class and handed out again (KV caches come and go with
  *       conversations; cuMemFree would synchronise the device each time); on an out-of-memory the cached blocks are
@@ -60,6 +60,11 @@ public final class CudaRuntime implements AutoCloseable {
     private final Map<String, CUfunction> functions = new HashMap<>();
     /** Every launch goes to this stream (a blocking one: it stays ordered with the copies on the legacy stream). */
     private final CUstream stream = new CUstream();
+    /** The side stream ({@link #onSide}): work that overlaps the main stream's, joined back by events. */
+    private final CUstream side = new CUstream();
+    /** Where launches, copies and events go now: the main stream, or the side stream within {@link #onSide}. */
+    private CUstream current = stream;
+    private final CUevent forked = new CUevent();
     private final String name;
     private final long totalMemory;
     /** Device memory, and pinned host memory mapped into the device (its blocks' host pointers by device address). */
@@ -115,6 +120,8 @@ public final class CudaRuntime implements AutoCloseable {
                 device);
         multiprocessors = major[0];
         JCudaDriver.cuStreamCreate(stream, 0);
+        JCudaDriver.cuStreamCreate(side, 0);
+        JCudaDriver.cuEventCreate(forked, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         JCudaDriver.cuEventCreate(uploaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         JCudaDriver.cuEventCreate(downloaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         loadModules();
@@ -202,6 +209,7 @@ public final class CudaRuntime implements AutoCloseable {
                             .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")))
                     .toArray(String[]::new);
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
+            case "lookahead" -> new String[]{"predict_label_queries", "gather_selected_rows"};
             default -> new String[0];
         };
     }
@@ -394,12 +402,54 @@ public final class CudaRuntime implements AutoCloseable {
         return staging;
     }
 
-    /** A timing event recorded on the stream now (bench --profile); read with {@link #elapsedMs}, then destroy it. */
+    /**
+     * A timing event recorded now on the current stream (bench --profile); read with {@link #elapsedMs}, then destroy
+     * it.
+     */
     public CUevent recordEvent() {
         CUevent e = new CUevent();
         JCudaDriver.cuEventCreate(e, CUevent_flags.CU_EVENT_DEFAULT);
-        JCudaDriver.cuEventRecord(e, stream);
+        JCudaDriver.cuEventRecord(e, current);
         return e;
+    }
+
+    /**
+     * Runs {@code body}'s launches, copies and events on the side stream, after the main stream's work so far; the main
+     * stream does not wait for them until it {@link #await}s an event the body {@link #record}ed. A graph capture
+     * takes the side stream's work in as a branch, which must join the main stream again before the capture ends.
+     */
+    public void onSide(Runnable body) {
+        if (current == side) throw new IllegalStateException("already on the side stream");
+        JCudaDriver.cuEventRecord(forked, stream);
+        JCudaDriver.cuStreamWaitEvent(side, forked, 0);
+        current = side;
+        try {
+            body.run();
+        } finally {
+            current = stream;
+        }
+    }
+
+    /** Whether launches go to the side stream now (within {@link #onSide}). */
+    public boolean onSideStream() {
+        return current == side;
+    }
+
+    /** An event for {@link #record} and {@link #await} (no timing); destroy it with {@link #destroy(CUevent)}. */
+    public CUevent newEvent() {
+        CUevent e = new CUevent();
+        JCudaDriver.cuEventCreate(e, CUevent_flags.CU_EVENT_DISABLE_TIMING);
+        return e;
+    }
+
+    /** Records {@code e} on the current stream: it completes when the stream's work so far has. */
+    public void record(CUevent e) {
+        JCudaDriver.cuEventRecord(e, current);
+    }
+
+    /** The current stream's later work waits for {@code e}'s latest recording (on the device: the host goes on). */
+    public void await(CUevent e) {
+        JCudaDriver.cuStreamWaitEvent(current, e, 0);
     }
 
     /** Milliseconds between two recorded events (waits for the later one). */
@@ -414,9 +464,9 @@ public final class CudaRuntime implements AutoCloseable {
         JCudaDriver.cuEventDestroy(e);
     }
 
-    /** Copies device or mapped host memory (unified addressing), asynchronously on the stream. */
+    /** Copies device or mapped host memory (unified addressing), asynchronously on the current stream. */
     public void copyAsync(CUdeviceptr dst, CUdeviceptr src, long bytes) {
-        if (bytes > 0) JCudaDriver.cuMemcpyAsync(dst, src, bytes, stream);
+        if (bytes > 0) JCudaDriver.cuMemcpyAsync(dst, src, bytes, current);
     }
 
     /** Copies the first {@code bytes} of the staging buffer to {@code dst}, asynchronously on the stream. */
@@ -454,12 +504,12 @@ public final class CudaRuntime implements AutoCloseable {
         return pinnedDown.getByteBuffer(0, bytes).order(java.nio.ByteOrder.LITTLE_ENDIAN);
     }
 
-    /** Launches a kernel on the default stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */
     /** Whether this build has a kernel of that name. */
     public boolean has(String kernel) {
         return functions.containsKey(kernel);
     }
 
+    /** Launches a kernel on the current stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */
     public void launch(String kernel, int gridX, int gridY, int block, Object... args) {
         launchWithSharedMemory(kernel, gridX, gridY, block, 0, args);
     }
@@ -486,7 +536,7 @@ public final class CudaRuntime implements AutoCloseable {
             else if (a instanceof Float v) ptrs[i] = Pointer.to(new float[]{v});
             else throw new IllegalArgumentException("kernel argument of type " + a.getClass());
         }
-        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, stream, Pointer.to(ptrs), null);
+        cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, current, Pointer.to(ptrs), null);
     }
 
     /** Records the launches {@code body} makes (nothing runs) into an executable graph. */

@@ -26,6 +26,20 @@ public interface KvCache {
      */
     void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale);
 
+    /**
+     * Whether this layer's next decode selection ranks its candidates by a query predicted from the previous layer's
+     * input (KvConfig lookahead): the forward pass then hands that query over with {@link #predictQuery} before the
+     * layer attends.
+     */
+    default boolean selectsAhead(int layer) {
+        return false;
+    }
+
+    /** The predicted query of the decode row for a layer that {@link #selectsAhead}: [numHeads * headDim] after RoPE. */
+    default void predictQuery(int layer, float[] q) {
+        throw new IllegalStateException("this cache does not select ahead");
+    }
+
     /** A deep copy (eval prefills once and runs each policy on a copy). */
     KvCache copy();
 

@@ -24,10 +24,15 @@ import java.util.Map;
  *                      group's maximum or mean approximate score (each selected row then serves the whole group)
  * @param capacity      C: tokens a sequence keeps (0 = unbounded); past C the oldest non-sink tokens are evicted
  * @param placement     where a GPU keeps a sparse cache's full key/value store (the CPU keeps everything on its heap)
+ * @param lookahead     dspp: a sparse layer's decode selection ranks the candidates by a query predicted from the
+ *                      previous layer's input (that layer's residual stream through this layer's norm and q
+ *                      projection), so a GPU selects, and gathers host-placed rows, on a side stream while the previous
+ *                      layer computes; the first two layers and the last select from their own query
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
-                       GqaSelection gqaSelection, int capacity, Placement placement) implements java.io.Serializable {
+                       GqaSelection gqaSelection, int capacity, Placement placement,
+                       boolean lookahead) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K }
 
@@ -55,6 +60,10 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (placement == Placement.HOST && policy == KvPolicy.DENSE) {
             throw new InvalidRequestException("placement host is for the sparse policies (ds, dspp): dense attention reads every row");
         }
+        if (lookahead && (policy != KvPolicy.DSPP || window < 1)) {
+            throw new InvalidRequestException("lookahead is a dspp option and needs window >= 1 (the newest token is read"
+                    + " from the window, not selected)");
+        }
         if (capacity > 0 && capacity < sinks + window + 1) {
             throw new InvalidRequestException("capacity " + capacity + " must exceed sinks + window = " + (sinks + window));
         }
@@ -64,7 +73,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     public static KvConfig defaults(KvPolicy policy) {
         boolean pp = policy == KvPolicy.DSPP;
         return new KvConfig(policy, 0, 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
-                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE);
+                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE, false);
     }
 
     /** r for a head dimension. */
@@ -75,7 +84,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
-     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement; "_" works for "-"). Changing the
+     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead; "_" works for
+     * "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
     public KvConfig with(Map<String, String> options) {
@@ -88,6 +98,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         ChannelSource src = c.channelSource;
         GqaSelection gqa = c.gqaSelection;
         Placement placement = c.placement;
+        boolean lookahead = c.lookahead;
         for (Map.Entry<String, String> e : options.entrySet()) {
             String key = e.getKey().toLowerCase(Locale.ROOT).replace('_', '-');
             String v = e.getValue();
@@ -106,10 +117,11 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 case "channels", "channel-source" -> src = choice(ChannelSource.class, key, v);
                 case "gqa", "gqa-selection" -> gqa = choice(GqaSelection.class, key, v);
                 case "placement" -> placement = choice(Placement.class, key, v);
+                case "lookahead" -> lookahead = bool(key, v);
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
-        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement);
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead);
     }
 
     /** The per-sequence token budget of a sparse layer's selection before decay: max(kFloor, T rho) - S - W. */
@@ -132,6 +144,14 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 Math.max(1, candidates(context)));
     }
 
+    /**
+     * Whether layer {@code layer} of {@code layers} selects ahead ({@code lookahead}): a sparse layer from the third on,
+     * but not the last.
+     */
+    public boolean selectsAhead(int layer, int layers) {
+        return lookahead && layer >= Math.max(2, denseLayers) && layer < layers - 1;
+    }
+
     public boolean sparse() {
         return policy != KvPolicy.DENSE;
     }
@@ -140,10 +160,10 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     public String toString() {
         if (!sparse()) return capacity > 0 ? "dense (capacity " + capacity + ")" : "dense";
         return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d dense_layers=%d"
-                        + " channels=%s gqa=%s%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
+                        + " channels=%s gqa=%s%s%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
                 sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT),
                 gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
-                placement == Placement.HOST ? " placement=host" : "");
+                placement == Placement.HOST ? " placement=host" : "", lookahead ? " lookahead" : "");
     }
 
     private static int integer(String key, String v) {
@@ -152,6 +172,14 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         } catch (NumberFormatException e) {
             throw new InvalidRequestException("kv option " + key + " must be an integer, got '" + v + "'");
         }
+    }
+
+    private static boolean bool(String key, String v) {
+        return switch (v.trim().toLowerCase(Locale.ROOT)) {
+            case "on", "true", "yes", "1" -> true;
+            case "off", "false", "no", "0" -> false;
+            default -> throw new InvalidRequestException("kv option " + key + " must be on or off, got '" + v + "'");
+        };
     }
 
     private static double number(String key, String v) {

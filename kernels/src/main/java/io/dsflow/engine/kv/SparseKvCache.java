@@ -12,7 +12,9 @@ import java.util.Arrays;
  *       equal mean. With S = W = 0 and lambda = 0 it is {@code ds}.</li>
  * </ul>
  * The first denseLayers layers, every prefill (several rows) and any decode step whose candidates fit the budget
- * attend densely. Labels exist only for sparse layers.
+ * attend densely. Labels exist only for sparse layers. With lookahead (dspp), the layers that {@link #selectsAhead}
+ * rank their candidates by the query the forward pass predicted from the previous layer's input; attention itself
+ * always uses the layer's own query.
  * <pre>
  *   labels[layer][h * r + i][slot]   channel channels[layer][h][i] of the key in that store slot, 16-bit (or 8-bit)
  * </pre>
@@ -24,6 +26,7 @@ public final class SparseKvCache implements KvCache {
     private final RingWindow ring;
     private final int[][][] channels;      // [layer][head][r]
     private final float[][][] labels;      // [layer][head * r + i][slot]; null for dense layers
+    private final float[][] predicted;     // [layer][numHeads * headDim]: lookahead's query for the next decode step
     private AttentionObserver observer;
     private boolean denseFallback = true;
     private long budgetContext = -1;
@@ -46,6 +49,7 @@ public final class SparseKvCache implements KvCache {
         this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
+        this.predicted = new float[layers][];
         for (int l = 0; l < layers; l++) {
             for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
             if (l >= cfg.denseLayers()) labels[l] = new float[numHeads * r][256];
@@ -64,6 +68,7 @@ public final class SparseKvCache implements KvCache {
         store = o.store.copy();
         ring = o.ring.copy();
         channels = o.channels;
+        predicted = new float[layers][];
         labels = new float[layers][][];
         for (int l = 0; l < layers; l++) {
             if (o.labels[l] == null) continue;
@@ -134,6 +139,17 @@ public final class SparseKvCache implements KvCache {
     }
 
     @Override
+    public boolean selectsAhead(int layer) {
+        return labels[layer] != null && cfg.selectsAhead(layer, layers);
+    }
+
+    @Override
+    public void predictQuery(int layer, float[] q) {
+        if (!selectsAhead(layer)) throw new IllegalStateException("layer " + layer + " does not select ahead");
+        predicted[layer] = q.clone();
+    }
+
+    @Override
     public void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale) {
         if (rows > 1 || labels[layer] == null) {
             CpuAttention.causal(store, layer, q, row0, rows, out, numHeads, scale);
@@ -153,6 +169,8 @@ public final class SparseKvCache implements KvCache {
     }
 
     private void decodeStep(int layer, float[] q, float[] out, float scale) {
+        float[] ahead = predicted[layer];   // one step's prediction, used once
+        predicted[layer] = null;
         long context = store.appended(layer);
         int k = budgets(context)[layer];
         int window = ring.size();
@@ -163,13 +181,19 @@ public final class SparseKvCache implements KvCache {
             return;
         }
         k = Math.min(k, cand.length);
-        // approximate scores of every candidate from the label cache: s~[h][i] = sum_c q[h][C_h[c]] * label[h][c][slot_i]
+        // approximate scores of every candidate from the label cache: s~[h][i] = sum_c q[h][C_h[c]] * label[h][c][slot_i],
+        // q the predicted query where the layer selects ahead
+        float[] sq = q;
+        if (selectsAhead(layer)) {
+            if (ahead == null) throw new IllegalStateException("layer " + layer + " selects ahead but no query was predicted");
+            sq = ahead;
+        }
         float[][] approx = new float[numHeads][cand.length];
         float[][] lab = labels[layer];
         for (int h = 0; h < numHeads; h++) {
             int[] ch = channels[layer][h];
             for (int c = 0; c < r; c++) {
-                float qc = q[h * headDim + ch[c]];
+                float qc = sq[h * headDim + ch[c]];
                 float[] row = lab[h * r + c];
                 float[] s = approx[h];
                 for (int i = 0; i < cand.length; i++) s[i] += qc * row[cand[i]];

@@ -748,6 +748,119 @@ class CudaKernelTest {
         return p;
     }
 
+    /**
+     * Lookahead's kernels (lookahead.cu) against the CPU: predict_label_queries = the label channels of RoPE(W_q
+     * rmsnorm(x) + b) (CpuBackend.predictNextQueries' arithmetic), with RMSNorm and without a norm (post-norm), for
+     * rows in another order than their descriptors; gather_selected_rows copies each shared selection's rows of a
+     * store in pinned host memory to the row's device stage and rewrites the selection to the stage's indices.
+     */
+    @Test
+    void lookaheadPredictsTheLabelQueriesAndGathersTheSelectedRowsAsTheCpu() {
+        Random r = new Random(21);
+        int heads = 4, kvHeads = 2, d = 64, hidden = 136, rows = 5, rLabels = 11, qDim = heads * d;
+        int[] descRows = {3, 0, 4};   // P = 3 look-ahead rows: their batch rows
+        int p = descRows.length;
+        float[] x = random(r, p * hidden, 1), w = random(r, (qDim + 2 * kvHeads * d) * hidden, 0.05f);
+        float[] bias = random(r, qDim, 0.1f), normW = random(r, hidden, 1);
+        int[] pos = {7, 1, 900, 33, 4097};
+        int[] seg = {0, 1, 0, 1, 1};   // two segments, each with its own channels
+        int[][] channels = new int[2][heads * rLabels];
+        for (int[] ch : channels) {
+            for (int h = 0; h < heads; h++) {
+                List<Integer> perm = new java.util.ArrayList<>();
+                for (int c = 0; c < d; c++) perm.add(c);
+                java.util.Collections.shuffle(perm, r);
+                for (int i = 0; i < rLabels; i++) ch[h * rLabels + i] = perm.get(i);
+            }
+        }
+        int[] sp = new int[p * CudaBackend.SPARSE_FIELDS];
+        int maxK = 64, k = 29, cap = 41;
+        for (int i = 0; i < p; i++) {   // row, candidates, budget k, ..., mode mean, r, 16-bit labels
+            int[] desc = {descRows[i], 37, k, 0, 4, 2, rLabels, 16, cap, 1};
+            System.arraycopy(desc, 0, sp, i * CudaBackend.SPARSE_FIELDS, desc.length);
+        }
+        float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(d);
+        CUdeviceptr chTable = upload(new long[]{jcuda.DeviceAddress.of(upload(channels[0])),
+                jcuda.DeviceAddress.of(upload(channels[1]))});
+        CUdeviceptr dx = upload(x), dw = uploadBf16(w), db = uploadBf16(bias), dn = uploadBf16(normW);
+        CUdeviceptr dsp = upload(sp), dseg = upload(seg), dpos = upload(pos), dinv = upload(inv);
+        for (boolean norm : new boolean[]{true, false}) {
+            CUdeviceptr q = poisoned(rows * qDim);
+            gpu.launchWithSharedMemory("predict_label_queries", p, heads * ((rLabels + CudaOps.PREDICT_LABELS - 1)
+                    / CudaOps.PREDICT_LABELS), 256, 4 * hidden, q, dx, norm ? dn : null, null,
+                    1e-5f, dw, db, dpos, dinv, chTable, dseg, dsp, heads, d, hidden);
+            float[] got = download(q, rows * qDim);
+            for (int i = 0; i < p; i++) {
+                int row = descRows[i];
+                float[] xn = new float[hidden], ref = new float[qDim];
+                float[] xi = java.util.Arrays.copyOfRange(x, i * hidden, (i + 1) * hidden);
+                float[] nw = new float[hidden];
+                for (int j = 0; j < hidden; j++) nw[j] = bf(normW[j]);
+                if (norm) CpuOps.rmsNorm(xi, nw, 1e-5f, xn);
+                else xn = xi;
+                for (int o = 0; o < qDim; o++) {
+                    double acc = bf(bias[o]);
+                    for (int j = 0; j < hidden; j++) acc += bf(w[o * hidden + j]) * (double) xn[j];
+                    ref[o] = (float) acc;
+                }
+                CpuOps.rope(ref, heads, d, pos[row], inv);
+                for (int h = 0; h < heads; h++) {
+                    for (int c = 0; c < d; c++) {
+                        float v = got[row * qDim + h * d + c];
+                        boolean label = false;
+                        for (int l = 0; l < rLabels; l++) label |= channels[seg[row]][h * rLabels + l] == c;
+                        if (!label) {
+                            assertTrue(Float.isNaN(v), "only label channels are written: row " + row + " head " + h + " channel " + c);
+                        } else {
+                            assertEquals(ref[h * d + c], v, 2e-4 * (1 + Math.abs(ref[h * d + c])),
+                                    "norm " + norm + " row " + row + " head " + h + " channel " + c);
+                        }
+                    }
+                }
+            }
+        }
+        // gather: each segment's store [cap][kvHeads][d] in host memory; a selection per (row, kv head) at its first head
+        int kvDim = kvHeads * d, g = heads / kvHeads;
+        float[][] keys = new float[2][], values = new float[2][];
+        long[] kt = new long[2], vt = new long[2], skt = new long[2], svt = new long[2];
+        CUdeviceptr[] stageK = new CUdeviceptr[2], stageV = new CUdeviceptr[2];
+        for (int s = 0; s < 2; s++) {
+            keys[s] = random(r, cap * kvDim, 1);
+            values[s] = random(r, cap * kvDim, 1);
+            kt[s] = jcuda.DeviceAddress.of(onHost(uploadBf16(keys[s]), cap * kvDim * 2L));
+            vt[s] = jcuda.DeviceAddress.of(onHost(uploadBf16(values[s]), cap * kvDim * 2L));
+            stageK[s] = uploadBf16(new float[maxK * kvDim]);
+            stageV[s] = uploadBf16(new float[maxK * kvDim]);
+            skt[s] = jcuda.DeviceAddress.of(stageK[s]);
+            svt[s] = jcuda.DeviceAddress.of(stageV[s]);
+        }
+        int[] selected = new int[p * heads * maxK];
+        for (int i = 0; i < selected.length; i++) selected[i] = r.nextInt(cap);
+        CUdeviceptr dsel = upload(selected);
+        int[] rowsOfSegment = {0, 1};   // the gather reads descriptors 0 and 1 (rows 3 and 0: segments 1 and 0)
+        gpu.launch("gather_selected_rows", 3, 1, 256, dsel, upload(kt), upload(vt), upload(skt), upload(svt), dseg, dsp,
+                2, heads, kvHeads, d, maxK);
+        gpu.synchronize();
+        int[] after = new int[selected.length];
+        cuMemcpyDtoH(Pointer.to(after), dsel, after.length * 4L);
+        for (int i : rowsOfSegment) {
+            int s = seg[descRows[i]];
+            float[] gotK = downloadBf16(stageK[s], maxK * kvDim), gotV = downloadBf16(stageV[s], maxK * kvDim);
+            for (int kv = 0; kv < kvHeads; kv++) {
+                int at = (i * heads + kv * g) * maxK;
+                for (int j = 0; j < maxK; j++) {
+                    assertEquals(j < k ? j : selected[at + j], after[at + j], "selection row " + i + " kv head " + kv);
+                    if (j >= k) continue;
+                    for (int c = 0; c < d; c++) {
+                        int src = (selected[at + j] * kvHeads + kv) * d + c, dst = (j * kvHeads + kv) * d + c;
+                        assertEquals(bf(keys[s][src]), gotK[dst], "key row " + j);
+                        assertEquals(bf(values[s][src]), gotV[dst], "value row " + j);
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void elementwiseKernelsAndEmbeddingMatchCpu() {
         Random r = new Random(9);

@@ -123,6 +123,48 @@ class SparseInvariantsTest {
         for (int l = 0; l < LAYERS; l++) assertArrayEquals(a[l], b[l], "layer " + l);
     }
 
+    /**
+     * Lookahead: a layer that selects ahead ranks its candidates by the predicted query and attends with its own, so a
+     * prediction equal to the layer's own query gives the synchronous output exactly, and another one changes only
+     * those layers; it must be handed over before every decode step of such a layer.
+     */
+    @Test
+    void aLayerSelectingAheadRanksByThePredictedQueryAndAttendsWithItsOwn() {
+        KvConfig sync = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8", "dense-layers", "1"));
+        KvConfig ahead = sync.with(Map.of("lookahead", "on"));
+        SparseKvCache own = sparse(ahead), other = sparse(ahead);
+        assertTrue(!own.selectsAhead(1) && own.selectsAhead(2) && !own.selectsAhead(3), "layers 2 .. L - 2");
+        Random rnd = new Random(8), noise = new Random(10);   // run()'s tokens for seed 8, with predictions
+        float[][] outSync = run(sparse(sync), 8);
+        float[][] outOwn = new float[LAYERS][], outOther = new float[LAYERS][];
+        float scale = (float) (1 / Math.sqrt(D));
+        for (int t = 0; t < T; t++) {
+            for (int l = 0; l < LAYERS; l++) {
+                float[] k = gaussian(rnd, KV_HEADS * D), v = gaussian(rnd, KV_HEADS * D), q = gaussian(rnd, HEADS * D);
+                outOwn[l] = step(own, l, k, v, q, q, scale);
+                outOther[l] = step(other, l, k, v, q, gaussian(noise, HEADS * D), scale);
+            }
+        }
+        for (int l = 0; l < LAYERS; l++) assertArrayEquals(outSync[l], outOwn[l], "layer " + l);
+        assertArrayEquals(outSync[1], outOther[1], "layer 1 does not select ahead");
+        assertArrayEquals(outSync[3], outOther[3], "the last layer does not select ahead");
+        assertNotEquals(java.util.Arrays.toString(outSync[2]), java.util.Arrays.toString(outOther[2]),
+                "another prediction selects other tokens");
+        SparseKvCache missing = sparse(ahead);
+        IllegalStateException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalStateException.class,
+                () -> run(missing, 8));
+        assertTrue(e.getMessage().contains("no query was predicted"), e.getMessage());
+    }
+
+    private static float[] step(SparseKvCache cache, int layer, float[] k, float[] v, float[] q, float[] predicted,
+                                float scale) {
+        cache.append(layer, k, v);
+        if (cache.selectsAhead(layer)) cache.predictQuery(layer, predicted);
+        float[][] o = new float[1][HEADS * D];
+        cache.attend(layer, new float[][]{q}, 0, 1, o, HEADS, scale);
+        return o[0];
+    }
+
     @ParameterizedTest
     @EnumSource(KvConfig.GqaSelection.class)
     void gqaSelectionsRunAndSharedOnesAgreeWithinAGroupSelection(KvConfig.GqaSelection gqa) {
