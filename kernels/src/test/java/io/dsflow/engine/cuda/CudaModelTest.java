@@ -51,22 +51,30 @@ class CudaModelTest {
             for (int i = 0; i < prompts[2].length; i++) prompts[2][i] = 3 + (i * 37) % 500;
             List<int[]> alone = new ArrayList<>();
             for (int[] p : prompts) alone.add(e.generate(p, SamplingParams.greedy(8), KvPolicy.DENSE).tokenIds());
-            List<Sequence> seqs = new ArrayList<>();
-            int[] next = new int[prompts.length];
-            int[][] got = new int[prompts.length][8];
-            for (int i = 0; i < prompts.length; i++) {
-                Sequence s = e.newSequence(KvPolicy.DENSE);
-                next[i] = io.dsflow.engine.sample.Sampler.argmax(e.prefill(s, prompts[i]));
-                seqs.add(s);
-            }
-            for (int step = 0; step < 8; step++) {
-                for (int i = 0; i < seqs.size(); i++) got[i][step] = next[i];
-                if (step == 7) break;
-                float[][] logits = e.decode(seqs, next);
-                for (int i = 0; i < seqs.size(); i++) next[i] = io.dsflow.engine.sample.Sampler.argmax(logits[i]);
-            }
+            int[][] got = decodeTogether(e, List.of(prompts), java.util.Collections.nCopies(prompts.length,
+                    io.dsflow.engine.kv.KvConfig.DENSE));
             for (int i = 0; i < prompts.length; i++) assertArrayEquals(alone.get(i), got[i], "sequence " + i);
         }
+    }
+
+    /** Greedy tokens of 8 steps of each prompt, all prefilled, then decoded in one batch a step. */
+    private static int[][] decodeTogether(Engine e, List<int[]> prompts, List<io.dsflow.engine.kv.KvConfig> configs) {
+        List<Sequence> seqs = new ArrayList<>();
+        int[] next = new int[prompts.size()];
+        int[][] got = new int[prompts.size()][8];
+        for (int i = 0; i < prompts.size(); i++) {
+            Sequence s = e.newSequence(configs.get(i));
+            next[i] = io.dsflow.engine.sample.Sampler.argmax(e.prefill(s, prompts.get(i)));
+            seqs.add(s);
+        }
+        for (int step = 0; step < 8; step++) {
+            for (int i = 0; i < seqs.size(); i++) got[i][step] = next[i];
+            if (step == 7) break;
+            float[][] logits = e.decode(seqs, next);
+            for (int i = 0; i < seqs.size(); i++) next[i] = io.dsflow.engine.sample.Sampler.argmax(logits[i]);
+        }
+        for (Sequence s : seqs) s.cache().release();
+        return got;
     }
 
     /** Seeded sampling on the device (sample_rows, the host's draw) picks the tokens the CPU backend picks. */
@@ -220,22 +228,8 @@ class CudaModelTest {
                         io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(30 + i), 150 + 20 * i).prompt(), true));
                 alone.add(e.generate(prompts.get(i), SamplingParams.greedy(8), configs.get(i)).tokenIds());
             }
-            List<Sequence> seqs = new ArrayList<>();
-            int[] next = new int[configs.size()];
-            int[][] got = new int[configs.size()][8];
-            for (int i = 0; i < configs.size(); i++) {
-                Sequence s = e.newSequence(configs.get(i));
-                next[i] = io.dsflow.engine.sample.Sampler.argmax(e.prefill(s, prompts.get(i)));
-                seqs.add(s);
-            }
-            for (int step = 0; step < 8; step++) {
-                for (int i = 0; i < seqs.size(); i++) got[i][step] = next[i];
-                if (step == 7) break;
-                float[][] logits = e.decode(seqs, next);
-                for (int i = 0; i < seqs.size(); i++) next[i] = io.dsflow.engine.sample.Sampler.argmax(logits[i]);
-            }
+            int[][] got = decodeTogether(e, prompts, configs);
             for (int i = 0; i < configs.size(); i++) assertArrayEquals(alone.get(i), got[i], configs.get(i).toString());
-            for (Sequence s : seqs) s.cache().release();
         }
     }
 
