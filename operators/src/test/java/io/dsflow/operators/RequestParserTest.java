@@ -35,11 +35,13 @@ class RequestParserTest {
     void validRequestWithEverything() {
         Request r = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[0,5,7],\"max_tokens\":9,"
                 + "\"temperature\":0.5,\"top_p\":0.9,\"top_k\":3,\"seed\":-4,\"stop\":[\"a\",\"b\"],"
-                + "\"kv\":{\"policy\":\"dspp\",\"window\":16}}").request();
+                + "\"kv\":{\"policy\":\"dspp\",\"window\":16,\"lookahead\":\"on\"}}").request();
         assertArrayEquals(new int[]{0, 5, 7}, r.promptIds);
         assertEquals(-4, r.seed);
         assertArrayEquals(new String[]{"a", "b"}, r.stop);
-        assertEquals(16, RequestParser.kvConfig(r.kv, io.dsflow.engine.kv.KvConfig.DENSE).window());
+        io.dsflow.engine.kv.KvConfig kv = RequestParser.kvConfig(r.kv, io.dsflow.engine.kv.KvConfig.DENSE);
+        assertEquals(16, kv.window());
+        assertTrue(kv.lookahead());
     }
 
     @Test
@@ -64,6 +66,8 @@ class RequestParserTest {
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"stop\":[1]}", "invalid_parameter");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"window\":-1}}", "invalid_parameter");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"nope\":1}}", "invalid_parameter");
+        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"policy\":\"ds\",\"lookahead\":\"on\"}}",
+                "invalid_parameter");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"extra\":1}", "unknown_field");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"prompt\":\"y\"}", "invalid_json");
         error("{\"request_id\":\"r\",\"prompt\":\"x\"}", "missing_field");
