@@ -3,16 +3,15 @@
 // device stage, so that layer l + 1's attention reads them from device memory. The CPU reference is CpuBackend's
 // predictNextQueries and SparseKvCache's selection with a predicted query.
 //   x: [P][hidden] f32, the residual stream of the look-ahead rows (the main stream copies it out before layer l
-//     changes it), row p for sparse descriptor p; sp: those rows' descriptors (sparse.cu's SP_FIELDS)
+//     changes it), row p for sparse descriptor p; sp: those rows' descriptors (sparse_rows.cuh), the gather's P rows
+//     first
 //   wq: layer l + 1's [q: H x D | k | v][hidden] bf16 product matrix (only q rows read), q_bias: [H x D] bf16 or null
 //   norm_w, norm_b: layer l + 1's attention norm [hidden] bf16 (norm_w null: post-norm, x as it is; norm_b: LayerNorm)
 //   channels of layer l + 1: chptr[seg] -> [H * r] ints; q_pred: [rows][H * D] f32, written at the label channels only
 //   selected: [P * H][max_k] store slots (a shared selection at the group's first head); stage_k, stage_v: [segments]
 //     pointers to [max_k][KVH][D] bf16 device stages
 #include "common.cuh"
-
-#define SP_FIELDS 10
-enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CAP, SP_HOST };
+#include "sparse_rows.cuh"
 
 // predict_label_queries: q_pred[row][h * D + c] for each label channel c of head h: the channel of
 //   RoPE(W_q norm(x_p) + b) at the row's position, from the two product rows RoPE pairs (c and c +- D / 2), in f32.

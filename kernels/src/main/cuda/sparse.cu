@@ -9,21 +9,17 @@
 //     127) over the head's r channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises);
 //     scales of a segment's layer: [H][cap] fp16 (head-major: a head's scales of consecutive candidates read together)
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
-//   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints: the batch row, its candidates count (slots
-//   [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
-//   channels r, label bits (16 or 8), cache capacity, 1 if its store is in host memory; scores: [P * H][max_cand] f32;
-//   selected: [P * H][max_k] slots
+//   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints (sparse_rows.cuh); scores: [P * H][max_cand]
+//   f32; selected: [P * H][max_k] slots
 // Two ways to the selection, both ranking the same floats (LabelCache::score's) and picking by the same radix select:
 //   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
 //   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
 //   never reach global memory; a group's heads combined in registers for a shared selection).
 #include "common.cuh"
 #include "split_attention.cuh"
+#include "sparse_rows.cuh"
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
-
-#define SP_FIELDS 10
-enum { SP_ROW, SP_CAND, SP_K, SP_SINKS, SP_WINDOW, SP_MODE, SP_R, SP_BITS, SP_CAP, SP_HOST };
 // seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
 #define SEG_FIELDS 5
 enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP };

@@ -609,7 +609,7 @@ public final class CudaBackend implements Backend {
         }
     }
 
-    /** Ints of a sparse row's descriptor (sparse.cu's SP_FIELDS) and of a segment's sparse cache (SEG_FIELDS). */
+    /** Ints of a sparse row's descriptor (sparse_rows.cuh's SP_FIELDS), of a segment's sparse cache (SEG_FIELDS). */
     static final int SPARSE_FIELDS = 10, SEGMENT_FIELDS = 5;
 
     /** An event recorded at the start of a stage of a profiled forward pass, on the main or the side stream. */
