@@ -296,7 +296,7 @@ public final class CudaBackend implements Backend {
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
         long cap = capacityFor(tokens);
-        int sparseLayers = kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
+        int sparseLayers = sparseLayers(kv);
         boolean host = kv.placement() == KvConfig.Placement.HOST;
         long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers()) * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
@@ -314,9 +314,13 @@ public final class CudaBackend implements Backend {
     /** Pinned host bytes a cache of {@code tokens} tokens holds: host placement's sparse-layer keys and values. */
     @Override
     public long hostCacheBytes(KvConfig kv, long tokens) {
-        if (!kv.sparse() || kv.placement() != KvConfig.Placement.HOST) return 0;
-        int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
-        return 2L * sparseLayers * capacityFor(tokens) * c.kvDim() * 2;
+        if (kv.placement() != KvConfig.Placement.HOST) return 0;
+        return 2L * sparseLayers(kv) * capacityFor(tokens) * c.kvDim() * 2;
+    }
+
+    /** Layers with labels under a policy (none for dense). */
+    private int sparseLayers(KvConfig kv) {
+        return kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
     }
 
     private static long capacityFor(long tokens) {
@@ -603,11 +607,6 @@ public final class CudaBackend implements Backend {
     private record Lookahead(int[] aheadCount, int[] stagedCount, int stagedKinds, int aheadKinds, CUdeviceptr[] selected,
                              CUdeviceptr[] x, CUdeviceptr q, CUdeviceptr scores, CUdeviceptr[] stageK,
                              CUdeviceptr[] stageV) {
-        Lookahead withStages(CUdeviceptr kTables, CUdeviceptr vTables, int segments) {
-            return new Lookahead(aheadCount, stagedCount, stagedKinds, aheadKinds, selected, x, q, scores,
-                    new CUdeviceptr[]{kTables, kTables.withByteOffset(8L * segments)},
-                    new CUdeviceptr[]{vTables, vTables.withByteOffset(8L * segments)});
-        }
     }
 
     /** Ints of a sparse row's descriptor (sparse_rows.cuh's SP_FIELDS), of a segment's sparse cache (SEG_FIELDS). */
@@ -911,7 +910,8 @@ public final class CudaBackend implements Backend {
         int maxAhead = Arrays.stream(aheadCount).max().orElse(0);
         boolean anyStaged = Arrays.stream(stagedCount).anyMatch(n -> n > 0);
         long[] stageKTable = new long[anyStaged ? 2 * nseg : 0], stageVTable = new long[stageKTable.length];
-        Lookahead ahead = null;
+        CUdeviceptr aheadSel = null, aheadX = null, aheadQ = null, aheadScores = null;
+        long selectedInts = (long) maxAhead * heads * maxK;
         if (maxAhead > 0) {
             long stageBytes = (long) maxK * c.kvDim() * 2;
             if (anyStaged) {
@@ -921,19 +921,22 @@ public final class CudaBackend implements Backend {
                     stageVTable[i] = address(sv) + i * stageBytes;
                 }
             }
-            long selectedInts = (long) maxAhead * heads * maxK;
-            CUdeviceptr sel = buf("aheadSelected", 2 * selectedInts), x = buf("aheadX", 2L * maxAhead * hidden);
-            ahead = new Lookahead(aheadCount, stagedCount, groupAttention ? runKinds[0] : 0,
-                    groupAttention ? runKinds[1] : 0, new CUdeviceptr[]{sel, at(sel, selectedInts)},
-                    new CUdeviceptr[]{x, at(x, (long) maxAhead * hidden)}, buf("aheadQ", (long) rows * c.qDim()),
-                    fused ? null : buf("aheadScores", (long) maxAhead * heads * maxCand), null, null);
+            aheadSel = buf("aheadSelected", 2 * selectedInts);
+            aheadX = buf("aheadX", 2L * maxAhead * hidden);
+            aheadQ = buf("aheadQ", (long) rows * c.qDim());
+            if (!fused) aheadScores = buf("aheadScores", (long) maxAhead * heads * maxCand);
         }
         CUdeviceptr[] d = upload(new long[][]{kTable, vTable, lTable, chTable, sTable, ringKTable, ringVTable, stageKTable,
                         stageVTable},
                 new int[][]{batch.tokens(), batch.positions(), seg, slot, rowLen,
                         tiles.stream().mapToInt(Integer::intValue).toArray(), rowsOf, lastRows, denseRows, sp, sparseRows,
                         segInfo});
-        if (ahead != null && anyStaged) ahead = ahead.withStages(d[7], d[8], nseg);
+        Lookahead ahead = maxAhead == 0 ? null : new Lookahead(aheadCount, stagedCount,
+                groupAttention ? runKinds[0] : 0, groupAttention ? runKinds[1] : 0,
+                new CUdeviceptr[]{aheadSel, at(aheadSel, selectedInts)},
+                new CUdeviceptr[]{aheadX, at(aheadX, (long) maxAhead * hidden)}, aheadQ, aheadScores,
+                anyStaged ? new CUdeviceptr[]{d[7], d[7].withByteOffset(8L * nseg)} : null,
+                anyStaged ? new CUdeviceptr[]{d[8], d[8].withByteOffset(8L * nseg)} : null);
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, sparseSplits, fused,
                 groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
@@ -1089,7 +1092,9 @@ public final class CudaBackend implements Backend {
     /**
      * Side-stream work for layer {@code layer}'s look-ahead rows, made while layer - 1 runs on the main stream: their
      * residual stream copied out first (the main stream goes on changing it), then on the side stream the query
-     * predicted from it through this layer's norm and q projection (label channels only), the selection, and the
+     * predicted from it through this layer's norm and q projection (label channels only; each block normalises the row
+     * itself: a norm kernel first, one launch more on the side stream, measured 477 / 574 tokens/s at batch 8 and 32K,
+     * 16- / 8-bit, against 518 / 590, a call each on the H100), the selection, and the
      * staged rows' keys and values gathered from host memory; the main stream waits for {@link #lookaheadDone} at
      * this layer's attention.
      */
@@ -1116,8 +1121,8 @@ public final class CudaBackend implements Backend {
                 mark("look-ahead gather (host rows)");
                 long at = 8L * layer * st.nseg();
                 // about 64 blocks (a few MB in flight): the link is the limit. Fewer blocks, or blocks holding whole
-                // multiprocessors, left the products beside them faster but the gather slower: the same step time
-                // (H100, batch 1 / 8 at 32K, 8 to 132 blocks: dev/cuda/README.md)
+                // multiprocessors, left the products beside them faster but the gather slower, the step no faster;
+                // 132 blocks were slower (H100, batch 1 / 8 at 32K: dev/cuda/README.md)
                 int units = staged * c.numKvHeads();
                 gpu.launch("gather_selected_rows", units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)), 1, 256,
                         la.selected()[parity], st.kTable().withByteOffset(at), st.vTable().withByteOffset(at),
