@@ -250,21 +250,25 @@ public final class BenchCommand {
 
     /**
      * Cache bytes one sequence's decode step must read at a context: every key and value of the dense layers (and of
-     * sparse layers whose candidates fit the budget); in a selecting layer, the candidates' labels plus, per query
-     * head, the keys and values of its sinks, selection and window.
+     * sparse layers whose candidates fit the budget); in a selecting layer, the candidates' labels at their width (8-bit
+     * ones with their fp16 scale per token and head) plus the keys and values of the sinks, selection and window, per
+     * query head, or per kv head where a group shares its selection (the attention reads a shared row once for the
+     * group).
      */
     static double cacheBytesPerStep(ModelConfig c, KvConfig kv, int context) {
         double full = 2.0 * context * c.kvDim() * 2;
         if (!kv.sparse()) return c.numLayers() * full;
-        int cand = kv.candidates(context);
+        int cand = kv.candidates(context), r = kv.labelChannels(c.headDim());
         int[] k = kv.layerBudgets(c.numLayers(), context);
+        double labelBytes = kv.labelBits() == 8 ? r + 2 : 2.0 * r;
+        int readers = kv.gqaSelection() == KvConfig.GqaSelection.PER_HEAD ? c.numHeads() : c.numKvHeads();
         double bytes = 0;
         for (int l = 0; l < c.numLayers(); l++) {
             if (l < kv.denseLayers() || cand <= k[l]) {
                 bytes += full;
             } else {
-                bytes += (double) cand * c.numHeads() * kv.labelChannels(c.headDim()) * 2
-                        + (double) c.numHeads() * (kv.sinks() + k[l] + kv.window()) * c.headDim() * 2 * 2;
+                bytes += (double) cand * c.numHeads() * labelBytes
+                        + (double) readers * (kv.sinks() + k[l] + kv.window()) * c.headDim() * 2 * 2;
             }
         }
         return bytes;
