@@ -361,60 +361,79 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
 }
 
 // The selection's scores, as order keys, into keys[0, n): the candidates are slots first, first + 1, ... of the label
-//   cache; head h0 + j's score LabelCache::score's, the heads' combined (mode). R (labels a head) a multiple of 8 for
-//   16-bit labels, of 16 for 8-bit ones: each thread scores SEL_UNROLL candidates of a head at once, all their 16-byte
-//   label loads (and 8-bit scales) issued before the products, so enough bytes are in flight for one block to stream
-//   the labels of a long context.
-#define SEL_UNROLL 4
-template <int R, bool EIGHT>
+//   cache; head h0 + j's score LabelCache::score's, the heads' combined (mode), j in order. R (labels a head) a
+//   multiple of 8 for 16-bit labels, of 16 for 8-bit ones. All 16-byte label loads (and 8-bit scales) of a step are
+//   issued before its products, so enough bytes are in flight for one block to stream the labels of a long context:
+//   HEADS > 0 (a selection of that many heads) a step scores SEL_LOADS / HEADS candidates (at least one) with all their
+//   heads' labels, contiguous in a slot; HEADS = 0 (any count, `heads`) a step scores SEL_LOADS candidates of one head,
+//   head after head.
+#define SEL_LOADS 4
+template <int R, bool EIGHT, int HEADS>
 __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc,
                                  int heads, int mode, int n) {
     constexpr int PER = EIGHT ? 16 : 8, LOADS = R / PER;   // labels a 16-byte load, loads a head
-    for (int c0 = threadIdx.x; c0 < n; c0 += SEL_UNROLL * blockDim.x) {
-        float v[SEL_UNROLL];
-        for (int j = 0; j < heads; j++) {
-            uint4 raw[SEL_UNROLL][LOADS];
-            float scale[SEL_UNROLL];
+    constexpr int U = HEADS == 0 ? SEL_LOADS : (SEL_LOADS / HEADS > 0 ? SEL_LOADS / HEADS : 1);   // candidates a step
+    constexpr int HS = HEADS == 0 ? 1 : HEADS;   // heads a step
+    for (int c0 = threadIdx.x; c0 < n; c0 += U * blockDim.x) {
+        float v[U];
+        for (int j0 = 0; j0 < (HEADS == 0 ? heads : HEADS); j0 += HS) {
+            uint4 raw[U][HS][LOADS];
+            float scale[U][HS];
 #pragma unroll
-            for (int u = 0; u < SEL_UNROLL; u++) {
+            for (int u = 0; u < U; u++) {
                 int slot = first + min(c0 + u * (int)blockDim.x, n - 1);   // past the end: re-read the last one
-                size_t at = (size_t)slot * labels.stride + (h0 + j) * R;
-                const uint4* lab = EIGHT ? reinterpret_cast<const uint4*>(reinterpret_cast<const signed char*>(labels.values) + at)
-                                         : reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(labels.values) + at);
 #pragma unroll
-                for (int i = 0; i < LOADS; i++) raw[u][i] = __ldg(lab + i);
-                scale[u] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)(h0 + j) * labels.cap + slot)) : 1.f;
+                for (int j = 0; j < HS; j++) {
+                    size_t at = (size_t)slot * labels.stride + (h0 + j0 + j) * R;
+                    const uint4* lab = EIGHT ? reinterpret_cast<const uint4*>(reinterpret_cast<const signed char*>(labels.values) + at)
+                                             : reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(labels.values) + at);
+#pragma unroll
+                    for (int i = 0; i < LOADS; i++) raw[u][j][i] = __ldg(lab + i);
+                    scale[u][j] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)(h0 + j0 + j) * labels.cap + slot)) : 1.f;
+                }
             }
 #pragma unroll
-            for (int u = 0; u < SEL_UNROLL; u++) {
-                float t = 0.f;
+            for (int u = 0; u < U; u++) {
 #pragma unroll
-                for (int i = 0; i < LOADS; i++) {
-                    t = EIGHT ? label_chunk8(t, raw[u][i], qc + j * R + i * PER, scale[u])
-                              : label_chunk(t, raw[u][i], qc + j * R + i * PER);
+                for (int j = 0; j < HS; j++) {
+                    float t = 0.f;
+#pragma unroll
+                    for (int i = 0; i < LOADS; i++) {
+                        t = EIGHT ? label_chunk8(t, raw[u][j][i], qc + (j0 + j) * R + i * PER, scale[u][j])
+                                  : label_chunk(t, raw[u][j][i], qc + (j0 + j) * R + i * PER);
+                    }
+                    v[u] = j0 + j == 0 ? t : combine_scores(mode, v[u], t);
                 }
-                v[u] = j == 0 ? t : combine_scores(mode, v[u], t);
             }
         }
 #pragma unroll
-        for (int u = 0; u < SEL_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             int c = c0 + u * blockDim.x;
             if (c < n) keys[c] = order_key(v[u]);
         }
     }
 }
 
+// score_candidates for a label width it unrolls: one head, a group of four (llama-3's GQA), or any count
+template <int R, bool EIGHT>
+__device__ void score_group(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
+                            int mode, int n) {
+    if (heads == 1) score_candidates<R, EIGHT, 1>(keys, labels, first, h0, qc, 1, mode, n);
+    else if (heads == 4) score_candidates<R, EIGHT, 4>(keys, labels, first, h0, qc, 4, mode, n);
+    else score_candidates<R, EIGHT, 0>(keys, labels, first, h0, qc, heads, mode, n);
+}
+
 // score_candidates for the label widths it unrolls, else one candidate at a time through LabelCache::score
 __device__ void score_selection(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
                                 int mode, int r, int n) {
     if (labels.bits == 16 && r == 16) {
-        score_candidates<16, false>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, false>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 16 && r == 8) {
-        score_candidates<8, false>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<8, false>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 8 && r == 16) {
-        score_candidates<16, true>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, true>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 8 && r == 32) {
-        score_candidates<32, true>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<32, true>(keys, labels, first, h0, qc, heads, mode, n);
     } else {
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
             float v = labels.score(qc, first + c, h0, r);
@@ -448,24 +467,20 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
     select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
 }
 
-// sparse_select_cluster (dspp on sm_90): sparse_select spread over a cluster of SEL_CLUSTER blocks per selection, so
-//   that a batch of one streams its labels with SEL_CLUSTER blocks a head instead of one. Block rank b scores the
-//   candidates [b * tile, (b + 1) * tile) into its shared memory; in each radix pass the blocks add their histograms
-//   into the first block's (distributed shared memory), which picks the digit; each block's first output position
-//   and share of the ties come from the counts of the blocks before it (tiles are in index order).
-//   Grid: (P * H * SEL_CLUSTER), block: 256 (a cluster's fixed costs, its barriers and the radix passes' scans, grow
-//   with the warps of its blocks; 1024 threads a block measured twice as slow), dynamic shared memory: tile keys,
-//   tile = max_cand / SEL_CLUSTER rounded up to 32.
-#define SEL_CLUSTER 8
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define SEL_CLUSTER_DIMS __cluster_dims__(SEL_CLUSTER, 1, 1)
-#else
-#define SEL_CLUSTER_DIMS
-#endif
-extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select_cluster(
-        int* selected, const float* q, const unsigned long long* lptr, const unsigned long long* chptr,
-        const unsigned long long* sptr, const int* seg, const int* sp, int H, int KVH, int D, int q_stride, int max_k,
-        int tile) {
+// sparse_select_cluster (dspp on sm_90): sparse_select spread over a cluster of CLUSTER blocks per selection, so that
+//   selections fewer than the multiprocessors stream their labels with CLUSTER blocks each instead of one. Block rank b
+//   scores the candidates [b * tile, (b + 1) * tile) into its shared memory; in each radix pass the blocks add their
+//   histograms into the first block's (distributed shared memory), which picks the digit; each block's first output
+//   position and share of the ties come from the counts of the blocks before it (tiles are in index order).
+//   Two shapes: sparse_select_cluster, 8 blocks of 256 threads (a batch of one: a cluster's fixed costs, its barriers
+//   and the radix passes' scans, grow with the warps of its blocks; 8 blocks of 1024 threads measured twice as slow),
+//   and sparse_select_cluster2, 2 blocks of 1024 threads (as many selections as multiprocessors or fewer: one block a
+//   selection leaves the other multiprocessors idle, and one block scores a selection's labels at about 19 GB/s).
+//   Grid: (P * H * CLUSTER), dynamic shared memory: tile keys, tile = max_cand / CLUSTER rounded up to 32.
+template <int CLUSTER>
+__device__ void select_cluster_body(int* selected, const float* q, const unsigned long long* lptr,
+                                    const unsigned long long* chptr, const unsigned long long* sptr, const int* seg,
+                                    const int* sp, int H, int KVH, int D, int q_stride, int max_k, int tile) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -474,10 +489,10 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
     __shared__ int hist[256], warp_above[32], warp_ties[32];
     // read in the first block only: the cluster's histograms (two, one cleared while the other fills), the picked
     // prefix and need, and each block's counts of picks
-    __shared__ int cl_hist[2][256], cl_above[SEL_CLUSTER], cl_ties[SEL_CLUSTER];
+    __shared__ int cl_hist[2][256], cl_above[CLUSTER], cl_ties[CLUSTER];
     __shared__ unsigned cl_prefix;
     __shared__ int cl_need;
-    int rank = (int)cluster.block_rank(), sel = blockIdx.x / SEL_CLUSTER;
+    int rank = (int)cluster.block_rank(), sel = blockIdx.x / CLUSTER;
     int G = H / KVH, p = sel / H, h0 = sel % H;
     const int* d = sp + p * SP_FIELDS;
     int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND], k = min(d[SP_K], n);
@@ -540,6 +555,19 @@ extern "C" __global__ void SEL_CLUSTER_DIMS __launch_bounds__(256) sparse_select
     __trap();   // built for sm_90 only: the host launches sparse_select elsewhere
 #endif
 }
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define SEL_CLUSTER_DIMS(n) __cluster_dims__(n, 1, 1)
+#else
+#define SEL_CLUSTER_DIMS(n)
+#endif
+#define SELECT_CLUSTER_KERNEL(name, n, threads) extern "C" __global__ void SEL_CLUSTER_DIMS(n) \
+        __launch_bounds__(threads) name(int* selected, const float* q, const unsigned long long* lptr, \
+        const unsigned long long* chptr, const unsigned long long* sptr, const int* seg, const int* sp, int H, int KVH, \
+        int D, int q_stride, int max_k, int tile) { \
+    select_cluster_body<n>(selected, q, lptr, chptr, sptr, seg, sp, H, KVH, D, q_stride, max_k, tile); }
+SELECT_CLUSTER_KERNEL(sparse_select_cluster, 8, 256)
+SELECT_CLUSTER_KERNEL(sparse_select_cluster2, 2, 1024)
 
 // The slot a sparse row reads for t in [0, S + k + W): sinks [0, S), the selection sel, the window [n - W, n) of a row
 //   of length n; with a ring (host placement) sinks and window are its slots, as split_attention.cuh's negative slots

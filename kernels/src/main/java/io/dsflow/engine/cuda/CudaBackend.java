@@ -577,7 +577,8 @@ public final class CudaBackend implements Backend {
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
-     * scores in {@code scores}. Both select the same slots. {@code groupKinds}: 0 when the selected rows' attention
+     * scores in {@code scores}. Both select the same slots. {@code sharedOnly}: every row selecting on the main stream
+     * shares its group's selection (a launch has rows x kv heads selections). {@code groupKinds}: 0 when the selected rows' attention
      * runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main stream for the
      * block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's group, 4 rows
      * read from device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds). {@code ahead}:
@@ -586,7 +587,8 @@ public final class CudaBackend implements Backend {
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
-                              int maxR, int maxCand, int maxK, int splits, boolean fused, int groupKinds,
+                              int maxR, int maxCand, int maxK, int splits, boolean fused, boolean sharedOnly,
+                              int groupKinds,
                               CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead) {
     }
 
@@ -602,11 +604,11 @@ public final class CudaBackend implements Backend {
      *   [maxAhead * H][maxCand] (unfused selection only), stageK / stageV[2]: [segments] pointers to [maxK][kvDim] bf16
      * </pre>
      * {@code stagedKinds}, {@code aheadKinds}: the attention kinds (groupKinds) of the staged and the other look-ahead
-     * rows.
+     * rows; {@code sharedOnly}: every look-ahead row shares its group's selection.
      */
-    private record Lookahead(int[] aheadCount, int[] stagedCount, int stagedKinds, int aheadKinds, CUdeviceptr[] selected,
-                             CUdeviceptr[] x, CUdeviceptr q, CUdeviceptr scores, CUdeviceptr[] stageK,
-                             CUdeviceptr[] stageV) {
+    private record Lookahead(int[] aheadCount, int[] stagedCount, int stagedKinds, int aheadKinds, boolean sharedOnly,
+                             CUdeviceptr[] selected, CUdeviceptr[] x, CUdeviceptr q, CUdeviceptr scores,
+                             CUdeviceptr[] stageK, CUdeviceptr[] stageV) {
     }
 
     /** Ints of a sparse row's descriptor (sparse_rows.cuh's SP_FIELDS), of a segment's sparse cache (SEG_FIELDS). */
@@ -933,13 +935,14 @@ public final class CudaBackend implements Backend {
                         segInfo});
         Lookahead ahead = maxAhead == 0 ? null : new Lookahead(aheadCount, stagedCount,
                 groupAttention ? runKinds[0] : 0, groupAttention ? runKinds[1] : 0,
+                ((runKinds[0] | runKinds[1]) & 1) == 0,
                 new CUdeviceptr[]{aheadSel, at(aheadSel, selectedInts)},
                 new CUdeviceptr[]{aheadX, at(aheadX, (long) maxAhead * hidden)}, aheadQ, aheadScores,
                 anyStaged ? new CUdeviceptr[]{d[7], d[7].withByteOffset(8L * nseg)} : null,
                 anyStaged ? new CUdeviceptr[]{d[8], d[8].withByteOffset(8L * nseg)} : null);
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, sparseSplits, fused,
-                groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
+                (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
         return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
                 decodeRows, d[15], partials, d[16], logits, plan, hostPrefills);
     }
@@ -1036,7 +1039,7 @@ public final class CudaBackend implements Backend {
                     }
                     if (n > ahead) {
                         mark(sp.fused() ? "selection (fused)" : "selection (scores, top-k)");
-                        select(st, layer, ahead, n - ahead, q, qkvDim, sp.selected(), sp.scores());
+                        select(st, layer, ahead, n - ahead, q, qkvDim, sp.sharedOnly(), sp.selected(), sp.scores());
                         mark("attention (selected rows)");
                         attendSelected(st, layer, ahead, n - ahead, kt, vt, sp.selected(), sp.groupKinds());
                     }
@@ -1116,7 +1119,7 @@ public final class CudaBackend implements Backend {
                     ptr(w.qkvBias), st.positions(), invFreq, sp.chTable().withByteOffset(8L * layer * st.nseg()), st.seg(),
                     desc, heads, c.headDim(), hidden);
             mark("look-ahead selection");
-            select(st, layer, 0, n, la.q(), c.qDim(), la.selected()[parity], la.scores());
+            select(st, layer, 0, n, la.q(), c.qDim(), la.sharedOnly(), la.selected()[parity], la.scores());
             if (staged > 0) {
                 mark("look-ahead gather (host rows)");
                 long at = 8L * layer * st.nseg();
@@ -1142,17 +1145,18 @@ public final class CudaBackend implements Backend {
     /**
      * The selection of {@code n} of a layer's selecting rows from row {@code from} on, ranked by q ([rows][qStride]):
      * into selected ([n * H][maxK]): fused (dspp), or scores then top-k through {@code scores} ([n * H][maxCand]).
+     * {@code sharedOnly}: each of these rows shares its group's selection.
      */
-    private void select(Step st, int layer, int from, int n, CUdeviceptr q, int qStride, CUdeviceptr selected,
-                        CUdeviceptr scores) {
+    private void select(Step st, int layer, int from, int n, CUdeviceptr q, int qStride, boolean sharedOnly,
+                        CUdeviceptr selected, CUdeviceptr scores) {
         SparsePlan sp = st.sparse();
         int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim();
         long at = 8L * layer * st.nseg();
         CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
         CUdeviceptr sct = sp.sTable().withByteOffset(at), desc = sparseDescriptors(sp, layer, from);
         if (sp.fused()) {
-            CudaOps.select(gpu, selected, q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, hd, qStride, sp.maxCand(),
-                    sp.maxK());
+            CudaOps.select(gpu, selected, q, lt, ct, sct, st.seg(), desc, n, heads, kvHeads, sharedOnly, hd, qStride,
+                    sp.maxCand(), sp.maxK());
         } else {
             gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, scores, q, lt, ct, sct, st.seg(),
                     desc, heads, hd, qStride, sp.maxCand());

@@ -192,26 +192,46 @@ final class CudaOps {
     }
 
     private static int selectTile(int maxCand) {
-        return ((maxCand + SELECT_CLUSTER - 1) / SELECT_CLUSTER + 31) / 32 * 32;
+        return ((maxCand + SELECT_CLUSTER - 1) / SELECT_CLUSTER + 31) / 32 * 32;   // launchSelect's tile
     }
 
     /**
      * dspp's selection for {@code rows} sparse rows of a layer (sparse.cu): label scores and top-k in one kernel, the
-     * scores' order keys in shared memory. One block a selection where the selections fill the device; with fewer
-     * selections than multiprocessors (a small batch: one block a head streams the labels with 32 of 132
-     * multiprocessors) or more candidates than a block holds, a cluster of {@link #SELECT_CLUSTER} blocks on Hopper.
-     * Measured on the H100 at 32K context (Nsight Compute, a layer): batch 1, 47 us in clusters against 91 us in
-     * single blocks; batch 8, 256 us against 205 us.
+     * scores' order keys in shared memory. {@code shared}: every row's group shares one selection, so a launch has rows
+     * x kv heads selections, not rows x heads. On Hopper clusters where the selections would leave multiprocessors
+     * idle: of {@link #SELECT_CLUSTER} blocks where fewer blocks than multiprocessors are launched per head, or a shared
+     * launch has 16 selections or fewer, or the candidates are more than a block holds; of two blocks where a shared
+     * launch on the main stream has no more selections than multiprocessors; else one block a selection. Measured on
+     * the H100 at 32K context (a layer; dev/cuda/README.md): per head, batch 1, 47 us in clusters of 8 against 91 us in
+     * single blocks, batch 8, 256 us against 205 us; shared (gqa=mean), 8-bit labels, batch 4: 95.1 us in clusters of
+     * 8, 82.9 us in clusters of 2, 133.3 us in single blocks; batch 8: 113.4 us in clusters of 2, 134.4 us in single
+     * blocks. On the side stream (lookahead) clusters wait for whole multiprocessor pairs beside the main stream's
+     * kernels: batch 8 at 32K, 8-bit, 559.5 tokens/s with clusters of two there against 582-589 with single blocks.
      */
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
-                       CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads, int hd,
-                       int qStride, int maxCand, int maxK) {
-        boolean cluster = gpu.computeMajor() >= 9
-                && (rows * heads < gpu.multiprocessors() || maxCand > SELECT_MAX_CANDIDATES);
-        if (cluster) {
-            int tile = selectTile(maxCand);
-            gpu.launchWithSharedMemory("sparse_select_cluster", rows * heads * SELECT_CLUSTER, 1, 256, 4 * tile,
-                    selected, q, labels, channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
+                       CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads,
+                       boolean shared, int hd, int qStride, int maxCand, int maxK) {
+        int selections = rows * (shared ? kvHeads : heads), sms = gpu.multiprocessors(), cluster = 1;
+        if (gpu.computeMajor() >= 9) {
+            if (maxCand > SELECT_MAX_CANDIDATES || (shared ? selections <= 16 : selections < sms)) {
+                cluster = SELECT_CLUSTER;
+            } else if (shared && selections <= sms && !gpu.onSideStream()) {
+                cluster = 2;
+            }
+        }
+        launchSelect(gpu, cluster, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads, hd, qStride,
+                maxCand, maxK);
+    }
+
+    /** {@link #select} by one block a selection ({@code cluster} 1) or clusters of 2 or {@link #SELECT_CLUSTER} blocks. */
+    static void launchSelect(CudaRuntime gpu, int cluster, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels,
+                             CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
+                             int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
+        if (cluster > 1) {
+            int tile = ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
+            gpu.launchWithSharedMemory(cluster == 2 ? "sparse_select_cluster2" : "sparse_select_cluster",
+                    rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels, scales,
+                    seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
         } else {
             gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, selected, q, labels,
                     channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);

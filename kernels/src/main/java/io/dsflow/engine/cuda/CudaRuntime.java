@@ -202,8 +202,8 @@ public final class CudaRuntime implements AutoCloseable {
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
             case "sparse" -> Stream.concat(Stream.of("label_append", "sparse_scores", "sparse_topk",
-                            "sparse_select", "sparse_select_cluster", "sparse_attention_d32", "sparse_attention_d64",
-                            "sparse_attention_d128"),
+                            "sparse_select", "sparse_select_cluster", "sparse_select_cluster2", "sparse_attention_d32",
+                            "sparse_attention_d64", "sparse_attention_d128"),
                     // the grouped sparse attention, each for stores on the device and in host memory (sparse.cu)
                     Stream.of("d32_g1", "d32_g4", "d64_g1", "d64_g4", "d64_g8", "d128_g1", "d128_g2", "d128_g4", "d128_g8")
                             .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")))

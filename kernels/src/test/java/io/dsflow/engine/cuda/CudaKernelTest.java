@@ -500,19 +500,21 @@ class CudaKernelTest {
         int[] a = new int[rows * heads * maxK], b = new int[rows * heads * maxK];
         gpu.synchronize();
         cuMemcpyDtoH(Pointer.to(a), unfused, a.length * 4L);
-        // the one-block kernel, and on Hopper the cluster kernel the backend launches there (CudaOps.select)
+        // the one-block kernel
         gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, fused, dq, dl, dch, dsc, dseg,
                 dsp, heads, kvHeads, hd, qStride, maxK);
         gpu.synchronize();
         cuMemcpyDtoH(Pointer.to(b), fused, b.length * 4L);
         checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK, "sparse_select");
-        if (gpu.computeMajor() >= 9) {
+        // on Hopper the cluster kernels, of 8 blocks and of 2
+        for (int cluster : gpu.computeMajor() >= 9 ? new int[]{8, 2} : new int[0]) {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
-            CudaOps.select(gpu, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads, kvHeads, hd, qStride, maxCand, maxK);
+            CudaOps.launchSelect(gpu, cluster, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads, kvHeads, hd, qStride,
+                    maxCand, maxK);
             gpu.synchronize();
             cuMemcpyDtoH(Pointer.to(b), clustered, b.length * 4L);
             checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK,
-                    "sparse_select_cluster");
+                    "sparse_select_cluster, " + cluster + " blocks");
         }
     }
 

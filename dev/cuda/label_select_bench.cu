@@ -1,0 +1,103 @@
+// Check-then-time harness for dspp's fused selection (sparse.cu's sparse_select: label scores into shared memory, then
+// the top-k there) at the shape of llama-3.1-8b's decode at batch 8 and 32K context: 8 rows, 32 query heads in 8 kv
+// groups, r = 16 label channels, 32700 candidates, k = 1980; per query head or one selection a group (gqa=mean),
+// 16- or 8-bit labels. Prints the time a launch and a checksum of the selections (equal across builds that must select
+// the same, e.g. the label conversions of sparse.cu).
+// Every row has its own label cache (as each sequence does), so the labels come from device memory, not the L2.
+// Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a label_select_bench.cu -o lsb
+//   (-DSPARSE_CU='"path"' for another version of sparse.cu, one with sparse_select_cluster2)
+// Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
+#ifndef SPARSE_CU
+#define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
+#endif
+#include SPARSE_CU
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <random>
+
+int main(int argc, char** argv) {
+    int bits = argc > 1 ? atoi(argv[1]) : 8, mode = argc > 2 ? atoi(argv[2]) : 2, P = argc > 3 ? atoi(argv[3]) : 8;
+    int cluster = argc > 4 ? atoi(argv[4]) : 1;
+    const int H = 32, KVH = 8, D = 128, r = 16, sinks = 4, window = 64, n = 32700, k = 1980;
+    const int cap = n + sinks + window + 4, maxCand = 32768, maxK = 2048, qStride = (H + 2 * KVH) * D;
+    std::mt19937 rng(3);
+    std::normal_distribution<float> g(0.f, 1.f);
+    std::vector<float> q((size_t)P * qStride);
+    for (auto& x : q) x = g(rng);
+    std::vector<int> channels(H * r);
+    for (auto& c : channels) c = rng() % D;
+    size_t labelCount = (size_t)cap * H * r;
+    std::vector<unsigned char> labels(labelCount * (bits / 8));
+    std::vector<__half> scales((size_t)H * cap);
+    if (bits == 16) {
+        __half* l = reinterpret_cast<__half*>(labels.data());
+        for (size_t i = 0; i < labelCount; i++) l[i] = __float2half(g(rng));
+    } else {
+        for (auto& b : labels) b = (unsigned char)(rng() & 255);
+        for (auto& s : scales) s = __float2half(0.01f + 0.02f * (rng() % 100) / 100.f);
+    }
+    // a copy of the labels and scales for each row
+    std::vector<unsigned long long> lptr(P), sptr(P);
+    for (int p = 0; p < P; p++) {
+        void *dl, *ds;
+        cudaMalloc(&dl, labels.size()); cudaMalloc(&ds, scales.size() * 2);
+        cudaMemcpy(dl, labels.data(), labels.size(), cudaMemcpyHostToDevice);
+        cudaMemcpy(ds, scales.data(), scales.size() * 2, cudaMemcpyHostToDevice);
+        lptr[p] = (unsigned long long)dl;
+        sptr[p] = (unsigned long long)ds;
+    }
+    int *dch; float* dq;
+    cudaMalloc(&dch, channels.size() * 4); cudaMalloc(&dq, q.size() * 4);
+    cudaMemcpy(dch, channels.data(), channels.size() * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(dq, q.data(), q.size() * 4, cudaMemcpyHostToDevice);
+    std::vector<unsigned long long> chptr(P, (unsigned long long)dch);
+    std::vector<int> seg(P), sp((size_t)P * SP_FIELDS, 0);
+    for (int p = 0; p < P; p++) {
+        seg[p] = p;
+        int* d = &sp[(size_t)p * SP_FIELDS];
+        d[SP_ROW] = p; d[SP_CAND] = n; d[SP_K] = k; d[SP_SINKS] = sinks; d[SP_WINDOW] = window; d[SP_MODE] = mode;
+        d[SP_R] = r; d[SP_BITS] = bits; d[SP_CAP] = cap;
+    }
+    unsigned long long *dlp, *dsp_, *dchp; int *dseg, *dsp, *dsel;
+    cudaMalloc(&dlp, P * 8); cudaMalloc(&dsp_, P * 8); cudaMalloc(&dchp, P * 8); cudaMalloc(&dseg, P * 4);
+    cudaMalloc(&dsp, sp.size() * 4); cudaMalloc(&dsel, (size_t)P * H * maxK * 4);
+    cudaMemcpy(dlp, lptr.data(), P * 8, cudaMemcpyHostToDevice);
+    cudaMemcpy(dsp_, sptr.data(), P * 8, cudaMemcpyHostToDevice);
+    cudaMemcpy(dchp, chptr.data(), P * 8, cudaMemcpyHostToDevice);
+    cudaMemcpy(dseg, seg.data(), P * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(dsp, sp.data(), sp.size() * 4, cudaMemcpyHostToDevice);
+    cudaMemset(dsel, 0, (size_t)P * H * maxK * 4);
+    int tile = ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
+    cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * maxCand);
+    cudaFuncSetAttribute(sparse_select_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * tile);
+    cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * tile);
+    auto launch = [&] {
+        if (cluster == 1) {
+            sparse_select<<<P * H, 1024, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
+        } else if (cluster == 8) {
+            sparse_select_cluster<<<P * H * 8, 256, 4 * tile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                                maxK, tile);
+        } else {
+            sparse_select_cluster2<<<P * H * 2, 1024, 4 * tile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                                  maxK, tile);
+        }
+    };
+    launch();
+    cudaError_t err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) { printf("error %s\n", cudaGetErrorString(err)); return 1; }
+    std::vector<int> sel((size_t)P * H * maxK);
+    cudaMemcpy(sel.data(), dsel, sel.size() * 4, cudaMemcpyDeviceToHost);
+    unsigned long long sum = 0;
+    for (int i = 0; i < P * H; i++) for (int j = 0; j < k; j++) sum = sum * 1000003ull + sel[(size_t)i * maxK + j];
+    cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
+    int reps = 20;
+    cudaEventRecord(e0);
+    for (int i = 0; i < reps; i++) launch();
+    cudaEventRecord(e1); cudaEventSynchronize(e1);
+    float ms; cudaEventElapsedTime(&ms, e0, e1);
+    double bytes = (double)P * H * n * r * (bits / 8) + (bits == 8 ? (double)P * H * n * 2 : 0);
+    printf("sparse_select (cluster %d) %d-bit labels, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
+           cluster, bits, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
+    return 0;
+}
