@@ -484,7 +484,8 @@ __device__ void select_cluster_body(int* selected, const float* q, const unsigne
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    extern __shared__ unsigned s[];   // the candidates' order keys
+    extern __shared__ unsigned tile_keys[];   // the tile's candidates' order keys
+    unsigned* s = tile_keys;
     __shared__ float qc[8 * 64];
     __shared__ int hist[256], warp_above[32], warp_ties[32];
     // read in the first block only: the cluster's histograms (two, one cleared while the other fills), the picked
