@@ -183,6 +183,13 @@ final class CudaOps {
     /** Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block may have on an A100. */
     static final int SELECT_MAX_CANDIDATES = 38 * 1024;
 
+    /**
+     * Threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's registers
+     * from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean 8-bit
+     * lookahead, batch 8 at 32K: 627.8 / 620.1 tokens/s against 604.6 / 604.6 with 1024, 521.7 with 256).
+     */
+    static final int SELECT_SIDE_THREADS = 512;
+
     /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
     static final int SELECT_MAX_QUERY_CHANNELS = 8 * 64;
 
@@ -206,7 +213,8 @@ final class CudaOps {
      * single blocks, batch 8, 256 us against 205 us; shared (gqa=mean), 8-bit labels, batch 4: 95.1 us in clusters of
      * 8, 82.9 us in clusters of 2, 133.3 us in single blocks; batch 8: 113.4 us in clusters of 2, 134.4 us in single
      * blocks. On the side stream (lookahead) clusters wait for whole multiprocessor pairs beside the main stream's
-     * kernels: batch 8 at 32K, 8-bit, 559.5 tokens/s with clusters of two there against 582-589 with single blocks.
+     * kernels (batch 8 at 32K, 8-bit, 559.5 tokens/s with clusters of two there against 582-589 with single blocks),
+     * and single blocks run {@link #SELECT_SIDE_THREADS} threads.
      */
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
                        CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads,
@@ -233,8 +241,8 @@ final class CudaOps {
                     rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels, scales,
                     seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
         } else {
-            gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, 1024, 4 * maxCand, selected, q, labels,
-                    channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
+            gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, gpu.onSideStream() ? SELECT_SIDE_THREADS : 1024,
+                    4 * maxCand, selected, q, labels, channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
         }
     }
 
