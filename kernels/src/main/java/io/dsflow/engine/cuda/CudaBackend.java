@@ -578,11 +578,11 @@ public final class CudaBackend implements Backend {
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
      * scores in {@code scores}. Both select the same slots. {@code sharedOnly}: every row selecting on the main stream
-     * shares its group's selection (a launch has rows x kv heads selections). {@code groupKinds}: 0 when the selected rows' attention
-     * runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main stream for the
-     * block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's group, 4 rows
-     * read from device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds). {@code ahead}:
-     * the look-ahead rows, or null when the step has none.
+     * shares its group's selection (a launch has rows x kv heads selections). {@code groupKinds}: 0 when the selected
+     * rows' attention runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main
+     * stream for the block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's
+     * group, 4 rows read from device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds).
+     * {@code ahead}: the look-ahead rows, or null when the step has none.
      */
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
@@ -696,9 +696,10 @@ public final class CudaBackend implements Backend {
             SparsePlan p = step.sparse();
             String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR()
-                    + (p.fused() ? ",fused" : "") + ",g" + p.groupKinds() + (p.ahead() == null ? "" : "|ahead"
-                    + Arrays.toString(p.ahead().aheadCount()) + Arrays.toString(p.ahead().stagedCount()) + ",g"
-                    + p.ahead().stagedKinds() + "," + p.ahead().aheadKinds()));
+                    + (p.fused() ? ",fused" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
+                    + (p.ahead() == null ? "" : "|ahead" + Arrays.toString(p.ahead().aheadCount())
+                    + Arrays.toString(p.ahead().stagedCount()) + ",g" + p.ahead().stagedKinds() + ","
+                    + p.ahead().aheadKinds() + (p.ahead().sharedOnly() ? ",shared" : "")));
             jcuda.driver.CUgraphExec exec = graphs.get(key);
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));

@@ -206,8 +206,8 @@ final class CudaOps {
      * dspp's selection for {@code rows} sparse rows of a layer (sparse.cu): label scores and top-k in one kernel, the
      * scores' order keys in shared memory. {@code shared}: every row's group shares one selection, so a launch has rows
      * x kv heads selections, not rows x heads. On Hopper clusters where the selections would leave multiprocessors
-     * idle: of {@link #SELECT_CLUSTER} blocks where fewer blocks than multiprocessors are launched per head, or a shared
-     * launch has 16 selections or fewer, or the candidates are more than a block holds; of two blocks where a shared
+     * idle: of {@link #SELECT_CLUSTER} blocks where a per-head launch has fewer selections than multiprocessors, or a
+     * shared launch 16 or fewer, or the candidates are more than a block holds; of two blocks where a shared
      * launch on the main stream has no more selections than multiprocessors; else one block a selection. Measured on
      * the H100 at 32K context (a layer; dev/cuda/README.md): per head, batch 1, 47 us in clusters of 8 against 91 us in
      * single blocks, batch 8, 256 us against 205 us; shared (gqa=mean), 8-bit labels, batch 4: 95.1 us in clusters of
