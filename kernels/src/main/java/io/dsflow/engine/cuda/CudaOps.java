@@ -184,8 +184,8 @@ final class CudaOps {
     static final int SELECT_MAX_CANDIDATES = 38 * 1024;
 
     /**
-     * Threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's registers
-     * from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean 8-bit
+     * Threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's
+     * registers from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean 8-bit
      * lookahead, batch 8 at 32K: 627.8 / 620.1 tokens/s against 604.6 / 604.6 with 1024, 521.7 with 256).
      */
     static final int SELECT_SIDE_THREADS = 512;
@@ -213,7 +213,7 @@ final class CudaOps {
      * single blocks, batch 8, 256 us against 205 us; shared (gqa=mean), 8-bit labels, batch 4: 95.1 us in clusters of
      * 8, 82.9 us in clusters of 2, 133.3 us in single blocks; batch 8: 113.4 us in clusters of 2, 134.4 us in single
      * blocks. On the side stream (lookahead) clusters wait for whole multiprocessor pairs beside the main stream's
-     * kernels (batch 8 at 32K, 8-bit, 559.5 tokens/s with clusters of two there against 582-589 with single blocks),
+     * kernels (batch 8 at 32K, 8-bit: 559.5 tokens/s with clusters of two there, 577.6-586.0 with single blocks),
      * and single blocks run {@link #SELECT_SIDE_THREADS} threads.
      */
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
@@ -231,18 +231,19 @@ final class CudaOps {
                 maxCand, maxK);
     }
 
-    /** {@link #select} by one block a selection ({@code cluster} 1) or clusters of 2 or {@link #SELECT_CLUSTER} blocks. */
+    /** {@link #select} by one block a selection ({@code cluster} 1), or clusters of 2 or {@link #SELECT_CLUSTER}. */
     static void launchSelect(CudaRuntime gpu, int cluster, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels,
                              CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
                              int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
         if (cluster > 1) {
             int tile = ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
             gpu.launchWithSharedMemory(cluster == 2 ? "sparse_select_cluster2" : "sparse_select_cluster",
-                    rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels, scales,
-                    seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
+                    rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels,
+                    scales, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
         } else {
-            gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, gpu.onSideStream() ? SELECT_SIDE_THREADS : 1024,
-                    4 * maxCand, selected, q, labels, channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
+            int threads = gpu.onSideStream() ? SELECT_SIDE_THREADS : 1024;
+            gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, 4 * maxCand, selected, q, labels,
+                    channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
         }
     }
 
