@@ -188,10 +188,6 @@ public final class BenchCommand {
         return 0;
     }
 
-    /**
-     * Half a second of untimed decode steps (batch 1, 1K context) before the first row: without it the first row ran
-     * on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run.
-     */
     /** "prefix stage ms (share of the step), ..." for one stream's stage totals, also put into json. */
     private static String stageLine(String prefix, Map<String, Double> stages, double stepMs, ObjectNode json) {
         StringBuilder line = new StringBuilder(prefix);
@@ -202,6 +198,10 @@ public final class BenchCommand {
         return line.toString();
     }
 
+    /**
+     * Half a second of untimed decode steps (batch 1, 1K context) before the first row: without it the first row ran
+     * on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run.
+     */
     private static void warmUp(CudaBackend b) {
         int ctx = Math.min(1024, b.config().maxPositions() / 2);
         List<CudaKvCache> caches = new ArrayList<>(List.of(b.cacheOfLength(ctx, KvConfig.DENSE)));

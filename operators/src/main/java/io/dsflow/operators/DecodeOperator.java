@@ -53,8 +53,8 @@ import java.util.concurrent.TimeUnit;
  *   <li>bounded work: each conversation's KV cache bytes are reserved from the MemoryManager (on a GPU backend: counted
  *       against the device's free memory, where the caches live; the pinned host stores of placement=host are reserved
  *       from the MemoryManager); when a budget or the limit of running requests is full, idle conversations' caches
- *       are dropped (rebuilt by prefill when they
- *       return) and new requests wait, which backpressures the input; nothing fails for lack of memory;</li>
+ *       are dropped (rebuilt by prefill when they return) and new requests wait, which backpressures the input;
+ *       nothing fails for lack of memory;</li>
  *   <li>bounded state: a subtask holds at most limits.max-conversations conversations; a request opening one more
  *       gets a conversation_limit error record (counted again from the keyed state on restore or rescale);</li>
  *   <li>a new prompt on a conversation continues its cache (no re-prefill of the history while the cache is kept);</li>

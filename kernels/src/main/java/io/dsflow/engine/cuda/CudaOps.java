@@ -195,11 +195,12 @@ final class CudaOps {
 
     /** Whether dspp's fused selection takes this many candidates (bucketed) on this device. */
     static boolean canSelect(CudaRuntime gpu, int maxCand) {
-        return (gpu.computeMajor() >= 9 ? selectTile(maxCand) : maxCand) <= SELECT_MAX_CANDIDATES;
+        return (gpu.computeMajor() >= 9 ? selectTile(maxCand, SELECT_CLUSTER) : maxCand) <= SELECT_MAX_CANDIDATES;
     }
 
-    private static int selectTile(int maxCand) {
-        return ((maxCand + SELECT_CLUSTER - 1) / SELECT_CLUSTER + 31) / 32 * 32;   // launchSelect's tile
+    /** The candidates each block of a cluster of {@code cluster} scores: its share rounded up to 32. */
+    private static int selectTile(int maxCand, int cluster) {
+        return ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
     }
 
     /**
@@ -236,7 +237,7 @@ final class CudaOps {
                              CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
                              int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
         if (cluster > 1) {
-            int tile = ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
+            int tile = selectTile(maxCand, cluster);
             gpu.launchWithSharedMemory(cluster == 2 ? "sparse_select_cluster2" : "sparse_select_cluster",
                     rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels,
                     scales, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
