@@ -582,13 +582,15 @@ public final class CudaBackend implements Backend {
      * rows' attention runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main
      * stream for the block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's
      * group, 4 rows read from device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds).
-     * {@code ahead}: the look-ahead rows, or null when the step has none.
+     * {@code maxSlots}: the most slots a selecting row attends (sinks + window + maxK); {@code splits}: the splits of
+     * each selecting row's attention (CudaOps.sparseAttention). {@code ahead}: the look-ahead rows, or null when the step
+     * has none.
      */
     private record SparsePlan(int[] denseCount, CUdeviceptr denseRows, int denseStride, int[] sparseCount, CUdeviceptr sp,
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
-                              int maxR, int maxCand, int maxK, int splits, boolean fused, boolean sharedOnly,
-                              int groupKinds,
+                              int maxR, int maxCand, int maxK, int maxSlots, int splits, boolean fused,
+                              boolean sharedOnly, int groupKinds,
                               CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead) {
     }
 
@@ -695,7 +697,8 @@ public final class CudaBackend implements Backend {
             // the bucketed sizes of their buffers (candidates, budgets, splits), which change every few hundred tokens
             SparsePlan p = step.sparse();
             String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
-                    + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.splits() + "," + p.maxR()
+                    + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.maxSlots() + "," + p.splits()
+                    + "," + p.maxR()
                     + (p.fused() ? ",fused" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
                     + (p.ahead() == null ? "" : "|ahead" + Arrays.toString(p.ahead().aheadCount())
                     + Arrays.toString(p.ahead().stagedCount()) + ",g" + p.ahead().stagedKinds() + ","
@@ -897,8 +900,13 @@ public final class CudaBackend implements Backend {
         // the selected rows' attention in blocks of GQA_WARPS warps where this build has the kernels for the step
         boolean groupAttention = gpu.has(CudaOps.sparseGroupKernel(hd, 1))
                 && (!anyShared || gpu.has(CudaOps.sparseGroupKernel(hd, heads / c.numKvHeads())));
-        int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
-        int sparseSplits = (maxSinksWindow + maxK + splitSlots - 1) / splitSlots;
+        int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32, maxSlots = maxSinksWindow + maxK;
+        int sparseSplits = (maxSlots + splitSlots - 1) / splitSlots;
+        int allKinds = runKinds[0] | runKinds[1] | runKinds[2];
+        if (groupAttention && allKinds == (2 | 4) && CudaOps.pipelined(gpu, heads, c.numKvHeads(), hd)) {
+            // every selecting row shares its group's selection on device memory: sparse_attention_pipelined's splits
+            sparseSplits = CudaOps.pipelinedSplits(gpu, heads, c.numKvHeads(), hd, maxSparse * c.numKvHeads(), maxSlots);
+        }
         // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
         boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand)
                 && (anyShared ? heads / c.numKvHeads() : 1) * maxR <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
@@ -942,7 +950,7 @@ public final class CudaBackend implements Backend {
                 anyStaged ? new CUdeviceptr[]{d[7], d[7].withByteOffset(8L * nseg)} : null,
                 anyStaged ? new CUdeviceptr[]{d[8], d[8].withByteOffset(8L * nseg)} : null);
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
-                decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, sparseSplits, fused,
+                decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, maxSlots, sparseSplits, fused,
                 (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
         return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
                 decodeRows, d[15], partials, d[16], logits, plan, hostPrefills);
@@ -1178,7 +1186,7 @@ public final class CudaBackend implements Backend {
         CudaOps.sparseAttention(gpu, at(sp.partials(), (long) from * heads * sp.splits() * (hd + 2)), scratch.get("qkv"),
                 kTable, vTable, sp.ringKTable().withByteOffset(at), sp.ringVTable().withByteOffset(at), st.seg(),
                 st.rowLen(), sparseDescriptors(sp, layer, from), selected, n, heads, c.numKvHeads(), hd, sp.splits(),
-                c.qDim() + 2 * c.kvDim(), sp.maxK(), kinds);
+                c.qDim() + 2 * c.kvDim(), sp.maxK(), sp.maxSlots(), kinds);
     }
 
     /** Bytes of weights in device memory. */

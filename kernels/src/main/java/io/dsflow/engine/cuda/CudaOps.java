@@ -140,20 +140,66 @@ final class CudaOps {
         return "sparse_attention_d" + hd + "_g" + group;
     }
 
+    /** Rows of a stage of sparse_attention_pipelined and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
+    static final int PIPE_ROWS = 32, PIPE_STAGES = 3;
+    /**
+     * Most slots a split of sparse_attention_pipelined takes (its slot list is in shared memory; at D = 128 four blocks
+     * of 1024 fit an H100 multiprocessor, exactly): a grid of fewer blocks than the device holds at once is given more
+     * splits rather than longer ones.
+     */
+    static final int PIPE_MAX_SPAN = 1024;
+
+    private static String pipelinedKernel(int hd, int group) {
+        return "sparse_attention_pipelined_d" + hd + "_g" + group;
+    }
+
+    /**
+     * Whether the rows sharing their group's selection on device memory take sparse_attention_pipelined (built for
+     * groups of 2 and 4 query heads, the tensor-core tile holding three parts of each head's query).
+     */
+    static boolean pipelined(CudaRuntime gpu, int heads, int kvHeads, int hd) {
+        return heads > kvHeads && gpu.has(pipelinedKernel(hd, heads / kvHeads));
+    }
+
+    /**
+     * Dynamic shared memory of a sparse_attention_pipelined block for splits of at most {@code span} slots
+     * (pipelined_shared_bytes): the stages' key and value rows, a scratch for Q's parts or S, P and the corrections, the
+     * slots.
+     */
+    static int pipelinedSharedBytes(int hd, int span) {
+        int scratch = Math.max(16 * hd * 2, 16 * PIPE_ROWS * 4 + 16 * (PIPE_ROWS + 8) * 2 + 16 * 4);
+        return PIPE_STAGES * 2 * PIPE_ROWS * hd * 2 + scratch + span * 4;
+    }
+
+    /**
+     * Splits for sparse_attention_pipelined over {@code units} (row, kv head) pairs of at most {@code maxSlots} slots:
+     * as many blocks as the device holds at once (it divides each row's slots evenly over them, so every block is
+     * resident from the start and none is empty whatever a layer's budget), at most {@link #PIPE_MAX_SPAN} slots a
+     * split. H100, batch 8 at 32K, 2048 selected of 32K a kv head: 34.8 us with one wave of 512 blocks, 43.4 with
+     * 576 (a second wave of 48), 37.5 with 1024 (dev/cuda/sparse_attention_bench.cu).
+     */
+    static int pipelinedSplits(CudaRuntime gpu, int heads, int kvHeads, int hd, int units, int maxSlots) {
+        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, heads / kvHeads),
+                32 * heads / kvHeads, pipelinedSharedBytes(hd, PIPE_MAX_SPAN));
+        return Math.max(Math.max(1, resident / Math.max(1, units)), (maxSlots + PIPE_MAX_SPAN - 1) / PIPE_MAX_SPAN);
+    }
+
     /**
      * Attention of {@code rows} sparse rows over their sinks, selections and windows into {@code partials} (sparse.cu),
      * for attention_merge. {@code groupKinds} 0: one warp a split of 32 slots (sparse_attention_dD); else blocks of
      * {@link #GQA_WARPS} warps, a split of GQA_WARPS * 32 slots: bit 1, the rows selecting per query head (a block per
      * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once); bit 4,
      * rows whose store is on the device; bit 8, rows whose store is in host memory (the _host kernels, which stage key
-     * rows by whole rows). Each launch's kernel skips the rows of the other kinds.
+     * rows by whole rows). Rows of kinds 2 and 4 take sparse_attention_pipelined where the build has it (its splits
+     * divide each row's slots evenly, at most {@code maxSlots} a row; the other kernels take 32 * GQA_WARPS slots a
+     * split). Each launch's kernel skips the rows of the other kinds.
      * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
      * segment without one).
      */
     static void sparseAttention(CudaRuntime gpu, CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
                                 CUdeviceptr vTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr seg,
                                 CUdeviceptr rowLen, CUdeviceptr desc, CUdeviceptr selected, int rows, int heads,
-                                int kvHeads, int hd, int splits, int qStride, int maxK, int groupKinds) {
+                                int kvHeads, int hd, int splits, int qStride, int maxK, int maxSlots, int groupKinds) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (groupKinds == 0) {
             gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, ringKTable,
@@ -167,7 +213,12 @@ final class CudaOps {
                         vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
                         32, maxK, 0);
             }
-            if ((groupKinds & 2) != 0) {
+            if ((groupKinds & 2) != 0 && placement.isEmpty() && pipelined(gpu, heads, kvHeads, hd)) {
+                int group = heads / kvHeads, span = (maxSlots + splits - 1) / splits;
+                gpu.launchWithSharedMemory(pipelinedKernel(hd, group), rows * kvHeads, splits, 32 * group,
+                        pipelinedSharedBytes(hd, span), partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen,
+                        desc, selected, heads, kvHeads, splits, scale, qStride, maxK);
+            } else if ((groupKinds & 2) != 0) {
                 gpu.launch(sparseGroupKernel(hd, heads / kvHeads) + placement, rows * kvHeads, splits, 32 * GQA_WARPS,
                         partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads,
                         splits, scale, qStride, 32, maxK, 1);

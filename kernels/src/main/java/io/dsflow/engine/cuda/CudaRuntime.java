@@ -180,9 +180,14 @@ public final class CudaRuntime implements AutoCloseable {
             CUmodule m = new CUmodule();
             cuModuleLoadData(m, image);
             for (String fn : kernelNames(module)) {
+                // a kernel missing from the module (an older build of it) is one has() reports absent
                 CUfunction f = new CUfunction();
-                cuModuleGetFunction(f, m, fn);
-                functions.put(fn, f);
+                try {
+                    cuModuleGetFunction(f, m, fn);
+                    functions.put(fn, f);
+                } catch (jcuda.CudaException e) {
+                    if (!e.getMessage().contains("CUDA_ERROR_NOT_FOUND")) throw e;
+                }
             }
         }
     }
@@ -201,12 +206,15 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sparse" -> Stream.concat(Stream.of("label_append", "sparse_scores", "sparse_topk",
+            case "sparse" -> Stream.of(Stream.of("label_append", "sparse_scores", "sparse_topk",
                             "sparse_select", "sparse_select_cluster", "sparse_select_cluster2", "sparse_attention_d32",
                             "sparse_attention_d64", "sparse_attention_d128"),
-                    // the grouped sparse attention, each for stores on the device and in host memory (sparse.cu)
+                    // the grouped sparse attention, each for stores on the device and in host memory, and the
+                    // pipelined one for shared selections on the device (sparse.cu)
                     Stream.of("d32_g1", "d32_g4", "d64_g1", "d64_g4", "d64_g8", "d128_g1", "d128_g2", "d128_g4", "d128_g8")
-                            .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")))
+                            .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")),
+                    Stream.of("d64_g2", "d64_g4", "d128_g2", "d128_g4").map(v -> "sparse_attention_pipelined_" + v))
+                            .flatMap(x -> x)
                     .toArray(String[]::new);
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             case "lookahead" -> new String[]{"predict_label_queries", "gather_selected_rows"};
@@ -519,13 +527,7 @@ public final class CudaRuntime implements AutoCloseable {
      * (once per kernel).
      */
     public void launchWithSharedMemory(String kernel, int gridX, int gridY, int block, int sharedBytes, Object... args) {
-        CUfunction f = functions.get(kernel);
-        if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
-        if (sharedBytes > 48 * 1024 && sharedAllowed.getOrDefault(kernel, 0) < sharedBytes) {
-            JCudaDriver.cuFuncSetAttribute(f, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    sharedBytes);
-            sharedAllowed.put(kernel, sharedBytes);
-        }
+        CUfunction f = allowShared(kernel, sharedBytes);
         Pointer[] ptrs = new Pointer[args.length];
         for (int i = 0; i < args.length; i++) {
             Object a = args[i];
@@ -537,6 +539,26 @@ public final class CudaRuntime implements AutoCloseable {
             else throw new IllegalArgumentException("kernel argument of type " + a.getClass());
         }
         cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, current, Pointer.to(ptrs), null);
+    }
+
+    /** The kernel, allowed {@code sharedBytes} of dynamic shared memory first where that is past the default 48 KB. */
+    private CUfunction allowShared(String kernel, int sharedBytes) {
+        CUfunction f = functions.get(kernel);
+        if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+        if (sharedBytes > 48 * 1024 && sharedAllowed.getOrDefault(kernel, 0) < sharedBytes) {
+            JCudaDriver.cuFuncSetAttribute(f, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    sharedBytes);
+            sharedAllowed.put(kernel, sharedBytes);
+        }
+        return f;
+    }
+
+    /** Blocks of {@code block} threads and {@code sharedBytes} of dynamic shared memory a multiprocessor runs at once. */
+    public int blocksPerMultiprocessor(String kernel, int block, int sharedBytes) {
+        int[] blocks = new int[1];
+        JCudaDriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, allowShared(kernel, sharedBytes), block,
+                sharedBytes);
+        return Math.max(1, blocks[0]);
     }
 
     /** Records the launches {@code body} makes (nothing runs) into an executable graph. */

@@ -633,11 +633,16 @@ class CudaKernelTest {
      * shares a selection, in one step) equals softmax attention over sinks + selection + window computed on the CPU,
      * for head sizes 64 and 128, GQA groups of 4, candidates and budgets of odd sizes, a budget above the candidates.
      * Host placement: the store in pinned host memory, its sinks and window rows overwritten with NaN there, so the
-     * attention must read them from the device ring (window wrapped around: row lengths are not multiples of W).
+     * attention must read them from the device ring (window wrapped around: row lengths are not multiples of W);
+     * staged: the same store and ring on the device (a look-ahead row's device stage). The shared rows on the device
+     * take sparse_attention_pipelined; {@code splits} > 0: only they, over that many splits (each row's slots divided
+     * evenly: one split for all, or more splits than a small row has chunks).
      */
-    @ParameterizedTest(name = "head_dim {0}, host placement {1}")
-    @CsvSource({"64, false", "128, false", "64, true", "128, true"})
-    void groupedSparseAttentionMatchesCpu(int hd, boolean host) {
+    @ParameterizedTest(name = "head_dim {0}, {1} placement, splits {2}")
+    @CsvSource({"64, device, 0", "128, device, 0", "128, device, 1", "128, device, 37", "64, host, 0", "128, host, 0",
+            "128, staged, 0", "64, staged, 37"})
+    void groupedSparseAttentionMatchesCpu(int hd, String placement, int splitsAsked) {
+        boolean host = placement.equals("host"), ring = !placement.equals("device");
         Random rnd = new Random(hd);
         int heads = 8, kvHeads = 2, group = 4, sinks = 4, window = 16, cap = 700, qStride = heads * hd, maxK = 512;
         int[][] rowsSpec = {{613, 97, 0}, {300, 1000, 2}, {450, 131, 1}};   // row length, budget, mode
@@ -652,7 +657,7 @@ class CudaKernelTest {
                 keys[r][i] = bf(keys[r][i]);
                 values[r][i] = bf(values[r][i]);
             }
-            if (!host) {
+            if (!ring) {
                 kptr[r] = jcuda.DeviceAddress.of(uploadBf16(keys[r]));
                 vptr[r] = jcuda.DeviceAddress.of(uploadBf16(values[r]));
                 continue;
@@ -669,8 +674,8 @@ class CudaKernelTest {
                 java.util.Arrays.fill(storeK, t * rowWidth, (t + 1) * rowWidth, Float.NaN);
                 java.util.Arrays.fill(storeV, t * rowWidth, (t + 1) * rowWidth, Float.NaN);
             }
-            kptr[r] = jcuda.DeviceAddress.of(onHost(uploadBf16(storeK), storeK.length * 2L));
-            vptr[r] = jcuda.DeviceAddress.of(onHost(uploadBf16(storeV), storeV.length * 2L));
+            kptr[r] = jcuda.DeviceAddress.of(host ? onHost(uploadBf16(storeK), storeK.length * 2L) : uploadBf16(storeK));
+            vptr[r] = jcuda.DeviceAddress.of(host ? onHost(uploadBf16(storeV), storeV.length * 2L) : uploadBf16(storeV));
             ringK[r] = jcuda.DeviceAddress.of(uploadBf16(rk));
             ringV[r] = jcuda.DeviceAddress.of(uploadBf16(rv));
         }
@@ -700,11 +705,12 @@ class CudaKernelTest {
                 System.arraycopy(chosen[p][h], 0, sel, (p * heads + h) * maxK, k);
             }
         }
-        int splits = (sinks + window + maxK + 127) / 128;
+        int maxSlots = sinks + window + maxK, splits = splitsAsked > 0 ? splitsAsked : (maxSlots + 127) / 128;
+        assertTrue(host || CudaOps.pipelined(gpu, heads, kvHeads, hd), "this build has sparse_attention_pipelined");
         CUdeviceptr partials = gpu.alloc(4L * rows * heads * splits * (hd + 2)), out = poisoned(rows * qStride);
         CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(ringK), upload(ringV),
                 upload(seg), upload(len), upload(sp), upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK,
-                3 | (host ? 8 : 4));
+                maxSlots, (splitsAsked > 0 ? 2 : 3) | (host ? 8 : 4));
         int[] rowsOf = {0, 1, 2};
         gpu.launch("attention_merge", rows * heads, 1, Math.min(1024, 4 * hd), out, partials, upload(rowsOf), heads, hd,
                 splits);
@@ -733,7 +739,19 @@ class CudaKernelTest {
                 }
             }
         }
-        double err = relError(download(out, rows * qStride), ref);
+        float[] got = download(out, rows * qStride);
+        if (splitsAsked > 0) {   // only the shared rows were attended: compare those
+            java.util.List<Integer> shared = new java.util.ArrayList<>();
+            for (int p = 0; p < rows; p++) if (rowsSpec[p][2] != 0) shared.add(p);
+            float[] g = new float[shared.size() * qStride], e = new float[g.length];
+            for (int i = 0; i < shared.size(); i++) {
+                System.arraycopy(got, shared.get(i) * qStride, g, i * qStride, qStride);
+                System.arraycopy(ref, shared.get(i) * qStride, e, i * qStride, qStride);
+            }
+            got = g;
+            ref = e;
+        }
+        double err = relError(got, ref);
         assertTrue(err < 1e-4, "relative error " + err);
     }
 
