@@ -8,12 +8,14 @@
 // kv head).
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a sparse_attention_bench.cu -o sab
 //   (-DPIPE_STAGES=N for another pipeline depth; -DSPARSE_CU='"path"' for another version of sparse.cu)
-// Run: ./sab [k = 2048] [rows = 8] [max_k = 4096: the bucketed budget the grid is sized for]
+// Run: ./sab [k = 2048] [rows = 8] [max_k = 4096: the bucketed budget the grid is sized for] [mode = 2: shared
+//   selections (gqa=mean), 0: a selection a query head (sparse_attention_d128_g1 against pipelined_d128_g1)]
 #ifndef SPARSE_CU
 #define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
 #endif
 #include SPARSE_CU
 #include "../../kernels/src/main/cuda/attention.cu"
+SPARSE_PIPELINED_KERNEL(128, 1)   // per-head selections: measured here, not shipped (slower than sparse_attention_d128_g1)
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -23,7 +25,8 @@
 
 int main(int argc, char** argv) {
     int k = argc > 1 ? atoi(argv[1]) : 2048, P = argc > 2 ? atoi(argv[2]) : 8, maxK = argc > 3 ? atoi(argv[3]) : 4096;
-    const int H = 32, KVH = 8, G = H / KVH, D = 128, sinks = 4, window = 64, n = 32700, cap = 32768;
+    int mode = argc > 4 ? atoi(argv[4]) : 2;
+    const int H = 32, KVH = 8, G = mode == 0 ? 1 : H / KVH, GQA = H / KVH, D = 128, sinks = 4, window = 64, n = 32700, cap = 32768;
     const int qStride = (H + 2 * KVH) * D, m = sinks + k + window;
     const float scale = 1.f / sqrtf((float)D);
     std::mt19937 rng(11);
@@ -50,10 +53,11 @@ int main(int argc, char** argv) {
     }
     std::vector<float> q((size_t)P * qStride);
     for (auto& x : q) x = 2.f * gauss(rng);   // peaked softmaxes, as trained models' are
-    // selections: k sorted slots among the candidates [sinks, n - window), one a (row, kv head) at its first head's place
+    // selections: k sorted slots among the candidates [sinks, n - window), one a (row, kv head) at its first head's
+    // place, or one a (row, head)
     std::vector<int> selected((size_t)P * H * maxK, 0);
     for (int p = 0; p < P; p++)
-        for (int g = 0; g < KVH; g++) {
+        for (int g = 0; g < H / G; g++) {
             std::vector<int> all(n - sinks - window);
             for (size_t i = 0; i < all.size(); i++) all[i] = sinks + (int)i;
             std::shuffle(all.begin(), all.end(), rng);
@@ -66,7 +70,7 @@ int main(int argc, char** argv) {
         rowsOf[p] = p;
         int* d = &sp[(size_t)p * SP_FIELDS];
         d[SP_ROW] = p; d[SP_CAND] = n - sinks - window; d[SP_K] = k; d[SP_SINKS] = sinks; d[SP_WINDOW] = window;
-        d[SP_MODE] = 2; d[SP_R] = 16; d[SP_BITS] = 8; d[SP_CAP] = cap; d[SP_HOST] = 0;
+        d[SP_MODE] = mode; d[SP_R] = 16; d[SP_BITS] = 8; d[SP_CAP] = cap; d[SP_HOST] = 0;
     }
     auto upload = [](const void* src, size_t bytes) { void* d; cudaMalloc(&d, bytes); cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice); return d; };
     float* dq = (float*)upload(q.data(), q.size() * 4);
@@ -83,10 +87,11 @@ int main(int argc, char** argv) {
     std::vector<double> ref((size_t)P * H * D);
     for (int p = 0; p < P; p++)
         for (int h = 0; h < H; h++) {
-            int g = h / G;
+            int g = h / GQA;
             std::vector<int> slots;
             for (int t = 0; t < sinks; t++) slots.push_back(t);
-            for (int i = 0; i < k; i++) slots.push_back(selected[(size_t)(p * H + g * G) * maxK + i]);
+            int first = mode == 0 ? h : g * GQA;   // the head whose place holds this head's selection
+            for (int i = 0; i < k; i++) slots.push_back(selected[(size_t)(p * H + first) * maxK + i]);
             for (int t = n - window; t < n; t++) slots.push_back(t);
             std::vector<double> s(slots.size());
             double mx = -1e300;
@@ -110,7 +115,7 @@ int main(int argc, char** argv) {
     cudaMalloc(&partials, (size_t)P * H * maxSplits * (D + 2) * 4);
     cudaMalloc(&out, (size_t)P * H * D * 4);
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-    double bytes = (double)P * KVH * m * D * 2 * 2;
+    double bytes = (double)P * (H / G) * m * D * 2 * 2;
     std::vector<float> got((size_t)P * H * D);
     printf("rows %d, k %d of %d candidates, grid for max_k %d, pipeline stages %d of %d rows: %.1f MB of rows to read\n", P, k,
            n - sinks - window, maxK, PIPE_STAGES, PIPE_ROWS, bytes / 1e6);
@@ -119,26 +124,29 @@ int main(int argc, char** argv) {
     // holds at once (resident = blocks an SM x SMs) to several times that; splits 0: the shipped group kernel
     int sms, perSm, span1 = (sinks + window + maxK + 31) / 32 * 32;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-    cudaFuncSetAttribute(sparse_attention_pipelined_d128_g4, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         pipelined_shared_bytes(D, span1));
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, sparse_attention_pipelined_d128_g4, 128,
+    for (auto f : {sparse_attention_pipelined_d128_g4, sparse_attention_pipelined_d128_g1})
+        cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, pipelined_shared_bytes(D, span1));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, mode ? sparse_attention_pipelined_d128_g4
+                                                               : sparse_attention_pipelined_d128_g1, 32 * G,
                                                   pipelined_shared_bytes(D, span1 / 8));
     int resident = sms * perSm;
     printf("pipelined: %d blocks an SM, %d resident\n", perSm, resident);
     std::vector<int> choices = {0};
-    for (double f : {0.5, 1.0, 2.0, 3.0, 4.0}) choices.push_back(std::max(1, (int)(f * resident / (P * KVH))));
+    for (double f : {0.5, 1.0, 2.0, 3.0, 4.0}) choices.push_back(std::max(1, (int)(f * resident / (P * H / G))));
     for (int s : {9, 17, 33}) choices.push_back(s);
     for (int choice : choices) {
         bool pipelined = choice > 0;
         int splits = pipelined ? choice : (sinks + window + maxK + 127) / 128;
         int shared = pipelined ? pipelined_shared_bytes(D, (sinks + window + maxK + splits - 1) / splits + 1) : 0;
         auto attend = [&]() {
+            int units = P * H / G, on = mode != 0;
             if (!pipelined) {
-                sparse_attention_d128_g4<<<dim3(P * KVH, splits), 128>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen,
-                        dsp, dsel, H, KVH, splits, scale, qStride, 32, maxK, 1);
+                (mode ? sparse_attention_d128_g4 : sparse_attention_d128_g1)<<<dim3(units, splits), 128>>>(partials, dq,
+                        dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH, splits, scale, qStride, 32, maxK, on);
             } else {
-                sparse_attention_pipelined_d128_g4<<<dim3(P * KVH, splits), 128, shared>>>(partials, dq, dkp, dvp, dring,
-                        dring, dseg, dlen, dsp, dsel, H, KVH, splits, scale, qStride, maxK);
+                (mode ? sparse_attention_pipelined_d128_g4 : sparse_attention_pipelined_d128_g1)<<<dim3(units, splits),
+                        32 * G, shared>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH, splits,
+                        scale, qStride, maxK, on);
             }
         };
         cudaMemset(out, 0, (size_t)P * H * D * 4);
@@ -164,7 +172,7 @@ int main(int argc, char** argv) {
         char name[64];
         snprintf(name, sizeof name, !pipelined ? "sparse_attention_d128_g4" : "pipelined_d128_g4 (%d slots)", (m + splits - 1) / splits);
         printf("%-34s %6d %8.1f %8.2f %9.1f %8d %10.2e\n", name, splits, us, bytes / (us * 1e-6) / 1e12,
-               1e3 * ms[1] / reps, P * KVH * splits, maxErr);
+               1e3 * ms[1] / reps, P * H / G * splits, maxErr);
     }
     return 0;
 }

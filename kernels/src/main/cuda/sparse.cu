@@ -662,22 +662,25 @@ SPARSE_GROUP_KERNEL(128, 2)
 SPARSE_GROUP_KERNEL(128, 4)
 SPARSE_GROUP_KERNEL(128, 8)
 
-// sparse_attention_pipelined_dD_gG: the attention of the rows whose kv head's group shares one selection (modes 1, 2)
-//   and whose selected rows are on the device (a device store, or a host-placed row's device stage with its ring of
-//   sinks and window), by group_attend_pipelined (the rows staged in shared memory by asynchronous copies): a block of
-//   G warps per (row, kv head, split). A row's m slots are divided evenly over the splits (split s:
-//   [s m / splits, (s + 1) m / splits)), so the host can size the grid to what the device holds at once whatever each
-//   layer's budget. Other rows return at once. Same partials as sparse_attention_dD. Grid: (P * H / G, splits),
-//   block: 32 * G, dynamic shared memory pipelined_shared_bytes(D, ceil(largest m / splits)).
+// sparse_attention_pipelined_dD_gG: the attention of the rows whose selected rows are on the device (a device store,
+//   or a host-placed row's device stage with its ring of sinks and window), by group_attend_pipelined (the rows staged
+//   in shared memory by asynchronous copies, the products on tensor cores): shared = 1, the rows whose kv head's group
+//   shares one selection (modes 1, 2), G = H / KVH, a block of G warps per (row, kv head, split); shared = 0, the rows
+//   selecting per query head (mode 0), G = 1 (not built: dev/cuda/sparse_attention_bench.cu measures it against
+//   sparse_attention_dD_g1, which is faster with its four warps a block). A row's m slots are divided
+//   evenly over the splits (split s: [s m / splits, (s + 1) m / splits)), so the host can size the grid to what the
+//   device holds at once whatever each layer's budget. Other rows return at once. Same partials as
+//   sparse_attention_dD. Grid: (P * H / G, splits), block: 32 * G, dynamic shared memory
+//   pipelined_shared_bytes(D, ceil(largest m / splits)).
 template <int D, int G>
 __device__ void sparse_pipelined_body(float* partials, const float* q, const unsigned long long* kptr,
                                       const unsigned long long* vptr, const unsigned long long* rkptr,
                                       const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
                                       const int* selected, int H, int KVH, int splits, float scale, int q_stride,
-                                      int max_k) {
+                                      int max_k, int shared) {
     int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
     const int* d = sp + p * SP_FIELDS;
-    if (d[SP_MODE] == 0 || d[SP_HOST] != 0) return;
+    if ((d[SP_MODE] != 0) != (shared != 0) || d[SP_HOST] != 0) return;
     int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
     int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
     const int* sel = selected + (size_t)(p * H + h0) * max_k;
@@ -687,7 +690,8 @@ __device__ void sparse_pipelined_body(float* partials, const float* q, const uns
     group_attend_pipelined<D, G>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
                                  q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
                                  reinterpret_cast<const bf16*>(vptr[seg[row]]), kring,
-                                 reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / G, KVH, begin, end, splits, scale,
+                                 reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / (H / KVH), KVH, begin, end, splits,
+                                 scale,
                                  [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
 }
 
@@ -695,9 +699,9 @@ __device__ void sparse_pipelined_body(float* partials, const float* q, const uns
         sparse_attention_pipelined_d##dim##_g##g(float* partials, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, \
         const int* len, const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, \
-        int max_k) { \
+        int max_k, int shared) { \
     sparse_pipelined_body<dim, g>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
-                                  max_k); }
+                                  max_k, shared); }
 SPARSE_PIPELINED_KERNEL(64, 2)
 SPARSE_PIPELINED_KERNEL(64, 4)
 SPARSE_PIPELINED_KERNEL(128, 2)

@@ -902,10 +902,10 @@ public final class CudaBackend implements Backend {
                 && (!anyShared || gpu.has(CudaOps.sparseGroupKernel(hd, heads / c.numKvHeads())));
         int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32, maxSlots = maxSinksWindow + maxK;
         int sparseSplits = (maxSlots + splitSlots - 1) / splitSlots;
-        int allKinds = runKinds[0] | runKinds[1] | runKinds[2];
-        if (groupAttention && allKinds == (2 | 4) && CudaOps.pipelined(gpu, heads, c.numKvHeads(), hd)) {
+        int allKinds = runKinds[0] | runKinds[1] | runKinds[2], group = heads / c.numKvHeads();
+        if (groupAttention && allKinds == (2 | 4) && CudaOps.pipelined(gpu, hd, group)) {
             // every selecting row shares its group's selection on device memory: sparse_attention_pipelined's splits
-            sparseSplits = CudaOps.pipelinedSplits(gpu, heads, c.numKvHeads(), hd, maxSparse * c.numKvHeads(), maxSlots);
+            sparseSplits = CudaOps.pipelinedSplits(gpu, hd, group, maxSparse * c.numKvHeads(), maxSlots);
         }
         // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
         boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand)

@@ -154,11 +154,13 @@ final class CudaOps {
     }
 
     /**
-     * Whether the rows sharing their group's selection on device memory take sparse_attention_pipelined (built for
-     * groups of 2 and 4 query heads, the tensor-core tile holding three parts of each head's query).
+     * Whether the rows on device memory whose kv head's {@code group} query heads share a selection take
+     * sparse_attention_pipelined: built for groups of 2 and 4 (the tensor-core tile holds three parts of each head's
+     * query) at head sizes 64 and 128. Rows selecting per head keep sparse_attention_dD_g1: a one-warp block of the
+     * pipelined kernel (4 warps an SM) took 131-203 us at batch 8 and 32K where they take 127 (H100).
      */
-    static boolean pipelined(CudaRuntime gpu, int heads, int kvHeads, int hd) {
-        return heads > kvHeads && gpu.has(pipelinedKernel(hd, heads / kvHeads));
+    static boolean pipelined(CudaRuntime gpu, int hd, int group) {
+        return group > 1 && gpu.has(pipelinedKernel(hd, group));
     }
 
     /**
@@ -172,15 +174,15 @@ final class CudaOps {
     }
 
     /**
-     * Splits for sparse_attention_pipelined over {@code units} (row, kv head) pairs of at most {@code maxSlots} slots:
+     * Splits for sparse_attention_pipelined over {@code units} (row, selection) pairs of at most {@code maxSlots} slots:
      * as many blocks as the device holds at once (it divides each row's slots evenly over them, so every block is
      * resident from the start and none is empty whatever a layer's budget), at most {@link #PIPE_MAX_SPAN} slots a
      * split. H100, batch 8 at 32K, 2048 selected of 32K a kv head: 34.8 us with one wave of 512 blocks, 43.4 with
      * 576 (a second wave of 48), 37.5 with 1024 (dev/cuda/sparse_attention_bench.cu).
      */
-    static int pipelinedSplits(CudaRuntime gpu, int heads, int kvHeads, int hd, int units, int maxSlots) {
-        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, heads / kvHeads),
-                32 * heads / kvHeads, pipelinedSharedBytes(hd, PIPE_MAX_SPAN));
+    static int pipelinedSplits(CudaRuntime gpu, int hd, int group, int units, int maxSlots) {
+        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, group), 32 * group,
+                pipelinedSharedBytes(hd, PIPE_MAX_SPAN));
         return Math.max(Math.max(1, resident / Math.max(1, units)), (maxSlots + PIPE_MAX_SPAN - 1) / PIPE_MAX_SPAN);
     }
 
@@ -208,20 +210,19 @@ final class CudaOps {
         }
         for (String placement : new String[]{"", "_host"}) {
             if ((groupKinds & (placement.isEmpty() ? 4 : 8)) == 0) continue;
-            if ((groupKinds & 1) != 0) {
-                gpu.launch(sparseGroupKernel(hd, 1) + placement, rows * heads, splits, 32 * GQA_WARPS, partials, q, kTable,
-                        vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
-                        32, maxK, 0);
-            }
-            if ((groupKinds & 2) != 0 && placement.isEmpty() && pipelined(gpu, heads, kvHeads, hd)) {
-                int group = heads / kvHeads, span = (maxSlots + splits - 1) / splits;
-                gpu.launchWithSharedMemory(pipelinedKernel(hd, group), rows * kvHeads, splits, 32 * group,
-                        pipelinedSharedBytes(hd, span), partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen,
-                        desc, selected, heads, kvHeads, splits, scale, qStride, maxK);
-            } else if ((groupKinds & 2) != 0) {
-                gpu.launch(sparseGroupKernel(hd, heads / kvHeads) + placement, rows * kvHeads, splits, 32 * GQA_WARPS,
-                        partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads,
-                        splits, scale, qStride, 32, maxK, 1);
+            for (int kind : new int[]{1, 2}) {   // per-head selections, then shared ones
+                if ((groupKinds & kind) == 0) continue;
+                int group = kind == 1 ? 1 : heads / kvHeads, blocks = rows * heads / group, shared = kind == 1 ? 0 : 1;
+                if (placement.isEmpty() && kind == 2 && pipelined(gpu, hd, group)) {
+                    gpu.launchWithSharedMemory(pipelinedKernel(hd, group), blocks, splits, 32 * group,
+                            pipelinedSharedBytes(hd, (maxSlots + splits - 1) / splits), partials, q, kTable, vTable,
+                            ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
+                            maxK, shared);
+                } else {
+                    gpu.launch(sparseGroupKernel(hd, group) + placement, blocks, splits, 32 * GQA_WARPS, partials, q,
+                            kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits,
+                            scale, qStride, 32, maxK, shared);
+                }
             }
         }
     }

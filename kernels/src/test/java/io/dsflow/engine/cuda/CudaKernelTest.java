@@ -706,7 +706,7 @@ class CudaKernelTest {
             }
         }
         int maxSlots = sinks + window + maxK, splits = splitsAsked > 0 ? splitsAsked : (maxSlots + 127) / 128;
-        assertTrue(host || CudaOps.pipelined(gpu, heads, kvHeads, hd), "this build has sparse_attention_pipelined");
+        assertTrue(host || CudaOps.pipelined(gpu, hd, group), "this build has sparse_attention_pipelined");
         CUdeviceptr partials = gpu.alloc(4L * rows * heads * splits * (hd + 2)), out = poisoned(rows * qStride);
         CudaOps.sparseAttention(gpu, partials, upload(q), upload(kptr), upload(vptr), upload(ringK), upload(ringV),
                 upload(seg), upload(len), upload(sp), upload(sel), rows, heads, kvHeads, hd, splits, qStride, maxK,
