@@ -6,7 +6,8 @@
 //   part0: the split's partial of the group's first head; head h's at part0 + h * splits * (D + 2) (partials
 //   [heads][splits][D + 2] f32: o[D], max m, sum l, as split_attention.cuh writes them); qrow: [G][D] f32.
 //   Slots as split_attention.cuh's (a negative slot -1 - i: row i of the ring). Dynamic shared memory:
-//   pipelined_shared_bytes(D, end - begin). Call with the whole block (32 * G threads). Built for 3 G <= 16.
+//   pipelined_shared_bytes(D, end - begin). Call with the whole block (32 * G threads). Built for 3 G <= 16, D a
+//   multiple of 32.
 // Per chunk, with mma.sync m16n8k16 (bf16 in, f32 accumulate):
 //   S = Q K^T: A = [16][D], row p * G + h the part p of head h's query (q = hi + mid + lo, three bf16 parts: the
 //     scores keep q's f32 precision, as the CPU's f32 q times bf16 k); B = the chunk's key rows; warp w takes rows
@@ -46,10 +47,11 @@ __host__ __device__ constexpr int pipelined_shared_bytes(int D, int span) {
 }
 
 // byte offset of 16-byte piece c of row r in rows of D bf16: piece c ^ (r & 7), so that ldmatrix's 8 rows of one
-// piece column fall in 8 distinct bank groups
+// piece column fall in 8 distinct bank groups (64-byte rows, D = 32, pair up rows instead: c ^ ((r >> 1) & 3), as
+// attention_prefill.cu's)
 template <int D>
 __device__ __forceinline__ unsigned pipe_swizzled(int r, int c) {
-    return (r * D + ((c ^ (r & 7)) << 3)) * 2;
+    return (r * D + ((D >= 64 ? c ^ (r & 7) : c ^ ((r >> 1) & 3)) << 3)) * 2;
 }
 
 template <int D, int G, typename SlotOf>
@@ -58,7 +60,8 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
                                        int splits, float scale, SlotOf slot_of) {
     constexpr int PIECES = D / 8, THREADS = 32 * G, CH = PIPE_ROWS, AP = CH + 8;
     constexpr int OT = D / 8 / G;   // O's 8-channel tiles a warp
-    static_assert(D >= 64 && 3 * G <= 16 && CH == 32 && (CH / 8) % G == 0 && OT % 2 == 0, "shapes built");
+    static_assert(D % 32 == 0 && 3 * G <= 16 && CH == 32 && (CH / 8) % G == 0 && (OT % 2 == 0 || OT == 1),
+                  "shapes built");
     extern __shared__ __align__(128) unsigned char pipe_shared[];
     unsigned kbase = smem_addr(pipe_shared), vbase = kbase + PIPE_STAGES * pipe_rows_bytes(D);
     unsigned char* scratch = pipe_shared + PIPE_STAGES * 2 * pipe_rows_bytes(D);
@@ -178,13 +181,19 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
         for (int kk = 0; kk < CH / 16; kk++) {
             unsigned a[4];
             ldmatrix_x4(smem_addr(&ap[lane & 15][kk * 16 + (lane >> 4) * 8]), a[0], a[1], a[2], a[3]);
+            int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            if constexpr (OT == 1) {   // one 8-channel tile a warp (D = 32, G = 4)
+                unsigned b0, b1;
+                ldmatrix_x2_trans(vs + pipe_swizzled<D>(r, warp), b0, b1);
+                mma_bf16(o[0], a, b0, b1);
+            } else {
 #pragma unroll
-            for (int t = 0; t < OT; t += 2) {
-                unsigned b0, b1, b2, b3;
-                int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, piece = warp * OT + t + (lane >> 4);
-                ldmatrix_x4_trans(vs + pipe_swizzled<D>(r, piece), b0, b1, b2, b3);
-                mma_bf16(o[t], a, b0, b1);
-                mma_bf16(o[t + 1], a, b2, b3);
+                for (int t = 0; t < OT; t += 2) {
+                    unsigned b0, b1, b2, b3;
+                    ldmatrix_x4_trans(vs + pipe_swizzled<D>(r, warp * OT + t + (lane >> 4)), b0, b1, b2, b3);
+                    mma_bf16(o[t], a, b0, b1);
+                    mma_bf16(o[t + 1], a, b2, b3);
+                }
             }
         }
         if (c + PIPE_STAGES - 1 < chunks) issue(c + PIPE_STAGES - 1);

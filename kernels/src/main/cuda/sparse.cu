@@ -702,6 +702,7 @@ __device__ void sparse_pipelined_body(float* partials, const float* q, const uns
         int max_k, int shared) { \
     sparse_pipelined_body<dim, g>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
                                   max_k, shared); }
+SPARSE_PIPELINED_KERNEL(32, 4)
 SPARSE_PIPELINED_KERNEL(64, 2)
 SPARSE_PIPELINED_KERNEL(64, 4)
 SPARSE_PIPELINED_KERNEL(128, 2)

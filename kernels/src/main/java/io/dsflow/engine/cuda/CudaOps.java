@@ -156,7 +156,7 @@ final class CudaOps {
     /**
      * Whether the rows on device memory whose kv head's {@code group} query heads share a selection take
      * sparse_attention_pipelined: built for groups of 2 and 4 (the tensor-core tile holds three parts of each head's
-     * query) at head sizes 64 and 128. Rows selecting per head keep sparse_attention_dD_g1: a one-warp block of the
+     * query) at head sizes 64 and 128, and 4 at 32. Rows selecting per head keep sparse_attention_dD_g1: a one-warp block of the
      * pipelined kernel (4 warps an SM) took 131-203 us at batch 8 and 32K where they take 127 (H100).
      */
     static boolean pipelined(CudaRuntime gpu, int hd, int group) {
@@ -176,14 +176,15 @@ final class CudaOps {
     /**
      * Splits for sparse_attention_pipelined over {@code units} (row, selection) pairs of at most {@code maxSlots} slots:
      * as many blocks as the device holds at once (it divides each row's slots evenly over them, so every block is
-     * resident from the start and none is empty whatever a layer's budget), at most {@link #PIPE_MAX_SPAN} slots a
-     * split. H100, batch 8 at 32K, 2048 selected of 32K a kv head: 34.8 us with one wave of 512 blocks, 43.4 with
-     * 576 (a second wave of 48), 37.5 with 1024 (dev/cuda/sparse_attention_bench.cu).
+     * resident from the start and none is empty whatever a layer's budget), at least a chunk of PIPE_ROWS slots and at
+     * most {@link #PIPE_MAX_SPAN} a split. H100, batch 8 at 32K, 2048 selected of 32K a kv head: 34.8 us with one wave
+     * of 512 blocks, 43.4 with 576 (a second wave of 48), 37.5 with 1024 (dev/cuda/sparse_attention_bench.cu).
      */
     static int pipelinedSplits(CudaRuntime gpu, int hd, int group, int units, int maxSlots) {
         int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, group), 32 * group,
                 pipelinedSharedBytes(hd, PIPE_MAX_SPAN));
-        return Math.max(Math.max(1, resident / Math.max(1, units)), (maxSlots + PIPE_MAX_SPAN - 1) / PIPE_MAX_SPAN);
+        int wave = Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS);   // a chunk a split at least
+        return Math.max(Math.max(1, wave), (maxSlots + PIPE_MAX_SPAN - 1) / PIPE_MAX_SPAN);
     }
 
     /**

@@ -213,7 +213,7 @@ public final class CudaRuntime implements AutoCloseable {
                     // pipelined one for shared selections on the device (sparse.cu)
                     Stream.of("d32_g1", "d32_g4", "d64_g1", "d64_g4", "d64_g8", "d128_g1", "d128_g2", "d128_g4", "d128_g8")
                             .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")),
-                    Stream.of("d64_g2", "d64_g4", "d128_g2", "d128_g4").map(v -> "sparse_attention_pipelined_" + v))
+                    Stream.of("d32_g4", "d64_g2", "d64_g4", "d128_g2", "d128_g4").map(v -> "sparse_attention_pipelined_" + v))
                             .flatMap(x -> x)
                     .toArray(String[]::new);
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};

@@ -631,7 +631,7 @@ class CudaKernelTest {
     /**
      * The selected rows' attention in blocks of four warps (sparse_attention_dD_gG: per-head rows and rows whose group
      * shares a selection, in one step) equals softmax attention over sinks + selection + window computed on the CPU,
-     * for head sizes 64 and 128, GQA groups of 4, candidates and budgets of odd sizes, a budget above the candidates.
+     * for head sizes 32, 64 and 128, GQA groups of 4, candidates and budgets of odd sizes, a budget above the candidates.
      * Host placement: the store in pinned host memory, its sinks and window rows overwritten with NaN there, so the
      * attention must read them from the device ring (window wrapped around: row lengths are not multiples of W);
      * staged: the same store and ring on the device (a look-ahead row's device stage). The shared rows on the device
@@ -639,8 +639,8 @@ class CudaKernelTest {
      * evenly: one split for all, or more splits than a small row has chunks).
      */
     @ParameterizedTest(name = "head_dim {0}, {1} placement, splits {2}")
-    @CsvSource({"64, device, 0", "128, device, 0", "128, device, 1", "128, device, 37", "64, host, 0", "128, host, 0",
-            "128, staged, 0", "64, staged, 37"})
+    @CsvSource({"32, device, 0", "64, device, 0", "128, device, 0", "128, device, 1", "128, device, 37", "64, host, 0",
+            "128, host, 0", "32, staged, 37", "128, staged, 0", "64, staged, 37"})
     void groupedSparseAttentionMatchesCpu(int hd, String placement, int splitsAsked) {
         boolean host = placement.equals("host"), ring = !placement.equals("device");
         Random rnd = new Random(hd);
