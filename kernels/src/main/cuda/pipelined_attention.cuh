@@ -20,7 +20,8 @@
 // of the copy bandwidth while a kernel that only gathers them reads at 84% (dev/cuda/gather_bench.cu): its
 // register-held loads keep one chunk in flight a warp. Staging by cp.async alone (the same arithmetic on CUDA cores)
 // reached 64%, then the SMs' instruction issue was the limit (each warp converting and multiplying every key and value
-// element for its own head); on tensor cores a chunk is 16 mma a warp.
+// element for its own head); on tensor cores a chunk is 16 mma a warp, and the kernel reads at 67-68% of the copy
+// (80% with 4096 rows a kv head; dev/cuda/README.md, p1 and p2).
 #pragma once
 #include "common.cuh"
 #include "split_attention.cuh"

@@ -156,8 +156,8 @@ final class CudaOps {
     /**
      * Whether the rows on device memory whose kv head's {@code group} query heads share a selection take
      * sparse_attention_pipelined: built for groups of 2 and 4 (the tensor-core tile holds three parts of each head's
-     * query) at head sizes 64 and 128, and 4 at 32. Rows selecting per head keep sparse_attention_dD_g1: a one-warp block of the
-     * pipelined kernel (4 warps an SM) took 131-203 us at batch 8 and 32K where they take 127 (H100).
+     * query) at head sizes 64 and 128, and 4 at 32. Rows selecting per head keep sparse_attention_dD_g1: a one-warp
+     * block of the pipelined kernel (4 warps an SM) took 131-203 us at batch 8 and 32K where they take 127 (H100).
      */
     static boolean pipelined(CudaRuntime gpu, int hd, int group) {
         return group > 1 && gpu.has(pipelinedKernel(hd, group));

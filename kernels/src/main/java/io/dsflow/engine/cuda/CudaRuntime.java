@@ -56,7 +56,7 @@ public final class CudaRuntime implements AutoCloseable {
 
     private final int ordinal;
     private final CUcontext context = new CUcontext();
-    private final Map<String, Integer> sharedAllowed = new HashMap<>();
+    private final Map<String, Integer> sharedAllowed = new HashMap<>(), occupancy = new HashMap<>();
     private final Map<String, CUfunction> functions = new HashMap<>();
     /** Every launch goes to this stream (a blocking one: it stays ordered with the copies on the legacy stream). */
     private final CUstream stream = new CUstream();
@@ -553,12 +553,17 @@ public final class CudaRuntime implements AutoCloseable {
         return f;
     }
 
-    /** Blocks of {@code block} threads and {@code sharedBytes} of dynamic shared memory a multiprocessor runs at once. */
+    /**
+     * Blocks of {@code block} threads and {@code sharedBytes} of dynamic shared memory a multiprocessor runs at once
+     * (asked of the driver once per shape: each decode step's plan asks).
+     */
     public int blocksPerMultiprocessor(String kernel, int block, int sharedBytes) {
-        int[] blocks = new int[1];
-        JCudaDriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, allowShared(kernel, sharedBytes), block,
-                sharedBytes);
-        return Math.max(1, blocks[0]);
+        return occupancy.computeIfAbsent(kernel + "/" + block + "/" + sharedBytes, key -> {
+            int[] blocks = new int[1];
+            JCudaDriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, allowShared(kernel, sharedBytes), block,
+                    sharedBytes);
+            return Math.max(1, blocks[0]);
+        });
     }
 
     /** Records the launches {@code body} makes (nothing runs) into an executable graph. */
