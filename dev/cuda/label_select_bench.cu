@@ -6,7 +6,9 @@
 // Every row has its own label cache (as each sequence does), so the labels come from device memory, not the L2.
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a label_select_bench.cu -o lsb
 //   (-DSPARSE_CU='"path"' for another version of sparse.cu, one with sparse_select_cluster2)
+//   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, sparse.cu's score_candidates)
 // Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
+//   [threads = 1024: of a single block; the side stream's are 512]
 #ifndef SPARSE_CU
 #define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
 #endif
@@ -18,7 +20,7 @@
 
 int main(int argc, char** argv) {
     int bits = argc > 1 ? atoi(argv[1]) : 8, mode = argc > 2 ? atoi(argv[2]) : 2, P = argc > 3 ? atoi(argv[3]) : 8;
-    int cluster = argc > 4 ? atoi(argv[4]) : 1;
+    int cluster = argc > 4 ? atoi(argv[4]) : 1, threads = argc > 5 ? atoi(argv[5]) : 1024;
     const int H = 32, KVH = 8, D = 128, r = 16, sinks = 4, window = 64, n = 32700, k = 1980;
     const int cap = n + sinks + window + 4, maxCand = 32768, maxK = 2048, qStride = (H + 2 * KVH) * D;
     std::mt19937 rng(3);
@@ -74,7 +76,7 @@ int main(int argc, char** argv) {
     cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * tile);
     auto launch = [&] {
         if (cluster == 1) {
-            sparse_select<<<P * H, 1024, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
+            sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
         } else if (cluster == 8) {
             sparse_select_cluster<<<P * H * 8, 256, 4 * tile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
                                                                 maxK, tile);
@@ -97,7 +99,7 @@ int main(int argc, char** argv) {
     cudaEventRecord(e1); cudaEventSynchronize(e1);
     float ms; cudaEventElapsedTime(&ms, e0, e1);
     double bytes = (double)P * H * n * r * (bits / 8) + (bits == 8 ? (double)P * H * n * 2 : 0);
-    printf("sparse_select (cluster %d) %d-bit labels, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
-           cluster, bits, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
+    printf("sparse_select (cluster %d, %d threads) %d-bit labels, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
+           cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
     return 0;
 }

@@ -15,13 +15,6 @@
 #include "common.cuh"
 
 template <int D>
-__device__ __forceinline__ unsigned swizzled(int r, int chunk) {
-    // 64-byte rows (D = 32) pair up rows instead: chunk c ^ ((r >> 1) & 3), as in gemm_bf16
-    int c = D >= 64 ? chunk ^ (r & 7) : chunk ^ ((r >> 1) & 3);
-    return (r * D + (c << 3)) * 2;   // bytes
-}
-
-template <int D>
 __device__ void prefill_body(float* out, const float* q, const unsigned long long* kptr,
                              const unsigned long long* vptr, const int* tiles, const int* row_len, int H, int KVH,
                              float scale, int q_stride) {
@@ -59,15 +52,15 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
                 lo[e] = pack_bf16(x0 - back.x, x1 - back.y);
             }
         }
-        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(Qs) + swizzled<D>(r, c)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(Ks) + swizzled<D>(r, c)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(Qs) + swizzled_row_piece<D>(r, c)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(Ks) + swizzled_row_piece<D>(r, c)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
     }
     __syncthreads();
     unsigned qhi[D / 16][4], qlo[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         int r = warp * 16 + (lane & 15);
-        unsigned off = swizzled<D>(r, kk * 2 + (lane >> 4));
+        unsigned off = swizzled_row_piece<D>(r, kk * 2 + (lane >> 4));
         ldmatrix_x4(smem_addr(Qs) + off, qhi[kk][0], qhi[kk][1], qhi[kk][2], qhi[kk][3]);
         ldmatrix_x4(smem_addr(Ks) + off, qlo[kk][0], qlo[kk][1], qlo[kk][2], qlo[kk][3]);
     }
@@ -86,8 +79,8 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
             int r = i / CH, c = i % CH, j = k0 + r;
             bool valid = j < keys;
             size_t at = ((size_t)(valid ? j : 0) * KVH + g) * D + c * 8;
-            cp_async16(k_smem + swizzled<D>(r, c), kc + at, valid);
-            cp_async16(v_smem + swizzled<D>(r, c), vc + at, valid);
+            cp_async16(k_smem + swizzled_row_piece<D>(r, c), kc + at, valid);
+            cp_async16(v_smem + swizzled_row_piece<D>(r, c), vc + at, valid);
         }
         asm volatile("cp.async.commit_group;\n");
     };
@@ -113,7 +106,7 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
             for (int j = 0; j < 4; j++) {
                 unsigned b0, b1, b2, b3;
                 int r = j * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(k_smem + swizzled<D>(r, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                ldmatrix_x4(k_smem + swizzled_row_piece<D>(r, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
                 mma_bf16(s[2 * j], qhi[kk], b0, b1);
                 mma_bf16(s[2 * j + 1], qhi[kk], b2, b3);
                 mma_bf16(s[2 * j], qlo[kk], b0, b1);
@@ -171,7 +164,7 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
             for (int j = 0; j < D / 16; j++) {
                 unsigned b0, b1, b2, b3;
                 int r = t * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                ldmatrix_x4_trans(v_smem + swizzled<D>(r, j * 2 + (lane >> 4)), b0, b1, b2, b3);
+                ldmatrix_x4_trans(v_smem + swizzled_row_piece<D>(r, j * 2 + (lane >> 4)), b0, b1, b2, b3);
                 mma_bf16(o[2 * j], pa, b0, b1);
                 mma_bf16(o[2 * j + 1], pa, b2, b3);
             }

@@ -97,3 +97,20 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&v);
 }
+
+// Byte offset of 16-byte piece c of row r in shared rows of D bf16: piece c ^ (r & 7), so that ldmatrix's 8 rows of one
+// piece column fall in 8 distinct bank groups; 64-byte rows (D = 32) pair up rows instead: c ^ ((r >> 1) & 3), as
+// gemm_bf16's tiles. The attention kernels' staged key, value and query rows (attention_prefill.cu,
+// pipelined_attention.cuh).
+template <int D>
+__device__ __forceinline__ unsigned swizzled_row_piece(int r, int c) {
+    return (r * D + ((D >= 64 ? c ^ (r & 7) : c ^ ((r >> 1) & 3)) << 3)) * 2;
+}
+
+// x less its first `taken` bf16 parts (part 0 = bf16(x), part i = bf16 of what parts 0..i-1 leave): with taken = 0, 1,
+// 2 and each result rounded to bf16, x = hi + mid + lo to f32 precision, so a bf16 tensor-core product keeps an f32
+// operand's precision.
+__device__ __forceinline__ float bf16_rest(float x, int taken) {
+    for (int k = 0; k < taken; k++) x -= __bfloat162float(__float2bfloat16_rn(x));
+    return x;
+}

@@ -47,14 +47,6 @@ __host__ __device__ constexpr int pipelined_shared_bytes(int D, int span) {
     return PIPE_STAGES * 2 * pipe_rows_bytes(D) + pipe_scratch_bytes(D) + span * 4;
 }
 
-// byte offset of 16-byte piece c of row r in rows of D bf16: piece c ^ (r & 7), so that ldmatrix's 8 rows of one
-// piece column fall in 8 distinct bank groups (64-byte rows, D = 32, pair up rows instead: c ^ ((r >> 1) & 3), as
-// attention_prefill.cu's)
-template <int D>
-__device__ __forceinline__ unsigned pipe_swizzled(int r, int c) {
-    return (r * D + ((D >= 64 ? c ^ (r & 7) : c ^ ((r >> 1) & 3)) << 3)) * 2;
-}
-
 template <int D, int G, typename SlotOf>
 __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf16* kc, const bf16* vc,
                                        const bf16* kring, const bf16* vring, int g, int KVH, int begin, int end,
@@ -93,7 +85,7 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             int r = i / PIECES, piece = i % PIECES;
             bool valid = t0 + r < n;
             int slot = slots[valid ? t0 + r : 0];
-            unsigned at = st * pipe_rows_bytes(D) + pipe_swizzled<D>(r, piece);
+            unsigned at = st * pipe_rows_bytes(D) + swizzled_row_piece<D>(r, piece);
             cp_async16(kbase + at, kv_row(kc, kring, slot, KVH, g, D) + piece * 8, valid);
             cp_async16(vbase + at, kv_row(vc, vring, slot, KVH, g, D) + piece * 8, valid);
         }
@@ -111,21 +103,16 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float x0 = v[2 * e], x1 = v[2 * e + 1];
-                for (int k = 0; k < p; k++) {   // the parts before this one taken off
-                    x0 -= __bfloat162float(__float2bfloat16_rn(x0));
-                    x1 -= __bfloat162float(__float2bfloat16_rn(x1));
-                }
-                w[e] = pack_bf16(x0, x1);
+                w[e] = pack_bf16(bf16_rest(v[2 * e], p), bf16_rest(v[2 * e + 1], p));
             }
         }
-        *reinterpret_cast<uint4*>(scratch + pipe_swizzled<D>(r, c)) = make_uint4(w[0], w[1], w[2], w[3]);
+        *reinterpret_cast<uint4*>(scratch + swizzled_row_piece<D>(r, c)) = make_uint4(w[0], w[1], w[2], w[3]);
     }
     __syncthreads();
     unsigned aq[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(smem_addr(scratch) + pipe_swizzled<D>(lane & 15, kk * 2 + (lane >> 4)), aq[kk][0], aq[kk][1],
+        ldmatrix_x4(smem_addr(scratch) + swizzled_row_piece<D>(lane & 15, kk * 2 + (lane >> 4)), aq[kk][0], aq[kk][1],
                     aq[kk][2], aq[kk][3]);
     __syncthreads();   // the scratch is S and P's from here
     for (int i = threadIdx.x; i < (16 - 3 * G) * AP; i += THREADS) ap[3 * G + i / AP][i % AP] = __float2bfloat16(0.f);
@@ -143,7 +130,7 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk += 2) {
                 unsigned b0, b1, b2, b3;
-                ldmatrix_x4(ks + pipe_swizzled<D>(nt * 8 + (lane & 7), kk * 2 + (lane >> 3)), b0, b1, b2, b3);
+                ldmatrix_x4(ks + swizzled_row_piece<D>(nt * 8 + (lane & 7), kk * 2 + (lane >> 3)), b0, b1, b2, b3);
                 mma_bf16(s, aq[kk], b0, b1);
                 mma_bf16(s, aq[kk + 1], b2, b3);
             }
@@ -163,12 +150,8 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             float p = valid ? __expf(score - mnew) : 0.f, corr = __expf(m - mnew);
             l = l * corr + warp_sum(p);
             m = mnew;
-            bf16 hi = __float2bfloat16_rn(p);
-            float rest = p - __bfloat162float(hi);
-            bf16 mid = __float2bfloat16_rn(rest);
-            ap[h][lane] = hi;
-            ap[G + h][lane] = mid;
-            ap[2 * G + h][lane] = __float2bfloat16_rn(rest - __bfloat162float(mid));
+#pragma unroll
+            for (int part = 0; part < 3; part++) ap[part * G + h][lane] = __float2bfloat16_rn(bf16_rest(p, part));
             if (lane == 0) corr_of[h] = corr;
         }
         __syncthreads();
@@ -185,13 +168,13 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
             if constexpr (OT == 1) {   // one 8-channel tile a warp (D = 32, G = 4)
                 unsigned b0, b1;
-                ldmatrix_x2_trans(vs + pipe_swizzled<D>(r, warp), b0, b1);
+                ldmatrix_x2_trans(vs + swizzled_row_piece<D>(r, warp), b0, b1);
                 mma_bf16(o[0], a, b0, b1);
             } else {
 #pragma unroll
                 for (int t = 0; t < OT; t += 2) {
                     unsigned b0, b1, b2, b3;
-                    ldmatrix_x4_trans(vs + pipe_swizzled<D>(r, warp * OT + t + (lane >> 4)), b0, b1, b2, b3);
+                    ldmatrix_x4_trans(vs + swizzled_row_piece<D>(r, warp * OT + t + (lane >> 4)), b0, b1, b2, b3);
                     mma_bf16(o[t], a, b0, b1);
                     mma_bf16(o[t + 1], a, b2, b3);
                 }

@@ -368,7 +368,9 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
 //   HEADS > 0 (a selection of that many heads) a step scores SEL_LOADS / HEADS candidates (at least one) with all their
 //   heads' labels, contiguous in a slot; HEADS = 0 (any count, `heads`) a step scores SEL_LOADS candidates of one head,
 //   head after head.
+#ifndef SEL_LOADS
 #define SEL_LOADS 4
+#endif
 template <int R, bool EIGHT, int HEADS>
 __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc,
                                  int heads, int mode, int n) {
