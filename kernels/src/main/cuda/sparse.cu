@@ -4,10 +4,12 @@
 // Device placement: the whole K/V store stays on the device, the window is its last W slots. Host placement: the store
 // is pinned host memory the device reads in place; sinks and window also live in a device ring that the attention reads.
 //   qkv rows: [q: H x D | k: KVH x D | v] f32 after RoPE (kv_append_rope writes the rotated keys back)
-//   labels of a segment's layer: [cap][H * r], label[slot][h * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head),
-//     fp16 (16-bit labels) or int8 times a per-token, per-head scale (8-bit: value = q * scale, scale = fp16(max |k_c| /
-//     127) over the head's r channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises);
-//     scales of a segment's layer: [H][cap] fp16 (head-major: a head's scales of consecutive candidates read together)
+//   labels of a segment's layer: [cap][LH * r], LH = H / lg label rows a slot, lg the query heads a row serves (1, or
+//     the GQA group G where the group's heads have the same channels: KvConfig's qk-group), row h / lg serving head h:
+//     label[slot][(h / lg) * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head), fp16 (16-bit labels) or int8
+//     times a per-token, per-row scale (8-bit: value = q * scale, scale = fp16(max |k_c| / 127) over the row's r
+//     channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises); scales of a segment's layer:
+//     [LH][cap] fp16 (row-major: a row's scales of consecutive candidates read together)
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
 //   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints (sparse_rows.cuh); scores: [P * H][max_cand]
 //   f32; selected: [P * H][max_k] slots
@@ -22,8 +24,8 @@
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
 // seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
-#define SEG_FIELDS 5
-enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP };
+#define SEG_FIELDS 6
+enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP, SEG_LGROUP };
 
 // The device ring slot of store slot p (host placement): p for a sink (p < S), else S + (p - S) mod W
 __device__ __forceinline__ int ring_slot(int p, int sinks, int window) {
@@ -47,24 +49,26 @@ extern "C" __global__ void label_append(const float* qkv, const unsigned long lo
     if (labels == nullptr) return;
     const int* info = seg_info + sg * SEG_FIELDS;
     const float* x = qkv + (size_t)row * row_stride;
-    int r = info[SEG_R], p = slot[row];
+    int r = info[SEG_R], p = slot[row], lg = info[SEG_LGROUP];
     const int* ch = reinterpret_cast<const int*>(chptr[sg]);
-    float k = i < r ? x[(H + h / (H / KVH)) * D + ch[h * r + i]] : 0.f;
-    size_t at = (size_t)p * H * r + h * r + i;
-    if (info[SEG_BITS] == 16) {
-        if (i < r) reinterpret_cast<__half*>(labels)[at] = __float2half_rn(k);
-    } else {   // the head's scale from the largest |k_c| of its r channels (at most two warps)
-        float m = warp_max(fabsf(k));
-        if ((i & 31) == 0) warp_max_abs[i >> 5] = m;
-        __syncthreads();
-        m = blockDim.x > 32 ? fmaxf(warp_max_abs[0], warp_max_abs[1]) : warp_max_abs[0];
-        __half sc = __float2half_rn(m / 127.f);
-        float scale = __half2float(sc);
-        if (i < r) {
-            float qv = scale == 0.f ? 0.f : fminf(127.f, fmaxf(-127.f, floorf(k / scale + 0.5f)));
-            reinterpret_cast<signed char*>(labels)[at] = (signed char)qv;
+    if (h % lg == 0) {   // the first head of those sharing a label row writes it (row h / lg of H / lg)
+        float k = i < r ? x[(H + h / (H / KVH)) * D + ch[h * r + i]] : 0.f;
+        size_t at = (size_t)p * (H / lg) * r + (h / lg) * r + i;
+        if (info[SEG_BITS] == 16) {
+            if (i < r) reinterpret_cast<__half*>(labels)[at] = __float2half_rn(k);
+        } else {   // the row's scale from the largest |k_c| of its r channels (at most two warps)
+            float m = warp_max(fabsf(k));
+            if ((i & 31) == 0) warp_max_abs[i >> 5] = m;
+            __syncthreads();
+            m = blockDim.x > 32 ? fmaxf(warp_max_abs[0], warp_max_abs[1]) : warp_max_abs[0];
+            __half sc = __float2half_rn(m / 127.f);
+            float scale = __half2float(sc);
+            if (i < r) {
+                float qv = scale == 0.f ? 0.f : fminf(127.f, fmaxf(-127.f, floorf(k / scale + 0.5f)));
+                reinterpret_cast<signed char*>(labels)[at] = (signed char)qv;
+            }
+            if (i == 0) reinterpret_cast<__half*>(sptr[sg])[(size_t)(h / lg) * info[SEG_CAP] + p] = sc;
         }
-        if (i == 0) reinterpret_cast<__half*>(sptr[sg])[(size_t)h * info[SEG_CAP] + p] = sc;
     }
     bf16* rk = reinterpret_cast<bf16*>(rkptr[sg]);
     if (rk == nullptr || h >= KVH) return;
@@ -106,15 +110,16 @@ __device__ __forceinline__ float label_chunk8(float s, uint4 raw, const float* q
 struct LabelCache {
     const void* values;
     const __half* scales;   // 8-bit only
-    int stride, bits, cap;   // stride: H * r labels a slot
+    int stride, bits, cap, group;   // stride: (H / group) * r labels a slot; group: query heads a label row serves
 
     __device__ LabelCache(unsigned long long values_ptr, unsigned long long scales_ptr, int H, int r, int bits_,
-                          int cap_)
+                          int cap_, int group_)
         : values(reinterpret_cast<const void*>(values_ptr)), scales(reinterpret_cast<const __half*>(scales_ptr)),
-          stride(H * r), bits(bits_), cap(cap_) {}
+          stride(H / group_ * r), bits(bits_), cap(cap_), group(group_) {}
 
     // q's label channels times the labels of head h at a slot (r of them): sum_i qc[i] * label[i]
     __device__ __forceinline__ float score(const float* qc, int slot, int h, int r) const {
+        if (group > 1) h /= group;   // its label row
         size_t at = (size_t)slot * stride + h * r;
         float s = 0.f;
         if (bits == 16) {
@@ -146,26 +151,49 @@ __device__ void label_queries(float* qc, const float* qrow, const int* channels,
     }
 }
 
+// Whether a selection scores with its group's summed query: a shared mean selection (mode 2) whose heads share one
+// label row (qk-group: labels.group == heads) does, qc[i] = ((qc[i] + qc[r + i]) + ...) + qc[(heads - 1) r + i] in
+// place of its first head's channels, then scored as one head: the same sum as the heads' scores added, in
+// kv/SparseKvCache's order, with a quarter of the products for groups of four. Call with the whole block after
+// label_queries and a barrier. (In place, so the score loops keep reading the shared array at fixed offsets: with the
+// sum elsewhere and the query picked by pointer, the per-head rows' selection slowed from 151 to 178 us at batch 8,
+// 32K on the H100.)
+__device__ bool summed_query(float* qc, int label_group, int mode, int heads, int r) {
+    if (mode != 2 || heads < 2 || label_group != heads) return false;
+    for (int i = threadIdx.x; i < r; i += blockDim.x) {   // thread i alone reads and writes channel i
+        float s = qc[i];
+        for (int j = 1; j < heads; j++) s += qc[j * r + i];
+        qc[i] = s;
+    }
+    __syncthreads();
+    return true;
+}
+
 // the group's heads' scores combined for a shared selection: mode 1 max, mode 2 sum (the mean's order)
 __device__ __forceinline__ float combine_scores(int mode, float a, float b) {
     return mode == 1 ? fmaxf(a, b) : a + b;
 }
 
-// sparse_scores: scores[p][h][c] = sum_i q[h][channels[h][i]] * label[sinks + c][h][i] for c < cand.
+// sparse_scores: scores[p][h][c] = sum_i q[h][channels[h][i]] * label[sinks + c][h][i] for c < cand; for a mean
+//   selection over label rows a kv head, the group's first head gets the summed query's score (summed_query) and
+//   the others 0, so that sparse_topk's sum of the group's rows is that score exactly.
 //   Grid: (P * H, ceil(max_cand / 256)), block: 256.
 extern "C" __global__ void sparse_scores(float* scores, const float* q, const unsigned long long* lptr,
                                          const unsigned long long* chptr, const unsigned long long* sptr,
                                          const int* seg, const int* sp, int H, int D, int q_stride, int max_cand) {
-    __shared__ float qc[64];
+    __shared__ float qc[8 * 64];
     int ph = blockIdx.x, p = ph / H, h = ph % H;
     const int* d = sp + p * SP_FIELDS;
-    int row = d[SP_ROW], r = d[SP_R];
-    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h, 1, r, D);
+    int row = d[SP_ROW], r = d[SP_R], lg = d[SP_LGROUP];
+    bool summed = d[SP_MODE] == 2 && lg > 1;
+    int h0 = summed ? h - h % lg : h, heads = summed ? lg : 1;
+    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     __syncthreads();
+    summed_query(qc, lg, d[SP_MODE], heads, r);   // true exactly when `summed`
     int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= d[SP_CAND]) return;
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
-    scores[(size_t)ph * max_cand + c] = labels.score(qc, d[SP_SINKS] + c, h, r);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], lg);
+    scores[(size_t)ph * max_cand + c] = h != h0 ? 0.f : labels.score(qc, d[SP_SINKS] + c, h0, r);
 }
 
 // Top-k by radix select, in parts that one block (select_top_k) or a cluster of blocks (sparse_select_cluster)
@@ -367,7 +395,10 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
 //   issued before its products, so enough bytes are in flight for one block to stream the labels of a long context:
 //   HEADS > 0 (a selection of that many heads) a step scores SEL_LOADS / HEADS candidates (at least one) with all their
 //   heads' labels, contiguous in a slot; HEADS = 0 (any count, `heads`) a step scores SEL_LOADS candidates of one head,
-//   head after head.
+//   head after head. Head h's labels are its label row's, h / labels.group (a group's mean selection over rows a kv
+//   head scores once, with the summed query: summed_query). A variant loading a row shared by the step's heads once
+//   (for max selections over rows a kv head) took sparse_select from 64 registers and 148 bytes of spills to 1776
+//   bytes, and the per-head rows' selection from 151 to 179 us (batch 8, 32K, H100): not kept.
 #ifndef SEL_LOADS
 #define SEL_LOADS 4
 #endif
@@ -377,6 +408,9 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
     constexpr int PER = EIGHT ? 16 : 8, LOADS = R / PER;   // labels a 16-byte load, loads a head
     constexpr int U = HEADS == 0 ? SEL_LOADS : (SEL_LOADS / HEADS > 0 ? SEL_LOADS / HEADS : 1);   // candidates a step
     constexpr int HS = HEADS == 0 ? 1 : HEADS;   // heads a step
+    // head h0 + j's label row: h0 + j, or (labels.group > 1: the selection's heads lie in one group) h0 / group; as a
+    // multiply-add rather than a division per load (which cost about 3 of 178 us at batch 8, 32K)
+    int row0 = labels.group == 1 ? h0 : h0 / labels.group, row_step = labels.group == 1 ? 1 : 0;
     for (int c0 = threadIdx.x; c0 < n; c0 += U * blockDim.x) {
         float v[U];
         for (int j0 = 0; j0 < (HEADS == 0 ? heads : HEADS); j0 += HS) {
@@ -387,12 +421,13 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
                 int slot = first + min(c0 + u * (int)blockDim.x, n - 1);   // past the end: re-read the last one
 #pragma unroll
                 for (int j = 0; j < HS; j++) {
-                    size_t at = (size_t)slot * labels.stride + (h0 + j0 + j) * R;
+                    int row = row0 + (j0 + j) * row_step;
+                    size_t at = (size_t)slot * labels.stride + row * R;
                     const uint4* lab = EIGHT ? reinterpret_cast<const uint4*>(reinterpret_cast<const signed char*>(labels.values) + at)
                                              : reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(labels.values) + at);
 #pragma unroll
                     for (int i = 0; i < LOADS; i++) raw[u][j][i] = __ldg(lab + i);
-                    scale[u][j] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)(h0 + j0 + j) * labels.cap + slot)) : 1.f;
+                    scale[u][j] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)row * labels.cap + slot)) : 1.f;
                 }
             }
 #pragma unroll
@@ -464,8 +499,9 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
     int heads = mode == 0 ? 1 : G;
     label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     __syncthreads();
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
-    score_selection(s, labels, d[SP_SINKS], h0, qc, heads, mode, r, n);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
+    bool summed = summed_query(qc, labels.group, mode, heads, r);
+    score_selection(s, labels, d[SP_SINKS], h0, qc, summed ? 1 : heads, mode, r, n);
     __syncthreads();
     select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
 }
@@ -509,8 +545,9 @@ __device__ void select_cluster_body(int* selected, const float* q, const unsigne
     __syncthreads();
     // 1. this block's tile of scores
     int from = rank * tile, m = max(0, min(n - from, tile));
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP]);
-    score_selection(s, labels, d[SP_SINKS] + from, h0, qc, heads, mode, r, m);
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
+    bool summed = summed_query(qc, labels.group, mode, heads, r);
+    score_selection(s, labels, d[SP_SINKS] + from, h0, qc, summed ? 1 : heads, mode, r, m);
     cluster.sync();   // scores in place, the first block's histograms cleared
     // 2. radix passes over the cluster
     unsigned* root_prefix = cluster.map_shared_rank(&cl_prefix, 0);

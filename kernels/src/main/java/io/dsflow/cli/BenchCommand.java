@@ -251,7 +251,8 @@ public final class BenchCommand {
     /**
      * Cache bytes one sequence's decode step must read at a context: every key and value of the dense layers (and of
      * sparse layers whose candidates fit the budget); in a selecting layer, the candidates' labels at their width (8-bit
-     * ones with their fp16 scale per token and head) plus the keys and values of the sinks, selection and window, per
+     * ones with their fp16 scale per token and label row; a row a query head, or a kv head where the group shares its
+     * channels) plus the keys and values of the sinks, selection and window, per
      * query head, or per kv head where a group shares its selection (the attention reads a shared row once for the
      * group).
      */
@@ -267,7 +268,7 @@ public final class BenchCommand {
             if (l < kv.denseLayers() || cand <= k[l]) {
                 bytes += full;
             } else {
-                bytes += (double) cand * c.numHeads() * labelBytes
+                bytes += (double) cand * c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads()) * labelBytes
                         + (double) readers * (kv.sinks() + k[l] + kv.window()) * c.headDim() * 2 * 2;
             }
         }

@@ -122,7 +122,7 @@ public final class Engine implements AutoCloseable {
         Path file = channelFile != null ? channelFile : folder.dir().resolve(CHANNEL_FILE);
         if (Files.isRegularFile(file)) {
             c = ChannelConfig.read(file, source, m.numLayers(), m.numHeads(), m.numKvHeads(), m.headDim());
-            LOG.info("channels: {} statistic from {}", source.name().toLowerCase(Locale.ROOT), file);
+            LOG.info("channels: {} statistic from {}", source.name().toLowerCase(Locale.ROOT).replace('_', '-'), file);
         } else {
             LOG.info("no {} in {}: calibrating the heavy channels first ({} blocks of {} tokens of probe-format text;"
                     + " run 'dsflow calibrate' to keep a file)", CHANNEL_FILE, folder.dir(), Calibration.DEFAULT_SAMPLES,

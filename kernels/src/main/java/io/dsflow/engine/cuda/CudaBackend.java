@@ -284,7 +284,8 @@ public final class CudaBackend implements Backend {
             ch[l] = new int[c.numHeads()][];
             for (int h = 0; h < c.numHeads(); h++) ch[l][h] = channels.top(l, h, r);
         }
-        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch);
+        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch,
+                config.labelGroup(c.numHeads(), c.numKvHeads()));
     }
 
     /**
@@ -300,9 +301,9 @@ public final class CudaBackend implements Backend {
         boolean host = kv.placement() == KvConfig.Placement.HOST;
         long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers()) * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
-            int width = c.numHeads() * kv.labelChannels(c.headDim());
+            int rows = c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads()), width = rows * kv.labelChannels(c.headDim());
             bytes += kv.labelBits() == 8   // one block of every sparse layer's labels (and one of their scales)
-                    ? CudaRuntime.sizeClass(sparseLayers * cap * width) + CudaRuntime.sizeClass(sparseLayers * cap * c.numHeads() * 2L)
+                    ? CudaRuntime.sizeClass(sparseLayers * cap * width) + CudaRuntime.sizeClass(sparseLayers * cap * rows * 2L)
                     : CudaRuntime.sizeClass(sparseLayers * cap * width * 2L);
             bytes += sparseLayers * CudaRuntime.sizeClass(width * 4L);
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
@@ -363,7 +364,9 @@ public final class CudaBackend implements Backend {
                     layer[h] = ch.stream().mapToInt(Integer::intValue).toArray();
                 }
             }
-            cache = (CudaKvCache) newCache(kv, new ChannelConfig(order));
+            ChannelConfig channels = new ChannelConfig(order);
+            if (kv.labelGroup(c.numHeads(), c.numKvHeads()) > 1) channels = channels.grouped(c.numKvHeads());
+            cache = (CudaKvCache) newCache(kv, channels);
             cache.reserve(tokens + 64);
         } else {
             cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
@@ -375,10 +378,10 @@ public final class CudaBackend implements Backend {
             fillRandom(gpu, cache.keys(l), n, 7L * l, 1f);
             fillRandom(gpu, cache.values(l), n, 7L * l + 3, 1f);
             if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
-                fillRandom(gpu, cache.labels(l), cap * c.numHeads() * cache.labelChannels() * cache.labelBits() / 16,
+                fillRandom(gpu, cache.labels(l), cap * cache.labelRows() * cache.labelChannels() * cache.labelBits() / 16,
                         7L * l + 5, 1f);
             }
-            if (cache.scales(l) != null) fillRandom(gpu, cache.scales(l), cap * c.numHeads(), 7L * l + 6, 1f);
+            if (cache.scales(l) != null) fillRandom(gpu, cache.scales(l), cap * cache.labelRows(), 7L * l + 6, 1f);
             if (cache.ringKeys(l) != null) {
                 long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
                 fillRandom(gpu, cache.ringKeys(l), m, 7L * l + 1, 1f);
@@ -573,7 +576,7 @@ public final class CudaBackend implements Backend {
      *   descriptors (sparse.cu), sparseRows: [layers][maxSparse] batch rows, lTable / chTable / sTable:
      *   [layers][segments] label, channel and label-scale pointers (0: none), ringKTable / ringVTable:
      *   [layers][segments] device rings of sinks and window (host placement; 0: none), segInfo:
-     *   [segments][SEGMENT_FIELDS] label channels, label bits, sinks, window, capacity
+     *   [segments][SEGMENT_FIELDS] label channels, label bits, sinks, window, capacity, query heads a label row serves
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
@@ -614,7 +617,7 @@ public final class CudaBackend implements Backend {
     }
 
     /** Ints of a sparse row's descriptor (sparse_rows.cuh's SP_FIELDS), of a segment's sparse cache (SEG_FIELDS). */
-    static final int SPARSE_FIELDS = 10, SEGMENT_FIELDS = 5;
+    static final int SPARSE_FIELDS = 11, SEGMENT_FIELDS = 6;
 
     /** An event recorded at the start of a stage of a profiled forward pass, on the main or the side stream. */
     private record Mark(String stage, boolean side, int layer, jcuda.driver.CUevent event) {
@@ -842,7 +845,7 @@ public final class CudaBackend implements Backend {
                 if (kv == null) continue;
                 segR[s] = cache.labelChannels();
                 maxR = Math.max(maxR, segR[s]);
-                int[] info = {segR[s], cache.labelBits(), kv.sinks(), kv.window(), cache.capacity()};
+                int[] info = {segR[s], cache.labelBits(), kv.sinks(), kv.window(), cache.capacity(), cache.labelGroup()};
                 System.arraycopy(info, 0, segInfo, SEGMENT_FIELDS * s, SEGMENT_FIELDS);
                 for (int l = 0; l < L; l++) {
                     lTable[l * nseg + s] = cache.labels(l) == null ? 0 : address(cache.labels(l));
@@ -874,7 +877,8 @@ public final class CudaBackend implements Backend {
                     int run = !kv.selectsAhead(l, L) ? 2 : host && shared ? 0 : 1;
                     boolean readsHost = host && run != 0;   // a staged row's selected rows are read from the device
                     runs.get(run).add(new int[]{row, cand[s], budgetsOf[s][l], kv.sinks(), kv.window(),
-                            kv.gqaSelection().ordinal(), segR[s], cache.labelBits(), cache.capacity(), readsHost ? 1 : 0});
+                            kv.gqaSelection().ordinal(), segR[s], cache.labelBits(), cache.capacity(), readsHost ? 1 : 0,
+                            cache.labelGroup()});
                     runKinds[run] |= (shared ? 2 : 1) | (readsHost ? 8 : 4);
                     maxCand = Math.max(maxCand, cand[s]);
                     maxK = Math.max(maxK, budgetsOf[s][l]);

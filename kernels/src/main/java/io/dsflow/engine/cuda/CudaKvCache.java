@@ -14,9 +14,10 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * A sequence's KV cache for the CUDA backend's forward pass:
  * <pre>
  *   keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major
- *   labels[layer]:              [capacity][heads * r] fp16, or int8 with 8-bit labels (ds / dspp, sparse layers only;
- *                               null otherwise)
- *   scales[layer]:              [heads][capacity] fp16, 8-bit labels only: label = int8 value * scale of (head, token)
+ *   labels[layer]:              [capacity][labelRows * r] fp16, or int8 with 8-bit labels (ds / dspp, sparse layers
+ *                               only; null otherwise); labelRows = heads / labelGroup (KvConfig#labelGroup: a row a
+ *                               query head, or a kv head where the group's heads share their channels)
+ *   scales[layer]:              [labelRows][capacity] fp16, 8-bit labels only: label = int8 value * scale of (row, token)
  *   (the sparse layers' labels are one device block, their scales another: blocks of a few MB a layer would each lose
  *   up to 2 MB to the memory pool's size classes)
  *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
@@ -84,7 +85,7 @@ public final class CudaKvCache implements KvCache {
     private final int layers, kvDim;
     /** The sparse policy (null: dense), its label width heads * r, and bytes a label (2: fp16, 1: int8 and a scale). */
     private final KvConfig sparse;
-    private final int labelWidth, labelR, heads, labelBytes;
+    private final int labelWidth, labelR, heads, labelBytes, labelGroup;
     private final int[][][] channelsHost;
     private final int[] length;
     private final Buffers buffers;
@@ -92,20 +93,22 @@ public final class CudaKvCache implements KvCache {
     private int capacity;
 
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity) {
-        this(gpu, layers, kvDim, initialCapacity, null, 0, null);
+        this(gpu, layers, kvDim, initialCapacity, null, 0, null, 1);
     }
 
     /**
      * A cache for a sparse policy: {@code channels[layer][head]} the r channels of each head's labels, null for the
-     * dense layers (which keep no labels).
+     * dense layers (which keep no labels); a label row for each {@code labelGroup} query heads (whose channels are the
+     * same).
      */
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity, KvConfig sparse, int heads,
-                int[][][] channels) {
+                int[][][] channels, int labelGroup) {
         this.gpu = gpu;
         this.layers = layers;
         this.kvDim = kvDim;
         this.sparse = sparse;
         this.heads = heads;
+        this.labelGroup = Math.max(1, labelGroup);
         this.channelsHost = channels;
         this.length = new int[layers];
         this.buffers = new Buffers(gpu, layers);
@@ -116,10 +119,15 @@ public final class CudaKvCache implements KvCache {
                 if (channels[l] == null) continue;
                 int r = channels[l][0].length;
                 rr = r;
-                width = heads * r;
-                int[] flat = new int[width];
-                for (int h = 0; h < heads; h++) System.arraycopy(channels[l][h], 0, flat, h * r, r);
-                buffers.channelBytes = width * 4L;
+                width = heads / this.labelGroup * r;
+                int[] flat = new int[heads * r];
+                for (int h = 0; h < heads; h++) {
+                    if (!java.util.Arrays.equals(channels[l][h], channels[l][h - h % this.labelGroup])) {
+                        throw new IllegalArgumentException("head " + h + " of layer " + l + " does not share its group's label channels");
+                    }
+                    System.arraycopy(channels[l][h], 0, flat, h * r, r);
+                }
+                buffers.channelBytes = flat.length * 4L;
                 buffers.channels[l] = gpu.alloc(buffers.channelBytes);
                 jcuda.driver.JCudaDriver.cuMemcpyHtoD(buffers.channels[l], jcuda.Pointer.to(flat), buffers.channelBytes);
                 if (sparse.placement() == KvConfig.Placement.HOST) {
@@ -140,7 +148,7 @@ public final class CudaKvCache implements KvCache {
 
     private void allocate(int cap) {
         long bytes = (long) cap * kvDim * 2, labelLayer = (long) cap * labelWidth * labelBytes;
-        long scaleLayer = labelBytes == 1 ? (long) heads * cap * 2 : 0;
+        long scaleLayer = labelBytes == 1 ? (long) labelRows() * cap * 2 : 0;
         int sparseLayers = 0;
         for (CUdeviceptr ch : buffers.channels) if (ch != null) sparseLayers++;
         CUdeviceptr labelBlock = sparseLayers == 0 ? null : gpu.alloc(sparseLayers * labelLayer);
@@ -151,10 +159,10 @@ public final class CudaKvCache implements KvCache {
                 long used = (long) length[l] * labelWidth * labelBytes;
                 if (buffers.labels[l] != null && used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
                 buffers.labels[l] = lab;
-                if (scaleBlock != null) {   // head-major: each head's scales move to their place at the new capacity
+                if (scaleBlock != null) {   // row-major: each label row's scales move to their place at the new capacity
                     CUdeviceptr sc = scaleBlock.withByteOffset(i * scaleLayer);
                     if (buffers.scales[l] != null) {
-                        for (int h = 0; h < heads && length[l] > 0; h++) {
+                        for (int h = 0; h < labelRows() && length[l] > 0; h++) {
                             cuMemcpyDtoD(sc.withByteOffset((long) h * cap * 2), buffers.scales[l].withByteOffset((long) h * capacity * 2),
                                     (long) length[l] * 2);
                         }
@@ -252,6 +260,16 @@ public final class CudaKvCache implements KvCache {
         return labelR;
     }
 
+    /** Query heads a label row serves (1, or the GQA group where its heads share their channels). */
+    int labelGroup() {
+        return labelGroup;
+    }
+
+    /** Label rows a token (query heads / labelGroup). */
+    int labelRows() {
+        return heads / labelGroup;
+    }
+
     int length(int layer) {
         return length[layer];
     }
@@ -288,7 +306,7 @@ public final class CudaKvCache implements KvCache {
     @Override
     public KvCache copy() {
         gpu.makeCurrent();
-        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity, sparse, heads, channelsHost);
+        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity, sparse, heads, channelsHost, labelGroup);
         for (int l = 0; l < layers; l++) {
             long used = (long) length[l] * kvDim * 2;
             if (used > 0) {
@@ -311,7 +329,7 @@ public final class CudaKvCache implements KvCache {
         long b = 0, labels = 0, rings = 0;
         for (int l = 0; l < layers; l++) {
             b += 2L * length[l] * kvDim * 2;
-            if (buffers.labels[l] != null) labels += (long) length[l] * (labelWidth * labelBytes + (labelBytes == 1 ? heads * 2 : 0));
+            if (buffers.labels[l] != null) labels += (long) length[l] * (labelWidth * labelBytes + (labelBytes == 1 ? labelRows() * 2 : 0));
             if (buffers.ringKeys[l] != null) rings += 2 * buffers.ringBytes;
         }
         int window = sparse == null ? 0 : sparse.window(), sinkSlots = sparse == null ? 0 : sparse.sinks();

@@ -24,11 +24,12 @@ public final class CalibrationStatistics {
     }
 
     public ChannelConfig channels(KvConfig.ChannelSource source) {
-        return ChannelConfig.fromStatistic(switch (source) {
-            case QK -> qk;
-            case Q -> q;
-            case K -> k;
-        });
+        return switch (source) {
+            case QK -> ChannelConfig.fromStatistic(qk);
+            case Q -> ChannelConfig.fromStatistic(q);
+            case K -> ChannelConfig.fromStatistic(k);
+            case QK_GROUP -> ChannelConfig.fromStatistic(qk).grouped(k[0].length);
+        };
     }
 
     /** Adds another block's sums. */

@@ -59,9 +59,44 @@ public final class ChannelConfig {
         return new ChannelConfig(order);
     }
 
+    /**
+     * One list per kv head for its group of {@code layers x heads / kvHeads} query heads, given to each of them: the
+     * channels by the sum of their ranks in the group's lists (the channel heavy for most of the group first; ties by
+     * channel index). The group's heads then have the same label channels, so one label row serves the group.
+     */
+    public ChannelConfig grouped(int kvHeads) {
+        int[][][] merged = new int[order.length][][];
+        for (int l = 0; l < order.length; l++) {
+            int heads = order[l].length, group = heads / kvHeads, dim = order[l][0].length;
+            merged[l] = new int[heads][];
+            for (int g = 0; g < kvHeads; g++) {
+                long[] rankSum = new long[dim];
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    for (int rank = 0; rank < dim; rank++) rankSum[order[l][h][rank]] += rank;
+                }
+                int[] list = java.util.stream.IntStream.range(0, dim).boxed()
+                        .sorted((a, b) -> rankSum[a] != rankSum[b] ? Long.compare(rankSum[a], rankSum[b]) : Integer.compare(a, b))
+                        .mapToInt(Integer::intValue).toArray();
+                for (int h = g * group; h < (g + 1) * group; h++) merged[l][h] = list;
+            }
+        }
+        return new ChannelConfig(merged);
+    }
+
+    /** Whether the query heads of each group of {@code heads / kvHeads} have the same first r channels in every layer. */
+    public boolean sharedByGroups(int kvHeads, int r) {
+        for (int[][] layer : order) {
+            int group = layer.length / kvHeads;
+            for (int h = 0; h < layer.length; h++) {
+                if (!Arrays.equals(layer[h], 0, r, layer[h - h % group], 0, r)) return false;
+            }
+        }
+        return true;
+    }
+
     static String key(int layer, KvConfig.ChannelSource source) {
         return "model.layers." + layer + ".self_attn." + switch (source) {
-            case QK -> "qk_proj";
+            case QK, QK_GROUP -> "qk_proj";
             case Q -> "q_proj";
             case K -> "k_proj";
         };
@@ -96,6 +131,9 @@ public final class ChannelConfig {
     /** Reads the rows of one statistic; checks they are permutations of 0..headDim-1 for every layer and head. */
     public static ChannelConfig read(Path file, KvConfig.ChannelSource source, int layers, int numHeads, int numKvHeads,
                                      int headDim) {
+        if (source == KvConfig.ChannelSource.QK_GROUP) {
+            return read(file, KvConfig.ChannelSource.QK, layers, numHeads, numKvHeads, headDim).grouped(numKvHeads);
+        }
         JsonNode root;
         try {
             root = JSON.readTree(Files.readAllBytes(file));

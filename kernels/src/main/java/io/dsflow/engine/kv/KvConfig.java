@@ -19,7 +19,9 @@ import java.util.Map;
  * @param kFloor        smallest total budget per layer
  * @param kMin          smallest budget any sparse layer gets after the decay
  * @param denseLayers   the first this many layers attend densely (both ds and dspp)
- * @param channelSource which calibration statistic picks the channels: qk, q or k
+ * @param channelSource which calibration statistic picks the channels: qk, q or k; qk-group: one channel list per kv
+ *                      head, the group's qk lists merged by rank (ChannelConfig#grouped), so the group's heads share
+ *                      their labels and a shared selection reads a kv head's labels once instead of once per head
  * @param gqaSelection  per_head: each query head selects its tokens; max / mean: one selection per kv head from the
  *                      group's maximum or mean approximate score (each selected row then serves the whole group)
  * @param capacity      C: tokens a sequence keeps (0 = unbounded); past C the oldest non-sink tokens are evicted
@@ -34,7 +36,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                        GqaSelection gqaSelection, int capacity, Placement placement,
                        boolean lookahead) implements java.io.Serializable {
 
-    public enum ChannelSource { QK, Q, K }
+    public enum ChannelSource { QK, Q, K, QK_GROUP }
 
     public enum GqaSelection { PER_HEAD, MAX, MEAN }
 
@@ -156,12 +158,21 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         return policy != KvPolicy.DENSE;
     }
 
+    /**
+     * Query heads one label row serves: the GQA group ({@code heads / kvHeads}) where the channel source gives the
+     * group's heads one channel list (k, qk-group), so their labels are the same numbers and are stored once a kv head;
+     * else 1, a row a query head.
+     */
+    public int labelGroup(int heads, int kvHeads) {
+        return channelSource == ChannelSource.K || channelSource == ChannelSource.QK_GROUP ? heads / kvHeads : 1;
+    }
+
     @Override
     public String toString() {
         if (!sparse()) return capacity > 0 ? "dense (capacity " + capacity + ")" : "dense";
         return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d dense_layers=%d"
                         + " channels=%s gqa=%s%s%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
-                sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT),
+                sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT).replace('_', '-'),
                 gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
                 placement == Placement.HOST ? " placement=host" : "", lookahead ? " lookahead" : "");
     }

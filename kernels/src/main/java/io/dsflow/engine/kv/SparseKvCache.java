@@ -16,16 +16,18 @@ import java.util.Arrays;
  * rank their candidates by the query the forward pass predicted from the previous layer's input; attention itself
  * always uses the layer's own query.
  * <pre>
- *   labels[layer][h * r + i][slot]   channel channels[layer][h][i] of the key in that store slot, 16-bit (or 8-bit)
+ *   labels[layer][(h / labelGroup) * r + i][slot]   channel channels[layer][h][i] of the key in that store slot,
+ *                                                   16-bit (or 8-bit); labelGroup: KvConfig#labelGroup, the query heads
+ *                                                   one label row serves (they have the same channels)
  * </pre>
  */
 public final class SparseKvCache implements KvCache {
     private final KvConfig cfg;
-    private final int layers, numHeads, kvHeads, headDim, group, r, sinks;
+    private final int layers, numHeads, kvHeads, headDim, group, r, sinks, labelGroup;
     private final KvStore store;
     private final RingWindow ring;
     private final int[][][] channels;      // [layer][head][r]
-    private final float[][][] labels;      // [layer][head * r + i][slot]; null for dense layers
+    private final float[][][] labels;      // [layer][(head / labelGroup) * r + i][slot]; null for dense layers
     private final float[][] predicted;     // [layer][numHeads * headDim]: lookahead's query for the next decode step
     private AttentionObserver observer;
     private boolean denseFallback = true;
@@ -45,14 +47,21 @@ public final class SparseKvCache implements KvCache {
         this.group = numHeads / kvHeads;
         this.r = cfg.labelChannels(headDim);
         this.sinks = cfg.sinks();
+        this.labelGroup = cfg.labelGroup(numHeads, kvHeads);
         this.store = new KvStore(layers, kvHeads, headDim, 256, cfg.capacity(), sinks);
         this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
         this.predicted = new float[layers][];
         for (int l = 0; l < layers; l++) {
-            for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
-            if (l >= cfg.denseLayers()) labels[l] = new float[numHeads * r][256];
+            for (int h = 0; h < numHeads; h++) {
+                channels[l][h] = channelConfig.top(l, h, r);
+                if (!Arrays.equals(channels[l][h], channels[l][h - h % labelGroup])) {
+                    throw new IllegalArgumentException("channels " + cfg.channelSource() + ": head " + h + " of layer " + l
+                            + " does not share its group's label channels");
+                }
+            }
+            if (l >= cfg.denseLayers()) labels[l] = new float[numHeads / labelGroup * r][256];
         }
     }
 
@@ -65,6 +74,7 @@ public final class SparseKvCache implements KvCache {
         group = o.group;
         r = o.r;
         sinks = o.sinks;
+        labelGroup = o.labelGroup;
         store = o.store.copy();
         ring = o.ring.copy();
         channels = o.channels;
@@ -117,15 +127,15 @@ public final class SparseKvCache implements KvCache {
             int cap = Math.max(slot + 1, lab[0].length * 2);
             for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], cap);
         }
-        for (int h = 0; h < numHeads; h++) {
-            int base = (h / group) * headDim;
+        for (int h = 0; h < numHeads; h += labelGroup) {   // a label row for each head, or each group sharing one
+            int base = (h / group) * headDim, row = h / labelGroup;
             int[] ch = channels[layer][h];
             float scale = 0;
             if (cfg.labelBits() == 8) {   // the scale as a GPU keeps it, in fp16
                 for (int i = 0; i < r; i++) scale = Math.max(scale, Math.abs(key[base + ch[i]]));
                 scale = io.dsflow.engine.model.DType.roundToHalf(scale / 127f);
             }
-            for (int i = 0; i < r; i++) lab[h * r + i][slot] = quantise(key[base + ch[i]], scale);
+            for (int i = 0; i < r; i++) lab[row * r + i][slot] = quantise(key[base + ch[i]], scale);
         }
     }
 
@@ -188,22 +198,32 @@ public final class SparseKvCache implements KvCache {
             if (ahead == null) throw new IllegalStateException("layer " + layer + " selects ahead but no query was predicted");
             sq = ahead;
         }
-        float[][] approx = new float[numHeads][cand.length];
+        // A group's mean selection over one shared label row (qk-group) scores once with the group's summed query,
+        // qsum[c] = q[h0][C[c]] + q[h0 + 1][C[c]] + ... (heads in order): s~[h0][i] = sum_c qsum[c] * label[c][slot_i],
+        // the same sum as the heads' scores added, in a quarter of the products for groups of four.
+        boolean groupQuery = cfg.gqaSelection() == KvConfig.GqaSelection.MEAN && labelGroup == group && group > 1;
+        float[][] approx = new float[numHeads][];
         float[][] lab = labels[layer];
-        for (int h = 0; h < numHeads; h++) {
+        for (int h = 0; h < numHeads; h += groupQuery ? group : 1) {
             int[] ch = channels[layer][h];
+            float[] s = approx[h] = new float[cand.length];
             for (int c = 0; c < r; c++) {
                 float qc = sq[h * headDim + ch[c]];
-                float[] row = lab[h * r + c];
-                float[] s = approx[h];
+                if (groupQuery) for (int j = 1; j < group; j++) qc += sq[(h + j) * headDim + ch[c]];
+                float[] row = lab[(h / labelGroup) * r + c];
                 for (int i = 0; i < cand.length; i++) s[i] += qc * row[cand[i]];
             }
         }
-        // selection: top-k per query head, or one per kv head from the group's max or mean score
+        // selection: top-k per query head, or one per kv head from the group's max or mean score (summed query above)
         int[][] selected = new int[numHeads][k];
         int[] picked = new int[k];
         for (int g = 0; g < kvHeads; g++) {
-            if (cfg.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) {
+            if (groupQuery) {
+                TopK.select(approx[g * group], cand.length, k, picked);
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    for (int i = 0; i < k; i++) selected[h][i] = cand[picked[i]];
+                }
+            } else if (cfg.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) {
                 for (int h = g * group; h < (g + 1) * group; h++) {
                     TopK.select(approx[h], cand.length, k, picked);
                     for (int i = 0; i < k; i++) selected[h][i] = cand[picked[i]];
@@ -334,7 +354,8 @@ public final class SparseKvCache implements KvCache {
         long labelBytes = 0;
         for (int l = 0; l < layers; l++) {
             if (labels[l] == null) continue;
-            long perToken = (long) numHeads * r * cfg.labelBits() / 8 + (cfg.labelBits() == 8 ? numHeads * 2L : 0);
+            long rows = numHeads / labelGroup;
+            long perToken = rows * r * cfg.labelBits() / 8 + (cfg.labelBits() == 8 ? rows * 2L : 0);
             labelBytes += perToken * store.length(l);
         }
         long windowBytes = 2L * layers * ring.size() * ring.kvDim * KvBytes.VALUE_BYTES;

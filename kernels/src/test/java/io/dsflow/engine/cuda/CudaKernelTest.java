@@ -426,13 +426,15 @@ class CudaKernelTest {
      * (ds) select, per head and per kv head (max, sum), with 16 label channels (the unrolled path) and 12 (the general
      * one), budgets below and above the candidates; and the selection is the top of the scores computed on the CPU
      * (every selected candidate scores at least every other one, within float rounding). 16-bit labels and 8-bit ones
-     * (int8 values times a per-token, per-head fp16 scale, kept head-major).
+     * (int8 values times a per-token, per-row fp16 scale, kept row-major); a label row a query head, or one a kv head
+     * serving its group (whose heads then share their channels: channels=qk-group).
      */
-    @ParameterizedTest(name = "{0}-bit labels")
-    @org.junit.jupiter.params.provider.ValueSource(ints = {16, 8})
-    void fusedSelectionEqualsScoresThenTopK(int bits) {
+    @ParameterizedTest(name = "{0}-bit labels, a label row for {1} heads")
+    @org.junit.jupiter.params.provider.CsvSource({"16, 1", "8, 1", "16, 4", "8, 4"})
+    void fusedSelectionEqualsScoresThenTopK(int bits, int labelGroup) {
         Random rnd = new Random(21);
         int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
+        int rowsOfLabels = heads / labelGroup;
         int[] segR = {16, 12};
         int[][] rowsSpec = {{0, 1000, 7, 0}, {1, 37, 40, 1}, {0, 5000, 300, 2}, {1, 2049, 64, 0}, {0, 3001, 1000, 1}};
         int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
@@ -441,7 +443,7 @@ class CudaKernelTest {
         long[] lptr = new long[2], chptr = new long[2], sptr = new long[2];
         for (int sgm = 0; sgm < 2; sgm++) {
             int r = segR[sgm];
-            labels[sgm] = new float[cap * heads * r];
+            labels[sgm] = new float[cap * rowsOfLabels * r];
             if (bits == 16) {
                 short[] half = new short[labels[sgm].length];
                 for (int i = 0; i < half.length; i++) {
@@ -453,15 +455,15 @@ class CudaKernelTest {
                 cuMemcpyHtoD(dl, Pointer.to(half), half.length * 2L);
                 lptr[sgm] = jcuda.DeviceAddress.of(dl);
             } else {
-                // int8 values times scales of 2^-2 .. 2^-5 (fp16-exact), scales [heads][cap]
+                // int8 values times scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]
                 byte[] values = new byte[labels[sgm].length];
-                short[] scales = new short[heads * cap];
+                short[] scales = new short[rowsOfLabels * cap];
                 for (int t = 0; t < cap; t++) {
-                    for (int h = 0; h < heads; h++) {
+                    for (int h = 0; h < rowsOfLabels; h++) {
                         float scale = 1f / (4 << rnd.nextInt(4));
                         scales[h * cap + t] = fp16(scale);
                         for (int i = 0; i < r; i++) {
-                            int at = t * heads * r + h * r + i;
+                            int at = t * rowsOfLabels * r + h * r + i;
                             values[at] = (byte) (rnd.nextInt(255) - 127);
                             labels[sgm][at] = values[at] * scale;
                         }
@@ -474,7 +476,10 @@ class CudaKernelTest {
                 sptr[sgm] = jcuda.DeviceAddress.of(ds);
             }
             channels[sgm] = new int[heads * r];
-            for (int i = 0; i < channels[sgm].length; i++) channels[sgm][i] = rnd.nextInt(hd);
+            for (int i = 0; i < channels[sgm].length; i++) {   // the heads sharing a label row share their channels
+                int h = i / r;
+                channels[sgm][i] = h % labelGroup == 0 ? rnd.nextInt(hd) : channels[sgm][i - h % labelGroup * r];
+            }
             chptr[sgm] = jcuda.DeviceAddress.of(upload(channels[sgm]));
         }
         float[] q = random(rnd, rows * qStride, 1);
@@ -489,6 +494,7 @@ class CudaKernelTest {
             sp[p * CudaBackend.SPARSE_FIELDS + 6] = segR[seg[p]];
             sp[p * CudaBackend.SPARSE_FIELDS + 7] = bits;
             sp[p * CudaBackend.SPARSE_FIELDS + 8] = cap;
+            sp[p * CudaBackend.SPARSE_FIELDS + 10] = labelGroup;
         }
         CUdeviceptr dq = upload(q), dl = upload(lptr), dch = upload(chptr), dsc = upload(sptr), dseg = upload(seg);
         CUdeviceptr dsp = upload(sp);
@@ -505,7 +511,8 @@ class CudaKernelTest {
                 dsp, heads, kvHeads, hd, qStride, maxK);
         gpu.synchronize();
         cuMemcpyDtoH(Pointer.to(b), fused, b.length * 4L);
-        checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK, "sparse_select");
+        checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks, maxK,
+                "sparse_select");
         // on Hopper the cluster kernels, of 8 blocks and of 2
         for (int cluster : gpu.computeMajor() >= 9 ? new int[]{8, 2} : new int[0]) {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
@@ -513,14 +520,15 @@ class CudaKernelTest {
                     maxCand, maxK);
             gpu.synchronize();
             cuMemcpyDtoH(Pointer.to(b), clustered, b.length * 4L);
-            checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, hd, qStride, sinks, maxK,
-                    "sparse_select_cluster, " + cluster + " blocks");
+            checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks,
+                    maxK, "sparse_select_cluster, " + cluster + " blocks");
         }
     }
 
     /**
-     * label_append writes what kv/SparseKvCache stores: fp16 labels, or int8 values with the head's fp16 scale
-     * (fp16(max |k_c| / 127), values rounded half up and clamped), bit for bit; and with host placement the ring of
+     * label_append writes what kv/SparseKvCache stores: fp16 labels, or int8 values with the row's fp16 scale
+     * (fp16(max |k_c| / 127), values rounded half up and clamped), bit for bit, a label row a query head (segment 1)
+     * or a kv head (segment 0: the group's heads share their channels); and with host placement the ring of
      * sinks and window: a prefill of 150 rows (S = 4, W = 16, so the window wrapped around) leaves the sinks and the
      * last 16 keys and values in their ring slots, whichever rows' blocks ran last.
      */
@@ -534,22 +542,30 @@ class CudaKernelTest {
         for (int i = 0; i < prefill; i++) slot[i] = i;
         seg[prefill] = 1;
         slot[prefill] = decodeSlot;
+        int group = heads / kvHeads;
+        int[] labelGroup = {group, 1};
         int[][] channels = new int[2][heads * r];
-        for (int[] c : channels) for (int i = 0; i < c.length; i++) c[i] = rnd.nextInt(hd);
-        // segment 0: 8-bit labels and a ring; segment 1: 16-bit labels, no ring
-        CUdeviceptr lab0 = upload(new int[cap0 * heads * r / 4]), scales0 = upload(new int[heads * cap0 / 2]);
+        for (int sg = 0; sg < 2; sg++) {
+            for (int i = 0; i < heads * r; i++) {
+                int h = i / r;
+                channels[sg][i] = h % labelGroup[sg] == 0 ? rnd.nextInt(hd) : channels[sg][i - h % labelGroup[sg] * r];
+            }
+        }
+        // segment 0: 8-bit labels a kv head and a ring; segment 1: 16-bit labels a query head, no ring
+        int rows0 = heads / group;
+        CUdeviceptr lab0 = upload(new int[cap0 * rows0 * r / 4]), scales0 = upload(new int[rows0 * cap0 / 2]);
         CUdeviceptr lab1 = upload(new int[cap1 * heads * r / 2]);
         CUdeviceptr ringK = upload(new int[(sinks + window) * kvHeads * hd / 2]), ringV = upload(new int[(sinks + window) * kvHeads * hd / 2]);
         long[] lptr = {jcuda.DeviceAddress.of(lab0), jcuda.DeviceAddress.of(lab1)};
         long[] sptr = {jcuda.DeviceAddress.of(scales0), 0}, rk = {jcuda.DeviceAddress.of(ringK), 0}, rv = {jcuda.DeviceAddress.of(ringV), 0};
         long[] chptr = {jcuda.DeviceAddress.of(upload(channels[0])), jcuda.DeviceAddress.of(upload(channels[1]))};
-        int[] info = {r, 8, sinks, window, cap0, r, 16, 0, 0, cap1};
+        int[] info = {r, 8, sinks, window, cap0, labelGroup[0], r, 16, 0, 0, cap1, labelGroup[1]};
         gpu.launch("label_append", rows, heads, 32, upload(qkv), upload(lptr), upload(chptr), upload(sptr), upload(rk),
                 upload(rv), upload(seg), upload(slot), upload(new int[]{prefill - 1, prefill}), upload(info), heads,
                 kvHeads, hd, stride);
         gpu.synchronize();
-        byte[] int8 = new byte[cap0 * heads * r];
-        short[] scales = new short[heads * cap0], half = new short[cap1 * heads * r];
+        byte[] int8 = new byte[cap0 * rows0 * r];
+        short[] scales = new short[rows0 * cap0], half = new short[cap1 * heads * r];
         cuMemcpyDtoH(Pointer.to(int8), lab0, int8.length);
         cuMemcpyDtoH(Pointer.to(scales), scales0, scales.length * 2L);
         cuMemcpyDtoH(Pointer.to(half), lab1, half.length * 2L);
@@ -569,12 +585,13 @@ class CudaKernelTest {
                     }
                     continue;
                 }
+                int lr = h / group;   // the head's label row: its kv head's
                 short scale = io.dsflow.engine.model.DType.floatToHalf(max / 127f);
-                assertEquals(scale, scales[h * cap0 + slot[row]], "scale of slot " + slot[row] + " head " + h);
+                assertEquals(scale, scales[lr * cap0 + slot[row]], "scale of slot " + slot[row] + " head " + h);
                 float sc = io.dsflow.engine.model.DType.halfToFloat(scale);
                 for (int i = 0; i < r; i++) {
                     int want = sc == 0 ? 0 : (int) Math.max(-127, Math.min(127, Math.floor(k[i] / sc + 0.5f)));
-                    assertEquals(want, int8[slot[row] * heads * r + h * r + i], "int8 label of slot " + slot[row] + " head " + h);
+                    assertEquals(want, int8[slot[row] * rows0 * r + lr * r + i], "int8 label of slot " + slot[row] + " head " + h);
                 }
             }
         }
@@ -592,8 +609,8 @@ class CudaKernelTest {
 
     /** b (a fused selection) equals a (scores then top-k) and is the top of the scores computed on the CPU. */
     private static void checkSelection(int[] a, int[] b, int[][] rowsSpec, int[] seg, int[] segR, float[][] labels,
-                                       int[][] channels, float[] q, int heads, int group, int hd, int qStride, int sinks,
-                                       int maxK, String kernel) {
+                                       int[][] channels, float[] q, int heads, int group, int labelGroup, int hd,
+                                       int qStride, int sinks, int maxK, String kernel) {
         for (int p = 0; p < rowsSpec.length; p++) {
             int sgm = seg[p], r = segR[sgm], n = rowsSpec[p][1], k = Math.min(rowsSpec[p][2], n), mode = rowsSpec[p][3];
             for (int h = 0; h < heads; h++) {
@@ -609,7 +626,7 @@ class CudaKernelTest {
                         for (int i = 0; i < r; i++) {
                             int hh = h0 + j;
                             t += q[p * qStride + hh * hd + channels[sgm][hh * r + i]]
-                                    * labels[sgm][(sinks + c) * heads * r + hh * r + i];
+                                    * labels[sgm][(sinks + c) * (heads / labelGroup) * r + hh / labelGroup * r + i];
                         }
                         cpu[c] = j == 0 ? t : mode == 1 ? Math.max(cpu[c], t) : cpu[c] + t;
                     }

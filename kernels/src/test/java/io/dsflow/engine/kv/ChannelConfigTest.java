@@ -63,6 +63,22 @@ class ChannelConfigTest {
         assertTrue(e.getMessage().contains("3 rows"), e.getMessage());
     }
 
+    /** qk-group: a kv head's list by the rank sums of its heads' lists (ties by channel), given to each of them. */
+    @Test
+    void groupedListsMergeTheGroupsRanks() throws Exception {
+        int[][][] order = {{{0, 1, 2, 3}, {1, 0, 3, 2}, {3, 2, 1, 0}, {3, 2, 0, 1}}};
+        ChannelConfig c = new ChannelConfig(order).grouped(2);
+        // heads 0, 1: rank sums 1, 1, 5, 5; heads 2, 3: 5, 5, 2, 0
+        for (int h = 0; h < 2; h++) assertArrayEquals(new int[]{0, 1, 2, 3}, c.order(0, h));
+        for (int h = 2; h < 4; h++) assertArrayEquals(new int[]{3, 2, 0, 1}, c.order(0, h));
+        assertTrue(c.sharedByGroups(2, 4));
+        assertTrue(!new ChannelConfig(order).sharedByGroups(2, 1));
+        Path f = tmp.resolve("g.json");
+        ChannelConfig.write(f, new ChannelConfig(order), new ChannelConfig(order), new ChannelConfig(new int[][][]{{{0, 1, 2, 3}, {0, 1, 2, 3}}}));
+        ChannelConfig read = ChannelConfig.read(f, KvConfig.ChannelSource.QK_GROUP, 1, 4, 2, 4);
+        for (int h = 0; h < 4; h++) assertArrayEquals(c.order(0, h), read.order(0, h), "read from qk_proj, then grouped");
+    }
+
     @Test
     void statisticOrdersLargestFirst() {
         double[][][] stat = {{{0.1, 5, 3, 5}}};

@@ -272,6 +272,29 @@ class SparseInvariantsTest {
         assertNotEquals(0, c.bytes().labels());
     }
 
+    /**
+     * channels=qk-group: a label row a kv head (the group's heads have one channel list) holds the numbers a label row a
+     * query head would (channels=qk given the same lists), in 1 / group of the bytes. Selections from the group's max
+     * rank the same floats, so the outputs are equal; a mean selection scores with the group's summed query (the same
+     * sum in another order), so they agree to rounding. A channel config whose group members differ is refused.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.CsvSource({"16, max", "8, max", "16, mean", "8, mean"})
+    void aLabelRowAKvHeadHoldsWhatRowsAHeadWouldHold(int bits, String gqa) {
+        ChannelConfig grouped = randomChannels(7).grouped(KV_HEADS);
+        KvConfig perHead = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "40", "gqa", gqa, "dense-layers", "1",
+                "label-bits", Integer.toString(bits)));
+        KvConfig perKvHead = perHead.with(Map.of("channels", "qk-group"));
+        SparseKvCache a = new SparseKvCache(perHead, LAYERS, HEADS, KV_HEADS, D, grouped);
+        SparseKvCache b = new SparseKvCache(perKvHead, LAYERS, HEADS, KV_HEADS, D, grouped);
+        float[][] outA = run(a, 13), outB = run(b, 13);
+        if (gqa.equals("max")) for (int l = 0; l < LAYERS; l++) assertArrayEquals(outA[l], outB[l], "layer " + l);
+        else assertClose(outA, outB, 1e-4);
+        assertEquals(a.bytes().labels(), b.bytes().labels() * (HEADS / KV_HEADS));
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> new SparseKvCache(perKvHead, LAYERS, HEADS, KV_HEADS, D, randomChannels(7)));
+    }
+
     @Test
     void copyIsIndependent() {
         SparseKvCache a = sparse(KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8")));
