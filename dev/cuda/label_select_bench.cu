@@ -8,7 +8,8 @@
 //   (-DSPARSE_CU='"path"' for another version of sparse.cu, one with sparse_select_cluster2)
 //   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, sparse.cu's score_candidates)
 // Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
-//   [threads = 1024: of a single block; the side stream's are 512]
+//   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
+//   head (channels=qk-group, the group's heads sharing their channels)]
 #ifndef SPARSE_CU
 #define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
 #endif
@@ -21,6 +22,7 @@
 int main(int argc, char** argv) {
     int bits = argc > 1 ? atoi(argv[1]) : 8, mode = argc > 2 ? atoi(argv[2]) : 2, P = argc > 3 ? atoi(argv[3]) : 8;
     int cluster = argc > 4 ? atoi(argv[4]) : 1, threads = argc > 5 ? atoi(argv[5]) : 1024;
+    int lgroup = argc > 6 ? atoi(argv[6]) : 1;   // query heads a label row serves (4: channels=qk-group)
     const int H = 32, KVH = 8, D = 128, r = 16, sinks = 4, window = 64, n = 32700, k = 1980;
     const int cap = n + sinks + window + 4, maxCand = 32768, maxK = 2048, qStride = (H + 2 * KVH) * D;
     std::mt19937 rng(3);
@@ -28,10 +30,10 @@ int main(int argc, char** argv) {
     std::vector<float> q((size_t)P * qStride);
     for (auto& x : q) x = g(rng);
     std::vector<int> channels(H * r);
-    for (auto& c : channels) c = rng() % D;
-    size_t labelCount = (size_t)cap * H * r;
+    for (int i = 0; i < H * r; i++) channels[i] = (i / r) % lgroup == 0 ? rng() % D : channels[i - (i / r) % lgroup * r];
+    size_t labelCount = (size_t)cap * (H / lgroup) * r;
     std::vector<unsigned char> labels(labelCount * (bits / 8));
-    std::vector<__half> scales((size_t)H * cap);
+    std::vector<__half> scales((size_t)(H / lgroup) * cap);
     if (bits == 16) {
         __half* l = reinterpret_cast<__half*>(labels.data());
         for (size_t i = 0; i < labelCount; i++) l[i] = __float2half(g(rng));
@@ -59,7 +61,7 @@ int main(int argc, char** argv) {
         seg[p] = p;
         int* d = &sp[(size_t)p * SP_FIELDS];
         d[SP_ROW] = p; d[SP_CAND] = n; d[SP_K] = k; d[SP_SINKS] = sinks; d[SP_WINDOW] = window; d[SP_MODE] = mode;
-        d[SP_R] = r; d[SP_BITS] = bits; d[SP_CAP] = cap;
+        d[SP_R] = r; d[SP_BITS] = bits; d[SP_CAP] = cap; d[SP_LGROUP] = lgroup;
     }
     unsigned long long *dlp, *dsp_, *dchp; int *dseg, *dsp, *dsel;
     cudaMalloc(&dlp, P * 8); cudaMalloc(&dsp_, P * 8); cudaMalloc(&dchp, P * 8); cudaMalloc(&dseg, P * 4);
@@ -98,8 +100,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < reps; i++) launch();
     cudaEventRecord(e1); cudaEventSynchronize(e1);
     float ms; cudaEventElapsedTime(&ms, e0, e1);
-    double bytes = (double)P * H * n * r * (bits / 8) + (bits == 8 ? (double)P * H * n * 2 : 0);
-    printf("sparse_select (cluster %d, %d threads) %d-bit labels, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
-           cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
+    double bytes = (double)P * (H / lgroup) * n * r * (bits / 8) + (bits == 8 ? (double)P * (H / lgroup) * n * 2 : 0);
+    printf("sparse_select (cluster %d, %d threads) %d-bit labels, a row for %d heads, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
+           cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
     return 0;
 }

@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
         rowsOf[p] = p;
         int* d = &sp[(size_t)p * SP_FIELDS];
         d[SP_ROW] = p; d[SP_CAND] = n - sinks - window; d[SP_K] = k; d[SP_SINKS] = sinks; d[SP_WINDOW] = window;
-        d[SP_MODE] = mode; d[SP_R] = 16; d[SP_BITS] = 8; d[SP_CAP] = cap; d[SP_HOST] = 0;
+        d[SP_MODE] = mode; d[SP_R] = 16; d[SP_BITS] = 8; d[SP_CAP] = cap; d[SP_HOST] = 0; d[SP_LGROUP] = 1;
     }
     auto upload = [](const void* src, size_t bytes) { void* d; cudaMalloc(&d, bytes); cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice); return d; };
     float* dq = (float*)upload(q.data(), q.size() * 4);
