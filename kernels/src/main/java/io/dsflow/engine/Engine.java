@@ -129,7 +129,9 @@ public final class Engine implements AutoCloseable {
                     Calibration.DEFAULT_BLOCK);
             Calibration.Result r = Calibration.run(this, Calibration.probeBlocks(tokenizer(), Calibration.DEFAULT_SAMPLES,
                     Math.min(Calibration.DEFAULT_BLOCK, m.maxPositions()), 1));
-            for (KvConfig.ChannelSource s : KvConfig.ChannelSource.values()) channels.put(s, r.all().channels(s));
+            for (KvConfig.ChannelSource s : KvConfig.ChannelSource.values()) {
+                channels.put(s, r.all().channels(s).perQueryHead(m.numHeads()));   // k's rows are per kv head
+            }
             c = channels.get(source);
         }
         channels.put(source, c);

@@ -60,6 +60,21 @@ public final class ChannelConfig {
     }
 
     /**
+     * A row per query head: this config where it has one already, else (a row per kv head, as the k statistic has) each
+     * kv head's row given to the heads of its group, as read() expands such a file.
+     */
+    public ChannelConfig perQueryHead(int heads) {
+        int[][][] rows = new int[order.length][][];
+        for (int l = 0; l < order.length; l++) {
+            if (order[l].length == heads) return this;
+            int group = heads / order[l].length;
+            rows[l] = new int[heads][];
+            for (int h = 0; h < heads; h++) rows[l][h] = order[l][h / group];
+        }
+        return new ChannelConfig(rows);
+    }
+
+    /**
      * One list per kv head for its group of {@code layers x heads / kvHeads} query heads, given to each of them: the
      * channels by the sum of their ranks in the group's lists (the channel heavy for most of the group first; ties by
      * channel index). The group's heads then have the same label channels, so one label row serves the group.

@@ -79,6 +79,16 @@ class ChannelConfigTest {
         for (int h = 0; h < 4; h++) assertArrayEquals(c.order(0, h), read.order(0, h), "read from qk_proj, then grouped");
     }
 
+    /** The k statistic's rows are per kv head: a cache takes them a query head each, as read() expands a file's. */
+    @Test
+    void kRowsPerKvHeadAreGivenToEachHeadOfTheGroup() {
+        int[][][] perKv = {{{2, 0, 1}, {1, 2, 0}}};
+        ChannelConfig c = new ChannelConfig(perKv).perQueryHead(4);
+        for (int h = 0; h < 4; h++) assertArrayEquals(perKv[0][h / 2], c.order(0, h));
+        ChannelConfig perHead = SparseInvariantsTest.randomChannels(3);
+        assertTrue(perHead.perQueryHead(SparseInvariantsTest.HEADS) == perHead, "a row per head already: unchanged");
+    }
+
     @Test
     void statisticOrdersLargestFirst() {
         double[][][] stat = {{{0.1, 5, 3, 5}}};
