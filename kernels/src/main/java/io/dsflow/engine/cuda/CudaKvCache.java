@@ -83,7 +83,7 @@ public final class CudaKvCache implements KvCache {
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
-    /** The sparse policy (null: dense), its label width heads * r, and bytes a label (2: fp16, 1: int8 and a scale). */
+    /** The sparse policy (null: dense), its label width labelRows() * r, and bytes a label (2: fp16, 1: int8 and a scale). */
     private final KvConfig sparse;
     private final int labelWidth, labelR, heads, labelBytes, labelGroup;
     private final int[][][] channelsHost;
