@@ -662,7 +662,7 @@ SPARSE_KERNEL(128)
 //   host memory (their key rows staged by whole rows, group_attend_slots' STAGED); each kernel returns at once for the
 //   other placement's rows. Same partials as sparse_attention_dD, GQA_WARPS * chunk slots a split.
 //   Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
-template <int D, int G, bool HOST>
+template <int D, int G, bool HOST, bool PIPELINED = false>
 __device__ void sparse_group_body(float* partials, const float* q, const unsigned long long* kptr,
                                   const unsigned long long* vptr, const unsigned long long* rkptr,
                                   const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
@@ -676,12 +676,19 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
     const int* sel = selected + (size_t)(p * H + h0) * max_k;
     const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
     bool ring = kring != nullptr;
-    group_attend_slots<D, G, false, HOST>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
-                                    q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
-                                    reinterpret_cast<const bf16*>(vptr[seg[row]]), kring,
-                                    reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / (H / KVH), KVH, m, blockIdx.y,
-                                    splits, chunk, scale,
-                                    [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
+    float* part = partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2);
+    const float* qrow = q + (size_t)row * q_stride + h0 * D;
+    const bf16 *kc = reinterpret_cast<const bf16*>(kptr[seg[row]]), *vc = reinterpret_cast<const bf16*>(vptr[seg[row]]);
+    const bf16* vring = reinterpret_cast<const bf16*>(rvptr[seg[row]]);
+    auto slot_of = [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); };
+    if constexpr (PIPELINED) {   // the row's m slots divided evenly over the splits
+        int begin = (int)((long long)blockIdx.y * m / splits), end = (int)((long long)(blockIdx.y + 1) * m / splits);
+        group_attend_pipelined<D, G>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, begin, end, splits, scale,
+                                     slot_of);
+    } else {
+        group_attend_slots<D, G, false, HOST>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, blockIdx.y,
+                                              splits, chunk, scale, slot_of);
+    }
 }
 
 #define SPARSE_GROUP_VARIANT(dim, g, suffix, host) extern "C" __global__ void sparse_attention_d##dim##_g##g##suffix( \
@@ -710,37 +717,15 @@ SPARSE_GROUP_KERNEL(128, 8)
 //   evenly over the splits (split s: [s m / splits, (s + 1) m / splits)), so the host can size the grid to what the
 //   device holds at once whatever each layer's budget. Other rows return at once. Same partials as
 //   sparse_attention_dD. Grid: (P * H / G, splits), block: 32 * G, dynamic shared memory
-//   pipelined_shared_bytes(D, ceil(largest m / splits)).
-template <int D, int G>
-__device__ void sparse_pipelined_body(float* partials, const float* q, const unsigned long long* kptr,
-                                      const unsigned long long* vptr, const unsigned long long* rkptr,
-                                      const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
-                                      const int* selected, int H, int KVH, int splits, float scale, int q_stride,
-                                      int max_k, int shared) {
-    int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
-    const int* d = sp + p * SP_FIELDS;
-    if ((d[SP_MODE] != 0) != (shared != 0) || d[SP_HOST] != 0) return;
-    int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
-    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
-    const int* sel = selected + (size_t)(p * H + h0) * max_k;
-    const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
-    bool ring = kring != nullptr;
-    int begin = (int)((long long)blockIdx.y * m / splits), end = (int)((long long)(blockIdx.y + 1) * m / splits);
-    group_attend_pipelined<D, G>(partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2),
-                                 q + (size_t)row * q_stride + h0 * D, reinterpret_cast<const bf16*>(kptr[seg[row]]),
-                                 reinterpret_cast<const bf16*>(vptr[seg[row]]), kring,
-                                 reinterpret_cast<const bf16*>(rvptr[seg[row]]), h0 / (H / KVH), KVH, begin, end, splits,
-                                 scale,
-                                 [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
-}
-
+//   pipelined_shared_bytes(D, ceil(largest m / splits)). The rows are decoded as for sparse_attention_dD_gG
+//   (sparse_group_body, PIPELINED).
 #define SPARSE_PIPELINED_KERNEL(dim, g) extern "C" __global__ void __launch_bounds__(32 * g) \
         sparse_attention_pipelined_d##dim##_g##g(float* partials, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, \
         const int* len, const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, \
         int max_k, int shared) { \
-    sparse_pipelined_body<dim, g>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
-                                  max_k, shared); }
+    sparse_group_body<dim, g, false, true>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, \
+                                           scale, q_stride, 0, max_k, shared); }
 SPARSE_PIPELINED_KERNEL(32, 4)
 SPARSE_PIPELINED_KERNEL(64, 2)
 SPARSE_PIPELINED_KERNEL(64, 4)
