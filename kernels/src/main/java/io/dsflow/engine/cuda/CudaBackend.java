@@ -277,15 +277,19 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim() + " on cuda");
         }
         if (channels == null) throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
-        int r = config.labelChannels(c.headDim());
+        int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
+        if (labelGroup > 1 && !channels.sharedByGroups(c.numKvHeads(), r)) {
+            throw new IllegalArgumentException("channels " + config.channelSource() + ": the heads of a kv head's group do"
+                    + " not share their label channels");
+        }
         int[][][] ch = new int[c.numLayers()][][];
         for (int l = Math.min(config.denseLayers(), c.numLayers()); l < c.numLayers(); l++) {
             ch[l] = new int[c.numHeads()][];
             for (int h = 0; h < c.numHeads(); h++) ch[l][h] = channels.top(l, h, r);
         }
         return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch,
-                config.labelGroup(c.numHeads(), c.numKvHeads()));
+                labelGroup);
     }
 
     /**

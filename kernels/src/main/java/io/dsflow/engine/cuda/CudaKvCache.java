@@ -98,8 +98,8 @@ public final class CudaKvCache implements KvCache {
 
     /**
      * A cache for a sparse policy: {@code channels[layer][head]} the r channels of each head's labels, null for the
-     * dense layers (which keep no labels); a label row for each {@code labelGroup} query heads (whose channels are the
-     * same).
+     * dense layers (which keep no labels); a label row for each {@code labelGroup} query heads (whose channels must be
+     * the same: CudaBackend#newCache checks).
      */
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity, KvConfig sparse, int heads,
                 int[][][] channels, int labelGroup) {
@@ -121,12 +121,7 @@ public final class CudaKvCache implements KvCache {
                 rr = r;
                 width = heads / this.labelGroup * r;
                 int[] flat = new int[heads * r];
-                for (int h = 0; h < heads; h++) {
-                    if (!java.util.Arrays.equals(channels[l][h], channels[l][h - h % this.labelGroup])) {
-                        throw new IllegalArgumentException("head " + h + " of layer " + l + " does not share its group's label channels");
-                    }
-                    System.arraycopy(channels[l][h], 0, flat, h * r, r);
-                }
+                for (int h = 0; h < heads; h++) System.arraycopy(channels[l][h], 0, flat, h * r, r);
                 buffers.channelBytes = flat.length * 4L;
                 buffers.channels[l] = gpu.alloc(buffers.channelBytes);
                 jcuda.driver.JCudaDriver.cuMemcpyHtoD(buffers.channels[l], jcuda.Pointer.to(flat), buffers.channelBytes);
