@@ -29,24 +29,26 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
- * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--json FILE]}: decode tokens/s and step latency per
+ * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}: decode tokens/s and step latency per
  * batch and context (greedy sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak
  * device memory (and pinned host memory: host placement's stores), with --profile a timeline of one more step (device
  * time of each stage summed over the layers, from CUDA events, the step run eagerly), and
  * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
- * / step time) against a device-to-device copy measured in the same run.
+ * / step time) against a device-to-device copy measured in the same run. The token embedding table is in host memory
+ * for the host placement rows (as an engine puts it) and in device memory for the others; --embeddings host puts it in
+ * host memory for every row (to compare device memory with the table off the device everywhere).
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
             + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--profile]"
-            + " [--json FILE]";
+            + " [--embeddings placement|host] [--json FILE]";
 
     private BenchCommand() {
     }
 
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
-                "steps", "json"), Set.of("profile"));
+                "steps", "json", "embeddings"), Set.of("profile"));
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
@@ -58,6 +60,10 @@ public final class BenchCommand {
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
         int prompt = a.getInt("prompt", 4096), steps = a.getInt("steps", 32);
         boolean profile = a.has("profile");
+        String embeddings = a.get("embeddings", "placement");
+        if (!embeddings.equals("placement") && !embeddings.equals("host")) {
+            throw new UsageException("--embeddings must be placement or host, not " + embeddings);
+        }
         long t0 = System.nanoTime();
         CudaBackend b;
         if (model.startsWith("synthetic:")) {
@@ -86,6 +92,8 @@ public final class BenchCommand {
         for (int ctx : contexts) {
             for (int batch : batches) {
                 if (ctx + steps + 8 > c.maxPositions()) continue;
+                // the token embedding table where the row's placement puts it (host placement: in host memory)
+                b.placeEmbeddings(embeddings.equals("host") || kv.placement() == KvConfig.Placement.HOST);
                 gpu.trim();        // the previous row's cached blocks do not count against this one
                 gpu.resetPeak();
                 List<CudaKvCache> caches = new ArrayList<>();

@@ -35,6 +35,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
  * </ul>
  */
 public final class CudaBackend implements Backend {
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(CudaBackend.class);
     /** A weight in device memory: bf16 values of a [out][in] (or [n]) tensor. */
     private record Weight(CUdeviceptr ptr, long elements) {
     }
@@ -51,7 +52,10 @@ public final class CudaBackend implements Backend {
 
     private final CudaRuntime gpu;
     private final ModelConfig c;
-    private final Weight embed, positionTable, projectIn, projectOut, finalNorm, finalNormBias, lmHead;
+    private final Weight positionTable, projectIn, projectOut, finalNorm, finalNormBias, lmHead;
+    /** [vocab][wordEmbedDim] bf16, in device memory or, after {@link #placeEmbeddings}(true), in pinned host memory. */
+    private Weight embed;
+    private boolean embeddingsOnHost;
     private final Layer[] layers;
     private final CUdeviceptr invFreq;
     /** Decode steps run as captured graphs (one per batch size and split count) unless -Ddsflow.cuda.graphs=false. */
@@ -277,6 +281,7 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim() + " on cuda");
         }
         if (channels == null) throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
+        if (config.placement() == KvConfig.Placement.HOST) placeEmbeddings(true);   // keep the device for what it must hold
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
         if (labelGroup > 1 && !channels.sharedByGroups(c.numKvHeads(), r)) {
@@ -1197,9 +1202,41 @@ public final class CudaBackend implements Backend {
                 c.qDim() + 2 * c.kvDim(), sp.maxK(), sp.maxSlots(), kinds);
     }
 
-    /** Bytes of weights in device memory. */
+    /** Bytes of the model's weights (in device memory, but for the embedding table after placeEmbeddings(true)). */
     public long weightBytes() {
         return weightBytes;
+    }
+
+    /**
+     * Keeps the token embedding table in pinned host memory mapped into the device ({@code host}) or in device memory.
+     * A step gathers one row a token from it (8 KB for Llama-3.1-8B, over the host link), so the host costs a step a
+     * few microseconds and frees the whole table on the device (1.05 GB for Llama-3.1-8B); the first host placement
+     * cache moves it there ({@link #newCache}). A model whose output projection is the embedding table (tied) reads it
+     * whole every step: it stays on the device, and this returns false.
+     *
+     * @return whether the table is in host memory now
+     */
+    public boolean placeEmbeddings(boolean host) {
+        if (host == embeddingsOnHost || lmHead == embed) return embeddingsOnHost;
+        gpu.makeCurrent();
+        gpu.synchronize();   // no step reads the old table any more
+        long bytes = embed.elements() * 2;
+        CUdeviceptr moved = host ? gpu.allocHost(bytes) : gpu.alloc(bytes);
+        jcuda.driver.JCudaDriver.cuMemcpy(moved, embed.ptr(), bytes);
+        if (host) gpu.free(embed.ptr(), bytes); else gpu.freeHost(embed.ptr(), bytes);
+        embed = new Weight(moved, embed.elements());
+        embeddingsOnHost = host;
+        gpu.trim();   // the device block goes back to the driver, not to the pool's cache
+        for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);   // they hold the old table's address
+        graphs.clear();
+        LOG.info(String.format(java.util.Locale.ROOT, "token embedding table (%.2f GB) moved to %s", bytes / 1e9,
+                host ? "pinned host memory" : "device memory"));
+        return host;
+    }
+
+    /** Whether the token embedding table is in pinned host memory ({@link #placeEmbeddings}). */
+    public boolean embeddingsOnHost() {
+        return embeddingsOnHost;
     }
 
     /** Bytes of weights a decode step reads: all of them but the embedding table, of which it gathers a few rows. */

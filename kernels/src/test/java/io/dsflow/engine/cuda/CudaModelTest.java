@@ -93,6 +93,39 @@ class CudaModelTest {
         }
     }
 
+    /**
+     * The token embedding table read from pinned host memory (host placement puts it there) gives the logits and tokens
+     * it gives from device memory, bit for bit, prefill and graph-captured decode, and frees its bytes on the device; a
+     * model whose output layer is the table keeps it on the device.
+     */
+    @Test
+    void embeddingsInHostMemoryGiveWhatTheyGiveInDeviceMemory() {
+        try (Engine e = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
+            CudaBackend b = (CudaBackend) e.backend();
+            int[] prompt = new int[130];
+            for (int i = 0; i < prompt.length; i++) prompt[i] = 3 + (i * 41) % 500;
+            GenerationResult onDevice = e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE);
+            long deviceBytes = b.runtime().allocated(), tableBytes = 2L * e.config().vocabSize() * e.config().hiddenSize();
+            assertTrue(b.placeEmbeddings(true));
+            assertTrue(b.embeddingsOnHost());
+            org.junit.jupiter.api.Assertions.assertEquals(deviceBytes - tableBytes, b.runtime().allocated());
+            GenerationResult onHost = e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE);
+            assertArrayEquals(onDevice.tokenIds(), onHost.tokenIds());
+            assertArrayEquals(onDevice.lastPromptLogits(), onHost.lastPromptLogits());
+            // a host placement cache keeps it there; placeEmbeddings(false) brings it back
+            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+                    .with(java.util.Map.of("placement", "host"));
+            e.newSequence(host).cache().release();
+            assertTrue(b.embeddingsOnHost());
+            org.junit.jupiter.api.Assertions.assertFalse(b.placeEmbeddings(false));
+            org.junit.jupiter.api.Assertions.assertEquals(deviceBytes, b.runtime().allocated());
+            assertArrayEquals(onDevice.tokenIds(), e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE).tokenIds());
+        }
+        try (Engine tied = Engine.load(TestModels.dir("qwen2-tiny"), "cuda")) {
+            org.junit.jupiter.api.Assertions.assertFalse(((CudaBackend) tied.backend()).placeEmbeddings(true));
+        }
+    }
+
     /** What the decode operator budgets per conversation covers what a cache allocates; the device budget is sane. */
     @Test
     void cacheEstimateCoversTheDeviceBytesOfACache() {
@@ -109,7 +142,9 @@ class CudaModelTest {
                 assertTrue(used >= exact && used <= e.estimateCacheBytes(io.dsflow.engine.kv.KvConfig.DENSE, tokens),
                         tokens + " tokens: " + exact + " <= " + used + " <= estimate");
             }
-            // host placement: the sparse layers' stores pinned in host memory, the device keeps labels and rings
+            // host placement: the sparse layers' stores pinned in host memory, the device keeps labels and rings (the
+            // first such cache moves the embedding table to host memory: moved here, so that it is not counted)
+            b.placeEmbeddings(true);
             io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
                     .with(java.util.Map.of("placement", "host"));
             int[][][] order = new int[c.numLayers()][c.numHeads()][c.headDim()];
