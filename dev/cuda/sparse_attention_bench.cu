@@ -5,7 +5,9 @@
 // sparse_attention_pipelined_d128_g4 (group_attend_pipelined) at several grid sizes: each result after
 // attention_merge against a double-precision CPU reference of every (row, head), then the time a launch (attention
 // alone, and with the merge) and the bandwidth on the rows it must read (sinks + selected + window, K and V, once per
-// kv head).
+// kv head): launched one after another on a stream, and as 200 launches captured in one CUDA graph (as the decode
+// step runs it: a graph's launches start closer to each other), against a device-to-device copy of 1 GB measured
+// first (bytes read + written, as bench measures it).
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a sparse_attention_bench.cu -o sab
 //   (-DPIPE_STAGES=N for another pipeline depth; -DSPARSE_CU='"path"' for another version of sparse.cu)
 // Run: ./sab [k = 2048] [rows = 8] [max_k = 4096: the bucketed budget the grid is sized for] [mode = 2: shared
@@ -119,7 +121,26 @@ int main(int argc, char** argv) {
     std::vector<float> got((size_t)P * H * D);
     printf("rows %d, k %d of %d candidates, grid for max_k %d, pipeline stages %d of %d rows: %.1f MB of rows to read\n", P, k,
            n - sinks - window, maxK, PIPE_STAGES, PIPE_ROWS, bytes / 1e6);
-    printf("%-34s %6s %8s %8s %9s %8s %10s\n", "kernel", "splits", "us", "TB/s", "+merge us", "blocks", "max |err|");
+    double copy;
+    {
+        size_t cn = (size_t)1 << 30;
+        void *src, *dst;
+        cudaMalloc(&src, cn); cudaMalloc(&dst, cn);
+        for (int i = 0; i < 3; i++) cudaMemcpy(dst, src, cn, cudaMemcpyDeviceToDevice);
+        std::vector<float> t(10);
+        for (auto& x : t) {
+            cudaEventRecord(e0);
+            cudaMemcpyAsync(dst, src, cn, cudaMemcpyDeviceToDevice);
+            cudaEventRecord(e1); cudaEventSynchronize(e1);
+            cudaEventElapsedTime(&x, e0, e1);
+        }
+        std::sort(t.begin(), t.end());
+        copy = 2.0 * cn / (t[t.size() / 2] * 1e-3);
+        cudaFree(src); cudaFree(dst);
+    }
+    printf("device-to-device copy: %.2f TB/s (bytes read + written)\n", copy / 1e12);
+    printf("%-34s %6s %8s %8s %9s %8s %8s %9s %8s %10s\n", "kernel", "splits", "us", "TB/s", "graph us", "TB/s",
+           "of copy", "+merge us", "blocks", "max |err|");
     // the pipelined kernel's grid: a row's slots divided over `splits` blocks a (row, kv head), from what the device
     // holds at once (resident = blocks an SM x SMs) to several times that; splits 0: the shipped group kernel
     int sms, perSm, span1 = (sinks + window + maxK + 31) / 32 * 32;
@@ -138,19 +159,20 @@ int main(int argc, char** argv) {
         bool pipelined = choice > 0;
         int splits = pipelined ? choice : (sinks + window + maxK + 127) / 128;
         int shared = pipelined ? pipelined_shared_bytes(D, (sinks + window + maxK + splits - 1) / splits + 1) : 0;
-        auto attend = [&]() {
+        auto attend = [&](cudaStream_t stream) {
             int units = P * H / G, on = mode != 0;
             if (!pipelined) {
-                (mode ? sparse_attention_d128_g4 : sparse_attention_d128_g1)<<<dim3(units, splits), 128>>>(partials, dq,
-                        dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH, splits, scale, qStride, 32, maxK, on);
+                (mode ? sparse_attention_d128_g4 : sparse_attention_d128_g1)<<<dim3(units, splits), 128, 0, stream>>>(
+                        partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH, splits, scale, qStride, 32,
+                        maxK, on);
             } else {
                 (mode ? sparse_attention_pipelined_d128_g4 : sparse_attention_pipelined_d128_g1)<<<dim3(units, splits),
-                        32 * G, shared>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH, splits,
-                        scale, qStride, maxK, on);
+                        32 * G, shared, stream>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH,
+                        splits, scale, qStride, maxK, on);
             }
         };
         cudaMemset(out, 0, (size_t)P * H * D * 4);
-        attend();
+        attend(0);
         attention_merge<<<P * H, 512>>>(out, partials, drows, H, D, splits);
         cudaError_t err = cudaDeviceSynchronize();
         if (err != cudaSuccess) { printf("splits %d: %s\n", splits, cudaGetErrorString(err)); return 1; }
@@ -162,17 +184,40 @@ int main(int argc, char** argv) {
         for (int withMerge = 0; withMerge < 2; withMerge++) {
             cudaEventRecord(e0);
             for (int i = 0; i < reps; i++) {
-                attend();
+                attend(0);
                 if (withMerge) attention_merge<<<P * H, 512>>>(out, partials, drows, H, D, splits);
             }
             cudaEventRecord(e1); cudaEventSynchronize(e1);
             cudaEventElapsedTime(&ms[withMerge], e0, e1);
         }
         double us = 1e3 * ms[0] / reps;
+        float graphMs;
+        {
+            cudaStream_t cs;
+            cudaStreamCreate(&cs);
+            cudaGraph_t graph;
+            cudaGraphExec_t exec;
+            cudaStreamBeginCapture(cs, cudaStreamCaptureModeRelaxed);
+            for (int i = 0; i < reps; i++) attend(cs);
+            cudaStreamEndCapture(cs, &graph);
+            cudaGraphInstantiate(&exec, graph, 0);
+            cudaGraphLaunch(exec, cs);
+            cudaStreamSynchronize(cs);
+            cudaEventRecord(e0, cs);
+            cudaGraphLaunch(exec, cs);
+            cudaEventRecord(e1, cs);
+            cudaEventSynchronize(e1);
+            cudaEventElapsedTime(&graphMs, e0, e1);
+            cudaGraphExecDestroy(exec);
+            cudaGraphDestroy(graph);
+            cudaStreamDestroy(cs);
+        }
+        double graphUs = 1e3 * graphMs / reps;
         char name[64];
         snprintf(name, sizeof name, !pipelined ? "sparse_attention_d128_g4" : "pipelined_d128_g4 (%d slots)", (m + splits - 1) / splits);
-        printf("%-34s %6d %8.1f %8.2f %9.1f %8d %10.2e\n", name, splits, us, bytes / (us * 1e-6) / 1e12,
-               1e3 * ms[1] / reps, P * H / G * splits, maxErr);
+        printf("%-34s %6d %8.1f %8.2f %9.1f %8.2f %7.0f%% %9.1f %8d %10.2e\n", name, splits, us,
+               bytes / (us * 1e-6) / 1e12, graphUs, bytes / (graphUs * 1e-6) / 1e12,
+               100 * bytes / (graphUs * 1e-6) / copy, 1e3 * ms[1] / reps, P * H / G * splits, maxErr);
     }
     return 0;
 }
