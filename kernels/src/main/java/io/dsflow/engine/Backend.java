@@ -69,6 +69,14 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Readies the backend for caches of this configuration before the first one exists, so that {@link
+     * #deviceCacheBudget} counts what they change: the CUDA backend moves its token embedding table to host memory for
+     * host placement. Creating such a cache does the same; nothing here by default.
+     */
+    default void prepare(KvConfig kv) {
+    }
+
+    /**
      * Bytes this backend's own memory has for KV caches (a GPU's free memory less its working buffers), or -1 when
      * the caches live in the JVM's memory and the caller's budget (Flink managed memory) applies.
      */

@@ -173,6 +173,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         double fraction = getOperatorConfig().getManagedMemoryFractionOperatorUseCaseOfSlot(ManagedMemoryUseCase.OPERATOR,
                 getContainingTask().getEnvironment().getTaskManagerInfo().getConfiguration(),
                 getContainingTask().getEnvironment().getJobConfiguration(), getUserCodeClassloader());
+        engine.backend().prepare(settings.kv());   // host placement: the budget counts what it frees on the device
         long deviceBudget = engine.backend().deviceCacheBudget();
         cachesOnDevice = deviceBudget >= 0;
         long managed = memoryManager.computeMemorySize(fraction);

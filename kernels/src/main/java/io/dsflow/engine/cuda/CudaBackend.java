@@ -281,7 +281,7 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim() + " on cuda");
         }
         if (channels == null) throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
-        if (config.placement() == KvConfig.Placement.HOST) placeEmbeddings(true);   // keep the device for what it must hold
+        prepare(config);
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
         if (labelGroup > 1 && !channels.sharedByGroups(c.numKvHeads(), r)) {
@@ -1210,8 +1210,8 @@ public final class CudaBackend implements Backend {
     /**
      * Keeps the token embedding table in pinned host memory mapped into the device ({@code host}) or in device memory.
      * A step gathers one row a token from it (8 KB for Llama-3.1-8B, over the host link), so the host costs a step a
-     * few microseconds and frees the whole table on the device (1.05 GB for Llama-3.1-8B); the first host placement
-     * cache moves it there ({@link #newCache}). A model whose output projection is the embedding table (tied) reads it
+     * few microseconds and frees the whole table on the device (1.05 GB for Llama-3.1-8B); host placement moves it
+     * there ({@link #prepare}, and the first such cache). A model whose output projection is the embedding table (tied) reads it
      * whole every step: it stays on the device, and this returns false.
      *
      * @return whether the table is in host memory now
@@ -1232,6 +1232,12 @@ public final class CudaBackend implements Backend {
         LOG.info(String.format(java.util.Locale.ROOT, "token embedding table (%.2f GB) moved to %s", bytes / 1e9,
                 host ? "pinned host memory" : "device memory"));
         return host;
+    }
+
+    /** Host placement: the token embedding table to host memory (keep the device for what it must hold). */
+    @Override
+    public void prepare(KvConfig kv) {
+        if (kv.placement() == KvConfig.Placement.HOST) placeEmbeddings(true);
     }
 
     /** Whether the token embedding table is in pinned host memory ({@link #placeEmbeddings}). */

@@ -106,15 +106,15 @@ class CudaModelTest {
             for (int i = 0; i < prompt.length; i++) prompt[i] = 3 + (i * 41) % 500;
             GenerationResult onDevice = e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE);
             long deviceBytes = b.runtime().allocated(), tableBytes = 2L * e.config().vocabSize() * e.config().hiddenSize();
-            assertTrue(b.placeEmbeddings(true));
+            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+                    .with(java.util.Map.of("placement", "host"));
+            b.prepare(host);   // as the decode operator does before it sizes its device budget
             assertTrue(b.embeddingsOnHost());
             org.junit.jupiter.api.Assertions.assertEquals(deviceBytes - tableBytes, b.runtime().allocated());
             GenerationResult onHost = e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE);
             assertArrayEquals(onDevice.tokenIds(), onHost.tokenIds());
             assertArrayEquals(onDevice.lastPromptLogits(), onHost.lastPromptLogits());
             // a host placement cache keeps it there; placeEmbeddings(false) brings it back
-            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
-                    .with(java.util.Map.of("placement", "host"));
             e.newSequence(host).cache().release();
             assertTrue(b.embeddingsOnHost());
             org.junit.jupiter.api.Assertions.assertFalse(b.placeEmbeddings(false));
