@@ -114,6 +114,9 @@ int main(int argc, char** argv) {
         }
     int maxSplits = 2048;
     float *partials, *out;
+    int* claims;   // the pipelined kernel's chunk counters, zero before its first launch (each launch leaves them so)
+    cudaMalloc(&claims, (size_t)P * H * 2 * 4);
+    cudaMemset(claims, 0, (size_t)P * H * 2 * 4);
     cudaMalloc(&partials, (size_t)P * H * maxSplits * (D + 2) * 4);
     cudaMalloc(&out, (size_t)P * H * D * 4);
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
@@ -143,13 +146,13 @@ int main(int argc, char** argv) {
            "of copy", "+merge us", "blocks", "max |err|");
     // the pipelined kernel's grid: a row's slots divided over `splits` blocks a (row, kv head), from what the device
     // holds at once (resident = blocks an SM x SMs) to several times that; splits 0: the shipped group kernel
-    int sms, perSm, span1 = (sinks + window + maxK + 31) / 32 * 32;
+    int sms, perSm;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
     for (auto f : {sparse_attention_pipelined_d128_g4, sparse_attention_pipelined_d128_g1})
-        cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, pipelined_shared_bytes(D, span1));
+        cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, pipelined_shared_bytes(D));
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, mode ? sparse_attention_pipelined_d128_g4
-                                                               : sparse_attention_pipelined_d128_g1, 32 * G,
-                                                  pipelined_shared_bytes(D, span1 / 8));
+                                                               : sparse_attention_pipelined_d128_g1, 32 * (G + 1),
+                                                  pipelined_shared_bytes(D));
     int resident = sms * perSm;
     printf("pipelined: %d blocks an SM, %d resident\n", perSm, resident);
     std::vector<int> choices = {0};
@@ -158,7 +161,7 @@ int main(int argc, char** argv) {
     for (int choice : choices) {
         bool pipelined = choice > 0;
         int splits = pipelined ? choice : (sinks + window + maxK + 127) / 128;
-        int shared = pipelined ? pipelined_shared_bytes(D, (sinks + window + maxK + splits - 1) / splits + 1) : 0;
+        int shared = pipelined ? pipelined_shared_bytes(D) : 0;
         auto attend = [&](cudaStream_t stream) {
             int units = P * H / G, on = mode != 0;
             if (!pipelined) {
@@ -167,8 +170,8 @@ int main(int argc, char** argv) {
                         maxK, on);
             } else {
                 (mode ? sparse_attention_pipelined_d128_g4 : sparse_attention_pipelined_d128_g1)<<<dim3(units, splits),
-                        32 * G, shared, stream>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H, KVH,
-                        splits, scale, qStride, maxK, on);
+                        32 * (G + 1), shared, stream>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H,
+                        KVH, splits, scale, qStride, maxK, on, claims);
             }
         };
         cudaMemset(out, 0, (size_t)P * H * D * 4);

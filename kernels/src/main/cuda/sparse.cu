@@ -667,7 +667,7 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
                                   const unsigned long long* vptr, const unsigned long long* rkptr,
                                   const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
                                   const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk,
-                                  int max_k, int shared) {
+                                  int max_k, int shared, int* claims = nullptr) {
     int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
     const int* d = sp + p * SP_FIELDS;
     if ((d[SP_MODE] != 0) != (shared != 0) || (d[SP_HOST] != 0) != HOST) return;
@@ -681,10 +681,9 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
     const bf16 *kc = reinterpret_cast<const bf16*>(kptr[seg[row]]), *vc = reinterpret_cast<const bf16*>(vptr[seg[row]]);
     const bf16* vring = reinterpret_cast<const bf16*>(rvptr[seg[row]]);
     auto slot_of = [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); };
-    if constexpr (PIPELINED) {   // the row's m slots divided evenly over the splits
-        int begin = (int)((long long)blockIdx.y * m / splits), end = (int)((long long)(blockIdx.y + 1) * m / splits);
-        group_attend_pipelined<D, G>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, begin, end, splits, scale,
-                                     slot_of);
+    if constexpr (PIPELINED) {   // the row's m slots in chunks that its splits' blocks claim
+        group_attend_pipelined<D, G>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, claims + 2 * blockIdx.x,
+                                     splits, scale, slot_of);
     } else {
         group_attend_slots<D, G, false, HOST>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, blockIdx.y,
                                               splits, chunk, scale, slot_of);
@@ -710,22 +709,22 @@ SPARSE_GROUP_KERNEL(128, 8)
 
 // sparse_attention_pipelined_dD_gG: the attention of the rows whose selected rows are on the device (a device store,
 //   or a host-placed row's device stage with its ring of sinks and window), by group_attend_pipelined (the rows staged
-//   in shared memory by asynchronous copies, the products on tensor cores): shared = 1, the rows whose kv head's group
-//   shares one selection (modes 1, 2), G = H / KVH, a block of G warps per (row, kv head, split); shared = 0, the rows
-//   selecting per query head (mode 0), G = 1 (not built: dev/cuda/sparse_attention_bench.cu measures it against
-//   sparse_attention_dD_g1, which is faster with its four warps a block). A row's m slots are divided
-//   evenly over the splits (split s: [s m / splits, (s + 1) m / splits)), so the host can size the grid to what the
-//   device holds at once whatever each layer's budget. Other rows return at once. Same partials as
-//   sparse_attention_dD. Grid: (P * H / G, splits), block: 32 * G, dynamic shared memory
-//   pipelined_shared_bytes(D, ceil(largest m / splits)). The rows are decoded as for sparse_attention_dD_gG
-//   (sparse_group_body, PIPELINED).
-#define SPARSE_PIPELINED_KERNEL(dim, g) extern "C" __global__ void __launch_bounds__(32 * g) \
+//   in shared memory by asynchronous copies from a producer warp, the products on tensor cores): shared = 1, the rows
+//   whose kv head's group shares one selection (modes 1, 2), G = H / KVH, a block of G + 1 warps per (row, kv head,
+//   split); shared = 0, the rows selecting per query head (mode 0), G = 1 (not built: dev/cuda/sparse_attention_bench.cu
+//   measures it against sparse_attention_dD_g1, which is faster with its four warps a block). A row's m slots go in
+//   chunks to whichever of its splits' blocks claims them first (claims: [P * H / G][2] ints, zero before the first
+//   launch; each launch leaves them zero), so the host can size the grid to what the device holds at once whatever
+//   each layer's budget. Other rows return at once. Same partials as sparse_attention_dD. Grid: (P * H / G, splits),
+//   block: 32 * (G + 1), dynamic shared memory pipelined_shared_bytes(D). The rows are decoded as for
+//   sparse_attention_dD_gG (sparse_group_body, PIPELINED).
+#define SPARSE_PIPELINED_KERNEL(dim, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
         sparse_attention_pipelined_d##dim##_g##g(float* partials, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, \
         const int* len, const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, \
-        int max_k, int shared) { \
+        int max_k, int shared, int* claims) { \
     sparse_group_body<dim, g, false, true>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, \
-                                           scale, q_stride, 0, max_k, shared); }
+                                           scale, q_stride, 0, max_k, shared, claims); }
 SPARSE_PIPELINED_KERNEL(32, 4)
 SPARSE_PIPELINED_KERNEL(64, 2)
 SPARSE_PIPELINED_KERNEL(64, 4)

@@ -825,6 +825,14 @@ public final class CudaBackend implements Backend {
         int widestInput = Math.max(Math.max(hidden, c.qDim()), Math.max(c.intermediateSize(), c.wordEmbedDim()));
         buf("xbf", (long) rows * widestInput / 2 + 4);   // bf16 copy of a GEMM's input
         CUdeviceptr partials = buf("partials", (long) Math.max(1, decodeRows) * heads * splits * (hd + 2));
+        // sparse_attention_pipelined's chunk counters, a pair a (row, kv head): zero when made, and each launch leaves
+        // them zero
+        long claimInts = 2L * Math.max(1, decodeRows) * c.numKvHeads();
+        Long claimsHad = scratchBytes.get("claims");
+        CUdeviceptr claims = buf("claims", claimInts);
+        if (!scratchBytes.get("claims").equals(claimsHad)) {
+            jcuda.driver.JCudaDriver.cuMemsetD32(claims, 0, scratchBytes.get("claims") / 4);
+        }
         CUdeviceptr logits = buf("logits", (long) nseg * c.vocabSize());
         // the sparse path: per layer, which decode rows select (and their descriptors), which stay dense
         int L = layers.length;
@@ -1198,8 +1206,8 @@ public final class CudaBackend implements Backend {
         long at = 8L * layer * st.nseg();
         CudaOps.sparseAttention(gpu, at(sp.partials(), (long) from * heads * sp.splits() * (hd + 2)), scratch.get("qkv"),
                 kTable, vTable, sp.ringKTable().withByteOffset(at), sp.ringVTable().withByteOffset(at), st.seg(),
-                st.rowLen(), sparseDescriptors(sp, layer, from), selected, n, heads, c.numKvHeads(), hd, sp.splits(),
-                c.qDim() + 2 * c.kvDim(), sp.maxK(), sp.maxSlots(), kinds);
+                st.rowLen(), sparseDescriptors(sp, layer, from), selected, scratch.get("claims"), n, heads,
+                c.numKvHeads(), hd, sp.splits(), c.qDim() + 2 * c.kvDim(), sp.maxK(), kinds);
     }
 
     /** Bytes of the model's weights (in device memory, but for the embedding table after placeEmbeddings(true)). */

@@ -142,12 +142,6 @@ final class CudaOps {
 
     /** Rows of a stage of sparse_attention_pipelined and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
     static final int PIPE_ROWS = 32, PIPE_STAGES = 3;
-    /**
-     * Most slots a split of sparse_attention_pipelined takes (its slot list is in shared memory; at D = 128 four blocks
-     * of 1024 fit an H100 multiprocessor, exactly): a grid of fewer blocks than the device holds at once is given more
-     * splits rather than longer ones.
-     */
-    static final int PIPE_MAX_SPAN = 1024;
 
     private static String pipelinedKernel(int hd, int group) {
         return "sparse_attention_pipelined_d" + hd + "_g" + group;
@@ -164,27 +158,30 @@ final class CudaOps {
     }
 
     /**
-     * Dynamic shared memory of a sparse_attention_pipelined block for splits of at most {@code span} slots
-     * (pipelined_shared_bytes): the stages' key and value rows, a scratch for Q's parts or S, P and the corrections, the
-     * slots.
+     * Dynamic shared memory of a sparse_attention_pipelined block (pipelined_shared_bytes): the stages' key and value
+     * rows, a scratch for Q's parts or S, P and the corrections.
      */
-    static int pipelinedSharedBytes(int hd, int span) {
+    static int pipelinedSharedBytes(int hd) {
         int scratch = Math.max(16 * hd * 2, 16 * PIPE_ROWS * 4 + 16 * (PIPE_ROWS + 8) * 2 + 16 * 4);
-        return PIPE_STAGES * 2 * PIPE_ROWS * hd * 2 + scratch + span * 4;
+        return PIPE_STAGES * 2 * PIPE_ROWS * hd * 2 + scratch;
+    }
+
+    /** Threads of a sparse_attention_pipelined block: a warp a head of the group, and the producer warp. */
+    static int pipelinedThreads(int group) {
+        return 32 * (group + 1);
     }
 
     /**
      * Splits for sparse_attention_pipelined over {@code units} (row, selection) pairs of at most {@code maxSlots} slots:
-     * as many blocks as the device holds at once (it divides each row's slots evenly over them, so every block is
-     * resident from the start and none is empty whatever a layer's budget), at least a chunk of PIPE_ROWS slots and at
-     * most {@link #PIPE_MAX_SPAN} a split. H100, batch 8 at 32K, 2048 selected of 32K a kv head: 34.8 us with one wave
-     * of 512 blocks, 43.4 with 576 (a second wave of 48), 37.5 with 1024 (dev/cuda/sparse_attention_bench.cu).
+     * as many blocks as the device holds at once (its blocks share each row's chunks, so every block is resident from
+     * the start whatever a layer's budget), at most a split a chunk of PIPE_ROWS slots. H100, batch 8 at 32K, 2048
+     * selected of 32K a kv head: 512 blocks (one wave) 32.0 us in a graph; half a wave 39.6, two waves 34.9
+     * (dev/cuda/sparse_attention_bench.cu).
      */
     static int pipelinedSplits(CudaRuntime gpu, int hd, int group, int units, int maxSlots) {
-        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, group), 32 * group,
-                pipelinedSharedBytes(hd, PIPE_MAX_SPAN));
-        int wave = Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS);   // a chunk a split at least
-        return Math.max(Math.max(1, wave), (maxSlots + PIPE_MAX_SPAN - 1) / PIPE_MAX_SPAN);
+        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, group),
+                pipelinedThreads(group), pipelinedSharedBytes(hd));
+        return Math.max(1, Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS));
     }
 
     /**
@@ -194,15 +191,17 @@ final class CudaOps {
      * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once); bit 4,
      * rows whose store is on the device; bit 8, rows whose store is in host memory (the _host kernels, which stage key
      * rows by whole rows). Rows of kinds 2 and 4 take sparse_attention_pipelined where the build has it (its splits
-     * divide each row's slots evenly, at most {@code maxSlots} a row; the other kernels take 32 * GQA_WARPS slots a
-     * split). Each launch's kernel skips the rows of the other kinds.
+     * share each row's chunks through {@code claims}, [rows * kvHeads][2] ints that are zero before its first launch and
+     * after each; the other kernels take 32 * GQA_WARPS slots a split). Each launch's kernel skips the rows of the
+     * other kinds.
      * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
      * segment without one).
      */
     static void sparseAttention(CudaRuntime gpu, CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
                                 CUdeviceptr vTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr seg,
-                                CUdeviceptr rowLen, CUdeviceptr desc, CUdeviceptr selected, int rows, int heads,
-                                int kvHeads, int hd, int splits, int qStride, int maxK, int maxSlots, int groupKinds) {
+                                CUdeviceptr rowLen, CUdeviceptr desc, CUdeviceptr selected, CUdeviceptr claims,
+                                int rows, int heads, int kvHeads, int hd, int splits, int qStride, int maxK,
+                                int groupKinds) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (groupKinds == 0) {
             gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, ringKTable,
@@ -215,10 +214,9 @@ final class CudaOps {
                 if ((groupKinds & kind) == 0) continue;
                 int group = kind == 1 ? 1 : heads / kvHeads, blocks = rows * heads / group, shared = kind == 1 ? 0 : 1;
                 if (placement.isEmpty() && kind == 2 && pipelined(gpu, hd, group)) {
-                    gpu.launchWithSharedMemory(pipelinedKernel(hd, group), blocks, splits, 32 * group,
-                            pipelinedSharedBytes(hd, (maxSlots + splits - 1) / splits), partials, q, kTable, vTable,
-                            ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
-                            maxK, shared);
+                    gpu.launchWithSharedMemory(pipelinedKernel(hd, group), blocks, splits, pipelinedThreads(group),
+                            pipelinedSharedBytes(hd), partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen,
+                            desc, selected, heads, kvHeads, splits, scale, qStride, maxK, shared, claims);
                 } else {
                     gpu.launch(sparseGroupKernel(hd, group) + placement, blocks, splits, 32 * GQA_WARPS, partials, q,
                             kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits,
