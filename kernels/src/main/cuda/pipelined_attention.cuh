@@ -2,9 +2,10 @@
 // in shared memory by asynchronous copies (cp.async) several chunks ahead of the arithmetic.
 //   The rows slot_of(t), t in [0, rows), are taken in chunks of PIPE_ROWS: block y of the splits of one (row, kv head)
 //   owns chunks y, y + splits, ... but the last two a split, which the blocks claim from a counter (claim[0]; claim[1]
-//   counts the blocks done, and the last one resets both), so blocks that stream faster take more and all end together. A block is G consumer warps and one producer warp: the producer
-//   claims a chunk, reads its slots and issues its key and value rows' copies into a free stage (PIPE_STAGES - 1 ahead),
-//   each stage's copies completing on its mbarrier `full`; the consumers compute on a full stage and free it (`empty`).
+//   counts the blocks done, and the last one resets both), so blocks that stream faster take more and all end
+//   together. A block is G consumer warps and one producer warp: the producer takes a chunk, reads its slots and
+//   issues its key and value rows' copies into a free stage (PIPE_STAGES - 1 ahead), each stage's copies completing on
+//   its mbarrier `full`; the consumers compute on a full stage and free it (`empty`).
 //   Each key and value row is read from memory once for the group's heads.
 //   part0: this block's partial of the group's first head; head h's at part0 + h * splits * (D + 2) (partials
 //   [heads][splits][D + 2] f32: o[D], max m, sum l, as split_attention.cuh writes them; a block that got no chunk writes

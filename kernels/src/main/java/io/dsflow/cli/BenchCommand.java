@@ -29,14 +29,15 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
- * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}: decode tokens/s and step latency per
- * batch and context (greedy sampling on the device, each sequence's cache filled to the context), prefill tokens/s, peak
- * device memory (and pinned host memory: host placement's stores), with --profile a timeline of one more step (device
- * time of each stage summed over the layers, from CUDA events, the step run eagerly), and
- * achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every cached key and value
- * / step time) against a device-to-device copy measured in the same run. The token embedding table is in host memory
- * for the host placement rows (as an engine puts it) and in device memory for the others; --embeddings host puts it in
- * host memory for every row (to compare device memory with the table off the device everywhere).
+ * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}:
+ * decode tokens/s and step latency per batch and context (greedy sampling on the device, each sequence's cache filled
+ * to the context), prefill tokens/s, peak device memory (and pinned host memory: host placement's stores), with
+ * --profile a timeline of one more step (device time of each stage summed over the layers, from CUDA events, the step
+ * run eagerly), and achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every
+ * cached key and value / step time) against a device-to-device copy measured in the same run. The token embedding
+ * table is in host memory for the host placement rows (as an engine puts it) and in device memory for the others;
+ * --embeddings host puts it in host memory for every row (to compare device memory with the table off the device
+ * everywhere).
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"

@@ -1219,8 +1219,8 @@ public final class CudaBackend implements Backend {
      * Keeps the token embedding table in pinned host memory mapped into the device ({@code host}) or in device memory.
      * A step gathers one row a token from it (8 KB for Llama-3.1-8B, over the host link), so the host costs a step a
      * few microseconds and frees the whole table on the device (1.05 GB for Llama-3.1-8B); host placement moves it
-     * there ({@link #prepare}, and the first such cache). A model whose output projection is the embedding table (tied) reads it
-     * whole every step: it stays on the device, and this returns false.
+     * there ({@link #prepare}, and the first such cache). A model whose output projection is the embedding table
+     * (tied) reads it whole every step: it stays on the device, and this returns false.
      *
      * @return whether the table is in host memory now
      */
