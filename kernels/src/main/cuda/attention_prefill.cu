@@ -46,10 +46,8 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 float x0 = v[2 * e] * qscale, x1 = v[2 * e + 1] * qscale;
-                __nv_bfloat162 h2 = __floats2bfloat162_rn(x0, x1);
-                float2 back = __bfloat1622float2(h2);
-                hi[e] = *reinterpret_cast<unsigned*>(&h2);
-                lo[e] = pack_bf16(x0 - back.x, x1 - back.y);
+                hi[e] = pack_bf16(bf16_rest(x0, 0), bf16_rest(x1, 0));
+                lo[e] = pack_bf16(bf16_rest(x0, 1), bf16_rest(x1, 1));
             }
         }
         *reinterpret_cast<uint4*>(reinterpret_cast<char*>(Qs) + swizzled_row_piece<D>(r, c)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);

@@ -118,7 +118,10 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             }
             return owned + __shfl_sync(0xffffffffu, lane == 0 ? atomicAdd(claim, 1) : 0, 0);
         };
-        int c = next_chunk(), slot = c < chunks && c * CH + lane < n ? slot_of(c * CH + lane) : 0;
+        auto slot_in = [&](int chunk) {   // lane r's: row r of the chunk (0 past the last row)
+            return chunk < chunks && chunk * CH + lane < n ? slot_of(chunk * CH + lane) : 0;
+        };
+        int c = next_chunk(), slot = slot_in(c);
         for (int f = 0;; f++) {
             int st = f % S;
             if (f >= S) mbar_wait(empty + 8 * st, (f / S - 1) & 1);
@@ -142,7 +145,7 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
             }
             mbar_arrive_on_copies(full + 8 * st);
             c = next_chunk();
-            slot = c < chunks && c * CH + lane < n ? slot_of(c * CH + lane) : 0;
+            slot = slot_in(c);
         }
     } else {
         // the consumers: Q's three parts into the scratch (rows p * G + h; rows 3G.. zero) and from there to A

@@ -36,7 +36,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
  */
 public final class CudaBackend implements Backend {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(CudaBackend.class);
-    /** A weight in device memory: bf16 values of a [out][in] (or [n]) tensor. */
+    /** A weight: bf16 values of a [out][in] (or [n]) tensor in device memory (the embedding table: maybe host memory). */
     private record Weight(CUdeviceptr ptr, long elements) {
     }
 
@@ -400,13 +400,17 @@ public final class CudaBackend implements Backend {
         return cache;
     }
 
+    /** Destroys every captured decode graph (the next steps capture theirs again). */
+    private void dropGraphs() {
+        for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);
+        graphs.clear();
+    }
+
     private CUdeviceptr buf(String name, long floats) {
         long bytes = Math.max(16, floats * 4);
         Long have = scratchBytes.get(name);
         if (have == null || have < bytes) {
-            // a captured graph holds the old addresses: drop them all
-            for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);
-            graphs.clear();
+            dropGraphs();   // a captured graph holds the old addresses
             if (have != null) gpu.free(scratch.get(name), have);
             long size = Math.max(bytes, have == null ? 0 : have * 2);
             scratch.put(name, gpu.alloc(size));
@@ -1235,8 +1239,7 @@ public final class CudaBackend implements Backend {
         embed = new Weight(moved, embed.elements());
         embeddingsOnHost = host;
         gpu.trim();   // the device block goes back to the driver, not to the pool's cache
-        for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);   // they hold the old table's address
-        graphs.clear();
+        dropGraphs();   // they hold the old table's address
         LOG.info(String.format(java.util.Locale.ROOT, "token embedding table (%.2f GB) moved to %s", bytes / 1e9,
                 host ? "pinned host memory" : "device memory"));
         return host;
@@ -1261,8 +1264,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void close() {
         gpu.makeCurrent();
-        for (jcuda.driver.CUgraphExec g : graphs.values()) gpu.destroy(g);
-        graphs.clear();
+        dropGraphs();
         for (Map.Entry<String, CUdeviceptr> e : scratch.entrySet()) gpu.free(e.getValue(), scratchBytes.get(e.getKey()));
         scratch.clear();
         scratchBytes.clear();
