@@ -19,6 +19,15 @@ __device__ __forceinline__ float silu_times(float gate, float up) {
     return gate / (1.f + __expf(-gate)) * up;
 }
 
+// 16 bytes of weights, read once: not kept in L1 (ld.global.nc.L1::no_allocate), which then keeps x for the other
+// warps and blocks of the multiprocessor (H100: the decode products 0.5-2% faster, dev/cuda/gemv_bench.cu)
+__device__ __forceinline__ uint4 load_weights16(const bf16* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
 template <int M, int C, bool SWIGLU, bool NORM>
 __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* W, const bf16* bias,
                                           const bf16* norm_w, float eps, int accumulate, int N, int K) {
@@ -39,7 +48,7 @@ __device__ __forceinline__ void gemv_body(float* y, const float* x, const bf16* 
 #pragma unroll
             for (int j = 0; j < C; j++) {
                 int n = min(n0 + j, N - 1);   // a missing column re-reads the last one and is not written
-                bf16x8_to_float(*reinterpret_cast<const uint4*>(W + (size_t)n * K + k), wf[j]);
+                bf16x8_to_float(load_weights16(W + (size_t)n * K + k), wf[j]);
             }
             if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k), g);
 #pragma unroll
@@ -120,6 +129,25 @@ GEMV(4, 2)
 GEMV(8, 2)
 GEMV(16, 1)
 
+// 8 floats as three bf16 parts, hi + mid + lo = x exactly (24 bits of mantissa): b[part][i] holds the pair
+// (x[2i], x[2i + 1]), an mma B fragment's register
+__device__ __forceinline__ void split_bf16x3(const float* xs, unsigned (&b)[3][4]) {
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+        float r0 = xs[e], r1 = xs[e + 1];
+        __nv_bfloat162 h = __floats2bfloat162_rn(r0, r1);
+        float2 hf = __bfloat1622float2(h);
+        r0 -= hf.x;
+        r1 -= hf.y;
+        __nv_bfloat162 md = __floats2bfloat162_rn(r0, r1);
+        float2 mf = __bfloat1622float2(md);
+        __nv_bfloat162 lo = __floats2bfloat162_rn(r0 - mf.x, r1 - mf.y);
+        b[0][e / 2] = *reinterpret_cast<unsigned*>(&h);
+        b[1][e / 2] = *reinterpret_cast<unsigned*>(&md);
+        b[2][e / 2] = *reinterpret_cast<unsigned*>(&lo);
+    }
+}
+
 // gemv_tc (decode, 2-16 rows, K % 32 == 0): the same products on tensor cores, for batches where gemv_mM is bound by
 //   its f32 x loads and FMAs rather than by W. W is the A operand (16 output columns x k16) and x the B operand
 //   (k16 x 8 rows; NT = 2 tiles for 9-16 rows) of mma m16n8k16. The dot products do not care which k goes where, so
@@ -128,15 +156,21 @@ GEMV(16, 1)
 //   mantissa), three products each, so the result keeps f32 precision. RMSNorm prologue and the epilogues as gemv_mM.
 //   Block: 8 warps = GV_FG groups of 16 columns x GV_KS slices of K, the slices' partial products added in shared
 //   memory. Grid: (ceil(N / (16 GV_FG))).
+#ifndef GV_FG   // (dev/cuda/gemv_bench.cu builds other shapes)
 #define GV_FG 1
 #define GV_KS 8
+#endif
+#ifndef GV_UNROLL
+#define GV_UNROLL 4
+#endif
+#define GV_WARPS (GV_FG * GV_KS)
 // part: each warp's accumulators, ss_part: each warp's sums of squares per row (declared once by the kernel: the
 // variants' own declarations would all be allocated)
-typedef float GemvTcPart[8][2][32][4];
+typedef float GemvTcPart[GV_WARPS][2][32][4];
 template <int NT, bool SWIGLU, bool NORM>
-__device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[8][16], float* y, const float* x,
-                                             const bf16* W, const bf16* bias, const bf16* norm_w, float eps,
-                                             int accumulate, int M, int N, int K) {
+__device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[GV_WARPS][16], float* y,
+                                             const float* x, const bf16* W, const bf16* bias, const bf16* norm_w,
+                                             float eps, int accumulate, int M, int N, int K) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int fg = warp / GV_KS, ks = warp % GV_KS;
     int f0 = (blockIdx.x * GV_FG + fg) * 16;
@@ -150,9 +184,10 @@ __device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
     }
-#pragma unroll 4
+    constexpr int unroll = GV_UNROLL;
+#pragma unroll unroll
     for (int k = k_begin; k < k_end; k += 32) {
-        uint4 a_lo = *reinterpret_cast<const uint4*>(w_lo + k), a_hi = *reinterpret_cast<const uint4*>(w_hi + k);
+        uint4 a_lo = load_weights16(w_lo + k), a_hi = load_weights16(w_hi + k);
         float gw[8];
         if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k + 8 * t), gw);
 #pragma unroll
@@ -174,20 +209,7 @@ __device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[
             }
             // x = hi + mid + lo, each bf16; k slots: step 0 takes 8t + 0..3, step 1 8t + 4..7 (as W's halves)
             unsigned b[3][4];
-#pragma unroll
-            for (int e = 0; e < 8; e += 2) {
-                float r0 = xs[e], r1 = xs[e + 1];
-                __nv_bfloat162 h = __floats2bfloat162_rn(r0, r1);
-                float2 hf = __bfloat1622float2(h);
-                r0 -= hf.x;
-                r1 -= hf.y;
-                __nv_bfloat162 md = __floats2bfloat162_rn(r0, r1);
-                float2 mf = __bfloat1622float2(md);
-                __nv_bfloat162 lo = __floats2bfloat162_rn(r0 - mf.x, r1 - mf.y);
-                b[0][e / 2] = *reinterpret_cast<unsigned*>(&h);
-                b[1][e / 2] = *reinterpret_cast<unsigned*>(&md);
-                b[2][e / 2] = *reinterpret_cast<unsigned*>(&lo);
-            }
+            split_bf16x3(xs, b);
             unsigned a0[4] = {a_lo.x, a_hi.x, a_lo.y, a_hi.y}, a1[4] = {a_lo.z, a_hi.z, a_lo.w, a_hi.w};
 #pragma unroll
             for (int part_ = 0; part_ < 3; part_++) {
@@ -239,12 +261,12 @@ __device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemv_tc(float* y, const float* x, const bf16* W, const bf16* bias,
-                                                          const bf16* norm_w, float eps, int accumulate, int swiglu,
-                                                          int M, int N, int K) {
+extern "C" __global__ void __launch_bounds__(GV_WARPS * 32) gemv_tc(float* y, const float* x, const bf16* W,
+                                                                   const bf16* bias, const bf16* norm_w, float eps,
+                                                                   int accumulate, int swiglu, int M, int N, int K) {
     // one kernel, its variants picked per launch (uniform branches): rows 2-8 take one mma tile, 9-16 two
     __shared__ GemvTcPart part;
-    __shared__ float ss_part[8][16];
+    __shared__ float ss_part[GV_WARPS][16];
 #define GEMV_TC(nt, sw) \
     if (norm_w) gemv_tc_body<nt, sw, true>(part, ss_part, y, x, W, bias, norm_w, eps, accumulate, M, N, K); \
     else gemv_tc_body<nt, sw, false>(part, ss_part, y, x, W, bias, nullptr, 0.f, accumulate, M, N, K);
