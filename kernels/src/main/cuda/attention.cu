@@ -6,10 +6,12 @@
 // attention_rows_dD: one warp per (decode row, head, split of `chunk` slots, a multiple of 32 chosen by the host);
 //   lanes own 32 slots at a time for the scores (16-byte key loads) and D / 32 contiguous channels each for the output.
 // attention_gqa_dD_gG: one warp per (decode row, kv head, split) for the G query heads of the group (below).
+// attention_pipelined_dD_gG: the same, the rows staged in shared memory by a producer warp (below).
 // attention_merge: out[rows_of[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).
 //   Grid: (P * H), block: a multiple of D, at most 1024.
 #include "common.cuh"
 #include "split_attention.cuh"
+#include "pipelined_attention.cuh"
 
 // Row r of the batch belongs to segment seg[r], whose cache for
 //   this layer is at kptr[seg[r]], vptr[seg[r]] (device pointer tables); it attends slots [0, row_len[r]).
@@ -66,6 +68,36 @@ GQA_KERNEL(128, 2)
 GQA_KERNEL(128, 4)
 GQA_KERNEL(128, 7)
 GQA_KERNEL(128, 8)
+
+// attention_pipelined_dD_gG: attention_gqa's result by group_attend_pipelined (pipelined_attention.cuh, as dspp's
+//   selected rows): a block of G consumer warps and a producer warp per (row, kv head, split) streams the row's slots
+//   [0, row_len) in chunks staged by asynchronous copies, which its splits share through claims[2 (p KVH + g)] (zero
+//   before the first launch, each launch leaves them zero), so the host sizes the grid to what the device holds at
+//   once, whatever the rows' lengths. Caches in device memory only (cp.async). Same partials layout.
+//   Grid: (P * KVH, splits), block: 32 (G + 1), dynamic shared memory pipelined_shared_bytes(D).
+// Why: attention_gqa's warps hold one chunk's loads in registers; at batch 8 and 4K (H100) it read the caches at
+//   about half the copy bandwidth, where the pipelined kernel reads selected rows at 72-85%.
+template <int D, int G>
+__device__ void pipelined_body(float* partials, const float* q, const unsigned long long* kptr,
+                               const unsigned long long* vptr, const int* seg, const int* row_len, const int* rows_of,
+                               int H, int KVH, int splits, float scale, int q_stride, int* claims) {
+    int rg = blockIdx.x, pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
+    group_attend_pipelined<D, G>(partials + ((size_t)(pr * H + g * G) * splits + blockIdx.y) * (D + 2),
+                                 q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
+                                 reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr, nullptr, g, KVH, row_len[r],
+                                 claims + 2 * rg, splits, scale, [](int t) { return t; });
+}
+
+#define PIPELINED_KERNEL(d, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
+        attention_pipelined_d##d##_g##g(float* p, const float* q, const unsigned long long* kp, \
+        const unsigned long long* vp, const int* seg, const int* len, const int* rows_of, int H, int KVH, int splits, \
+        float scale, int q_stride, int* claims) { \
+    pipelined_body<d, g>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, claims); }
+PIPELINED_KERNEL(32, 4)
+PIPELINED_KERNEL(64, 2)
+PIPELINED_KERNEL(64, 4)
+PIPELINED_KERNEL(128, 2)
+PIPELINED_KERNEL(128, 4)
 
 // A (row, head) has at most MAX_SPLITS splits (the host checks).
 #define MAX_SPLITS 2048

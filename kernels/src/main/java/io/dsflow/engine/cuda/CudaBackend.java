@@ -557,8 +557,8 @@ public final class CudaBackend implements Backend {
     private record Step(int rows, int nseg, int splits, int chunk, CUdeviceptr tokens, CUdeviceptr positions, CUdeviceptr seg,
                         CUdeviceptr slot, CUdeviceptr rowLen, CUdeviceptr kTable, CUdeviceptr vTable,
                         int tileCount, CUdeviceptr tiles, int decodeRows, CUdeviceptr rowsOf,
-                        CUdeviceptr partials, CUdeviceptr lastRows, CUdeviceptr logits, SparsePlan sparse,
-                        List<HostPrefill> hostPrefills) {
+                        CUdeviceptr partials, CUdeviceptr denseClaims, CUdeviceptr lastRows, CUdeviceptr logits,
+                        SparsePlan sparse, List<HostPrefill> hostPrefills) {
     }
 
     /**
@@ -712,7 +712,8 @@ public final class CudaBackend implements Backend {
             // one graph per shape: batch size and splits, and with sparse caches which rows select in each layer and
             // the bucketed sizes of their buffers (candidates, budgets, splits), which change every few hundred tokens
             SparsePlan p = step.sparse();
-            String key = step.rows() + "," + step.chunk() + "," + step.splits() + (p == null ? "" : "|"
+            String key = step.rows() + "," + step.chunk() + "," + step.splits()
+                    + (step.denseClaims() != null ? ",pipelined" : "") + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.maxSlots() + "," + p.splits()
                     + "," + p.maxR()
                     + (p.fused() ? ",fused" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
@@ -790,6 +791,11 @@ public final class CudaBackend implements Backend {
             slots *= 2;
         }
         int splits = Math.max(1, (span + slots - 1) / slots);
+        // caches all in device memory: decode rows take attention_pipelined, a wave of blocks sharing each row's chunks
+        // (H100, batch 8 at 4K: the split kernels read the caches at about half the copy bandwidth)
+        boolean densePipelined = decodeRows > 0 && CudaOps.densePipelined(gpu, heads, c.numKvHeads(), hd)
+                && segments.stream().noneMatch(sg -> ((CudaKvCache) sg.cache()).anyOnHost());
+        if (densePipelined) splits = CudaOps.densePipelinedSplits(gpu, heads, c.numKvHeads(), hd, decodeRows, span);
         // prefills of host-placed caches attend over a device stage of each host layer (HostPrefill)
         List<HostPrefill> hostPrefills = new java.util.ArrayList<>();
         long rowBytes = (long) c.kvDim() * 2, stageRows = 0;
@@ -978,7 +984,7 @@ public final class CudaBackend implements Backend {
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, maxSlots, sparseSplits, fused,
                 (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
         return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
-                decodeRows, d[15], partials, d[16], logits, plan, hostPrefills);
+                decodeRows, d[15], partials, densePipelined ? claims : null, d[16], logits, plan, hostPrefills);
     }
 
     /**
@@ -1038,7 +1044,8 @@ public final class CudaBackend implements Backend {
             if (sp == null) {
                 mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
-                        st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
+                        st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), st.denseClaims(), heads,
+                        kvHeads, hd);
             } else {
                 long at = 8L * layer * nseg;
                 CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
@@ -1050,7 +1057,7 @@ public final class CudaBackend implements Backend {
                 mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
-                        st.partials(), st.splits(), st.chunk(), heads, kvHeads, hd);
+                        st.partials(), st.splits(), st.chunk(), st.denseClaims(), heads, kvHeads, hd);
                 int n = sp.sparseCount()[layer];
                 if (n > 0) {
                     // the layer's selecting rows: look-ahead rows first (selected on the side stream, staged ones from

@@ -113,19 +113,27 @@ final class CudaOps {
      * The attention of one layer for every row of a step. Rows in prefill tiles ({@code tiles}: [tileCount][3] =
      * segment, first row, row count) go through the tensor-core kernel; the {@code decodeRows} rows listed in
      * {@code rowsOf} go through the split (flash-decoding) kernels into {@code partials} ([decodeRows * heads][splits][hd
-     * + 2] f32) and the merge. Either kernel writes out[row][heads * hd].
+     * + 2] f32) and the merge. Either kernel writes out[row][heads * hd]. With {@code claims} (caches in device memory,
+     * {@link #densePipelined}; [decodeRows * kvHeads][2] ints, zero before the first launch and after each) the decode
+     * rows take attention_pipelined, whose {@code splits} blocks a (row, kv head) share its chunks
+     * ({@link #densePipelinedSplits}); else attention_gqa / attention_rows, splits of {@code chunk} slots a warp.
      */
     static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr q, int qStride, CUdeviceptr kTable,
                           CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount, CUdeviceptr tiles,
-                          int decodeRows, CUdeviceptr rowsOf, CUdeviceptr partials, int splits, int chunk, int heads,
-                          int kvHeads, int hd) {
+                          int decodeRows, CUdeviceptr rowsOf, CUdeviceptr partials, int splits, int chunk,
+                          CUdeviceptr claims, int heads, int kvHeads, int hd) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (tileCount > 0) {
             gpu.launchWithSharedMemory("attention_prefill_d" + hd, tileCount, heads, 128, 5 * PREFILL_TILE_ROWS * hd * 2,
                     out, q, kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
         }
         if (decodeRows == 0) return;
-        if (groupKernel(gpu, heads, kvHeads, hd)) {  // each key/value row read once for the query heads of its group
+        if (claims != null) {
+            int group = heads / kvHeads;
+            gpu.launchWithSharedMemory(densePipelinedKernel(hd, group), decodeRows * kvHeads, splits,
+                    pipelinedThreads(group), pipelinedSharedBytes(hd), partials, q, kTable, vTable, seg, rowLen, rowsOf,
+                    heads, kvHeads, splits, scale, qStride, claims);
+        } else if (groupKernel(gpu, heads, kvHeads, hd)) {  // each key/value row read once for the query heads of its group
             gpu.launch(gqaKernel(heads, kvHeads, hd), decodeRows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
                     kvHeads, splits, scale, qStride, chunk);
         } else {
@@ -134,6 +142,21 @@ final class CudaOps {
         }
         gpu.launch("attention_merge", decodeRows * heads, 1, Math.min(1024, 4 * hd), out, partials, rowsOf, heads, hd,
                 splits);
+    }
+
+    private static String densePipelinedKernel(int hd, int group) {
+        return "attention_pipelined_d" + hd + "_g" + group;
+    }
+
+    /** Whether decode rows over caches in device memory take attention_pipelined (built as sparse_attention_pipelined). */
+    static boolean densePipelined(CudaRuntime gpu, int heads, int kvHeads, int hd) {
+        return heads > kvHeads && gpu.has(densePipelinedKernel(hd, heads / kvHeads));
+    }
+
+    /** Splits for attention_pipelined: {@link #pipelinedSplits}' one wave over the (row, kv head) pairs. */
+    static int densePipelinedSplits(CudaRuntime gpu, int heads, int kvHeads, int hd, int decodeRows, int maxSlots) {
+        return pipelinedSplits(gpu, densePipelinedKernel(hd, heads / kvHeads), heads / kvHeads, hd,
+                decodeRows * kvHeads, maxSlots);
     }
 
     static String sparseGroupKernel(int hd, int group) {
@@ -179,8 +202,12 @@ final class CudaOps {
      * (dev/cuda/sparse_attention_bench.cu).
      */
     static int pipelinedSplits(CudaRuntime gpu, int hd, int group, int units, int maxSlots) {
-        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(pipelinedKernel(hd, group),
-                pipelinedThreads(group), pipelinedSharedBytes(hd));
+        return pipelinedSplits(gpu, pipelinedKernel(hd, group), group, hd, units, maxSlots);
+    }
+
+    private static int pipelinedSplits(CudaRuntime gpu, String kernel, int group, int hd, int units, int maxSlots) {
+        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(kernel, pipelinedThreads(group),
+                pipelinedSharedBytes(hd));
         return Math.max(1, Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS));
     }
 

@@ -320,13 +320,33 @@ class CudaKernelTest {
         rowsOf[decodeRows++] = rows;
         int chunk = rows % 2 == 0 ? 32 : rows % 3 == 0 ? 64 : 128;
         int slots = CudaOps.splitSlots(gpu, heads, kvHeads, d, chunk), splits = (context + slots - 1) / slots;
+        CUdeviceptr dq = upload(q), dTiles = upload(tiles.stream().mapToInt(Integer::intValue).toArray());
+        CUdeviceptr dRowsOf = upload(rowsOf);
         CUdeviceptr partials = gpu.alloc((long) decodeRows * heads * splits * (d + 2) * 4), out = poisoned(totalRows * heads * d);
-        CudaOps.attention(gpu, out, upload(q), heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3,
-                upload(tiles.stream().mapToInt(Integer::intValue).toArray()), decodeRows, upload(rowsOf), partials,
-                splits, chunk, heads, kvHeads, d);
+        CudaOps.attention(gpu, out, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles, decodeRows,
+                dRowsOf, partials, splits, chunk, null, heads, kvHeads, d);
         double err = relError(download(out, totalRows * heads * d), ref);
         // the tensor-core path rounds q and the probabilities to bf16; the split kernels keep them in f32
         assertTrue(err < (tiled ? 1e-2 : 1e-4), "relative error " + err + (tiled ? " (prefill tiles)" : ""));
+        if (!CudaOps.densePipelined(gpu, heads, kvHeads, d)) return;
+        // the decode rows through attention_pipelined: one split, a few, the backend's wave; each launch twice (the
+        // chunk counters it shares between a row's splits must be left zero for the next)
+        int claimInts = 2 * decodeRows * kvHeads;
+        CUdeviceptr claims = upload(new int[claimInts]);
+        int wave = CudaOps.densePipelinedSplits(gpu, heads, kvHeads, d, decodeRows, context);
+        for (int pipeSplits : new int[]{1, 3, wave}) {
+            CUdeviceptr pipeParts = gpu.alloc((long) decodeRows * heads * pipeSplits * (d + 2) * 4);
+            for (int run = 0; run < 2; run++) {
+                out = poisoned(totalRows * heads * d);
+                CudaOps.attention(gpu, out, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles,
+                        decodeRows, dRowsOf, pipeParts, pipeSplits, chunk, claims, heads, kvHeads, d);
+                double pipeErr = relError(download(out, totalRows * heads * d), ref);
+                // tensor cores again, with q and the probabilities in three bf16 parts: f32 precision
+                assertTrue(pipeErr < (tiled ? 1e-2 : 1e-4), "pipelined, " + pipeSplits + " splits, run " + run
+                        + ": relative error " + pipeErr);
+                assertArrayEquals(new int[claimInts], downloadInts(claims, claimInts), "counters left zero");
+            }
+        }
     }
 
     static CUdeviceptr upload(long[] x) {
