@@ -148,7 +148,10 @@ final class CudaOps {
         return "attention_pipelined_d" + hd + "_g" + group;
     }
 
-    /** Whether decode rows over caches in device memory take attention_pipelined (built as sparse_attention_pipelined). */
+    /**
+     * Whether decode rows over caches in device memory take attention_pipelined: built for groups of 2 and 4 (the
+     * tensor-core tile holds three parts of each head's query) at head sizes 32, 64 and 128.
+     */
     static boolean densePipelined(CudaRuntime gpu, int heads, int kvHeads, int hd) {
         return heads > kvHeads && gpu.has(densePipelinedKernel(hd, heads / kvHeads));
     }

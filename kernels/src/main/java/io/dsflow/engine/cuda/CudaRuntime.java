@@ -204,7 +204,8 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",
                     "attention_gqa_d32_g4", "attention_gqa_d64_g2", "attention_gqa_d64_g4", "attention_gqa_d64_g8",
                     "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8",
-                    "attention_pipelined_d32_g4", "attention_pipelined_d64_g2", "attention_pipelined_d64_g4",
+                    "attention_pipelined_d32_g2", "attention_pipelined_d32_g4",
+                    "attention_pipelined_d64_g2", "attention_pipelined_d64_g4",
                     "attention_pipelined_d128_g2", "attention_pipelined_d128_g4"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
