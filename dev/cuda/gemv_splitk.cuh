@@ -47,24 +47,10 @@ __device__ __forceinline__ void gemv_sk_body(unsigned char* smem, float* y, cons
     for (int m = warp; m < MP; m += 8) {
         float ss = 0.f;
         for (int u = lane; u < kn / 8; u += 32) {
-            float xv[8];
-            if (m < M) {
-                load_f32x8(x + (size_t)m * K + k0 + 8 * u, xv);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; e++) xv[e] = 0.f;
-            }
-            if constexpr (NORM) {
-                float gw[8];
-                bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k0 + 8 * u), gw);
-#pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    ss += xv[e] * xv[e];
-                    xv[e] *= gw[e];
-                }
-            }
+            float gw[8];
+            if constexpr (NORM) bf16x8_to_float(*reinterpret_cast<const uint4*>(norm_w + k0 + 8 * u), gw);
             unsigned b[3][4];
-            split_bf16x3(xv, b);
+            x8_parts<NORM>(x + (size_t)m * K + k0 + 8 * u, m < M, gw, ss, b);
 #pragma unroll
             for (int p = 0; p < 3; p++) xs[(p * MP + m) * rs + u] = make_uint4(b[p][0], b[p][1], b[p][2], b[p][3]);
         }

@@ -43,16 +43,23 @@ ROWS_KERNEL(256)
 //   its warps take `chunk` slots each and combine their partials in shared memory (fewer splits for the merge to
 //   read). Same partials layout. Grid: (P * KVH, splits), block: 32 * GQA_WARPS, a split covering GQA_WARPS * chunk
 //   slots. Built for the common (D, G); other shapes use attention_rows_dD.
-template <int D, int G>
+template <int D, int G, bool PIPELINED = false>
 __device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
                          const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
-                         float scale, int q_stride, int chunk) {
+                         float scale, int q_stride, int chunk, int* claims = nullptr) {
     int rg = blockIdx.x, s = blockIdx.y;
     int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
-    group_attend_slots<D, G, true, false>(partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2),
-                                   q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
-                                   reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr, nullptr, g, KVH, row_len[r], s,
-                                   splits, chunk, scale, [](int t) { return t; });
+    float* part = partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2);
+    const float* qrow = q + (size_t)r * q_stride + g * G * D;
+    const bf16 *kc = reinterpret_cast<const bf16*>(kptr[seg[r]]), *vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
+    auto slot_of = [](int t) { return t; };
+    if constexpr (PIPELINED) {   // the row's slots in chunks that its splits' blocks claim (attention_pipelined)
+        group_attend_pipelined<D, G>(part, qrow, kc, vc, nullptr, nullptr, g, KVH, row_len[r], claims + 2 * rg, splits,
+                                     scale, slot_of);
+    } else {
+        group_attend_slots<D, G, true, false>(part, qrow, kc, vc, nullptr, nullptr, g, KVH, row_len[r], s, splits, chunk,
+                                              scale, slot_of);
+    }
 }
 
 #define GQA_KERNEL(d, g) extern "C" __global__ void attention_gqa_d##d##_g##g(float* p, const float* q, \
@@ -75,25 +82,15 @@ GQA_KERNEL(128, 8)
 //   before the first launch, each launch leaves them zero), so the host sizes the grid to what the device holds at
 //   once, whatever the rows' lengths. Caches in device memory only (cp.async). Same partials layout.
 //   Grid: (P * KVH, splits), block: 32 (G + 1), dynamic shared memory pipelined_shared_bytes(D). Built for G = 2, 4
-//   (3 G <= 16) at D = 32, 64, 128: (32, 2) is the tiny test models' shape, so their golden decodes run it.
+//   (3 G <= 16) at D = 32, 64, 128: (32, 2) is the tiny test models' shape, so their golden decodes run it. The rows
+//   are decoded as for attention_gqa_dD_gG (gqa_body, PIPELINED).
 // Why: attention_gqa's warps hold one chunk's loads in registers; at batch 8 and 4K (H100) it read the caches at
 //   about half the copy bandwidth, where the pipelined kernel reads selected rows at 72-85%.
-template <int D, int G>
-__device__ void pipelined_body(float* partials, const float* q, const unsigned long long* kptr,
-                               const unsigned long long* vptr, const int* seg, const int* row_len, const int* rows_of,
-                               int H, int KVH, int splits, float scale, int q_stride, int* claims) {
-    int rg = blockIdx.x, pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
-    group_attend_pipelined<D, G>(partials + ((size_t)(pr * H + g * G) * splits + blockIdx.y) * (D + 2),
-                                 q + (size_t)r * q_stride + g * G * D, reinterpret_cast<const bf16*>(kptr[seg[r]]),
-                                 reinterpret_cast<const bf16*>(vptr[seg[r]]), nullptr, nullptr, g, KVH, row_len[r],
-                                 claims + 2 * rg, splits, scale, [](int t) { return t; });
-}
-
 #define PIPELINED_KERNEL(d, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
         attention_pipelined_d##d##_g##g(float* p, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const int* seg, const int* len, const int* rows_of, int H, int KVH, int splits, \
         float scale, int q_stride, int* claims) { \
-    pipelined_body<d, g>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, claims); }
+    gqa_body<d, g, true>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, 0, claims); }
 PIPELINED_KERNEL(32, 2)
 PIPELINED_KERNEL(32, 4)
 PIPELINED_KERNEL(64, 2)

@@ -130,7 +130,9 @@ GEMV(8, 2)
 GEMV(16, 1)
 
 // 8 floats as three bf16 parts, hi + mid + lo = x exactly (24 bits of mantissa): b[part][i] holds the pair
-// (x[2i], x[2i + 1]), an mma B fragment's register
+// (x[2i], x[2i + 1]), an mma B fragment's register. common.cuh's bf16_rest gives the same parts a value at a time; here
+// each pair is converted by one instruction (cvt.rn.bf16x2.f32), which the GEMV's inner loop runs for every x value of
+// every block (bf16_rest's form: half again as much PTX for gemv_tc).
 __device__ __forceinline__ void split_bf16x3(const float* xs, unsigned (&b)[3][4]) {
 #pragma unroll
     for (int e = 0; e < 8; e += 2) {
@@ -146,6 +148,28 @@ __device__ __forceinline__ void split_bf16x3(const float* xs, unsigned (&b)[3][4
         b[1][e / 2] = *reinterpret_cast<unsigned*>(&md);
         b[2][e / 2] = *reinterpret_cast<unsigned*>(&lo);
     }
+}
+
+// The 8 values of x at xrow (zeros where the row is past the batch's: !present) as split_bf16x3's parts; with NORM
+// times the norm weights gw, their squares added to ss first (the row's sum for the prologue's rsqrt)
+template <bool NORM>
+__device__ __forceinline__ void x8_parts(const float* xrow, bool present, const float* gw, float& ss,
+                                         unsigned (&b)[3][4]) {
+    float xs[8];
+    if (present) {
+        load_f32x8(xrow, xs);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) xs[e] = 0.f;
+    }
+    if constexpr (NORM) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            ss += xs[e] * xs[e];
+            xs[e] *= gw[e];
+        }
+    }
+    split_bf16x3(xs, b);
 }
 
 // gemv_tc (decode, 2-16 rows, K % 32 == 0): the same products on tensor cores, for batches where gemv_mM is bound by
@@ -193,23 +217,9 @@ __device__ __forceinline__ void gemv_tc_body(GemvTcPart& part, float (&ss_part)[
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             int m = j * 8 + g;
-            float xs[8];
-            if (m < M) {
-                load_f32x8(x + (size_t)m * K + k + 8 * t, xs);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; e++) xs[e] = 0.f;
-            }
-            if constexpr (NORM) {
-#pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    ss[j] += xs[e] * xs[e];
-                    xs[e] *= gw[e];
-                }
-            }
             // x = hi + mid + lo, each bf16; k slots: step 0 takes 8t + 0..3, step 1 8t + 4..7 (as W's halves)
             unsigned b[3][4];
-            split_bf16x3(xs, b);
+            x8_parts<NORM>(x + (size_t)m * K + k + 8 * t, m < M, gw, ss[j], b);
             unsigned a0[4] = {a_lo.x, a_hi.x, a_lo.y, a_hi.y}, a1[4] = {a_lo.z, a_hi.z, a_lo.w, a_hi.w};
 #pragma unroll
             for (int part_ = 0; part_ < 3; part_++) {
