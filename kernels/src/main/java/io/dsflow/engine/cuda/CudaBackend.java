@@ -284,10 +284,7 @@ public final class CudaBackend implements Backend {
         prepare(config);
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
-        if (labelGroup > 1 && !channels.sharedByGroups(c.numKvHeads(), r)) {
-            throw new IllegalArgumentException("channels " + config.channelSource() + ": the heads of a kv head's group do"
-                    + " not share their label channels");
-        }
+        channels.requireLabelRows(config, c.numHeads(), c.numKvHeads(), c.headDim());
         int[][][] ch = new int[c.numLayers()][][];
         for (int l = Math.min(config.denseLayers(), c.numLayers()); l < c.numLayers(); l++) {
             ch[l] = new int[c.numHeads()][];
@@ -835,8 +832,8 @@ public final class CudaBackend implements Backend {
         int widestInput = Math.max(Math.max(hidden, c.qDim()), Math.max(c.intermediateSize(), c.wordEmbedDim()));
         buf("xbf", (long) rows * widestInput / 2 + 4);   // bf16 copy of a GEMM's input
         CUdeviceptr partials = buf("partials", (long) Math.max(1, decodeRows) * heads * splits * (hd + 2));
-        // sparse_attention_pipelined's chunk counters, a pair a (row, kv head): zero when made, and each launch leaves
-        // them zero
+        // the pipelined attention's chunk counters (attention_pipelined, sparse_attention_pipelined), a pair a (row, kv
+        // head): zero when made, and each launch leaves them zero
         long claimInts = 2L * Math.max(1, decodeRows) * c.numKvHeads();
         Long claimsHad = scratchBytes.get("claims");
         CUdeviceptr claims = buf("claims", claimInts);

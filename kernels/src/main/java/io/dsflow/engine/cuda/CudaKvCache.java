@@ -119,7 +119,7 @@ public final class CudaKvCache implements KvCache {
                 if (channels[l] == null) continue;
                 int r = channels[l][0].length;
                 rr = r;
-                width = heads / this.labelGroup * r;
+                width = labelRows() * r;
                 int[] flat = new int[heads * r];
                 for (int h = 0; h < heads; h++) System.arraycopy(channels[l][h], 0, flat, h * r, r);
                 buffers.channelBytes = flat.length * 4L;

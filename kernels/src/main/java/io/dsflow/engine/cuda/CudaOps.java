@@ -184,15 +184,15 @@ final class CudaOps {
     }
 
     /**
-     * Dynamic shared memory of a sparse_attention_pipelined block (pipelined_shared_bytes): the stages' key and value
-     * rows, a scratch for Q's parts or S, P and the corrections.
+     * Dynamic shared memory of a pipelined attention block (sparse_attention_pipelined, attention_pipelined;
+     * pipelined_shared_bytes): the stages' key and value rows, a scratch for Q's parts or S, P and the corrections.
      */
     static int pipelinedSharedBytes(int hd) {
         int scratch = Math.max(16 * hd * 2, 16 * PIPE_ROWS * 4 + 16 * (PIPE_ROWS + 8) * 2 + 16 * 4);
         return PIPE_STAGES * 2 * PIPE_ROWS * hd * 2 + scratch;
     }
 
-    /** Threads of a sparse_attention_pipelined block: a warp a head of the group, and the producer warp. */
+    /** Threads of a pipelined attention block: a warp a head of the group, and the producer warp. */
     static int pipelinedThreads(int group) {
         return 32 * (group + 1);
     }

@@ -98,6 +98,20 @@ public final class ChannelConfig {
         return new ChannelConfig(merged);
     }
 
+    /**
+     * Checks these channels suit a cache of {@code cfg} for a model of {@code heads} query and {@code kvHeads} kv heads:
+     * where it keeps a label row a group ({@link KvConfig#labelGroup} > 1) the group's heads must share their label
+     * channels (both backends' caches call this).
+     *
+     * @throws IllegalArgumentException where they do not
+     */
+    public void requireLabelRows(KvConfig cfg, int heads, int kvHeads, int headDim) {
+        if (cfg.labelGroup(heads, kvHeads) > 1 && !sharedByGroups(kvHeads, cfg.labelChannels(headDim))) {
+            throw new IllegalArgumentException("channels " + cfg.channelSource() + ": the heads of a kv head's group do"
+                    + " not share their label channels");
+        }
+    }
+
     /** Whether the query heads of each group of {@code heads / kvHeads} have the same first r channels in every layer. */
     public boolean sharedByGroups(int kvHeads, int r) {
         for (int[][] layer : order) {

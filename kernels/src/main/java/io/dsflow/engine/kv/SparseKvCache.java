@@ -53,10 +53,7 @@ public final class SparseKvCache implements KvCache {
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
         this.predicted = new float[layers][];
-        if (labelGroup > 1 && !channelConfig.sharedByGroups(kvHeads, r)) {
-            throw new IllegalArgumentException("channels " + cfg.channelSource() + ": the heads of a kv head's group do"
-                    + " not share their label channels");
-        }
+        channelConfig.requireLabelRows(cfg, numHeads, kvHeads, headDim);
         for (int l = 0; l < layers; l++) {
             for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
             if (l >= cfg.denseLayers()) labels[l] = new float[numHeads / labelGroup * r][256];

@@ -85,6 +85,16 @@ class CudaKernelTest {
         return x;
     }
 
+    /** Random label channels [heads * r] of [0, hd), the same for the heads of each label row (labelGroup heads). */
+    private static int[] labelRowChannels(Random rnd, int heads, int r, int hd, int labelGroup) {
+        int[] channels = new int[heads * r];
+        for (int i = 0; i < channels.length; i++) {
+            int h = i / r;
+            channels[i] = h % labelGroup == 0 ? rnd.nextInt(hd) : channels[i - h % labelGroup * r];
+        }
+        return channels;
+    }
+
     static int[] downloadInts(CUdeviceptr p, int n) {
         gpu.synchronize();
         int[] x = new int[n];
@@ -503,11 +513,7 @@ class CudaKernelTest {
                 lptr[sgm] = jcuda.DeviceAddress.of(dl);
                 sptr[sgm] = jcuda.DeviceAddress.of(ds);
             }
-            channels[sgm] = new int[heads * r];
-            for (int i = 0; i < channels[sgm].length; i++) {   // the heads sharing a label row share their channels
-                int h = i / r;
-                channels[sgm][i] = h % labelGroup == 0 ? rnd.nextInt(hd) : channels[sgm][i - h % labelGroup * r];
-            }
+            channels[sgm] = labelRowChannels(rnd, heads, r, hd, labelGroup);
             chptr[sgm] = jcuda.DeviceAddress.of(upload(channels[sgm]));
         }
         float[] q = random(rnd, rows * qStride, 1);
@@ -572,13 +578,8 @@ class CudaKernelTest {
         slot[prefill] = decodeSlot;
         int group = heads / kvHeads;
         int[] labelGroup = {group, 1};
-        int[][] channels = new int[2][heads * r];
-        for (int sg = 0; sg < 2; sg++) {
-            for (int i = 0; i < heads * r; i++) {
-                int h = i / r;
-                channels[sg][i] = h % labelGroup[sg] == 0 ? rnd.nextInt(hd) : channels[sg][i - h % labelGroup[sg] * r];
-            }
-        }
+        int[][] channels = new int[2][];
+        for (int sg = 0; sg < 2; sg++) channels[sg] = labelRowChannels(rnd, heads, r, hd, labelGroup[sg]);
         // segment 0: 8-bit labels a kv head and a ring; segment 1: 16-bit labels a query head, no ring
         int rows0 = heads / group;
         CUdeviceptr lab0 = upload(new int[cap0 * rows0 * r / 4]), scales0 = upload(new int[rows0 * cap0 / 2]);
