@@ -27,6 +27,19 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Maximum over a block of up to 1024 threads (whole warps) of non-negative values; every thread gets the result.
+// scratch: 32 floats of shared memory.
+__device__ __forceinline__ float block_max_nonneg(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = lane < warps ? scratch[lane] : 0.f;
+    return warp_max(v);
+}
+
 // 8 bf16 values (one 16-byte load) as floats
 __device__ __forceinline__ void bf16x8_to_float(uint4 raw, float* out) {   // by value: one 16-byte load
     const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);

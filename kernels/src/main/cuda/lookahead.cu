@@ -2,9 +2,9 @@
 // predicts layer l + 1's selection from layer l's input and, for stores in host memory, gathers the selected rows to a
 // device stage, so that layer l + 1's attention reads them from device memory. The CPU reference is CpuBackend's
 // predictNextQueries and SparseKvCache's selection with a predicted query.
-//   x: [P][hidden] f32, the residual stream of the look-ahead rows (the main stream copies it out before layer l
-//     changes it), row p for sparse descriptor p; sp: those rows' descriptors (sparse_rows.cuh), the gather's P rows
-//     first
+//   x: [rows][hidden] f32, the residual stream, read in place at each look-ahead row's own row (the main stream's
+//     output product of layer l, which changes it, waits for the side stream's prediction); sp: the look-ahead rows'
+//     descriptors (sparse_rows.cuh), the gather's P rows first
 //   wq: layer l + 1's [q: H x D | k | v][hidden] bf16 product matrix (only q rows read), q_bias: [H x D] bf16 or null
 //   norm_w, norm_b: layer l + 1's attention norm [hidden] bf16 (norm_w null: post-norm, x as it is; norm_b: LayerNorm)
 //   channels of layer l + 1: chptr[seg] -> [H * r] ints; q_pred: [rows][H * D] f32, written at the label channels only
@@ -30,7 +30,7 @@ extern "C" __global__ void __launch_bounds__(256) predict_label_queries(
     int row = d[SP_ROW], r = d[SP_R], half = D / 2, parts = (r + PREDICT_LABELS - 1) / PREDICT_LABELS;
     int h = blockIdx.y / parts, i0 = blockIdx.y % parts * PREDICT_LABELS, n = min(PREDICT_LABELS, r - i0);
     if (h >= H) return;   // the grid is sized for the step's widest r
-    const float* xr = x + (size_t)p * hidden;
+    const float* xr = x + (size_t)row * hidden;
     // 1. the sublayer's input: RMSNorm (or LayerNorm) with layer l + 1's weights, as add_rms_norm / add_layer_norm
     float mean = 0.f, inv = 1.f;
     if (norm_w != nullptr) {

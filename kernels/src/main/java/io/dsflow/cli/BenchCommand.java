@@ -86,8 +86,10 @@ public final class BenchCommand {
         root.put("copy_bytes_per_s", copy);
         ArrayNode decode = root.putArray("decode");
         warmUp(b);
-        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s%n", "policy", "batch", "context",
-                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB");
+        // host us: a step's host time between device work, during which the device idles: its metadata + its graph's
+        // launch (cN: N graph captures in the timed steps, their time not counted)
+        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s %12s%n", "policy", "batch", "context",
+                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB", "host us");
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
         KvConfig kv = policy.kv();
         for (int ctx : contexts) {
@@ -104,14 +106,22 @@ public final class BenchCommand {
                     for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
                     for (int s = 0; s < 3; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
                     gpu.synchronize();
+                    b.resetHostTime();
                     long start = System.nanoTime();
                     for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + 3 + s));
                     gpu.synchronize();
-                    double sec = (System.nanoTime() - start) / 1e9 / steps;
+                    // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
+                    // ds at every power of two) captures its graph first; the steady state does not, so the capture's
+                    // host time, during which the device idles, is left out (and said in the host column)
+                    CudaBackend.HostTime host = b.hostTime();
+                    double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
                     double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + 3 + steps / 2);
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f%n",
+                    String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f%s",
+                            host.prepareNanos() / 1e3 / host.steps(), host.launchNanos() / 1e3 / host.steps(),
+                            host.captures() == 0 ? "" : " c" + host.captures());
+                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f %12s%n",
                             policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
-                            100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9);
+                            100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9, hostUs);
                     ObjectNode row = decode.addObject();
                     row.put("policy", policy.name());
                     row.put("batch", batch);
@@ -122,6 +132,12 @@ public final class BenchCommand {
                     row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
                     row.put("peak_device_bytes", gpu.peakAllocated());
                     row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
+                    if (host.steps() > 0) {
+                        row.put("host_prepare_us_per_step", host.prepareNanos() / 1e3 / host.steps());
+                        row.put("host_launch_us_per_step", host.launchNanos() / 1e3 / host.steps());
+                        row.put("graph_captures", host.captures());
+                        row.put("graph_capture_ms_excluded", host.captureNanos() / 1e6);
+                    }
                     if (profile) {   // one more step, eager, with an event at each stage of each layer on each stream
                         CudaBackend.Profile pr = b.profileStep(step(caches, tokens, ctx + 3 + steps));
                         ObjectNode prof = row.putObject("profile_ms");

@@ -139,6 +139,7 @@ public final class CudaBackend implements Backend {
             invFreq = null;
         }
         lookaheadDone = new jcuda.driver.CUevent[]{gpu.newEvent(), gpu.newEvent()};
+        lookaheadRead = new jcuda.driver.CUevent[]{gpu.newEvent(), gpu.newEvent()};
         gpu.trim();   // the staging blocks of the interleaved uploads go back to the driver
         weightBytes = gpu.allocated();
         embedBytes = c.tieWordEmbeddings() ? 0 : (long) c.vocabSize() * c.wordEmbedDim() * 2;
@@ -590,7 +591,9 @@ public final class CudaBackend implements Backend {
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
-     * scores in {@code scores}. Both select the same slots. {@code sharedOnly}: every row selecting on the main stream
+     * scores in {@code scores}. Both select the same slots. {@code fusedAppend}: every sparse cache of the step is dspp,
+     * so a token's key, value, labels and ring slots are written by one kernel (kv_label_append_rope); otherwise ds's
+     * label gather is a launch of its own after kv_append_rope (label_append), as Double Sparsity has it. {@code sharedOnly}: every row selecting on the main stream
      * shares its group's selection (a launch has rows x kv heads selections). {@code groupKinds}: 0 when the selected
      * rows' attention runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main
      * stream for the block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's
@@ -603,7 +606,7 @@ public final class CudaBackend implements Backend {
                               CUdeviceptr sparseRows, int sparseStride, CUdeviceptr lTable, CUdeviceptr chTable,
                               CUdeviceptr sTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr segInfo,
                               int maxR, int maxCand, int maxK, int maxSlots, int splits, boolean fused,
-                              boolean sharedOnly, int groupKinds,
+                              boolean fusedAppend, boolean sharedOnly, int groupKinds,
                               CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead) {
     }
 
@@ -622,7 +625,7 @@ public final class CudaBackend implements Backend {
      * rows; {@code sharedOnly}: every look-ahead row shares its group's selection.
      */
     private record Lookahead(int[] aheadCount, int[] stagedCount, int stagedKinds, int aheadKinds, boolean sharedOnly,
-                             CUdeviceptr[] selected, CUdeviceptr[] x, CUdeviceptr q, CUdeviceptr scores,
+                             CUdeviceptr[] selected, CUdeviceptr q, CUdeviceptr scores,
                              CUdeviceptr[] stageK, CUdeviceptr[] stageV) {
     }
 
@@ -699,13 +702,35 @@ public final class CudaBackend implements Backend {
         }
     }
 
+    /**
+     * Host time of the decode steps run as graphs since the last {@link #resetHostTime}: building each step's metadata
+     * ({@code prepareNanos}), finding and launching its graph ({@code launchNanos}), and capturing the graphs of new
+     * shapes ({@code captures}, in {@code captureNanos}: once per shape, whose buckets change every few hundred
+     * tokens). The device idles through all three (the next step needs the last one's tokens).
+     */
+    public record HostTime(long steps, long prepareNanos, long launchNanos, int captures, long captureNanos) {
+    }
+
+    private long hostSteps, prepareNanos, launchNanos, captureNanos;
+    private int captures;
+
+    public HostTime hostTime() {
+        return new HostTime(hostSteps, prepareNanos, launchNanos, captures, captureNanos);
+    }
+
+    public void resetHostTime() {
+        hostSteps = prepareNanos = launchNanos = captureNanos = captures = 0;
+    }
+
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
         boolean decodeOnly = batch.rows() == batch.segments().size();
         boolean graph = GRAPHS && decodeOnly && marks == null;
+        long t0 = System.nanoTime();
         Step step = prepare(batch, graph);
         if (graph) {
+            long t1 = System.nanoTime();
             // one graph per shape: batch size and splits, and with sparse caches which rows select in each layer and
             // the bucketed sizes of their buffers (candidates, budgets, splits), which change every few hundred tokens
             SparsePlan p = step.sparse();
@@ -713,16 +738,23 @@ public final class CudaBackend implements Backend {
                     + (step.denseClaims() != null ? ",pipelined" : "") + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.maxSlots() + "," + p.splits()
                     + "," + p.maxR()
-                    + (p.fused() ? ",fused" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
+                    + (p.fused() ? ",fused" : "") + (p.fusedAppend() ? ",append" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
                     + (p.ahead() == null ? "" : "|ahead" + Arrays.toString(p.ahead().aheadCount())
                     + Arrays.toString(p.ahead().stagedCount()) + ",g" + p.ahead().stagedKinds() + ","
                     + p.ahead().aheadKinds() + (p.ahead().sharedOnly() ? ",shared" : "")));
             jcuda.driver.CUgraphExec exec = graphs.get(key);
+            long captured = 0;
             if (exec == null) {
                 exec = gpu.capture(() -> launchAll(step));
                 graphs.put(key, exec);
+                captured = System.nanoTime() - t1;
+                captures++;
+                captureNanos += captured;
             }
             gpu.replay(exec);
+            hostSteps++;
+            prepareNanos += t1 - t0;
+            launchNanos += System.nanoTime() - t1 - captured;
         } else {
             launchAll(step);
         }
@@ -935,6 +967,8 @@ public final class CudaBackend implements Backend {
             // every selecting row shares its group's selection on device memory: sparse_attention_pipelined's splits
             sparseSplits = CudaOps.pipelinedSplits(gpu, hd, group, maxSparse * c.numKvHeads(), maxSlots);
         }
+        boolean fusedAppend = segments.stream().allMatch(sg -> ((CudaKvCache) sg.cache()).sparse() == null
+                || ((CudaKvCache) sg.cache()).sparse().policy() == KvPolicy.DSPP);
         // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
         boolean fused = allDspp && CudaOps.canSelect(gpu, maxCand)
                 && (anyShared ? heads / c.numKvHeads() : 1) * maxR <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
@@ -949,7 +983,7 @@ public final class CudaBackend implements Backend {
         int maxAhead = Arrays.stream(aheadCount).max().orElse(0);
         boolean anyStaged = Arrays.stream(stagedCount).anyMatch(n -> n > 0);
         long[] stageKTable = new long[anyStaged ? 2 * nseg : 0], stageVTable = new long[stageKTable.length];
-        CUdeviceptr aheadSel = null, aheadX = null, aheadQ = null, aheadScores = null;
+        CUdeviceptr aheadSel = null, aheadQ = null, aheadScores = null;
         long selectedInts = (long) maxAhead * heads * maxK;
         if (maxAhead > 0) {
             long stageBytes = (long) maxK * c.kvDim() * 2;
@@ -961,7 +995,6 @@ public final class CudaBackend implements Backend {
                 }
             }
             aheadSel = buf("aheadSelected", 2 * selectedInts);
-            aheadX = buf("aheadX", 2L * maxAhead * hidden);
             aheadQ = buf("aheadQ", (long) rows * c.qDim());
             if (!fused) aheadScores = buf("aheadScores", (long) maxAhead * heads * maxCand);
         }
@@ -974,12 +1007,12 @@ public final class CudaBackend implements Backend {
                 groupAttention ? runKinds[0] : 0, groupAttention ? runKinds[1] : 0,
                 ((runKinds[0] | runKinds[1]) & 1) == 0,
                 new CUdeviceptr[]{aheadSel, at(aheadSel, selectedInts)},
-                new CUdeviceptr[]{aheadX, at(aheadX, (long) maxAhead * hidden)}, aheadQ, aheadScores,
+                aheadQ, aheadScores,
                 anyStaged ? new CUdeviceptr[]{d[7], d[7].withByteOffset(8L * nseg)} : null,
                 anyStaged ? new CUdeviceptr[]{d[8], d[8].withByteOffset(8L * nseg)} : null);
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, maxSlots, sparseSplits, fused,
-                (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
+                fusedAppend, (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
         return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
                 decodeRows, d[15], partials, densePipelined ? claims : null, d[16], logits, plan, hostPrefills);
     }
@@ -1018,10 +1051,7 @@ public final class CudaBackend implements Backend {
             Layer w = layers[layer];
             markLayer = layer;
             // 2. lookahead: the next layer's selection (and its host-placed rows) on the side stream meanwhile
-            if (st.sparse() != null && st.sparse().ahead() != null && layer + 1 < layers.length
-                    && st.sparse().ahead().aheadCount()[layer + 1] > 0) {
-                lookAhead(st, layer + 1);
-            }
+            if (aheadNext(st, layer)) lookAhead(st, layer + 1);
             // 3. q, k, v from the attention sublayer's input: RMSNorm in the product's prologue (LayerNorm: a norm
             //    kernel first; post-norm: the residual stream itself)
             mark("q/k/v product");
@@ -1030,27 +1060,38 @@ public final class CudaBackend implements Backend {
                     false, attnIn.norm(), false);
             // 4. rotary positions on q and k; every row's key and value to its sequence's cache (one launch; a host-placed
             //    prefill's to its device stage, which holds the layer's earlier rows)
-            mark("rope + kv append");
+            //    (dspp: with their labels and ring slots, in the same launch)
+            SparsePlan sp = st.sparse();
+            long at = 8L * layer * nseg;
+            boolean fusedAppend = sp != null && sp.fusedAppend();
+            mark(fusedAppend ? "rope + kv + label append" : "rope + kv append");
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.stageHistory(gpu, layer);
-            CUdeviceptr kt = st.kTable().withByteOffset(8L * layer * nseg), vt = st.vTable().withByteOffset(8L * layer * nseg);
-            gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
-                    st.slot(), heads, kvHeads, hd, qkvDim);
+            CUdeviceptr kt = st.kTable().withByteOffset(at), vt = st.vTable().withByteOffset(at);
+            if (fusedAppend) {
+                gpu.launch("kv_label_append_rope", rows, heads + 2 * kvHeads, Math.max(32, hd / 2), qkv, positions,
+                        invFreq, kt, vt, sp.lTable().withByteOffset(at), sp.chTable().withByteOffset(at),
+                        sp.sTable().withByteOffset(at), sp.ringKTable().withByteOffset(at),
+                        sp.ringVTable().withByteOffset(at), st.seg(), st.slot(), st.lastRows(), sp.segInfo(), heads,
+                        kvHeads, hd, qkvDim);
+            } else {
+                gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
+                        st.slot(), heads, kvHeads, hd, qkvDim);
+            }
             // 5. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged; with
             //    sparse caches, this layer's selecting rows go through labels, top-k and attention over the selection
-            SparsePlan sp = st.sparse();
             if (sp == null) {
                 mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         st.decodeRows(), st.rowsOf(), st.partials(), st.splits(), st.chunk(), st.denseClaims(), heads,
                         kvHeads, hd);
             } else {
-                long at = 8L * layer * nseg;
-                CUdeviceptr lt = sp.lTable().withByteOffset(at), ct = sp.chTable().withByteOffset(at);
-                CUdeviceptr sct = sp.sTable().withByteOffset(at);
-                CUdeviceptr rkt = sp.ringKTable().withByteOffset(at), rvt = sp.ringVTable().withByteOffset(at);
-                mark("label append");
-                gpu.launch("label_append", rows, heads, Math.max(32, (sp.maxR() + 31) / 32 * 32), qkv, lt, ct, sct, rkt, rvt, st.seg(),
-                        st.slot(), st.lastRows(), sp.segInfo(), heads, kvHeads, hd, qkvDim);
+                if (!fusedAppend) {
+                    mark("label append");
+                    gpu.launch("label_append", rows, heads, Math.max(32, (sp.maxR() + 31) / 32 * 32), qkv,
+                            sp.lTable().withByteOffset(at), sp.chTable().withByteOffset(at), sp.sTable().withByteOffset(at),
+                            sp.ringKTable().withByteOffset(at), sp.ringVTable().withByteOffset(at), st.seg(), st.slot(),
+                            st.lastRows(), sp.segInfo(), heads, kvHeads, hd, qkvDim);
+                }
                 mark("attention (dense)");
                 CudaOps.attention(gpu, att, q, qkvDim, kt, vt, st.seg(), st.rowLen(), st.tileCount(), st.tiles(),
                         sp.denseCount()[layer], sp.denseRows().withByteOffset(4L * layer * sp.denseStride()),
@@ -1086,8 +1127,10 @@ public final class CudaBackend implements Backend {
                 }
             }
             for (HostPrefill hp : st.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
-            // 6. output projection, added into the residual stream by its epilogue (post-norm: then the norm)
+            // 6. output projection, added into the residual stream by its epilogue (post-norm: then the norm), once the
+            //    side stream's prediction for the next layer has read the residual stream
             mark("output product");
+            if (aheadNext(st, layer)) gpu.await(lookaheadRead[(layer + 1) & 1]);
             CudaOps.linear(gpu, x, att, xbf, false, rows, w.o.ptr(), ptr(w.oBias), hidden, qDim, false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm, w.attnNormBias, rows);
             mark("mlp");
@@ -1127,13 +1170,25 @@ public final class CudaBackend implements Backend {
                 c.wordEmbedDim(), false, headNorm, false);
     }
 
+    /** Whether layer + 1 has look-ahead rows, whose side-stream work starts with layer {@code layer}. */
+    private boolean aheadNext(Step st, int layer) {
+        return st.sparse() != null && st.sparse().ahead() != null && layer + 1 < layers.length
+                && st.sparse().ahead().aheadCount()[layer + 1] > 0;
+    }
+
     /** Joins the side stream's work for a layer back into the main stream, by layer parity. */
     private final jcuda.driver.CUevent[] lookaheadDone;
+    /**
+     * Recorded on the side stream once its query prediction for a layer has read the residual stream, by that layer's
+     * parity; the main stream waits for it before the previous layer's output product changes the residual stream.
+     */
+    private final jcuda.driver.CUevent[] lookaheadRead;
 
     /**
-     * Side-stream work for layer {@code layer}'s look-ahead rows, made while layer - 1 runs on the main stream: their
-     * residual stream copied out first (the main stream goes on changing it), then on the side stream the query
-     * predicted from it through this layer's norm and q projection (label channels only; each block normalises the row
+     * Side-stream work for layer {@code layer}'s look-ahead rows, made while layer - 1 runs on the main stream: on the
+     * side stream the query predicted from their residual stream (read in place: the main stream's output product of
+     * layer - 1 waits for {@link #lookaheadRead}; a copy made first on the main stream cost a launch a layer, 4.5 us, on
+     * its critical path) through this layer's norm and q projection (label channels only; each block normalises the row
      * itself: a norm kernel first, one launch more on the side stream, measured 477 / 574 tokens/s at batch 8 and 32K,
      * 16- / 8-bit, against 518 / 590, a call each on the H100), the selection, and the
      * staged rows' keys and values gathered from host memory; the main stream waits for {@link #lookaheadDone} at
@@ -1145,9 +1200,7 @@ public final class CudaBackend implements Backend {
         int n = la.aheadCount()[layer], staged = la.stagedCount()[layer], parity = layer & 1;
         int hidden = c.hiddenSize(), heads = c.numHeads();
         Layer w = layers[layer];
-        CUdeviceptr x = la.x()[parity], desc = sparseDescriptors(sp, layer, 0);
-        gpu.launch("gather_rows", n, 1, 256, x, scratch.get("x"), sp.sparseRows().withByteOffset(4L * layer * sp.sparseStride()),
-                n, hidden);
+        CUdeviceptr x = scratch.get("x"), desc = sparseDescriptors(sp, layer, 0);
         gpu.onSide(() -> {
             mark("look-ahead query");
             boolean pre = c.layerNormBefore();
@@ -1156,6 +1209,7 @@ public final class CudaBackend implements Backend {
                     pre ? w.attnNorm.ptr() : null, pre ? ptr(w.attnNormBias) : null, c.normEps(), w.qkv.ptr(),
                     ptr(w.qkvBias), st.positions(), invFreq, sp.chTable().withByteOffset(8L * layer * st.nseg()), st.seg(),
                     desc, heads, c.headDim(), hidden);
+            gpu.record(lookaheadRead[parity]);
             mark("look-ahead selection");
             select(st, layer, 0, n, la.q(), c.qDim(), la.sharedOnly(), la.selected()[parity], la.scores());
             if (staged > 0) {
@@ -1273,5 +1327,6 @@ public final class CudaBackend implements Backend {
         scratch.clear();
         scratchBytes.clear();
         for (jcuda.driver.CUevent e : lookaheadDone) gpu.destroy(e);
+        for (jcuda.driver.CUevent e : lookaheadRead) gpu.destroy(e);
     }
 }

@@ -209,7 +209,7 @@ public final class CudaRuntime implements AutoCloseable {
                     "attention_pipelined_d128_g2", "attention_pipelined_d128_g4"};
             case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
             case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sparse" -> Stream.of(Stream.of("label_append", "sparse_scores", "sparse_topk",
+            case "sparse" -> Stream.of(Stream.of("label_append", "kv_label_append_rope", "sparse_scores", "sparse_topk",
                             "sparse_select", "sparse_select_cluster", "sparse_select_cluster2", "sparse_attention_d32",
                             "sparse_attention_d64", "sparse_attention_d128"),
                     // the grouped sparse attention, each for stores on the device and in host memory, and the

@@ -636,6 +636,87 @@ class CudaKernelTest {
         }
     }
 
+    /**
+     * dspp's one append kernel (kv_label_append_rope) writes what kv_append_rope then label_append write (the latter
+     * checked against the CPU above), byte for byte: rotated q and k, the stores, labels, 8-bit scales and ring slots,
+     * for three segments (8-bit labels a kv head with a ring, a prefill whose window wrapped around; 16-bit labels a
+     * query head; a dense cache, whose rows get no labels), at head sizes 32 (a block of 16 pairs in a warp) and 128.
+     */
+    @Test
+    void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite() {
+        for (int hd : new int[]{32, 128}) {
+            Random rnd = new Random(37 + hd);
+            int heads = 8, kvHeads = 2, group = heads / kvHeads, r = 16, stride = (heads + 2 * kvHeads) * hd;
+            int kvDim = kvHeads * hd, sinks = 4, window = 16, prefill = 150, rows = prefill + 2, cap = 160;
+            float[] qkv = random(rnd, rows * stride, 2);
+            int[] seg = new int[rows], slot = new int[rows], pos = new int[rows];
+            for (int i = 0; i < prefill; i++) slot[i] = pos[i] = i;
+            seg[prefill] = 1;
+            slot[prefill] = pos[prefill] = 40;
+            seg[prefill + 1] = 2;
+            slot[prefill + 1] = pos[prefill + 1] = 77;
+            int[] labelGroup = {group, 1};
+            int[][] channels = {labelRowChannels(rnd, heads, r, hd, group), labelRowChannels(rnd, heads, r, hd, 1)};
+            int[] info = {r, 8, sinks, window, cap, group, r, 16, 0, 0, cap, 1, 0, 0, 0, 0, cap, 1};
+            float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(hd);
+            long labelBytes0 = (long) cap * (heads / group) * r, labelBytes1 = (long) cap * heads * r * 2;
+            long scaleBytes = (long) (heads / group) * cap * 2, ringBytes = (long) (sinks + window) * kvDim * 2;
+            long storeBytes = (long) cap * kvDim * 2;
+            byte[][][] outputs = new byte[2][][];
+            for (int fused = 0; fused < 2; fused++) {
+                CUdeviceptr dq = upload(qkv);
+                CUdeviceptr[] k = new CUdeviceptr[3], v = new CUdeviceptr[3];
+                for (int sg = 0; sg < 3; sg++) {
+                    k[sg] = upload(new int[(int) (storeBytes / 4)]);
+                    v[sg] = upload(new int[(int) (storeBytes / 4)]);
+                }
+                CUdeviceptr lab0 = upload(new int[(int) (labelBytes0 / 4)]), lab1 = upload(new int[(int) (labelBytes1 / 4)]);
+                CUdeviceptr scales0 = upload(new int[(int) (scaleBytes / 4)]);
+                CUdeviceptr ringK = upload(new int[(int) (ringBytes / 4)]), ringV = upload(new int[(int) (ringBytes / 4)]);
+                CUdeviceptr kt = upload(java.util.Arrays.stream(k).mapToLong(jcuda.DeviceAddress::of).toArray());
+                CUdeviceptr vt = upload(java.util.Arrays.stream(v).mapToLong(jcuda.DeviceAddress::of).toArray());
+                CUdeviceptr lt = upload(new long[]{jcuda.DeviceAddress.of(lab0), jcuda.DeviceAddress.of(lab1), 0});
+                CUdeviceptr ct = upload(new long[]{jcuda.DeviceAddress.of(upload(channels[0])),
+                        jcuda.DeviceAddress.of(upload(channels[1])), 0});
+                CUdeviceptr st = upload(new long[]{jcuda.DeviceAddress.of(scales0), 0, 0});
+                CUdeviceptr rkt = upload(new long[]{jcuda.DeviceAddress.of(ringK), 0, 0});
+                CUdeviceptr rvt = upload(new long[]{jcuda.DeviceAddress.of(ringV), 0, 0});
+                CUdeviceptr dseg = upload(seg), dslot = upload(slot), dpos = upload(pos), dinv = upload(inv);
+                CUdeviceptr last = upload(new int[]{prefill - 1, prefill, prefill + 1}), dinfo = upload(info);
+                if (fused == 1) {
+                    gpu.launch("kv_label_append_rope", rows, heads + 2 * kvHeads, Math.max(32, hd / 2), dq, dpos, dinv,
+                            kt, vt, lt, ct, st, rkt, rvt, dseg, dslot, last, dinfo, heads, kvHeads, hd, stride);
+                } else {
+                    gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, dq, dpos, dinv, kt, vt, dseg, dslot,
+                            heads, kvHeads, hd, stride);
+                    gpu.launch("label_append", rows, heads, 32, dq, lt, ct, st, rkt, rvt, dseg, dslot, last, dinfo, heads,
+                            kvHeads, hd, stride);
+                }
+                gpu.synchronize();
+                CUdeviceptr[] bufs = {dq, k[0], v[0], k[1], v[1], k[2], v[2], lab0, lab1, scales0, ringK, ringV};
+                long[] sizes = {(long) rows * stride * 4, storeBytes, storeBytes, storeBytes, storeBytes, storeBytes,
+                        storeBytes, labelBytes0, labelBytes1, scaleBytes, ringBytes, ringBytes};
+                outputs[fused] = new byte[bufs.length][];
+                for (int b = 0; b < bufs.length; b++) {
+                    outputs[fused][b] = new byte[(int) sizes[b]];
+                    cuMemcpyDtoH(Pointer.to(outputs[fused][b]), bufs[b], sizes[b]);
+                }
+            }
+            String[] names = {"q/k/v rows", "keys 0", "values 0", "keys 1", "values 1", "keys 2 (dense)",
+                    "values 2 (dense)", "8-bit labels", "16-bit labels", "8-bit scales", "ring keys", "ring values"};
+            for (int b = 0; b < names.length; b++) {
+                assertArrayEquals(outputs[0][b], outputs[1][b], "head size " + hd + ": " + names[b]);
+            }
+            // and they were written: the decode rows' keys, labels and the ring hold numbers
+            assertTrue(java.util.stream.IntStream.range(0, outputs[1][8].length).anyMatch(i -> outputs[1][8][i] != 0),
+                    "16-bit labels written");
+            assertTrue(java.util.stream.IntStream.range(0, outputs[1][10].length).anyMatch(i -> outputs[1][10][i] != 0),
+                    "ring written");
+            assertTrue(java.util.stream.IntStream.range(0, outputs[1][5].length).anyMatch(i -> outputs[1][5][i] != 0),
+                    "the dense segment's key stored");
+        }
+    }
+
     /** b (a fused selection) equals a (scores then top-k) and is the top of the scores computed on the CPU. */
     private static void checkSelection(int[] a, int[] b, int[][] rowsSpec, int[] seg, int[] segR, float[][] labels,
                                        int[][] channels, float[] q, int heads, int group, int labelGroup, int hd,
@@ -824,7 +905,7 @@ class CudaKernelTest {
     /**
      * Lookahead's kernels (lookahead.cu) against the CPU: predict_label_queries = the label channels of RoPE(W_q
      * rmsnorm(x) + b) (CpuBackend.predictNextQueries' arithmetic), with RMSNorm and without a norm (post-norm), for
-     * rows in another order than their descriptors; gather_selected_rows copies each shared selection's rows of a
+     * rows in another order than their descriptors, each read at its own row of the residual stream; gather_selected_rows copies each shared selection's rows of a
      * store in pinned host memory to the row's device stage and rewrites the selection to the stage's indices.
      */
     @Test
@@ -833,7 +914,7 @@ class CudaKernelTest {
         int heads = 4, kvHeads = 2, d = 64, hidden = 136, rows = 5, rLabels = 11, qDim = heads * d;
         int[] descRows = {3, 0, 4};   // P = 3 look-ahead rows: their batch rows
         int p = descRows.length;
-        float[] x = random(r, p * hidden, 1), w = random(r, (qDim + 2 * kvHeads * d) * hidden, 0.05f);
+        float[] x = random(r, rows * hidden, 1), w = random(r, (qDim + 2 * kvHeads * d) * hidden, 0.05f);
         float[] bias = random(r, qDim, 0.1f), normW = random(r, hidden, 1);
         int[] pos = {7, 1, 900, 33, 4097};
         int[] seg = {0, 1, 0, 1, 1};   // two segments, each with its own channels
@@ -866,7 +947,7 @@ class CudaKernelTest {
             for (int i = 0; i < p; i++) {
                 int row = descRows[i];
                 float[] xn = new float[hidden], ref = new float[qDim];
-                float[] xi = java.util.Arrays.copyOfRange(x, i * hidden, (i + 1) * hidden);
+                float[] xi = java.util.Arrays.copyOfRange(x, row * hidden, (row + 1) * hidden);
                 float[] nw = new float[hidden];
                 for (int j = 0; j < hidden; j++) nw[j] = bf(normW[j]);
                 if (norm) CpuOps.rmsNorm(xi, nw, 1e-5f, xn);
