@@ -85,9 +85,9 @@ public final class BenchCommand {
         root.put("weight_bytes", b.weightBytes());
         root.put("copy_bytes_per_s", copy);
         ArrayNode decode = root.putArray("decode");
-        warmUp(b);
+        warmUp(b, policies, java.util.Arrays.stream(batches).max().orElse(1));
         // host us: a step's host time between device work, during which the device idles: its metadata + its graph's
-        // launch (cN: N graph captures in the timed steps, their time not counted)
+        // launch / the longest step's (cN: N graph captures in the timed steps, their time not counted)
         out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s %12s%n", "policy", "batch", "context",
                 "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB", "host us");
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
@@ -119,9 +119,9 @@ public final class BenchCommand {
                     CudaBackend.HostTime host = b.hostTime();
                     double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
                     double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);
-                    String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f%s",
+                    String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f/%.0f%s",
                             host.prepareNanos() / 1e3 / host.steps(), host.launchNanos() / 1e3 / host.steps(),
-                            host.captures() == 0 ? "" : " c" + host.captures());
+                            host.maxNanos() / 1e3, host.captures() == 0 ? "" : " c" + host.captures());
                     out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f %12s%n",
                             policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
                             100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9, hostUs);
@@ -230,19 +230,35 @@ public final class BenchCommand {
     }
 
     /**
-     * Half a second of untimed decode steps (batch 1, 1K context) before the first row: without it the first row ran
-     * on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run.
+     * Untimed decode steps before the first row: half a second at batch 1 (1K context, dense), then for each policy a
+     * third of a second at the largest batch (2K context, fresh caches every 48 steps so none grows). Without the first,
+     * the first row ran on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run;
+     * without the second, each policy's host path (the step's metadata) ran partly interpreted in its first rows, at
+     * up to a millisecond a step where a long-running job spends tens of microseconds.
      */
-    private static void warmUp(CudaBackend b) {
+    private static void warmUp(CudaBackend b, List<io.dsflow.engine.probe.Eval.Policy> policies, int batch) {
         int ctx = Math.min(1024, b.config().maxPositions() / 2);
-        List<CudaKvCache> caches = new ArrayList<>(List.of(b.cacheOfLength(ctx, KvConfig.DENSE)));
-        try {
-            int[] tokens = {1000};
-            long end = System.nanoTime() + 500_000_000L;
-            for (int s = 0; System.nanoTime() < end && s < 256; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
-            b.runtime().synchronize();
-        } finally {
-            caches.get(0).release();
+        run(b, KvConfig.DENSE, 1, ctx, 256, 500_000_000L);
+        ctx = Math.min(2048, b.config().maxPositions() / 2);
+        for (io.dsflow.engine.probe.Eval.Policy policy : policies) run(b, policy.kv(), batch, ctx, 160, 330_000_000L);
+    }
+
+    /** Up to {@code maxSteps} untimed decode steps for up to {@code nanos}, fresh caches every 48 steps. */
+    private static void run(CudaBackend b, KvConfig kv, int batch, int ctx, int maxSteps, long nanos) {
+        long end = System.nanoTime() + nanos;
+        for (int done = 0; done < maxSteps && System.nanoTime() < end; ) {
+            List<CudaKvCache> caches = new ArrayList<>();
+            try {
+                for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx, kv));
+                int[] tokens = new int[batch];
+                java.util.Arrays.fill(tokens, 1000);
+                for (int s = 0; s < 48 && done < maxSteps && System.nanoTime() < end; s++, done++) {
+                    tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
+                }
+                b.runtime().synchronize();
+            } finally {
+                for (CudaKvCache c : caches) c.release();
+            }
         }
     }
 

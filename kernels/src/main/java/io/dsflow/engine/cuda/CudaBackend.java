@@ -710,20 +710,22 @@ public final class CudaBackend implements Backend {
      * Host time of the decode steps run as graphs since the last {@link #resetHostTime}: building each step's metadata
      * ({@code prepareNanos}), finding and launching its graph ({@code launchNanos}), and capturing the graphs of new
      * shapes ({@code captures}, in {@code captureNanos}: once per shape, whose buckets change every few hundred
-     * tokens). The device idles through all three (the next step needs the last one's tokens).
+     * tokens). The device idles through all three (the next step needs the last one's tokens). {@code maxNanos}: the
+     * longest step's metadata and launch.
      */
-    public record HostTime(long steps, long prepareNanos, long launchNanos, int captures, long captureNanos) {
+    public record HostTime(long steps, long prepareNanos, long launchNanos, int captures, long captureNanos,
+                           long maxNanos) {
     }
 
-    private long hostSteps, prepareNanos, launchNanos, captureNanos;
+    private long hostSteps, prepareNanos, launchNanos, captureNanos, maxHostNanos;
     private int captures;
 
     public HostTime hostTime() {
-        return new HostTime(hostSteps, prepareNanos, launchNanos, captures, captureNanos);
+        return new HostTime(hostSteps, prepareNanos, launchNanos, captures, captureNanos, maxHostNanos);
     }
 
     public void resetHostTime() {
-        hostSteps = prepareNanos = launchNanos = captureNanos = captures = 0;
+        hostSteps = prepareNanos = launchNanos = captureNanos = maxHostNanos = captures = 0;
     }
 
     /** The forward pass; returns the device buffer of logits [segments][vocab]. */
@@ -757,8 +759,10 @@ public final class CudaBackend implements Backend {
             }
             gpu.replay(exec);
             hostSteps++;
+            long launched = System.nanoTime() - t1 - captured;
             prepareNanos += t1 - t0;
-            launchNanos += System.nanoTime() - t1 - captured;
+            launchNanos += launched;
+            maxHostNanos = Math.max(maxHostNanos, t1 - t0 + launched);
         } else {
             launchAll(step);
         }
@@ -916,7 +920,10 @@ public final class CudaBackend implements Backend {
                 }
                 int context = cache.length(0) + 1;   // the decode row's token included
                 cand[s] = kv.candidates(context);
-                budgetsOf[s] = kv.layerBudgets(L, context);
+                // the previous segment's budgets where it has this policy and context (a batch started together)
+                CudaKvCache before = s == 0 ? null : (CudaKvCache) segments.get(s - 1).cache();
+                budgetsOf[s] = before != null && kv.equals(before.sparse()) && before.length(0) + 1 == context
+                        ? budgetsOf[s - 1] : kv.layerBudgets(L, context);
             }
             for (int l = 0; l < L; l++) {
                 // a layer's selecting rows in three runs: look-ahead rows staged from host memory, other look-ahead

@@ -36,6 +36,7 @@ public final class LayerBudgets {
         double a = 0, b = kMax / w[layers - 1] + 1;
         for (int it = 0; it < 200; it++) {
             double mid = (a + b) / 2;
+            if (mid == a || mid == b) break;   // adjacent doubles: further halvings change nothing (about 60 suffice)
             if (spend(w, first, mid, lo, kMax) < total) a = mid;
             else b = mid;
         }
