@@ -15,30 +15,24 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over a block of up to 1024 threads; every thread gets the result. scratch: 32 floats of shared memory.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Sum (MAX: maximum, of non-negative values: 0 is its identity) over a block of up to 1024 threads; every thread gets
+// the result. scratch: 32 floats of shared memory.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     int warps = (blockDim.x + 31) >> 5;
     v = lane < warps ? scratch[lane] : 0.f;
-    return warp_sum(v);
+    return MAX ? warp_max(v) : warp_sum(v);
 }
 
-// Maximum over a block of up to 1024 threads (whole warps) of non-negative values; every thread gets the result.
-// scratch: 32 floats of shared memory.
-__device__ __forceinline__ float block_max_nonneg(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    int warps = (blockDim.x + 31) >> 5;
-    v = lane < warps ? scratch[lane] : 0.f;
-    return warp_max(v);
-}
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<false>(v, scratch); }
+
+// whole warps only (label rows: the fused append's block is max(32, D / 2) threads)
+__device__ __forceinline__ float block_max_nonneg(float v, float* scratch) { return block_reduce<true>(v, scratch); }
 
 // 8 bf16 values (one 16-byte load) as floats
 __device__ __forceinline__ void bf16x8_to_float(uint4 raw, float* out) {   // by value: one 16-byte load
