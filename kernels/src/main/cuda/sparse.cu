@@ -43,7 +43,8 @@ __device__ void write_label_row(void* labels, unsigned long long scales_ptr, con
     int r = info[SEG_R];
     size_t at = (size_t)p * lrows * r + (size_t)lrow * r;
     if (info[SEG_BITS] == 16) {
-        for (int t = threadIdx.x; t < r; t += blockDim.x) reinterpret_cast<__half*>(labels)[at + t] = __float2half_rn(k[ch[t]]);
+        for (int t = threadIdx.x; t < r; t += blockDim.x)
+            reinterpret_cast<__half*>(labels)[at + t] = __float2half_rn(k[ch[t]]);
         return;
     }
     float m = 0.f;

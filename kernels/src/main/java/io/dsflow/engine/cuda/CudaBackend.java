@@ -595,13 +595,14 @@ public final class CudaBackend implements Backend {
      * </pre>
      * {@code fused}: every selecting row is dspp and its candidates fit sparse_select's shared memory, so the
      * selection is one kernel; otherwise (ds, the published baseline, in the step) scores and top-k are two, with the
-     * scores in {@code scores}. Both select the same slots. {@code fusedAppend}: every sparse cache of the step is dspp,
-     * so a token's key, value, labels and ring slots are written by one kernel (kv_label_append_rope); otherwise ds's
-     * label gather is a launch of its own after kv_append_rope (label_append), as Double Sparsity has it. {@code sharedOnly}: every row selecting on the main stream
-     * shares its group's selection (a launch has rows x kv heads selections). {@code groupKinds}: 0 when the selected
-     * rows' attention runs one warp a split (sparse_attention_dD), else the kinds of the rows selecting on the main
-     * stream for the block kernels (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's
-     * group, 4 rows read from device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds).
+     * scores in {@code scores}. Both select the same slots. {@code fusedAppend}: every sparse cache of the step is
+     * dspp, so a token's key, value, labels and ring slots are written by one kernel (kv_label_append_rope); otherwise
+     * ds's label gather is a launch of its own after kv_append_rope (label_append), as Double Sparsity has it.
+     * {@code sharedOnly}: every row selecting on the main stream shares its group's selection (a launch has rows x kv
+     * heads selections). {@code groupKinds}: 0 when the selected rows' attention runs one warp a split
+     * (sparse_attention_dD), else the kinds of the rows selecting on the main stream for the block kernels
+     * (CudaOps.sparseAttention): 1 per-head selections, 2 selections shared by a kv head's group, 4 rows read from
+     * device memory, 8 from host memory ({@link Lookahead} has the look-ahead rows' kinds).
      * {@code maxSlots}: the most slots a selecting row attends (sinks + window + maxK); {@code splits}: the splits of
      * each selecting row's attention (CudaOps.sparseAttention). {@code ahead}: the look-ahead rows, or null when the step
      * has none.
@@ -744,7 +745,8 @@ public final class CudaBackend implements Backend {
                     + (step.denseClaims() != null ? ",pipelined" : "") + (p == null ? "" : "|"
                     + Arrays.toString(p.sparseCount()) + "," + p.maxCand() + "," + p.maxK() + "," + p.maxSlots() + "," + p.splits()
                     + "," + p.maxR()
-                    + (p.fused() ? ",fused" : "") + (p.fusedAppend() ? ",append" : "") + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
+                    + (p.fused() ? ",fused" : "") + (p.fusedAppend() ? ",append" : "")
+                    + (p.sharedOnly() ? ",shared" : "") + ",g" + p.groupKinds()
                     + (p.ahead() == null ? "" : "|ahead" + Arrays.toString(p.ahead().aheadCount())
                     + Arrays.toString(p.ahead().stagedCount()) + ",g" + p.ahead().stagedKinds() + ","
                     + p.ahead().aheadKinds() + (p.ahead().sharedOnly() ? ",shared" : "")));
@@ -1023,7 +1025,8 @@ public final class CudaBackend implements Backend {
                 anyStaged ? new CUdeviceptr[]{d[8], d[8].withByteOffset(8L * nseg)} : null);
         SparsePlan plan = anySparse ? new SparsePlan(denseCount, d[17], decodeRows, sparseCount, d[18], d[19],
                 decodeRows, d[2], d[3], d[4], d[5], d[6], d[20], maxR, maxCand, maxK, maxSlots, sparseSplits, fused,
-                fusedAppend, (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials, ahead) : null;
+                fusedAppend, (runKinds[2] & 1) == 0, groupAttention ? runKinds[2] : 0, scores, selected, spartials,
+                ahead) : null;
         return new Step(rows, nseg, splits, chunk, d[9], d[10], d[11], d[12], d[13], d[0], d[1], tiles.size() / 3, d[14],
                 decodeRows, d[15], partials, densePipelined ? claims : null, d[16], logits, plan, hostPrefills);
     }
@@ -1085,8 +1088,8 @@ public final class CudaBackend implements Backend {
                         sp.ringVTable().withByteOffset(at), st.seg(), st.slot(), st.lastRows(), sp.segInfo(), heads,
                         kvHeads, hd, qkvDim);
             } else {
-                gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt, st.seg(),
-                        st.slot(), heads, kvHeads, hd, qkvDim);
+                gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, hd / 2, qkv, positions, invFreq, kt, vt,
+                        st.seg(), st.slot(), heads, kvHeads, hd, qkvDim);
             }
             // 5. every row attends over its cache: prefill tiles on tensor cores, decode rows split and merged; with
             //    sparse caches, this layer's selecting rows go through labels, top-k and attention over the selection
