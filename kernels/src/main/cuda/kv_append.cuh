@@ -6,7 +6,7 @@
 //     on the host; null for models without rotary positions)
 //   k heads: rotated (in place as well), then appended, rounded to bf16, to the cache of segment seg[r] at slot slot[r];
 //   v heads: appended likewise. Each cache: [cap][KVH * D] bf16 at kptr[seg[r]], vptr[seg[r]] (this layer's tables).
-// Block: D / 2 threads, one rotation pair (or two values of v) each.
+// Block: at least D / 2 threads, one rotation pair (or two values of v) each (the rest do nothing here).
 #pragma once
 #include "common.cuh"
 

@@ -24,7 +24,7 @@
 #include "kv_append.cuh"
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
-// seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (label_append's, which runs before descriptors)
+// seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (for the appends, which run before descriptors)
 #define SEG_FIELDS 6
 enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP, SEG_LGROUP };
 

@@ -105,8 +105,8 @@ public final class BenchCommand {
                     int[] tokens = new int[batch];
                     for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
                     // untimed steps first: the row's graph captured, its host path compiled by the JIT (a long-running
-                    // job's steady state), within the 64 slots the caches hold beyond the context
-                    int untimed = Math.max(3, Math.min(UNTIMED_STEPS, 56 - steps));
+                    // job's steady state), within the slots the caches hold beyond the context (8 to spare)
+                    int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBackend.SPARE_SLOTS - 8 - steps));
                     for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
                     gpu.synchronize();
                     b.resetHostTime();
@@ -231,20 +231,25 @@ public final class BenchCommand {
 
     /**
      * Untimed decode steps before the first row: half a second at batch 1 (1K context, dense), then for each policy a
-     * third of a second at the largest batch (2K context, fresh caches every 48 steps so none grows). Without the first,
-     * the first row ran on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the run;
-     * without the second, each policy's host path (the step's metadata) ran partly interpreted in its first rows (up to
-     * a millisecond a step, against 50-360 us once compiled).
+     * third of a second at the largest batch (2K context, fresh caches every CACHE_STEPS so none grows). Without the
+     * first, the first row ran on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the
+     * run; without the second, each policy's host path (the step's metadata) ran partly interpreted in its first rows
+     * (up to a millisecond a step, against 50-360 us once compiled).
      */
     private static void warmUp(CudaBackend b, List<io.dsflow.engine.probe.Eval.Policy> policies, int batch) {
         int ctx = Math.min(1024, b.config().maxPositions() / 2);
-        run(b, KvConfig.DENSE, 1, ctx, 256, 500_000_000L);
+        untimedSteps(b, KvConfig.DENSE, 1, ctx, 256, 500_000_000L);
         ctx = Math.min(2048, b.config().maxPositions() / 2);
-        for (io.dsflow.engine.probe.Eval.Policy policy : policies) run(b, policy.kv(), batch, ctx, 160, 330_000_000L);
+        for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
+            untimedSteps(b, policy.kv(), batch, ctx, 160, 330_000_000L);
+        }
     }
 
-    /** Up to {@code maxSteps} untimed decode steps for up to {@code nanos}, fresh caches every 48 steps. */
-    private static void run(CudaBackend b, KvConfig kv, int batch, int ctx, int maxSteps, long nanos) {
+    /** Steps a warm-up cache takes before fresh ones replace it, within its spare slots. */
+    private static final int CACHE_STEPS = CudaBackend.SPARE_SLOTS - 16;
+
+    /** Up to {@code maxSteps} untimed decode steps for up to {@code nanos}, fresh caches every CACHE_STEPS steps. */
+    private static void untimedSteps(CudaBackend b, KvConfig kv, int batch, int ctx, int maxSteps, long nanos) {
         long end = System.nanoTime() + nanos;
         for (int done = 0; done < maxSteps && System.nanoTime() < end; ) {
             List<CudaKvCache> caches = new ArrayList<>();
@@ -252,7 +257,7 @@ public final class BenchCommand {
                 for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx, kv));
                 int[] tokens = new int[batch];
                 java.util.Arrays.fill(tokens, 1000);
-                for (int s = 0; s < 48 && done < maxSteps && System.nanoTime() < end; s++, done++) {
+                for (int s = 0; s < CACHE_STEPS && done < maxSteps && System.nanoTime() < end; s++, done++) {
                     tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
                 }
                 b.runtime().synchronize();

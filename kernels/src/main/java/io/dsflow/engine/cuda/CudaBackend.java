@@ -348,6 +348,9 @@ public final class CudaBackend implements Backend {
         return Math.max(0, free - Math.max(1L << 30, gpu.totalMemory() / 10));
     }
 
+    /** Slots a {@link #cacheOfLength} cache holds beyond its context before it grows (bench's steps fit in them). */
+    public static final int SPARE_SLOTS = 64;
+
     /** A cache whose first {@code tokens} slots hold arbitrary (uninitialised) values: bench's prefilled context. */
     public CudaKvCache cacheOfLength(int tokens) {
         return cacheOfLength(tokens, KvConfig.DENSE);
@@ -374,9 +377,9 @@ public final class CudaBackend implements Backend {
             ChannelConfig channels = new ChannelConfig(order);
             if (kv.labelGroup(c.numHeads(), c.numKvHeads()) > 1) channels = channels.grouped(c.numKvHeads());
             cache = (CudaKvCache) newCache(kv, channels);
-            cache.reserve(tokens + 64);
+            cache.reserve(tokens + SPARE_SLOTS);
         } else {
-            cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + 64);
+            cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + SPARE_SLOTS);
         }
         cache.fillTo(tokens);
         long cap = cache.capacity();
