@@ -6,8 +6,11 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.engine.Batch;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.cuda.CudaBackend;
+import io.dsflow.engine.cuda.CudaBenchCaches;
 import io.dsflow.engine.cuda.CudaKvCache;
 import io.dsflow.engine.cuda.CudaRuntime;
+import io.dsflow.engine.cuda.GraphCache;
+import io.dsflow.engine.cuda.StepProfiler;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelFolder;
@@ -101,12 +104,12 @@ public final class BenchCommand {
                 gpu.resetPeak();
                 List<CudaKvCache> caches = new ArrayList<>();
                 try {
-                    for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx, kv));
+                    for (int i = 0; i < batch; i++) caches.add(CudaBenchCaches.ofLength(b, ctx, kv));
                     int[] tokens = new int[batch];
                     for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
                     // untimed steps first: the row's graph captured, its host path compiled by the JIT (a long-running
                     // job's steady state), within the slots the caches hold beyond the context (8 to spare)
-                    int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBackend.SPARE_SLOTS - 8 - steps));
+                    int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBenchCaches.SPARE_SLOTS - 8 - steps));
                     for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
                     gpu.synchronize();
                     b.resetHostTime();
@@ -116,7 +119,7 @@ public final class BenchCommand {
                     // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
                     // ds at every power of two) captures its graph first; the steady state does not, so the capture's
                     // host time, during which the device idles, is left out (and said in the host column)
-                    CudaBackend.HostTime host = b.hostTime();
+                    GraphCache.HostTime host = b.hostTime();
                     double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
                     double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);
                     String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f/%.0f%s",
@@ -142,7 +145,7 @@ public final class BenchCommand {
                         row.put("graph_capture_ms_excluded", host.captureNanos() / 1e6);
                     }
                     if (profile) {   // one more step, eager, with an event at each stage of each layer on each stream
-                        CudaBackend.Profile pr = b.profileStep(step(caches, tokens, ctx + untimed + steps));
+                        StepProfiler.Profile pr = b.profileStep(step(caches, tokens, ctx + untimed + steps));
                         ObjectNode prof = row.putObject("profile_ms");
                         prof.put("step", pr.stepMs());
                         out.println(stageLine(String.format(Locale.ROOT, "  timeline %s, batch %d, context %d: %.3f ms eager;"
@@ -153,7 +156,7 @@ public final class BenchCommand {
                         }
                         StringBuilder layer = new StringBuilder(String.format(Locale.ROOT, "    layer %d (us from its start):",
                                 pr.layer()));
-                        for (CudaBackend.Span sp : pr.layerTimeline()) {
+                        for (StepProfiler.Span sp : pr.layerTimeline()) {
                             layer.append(String.format(Locale.ROOT, " %s %s %.0f-%.0f;", sp.stream(), sp.stage(),
                                     1e3 * sp.startMs(), 1e3 * sp.endMs()));
                         }
@@ -184,7 +187,7 @@ public final class BenchCommand {
                 // host placement twice: a first cache pins new host memory, a second one reuses the pool's blocks
                 for (int run = 0; run < (host ? 2 : 1); run++) {
                     if (host && run == 0) gpu.trim();
-                    CudaKvCache cache = b.cacheOfLength(0, kv);
+                    CudaKvCache cache = CudaBenchCaches.ofLength(b, 0, kv);
                     try {
                         gpu.synchronize();
                         long start = System.nanoTime();
@@ -246,7 +249,7 @@ public final class BenchCommand {
     }
 
     /** Steps a warm-up cache takes before fresh ones replace it, within its spare slots. */
-    private static final int CACHE_STEPS = CudaBackend.SPARE_SLOTS - 16;
+    private static final int CACHE_STEPS = CudaBenchCaches.SPARE_SLOTS - 16;
 
     /** Up to {@code maxSteps} untimed decode steps for up to {@code nanos}, fresh caches every CACHE_STEPS steps. */
     private static void untimedSteps(CudaBackend b, KvConfig kv, int batch, int ctx, int maxSteps, long nanos) {
@@ -254,7 +257,7 @@ public final class BenchCommand {
         for (int done = 0; done < maxSteps && System.nanoTime() < end; ) {
             List<CudaKvCache> caches = new ArrayList<>();
             try {
-                for (int i = 0; i < batch; i++) caches.add(b.cacheOfLength(ctx, kv));
+                for (int i = 0; i < batch; i++) caches.add(CudaBenchCaches.ofLength(b, ctx, kv));
                 int[] tokens = new int[batch];
                 java.util.Arrays.fill(tokens, 1000);
                 for (int s = 0; s < CACHE_STEPS && done < maxSteps && System.nanoTime() < end; s++, done++) {

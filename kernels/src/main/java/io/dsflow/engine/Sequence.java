@@ -1,5 +1,6 @@
 package io.dsflow.engine;
 
+import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvStore;
 
@@ -44,7 +45,7 @@ public final class Sequence {
      * A sequence that continues {@code source}'s tokens under another cache, filled by replaying every key and value
      * of source's dense store (no forward pass): eval prefills once and runs each policy on such a copy.
      */
-    public static Sequence replay(Sequence source, KvStore store, KvCache target) {
+    public static Sequence replay(Sequence source, KvStore store, CpuKvCache target) {
         int kvDim = store.kvDim();
         float[] k = new float[kvDim], v = new float[kvDim];
         for (int layer = 0; layer < store.layers(); layer++) {

@@ -6,6 +6,7 @@ import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.cpu.CpuOps.Linear;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.DenseKvCache;
+import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.SparseKvCache;
@@ -93,6 +94,8 @@ public final class CpuBackend implements Backend {
         List<Batch.Segment> segments = batch.segments();
         int[] starts = batch.segmentStarts();
         int hidden = c.hiddenSize();
+        CpuKvCache[] caches = new CpuKvCache[segments.size()];
+        for (int s = 0; s < caches.length; s++) caches[s] = cpuCache(segments.get(s).cache());
         boolean opt = c.architecture() == Architecture.OPT;
         float scale = (float) (1.0 / Math.sqrt(c.headDim()));
 
@@ -120,7 +123,7 @@ public final class CpuBackend implements Backend {
         for (int l = 0; l < layers.length; l++) {
             Layer w = layers[l];
             // 1b. lookahead: the next layer's query predicted from this layer's input, for its selection
-            if (l + 1 < layers.length) predictNextQueries(l + 1, x, batch);
+            if (l + 1 < layers.length) predictNextQueries(l + 1, x, batch, caches);
             // 2. attention sublayer: pre-norm (post-norm for OPT-350m style), q/k/v projections
             for (int r = 0; r < rows; r++) sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[r]);
             CpuOps.matmul(xn, rows, w.q, q);
@@ -136,7 +139,7 @@ public final class CpuBackend implements Backend {
             // 4. each sequence appends its new keys/values, then its rows attend through its cache's policy
             final int layer = l;
             CpuOps.forEach(segments.size(), segments.size() > 1, s -> {
-                KvCache cache = segments.get(s).cache();
+                CpuKvCache cache = caches[s];
                 int n = segments.get(s).tokens().length;
                 for (int r = starts[s]; r < starts[s] + n; r++) cache.append(layer, k[r], v[r]);
                 cache.attend(layer, q, starts[s], n, att, c.numHeads(), scale);
@@ -185,19 +188,26 @@ public final class CpuBackend implements Backend {
      * For each decode row whose cache selects ahead in {@code layer}: that layer's query computed from x (the previous
      * layer's input) through its norm, q projection and RoPE, handed to the cache for its selection.
      */
-    private void predictNextQueries(int layer, float[][] x, Batch batch) {
+    private void predictNextQueries(int layer, float[][] x, Batch batch, CpuKvCache[] caches) {
         Layer w = layers[layer];
         int[] starts = batch.segmentStarts();
         for (int s = 0; s < starts.length; s++) {
             Batch.Segment seg = batch.segments().get(s);
-            if (seg.tokens().length != 1 || !seg.cache().selectsAhead(layer)) continue;
+            if (seg.tokens().length != 1 || !caches[s].selectsAhead(layer)) continue;
             int r = starts[s];
             float[][] xn = new float[1][c.hiddenSize()], q = new float[1][c.qDim()];
             sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[0]);
             CpuOps.matmul(xn, 1, w.q, q);
             if (invFreq != null) CpuOps.rope(q[0], c.numHeads(), c.headDim(), batch.positions()[r], invFreq);
-            seg.cache().predictQuery(layer, q[0]);
+            caches[s].predictQuery(layer, q[0]);
         }
+    }
+
+    /** A segment's cache as the CPU forward pass drives it; a cache made by another backend is refused. */
+    private static CpuKvCache cpuCache(KvCache cache) {
+        if (cache instanceof CpuKvCache cpu) return cpu;
+        throw new DsflowException("the cpu backend cannot run a " + cache.getClass().getSimpleName()
+                + ": a cache made by another backend");
     }
 
     private void norm(float[] x, float[] w, float[] b, float[] out) {

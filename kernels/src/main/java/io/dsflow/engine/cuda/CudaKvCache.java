@@ -30,7 +30,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * reads instead of the host copy; the labels and the dense layers stay on the device. Freed by {@link #release()}, or
  * when it becomes unreachable.
  */
-public final class CudaKvCache implements KvCache {
+public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     private static final Cleaner CLEANER = Cleaner.create();
 
     /** The device buffers, apart from the cache object so that the cleaner can free them. */
@@ -222,12 +222,14 @@ public final class CudaKvCache implements KvCache {
     }
 
     /** Whether this layer's keys and values are in host memory. */
-    boolean onHost(int layer) {
+    @Override
+    public boolean onHost(int layer) {
         return buffers.onHost[layer];
     }
 
     /** The sparse policy, or null for a dense cache. */
-    KvConfig sparse() {
+    @Override
+    public KvConfig sparse() {
         return sparse;
     }
 
@@ -242,7 +244,8 @@ public final class CudaKvCache implements KvCache {
     }
 
     /** 16 or 8 (0 for a dense cache). */
-    int labelBits() {
+    @Override
+    public int labelBits() {
         return sparse == null ? 0 : labelBytes * 8;
     }
 
@@ -251,12 +254,14 @@ public final class CudaKvCache implements KvCache {
     }
 
     /** Label channels per head (0 for a dense cache). */
-    int labelChannels() {
+    @Override
+    public int labelChannels() {
         return labelR;
     }
 
     /** Query heads a label row serves (1, or the GQA group where its heads share their channels). */
-    int labelGroup() {
+    @Override
+    public int labelGroup() {
         return labelGroup;
     }
 
@@ -273,7 +278,8 @@ public final class CudaKvCache implements KvCache {
         length[layer] += n;
     }
 
-    int capacity() {
+    @Override
+    public int capacity() {
         return capacity;
     }
 
@@ -288,14 +294,11 @@ public final class CudaKvCache implements KvCache {
         return length[layers - 1];
     }
 
-    @Override
-    public void append(int layer, float[] key, float[] value) {
-        throw new UnsupportedOperationException("a GPU cache is filled by the CUDA backend's forward pass");
-    }
-
-    @Override
-    public void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale) {
-        throw new UnsupportedOperationException("a GPU cache is read by the CUDA backend's forward pass");
+    /** A segment's cache as the CUDA forward pass uses it; a cache made by another backend is refused. */
+    static CudaKvCache of(KvCache cache) {
+        if (cache instanceof CudaKvCache cuda) return cuda;
+        throw new io.dsflow.engine.DsflowException("the cuda backend cannot run a " + cache.getClass().getSimpleName()
+                + ": a cache made by another backend");
     }
 
     @Override

@@ -11,4 +11,8 @@ public interface AttentionObserver {
      * @param relError    ||o_sparse - o_dense|| / ||o_dense||
      */
     void sparseHead(int layer, int head, double massRecall, double indexRecall, double relError);
+
+    /** The step policy's decision for a layer of a decode step, whether it selects or not (before the attention). */
+    default void decided(int layer, SparseStepPolicy.LayerStep step) {
+    }
 }

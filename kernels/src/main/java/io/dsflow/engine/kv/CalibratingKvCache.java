@@ -5,7 +5,7 @@ package io.dsflow.engine.kv;
  * post-RoPE key in {@link #append} and the query of the same token in {@link #attend}, so calibration needs no hook in
  * the forward pass.
  */
-public final class CalibratingKvCache implements KvCache {
+public final class CalibratingKvCache implements CpuKvCache {
     private final DenseKvCache dense;
     private final CalibrationStatistics stats;
 
@@ -49,7 +49,7 @@ public final class CalibratingKvCache implements KvCache {
     }
 
     @Override
-    public KvCache copy() {
+    public CpuKvCache copy() {
         throw new UnsupportedOperationException("a calibration cache is not copied");
     }
 

@@ -1,7 +1,7 @@
 package io.dsflow.engine.kv;
 
 /** The dense policy: every query attends to every stored token. */
-public final class DenseKvCache implements KvCache {
+public final class DenseKvCache implements CpuKvCache {
     private final KvStore store;
 
     public DenseKvCache(int layers, int kvHeads, int headDim) {
@@ -37,7 +37,7 @@ public final class DenseKvCache implements KvCache {
     }
 
     @Override
-    public KvCache copy() {
+    public CpuKvCache copy() {
         return new DenseKvCache(store.copy());
     }
 

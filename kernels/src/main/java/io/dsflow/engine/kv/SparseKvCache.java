@@ -21,7 +21,7 @@ import java.util.Arrays;
  *                                                   one label row serves (they have the same channels)
  * </pre>
  */
-public final class SparseKvCache implements KvCache {
+public final class SparseKvCache implements CpuKvCache {
     private final KvConfig cfg;
     private final int layers, numHeads, kvHeads, headDim, group, r, sinks, labelGroup;
     private final KvStore store;
@@ -30,9 +30,7 @@ public final class SparseKvCache implements KvCache {
     private final float[][][] labels;      // [layer][(head / labelGroup) * r + i][slot]; null for dense layers
     private final float[][] predicted;     // [layer][numHeads * headDim]: lookahead's query for the next decode step
     private AttentionObserver observer;
-    private boolean denseFallback = true;
-    private long budgetContext = -1;
-    private int[] budgets;
+    private SparseStepPolicy policy;
 
     public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig) {
         if (!cfg.sparse()) throw new IllegalArgumentException("SparseKvCache is for ds and dspp");
@@ -53,10 +51,11 @@ public final class SparseKvCache implements KvCache {
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
         this.predicted = new float[layers][];
+        this.policy = new SparseStepPolicy(cfg, layers);
         channelConfig.requireLabelRows(cfg, numHeads, kvHeads, headDim);
         for (int l = 0; l < layers; l++) {
             for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
-            if (l >= cfg.denseLayers()) labels[l] = new float[numHeads / labelGroup * r][256];
+            if (policy.hasLabels(l)) labels[l] = new float[numHeads / labelGroup * r][256];
         }
     }
 
@@ -73,6 +72,7 @@ public final class SparseKvCache implements KvCache {
         store = o.store.copy();
         ring = o.ring.copy();
         channels = o.channels;
+        policy = new SparseStepPolicy(cfg, layers);
         predicted = new float[layers][];
         labels = new float[layers][][];
         for (int l = 0; l < layers; l++) {
@@ -95,7 +95,12 @@ public final class SparseKvCache implements KvCache {
      * selecting all of them through the sparse path; the two agree to rounding, which the tests check.
      */
     void denseFallback(boolean enabled) {
-        this.denseFallback = enabled;
+        this.policy = new SparseStepPolicy(cfg, layers, enabled);
+    }
+
+    /** The step decisions this cache follows (SparseStepPolicy: the same that the GPU's step planner asks). */
+    public SparseStepPolicy policy() {
+        return policy;
     }
 
     public KvStore store() {
@@ -145,7 +150,7 @@ public final class SparseKvCache implements KvCache {
 
     @Override
     public boolean selectsAhead(int layer) {
-        return labels[layer] != null && cfg.selectsAhead(layer, layers);
+        return policy.selectsAhead(layer);
     }
 
     @Override
@@ -163,33 +168,28 @@ public final class SparseKvCache implements KvCache {
         decodeStep(layer, q[row0], out[row0], scale);
     }
 
-    /** The per-layer budgets at context T, computed once per step and shared by all layers. */
-    int[] budgets(long context) {
-        if (context != budgetContext) {
-            // context: this step's token included (layers append one after another, so read no layer's length)
-            budgets = cfg.layerBudgets(layers, context);
-            budgetContext = context;
-        }
-        return budgets;
-    }
-
     private void decodeStep(int layer, float[] q, float[] out, float scale) {
         float[] ahead = predicted[layer];   // one step's prediction, used once
         predicted[layer] = null;
-        long context = store.appended(layer);
-        int k = budgets(context)[layer];
+        long context = store.appended(layer);   // this step's token included
+        SparseStepPolicy.LayerStep step = policy.step(1, context)[layer];
+        if (observer != null) observer.decided(layer, step);
         int window = ring.size();
         // candidates: non-sink slots whose token is older than the window
         int[] cand = candidates(layer, context - window);
-        if (cand.length == 0 || (denseFallback && cand.length <= k)) {
+        if (!step.selects()) {
             CpuAttention.causal(store, layer, new float[][]{q}, 0, 1, new float[][]{out}, numHeads, scale);
             return;
         }
-        k = Math.min(k, cand.length);
+        if (cand.length != step.candidates()) {
+            throw new IllegalStateException("layer " + layer + " holds " + cand.length + " candidates, the step policy "
+                    + "counted " + step.candidates());
+        }
+        int k = step.kept();
         // approximate scores of every candidate from the label cache: s~[h][i] = sum_c q[h][C_h[c]] * label[h][c][slot_i],
         // q the predicted query where the layer selects ahead
         float[] sq = q;
-        if (selectsAhead(layer)) {
+        if (step.selectsAhead()) {
             if (ahead == null) throw new IllegalStateException("layer " + layer + " selects ahead but no query was predicted");
             sq = ahead;
         }
@@ -340,7 +340,7 @@ public final class SparseKvCache implements KvCache {
     }
 
     @Override
-    public KvCache copy() {
+    public CpuKvCache copy() {
         return new SparseKvCache(this);
     }
 

@@ -3,6 +3,7 @@ package io.dsflow.engine.probe;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.Sequence;
 import io.dsflow.engine.Tokenizer;
+import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvConfig;
@@ -141,8 +142,10 @@ public final class Eval {
                                String expected, Cell cell) {
         Sequence seq;
         if (prefilled.cache() instanceof DenseKvCache dense) {   // the CPU: the dense prefill replayed into the policy
-            seq = Sequence.replay(prefilled, dense.store(), engine.backend().newCache(kv,
-                    kv.sparse() ? engine.channels(kv.channelSource()) : null));
+            // the backend that made a CPU cache makes CPU caches
+            CpuKvCache target = (CpuKvCache) engine.backend().newCache(kv,
+                    kv.sparse() ? engine.channels(kv.channelSource()) : null);
+            seq = Sequence.replay(prefilled, dense.store(), target);
         } else {   // a GPU cache: prefill the context again under the policy (a prefill is dense under every policy)
             seq = engine.newSequence(kv);
             engine.prefill(seq, context);

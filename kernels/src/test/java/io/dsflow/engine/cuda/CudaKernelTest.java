@@ -48,7 +48,7 @@ class CudaKernelTest {
     }
 
     static float bf(float f) {
-        return Float.intBitsToFloat(CudaBackend.toBf16(f) << 16);
+        return Float.intBitsToFloat(CudaWeights.toBf16(f) << 16);
     }
 
     static CUdeviceptr upload(float[] x) {
@@ -59,7 +59,7 @@ class CudaKernelTest {
 
     static CUdeviceptr uploadBf16(float[] x) {
         short[] b = new short[x.length];
-        for (int i = 0; i < x.length; i++) b[i] = CudaBackend.toBf16(x[i]);
+        for (int i = 0; i < x.length; i++) b[i] = CudaWeights.toBf16(x[i]);
         CUdeviceptr p = gpu.alloc(x.length * 2L);
         cuMemcpyHtoD(p, Pointer.to(b), x.length * 2L);
         return p;
@@ -423,13 +423,13 @@ class CudaKernelTest {
         int rows = rowsSpec.length, sinks = 4;
         float[] scores = new float[rows * heads * maxCand];
         for (int i = 0; i < scores.length; i++) scores[i] = r.nextInt(5) == 0 ? 1f : (float) r.nextGaussian();   // ties
-        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS];
+        int[] sp = new int[rows * SparseRowDescriptor.FIELDS];
         for (int p = 0; p < rows; p++) {
-            sp[p * CudaBackend.SPARSE_FIELDS] = p;
-            sp[p * CudaBackend.SPARSE_FIELDS + 1] = rowsSpec[p][0];
-            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][1];
-            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
-            sp[p * CudaBackend.SPARSE_FIELDS + 5] = rowsSpec[p][2];
+            sp[p * SparseRowDescriptor.FIELDS] = p;
+            sp[p * SparseRowDescriptor.FIELDS + 1] = rowsSpec[p][0];
+            sp[p * SparseRowDescriptor.FIELDS + 2] = rowsSpec[p][1];
+            sp[p * SparseRowDescriptor.FIELDS + 3] = sinks;
+            sp[p * SparseRowDescriptor.FIELDS + 5] = rowsSpec[p][2];
         }
         CUdeviceptr sel = upload(new int[rows * heads * maxK]);
         gpu.launch("sparse_topk", rows * heads, 1, 1024, sel, upload(scores), upload(sp), heads, kvHeads, maxCand, maxK);
@@ -517,18 +517,18 @@ class CudaKernelTest {
             chptr[sgm] = jcuda.DeviceAddress.of(upload(channels[sgm]));
         }
         float[] q = random(rnd, rows * qStride, 1);
-        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS], seg = new int[rows];
+        int[] sp = new int[rows * SparseRowDescriptor.FIELDS], seg = new int[rows];
         for (int p = 0; p < rows; p++) {
             seg[p] = rowsSpec[p][0];
-            sp[p * CudaBackend.SPARSE_FIELDS] = p;
-            sp[p * CudaBackend.SPARSE_FIELDS + 1] = rowsSpec[p][1];
-            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][2];
-            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
-            sp[p * CudaBackend.SPARSE_FIELDS + 5] = rowsSpec[p][3];
-            sp[p * CudaBackend.SPARSE_FIELDS + 6] = segR[seg[p]];
-            sp[p * CudaBackend.SPARSE_FIELDS + 7] = bits;
-            sp[p * CudaBackend.SPARSE_FIELDS + 8] = cap;
-            sp[p * CudaBackend.SPARSE_FIELDS + 10] = labelGroup;
+            sp[p * SparseRowDescriptor.FIELDS] = p;
+            sp[p * SparseRowDescriptor.FIELDS + 1] = rowsSpec[p][1];
+            sp[p * SparseRowDescriptor.FIELDS + 2] = rowsSpec[p][2];
+            sp[p * SparseRowDescriptor.FIELDS + 3] = sinks;
+            sp[p * SparseRowDescriptor.FIELDS + 5] = rowsSpec[p][3];
+            sp[p * SparseRowDescriptor.FIELDS + 6] = segR[seg[p]];
+            sp[p * SparseRowDescriptor.FIELDS + 7] = bits;
+            sp[p * SparseRowDescriptor.FIELDS + 8] = cap;
+            sp[p * SparseRowDescriptor.FIELDS + 10] = labelGroup;
         }
         CUdeviceptr dq = upload(q), dl = upload(lptr), dch = upload(chptr), dsc = upload(sptr), dseg = upload(seg);
         CUdeviceptr dsp = upload(sp);
@@ -808,19 +808,19 @@ class CudaKernelTest {
             ringV[r] = jcuda.DeviceAddress.of(uploadBf16(rv));
         }
         float[] q = random(rnd, rows * qStride, 1);
-        int[] sp = new int[rows * CudaBackend.SPARSE_FIELDS], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
+        int[] sp = new int[rows * SparseRowDescriptor.FIELDS], seg = new int[rows], len = new int[rows], sel = new int[rows * heads * maxK];
         int[][][] chosen = new int[rows][heads][];
         for (int p = 0; p < rows; p++) {
             int n = rowsSpec[p][0], cand = n - sinks - window, k = Math.min(rowsSpec[p][1], cand), mode = rowsSpec[p][2];
             seg[p] = p;
             len[p] = n;
-            sp[p * CudaBackend.SPARSE_FIELDS] = p;
-            sp[p * CudaBackend.SPARSE_FIELDS + 1] = cand;
-            sp[p * CudaBackend.SPARSE_FIELDS + 2] = rowsSpec[p][1];
-            sp[p * CudaBackend.SPARSE_FIELDS + 3] = sinks;
-            sp[p * CudaBackend.SPARSE_FIELDS + 4] = window;
-            sp[p * CudaBackend.SPARSE_FIELDS + 5] = mode;
-            sp[p * CudaBackend.SPARSE_FIELDS + 9] = host ? 1 : 0;
+            sp[p * SparseRowDescriptor.FIELDS] = p;
+            sp[p * SparseRowDescriptor.FIELDS + 1] = cand;
+            sp[p * SparseRowDescriptor.FIELDS + 2] = rowsSpec[p][1];
+            sp[p * SparseRowDescriptor.FIELDS + 3] = sinks;
+            sp[p * SparseRowDescriptor.FIELDS + 4] = window;
+            sp[p * SparseRowDescriptor.FIELDS + 5] = mode;
+            sp[p * SparseRowDescriptor.FIELDS + 9] = host ? 1 : 0;
             for (int h = 0; h < heads; h++) {
                 if (mode != 0 && h % group != 0) {
                     chosen[p][h] = chosen[p][h - h % group];   // the group's first head's selection
@@ -927,11 +927,11 @@ class CudaKernelTest {
                 for (int i = 0; i < rLabels; i++) ch[h * rLabels + i] = perm.get(i);
             }
         }
-        int[] sp = new int[p * CudaBackend.SPARSE_FIELDS];
+        int[] sp = new int[p * SparseRowDescriptor.FIELDS];
         int maxK = 64, k = 29, cap = 41;
         for (int i = 0; i < p; i++) {   // row, candidates, budget k, ..., mode mean, r, 16-bit labels
             int[] desc = {descRows[i], 37, k, 0, 4, 2, rLabels, 16, cap, 1};
-            System.arraycopy(desc, 0, sp, i * CudaBackend.SPARSE_FIELDS, desc.length);
+            System.arraycopy(desc, 0, sp, i * SparseRowDescriptor.FIELDS, desc.length);
         }
         float[] inv = io.dsflow.engine.model.RopeConfig.defaults(500000).inverseFrequencies(d);
         CUdeviceptr chTable = upload(new long[]{jcuda.DeviceAddress.of(upload(channels[0])),

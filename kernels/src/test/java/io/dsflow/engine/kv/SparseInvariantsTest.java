@@ -18,7 +18,7 @@ class SparseInvariantsTest {
     static final int LAYERS = 4, HEADS = 6, KV_HEADS = 2, D = 18, T = 301;
 
     /** Fills caches with the same random tokens in every layer; returns the last decode step's outputs per layer. */
-    static float[][] run(KvCache cache, long seed) {
+    static float[][] run(CpuKvCache cache, long seed) {
         Random rnd = new Random(seed);
         float[][] out = new float[LAYERS][HEADS * D];
         float scale = (float) (1 / Math.sqrt(D));
@@ -299,7 +299,7 @@ class SparseInvariantsTest {
     void copyIsIndependent() {
         SparseKvCache a = sparse(KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8")));
         run(a, 12);
-        KvCache b = a.copy();
+        CpuKvCache b = a.copy();
         assertEquals(a.bytes(), b.bytes());
         b.append(0, new float[KV_HEADS * D], new float[KV_HEADS * D]);
         assertNotEquals(a.store().length(0), ((SparseKvCache) b).store().length(0));

@@ -1,0 +1,75 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.kv.ChannelConfig;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.model.ModelConfig;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.Random;
+
+/**
+ * Bench's fixtures: caches of a given context without a prefill, their slots filled with random values, which exercise
+ * the same kernels and memory as real ones (a decode step's cost does not depend on the values).
+ */
+public final class CudaBenchCaches {
+    /** Slots a {@link #ofLength} cache holds beyond its context before it grows (bench's steps fit in them). */
+    public static final int SPARE_SLOTS = 64;
+
+    private CudaBenchCaches() {
+    }
+
+    /**
+     * A cache of {@code backend} whose first {@code tokens} slots hold random values: bench's prefilled context. A
+     * sparse one labels random channels (a fixed permutation per layer and head) with random values.
+     */
+    public static CudaKvCache ofLength(CudaBackend backend, int tokens, KvConfig kv) {
+        CudaRuntime gpu = backend.runtime();
+        ModelConfig c = backend.config();
+        gpu.makeCurrent();
+        CudaKvCache cache;
+        if (kv.sparse()) {
+            cache = (CudaKvCache) backend.newCache(kv, randomChannels(c, kv));
+            cache.reserve(tokens + SPARE_SLOTS);
+        } else {
+            cache = new CudaKvCache(gpu, c.numLayers(), c.kvDim(), tokens + SPARE_SLOTS);
+        }
+        cache.fillTo(tokens);
+        long cap = cache.capacity();
+        for (int l = 0; l < c.numLayers(); l++) {
+            long n = cap * c.kvDim();
+            CudaWeights.fillRandom(gpu, cache.keys(l), n, 7L * l, 1f);
+            CudaWeights.fillRandom(gpu, cache.values(l), n, 7L * l + 3, 1f);
+            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
+                CudaWeights.fillRandom(gpu, cache.labels(l),
+                        cap * cache.labelRows() * cache.labelChannels() * cache.labelBits() / 16, 7L * l + 5, 1f);
+            }
+            if (cache.scales(l) != null) {
+                CudaWeights.fillRandom(gpu, cache.scales(l), cap * cache.labelRows(), 7L * l + 6, 1f);
+            }
+            if (cache.ringKeys(l) != null) {
+                long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
+                CudaWeights.fillRandom(gpu, cache.ringKeys(l), m, 7L * l + 1, 1f);
+                CudaWeights.fillRandom(gpu, cache.ringValues(l), m, 7L * l + 2, 1f);
+            }
+        }
+        return cache;
+    }
+
+    /** A fixed random permutation of the channels per layer and head (grouped per kv head where the policy asks). */
+    private static ChannelConfig randomChannels(ModelConfig c, KvConfig kv) {
+        int[][][] order = new int[c.numLayers()][c.numHeads()][];
+        Random rnd = new Random(17);
+        for (int[][] layer : order) {
+            for (int h = 0; h < layer.length; h++) {
+                List<Integer> ch = new ArrayList<>();
+                for (int i = 0; i < c.headDim(); i++) ch.add(i);
+                Collections.shuffle(ch, rnd);
+                layer[h] = ch.stream().mapToInt(Integer::intValue).toArray();
+            }
+        }
+        ChannelConfig channels = new ChannelConfig(order);
+        return kv.labelGroup(c.numHeads(), c.numKvHeads()) > 1 ? channels.grouped(c.numKvHeads()) : channels;
+    }
+}

@@ -1,0 +1,467 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.Batch;
+import io.dsflow.engine.cuda.StepPlan.RowKinds;
+import io.dsflow.engine.cuda.Workspace.Buffer;
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
+import io.dsflow.engine.kv.SparseStepPolicy;
+import io.dsflow.engine.model.ModelConfig;
+import jcuda.driver.CUdeviceptr;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Turns a {@link Batch} into a {@link StepPlan}: each row's segment, cache slot and attended length, each layer's
+ * tables of the segments' cache pointers, how the dense rows attend (prefill tiles, split counts, the pipelined
+ * kernel), which decode rows of sparse caches select in each layer and how (asking each cache's {@link
+ * SparseStepPolicy}, as the CPU's SparseKvCache does), and every work buffer at its size. With {@code graph}, the
+ * attention covers the caches' capacity (empty splits exit at once), so one captured graph serves every step until a
+ * cache grows. Not thread-safe: the backend plans one step at a time.
+ */
+final class StepPlanner {
+    private final CudaRuntime gpu;
+    private final ModelConfig c;
+    private final Workspace workspace;
+    /** Policies by configuration: a batch's sequences of one policy and context share their decisions. */
+    private final Map<KvConfig, SparseStepPolicy> policies = new HashMap<>();
+    private boolean denseFallback = true;
+
+    StepPlanner(CudaRuntime gpu, ModelConfig c, Workspace workspace) {
+        this.gpu = gpu;
+        this.c = c;
+        this.workspace = workspace;
+    }
+
+    /** Tests: a layer whose candidates all fit its budget selects them all instead of attending densely. */
+    void denseFallback(boolean enabled) {
+        denseFallback = enabled;
+        policies.clear();
+    }
+
+    private SparseStepPolicy policy(KvConfig kv) {
+        return policies.computeIfAbsent(kv, k -> new SparseStepPolicy(k, c.numLayers(), denseFallback));
+    }
+
+    /** Where each row goes and attends, by segment (host arrays, before upload). */
+    private record RowLayout(int[] segmentOf, int[] slot, int[] attendedLength, int[] lastRows, int[] rowsOf,
+                             int decodeRows, int[] tiles, int span) {
+    }
+
+    /** The plan of one forward pass over {@code batch} (its caches reserved for the new rows). */
+    StepPlan plan(Batch batch, boolean graph) {
+        List<Batch.Segment> segments = batch.segments();
+        int rows = batch.rows(), nseg = segments.size(), layers = c.numLayers();
+        CudaKvCache[] caches = new CudaKvCache[nseg];
+        for (int s = 0; s < nseg; s++) {
+            caches[s] = CudaKvCache.of(segments.get(s).cache());
+            caches[s].reserve(segments.get(s).tokens().length);
+        }
+        RowLayout layout = layout(batch, caches, graph);
+        long[] keyTable = new long[layers * nseg], valueTable = new long[layers * nseg];
+        for (int s = 0; s < nseg; s++) {
+            for (int l = 0; l < layers; l++) {
+                keyTable[l * nseg + s] = address(caches[s].keys(l));
+                valueTable[l * nseg + s] = address(caches[s].values(l));
+            }
+        }
+        List<StepPlan.HostPrefill> hostPrefills = hostPrefills(batch, caches, keyTable, valueTable);
+        List<StepPlan.Calibrating> calibrating = List.of();
+        // split attention: chunks a warp, splits a row; the pipelined kernel where every cache is in device memory
+        int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim(), decodeRows = layout.decodeRows();
+        int[] chunkAndSplits = denseSplits(decodeRows, layout.span());
+        boolean pipelined = decodeRows > 0 && CudaOps.densePipelined(gpu, heads, kvHeads, hd)
+                && Arrays.stream(caches).noneMatch(CudaKvCache::anyOnHost);
+        int splits = pipelined ? CudaOps.densePipelinedSplits(gpu, heads, kvHeads, hd, decodeRows, layout.span())
+                : chunkAndSplits[1];
+        sizeBuffers(rows, nseg);
+        CUdeviceptr partials = workspace.ensure(Buffer.PARTIALS, (long) Math.max(1, decodeRows) * heads * splits
+                * (hd + 2));
+        // the pipelined attention's chunk counters, a pair a (row, kv head): zero when made, each launch leaves them 0
+        CUdeviceptr claims = workspace.ensureZeroed(Buffer.CLAIMS, 2L * Math.max(1, decodeRows) * kvHeads);
+        CUdeviceptr logits = workspace.ensure(Buffer.LOGITS, (long) nseg * c.vocabSize());
+        SparseTables sparse = Arrays.stream(caches).anyMatch(x -> x.sparse() != null)
+                ? sparseTables(batch, caches, layout) : null;
+
+        MetadataUpload up = new MetadataUpload();
+        MetadataUpload.Slot keys = up.add(keyTable), values = up.add(valueTable);
+        MetadataUpload.Slot labels = null, channels = null, scales = null, ringKeys = null, ringValues = null;
+        MetadataUpload.Slot stageKeys = null, stageValues = null;
+        if (sparse != null) {
+            labels = up.add(sparse.labels);
+            channels = up.add(sparse.channels);
+            scales = up.add(sparse.scales);
+            ringKeys = up.add(sparse.ringKeys);
+            ringValues = up.add(sparse.ringValues);
+            stageKeys = up.add(sparse.stageKeys);
+            stageValues = up.add(sparse.stageValues);
+        }
+        MetadataUpload.Slot tokens = up.add(batch.tokens()), positions = up.add(batch.positions());
+        MetadataUpload.Slot segmentOf = up.add(layout.segmentOf()), slot = up.add(layout.slot());
+        MetadataUpload.Slot attended = up.add(layout.attendedLength()), tiles = up.add(layout.tiles());
+        MetadataUpload.Slot rowsOf = up.add(layout.rowsOf()), lastRows = up.add(layout.lastRows());
+        MetadataUpload.Slot denseRows = null, descriptors = null, selectRows = null, segmentInfo = null;
+        if (sparse != null) {
+            denseRows = up.add(sparse.runs.denseRows());
+            descriptors = up.add(sparse.runs.descriptors());
+            selectRows = up.add(sparse.runs.selectRows());
+            segmentInfo = up.add(sparse.segmentInfo);
+        }
+        up.upload(gpu, workspace);
+
+        StepPlan.Inputs inputs = new StepPlan.Inputs(tokens.address(), positions.address(), segmentOf.address(),
+                slot.address(), attended.address(), lastRows.address());
+        StepPlan.CacheTables tables = new StepPlan.CacheTables(keys.address(), values.address(), addr(labels),
+                addr(channels), addr(scales), addr(ringKeys), addr(ringValues), addr(segmentInfo));
+        StepPlan.DenseAttention dense = new StepPlan.DenseAttention(layout.tiles().length / 3, tiles.address(),
+                decodeRows, rowsOf.address(), splits, chunkAndSplits[0], partials, pipelined ? claims : null);
+        StepPlan.SparseStep sparseStep = sparse == null ? null
+                : sparse.step(decodeRows, addr(denseRows), addr(descriptors), addr(selectRows), addr(stageKeys),
+                addr(stageValues));
+        return new StepPlan(rows, nseg, inputs, tables, dense, sparseStep, hostPrefills, calibrating, logits);
+    }
+
+    private static CUdeviceptr addr(MetadataUpload.Slot slot) {
+        return slot == null ? null : slot.address();
+    }
+
+    /**
+     * Rows by segment: segments of many rows (prefills) attend in tiles on tensor cores where the build has the
+     * kernel, the other rows (decode rows, short prefills) through the split kernels over {@code span} slots.
+     */
+    private RowLayout layout(Batch batch, CudaKvCache[] caches, boolean graph) {
+        int rows = batch.rows(), nseg = caches.length;
+        int[] starts = batch.segmentStarts();
+        int[] segmentOf = new int[rows], slot = new int[rows], attended = new int[rows], lastRows = new int[nseg];
+        int[] rowsOf = new int[rows];
+        boolean tensorCorePrefill = CudaOps.hasPrefillAttention(gpu, c.headDim());
+        List<Integer> tiles = new ArrayList<>();
+        int decodeRows = 0, span = 0;
+        for (int s = 0; s < nseg; s++) {
+            int n = batch.segments().get(s).tokens().length, start = caches[s].length(0);
+            for (int i = 0; i < n; i++) {
+                segmentOf[starts[s] + i] = s;
+                slot[starts[s] + i] = start + i;
+                attended[starts[s] + i] = start + i + 1;
+            }
+            if (tensorCorePrefill && n >= CudaOps.PREFILL_TILE_MIN_ROWS) {
+                for (int i = 0; i < n; i += CudaOps.PREFILL_TILE_ROWS) {
+                    tiles.addAll(List.of(s, starts[s] + i, Math.min(CudaOps.PREFILL_TILE_ROWS, n - i)));
+                }
+            } else {
+                for (int i = 0; i < n; i++) rowsOf[decodeRows++] = starts[s] + i;
+                span = Math.max(span, graph ? caches[s].capacity() : start + n);
+            }
+            lastRows[s] = starts[s] + n - 1;
+        }
+        return new RowLayout(segmentOf, slot, attended, lastRows, rowsOf, decodeRows,
+                tiles.stream().mapToInt(Integer::intValue).toArray(), span);
+    }
+
+    /**
+     * Slots a warp takes and splits a row for the split kernels: small batches take short chunks so enough warps run
+     * (the merge then has more), up to 128 splits: past that the merge costs more than the warps gain (H100, batch 1:
+     * 32-slot chunks are best at 4K, 64 at 16K, 128 at 32K). Returns {chunk, splits}.
+     */
+    private int[] denseSplits(int decodeRows, int span) {
+        int heads = c.numHeads(), kvHeads = c.numKvHeads();
+        boolean small = decodeRows * kvHeads < 32;
+        int chunk = decodeRows * kvHeads >= 256 ? 128 : small ? 32 : 64;
+        int slots = CudaOps.splitSlots(gpu, heads, kvHeads, c.headDim(), chunk);
+        while (small && chunk < 128 && (span + slots - 1) / slots > 128) {
+            chunk *= 2;
+            slots *= 2;
+        }
+        while ((span + slots - 1) / slots > 2048) {
+            chunk *= 2;
+            slots *= 2;
+        }
+        return new int[]{chunk, Math.max(1, (span + slots - 1) / slots)};
+    }
+
+    /** Prefills of host-placed caches attend over a device stage of each host layer (StepPlan.HostPrefill). */
+    private List<StepPlan.HostPrefill> hostPrefills(Batch batch, CudaKvCache[] caches, long[] keyTable,
+                                                    long[] valueTable) {
+        List<StepPlan.HostPrefill> prefills = new ArrayList<>();
+        long rowBytes = (long) c.kvDim() * 2, stageRows = 0;
+        int nseg = caches.length;
+        for (int s = 0; s < nseg; s++) {
+            int n = batch.segments().get(s).tokens().length;
+            if (n > 1 && caches[s].anyOnHost()) stageRows += caches[s].length(0) + n;
+        }
+        if (stageRows == 0) return prefills;
+        CUdeviceptr stageK = workspace.ensure(Buffer.PREFILL_STAGE_KEYS, stageRows * rowBytes / 4);
+        CUdeviceptr stageV = workspace.ensure(Buffer.PREFILL_STAGE_VALUES, stageRows * rowBytes / 4);
+        long at = 0;
+        for (int s = 0; s < nseg; s++) {
+            CudaKvCache cache = caches[s];
+            int n = batch.segments().get(s).tokens().length, start = cache.length(0);
+            if (n <= 1 || !cache.anyOnHost()) continue;
+            StepPlan.HostPrefill hp = new StepPlan.HostPrefill(cache, start, n, stageK.withByteOffset(at),
+                    stageV.withByteOffset(at), rowBytes);
+            prefills.add(hp);
+            for (int l = 0; l < c.numLayers(); l++) {
+                if (!cache.onHost(l)) continue;
+                keyTable[l * nseg + s] = address(hp.keys());
+                valueTable[l * nseg + s] = address(hp.values());
+            }
+            at += (start + n) * rowBytes;
+        }
+        return prefills;
+    }
+
+    /** Sizes the buffers every step uses first: a later growth would invalidate graphs captured in between. */
+    private void sizeBuffers(int rows, int nseg) {
+        int hidden = c.hiddenSize();
+        workspace.ensure(Buffer.RESIDUAL, (long) rows * hidden);
+        workspace.ensure(Buffer.NORMED, (long) rows * hidden);
+        workspace.ensure(Buffer.QKV, (long) rows * (c.qDim() + 2L * c.kvDim()));
+        workspace.ensure(Buffer.ATTENTION, (long) rows * c.qDim());
+        workspace.ensure(Buffer.POSITIONS, (long) rows * hidden);
+        workspace.ensure(Buffer.MLP, (long) rows * c.intermediateSize());
+        workspace.ensure(Buffer.MLP_BF16, (long) rows * c.intermediateSize() / 2 + 4);
+        workspace.ensure(Buffer.EMBEDDED, (long) rows * c.wordEmbedDim());
+        workspace.ensure(Buffer.LAST_ROWS, (long) nseg * hidden);
+        workspace.ensure(Buffer.PROJECTED, (long) nseg * c.wordEmbedDim());
+        workspace.ensure(Buffer.ARGMAX, nseg);
+        int widestInput = Math.max(Math.max(hidden, c.qDim()), Math.max(c.intermediateSize(), c.wordEmbedDim()));
+        workspace.ensure(Buffer.GEMM_INPUT, (long) rows * widestInput / 2 + 4);
+    }
+
+    /**
+     * A layer's decode rows of sparse caches as the step policy decides them, in the tables the kernels read.
+     *
+     * @param denseCount   [L] rows attending densely in each layer
+     * @param denseRows    [L][stride] their batch rows
+     * @param selectCount  [L] selecting rows in each layer
+     * @param descriptors  [L][stride][SparseRowDescriptor.FIELDS], the selecting rows in run order
+     * @param selectRows   [L][stride] their batch rows
+     * @param stagedCount  [L] look-ahead rows staged from host memory (run 0)
+     * @param aheadCount   [L] look-ahead rows (runs 0 and 1)
+     * @param stagedKinds  kinds of the rows of run 0, over every layer
+     * @param aheadKinds   of run 1
+     * @param mainKinds    of run 2 (rows selecting on the main stream)
+     * @param maxR         the most label channels of a selecting row
+     * @param maxCand      the most candidates (not bucketed)
+     * @param maxK         the largest budget (not bucketed)
+     * @param maxSinksWindow the most sinks + window slots
+     * @param allDspp      every selecting row is dspp
+     */
+    record SelectionRuns(int[] denseCount, int[] denseRows, int[] selectCount, int[] descriptors, int[] selectRows,
+                         int[] stagedCount, int[] aheadCount, RowKinds stagedKinds, RowKinds aheadKinds,
+                         RowKinds mainKinds, int maxR, int maxCand, int maxK, int maxSinksWindow, boolean allDspp) {
+    }
+
+    /** What the selection runs need of a segment's cache (CudaKvCache gives it; tests make their own). */
+    interface PlannedCache {
+        /** The sparse policy, or null for a dense cache. */
+        KvConfig sparse();
+
+        /** Tokens held before this step. */
+        int length();
+
+        boolean onHost(int layer);
+
+        int labelChannels();
+
+        int labelBits();
+
+        int capacity();
+
+        int labelGroup();
+    }
+
+    /**
+     * The selection runs of a step: each decode row ({@code rowsOf[0 .. decodeRows)}, its segment {@code
+     * segmentOf[row]} feeding {@code segmentRows[s]} rows) in each layer, dense or selecting as its cache's step
+     * policy says, and the selecting rows of a layer in three runs: look-ahead rows staged from host memory (shared
+     * selections of host-placed stores), other look-ahead rows, rows selecting on the main stream.
+     */
+    SelectionRuns selectionRuns(List<? extends PlannedCache> caches, int[] segmentRows, int[] rowsOf, int decodeRows,
+                                int[] segmentOf) {
+        int layers = c.numLayers(), stride = Math.max(1, decodeRows), nseg = caches.size();
+        int[] denseCount = new int[layers], selectCount = new int[layers], denseRows = new int[layers * stride];
+        int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS], selectRows = new int[layers * stride];
+        int[] stagedCount = new int[layers], aheadCount = new int[layers];
+        RowKinds[] kinds = {RowKinds.NONE, RowKinds.NONE, RowKinds.NONE};
+        int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
+        boolean allDspp = true;
+        SparseStepPolicy.LayerStep[][] steps = new SparseStepPolicy.LayerStep[nseg][];
+        for (int s = 0; s < nseg; s++) {
+            PlannedCache cache = caches.get(s);
+            if (cache.sparse() == null) continue;
+            maxR = Math.max(maxR, cache.labelChannels());
+            steps[s] = policy(cache.sparse()).step(segmentRows[s], cache.length() + (long) segmentRows[s]);
+        }
+        List<List<SparseRowDescriptor>> runs = List.of(new ArrayList<>(), new ArrayList<>(), new ArrayList<>());
+        for (int l = 0; l < layers; l++) {
+            for (List<SparseRowDescriptor> run : runs) run.clear();
+            for (int i = 0; i < decodeRows; i++) {
+                int row = rowsOf[i], s = segmentOf[row];
+                PlannedCache cache = caches.get(s);
+                SparseStepPolicy.LayerStep step = steps[s] == null ? null : steps[s][l];
+                if (step == null || !step.selects()) {
+                    denseRows[l * stride + denseCount[l]++] = row;
+                    continue;
+                }
+                KvConfig kv = cache.sparse();
+                boolean host = cache.onHost(l), shared = kv.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
+                int run = !step.selectsAhead() ? 2 : host && shared ? 0 : 1;
+                boolean readsHost = host && run != 0;   // a staged row's selected rows are read from the device
+                runs.get(run).add(new SparseRowDescriptor(row, step.candidates(), step.budget(), kv.sinks(),
+                        kv.window(), kv.gqaSelection().ordinal(), cache.labelChannels(), cache.labelBits(),
+                        cache.capacity(), readsHost, cache.labelGroup()));
+                kinds[run] = kinds[run].with(shared, readsHost);
+                maxCand = Math.max(maxCand, step.candidates());
+                maxK = Math.max(maxK, step.budget());
+                allDspp &= kv.policy() == KvPolicy.DSPP;
+                maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
+            }
+            stagedCount[l] = runs.get(0).size();
+            aheadCount[l] = stagedCount[l] + runs.get(1).size();
+            for (List<SparseRowDescriptor> run : runs) {
+                for (SparseRowDescriptor d : run) {
+                    int p = selectCount[l]++;
+                    selectRows[l * stride + p] = d.row();
+                    d.writeTo(descriptors, (l * stride + p) * SparseRowDescriptor.FIELDS);
+                }
+            }
+        }
+        return new SelectionRuns(denseCount, denseRows, selectCount, descriptors, selectRows, stagedCount, aheadCount,
+                kinds[0], kinds[1], kinds[2], maxR, maxCand, maxK, maxSinksWindow, allDspp);
+    }
+
+    /** A sparse step's host tables and sized buffers, before the upload gives their addresses. */
+    private final class SparseTables {
+        final long[] labels, channels, scales, ringKeys, ringValues, stageKeys, stageValues;
+        final int[] segmentInfo;
+        final SelectionRuns runs;
+        final int maxCand, maxK, maxSlots, splits, maxSparse;
+        final boolean fusedSelect, fusedAppend, groupAttention;
+        final CUdeviceptr scores, selected, partials, aheadSelected, aheadQueries, aheadScores;
+
+        SparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout) {
+            int layers = c.numLayers(), nseg = caches.length, heads = c.numHeads(), hd = c.headDim();
+            int group = heads / c.numKvHeads();
+            labels = new long[layers * nseg];
+            channels = new long[layers * nseg];
+            scales = new long[layers * nseg];
+            ringKeys = new long[layers * nseg];
+            ringValues = new long[layers * nseg];
+            segmentInfo = new int[SegmentDescriptor.FIELDS * nseg];
+            int[] segmentRows = new int[nseg];
+            for (int s = 0; s < nseg; s++) {
+                CudaKvCache cache = caches[s];
+                segmentRows[s] = batch.segments().get(s).tokens().length;
+                KvConfig kv = cache.sparse();
+                if (kv == null) continue;
+                new SegmentDescriptor(cache.labelChannels(), cache.labelBits(), kv.sinks(), kv.window(),
+                        cache.capacity(), cache.labelGroup()).writeTo(segmentInfo, SegmentDescriptor.FIELDS * s);
+                for (int l = 0; l < layers; l++) {
+                    labels[l * nseg + s] = address(cache.labels(l));
+                    channels[l * nseg + s] = address(cache.channels(l));
+                    scales[l * nseg + s] = address(cache.scales(l));
+                    ringKeys[l * nseg + s] = address(cache.ringKeys(l));
+                    ringValues[l * nseg + s] = address(cache.ringValues(l));
+                }
+            }
+            runs = selectionRuns(Arrays.asList(caches), segmentRows, layout.rowsOf(), layout.decodeRows(),
+                    layout.segmentOf());
+            RowKinds all = runs.stagedKinds().or(runs.aheadKinds()).or(runs.mainKinds());
+            maxSparse = Arrays.stream(runs.selectCount()).max().orElse(0);
+            // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
+            maxCand = (runs.maxCand() + 1023) / 1024 * 1024;
+            maxK = Math.max(64, Integer.highestOneBit(runs.maxK() - 1) << 1);
+            // the selected rows' attention in blocks of GQA_WARPS warps where this build has the kernels for the step
+            groupAttention = gpu.has(CudaOps.sparseGroupKernel(hd, 1))
+                    && (!all.shared() || gpu.has(CudaOps.sparseGroupKernel(hd, group)));
+            int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
+            maxSlots = runs.maxSinksWindow() + maxK;
+            int sparseSplits = (maxSlots + splitSlots - 1) / splitSlots;
+            if (groupAttention && all.equals(new RowKinds(false, true, true, false))
+                    && CudaOps.pipelined(gpu, hd, group)) {
+                // every selecting row shares its group's selection on device memory: sparse_attention_pipelined's
+                sparseSplits = CudaOps.pipelinedSplits(gpu, hd, group, maxSparse * c.numKvHeads(), maxSlots);
+            }
+            splits = sparseSplits;
+            fusedAppend = Arrays.stream(caches).allMatch(x -> x.sparse() == null
+                    || x.sparse().policy() == KvPolicy.DSPP);
+            // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
+            fusedSelect = runs.allDspp() && CudaOps.canSelect(gpu, maxCand)
+                    && (all.shared() ? group : 1) * runs.maxR() <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
+            CUdeviceptr sc = null, sel = null, part = null;
+            if (maxSparse > 0) {
+                if (!fusedSelect) sc = workspace.ensure(Buffer.SCORES, (long) maxSparse * heads * maxCand);
+                sel = workspace.ensure(Buffer.SELECTED, (long) maxSparse * heads * maxK);
+                part = workspace.ensure(Buffer.SPARSE_PARTIALS, (long) maxSparse * heads * splits * (hd + 2));
+            }
+            scores = sc;
+            selected = sel;
+            partials = part;
+            // lookahead's buffers: two of each, which one layer's side work writes while the main stream reads the
+            // previous layer's (by layer parity); the stages [2][segments][maxK][kvDim] bf16
+            int maxAhead = Arrays.stream(runs.aheadCount()).max().orElse(0);
+            boolean anyStaged = Arrays.stream(runs.stagedCount()).anyMatch(n -> n > 0);
+            stageKeys = new long[anyStaged ? 2 * nseg : 0];
+            stageValues = new long[stageKeys.length];
+            CUdeviceptr aSel = null, aQ = null, aSc = null;
+            if (maxAhead > 0) {
+                long stageBytes = (long) maxK * c.kvDim() * 2;
+                if (anyStaged) {
+                    CUdeviceptr sk = workspace.ensure(Buffer.AHEAD_STAGE_KEYS, 2 * nseg * stageBytes / 4);
+                    CUdeviceptr sv = workspace.ensure(Buffer.AHEAD_STAGE_VALUES, 2 * nseg * stageBytes / 4);
+                    for (int i = 0; i < 2 * nseg; i++) {
+                        stageKeys[i] = address(sk) + i * stageBytes;
+                        stageValues[i] = address(sv) + i * stageBytes;
+                    }
+                }
+                aSel = workspace.ensure(Buffer.AHEAD_SELECTED, 2 * aheadSelectedWords(maxAhead));
+                aQ = workspace.ensure(Buffer.AHEAD_QUERIES, (long) batch.rows() * c.qDim());
+                if (!fusedSelect) aSc = workspace.ensure(Buffer.AHEAD_SCORES, (long) maxAhead * heads * maxCand);
+            }
+            aheadSelected = aSel;
+            aheadQueries = aQ;
+            aheadScores = aSc;
+        }
+
+        private long aheadSelectedWords(int maxAhead) {
+            return (long) maxAhead * c.numHeads() * maxK;
+        }
+
+        /** The plan's sparse step, with the uploaded tables' addresses. */
+        StepPlan.SparseStep step(int decodeRows, CUdeviceptr denseRows, CUdeviceptr descriptors,
+                                 CUdeviceptr selectRows, CUdeviceptr stageKeysAt, CUdeviceptr stageValuesAt) {
+            StepPlan.Lookahead ahead = null;
+            int maxAhead = Arrays.stream(runs.aheadCount()).max().orElse(0);
+            if (maxAhead > 0) {
+                long words = aheadSelectedWords(maxAhead);
+                int nseg = segmentInfo.length / SegmentDescriptor.FIELDS;
+                boolean staged = stageKeys.length > 0;
+                ahead = new StepPlan.Lookahead(runs.aheadCount(), runs.stagedCount(),
+                        groupAttention ? runs.stagedKinds() : null, groupAttention ? runs.aheadKinds() : null,
+                        !runs.stagedKinds().perHead() && !runs.aheadKinds().perHead(),
+                        new CUdeviceptr[]{aheadSelected, aheadSelected.withByteOffset(4 * words)}, aheadQueries,
+                        aheadScores,
+                        staged ? new CUdeviceptr[]{stageKeysAt, stageKeysAt.withByteOffset(8L * nseg)} : null,
+                        staged ? new CUdeviceptr[]{stageValuesAt, stageValuesAt.withByteOffset(8L * nseg)} : null);
+            }
+            return new StepPlan.SparseStep(runs.denseCount(), denseRows, runs.selectCount(), descriptors, selectRows,
+                    Math.max(1, decodeRows), runs.maxR(), maxCand, maxK, maxSlots, splits, fusedSelect, fusedAppend,
+                    !runs.mainKinds().perHead(), groupAttention ? runs.mainKinds() : null, scores, selected,
+                    partials, ahead);
+        }
+    }
+
+    private SparseTables sparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout) {
+        return new SparseTables(batch, caches, layout);
+    }
+
+    /** The raw device address of a pointer (for the kernels' pointer tables), 0 for none. */
+    static long address(CUdeviceptr p) {
+        return p == null ? 0 : jcuda.DeviceAddress.of(p);
+    }
+}

@@ -1,0 +1,42 @@
+package io.dsflow.engine.kv;
+
+/**
+ * A KV cache of the CPU backend, which drives it layer by layer: it appends each new token's key and value, then asks
+ * for the attention of the new rows.
+ * <ul>
+ *   <li>{@link #append}: one token, one layer, key after RoPE;</li>
+ *   <li>{@link #attend}: the last {@code rows} appended tokens' queries attend causally; a single row is a decode step,
+ *       where a sparse policy attends to its selected subset ({@link SparseStepPolicy} decides); several rows are a
+ *       prefill, always dense.</li>
+ * </ul>
+ */
+public interface CpuKvCache extends KvCache {
+
+    /** Appends one token's key (post-RoPE) and value, each [kvHeads * headDim], to a layer. */
+    void append(int layer, float[] key, float[] value);
+
+    /**
+     * Attention of the last {@code rows} appended tokens of a layer.
+     *
+     * @param q   [rows][numHeads * headDim] queries after RoPE, read from q[row0 .. row0 + rows)
+     * @param out [rows][numHeads * headDim] written at the same rows
+     */
+    void attend(int layer, float[][] q, int row0, int rows, float[][] out, int numHeads, float scale);
+
+    /**
+     * Whether this layer's decode selections rank their candidates by a query predicted from the previous layer's
+     * input (KvConfig lookahead): the forward pass then hands that query over with {@link #predictQuery} before the
+     * layer attends.
+     */
+    default boolean selectsAhead(int layer) {
+        return false;
+    }
+
+    /** The predicted query of the decode row for a layer that {@link #selectsAhead}: [numHeads * headDim] after RoPE. */
+    default void predictQuery(int layer, float[] q) {
+        throw new IllegalStateException("this cache does not select ahead");
+    }
+
+    @Override
+    CpuKvCache copy();
+}
