@@ -44,7 +44,8 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
-            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N] [--profile]"
+            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N]"
+            + " [--profile]"
             + " [--embeddings placement|host] [--json FILE]";
 
     private BenchCommand() {
@@ -58,8 +59,12 @@ public final class BenchCommand {
         }
         // as eval takes them: "dspp" or "dspp:gqa=mean:window=16"
         List<io.dsflow.engine.probe.Eval.Policy> policies = new ArrayList<>();
-        for (String spec : a.get("kv-policy", "dense").split(",")) policies.add(EvalCommand.policy(spec.trim(), Map.of()));
-        if (!CudaRuntime.available()) throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
+        for (String spec : a.get("kv-policy", "dense").split(",")) {
+            policies.add(EvalCommand.policy(spec.trim(), Map.of()));
+        }
+        if (!CudaRuntime.available()) {
+            throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
+        }
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
         int prompt = a.getInt("prompt", 4096), steps = a.getInt("steps", 32);
@@ -91,132 +96,159 @@ public final class BenchCommand {
         warmUp(b, policies, java.util.Arrays.stream(batches).max().orElse(1));
         // host us: a step's host time between device work, during which the device idles: its metadata + its graph's
         // launch / the longest step's (cN: N graph captures in the timed steps, their time not counted)
-        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s %12s%n", "policy", "batch", "context",
-                "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB", "host us");
+        out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s %12s%n", "policy", "batch",
+                "context", "tokens/s", "ms/step", "GB/step", "TB/s", "of copy", "peak GB", "host GB", "host us");
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
-        KvConfig kv = policy.kv();
-        for (int ctx : contexts) {
-            for (int batch : batches) {
-                if (ctx + steps + 8 > c.maxPositions()) continue;
-                // the token embedding table where the row's placement puts it (host placement: in host memory)
-                b.placeEmbeddings(embeddings.equals("host") || kv.placement() == KvConfig.Placement.HOST);
-                gpu.trim();        // the previous row's cached blocks do not count against this one
-                gpu.resetPeak();
-                List<CudaKvCache> caches = new ArrayList<>();
-                try {
-                    for (int i = 0; i < batch; i++) caches.add(CudaBenchCaches.ofLength(b, ctx, kv));
-                    int[] tokens = new int[batch];
-                    for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
-                    // untimed steps first: the row's graph captured, its host path compiled by the JIT (a long-running
-                    // job's steady state), within the slots the caches hold beyond the context (8 to spare)
-                    int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBenchCaches.SPARE_SLOTS - 8 - steps));
-                    for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
-                    gpu.synchronize();
-                    b.resetHostTime();
-                    long start = System.nanoTime();
-                    for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
-                    gpu.synchronize();
-                    // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
-                    // ds at every power of two) captures its graph first; the steady state does not, so the capture's
-                    // host time, during which the device idles, is left out (and said in the host column)
-                    GraphCache.HostTime host = b.hostTime();
-                    double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
-                    double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);
-                    String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f/%.0f%s",
-                            host.prepareNanos() / 1e3 / host.steps(), host.launchNanos() / 1e3 / host.steps(),
-                            host.maxNanos() / 1e3, host.captures() == 0 ? "" : " c" + host.captures());
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f %12s%n",
-                            policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
-                            100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9, hostUs);
-                    ObjectNode row = decode.addObject();
-                    row.put("policy", policy.name());
-                    row.put("batch", batch);
-                    row.put("context", ctx);
-                    row.put("tokens_per_s", batch / sec);
-                    row.put("ms_per_step", sec * 1e3);
-                    row.put("bytes_per_step", bytes);
-                    row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
-                    row.put("peak_device_bytes", gpu.peakAllocated());
-                    row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
-                    if (host.steps() > 0) {
-                        row.put("host_prepare_us_per_step", host.prepareNanos() / 1e3 / host.steps());
-                        row.put("host_launch_us_per_step", host.launchNanos() / 1e3 / host.steps());
-                        row.put("graph_captures", host.captures());
-                        row.put("graph_capture_ms_excluded", host.captureNanos() / 1e6);
-                    }
-                    if (profile) {   // one more step, eager, with an event at each stage of each layer on each stream
-                        StepProfiler.Profile pr = b.profileStep(step(caches, tokens, ctx + untimed + steps));
-                        ObjectNode prof = row.putObject("profile_ms");
-                        prof.put("step", pr.stepMs());
-                        out.println(stageLine(String.format(Locale.ROOT, "  timeline %s, batch %d, context %d: %.3f ms eager;"
-                                + " main stream", policy.name(), batch, ctx, pr.stepMs()), pr.mainMs(), pr.stepMs(),
-                                prof.putObject("main")));
-                        if (!pr.sideMs().isEmpty()) {
-                            out.println(stageLine("    side stream", pr.sideMs(), pr.stepMs(), prof.putObject("side")));
-                        }
-                        StringBuilder layer = new StringBuilder(String.format(Locale.ROOT, "    layer %d (us from its start):",
-                                pr.layer()));
-                        for (StepProfiler.Span sp : pr.layerTimeline()) {
-                            layer.append(String.format(Locale.ROOT, " %s %s %.0f-%.0f;", sp.stream(), sp.stage(),
-                                    1e3 * sp.startMs(), 1e3 * sp.endMs()));
-                        }
-                        out.println(layer);
-                    }
-                } catch (DsflowException e) {
-                    out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
-                } finally {
-                    for (CudaKvCache k : caches) k.release();
+            for (int ctx : contexts) {
+                for (int batch : batches) {
+                    if (ctx + steps + 8 > c.maxPositions()) continue;
+                    decodeRow(b, policy, batch, ctx, new RowOptions(steps, profile, embeddings.equals("host"), copy),
+                            out, decode);
                 }
             }
         }
-        }
-        if (prompt > 0 && prompt <= c.maxPositions()) {
-            // dense, and each policy whose prefill reads its store elsewhere (host placement)
-            List<KvConfig> prefills = new ArrayList<>(List.of(KvConfig.DENSE));
-            for (io.dsflow.engine.probe.Eval.Policy p : policies) {
-                if (p.kv().placement() == KvConfig.Placement.HOST) prefills.add(p.kv());
-            }
-            int[] ids = new int[prompt];
-            for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
-            CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
-            b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
-            warm.release();
-            ArrayNode prefillRows = root.putArray("prefill");
-            for (KvConfig kv : prefills) {
-                boolean host = kv.placement() == KvConfig.Placement.HOST;
-                // host placement twice: a first cache pins new host memory, a second one reuses the pool's blocks
-                for (int run = 0; run < (host ? 2 : 1); run++) {
-                    if (host && run == 0) gpu.trim();
-                    CudaKvCache cache = CudaBenchCaches.ofLength(b, 0, kv);
-                    try {
-                        gpu.synchronize();
-                        long start = System.nanoTime();
-                        b.forwardGreedy(new Batch().add(cache, ids, 0));
-                        gpu.synchronize();
-                        double sec = (System.nanoTime() - start) / 1e9;
-                        double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
-                                + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
-                        String name = !kv.sparse() ? "dense" : kv.policy().id() + (!host ? ""
-                                : run == 0 ? " (host placement, new pinned memory)" : " (host placement, pooled memory)");
-                        out.printf(Locale.ROOT, "prefill %d tokens, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers"
-                                + " and causal attention)%n", prompt, name, sec, prompt / sec, flops / sec / 1e12);
-                        ObjectNode row = prefillRows.addObject();
-                        row.put("kv", kv.toString());
-                        row.put("pinned_memory_pooled", host && run == 1);
-                        row.put("tokens", prompt);
-                        row.put("tokens_per_s", prompt / sec);
-                        row.put("tflops", flops / sec / 1e12);
-                    } finally {
-                        cache.release();
-                    }
-                }
-            }
-        }
+        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompt, policies, out, root);
         root.put("peak_device_bytes_max", gpu.peakAllocated());
         out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
         if (a.has("json")) Files.writeString(Path.of(a.get("json", null)), root.toPrettyString());
         b.close();
         return 0;
+    }
+
+    /**
+     * Prefill tokens/s of one {@code prompt}-token prompt: dense, and each policy whose prefill reads its store
+     * elsewhere (host placement); adds the rows to json.
+     */
+    private static void prefillRows(CudaBackend b, int prompt, List<io.dsflow.engine.probe.Eval.Policy> policies,
+                                    PrintStream out, ObjectNode root) {
+        CudaRuntime gpu = b.runtime();
+        ModelConfig c = b.config();
+        // dense, and each policy whose prefill reads its store elsewhere (host placement)
+        List<KvConfig> prefills = new ArrayList<>(List.of(KvConfig.DENSE));
+        for (io.dsflow.engine.probe.Eval.Policy p : policies) {
+            if (p.kv().placement() == KvConfig.Placement.HOST) prefills.add(p.kv());
+        }
+        int[] ids = new int[prompt];
+        for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
+        CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
+        b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
+        warm.release();
+        ArrayNode prefillRows = root.putArray("prefill");
+        for (KvConfig kv : prefills) {
+            boolean host = kv.placement() == KvConfig.Placement.HOST;
+            // host placement twice: a first cache pins new host memory, a second one reuses the pool's blocks
+            for (int run = 0; run < (host ? 2 : 1); run++) {
+                if (host && run == 0) gpu.trim();
+                CudaKvCache cache = CudaBenchCaches.ofLength(b, 0, kv);
+                try {
+                    gpu.synchronize();
+                    long start = System.nanoTime();
+                    b.forwardGreedy(new Batch().add(cache, ids, 0));
+                    gpu.synchronize();
+                    double sec = (System.nanoTime() - start) / 1e9;
+                    double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
+                            + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
+                    String name = !kv.sparse() ? "dense" : kv.policy().id() + (!host ? ""
+                            : run == 0 ? " (host placement, new pinned memory)" : " (host placement, pooled memory)");
+                    out.printf(Locale.ROOT, "prefill %d tokens, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers"
+                            + " and causal attention)%n", prompt, name, sec, prompt / sec, flops / sec / 1e12);
+                    ObjectNode row = prefillRows.addObject();
+                    row.put("kv", kv.toString());
+                    row.put("pinned_memory_pooled", host && run == 1);
+                    row.put("tokens", prompt);
+                    row.put("tokens_per_s", prompt / sec);
+                    row.put("tflops", flops / sec / 1e12);
+                } finally {
+                    cache.release();
+                }
+            }
+        }
+    }
+
+    /** Options every decode row shares: timed steps, --profile, --embeddings host, the copy bandwidth measured. */
+    private record RowOptions(int steps, boolean profile, boolean embeddingsOnHost, double copy) {
+    }
+
+    /**
+     * One row of the decode table: {@code batch} caches of {@code ctx} tokens under a policy, untimed steps, then the
+     * timed ones; prints the row and adds it to {@code decode} (json).
+     */
+    private static void decodeRow(CudaBackend b, io.dsflow.engine.probe.Eval.Policy policy, int batch, int ctx,
+                                  RowOptions o, PrintStream out, ArrayNode decode) {
+        KvConfig kv = policy.kv();
+        CudaRuntime gpu = b.runtime();
+        ModelConfig c = b.config();
+        int steps = o.steps();
+        double copy = o.copy();
+        // the token embedding table where the row's placement puts it (host placement: in host memory)
+        b.placeEmbeddings(o.embeddingsOnHost() || kv.placement() == KvConfig.Placement.HOST);
+        gpu.trim();        // the previous row's cached blocks do not count against this one
+        gpu.resetPeak();
+        List<CudaKvCache> caches = new ArrayList<>();
+        try {
+            for (int i = 0; i < batch; i++) caches.add(CudaBenchCaches.ofLength(b, ctx, kv));
+            int[] tokens = new int[batch];
+            for (int i = 0; i < batch; i++) tokens[i] = 1000 + i;
+            // untimed steps first: the row's graph captured, its host path compiled by the JIT (a long-running
+            // job's steady state), within the slots the caches hold beyond the context (8 to spare)
+            int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBenchCaches.SPARE_SLOTS - 8 - steps));
+            for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
+            gpu.synchronize();
+            b.resetHostTime();
+            long start = System.nanoTime();
+            for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
+            gpu.synchronize();
+            // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
+            // ds at every power of two) captures its graph first; the steady state does not, so the capture's
+            // host time, during which the device idles, is left out (and said in the host column)
+            GraphCache.HostTime host = b.hostTime();
+            double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
+            double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);
+            String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f/%.0f%s",
+                    host.prepareNanos() / 1e3 / host.steps(), host.launchNanos() / 1e3 / host.steps(),
+                    host.maxNanos() / 1e3, host.captures() == 0 ? "" : " c" + host.captures());
+            out.printf(Locale.ROOT, "%-6s %-6d %-8d %12.1f %10.3f %12.2f %10.2f %11.0f%% %12.2f %12.2f %12s%n",
+                    policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
+                    100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9, hostUs);
+            ObjectNode row = decode.addObject();
+            row.put("policy", policy.name());
+            row.put("batch", batch);
+            row.put("context", ctx);
+            row.put("tokens_per_s", batch / sec);
+            row.put("ms_per_step", sec * 1e3);
+            row.put("bytes_per_step", bytes);
+            row.put("bandwidth_fraction_of_copy", bytes / sec / copy);
+            row.put("peak_device_bytes", gpu.peakAllocated());
+            row.put("peak_pinned_host_bytes", gpu.peakHostAllocated());
+            if (host.steps() > 0) {
+                row.put("host_prepare_us_per_step", host.prepareNanos() / 1e3 / host.steps());
+                row.put("host_launch_us_per_step", host.launchNanos() / 1e3 / host.steps());
+                row.put("graph_captures", host.captures());
+                row.put("graph_capture_ms_excluded", host.captureNanos() / 1e6);
+            }
+            if (o.profile()) {   // one more step, eager, with an event at each stage of each layer on each stream
+                StepProfiler.Profile pr = b.profileStep(step(caches, tokens, ctx + untimed + steps));
+                ObjectNode prof = row.putObject("profile_ms");
+                prof.put("step", pr.stepMs());
+                out.println(stageLine(String.format(Locale.ROOT, "  timeline %s, batch %d, context %d: %.3f ms eager;"
+                        + " main stream", policy.name(), batch, ctx, pr.stepMs()), pr.mainMs(), pr.stepMs(),
+                        prof.putObject("main")));
+                if (!pr.sideMs().isEmpty()) {
+                    out.println(stageLine("    side stream", pr.sideMs(), pr.stepMs(), prof.putObject("side")));
+                }
+                StringBuilder layer = new StringBuilder(String.format(Locale.ROOT, "    layer %d (us from its start):",
+                        pr.layer()));
+                for (StepProfiler.Span sp : pr.layerTimeline()) {
+                    layer.append(String.format(Locale.ROOT, " %s %s %.0f-%.0f;", sp.stream(), sp.stage(),
+                            1e3 * sp.startMs(), 1e3 * sp.endMs()));
+                }
+                out.println(layer);
+            }
+        } catch (DsflowException e) {
+            out.printf(Locale.ROOT, "%-6s %-6d %-8d skipped: %s%n", policy.name(), batch, ctx, e.getMessage());
+        } finally {
+            for (CudaKvCache k : caches) k.release();
+        }
     }
 
     /** Untimed decode steps before each row's timed ones (fewer where the row's steps leave no room). */
@@ -226,7 +258,8 @@ public final class BenchCommand {
     private static String stageLine(String prefix, Map<String, Double> stages, double stepMs, ObjectNode json) {
         StringBuilder line = new StringBuilder(prefix);
         for (Map.Entry<String, Double> e : stages.entrySet()) {
-            line.append(String.format(Locale.ROOT, " %s %.3f (%.0f%%)", e.getKey(), e.getValue(), 100 * e.getValue() / stepMs));
+            line.append(String.format(Locale.ROOT, " %s %.3f (%.0f%%)", e.getKey(), e.getValue(),
+                    100 * e.getValue() / stepMs));
             json.put(e.getKey(), e.getValue());
         }
         return line.toString();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# On a GPU host without a JDK or Maven: unpacks what shared/tools/gpu-pack.sh packed under .gpu/ (a Java runtime, the
+# engine jar and the JUnit console launcher) and runs the GPU test classes of the kernels module over its compiled test
+# classes (carried as kernels/target/test-classes: the tests read models by paths relative to kernels/).
+# Usage (repository root): dev/gpu/run-gpu-tests.sh [JUnit console selectors, default: the package io.dsflow.engine.cuda]
+set -euo pipefail
+root=/opt/dsflow
+if [ ! -x "$root/jre/bin/java" ]; then
+  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
+fi
+export RUST_FLAVOR=cpu   # DJL's tokenizer: the CPU build of its native library, never a download
+cd kernels
+selectors=("$@")
+[ ${#selectors[@]} -gt 0 ] || selectors=(--select-package io.dsflow.engine.cuda)
+"$root/jre/bin/java" -cp "target/test-classes:$root/lib/*" org.junit.platform.console.ConsoleLauncher execute \
+  --disable-banner --details=summary --details-theme=ascii "${selectors[@]}"
