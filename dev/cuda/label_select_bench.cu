@@ -1,19 +1,19 @@
-// Check-then-time harness for dspp's fused selection (sparse.cu's sparse_select: label scores into shared memory, then
+// Check-then-time harness for dspp's fused selection (select.cu's sparse_select: label scores into shared memory, then
 // the top-k there) at the shape of llama-3.1-8b's decode at batch 8 and 32K context: 8 rows, 32 query heads in 8 kv
 // groups, r = 16 label channels, 32700 candidates, k = 1980; per query head or one selection a group (gqa=mean),
 // 16- or 8-bit labels. Prints the time a launch and a checksum of the selections (equal across builds that must select
-// the same, e.g. the label conversions of sparse.cu).
+// the same, e.g. the label conversions of select.cu).
 // Every row has its own label cache (as each sequence does), so the labels come from device memory, not the L2.
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a label_select_bench.cu -o lsb
-//   (-DSPARSE_CU='"path"' for another version of sparse.cu, one with sparse_select_cluster2)
-//   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, sparse.cu's score_candidates)
+//   (-DSELECT_CU='"path"' for another version of select.cu, one with sparse_select_cluster2)
+//   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, select.cu's score_candidates)
 // Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
 //   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
 //   head (channels=qk-group, the group's heads sharing their channels)]
-#ifndef SPARSE_CU
-#define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
+#ifndef SELECT_CU
+#define SELECT_CU "../../kernels/src/main/cuda/select.cu"
 #endif
-#include SPARSE_CU
+#include SELECT_CU
 #include <cstdio>
 #include <cstdlib>
 #include <vector>

@@ -1,9 +1,9 @@
-// Check-then-time harness for the one-block top-k of sparse.cu (select_top_k: four radix passes, count_picks,
+// Check-then-time harness for the one-block top-k of select.cu (select_top_k: four radix passes, count_picks,
 // write_picks) on order keys already in shared memory, as sparse_select runs it after scoring: Gaussian scores,
 // checked against a stable sort, then timed against a launch that only copies the keys.
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a select_bench.cu -o select_bench
 // Run: ./select_bench [n = 32768] [k = 1980] [blocks = 8] [threads = 1024]
-#include "../../kernels/src/main/cuda/sparse.cu"
+#include "../../kernels/src/main/cuda/select.cu"
 #include <cstdio>
 #include <cstdlib>
 #include <vector>

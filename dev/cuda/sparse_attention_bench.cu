@@ -1,4 +1,4 @@
-// Check-then-time harness for the attention of dspp's selected rows (sparse.cu) at the shape of llama-3.1-8b's decode
+// Check-then-time harness for the attention of dspp's selected rows (sparse_attention.cu) at the shape of llama-3.1-8b's decode
 // at batch 8 and 32K context with gqa=mean: 8 rows, 32 query heads in 8 kv groups of 4, D = 128, each row's own store
 // of 32768 slots, 4 sinks + k selected + 64 window slots a kv head (one selection shared by the group), device
 // placement. Compares sparse_attention_d128_g4 (group_attend_slots, 128-slot splits) with
@@ -9,13 +9,13 @@
 // step runs it: a graph's launches start closer to each other), against a device-to-device copy of 1 GB measured
 // first (bytes read + written, as bench measures it).
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a sparse_attention_bench.cu -o sab
-//   (-DPIPE_STAGES=N for another pipeline depth; -DSPARSE_CU='"path"' for another version of sparse.cu)
+//   (-DPIPE_STAGES=N for another pipeline depth; -DSPARSE_ATTENTION_CU='"path"' for another version of sparse_attention.cu)
 // Run: ./sab [k = 2048] [rows = 8] [max_k = 4096: the bucketed budget the grid is sized for] [mode = 2: shared
 //   selections (gqa=mean), 0: a selection a query head (sparse_attention_d128_g1 against pipelined_d128_g1)]
-#ifndef SPARSE_CU
-#define SPARSE_CU "../../kernels/src/main/cuda/sparse.cu"
+#ifndef SPARSE_ATTENTION_CU
+#define SPARSE_ATTENTION_CU "../../kernels/src/main/cuda/sparse_attention.cu"
 #endif
-#include SPARSE_CU
+#include SPARSE_ATTENTION_CU
 #include "../../kernels/src/main/cuda/attention.cu"
 SPARSE_PIPELINED_KERNEL(128, 1)   // per-head selections: measured here, not shipped (slower than sparse_attention_d128_g1)
 #include <cstdio>

@@ -1,5 +1,5 @@
 // One (row, head) of the step between the q/k/v projection and attention, shared by kv_append_rope (kvcache.cu) and
-// the dspp append kernel that also writes labels and ring slots (kv_label_append_rope, sparse.cu):
+// the dspp append kernel that also writes labels and ring slots (kv_label_append_rope, label_append.cu):
 //   qkv: [rows][row_stride] f32, each row [q: H x D | k: KVH x D | v: KVH x D | ...] (the fused projection's output)
 //   q heads: rotated in place (RoPE, Hugging Face rotate-half: (x_i, x_{i+D/2}) -> (x_i cos - x_{i+D/2} sin,
 //     x_{i+D/2} cos + x_i sin), angle = positions[r] * inv_freq[i] in f32; inv_freq: [D / 2], llama3 scaling applied

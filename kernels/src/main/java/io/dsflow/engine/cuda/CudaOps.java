@@ -5,15 +5,16 @@ import io.dsflow.engine.sample.SamplingParams;
 import jcuda.driver.CUdeviceptr;
 
 /**
- * How the forward pass launches the matrix-product and attention kernels (grid shapes, which variant for which
- * shape): one place, shared by {@link CudaBackend} and the kernel tests, so the tests exercise the launches the
- * model makes.
+ * The launch policy of the matrix-product, attention and selection kernels: which kernel and variant for which shape,
+ * how many splits, which cluster size. One place, shared by {@link CudaBackend} and the kernel tests, so the tests
+ * exercise the launches the model makes; the launches themselves go through the typed launchers (MatmulKernels,
+ * AttentionKernels, ...), which alone know the kernels' names and arguments.
  */
 final class CudaOps {
     /** A segment with at least this many rows in a step attends through the tensor-core prefill kernel. */
     static final int PREFILL_TILE_MIN_ROWS = 16;
     /** Rows of a prefill tile (attention_prefill.cu). */
-    static final int PREFILL_TILE_ROWS = 64;
+    static final int PREFILL_TILE_ROWS = PrefillAttentionKernels.TILE_ROWS;
 
     private CudaOps() {
     }
@@ -29,13 +30,13 @@ final class CudaOps {
 
     /**
      * y[rows][out] = x'[rows][in] W^T + bias (f32 activations, bf16 weights), x' = x or, with {@code norm},
-     * rmsnorm(x) * weight row by row; with {@code accumulate} the product is added to y (the residual stream).
-     * On tensor cores ({@link #tensorCores}) the input is bf16 in {@code xBf16}: already there when {@code xInBf16} (its
-     * producer wrote it), else x is rounded (or normalised) into it first; the GEMV (small batches) reads x in f32, over
-     * groups of up to 16 rows, and applies the norm in its prologue: one row through the FMA kernel (gemv_m1), 2-16 rows
-     * on tensor cores (gemv_tc, x split into three bf16 parts so the products keep f32 precision) where in % 32 == 0.
-     * With {@code swiglu}, W is the row-interleaved gate/up matrix and y receives the activations silu(gate) * up,
-     * [rows][out / 2]: bf16 on tensor cores (the next product's input as is), f32 from the GEMV.
+     * rmsnorm(x) * weight row by row; with {@code accumulate} the product is added to y (the residual stream). On
+     * tensor cores ({@link #tensorCores}) the input is bf16 in {@code xBf16}: already there when {@code xInBf16} (its
+     * producer wrote it), else x is rounded (or normalised) into it first; the GEMV (small batches) reads x in f32,
+     * over groups of up to 16 rows, and applies the norm in its prologue: one row through the FMA kernel (gemv_m1),
+     * 2-16 rows on tensor cores (gemv_tc, x split into three bf16 parts so the products keep f32 precision) where
+     * in % 32 == 0. With {@code swiglu}, W is the row-interleaved gate/up matrix and y receives the activations
+     * silu(gate) * up, [rows][out / 2]: bf16 on tensor cores (the next product's input as is), f32 from the GEMV.
      */
     static void linear(CudaRuntime gpu, CUdeviceptr y, CUdeviceptr x, CUdeviceptr xBf16, boolean xInBf16, int rows,
                        CUdeviceptr w, CUdeviceptr bias, int out, int in, boolean swiglu, RmsNorm norm,
@@ -44,14 +45,12 @@ final class CudaOps {
         if (norm != null && xInBf16) throw new IllegalArgumentException("a normalised input is read in f32");
         if (tensorCores(rows, in)) {
             if (norm != null) {
-                gpu.launch("add_rms_norm", rows, 1, 1024, x, null, null, xBf16, norm.weight(), rows, in, norm.eps());
+                NormKernels.addRmsNorm(gpu, x, null, null, xBf16, norm.weight(), rows, in, norm.eps());
             } else if (!xInBf16) {
-                long n = (long) rows * in;
-                gpu.launch("f32_to_bf16", (int) ((n + 1023) / 1024), 1, 256, xBf16, x, n);
+                ActivationKernels.f32ToBf16(gpu, xBf16, x, (long) rows * in);
             }
-            int blocks = ((rows + 127) / 128) * ((out + 127) / 128);   // 128 x 128 tiles, 3 stages of 2 x 16 KB
-            gpu.launchWithSharedMemory("gemm_bf16", blocks, 1, 256, 3 * 2 * 128 * 64 * 2, swiglu ? null : y,
-                    swiglu ? y : null, xBf16, w, bias, accumulate ? 1 : 0, rows, out, in);
+            MatmulKernels.gemmBf16(gpu, swiglu ? null : y, swiglu ? y : null, xBf16, w, bias, accumulate, rows, out,
+                    in);
             return;
         }
         if (xInBf16) throw new IllegalStateException("the GEMV reads f32 inputs");
@@ -62,41 +61,25 @@ final class CudaOps {
             CUdeviceptr yr = y.withByteOffset((long) r * width * 4), xr = x.withByteOffset((long) r * in * 4);
             if (rows - r >= 2 && in % 32 == 0) {   // 2-16 rows on tensor cores
                 int m = Math.min(16, rows - r);
-                gpu.launch("gemv_tc", (out + GEMV_TC_COLUMNS - 1) / GEMV_TC_COLUMNS, 1, 256, yr, xr, w, bias, normWeight,
-                        eps, accumulate ? 1 : 0, swiglu ? 1 : 0, m, out, in);
+                MatmulKernels.gemvTc(gpu, yr, xr, w, bias, normWeight, eps, accumulate, swiglu, m, out, in);
                 r += m;
                 continue;
             }
             int m = rows - r >= 16 ? 16 : rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
-            int cols = 8 * (swiglu ? 2 : gemvColumns(m));
             if (swiglu) {
-                gpu.launch("gemv_m" + m + "_swiglu", (out + cols - 1) / cols, 1, 256, yr, xr, w, bias, normWeight, eps,
-                        out, in);
+                MatmulKernels.gemvSwiglu(gpu, m, yr, xr, w, bias, normWeight, eps, out, in);
             } else {
-                gpu.launch("gemv_m" + m, (out + cols - 1) / cols, 1, 256, yr, xr, w, bias, normWeight, eps,
-                        accumulate ? 1 : 0, out, in);
+                MatmulKernels.gemv(gpu, m, yr, xr, w, bias, normWeight, eps, accumulate, out, in);
             }
             r += m;
         }
     }
 
-    /** Output columns a block of gemv_tc computes (matmul.cu: GV_FG groups of 16). */
-    static final int GEMV_TC_COLUMNS = 16;
-
-    /** Output columns each warp of gemv_mM computes (matmul.cu; the _swiglu variants: 2, a gate/up pair). */
-    static int gemvColumns(int m) {
-        return m == 1 || m == 16 ? 1 : 2;
-    }
-
     /** Warps of a block of attention_gqa (attention.cu), each taking one chunk of the block's split. */
-    static final int GQA_WARPS = 4;
-
-    private static String gqaKernel(int heads, int kvHeads, int hd) {
-        return "attention_gqa_d" + hd + "_g" + heads / kvHeads;
-    }
+    static final int GQA_WARPS = AttentionKernels.GQA_WARPS;
 
     private static boolean groupKernel(CudaRuntime gpu, int heads, int kvHeads, int hd) {
-        return heads > kvHeads && gpu.has(gqaKernel(heads, kvHeads, hd));
+        return heads > kvHeads && AttentionKernels.hasAttentionGqa(gpu, hd, heads / kvHeads);
     }
 
     /** Cache slots one split of the decode attention covers, for warps of {@code chunk} slots. */
@@ -106,17 +89,18 @@ final class CudaOps {
 
     /** Whether this build has the tensor-core prefill attention for a head size. */
     static boolean hasPrefillAttention(CudaRuntime gpu, int headDim) {
-        return gpu.has("attention_prefill_d" + headDim);
+        return PrefillAttentionKernels.hasAttentionPrefill(gpu, headDim);
     }
 
     /**
      * The attention of one layer for every row of a step. Rows in prefill tiles ({@code tiles}: [tileCount][3] =
      * segment, first row, row count) go through the tensor-core kernel; the {@code decodeRows} rows listed in
-     * {@code rowsOf} go through the split (flash-decoding) kernels into {@code partials} ([decodeRows * heads][splits][hd
-     * + 2] f32) and the merge. Either kernel writes out[row][heads * hd]. With {@code claims} (caches in device memory,
-     * {@link #densePipelined}; [decodeRows * kvHeads][2] ints, zero before the first launch and after each) the decode
-     * rows take attention_pipelined, whose {@code splits} blocks a (row, kv head) share its chunks
-     * ({@link #densePipelinedSplits}); else attention_gqa / attention_rows, splits of {@code chunk} slots a warp.
+     * {@code rowsOf} go through the split (flash-decoding) kernels into {@code partials}
+     * ([decodeRows * heads][splits][hd + 2] f32) and the merge. Either kernel writes out[row][heads * hd]. With
+     * {@code claims} (caches in device memory, {@link #densePipelined}; [decodeRows * kvHeads][2] ints, zero before the
+     * first launch and after each) the decode rows take attention_pipelined, whose {@code splits} blocks a (row, kv
+     * head) share its chunks ({@link #densePipelinedSplits}); else attention_gqa / attention_rows, splits of
+     * {@code chunk} slots a warp.
      */
     static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr q, int qStride, CUdeviceptr kTable,
                           CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount, CUdeviceptr tiles,
@@ -124,28 +108,21 @@ final class CudaOps {
                           CUdeviceptr claims, int heads, int kvHeads, int hd) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (tileCount > 0) {
-            gpu.launchWithSharedMemory("attention_prefill_d" + hd, tileCount, heads, 128, 5 * PREFILL_TILE_ROWS * hd * 2,
-                    out, q, kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
+            PrefillAttentionKernels.attentionPrefill(gpu, hd, tileCount, out, q, kTable, vTable, tiles, rowLen, heads,
+                    kvHeads, scale, qStride);
         }
         if (decodeRows == 0) return;
         if (claims != null) {
-            int group = heads / kvHeads;
-            gpu.launchWithSharedMemory(densePipelinedKernel(hd, group), decodeRows * kvHeads, splits,
-                    pipelinedThreads(group), pipelinedSharedBytes(hd), partials, q, kTable, vTable, seg, rowLen, rowsOf,
+            AttentionKernels.attentionPipelined(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf,
                     heads, kvHeads, splits, scale, qStride, claims);
-        } else if (groupKernel(gpu, heads, kvHeads, hd)) {  // each key/value row read once for the query heads of its group
-            gpu.launch(gqaKernel(heads, kvHeads, hd), decodeRows * kvHeads, splits, 32 * GQA_WARPS, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
+        } else if (groupKernel(gpu, heads, kvHeads, hd)) {   // each key/value row read once for its group's heads
+            AttentionKernels.attentionGqa(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
                     kvHeads, splits, scale, qStride, chunk);
         } else {
-            gpu.launch("attention_rows_d" + hd, decodeRows * heads, splits, 32, partials, q, kTable, vTable, seg, rowLen,
-                    rowsOf, heads, kvHeads, splits, scale, qStride, chunk);
+            AttentionKernels.attentionRows(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
+                    kvHeads, splits, scale, qStride, chunk);
         }
-        gpu.launch("attention_merge", decodeRows * heads, 1, Math.min(1024, 4 * hd), out, partials, rowsOf, heads, hd,
-                splits);
-    }
-
-    private static String densePipelinedKernel(int hd, int group) {
-        return "attention_pipelined_d" + hd + "_g" + group;
+        AttentionKernels.attentionMerge(gpu, decodeRows, out, partials, rowsOf, heads, hd, splits);
     }
 
     /**
@@ -153,25 +130,36 @@ final class CudaOps {
      * tensor-core tile holds three parts of each head's query) at head sizes 32, 64 and 128.
      */
     static boolean densePipelined(CudaRuntime gpu, int heads, int kvHeads, int hd) {
-        return heads > kvHeads && gpu.has(densePipelinedKernel(hd, heads / kvHeads));
+        return heads > kvHeads && AttentionKernels.hasAttentionPipelined(gpu, hd, heads / kvHeads);
     }
 
     /** Splits for attention_pipelined: {@link #pipelinedSplits}' one wave over the (row, kv head) pairs. */
     static int densePipelinedSplits(CudaRuntime gpu, int heads, int kvHeads, int hd, int decodeRows, int maxSlots) {
-        return pipelinedSplits(gpu, densePipelinedKernel(hd, heads / kvHeads), heads / kvHeads, hd,
-                decodeRows * kvHeads, maxSlots);
+        int resident = AttentionKernels.attentionPipelinedBlocksPerMultiprocessor(gpu, hd, heads / kvHeads);
+        return wave(gpu, resident, decodeRows * kvHeads, maxSlots);
     }
 
+    /**
+     * Whether this build has the grouped sparse attention (sparse_attention_dD_gG, and its twin for host stores) for a
+     * head size and a group of {@code group} query heads a selection (1: per-head selections).
+     */
+    static boolean hasSparseGroupAttention(CudaRuntime gpu, int hd, int group) {
+        return SparseAttentionKernels.hasSparseAttentionGrouped(gpu, hd, group, false);
+    }
+
+    /**
+     * The grouped sparse attention's kernel name, for CudaBackend's gpu.has() until it asks
+     * {@link #hasSparseGroupAttention}.
+     *
+     * @deprecated a kernel's name belongs to its launcher: ask {@link #hasSparseGroupAttention}
+     */
+    @Deprecated
     static String sparseGroupKernel(int hd, int group) {
-        return "sparse_attention_d" + hd + "_g" + group;
+        return SparseAttentionKernels.groupedName(hd, group, false);
     }
 
-    /** Rows of a stage of sparse_attention_pipelined and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
-    static final int PIPE_ROWS = 32, PIPE_STAGES = 3;
-
-    private static String pipelinedKernel(int hd, int group) {
-        return "sparse_attention_pipelined_d" + hd + "_g" + group;
-    }
+    /** Rows of a stage of the pipelined attention and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
+    static final int PIPE_ROWS = AttentionKernels.PIPE_ROWS, PIPE_STAGES = AttentionKernels.PIPE_STAGES;
 
     /**
      * Whether the rows on device memory whose kv head's {@code group} query heads share a selection take
@@ -180,7 +168,7 @@ final class CudaOps {
      * block of the pipelined kernel (4 warps an SM) took 131-203 us at batch 8 and 32K where they take 127 (H100).
      */
     static boolean pipelined(CudaRuntime gpu, int hd, int group) {
-        return group > 1 && gpu.has(pipelinedKernel(hd, group));
+        return group > 1 && SparseAttentionKernels.hasSparseAttentionPipelined(gpu, hd, group);
     }
 
     /**
@@ -188,41 +176,44 @@ final class CudaOps {
      * pipelined_shared_bytes): the stages' key and value rows, a scratch for Q's parts or S, P and the corrections.
      */
     static int pipelinedSharedBytes(int hd) {
-        int scratch = Math.max(16 * hd * 2, 16 * PIPE_ROWS * 4 + 16 * (PIPE_ROWS + 8) * 2 + 16 * 4);
-        return PIPE_STAGES * 2 * PIPE_ROWS * hd * 2 + scratch;
+        return AttentionKernels.pipelinedSharedBytes(hd);
     }
 
     /** Threads of a pipelined attention block: a warp a head of the group, and the producer warp. */
     static int pipelinedThreads(int group) {
-        return 32 * (group + 1);
+        return AttentionKernels.pipelinedThreads(group);
     }
 
     /**
-     * Splits for sparse_attention_pipelined over {@code units} (row, selection) pairs of at most {@code maxSlots} slots:
-     * as many blocks as the device holds at once (its blocks share each row's chunks, so every block is resident from
-     * the start whatever a layer's budget), at most a split a chunk of PIPE_ROWS slots. H100, batch 8 at 32K, 2048
+     * Splits for sparse_attention_pipelined over {@code units} (row, selection) pairs of at most {@code maxSlots}
+     * slots: as many blocks as the device holds at once (its blocks share each row's chunks, so every block is resident
+     * from the start whatever a layer's budget), at most a split a chunk of PIPE_ROWS slots. H100, batch 8 at 32K, 2048
      * selected of 32K a kv head: 512 blocks (one wave) 32.0 us in a graph; half a wave 39.6, two waves 34.9
      * (dev/cuda/sparse_attention_bench.cu).
      */
     static int pipelinedSplits(CudaRuntime gpu, int hd, int group, int units, int maxSlots) {
-        return pipelinedSplits(gpu, pipelinedKernel(hd, group), group, hd, units, maxSlots);
+        int resident = SparseAttentionKernels.sparseAttentionPipelinedBlocksPerMultiprocessor(gpu, hd, group);
+        return wave(gpu, resident, units, maxSlots);
     }
 
-    private static int pipelinedSplits(CudaRuntime gpu, String kernel, int group, int hd, int units, int maxSlots) {
-        int resident = gpu.multiprocessors() * gpu.blocksPerMultiprocessor(kernel, pipelinedThreads(group),
-                pipelinedSharedBytes(hd));
+    /**
+     * Splits a pipelined launch over {@code units} takes: one wave of the blocks the device holds at once
+     * ({@code blocksPerMultiprocessor} a multiprocessor), at most a split a chunk of PIPE_ROWS of {@code maxSlots}.
+     */
+    private static int wave(CudaRuntime gpu, int blocksPerMultiprocessor, int units, int maxSlots) {
+        int resident = gpu.multiprocessors() * blocksPerMultiprocessor;
         return Math.max(1, Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS));
     }
 
     /**
-     * Attention of {@code rows} sparse rows over their sinks, selections and windows into {@code partials} (sparse.cu),
+     * Attention of {@code rows} sparse rows over their sinks, selections and windows into {@code partials}
      * for attention_merge. {@code groupKinds} 0: one warp a split of 32 slots (sparse_attention_dD); else blocks of
      * {@link #GQA_WARPS} warps, a split of GQA_WARPS * 32 slots: bit 1, the rows selecting per query head (a block per
      * head); bit 2, the rows whose group shares a selection (a block per kv head, each selected row read once); bit 4,
      * rows whose store is on the device; bit 8, rows whose store is in host memory (the _host kernels, which stage key
      * rows by whole rows). Rows of kinds 2 and 4 take sparse_attention_pipelined where the build has it (its splits
-     * share each row's chunks through {@code claims}, [rows * kvHeads][2] ints that are zero before its first launch and
-     * after each; the other kernels take 32 * GQA_WARPS slots a split). Each launch's kernel skips the rows of the
+     * share each row's chunks through {@code claims}, [rows * kvHeads][2] ints that are zero before its first launch
+     * and after each; the other kernels take 32 * GQA_WARPS slots a split). Each launch's kernel skips the rows of the
      * other kinds.
      * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
      * segment without one).
@@ -234,58 +225,58 @@ final class CudaOps {
                                 int groupKinds) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (groupKinds == 0) {
-            gpu.launch("sparse_attention_d" + hd, rows * heads, splits, 32, partials, q, kTable, vTable, ringKTable,
-                    ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
+            SparseAttentionKernels.sparseAttention(gpu, hd, rows, partials, q, kTable, vTable, ringKTable, ringVTable,
+                    seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride, 32, maxK);
             return;
         }
-        for (String placement : new String[]{"", "_host"}) {
-            if ((groupKinds & (placement.isEmpty() ? 4 : 8)) == 0) continue;
+        for (boolean hostStore : new boolean[]{false, true}) {
+            if ((groupKinds & (hostStore ? 8 : 4)) == 0) continue;
             for (int kind : new int[]{1, 2}) {   // per-head selections, then shared ones
                 if ((groupKinds & kind) == 0) continue;
-                int group = kind == 1 ? 1 : heads / kvHeads, blocks = rows * heads / group, shared = kind == 1 ? 0 : 1;
-                if (placement.isEmpty() && kind == 2 && pipelined(gpu, hd, group)) {
-                    gpu.launchWithSharedMemory(pipelinedKernel(hd, group), blocks, splits, pipelinedThreads(group),
-                            pipelinedSharedBytes(hd), partials, q, kTable, vTable, ringKTable, ringVTable, seg, rowLen,
-                            desc, selected, heads, kvHeads, splits, scale, qStride, maxK, shared, claims);
+                boolean shared = kind == 2;
+                int group = shared ? heads / kvHeads : 1;
+                if (!hostStore && shared && pipelined(gpu, hd, group)) {
+                    SparseAttentionKernels.sparseAttentionPipelined(gpu, hd, group, rows, partials, q, kTable, vTable,
+                            ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
+                            maxK, true, claims);
                 } else {
-                    gpu.launch(sparseGroupKernel(hd, group) + placement, blocks, splits, 32 * GQA_WARPS, partials, q,
-                            kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits,
-                            scale, qStride, 32, maxK, shared);
+                    SparseAttentionKernels.sparseAttentionGrouped(gpu, hd, group, hostStore, rows, partials, q, kTable,
+                            vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale,
+                            qStride, 32, maxK, shared);
                 }
             }
         }
     }
 
     /** Label channels of a head that a block of predict_label_queries (lookahead.cu) computes. */
-    static final int PREDICT_LABELS = 4;
+    static final int PREDICT_LABELS = LookaheadKernels.PREDICT_LABELS;
 
-    /** Blocks of a cluster of sparse_select_cluster (sparse.cu), each scoring a tile of the candidates. */
-    static final int SELECT_CLUSTER = 8;
-    /** Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block may have on an A100. */
+    /** Blocks of a cluster of sparse_select_cluster (select.cu), each scoring a tile of the candidates. */
+    static final int SELECT_CLUSTER = SelectKernels.CLUSTER_BLOCKS;
+    /**
+     * Most candidates a block of sparse_select keeps in shared memory: 152 KB of order keys, within the 163 KB a block
+     * may have on an A100.
+     */
     static final int SELECT_MAX_CANDIDATES = 38 * 1024;
 
     /**
      * Threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's
-     * registers from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean 8-bit
-     * lookahead, batch 8 at 32K: 627.8 / 620.1 tokens/s against 604.6 / 604.6 with 1024, 521.7 with 256).
+     * registers from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean
+     * 8-bit lookahead, batch 8 at 32K: 627.8 / 620.1 tokens/s against 604.6 / 604.6 with 1024, 521.7 with 256).
      */
     static final int SELECT_SIDE_THREADS = 512;
 
     /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
-    static final int SELECT_MAX_QUERY_CHANNELS = 8 * 64;
+    static final int SELECT_MAX_QUERY_CHANNELS = SelectKernels.MAX_QUERY_CHANNELS;
 
     /** Whether dspp's fused selection takes this many candidates (bucketed) on this device. */
     static boolean canSelect(CudaRuntime gpu, int maxCand) {
-        return (gpu.computeMajor() >= 9 ? selectTile(maxCand, SELECT_CLUSTER) : maxCand) <= SELECT_MAX_CANDIDATES;
-    }
-
-    /** The candidates each block of a cluster of {@code cluster} scores: its share rounded up to 32. */
-    private static int selectTile(int maxCand, int cluster) {
-        return ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
+        return (gpu.computeMajor() >= 9 ? SelectKernels.clusterTile(maxCand, SELECT_CLUSTER) : maxCand)
+                <= SELECT_MAX_CANDIDATES;
     }
 
     /**
-     * dspp's selection for {@code rows} sparse rows of a layer (sparse.cu): label scores and top-k in one kernel, the
+     * dspp's selection for {@code rows} sparse rows of a layer (select.cu): label scores and top-k in one kernel, the
      * scores' order keys in shared memory. {@code shared}: every row's group shares one selection, so a launch has rows
      * x kv heads selections, not rows x heads. On Hopper clusters where the selections would leave multiprocessors
      * idle: of {@link #SELECT_CLUSTER} blocks where a per-head launch has fewer selections than multiprocessors, or a
@@ -318,14 +309,12 @@ final class CudaOps {
                              CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
                              int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
         if (cluster > 1) {
-            int tile = selectTile(maxCand, cluster);
-            gpu.launchWithSharedMemory(cluster == 2 ? "sparse_select_cluster2" : "sparse_select_cluster",
-                    rows * heads * cluster, 1, cluster == 2 ? 1024 : 256, 4 * tile, selected, q, labels, channels,
-                    scales, seg, desc, heads, kvHeads, hd, qStride, maxK, tile);
+            SelectKernels.sparseSelectCluster(gpu, cluster, rows, selected, q, labels, channels, scales, seg, desc,
+                    heads, kvHeads, hd, qStride, maxK, SelectKernels.clusterTile(maxCand, cluster));
         } else {
             int threads = gpu.onSideStream() ? SELECT_SIDE_THREADS : 1024;
-            gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, 4 * maxCand, selected, q, labels,
-                    channels, scales, seg, desc, heads, kvHeads, hd, qStride, maxK);
+            SelectKernels.sparseSelect(gpu, rows, threads, maxCand, selected, q, labels, channels, scales, seg, desc,
+                    heads, kvHeads, hd, qStride, maxK);
         }
     }
 

@@ -20,7 +20,6 @@ import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.HashMap;
 import java.util.Map;
-import java.util.stream.Stream;
 
 import static jcuda.driver.JCudaDriver.cuCtxSetCurrent;
 import static jcuda.driver.JCudaDriver.cuCtxSynchronize;
@@ -172,57 +171,33 @@ public final class CudaRuntime implements AutoCloseable {
         return new CudaRuntime(ordinal);
     }
 
+    /**
+     * Loads each module of the build (cuda/modules.txt) and looks up the kernels it lists (cuda/MODULE.kernels, written
+     * by build.sh from the module's code): a kernel's name is written in its .cu and its launcher only.
+     */
     private void loadModules() {
-        String list = resource("/cuda/modules.txt");
-        for (String module : new String(list.getBytes(StandardCharsets.UTF_8), StandardCharsets.UTF_8).split("\\s+")) {
+        Map<String, String> moduleOf = new HashMap<>();
+        for (String module : resource("/cuda/modules.txt").split("\\s+")) {
             if (module.isBlank()) continue;
-            byte[] image = bytes("/cuda/" + module + ".fatbin");
             CUmodule m = new CUmodule();
-            cuModuleLoadData(m, image);
-            for (String fn : kernelNames(module)) {
-                // a kernel missing from the module (an older build of it) is one has() reports absent
+            cuModuleLoadData(m, bytes("/cuda/" + module + ".fatbin"));
+            for (String kernel : resource("/cuda/" + module + ".kernels").split("\\s+")) {
+                if (kernel.isBlank()) continue;
+                String other = moduleOf.put(kernel, module);
+                if (other != null) {
+                    throw new DsflowException("CUDA kernel " + kernel + " in modules " + other + " and " + module);
+                }
+                // a kernel missing from the module (an older build of it put first on the classpath) is one has()
+                // reports absent
                 CUfunction f = new CUfunction();
                 try {
-                    cuModuleGetFunction(f, m, fn);
-                    functions.put(fn, f);
+                    cuModuleGetFunction(f, m, kernel);
+                    functions.put(kernel, f);
                 } catch (jcuda.CudaException e) {
                     if (!e.getMessage().contains("CUDA_ERROR_NOT_FOUND")) throw e;
                 }
             }
         }
-    }
-
-    /** The kernels each module exports (extern "C" names). */
-    private static String[] kernelNames(String module) {
-        return switch (module) {
-            case "embedding" -> new String[]{"embed"};
-            case "norm" -> new String[]{"add_rms_norm", "add_layer_norm"};
-            case "activation" -> new String[]{"interleave_rows", "relu", "residual_add", "fill_random_bf16", "f32_to_bf16"};
-            case "matmul" -> new String[]{"gemv_m1", "gemv_m2", "gemv_m4", "gemv_m8", "gemv_m16", "gemv_m1_swiglu",
-                    "gemv_m2_swiglu", "gemv_m4_swiglu", "gemv_m8_swiglu", "gemv_m16_swiglu", "gemv_tc", "gemm_bf16"};
-            case "attention" -> new String[]{"attention_rows_d32", "attention_rows_d64", "attention_rows_d96",
-                    "attention_rows_d128", "attention_rows_d256", "attention_merge", "attention_gqa_d32_g2",
-                    "attention_gqa_d32_g4", "attention_gqa_d64_g2", "attention_gqa_d64_g4", "attention_gqa_d64_g8",
-                    "attention_gqa_d128_g2", "attention_gqa_d128_g4", "attention_gqa_d128_g7", "attention_gqa_d128_g8",
-                    "attention_pipelined_d32_g2", "attention_pipelined_d32_g4",
-                    "attention_pipelined_d64_g2", "attention_pipelined_d64_g4",
-                    "attention_pipelined_d128_g2", "attention_pipelined_d128_g4"};
-            case "attention_prefill" -> new String[]{"attention_prefill_d32", "attention_prefill_d64", "attention_prefill_d128"};
-            case "kvcache" -> new String[]{"kv_append_rope"};
-            case "sparse" -> Stream.of(Stream.of("label_append", "kv_label_append_rope", "sparse_scores", "sparse_topk",
-                            "sparse_select", "sparse_select_cluster", "sparse_select_cluster2", "sparse_attention_d32",
-                            "sparse_attention_d64", "sparse_attention_d128"),
-                    // the grouped sparse attention, each for stores on the device and in host memory, and the
-                    // pipelined one for shared selections on the device (sparse.cu)
-                    Stream.of("d32_g1", "d32_g4", "d64_g1", "d64_g4", "d64_g8", "d128_g1", "d128_g2", "d128_g4", "d128_g8")
-                            .flatMap(v -> Stream.of("sparse_attention_" + v, "sparse_attention_" + v + "_host")),
-                    Stream.of("d32_g4", "d64_g2", "d64_g4", "d128_g2", "d128_g4").map(v -> "sparse_attention_pipelined_" + v))
-                            .flatMap(x -> x)
-                    .toArray(String[]::new);
-            case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
-            case "lookahead" -> new String[]{"predict_label_queries", "gather_selected_rows"};
-            default -> new String[0];
-        };
     }
 
     private static String resource(String path) {
@@ -515,12 +490,18 @@ public final class CudaRuntime implements AutoCloseable {
         return pinnedDown.getByteBuffer(0, bytes).order(java.nio.ByteOrder.LITTLE_ENDIAN);
     }
 
-    /** Whether this build has a kernel of that name. */
+    /**
+     * Whether this build has a kernel of that name (launcher classes ask, through their has...() predicates: the
+     * names are theirs).
+     */
     public boolean has(String kernel) {
         return functions.containsKey(kernel);
     }
 
-    /** Launches a kernel on the current stream; args are device pointers (CUdeviceptr, null for none), int, long, float. */
+    /**
+     * Launches a kernel on the current stream; args are device pointers (CUdeviceptr, null for none), int, long, float.
+     * The untyped primitive under the typed launchers (EmbeddingKernels ... LookaheadKernels), which alone call it.
+     */
     public void launch(String kernel, int gridX, int gridY, int block, Object... args) {
         launchWithSharedMemory(kernel, gridX, gridY, block, 0, args);
     }

@@ -1,145 +1,16 @@
-// DoubleSparse++ decode attention on the device (docs/algorithm.md; the CPU reference is kv/SparseKvCache): for a
-// decode row p of a sparse layer, the approximate score of every candidate from the label cache, the top-k of the
-// candidates, then exact attention over sinks + selected + window, split and merged like the dense decode kernels.
-// Device placement: the whole K/V store stays on the device, the window is its last W slots. Host placement: the store
-// is pinned host memory the device reads in place; sinks and window also live in a device ring that the attention reads.
-//   qkv rows: [q: H x D | k: KVH x D | v] f32 after RoPE (kv_append_rope writes the rotated keys back)
-//   labels of a segment's layer: [cap][LH * r], LH = H / lg label rows a slot, lg the query heads a row serves (1, or
-//     the GQA group G where the group's heads have the same channels: KvConfig's qk-group), row h / lg serving head h:
-//     label[slot][(h / lg) * r + i] = k[g * D + channels[h * r + i]] (g: h's kv head), fp16 (16-bit labels) or int8
-//     times a per-token, per-row scale (8-bit: value = q * scale, scale = fp16(max |k_c| / 127) over the row's r
-//     channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises); scales of a segment's layer:
-//     [LH][cap] fp16 (row-major: a row's scales of consecutive candidates read together)
-//   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
-//   sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints (sparse_rows.cuh); scores: [P * H][max_cand]
-//   f32; selected: [P * H][max_k] slots
+// DoubleSparse++'s selection for the sparse decode rows of a layer (layouts: sparse_rows.cuh): the approximate score
+// of every candidate from the label cache, then the top-k of the candidates.
+//   q: rows of q_stride floats whose first H * D are the heads (after RoPE); lptr / chptr / sptr: this layer's label,
+//   channel and scale tables by segment; sparse rows p < P of a layer, described by sp[p][SP_FIELDS] ints
+//   (sparse_rows.cuh); scores: [P * H][max_cand] f32; selected: [P * H][max_k] slots
 // Two ways to the selection, both ranking the same floats (LabelCache::score's) and picking by the same radix select:
 //   ds, as Double Sparsity publishes it: sparse_scores writes every candidate's score, sparse_topk reads them back;
 //   dspp: sparse_select, one block per (row, selection) that scores into shared memory and selects there (the scores
 //   never reach global memory; a group's heads combined in registers for a shared selection).
 #include "common.cuh"
-#include "split_attention.cuh"
-#include "pipelined_attention.cuh"
 #include "sparse_rows.cuh"
-#include "kv_append.cuh"
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
-// seg_info: [segments][SEG_FIELDS] ints of each segment's sparse cache (for the appends, which run before descriptors)
-#define SEG_FIELDS 6
-enum { SEG_R, SEG_BITS, SEG_SINKS, SEG_WINDOW, SEG_CAP, SEG_LGROUP };
-
-// The device ring slot of store slot p (host placement): p for a sink (p < S), else S + (p - S) mod W
-__device__ __forceinline__ int ring_slot(int p, int sinks, int window) {
-    return p < sinks ? p : sinks + (p - sinks) % window;
-}
-
-// A slot's label row from a head's (rotated) key k ([D] f32, global or shared memory): label[t] = k[ch[t]] for t < r,
-//   at row lrow of the slot's lrows (H / lg) rows: fp16 (16-bit), or int8 times the row's fp16 scale (8-bit: scale =
-//   fp16(max |k_c| / 127), value = round half up of k_c / scale clamped to +-127, as kv/SparseKvCache quantises) with the
-//   scale into the segment's [lrows][cap] scales. Call with the whole block (whole warps; red: 32 floats of shared
-//   memory for the 8-bit row's maximum).
-__device__ void write_label_row(void* labels, unsigned long long scales_ptr, const int* info, int p, int lrow,
-                                int lrows, const int* ch, const float* k, float* red) {
-    int r = info[SEG_R];
-    size_t at = (size_t)p * lrows * r + (size_t)lrow * r;
-    if (info[SEG_BITS] == 16) {
-        for (int t = threadIdx.x; t < r; t += blockDim.x)
-            reinterpret_cast<__half*>(labels)[at + t] = __float2half_rn(k[ch[t]]);
-        return;
-    }
-    float m = 0.f;
-    for (int t = threadIdx.x; t < r; t += blockDim.x) m = fmaxf(m, fabsf(k[ch[t]]));
-    m = block_max_nonneg(m, red);
-    __half sc = __float2half_rn(m / 127.f);
-    float scale = __half2float(sc);
-    for (int t = threadIdx.x; t < r; t += blockDim.x) {
-        float qv = scale == 0.f ? 0.f : fminf(127.f, fmaxf(-127.f, floorf(k[ch[t]] / scale + 0.5f)));
-        reinterpret_cast<signed char*>(labels)[at + t] = (signed char)qv;
-    }
-    if (threadIdx.x == 0) reinterpret_cast<__half*>(scales_ptr)[(size_t)lrow * info[SEG_CAP] + p] = sc;
-}
-
-// The device ring slot (host placement) that row `row`'s key and value go to: slot p < S to ring slot p, else to
-//   S + (p - S) mod W, written only by the last W rows of a segment in this step (several rows of a prefill would race
-//   for a ring slot; last_rows: [segments] each segment's last batch row); -1: none (no ring, or not such a row).
-__device__ __forceinline__ int ring_target(const unsigned long long* rkptr, int sg, const int* info, const int* slot,
-                                           const int* last_rows, int row) {
-    if (rkptr[sg] == 0) return -1;
-    int sinks = info[SEG_SINKS], window = info[SEG_WINDOW], p = slot[row];
-    if (p >= sinks && (window == 0 || p < slot[last_rows[sg]] + 1 - window)) return -1;
-    return ring_slot(p, sinks, window);
-}
-
-// label_append (ds: Double Sparsity's label gather, a launch of its own): the label channels of every row's
-//   (rotated) key into its segment's label cache at its slot (write_label_row); with host placement also its key and
-//   value into the segment's device ring of sinks and window (rkptr / rvptr: this layer's ring tables, 0: none;
-//   ring_target). seg_info: [segments][SEG_FIELDS]. Grid: (rows, H), block: the largest r rounded up to 32.
-extern "C" __global__ void label_append(const float* qkv, const unsigned long long* lptr,
-                                        const unsigned long long* chptr, const unsigned long long* sptr,
-                                        const unsigned long long* rkptr, const unsigned long long* rvptr,
-                                        const int* seg, const int* slot, const int* last_rows, const int* seg_info,
-                                        int H, int KVH, int D, int row_stride) {
-    __shared__ float red[32];
-    int row = blockIdx.x, h = blockIdx.y, sg = seg[row];
-    void* labels = reinterpret_cast<void*>(lptr[sg]);
-    if (labels == nullptr) return;
-    const int* info = seg_info + sg * SEG_FIELDS;
-    const float* x = qkv + (size_t)row * row_stride;
-    int r = info[SEG_R], lg = info[SEG_LGROUP];
-    if (h % lg == 0) {   // the first head of those sharing a label row writes it (row h / lg of H / lg)
-        write_label_row(labels, sptr[sg], info, slot[row], h / lg, H / lg,
-                        reinterpret_cast<const int*>(chptr[sg]) + h * r, x + (H + h / (H / KVH)) * D, red);
-    }
-    int ring = h < KVH ? ring_target(rkptr, sg, info, slot, last_rows, row) : -1;
-    if (ring < 0) return;
-    bf16* rk = reinterpret_cast<bf16*>(rkptr[sg]);
-    bf16* rv = reinterpret_cast<bf16*>(rvptr[sg]);
-    for (int c = threadIdx.x; c < D; c += blockDim.x) {   // the same bf16 rounding as kv_append_rope's store
-        rk[((size_t)ring * KVH + h) * D + c] = __float2bfloat16(x[(H + h) * D + c]);
-        rv[((size_t)ring * KVH + h) * D + c] = __float2bfloat16(x[(H + KVH + h) * D + c]);
-    }
-}
-
-// kv_label_append_rope (dspp: a token's appends in one launch): kv_append_rope (kv_append.cuh) and, for rows of
-//   sparse segments (lptr[seg] != 0), label_append's writes: a key block writes the label rows of its kv head's query
-//   heads (G / lg rows) from its rotated key in shared memory, key and value blocks their ring slots. Same labels,
-//   scales, ring and stores as kv_append_rope then label_append, bit for bit.
-//   Grid: (rows, H + 2 KVH), block: max(32, D / 2) threads (whole warps for the 8-bit rows' maximum), D <= 256.
-extern "C" __global__ void kv_label_append_rope(float* qkv, const int* positions, const float* inv_freq,
-                                                const unsigned long long* kptr, const unsigned long long* vptr,
-                                                const unsigned long long* lptr, const unsigned long long* chptr,
-                                                const unsigned long long* sptr, const unsigned long long* rkptr,
-                                                const unsigned long long* rvptr, const int* seg, const int* slot,
-                                                const int* last_rows, const int* seg_info, int H, int KVH, int D,
-                                                int row_stride) {
-    __shared__ float key[256], red[32];
-    int row = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = D / 2;
-    float a, b;
-    bool pair = kv_append_pair(qkv, positions, inv_freq, kptr, vptr, seg, slot, row, h, H, KVH, D, row_stride, &a, &b);
-    int sg = seg[row];
-    if (h < H || lptr[sg] == 0) return;   // q heads; dense segments and layers
-    const int* info = seg_info + sg * SEG_FIELDS;
-    bool is_key = h < H + KVH;
-    int g = is_key ? h - H : h - H - KVH;
-    int ring = ring_target(rkptr, sg, info, slot, last_rows, row);
-    if (ring >= 0 && pair) {
-        bf16* dst = reinterpret_cast<bf16*>(is_key ? rkptr[sg] : rvptr[sg]) + ((size_t)ring * KVH + g) * D;
-        dst[i] = __float2bfloat16(a);
-        dst[i + half] = __float2bfloat16(b);
-    }
-    if (!is_key) return;
-    if (pair) {
-        key[i] = a;
-        key[i + half] = b;
-    }
-    __syncthreads();
-    int r = info[SEG_R], lg = info[SEG_LGROUP], G = H / KVH;
-    const int* ch = reinterpret_cast<const int*>(chptr[sg]);
-    for (int hh = g * G; hh < (g + 1) * G; hh += lg) {   // the first head of each of the kv head's label rows
-        write_label_row(reinterpret_cast<void*>(lptr[sg]), sptr[sg], info, slot[row], hh / lg, H / lg, ch + hh * r,
-                        key, red);
-    }
-}
 
 // s plus 8 of q's label channels times 8 fp16 labels of a candidate (one 16-byte read-only load: ld.global.nc, the
 // labels reached through a pointer table would otherwise be read by generic loads). Every score kernel adds in this
@@ -165,7 +36,7 @@ __device__ __forceinline__ float label_chunk8(float s, uint4 raw, const float* q
     return s;
 }
 
-// A layer's label cache as one sparse row reads it (sparse.cu's header): element offsets count labels, not bytes.
+// A layer's label cache as one sparse row reads it (sparse_rows.cuh's header): element offsets count labels, not bytes.
 struct LabelCache {
     const void* values;
     const __half* scales;   // 8-bit only
@@ -668,124 +539,3 @@ __device__ void select_cluster_body(int* selected, const float* q, const unsigne
     select_cluster_body<n>(selected, q, lptr, chptr, sptr, seg, sp, H, KVH, D, q_stride, max_k, tile); }
 SELECT_CLUSTER_KERNEL(sparse_select_cluster, 8, 256)
 SELECT_CLUSTER_KERNEL(sparse_select_cluster2, 2, 1024)
-
-// The slot a sparse row reads for t in [0, S + k + W): sinks [0, S), the selection sel, the window [n - W, n) of a row
-//   of length n; with a ring (host placement) sinks and window are its slots, as split_attention.cuh's negative slots
-__device__ __forceinline__ int sparse_slot(int t, int sinks, int k, int window, int n, const int* sel, bool ring) {
-    if (t >= sinks && t < sinks + k) return sel[t - sinks];
-    int p = t < sinks ? t : n - window + (t - sinks - k);
-    return ring ? -1 - ring_slot(p, sinks, window) : p;
-}
-
-// sparse_attention_dD: attention of sparse row p, head h over its m = S + k + W slots: sinks [0, S), the selected
-//   slots, the window [n - W, n) (n = row_len of its batch row); one warp per (p, h, split of `chunk` of the m),
-//   partials [P * H][splits][D + 2] as the dense decode kernels write them (attention_merge finishes, with the
-//   sparse rows' batch rows as its rows_of). rkptr / rvptr: this layer's ring tables (0: none, device placement).
-//   Grid: (P * H, splits), block: 32.
-template <int D>
-__device__ void sparse_attention_body(float* partials, const float* q, const unsigned long long* kptr,
-                                      const unsigned long long* vptr, const unsigned long long* rkptr,
-                                      const unsigned long long* rvptr, const int* seg, const int* row_len,
-                                      const int* sp, const int* selected, int H, int KVH, int splits, float scale,
-                                      int q_stride, int chunk, int max_k) {
-    int ph = blockIdx.x, s = blockIdx.y;
-    int p = ph / H, h = ph % H, g = h / (H / KVH);
-    const int* d = sp + p * SP_FIELDS;
-    int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
-    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
-    const int* sel = selected + (size_t)ph * max_k;
-    const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
-    bool ring = kring != nullptr;
-    warp_attend_slots<D>(partials + ((size_t)ph * splits + s) * (D + 2), q + (size_t)row * q_stride + h * D,
-                         reinterpret_cast<const bf16*>(kptr[seg[row]]), reinterpret_cast<const bf16*>(vptr[seg[row]]),
-                         kring, reinterpret_cast<const bf16*>(rvptr[seg[row]]), g, KVH, s * chunk,
-                         min(m, (s + 1) * chunk), scale,
-                         [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); });
-}
-
-#define SPARSE_KERNEL(dim) extern "C" __global__ void sparse_attention_d##dim(float* partials, const float* q, \
-        const unsigned long long* kp, const unsigned long long* vp, const unsigned long long* rkp, \
-        const unsigned long long* rvp, const int* seg, const int* len, const int* sp, const int* selected, int H, int KVH, \
-        int splits, float scale, int q_stride, int chunk, int max_k) { \
-    sparse_attention_body<dim>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, q_stride, \
-                               chunk, max_k); }
-SPARSE_KERNEL(32)
-SPARSE_KERNEL(64)
-SPARSE_KERNEL(128)
-
-// sparse_attention_dD_gG: sparse_attention_dD in blocks of GQA_WARPS warps (group_attend_slots) that combine their
-//   partials in shared memory, so the merge reads GQA_WARPS times fewer splits. shared = 0: the rows selecting per
-//   query head (mode 0), G = 1, a block per (row, head, split); shared = 1: the rows whose kv head's group shares one
-//   selection (modes 1, 2), G = H / KVH, a block per (row, kv head, split) reading each selected row once for the
-//   group. Rows of the other kind return at once. sparse_attention_dD_gG_host: the same for the rows whose store is in
-//   host memory (their key rows staged by whole rows, group_attend_slots' STAGED); each kernel returns at once for the
-//   other placement's rows. Same partials as sparse_attention_dD, GQA_WARPS * chunk slots a split.
-//   Grid: (P * H / G, splits), block: 32 * GQA_WARPS.
-template <int D, int G, bool HOST, bool PIPELINED = false>
-__device__ void sparse_group_body(float* partials, const float* q, const unsigned long long* kptr,
-                                  const unsigned long long* vptr, const unsigned long long* rkptr,
-                                  const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
-                                  const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk,
-                                  int max_k, int shared, int* claims = nullptr) {
-    int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
-    const int* d = sp + p * SP_FIELDS;
-    if ((d[SP_MODE] != 0) != (shared != 0) || (d[SP_HOST] != 0) != HOST) return;
-    int row = d[SP_ROW], sinks = d[SP_SINKS], window = d[SP_WINDOW];
-    int n = row_len[row], k = min(d[SP_K], d[SP_CAND]), m = sinks + k + window;
-    const int* sel = selected + (size_t)(p * H + h0) * max_k;
-    const bf16* kring = reinterpret_cast<const bf16*>(rkptr[seg[row]]);
-    bool ring = kring != nullptr;
-    float* part = partials + ((size_t)(p * H + h0) * splits + blockIdx.y) * (D + 2);
-    const float* qrow = q + (size_t)row * q_stride + h0 * D;
-    const bf16 *kc = reinterpret_cast<const bf16*>(kptr[seg[row]]), *vc = reinterpret_cast<const bf16*>(vptr[seg[row]]);
-    const bf16* vring = reinterpret_cast<const bf16*>(rvptr[seg[row]]);
-    auto slot_of = [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); };
-    if constexpr (PIPELINED) {   // the row's m slots in chunks that its splits' blocks claim
-        group_attend_pipelined<D, G>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, claims + 2 * blockIdx.x,
-                                     splits, scale, slot_of);
-    } else {
-        group_attend_slots<D, G, false, HOST>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, blockIdx.y,
-                                              splits, chunk, scale, slot_of);
-    }
-}
-
-#define SPARSE_GROUP_VARIANT(dim, g, suffix, host) extern "C" __global__ void sparse_attention_d##dim##_g##g##suffix( \
-        float* partials, const float* q, const unsigned long long* kp, const unsigned long long* vp, \
-        const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, const int* len, const int* sp, \
-        const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk, int max_k, int shared) { \
-    sparse_group_body<dim, g, host>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, scale, \
-                                    q_stride, chunk, max_k, shared); }
-#define SPARSE_GROUP_KERNEL(dim, g) SPARSE_GROUP_VARIANT(dim, g, , false) SPARSE_GROUP_VARIANT(dim, g, _host, true)
-SPARSE_GROUP_KERNEL(32, 1)
-SPARSE_GROUP_KERNEL(32, 4)
-SPARSE_GROUP_KERNEL(64, 1)
-SPARSE_GROUP_KERNEL(64, 4)
-SPARSE_GROUP_KERNEL(64, 8)
-SPARSE_GROUP_KERNEL(128, 1)
-SPARSE_GROUP_KERNEL(128, 2)
-SPARSE_GROUP_KERNEL(128, 4)
-SPARSE_GROUP_KERNEL(128, 8)
-
-// sparse_attention_pipelined_dD_gG: the attention of the rows whose selected rows are on the device (a device store,
-//   or a host-placed row's device stage with its ring of sinks and window), by group_attend_pipelined (the rows staged
-//   in shared memory by asynchronous copies from a producer warp, the products on tensor cores): shared = 1, the rows
-//   whose kv head's group shares one selection (modes 1, 2), G = H / KVH, a block of G + 1 warps per (row, kv head,
-//   split); shared = 0, the rows selecting per query head (mode 0), G = 1 (not built: dev/cuda/sparse_attention_bench.cu
-//   measures it against sparse_attention_dD_g1, which is faster with its four warps a block). A row's m slots go in
-//   chunks to whichever of its splits' blocks claims them first (claims: [P * H / G][2] ints, zero before the first
-//   launch; each launch leaves them zero), so the host can size the grid to what the device holds at once whatever
-//   each layer's budget. Other rows return at once. Same partials as sparse_attention_dD. Grid: (P * H / G, splits),
-//   block: 32 * (G + 1), dynamic shared memory pipelined_shared_bytes(D). The rows are decoded as for
-//   sparse_attention_dD_gG (sparse_group_body, PIPELINED).
-#define SPARSE_PIPELINED_KERNEL(dim, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
-        sparse_attention_pipelined_d##dim##_g##g(float* partials, const float* q, const unsigned long long* kp, \
-        const unsigned long long* vp, const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, \
-        const int* len, const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, \
-        int max_k, int shared, int* claims) { \
-    sparse_group_body<dim, g, false, true>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, \
-                                           scale, q_stride, 0, max_k, shared, claims); }
-SPARSE_PIPELINED_KERNEL(32, 4)
-SPARSE_PIPELINED_KERNEL(64, 2)
-SPARSE_PIPELINED_KERNEL(64, 4)
-SPARSE_PIPELINED_KERNEL(128, 2)
-SPARSE_PIPELINED_KERNEL(128, 4)

@@ -1,0 +1,48 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.cpu.CpuOps;
+import io.dsflow.engine.model.RopeConfig;
+import jcuda.driver.CUdeviceptr;
+import org.junit.jupiter.api.Test;
+
+import java.util.Arrays;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** kvcache.cu's kv_append_rope against the CPU backend's RoPE and cache rows. */
+class KvAppendKernelsTest extends KernelTestSupport {
+    /** q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16. */
+    @Test
+    void ropeAndCacheAppendMatchCpu() {
+        Random r = new Random(6);
+        int rows = 5, heads = 3, kvHeads = 2, d = 32, kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5;
+        float[] x = random(r, rows * stride, 1);
+        int[] pos = {0, 1, 17, 4095, 131000}, slot = {3, 0, 7, 1, 2};
+        float[] inv = RopeConfig.defaults(500000).inverseFrequencies(d);
+        CUdeviceptr dx = upload(x), kc = uploadBf16(new float[8 * kvDim]), vc = uploadBf16(new float[8 * kvDim]);
+        KvAppendKernels.kvAppendRope(gpu, rows, dx, upload(pos), upload(inv), pointerTable(kc), pointerTable(vc),
+                upload(new int[rows]), upload(slot), heads, kvHeads, d, stride);
+        float[] ref = x.clone(), kRef = new float[8 * kvDim], vRef = new float[8 * kvDim];
+        for (int m = 0; m < rows; m++) {
+            float[] q = Arrays.copyOfRange(ref, m * stride, m * stride + heads * d);
+            CpuOps.rope(q, heads, d, pos[m], inv);
+            System.arraycopy(q, 0, ref, m * stride, q.length);
+            float[] k = Arrays.copyOfRange(x, m * stride + heads * d, m * stride + heads * d + kvDim);
+            CpuOps.rope(k, kvHeads, d, pos[m], inv);
+            for (int i = 0; i < kvDim; i++) {
+                kRef[slot[m] * kvDim + i] = bf(k[i]);
+                vRef[slot[m] * kvDim + i] = bf(x[m * stride + heads * d + kvDim + i]);
+            }
+        }
+        float[] got = download(dx, rows * stride);
+        float[] q = new float[rows * heads * d], qRef = new float[rows * heads * d];
+        for (int m = 0; m < rows; m++) {
+            System.arraycopy(got, m * stride, q, m * heads * d, heads * d);
+            System.arraycopy(ref, m * stride, qRef, m * heads * d, heads * d);
+        }
+        assertTrue(relError(q, qRef) < 1e-5, "q");
+        assertTrue(relError(downloadBf16(kc, 8 * kvDim), kRef) < 1e-3, "keys in the cache");
+        assertTrue(relError(downloadBf16(vc, 8 * kvDim), vRef) == 0, "values in the cache");
+    }
+}

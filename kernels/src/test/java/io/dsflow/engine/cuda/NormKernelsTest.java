@@ -1,0 +1,49 @@
+package io.dsflow.engine.cuda;
+
+import io.dsflow.engine.cpu.CpuOps;
+import jcuda.driver.CUdeviceptr;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** norm.cu's norms fused with the residual add against the CPU backend, to f32 and to bf16 outputs. */
+class NormKernelsTest extends KernelTestSupport {
+    @ParameterizedTest(name = "dim {0}")
+    @CsvSource({"333", "9001"})   // 9001: wider than the values a thread keeps in registers
+    void normsMatchCpu(int dim) {
+        Random r = new Random(5);
+        int rows = 7;
+        float[] x = random(r, rows * dim, 2), y = random(r, rows * dim, 1);
+        float[] w = random(r, dim, 1), b = random(r, dim, 1);
+        for (int i = 0; i < dim; i++) {
+            w[i] = bf(w[i]);
+            b[i] = bf(b[i]);
+        }
+        for (boolean layerNorm : new boolean[]{false, true}) {
+            CUdeviceptr dx = upload(x), dy = upload(y), out = poisoned(rows * dim);
+            CUdeviceptr outBf = uploadBf16(new float[rows * dim]), dx2 = upload(x);
+            if (layerNorm) {
+                NormKernels.addLayerNorm(gpu, dx, dy, out, null, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+                NormKernels.addLayerNorm(gpu, dx2, dy, null, outBf, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
+            } else {
+                NormKernels.addRmsNorm(gpu, dx, dy, out, null, uploadBf16(w), rows, dim, 1e-5f);
+                NormKernels.addRmsNorm(gpu, dx2, dy, null, outBf, uploadBf16(w), rows, dim, 1e-5f);
+            }
+            float[] ref = new float[rows * dim], sum = new float[rows * dim];
+            for (int m = 0; m < rows; m++) {
+                float[] row = new float[dim], o = new float[dim];
+                for (int i = 0; i < dim; i++) row[i] = x[m * dim + i] + y[m * dim + i];
+                if (layerNorm) CpuOps.layerNorm(row, w, b, 1e-5f, o);
+                else CpuOps.rmsNorm(row, w, 1e-5f, o);
+                System.arraycopy(o, 0, ref, m * dim, dim);
+                System.arraycopy(row, 0, sum, m * dim, dim);
+            }
+            assertTrue(relError(download(out, rows * dim), ref) < 1e-5, "norm output");
+            assertTrue(relError(downloadBf16(outBf, rows * dim), ref) < 5e-3, "norm output in bf16");
+            assertTrue(relError(download(dx, rows * dim), sum) < 1e-6, "residual updated in place");
+        }
+    }
+}
