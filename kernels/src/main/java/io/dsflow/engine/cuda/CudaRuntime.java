@@ -221,6 +221,7 @@ public final class CudaRuntime implements AutoCloseable {
                     .toArray(String[]::new);
             case "sample" -> new String[]{"argmax", "sample_rows", "gather_rows"};
             case "lookahead" -> new String[]{"predict_label_queries", "gather_selected_rows"};
+            case "calibration" -> new String[]{"calibration_add"};
             default -> new String[0];
         };
     }
