@@ -1,5 +1,6 @@
 package io.dsflow.engine;
 
+import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
@@ -24,6 +25,17 @@ public interface Backend extends AutoCloseable {
 
     /** A new, empty cache for one sequence; {@code channels} is required for the sparse policies. */
     KvCache newCache(KvConfig config, ChannelConfig channels);
+
+    /**
+     * A new, empty dense cache for one calibration block: each token its forward pass prefills adds its channel
+     * statistics (CalibrationStatistics: post-RoPE |q_c k_c| and |q_c| per query head, |k_c| per kv head, the token
+     * counted) to {@code stats}, which must be of this backend's model; they are there once the forward pass returns.
+     * Release it after its prefill.
+     */
+    default KvCache newCalibrationCache(CalibrationStatistics stats) {
+        throw new DsflowException("the " + description() + " backend cannot calibrate channels: give the model a "
+                + Engine.CHANNEL_FILE + " (dsflow calibrate --backend cpu)");
+    }
 
     /**
      * Runs the model over every row of the batch: each row's key and value are appended to its segment's cache, and

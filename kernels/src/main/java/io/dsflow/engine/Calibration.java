@@ -1,6 +1,5 @@
 package io.dsflow.engine;
 
-import io.dsflow.engine.kv.CalibratingKvCache;
 import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.model.ModelConfig;
@@ -38,18 +37,29 @@ public final class Calibration {
         }
     }
 
+    /**
+     * Prefills each block into a calibrating cache of the engine's backend (the GPU's forward pass sums the statistics
+     * on the device, the CPU's in its cache), the first half of the blocks into one statistics, the rest into another.
+     */
     public static Result run(Engine engine, List<int[]> blocks) {
-        if (blocks.size() < 2) throw new DsflowException("calibration needs at least 2 blocks (one per half), got " + blocks.size());
+        if (blocks.size() < 2) {
+            throw new DsflowException("calibration needs at least 2 blocks (one per half), got " + blocks.size());
+        }
         ModelConfig c = engine.config();
+        Backend backend = engine.backend();
         CalibrationStatistics a = new CalibrationStatistics(c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim());
         CalibrationStatistics b = new CalibrationStatistics(c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim());
         long t0 = System.nanoTime();
         for (int i = 0; i < blocks.size(); i++) {
             CalibrationStatistics half = i < blocks.size() / 2 ? a : b;
-            Sequence seq = new Sequence(new CalibratingKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), half));
-            engine.prefill(seq, blocks.get(i));
-            LOG.info(String.format(Locale.ROOT, "calibration: block %d/%d (%d tokens), %.1f s", i + 1, blocks.size(),
-                    blocks.get(i).length, (System.nanoTime() - t0) / 1e9));
+            Sequence seq = new Sequence(backend.newCalibrationCache(half));
+            try {
+                engine.prefill(seq, blocks.get(i));
+            } finally {
+                seq.cache().release();
+            }
+            LOG.info(String.format(Locale.ROOT, "calibration on %s: block %d/%d (%d tokens), %.1f s",
+                    backend.description(), i + 1, blocks.size(), blocks.get(i).length, (System.nanoTime() - t0) / 1e9));
         }
         CalibrationStatistics all = new CalibrationStatistics(c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim());
         all.add(a);

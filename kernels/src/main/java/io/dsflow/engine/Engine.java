@@ -38,6 +38,8 @@ public final class Engine implements AutoCloseable {
     private final Backend backend;
     private Tokenizer tokenizer;
     private Path channelFile;
+    /** The calibration run when a sparse cache needs channels and there is no channel file: blocks and their tokens. */
+    private int calibrationSamples = Calibration.DEFAULT_SAMPLES, calibrationBlock = Calibration.DEFAULT_BLOCK;
     private final Map<KvConfig.ChannelSource, ChannelConfig> channels = new EnumMap<>(KvConfig.ChannelSource.class);
 
     public Engine(ModelFolder folder, Backend backend) {
@@ -112,8 +114,20 @@ public final class Engine implements AutoCloseable {
     }
 
     /**
+     * The size of the calibration {@link #channels} runs where there is no channel file: {@code samples} blocks of
+     * {@code blockLen} tokens (capped by the model's positions). The default, 8 blocks of 2048, is what the channels
+     * are measured with; tests of the calibrating path on tiny models take fewer.
+     */
+    public synchronized void calibrateWith(int samples, int blockLen) {
+        if (samples < 2) throw new DsflowException("calibration needs 2 blocks or more (one per half), not " + samples);
+        if (blockLen < 2) throw new DsflowException("calibration blocks need 2 tokens or more, not " + blockLen);
+        calibrationSamples = samples;
+        calibrationBlock = blockLen;
+    }
+
+    /**
      * The heavy channels for a statistic: from the channel file given, else the folder's channels.json, else
-     * calibrated now on the default calibration text (logged, since it takes a while).
+     * calibrated now on the backend, on probe-format text (logged, since it takes a while).
      */
     public synchronized ChannelConfig channels(KvConfig.ChannelSource source) {
         ChannelConfig c = channels.get(source);
@@ -124,11 +138,12 @@ public final class Engine implements AutoCloseable {
             c = ChannelConfig.read(file, source, m.numLayers(), m.numHeads(), m.numKvHeads(), m.headDim());
             LOG.info("channels: {} statistic from {}", source.name().toLowerCase(Locale.ROOT).replace('_', '-'), file);
         } else {
-            LOG.info("no {} in {}: calibrating the heavy channels first ({} blocks of {} tokens of probe-format text;"
-                    + " run 'dsflow calibrate' to keep a file)", CHANNEL_FILE, folder.dir(), Calibration.DEFAULT_SAMPLES,
-                    Calibration.DEFAULT_BLOCK);
-            Calibration.Result r = Calibration.run(this, Calibration.probeBlocks(tokenizer(), Calibration.DEFAULT_SAMPLES,
-                    Math.min(Calibration.DEFAULT_BLOCK, m.maxPositions()), 1));
+            int blockLen = Math.min(calibrationBlock, m.maxPositions());
+            LOG.info("no {} in {}: calibrating the heavy channels first on {} ({} blocks of {} tokens of"
+                    + " probe-format text; run 'dsflow calibrate' to keep a file)", CHANNEL_FILE, folder.dir(),
+                    backend.description(), calibrationSamples, blockLen);
+            Calibration.Result r = Calibration.run(this,
+                    Calibration.probeBlocks(tokenizer(), calibrationSamples, blockLen, 1));
             for (KvConfig.ChannelSource s : KvConfig.ChannelSource.values()) {
                 channels.put(s, r.all().channels(s).perQueryHead(m.numHeads()));   // k's rows are per kv head
             }

@@ -4,6 +4,8 @@ import io.dsflow.engine.Backend;
 import io.dsflow.engine.Batch;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.cpu.CpuOps.Linear;
+import io.dsflow.engine.kv.CalibratingKvCache;
+import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.CpuKvCache;
@@ -84,6 +86,15 @@ public final class CpuBackend implements Backend {
             return new DenseKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), config.capacity(), config.sinks());
         }
         return new SparseKvCache(config, c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim(), channels);
+    }
+
+    /** The CPU cache sees each token's key in append and its query in attend, so the forward pass needs no hook. */
+    @Override
+    public KvCache newCalibrationCache(CalibrationStatistics stats) {
+        if (!stats.hasShape(c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim())) {
+            throw new IllegalArgumentException("calibration statistics of another shape than " + c);
+        }
+        return new CalibratingKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), stats);
     }
 
     @Override

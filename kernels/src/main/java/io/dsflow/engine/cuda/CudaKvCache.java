@@ -1,5 +1,6 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
@@ -27,7 +28,8 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * so that growing (capacity doubles) is one contiguous copy per layer. Device placement keeps everything in device
  * memory. Host placement keeps the sparse layers' keys and values in pinned host memory mapped into the device (the
  * kernels read and write it in place), and their sinks and window also in device rings, which the sparse attention
- * reads instead of the host copy; the labels and the dense layers stay on the device. Freed by {@link #release()}, or
+ * reads instead of the host copy; the labels and the dense layers stay on the device. A calibrating cache
+ * ({@link #calibrating}) is dense and also holds calibration's device accumulators. Freed by {@link #release()}, or
  * when it becomes unreachable.
  */
 public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
@@ -41,6 +43,8 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         final boolean[] onHost;
         /** The blocks labels[] and scales[] lie in, layer after layer. */
         CUdeviceptr labelBlock, scaleBlock;
+        /** A calibrating cache's accumulators (null otherwise): freed with the cache. */
+        CudaCalibration calibration;
         long bytesEach, scaleBytesEach, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
         boolean freed;
 
@@ -75,6 +79,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
             }
             if (labelBlock != null) gpu.free(labelBlock, labelBlockBytes);
             if (scaleBlock != null) gpu.free(scaleBlock, scaleBlockBytes);
+            if (calibration != null) calibration.release();
         }
     }
 
@@ -94,6 +99,24 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
 
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity) {
         this(gpu, layers, kvDim, initialCapacity, null, 0, null, 1);
+    }
+
+    /**
+     * A dense cache that calibrates: the forward pass adds the channel statistics of each row it appends to the
+     * cache's {@link #calibration()}, which collects them into {@code stats} (a model of {@code heads} query heads,
+     * {@code kvHeads} kv heads of {@code headDim}).
+     */
+    static CudaKvCache calibrating(CudaRuntime gpu, int layers, int heads, int kvHeads, int headDim,
+                                   CalibrationStatistics stats) {
+        CudaCalibration calibration = new CudaCalibration(gpu, layers, heads, kvHeads, headDim, stats);
+        try {
+            CudaKvCache cache = new CudaKvCache(gpu, layers, kvHeads * headDim, INITIAL_CAPACITY);
+            cache.buffers.calibration = calibration;
+            return cache;
+        } catch (RuntimeException e) {
+            calibration.release();
+            throw e;
+        }
     }
 
     /**
@@ -227,6 +250,11 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         return buffers.onHost[layer];
     }
 
+    /** The accumulators of a calibrating cache ({@link #calibrating}), else null. */
+    CudaCalibration calibration() {
+        return buffers.calibration;
+    }
+
     /** The sparse policy, or null for a dense cache. */
     @Override
     public KvConfig sparse() {
@@ -301,6 +329,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
                 + ": a cache made by another backend");
     }
 
+    /** A deep copy of what the cache holds; the copy of a calibrating cache does not calibrate. */
     @Override
     public KvCache copy() {
         gpu.makeCurrent();

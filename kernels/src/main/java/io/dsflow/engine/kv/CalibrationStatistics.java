@@ -32,6 +32,55 @@ public final class CalibrationStatistics {
         };
     }
 
+    /** Whether these statistics are of a model of this shape. */
+    public boolean hasShape(int layers, int numHeads, int kvHeads, int headDim) {
+        return qk.length == layers && qk[0].length == numHeads && k[0].length == kvHeads && qk[0][0].length == headDim;
+    }
+
+    /**
+     * Sums of a statistic, a copy: {@code head} is a query head for qk (and qk-group) and q, a kv head for k.
+     *
+     * @return [headDim]
+     */
+    public double[] sums(KvConfig.ChannelSource source, int layer, int head) {
+        return (switch (source) {
+            case QK, QK_GROUP -> qk;
+            case Q -> q;
+            case K -> k;
+        })[layer][head].clone();
+    }
+
+    /**
+     * Adds sums gathered elsewhere (a GPU's accumulators) over {@code tokens} more tokens, each array flat in
+     * layer-major order like the fields: qk and q [layers][numHeads][headDim], k [layers][kvHeads][headDim].
+     *
+     * @throws IllegalArgumentException where an array's length does not fit this shape or tokens is negative
+     */
+    public void addSums(double[] qkSums, double[] qSums, double[] kSums, long tokens) {
+        if (tokens < 0) throw new IllegalArgumentException("a negative token count: " + tokens);
+        requireLength(qk, qkSums, "qk");   // all checked before any is added: a refused call changes nothing
+        requireLength(q, qSums, "q");
+        requireLength(k, kSums, "k");
+        addFlat(qk, qkSums);
+        addFlat(q, qSums);
+        addFlat(k, kSums);
+        this.tokens += tokens;
+    }
+
+    private static void requireLength(double[][][] a, double[] flat, String what) {
+        if (flat.length != a.length * a[0].length * a[0][0].length) {
+            throw new IllegalArgumentException(what + " sums: " + flat.length + " values for " + a.length + " layers x "
+                    + a[0].length + " heads x " + a[0][0].length + " channels");
+        }
+    }
+
+    private static void addFlat(double[][][] a, double[] flat) {
+        int i = 0;
+        for (double[][] layer : a) {
+            for (double[] head : layer) for (int c = 0; c < head.length; c++) head[c] += flat[i++];
+        }
+    }
+
     /** Adds another block's sums. */
     public void add(CalibrationStatistics o) {
         add(qk, o.qk);
