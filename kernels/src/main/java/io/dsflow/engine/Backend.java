@@ -32,10 +32,7 @@ public interface Backend extends AutoCloseable {
      * counted) to {@code stats}, which must be of this backend's model; they are there once the forward pass returns.
      * Release it after its prefill.
      */
-    default KvCache newCalibrationCache(CalibrationStatistics stats) {
-        throw new DsflowException("the " + description() + " backend cannot calibrate channels: give the model a "
-                + Engine.CHANNEL_FILE + " (dsflow calibrate --backend cpu)");
-    }
+    KvCache newCalibrationCache(CalibrationStatistics stats);
 
     /**
      * Runs the model over every row of the batch: each row's key and value are appended to its segment's cache, and

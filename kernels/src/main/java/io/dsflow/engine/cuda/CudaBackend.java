@@ -9,6 +9,7 @@ import io.dsflow.engine.cuda.StepPlan.CacheTables;
 import io.dsflow.engine.cuda.StepPlan.Lookahead;
 import io.dsflow.engine.cuda.StepPlan.SparseStep;
 import io.dsflow.engine.cuda.Workspace.Buffer;
+import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
@@ -103,7 +104,7 @@ public final class CudaBackend implements Backend {
         gpu.makeCurrent();
         if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY);
         // ds / dspp: labels of 16 or 8 bits on the device; the store on the device or (placement=host) in host memory
-        if (!gpu.has("sparse_attention_d" + c.headDim())) {
+        if (!SparseAttentionKernels.hasSparseAttention(gpu, c.headDim())) {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim()
                     + " on cuda");
         }
@@ -119,6 +120,13 @@ public final class CudaBackend implements Backend {
         }
         return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch,
                 labelGroup);
+    }
+
+    /** A dense cache whose prefills add their rows' channel statistics to {@code stats} on the device. */
+    @Override
+    public KvCache newCalibrationCache(CalibrationStatistics stats) {
+        gpu.makeCurrent();
+        return CudaKvCache.calibrating(gpu, c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim(), stats);
     }
 
     /**
@@ -206,7 +214,7 @@ public final class CudaBackend implements Backend {
         }
         CUdeviceptr logits = forwardToDevice(batch);
         CUdeviceptr ids = workspace.ensure(Buffer.ARGMAX, n);
-        gpu.launch("argmax", n, 1, 1024, ids, logits, vocab);
+        SampleKernels.argmax(gpu, n, ids, logits, vocab);
         int[] out = new int[n];
         if (!sampling) {
             gpu.download(out, ids, n);
@@ -216,7 +224,7 @@ public final class CudaBackend implements Backend {
         java.nio.ByteBuffer st = gpu.staging(draw.length * 8);
         for (double v : draw) st.putDouble(v);
         gpu.uploadStaging(drawParams, draw.length * 8);
-        gpu.launch("sample_rows", n, 1, 1024, drawn, logits, drawParams, scratch, vocab);
+        SampleKernels.sampleRows(gpu, n, drawn, logits, drawParams, scratch, vocab);
         int[] greedy = new int[n];
         gpu.download(greedy, ids, n);   // waits for both kernels
         gpu.download(out, drawn, n);
@@ -258,9 +266,10 @@ public final class CudaBackend implements Backend {
     /** The forward pass, planned, then launched (a decode step: as its captured graph); returns the logits' buffer. */
     private CUdeviceptr forwardToDevice(Batch batch) {
         gpu.makeCurrent();
-        boolean graph = GRAPHS && batch.rows() == batch.segments().size() && !profiler.active();
         long plannedAt = System.nanoTime();
-        StepPlan plan = planner.plan(batch, graph);
+        StepPlan plan = planner.plan(batch, GRAPHS && batch.rows() == batch.segments().size() && !profiler.active());
+        // a graph would keep a calibrating cache's accumulators, which the host reads after the step
+        boolean graph = plan.graph() && plan.calibrating().isEmpty();
         if (graph) {
             graphs.launch(plan.graphKey(), () -> forwardPass(plan), plannedAt);
         } else {
@@ -270,6 +279,7 @@ public final class CudaBackend implements Backend {
             CudaKvCache cache = CudaKvCache.of(s.cache());
             for (int l = 0; l < c.numLayers(); l++) cache.appended(l, s.tokens().length);
         }
+        for (StepPlan.Calibrating cal : plan.calibrating()) cal.cache().calibration().collect(cal.rows());
         return plan.logits();
     }
 
@@ -304,6 +314,10 @@ public final class CudaBackend implements Backend {
             //    and ring slots, in the same launch); a host-placed prefill's to its device stage
             for (StepPlan.HostPrefill hp : p.hostPrefills()) if (hp.cache().onHost(layer)) hp.stageHistory(gpu, layer);
             appendKeysValues(p, layer);
+            //    calibration's prefills: the rows' post-RoPE q and k channel statistics (CudaCalibration)
+            for (StepPlan.Calibrating cal : p.calibrating()) {
+                cal.cache().calibration().add(layer, qkv, cal.firstRow(), cal.rows(), qDim + 2 * c.kvDim());
+            }
             // 4. each row attends over its cache: prefill tiles and dense decode rows, then the selecting rows
             attention(p, layer);
             for (StepPlan.HostPrefill hp : p.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
@@ -331,17 +345,15 @@ public final class CudaBackend implements Backend {
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL), tokens = p.inputs().tokens();
         CUdeviceptr positions = p.inputs().positions();
         if (weights.projectIn == null) {
-            gpu.launch("embed", rows, 1, 256, x, weights.embed().ptr(), tokens, rows, c.wordEmbedDim(),
+            EmbeddingKernels.embed(gpu, x, weights.embed().ptr(), tokens, rows, c.wordEmbedDim(),
                     ptr(weights.positionTable), positions, ModelConfig.OPT_POSITION_OFFSET);
             return;
         }
         CUdeviceptr emb = workspace.get(Buffer.EMBEDDED), pos = workspace.get(Buffer.POSITIONS);
-        gpu.launch("embed", rows, 1, 256, emb, weights.embed().ptr(), tokens, rows, c.wordEmbedDim(), null, positions,
-                0);
+        EmbeddingKernels.embed(gpu, emb, weights.embed().ptr(), tokens, rows, c.wordEmbedDim(), null, positions, 0);
         linear(x, emb, rows, weights.projectIn, hidden, c.wordEmbedDim());
-        gpu.launch("embed", rows, 1, 256, pos, weights.positionTable.ptr(), positions, rows, hidden, null, positions,
-                0);
-        gpu.launch("residual_add", (int) (((long) rows * hidden + 255) / 256), 1, 256, x, pos, (long) rows * hidden);
+        EmbeddingKernels.embed(gpu, pos, weights.positionTable.ptr(), positions, rows, hidden, null, positions, 0);
+        ActivationKernels.residualAdd(gpu, x, pos, (long) rows * hidden);
     }
 
     /**
@@ -357,19 +369,17 @@ public final class CudaBackend implements Backend {
         StepPlan.Inputs in = p.inputs();
         if (sp != null && sp.fusedAppend()) {
             profiler.mark("rope + kv + label append");
-            gpu.launch("kv_label_append_rope", p.rows(), heads + 2 * kvHeads, Math.max(32, hd / 2), qkv,
-                    in.positions(), weights.invFreq, kt, vt, t.labels().withByteOffset(at),
+            LabelAppendKernels.kvLabelAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt, t.labels().withByteOffset(at),
                     t.channels().withByteOffset(at), t.scales().withByteOffset(at), t.ringKeys().withByteOffset(at),
                     t.ringValues().withByteOffset(at), in.segmentOf(), in.slot(), in.lastRows(), t.segmentInfo(),
                     heads, kvHeads, hd, qkvDim);
             return;
         }
         profiler.mark("rope + kv append");
-        gpu.launch("kv_append_rope", p.rows(), heads + 2 * kvHeads, hd / 2, qkv, in.positions(), weights.invFreq, kt,
-                vt, in.segmentOf(), in.slot(), heads, kvHeads, hd, qkvDim);
+        KvAppendKernels.kvAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt, in.segmentOf(), in.slot(), heads, kvHeads, hd, qkvDim);
         if (sp != null) {
             profiler.mark("label append");
-            gpu.launch("label_append", p.rows(), heads, Math.max(32, (sp.maxR() + 31) / 32 * 32), qkv,
+            LabelAppendKernels.labelAppend(gpu, p.rows(), sp.maxR(), qkv,
                     t.labels().withByteOffset(at), t.channels().withByteOffset(at), t.scales().withByteOffset(at),
                     t.ringKeys().withByteOffset(at), t.ringValues().withByteOffset(at), in.segmentOf(), in.slot(),
                     in.lastRows(), t.segmentInfo(), heads, kvHeads, hd, qkvDim);
@@ -417,8 +427,8 @@ public final class CudaBackend implements Backend {
             profiler.mark("attention (selected rows)");
             attendSelected(p, layer, ahead, n - ahead, kt, vt, sp.selected(), sp.mainKinds());
         }
-        gpu.launch("attention_merge", n * heads, 1, Math.min(1024, 4 * hd), att, sp.partials(), sp.selectRows(layer),
-                heads, hd, sp.splits());
+        AttentionKernels.attentionMerge(gpu, n, att, sp.partials(), sp.selectRows(layer), heads, hd,
+                sp.splits());
     }
 
     /** Step 6: the MLP sublayer, its down projection added into the residual stream. */
@@ -430,7 +440,7 @@ public final class CudaBackend implements Backend {
         if (c.architecture() == Architecture.OPT) {
             CudaOps.linear(gpu, up, in.x(), gemmInput, in.bf16(), rows, w.gateUp().ptr(), ptr(w.gateUpBias()), inter,
                     hidden, false, in.norm(), false);
-            gpu.launch("relu", (int) (((long) rows * inter + 255) / 256), 1, 256, up, (long) rows * inter);
+            ActivationKernels.relu(gpu, up, (long) rows * inter);
             CudaOps.linear(gpu, x, up, gemmInput, false, rows, w.down().ptr(), ptr(w.downBias()), hidden, inter, false,
                     null, true);
             return;
@@ -446,8 +456,7 @@ public final class CudaBackend implements Backend {
     private void lmHead(StepPlan p) {
         int nseg = p.segments(), hidden = c.hiddenSize();
         CUdeviceptr last = workspace.get(Buffer.LAST_ROWS);
-        gpu.launch("gather_rows", nseg, 1, 256, last, workspace.get(Buffer.RESIDUAL), p.inputs().lastRows(), nseg,
-                hidden);
+        SampleKernels.gatherRows(gpu, last, workspace.get(Buffer.RESIDUAL), p.inputs().lastRows(), nseg, hidden);
         CudaOps.RmsNorm headNorm = null;
         if (c.layerNormBefore() && weights.finalNorm != null) {
             headNorm = weights.projectOut == null ? fusedNorm(weights.finalNorm, weights.finalNormBias) : null;
@@ -486,8 +495,7 @@ public final class CudaBackend implements Backend {
         gpu.onSide(() -> {
             profiler.mark("look-ahead query");
             boolean pre = c.layerNormBefore();
-            int parts = (sp.maxR() + CudaOps.PREDICT_LABELS - 1) / CudaOps.PREDICT_LABELS;   // blocks a head
-            gpu.launchWithSharedMemory("predict_label_queries", n, heads * parts, 256, 4 * hidden, la.queries(), x,
+            LookaheadKernels.predictLabelQueries(gpu, n, sp.maxR(), la.queries(), x,
                     pre ? w.attnNorm().ptr() : null, pre ? ptr(w.attnNormBias()) : null, c.normEps(), w.qkv().ptr(),
                     ptr(w.qkvBias()), p.inputs().positions(), weights.invFreq,
                     p.caches().channels().withByteOffset(at), p.inputs().segmentOf(), desc, heads, c.headDim(),
@@ -501,8 +509,8 @@ public final class CudaBackend implements Backend {
                 // multiprocessors, left the products beside them faster but the gather slower, the step no faster;
                 // 132 blocks were slower (H100, batch 1 / 8 at 32K: dev/cuda/README.md)
                 int units = staged * c.numKvHeads();
-                gpu.launch("gather_selected_rows", units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)),
-                        1, 256, la.selected()[parity], p.caches().keys().withByteOffset(at),
+                LookaheadKernels.gatherSelectedRows(gpu, units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)),
+                        la.selected()[parity], p.caches().keys().withByteOffset(at),
                         p.caches().values().withByteOffset(at), la.stageKeys()[parity], la.stageValues()[parity],
                         p.inputs().segmentOf(), desc, staged, heads, c.numKvHeads(), c.headDim(), sp.maxK());
             }
@@ -528,10 +536,9 @@ public final class CudaBackend implements Backend {
             CudaOps.select(gpu, selected, q, lt, ct, sct, p.inputs().segmentOf(), desc, n, heads, kvHeads, sharedOnly,
                     hd, qStride, sp.maxCand(), sp.maxK());
         } else {
-            gpu.launch("sparse_scores", n * heads, (sp.maxCand() + 255) / 256, 256, scores, q, lt, ct, sct,
+            SelectKernels.sparseScores(gpu, n, scores, q, lt, ct, sct,
                     p.inputs().segmentOf(), desc, heads, hd, qStride, sp.maxCand());
-            gpu.launch("sparse_topk", n * heads, 1, 1024, selected, scores, desc, heads, kvHeads, sp.maxCand(),
-                    sp.maxK());
+            SelectKernels.sparseTopk(gpu, n, selected, scores, desc, heads, kvHeads, sp.maxCand(), sp.maxK());
         }
     }
 
@@ -561,11 +568,10 @@ public final class CudaBackend implements Backend {
     /** out = norm(x): RMSNorm, or LayerNorm when there is a bias; into outBf16 (bf16) instead if given. */
     private void norm(CUdeviceptr x, CUdeviceptr out, CUdeviceptr outBf16, Weight w, Weight b, int rows) {
         if (b == null) {
-            gpu.launch("add_rms_norm", rows, 1, 1024, x, null, out, outBf16, w.ptr(), rows, c.hiddenSize(),
-                    c.normEps());
+            NormKernels.addRmsNorm(gpu, x, null, out, outBf16, w.ptr(), rows, c.hiddenSize(), c.normEps());
         } else {
-            gpu.launch("add_layer_norm", rows, 1, 1024, x, null, out, outBf16, w.ptr(), b.ptr(), rows,
-                    c.hiddenSize(), c.normEps());
+            NormKernels.addLayerNorm(gpu, x, null, out, outBf16, w.ptr(), b.ptr(), rows, c.hiddenSize(),
+                    c.normEps());
         }
     }
 

@@ -147,17 +147,6 @@ final class CudaOps {
         return SparseAttentionKernels.hasSparseAttentionGrouped(gpu, hd, group, false);
     }
 
-    /**
-     * The grouped sparse attention's kernel name, for CudaBackend's gpu.has() until it asks
-     * {@link #hasSparseGroupAttention}.
-     *
-     * @deprecated a kernel's name belongs to its launcher: ask {@link #hasSparseGroupAttention}
-     */
-    @Deprecated
-    static String sparseGroupKernel(int hd, int group) {
-        return SparseAttentionKernels.groupedName(hd, group, false);
-    }
-
     /** Rows of a stage of the pipelined attention and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
     static final int PIPE_ROWS = AttentionKernels.PIPE_ROWS, PIPE_STAGES = AttentionKernels.PIPE_STAGES;
 

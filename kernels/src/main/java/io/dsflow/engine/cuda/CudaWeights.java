@@ -141,7 +141,7 @@ final class CudaWeights {
                 int rows = (int) shape[0];
                 long cols = shape.length > 1 ? shape[1] : 1;
                 CUdeviceptr p = gpu.alloc(stacked.elements() * 2);
-                gpu.launch("interleave_rows", 2 * rows, 1, 256, p, stacked.ptr(), rows, cols);
+                ActivationKernels.interleaveRows(gpu, p, stacked.ptr(), rows, cols);
                 gpu.synchronize();
                 gpu.free(stacked.ptr(), stacked.elements() * 2);
                 return new Weight(p, stacked.elements());
@@ -213,7 +213,7 @@ final class CudaWeights {
 
     /** n bf16 values at p, uniform in [-scale, scale) from a seed (fill_random_bf16). */
     static void fillRandom(CudaRuntime gpu, CUdeviceptr p, long n, long seed, float scale) {
-        gpu.launch("fill_random_bf16", (int) Math.min(65535, (n + 255) / 256), 1, 256, p, n, seed, scale);
+        ActivationKernels.fillRandomBf16(gpu, p, n, seed, scale);
     }
 
     /** float32 to bf16, rounding to nearest even. */

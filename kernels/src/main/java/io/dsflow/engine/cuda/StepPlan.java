@@ -13,6 +13,7 @@ import java.util.List;
  *
  * @param rows         rows of the step
  * @param segments     sequences of the step
+ * @param graph        planned for a captured graph (the attention covers the caches' capacity)
  * @param inputs       the rows' tokens and positions and where they go
  * @param caches       the segments' cache tables
  * @param dense        the rows attending densely (prefill tiles, decode rows)
@@ -21,7 +22,7 @@ import java.util.List;
  * @param calibrating  segments whose cache collects calibration statistics (empty but for calibration's prefills)
  * @param logits       [segments][vocab] f32: the step's output
  */
-record StepPlan(int rows, int segments, Inputs inputs, CacheTables caches, DenseAttention dense, SparseStep sparse,
+record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTables caches, DenseAttention dense, SparseStep sparse,
                 List<HostPrefill> hostPrefills, List<Calibrating> calibrating, CUdeviceptr logits) {
 
     /**
@@ -88,11 +89,6 @@ record StepPlan(int rows, int segments, Inputs inputs, CacheTables caches, Dense
      */
     record RowKinds(boolean perHead, boolean shared, boolean device, boolean host) {
         static final RowKinds NONE = new RowKinds(false, false, false, false);
-
-        RowKinds with(boolean sharedSelection, boolean readsHost) {
-            return new RowKinds(perHead || !sharedSelection, shared || sharedSelection, device || !readsHost,
-                    host || readsHost);
-        }
 
         RowKinds or(RowKinds o) {
             return new RowKinds(perHead || o.perHead, shared || o.shared, device || o.device, host || o.host);

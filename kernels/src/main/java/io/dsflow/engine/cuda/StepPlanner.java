@@ -70,12 +70,22 @@ final class StepPlanner {
             }
         }
         List<StepPlan.HostPrefill> hostPrefills = hostPrefills(batch, caches, keyTable, valueTable);
-        List<StepPlan.Calibrating> calibrating = List.of();
+        List<StepPlan.Calibrating> calibrating = new ArrayList<>();
+        int[] starts = batch.segmentStarts();
+        for (int s = 0; s < nseg; s++) {
+            if (caches[s].calibration() != null) {
+                calibrating.add(new StepPlan.Calibrating(caches[s], starts[s], segments.get(s).tokens().length));
+            }
+        }
         // split attention: chunks a warp, splits a row; the pipelined kernel where every cache is in device memory
         int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim(), decodeRows = layout.decodeRows();
         int[] chunkAndSplits = denseSplits(decodeRows, layout.span());
-        boolean pipelined = decodeRows > 0 && CudaOps.densePipelined(gpu, heads, kvHeads, hd)
-                && Arrays.stream(caches).noneMatch(CudaKvCache::anyOnHost);
+        boolean anyOnHost = false, anySparse = false;
+        for (CudaKvCache cache : caches) {
+            anyOnHost |= cache.anyOnHost();
+            anySparse |= cache.sparse() != null;
+        }
+        boolean pipelined = decodeRows > 0 && CudaOps.densePipelined(gpu, heads, kvHeads, hd) && !anyOnHost;
         int splits = pipelined ? CudaOps.densePipelinedSplits(gpu, heads, kvHeads, hd, decodeRows, layout.span())
                 : chunkAndSplits[1];
         sizeBuffers(rows, nseg);
@@ -84,8 +94,7 @@ final class StepPlanner {
         // the pipelined attention's chunk counters, a pair a (row, kv head): zero when made, each launch leaves them 0
         CUdeviceptr claims = workspace.ensureZeroed(Buffer.CLAIMS, 2L * Math.max(1, decodeRows) * kvHeads);
         CUdeviceptr logits = workspace.ensure(Buffer.LOGITS, (long) nseg * c.vocabSize());
-        SparseTables sparse = Arrays.stream(caches).anyMatch(x -> x.sparse() != null)
-                ? sparseTables(batch, caches, layout) : null;
+        SparseTables sparse = anySparse ? sparseTables(batch, caches, layout) : null;
 
         MetadataUpload up = new MetadataUpload();
         MetadataUpload.Slot keys = up.add(keyTable), values = up.add(valueTable);
@@ -122,7 +131,7 @@ final class StepPlanner {
         StepPlan.SparseStep sparseStep = sparse == null ? null
                 : sparse.step(decodeRows, addr(denseRows), addr(descriptors), addr(selectRows), addr(stageKeys),
                 addr(stageValues));
-        return new StepPlan(rows, nseg, inputs, tables, dense, sparseStep, hostPrefills, calibrating, logits);
+        return new StepPlan(rows, nseg, graph, inputs, tables, dense, sparseStep, hostPrefills, calibrating, logits);
     }
 
     private static CUdeviceptr addr(MetadataUpload.Slot slot) {
@@ -287,7 +296,8 @@ final class StepPlanner {
         int[] denseCount = new int[layers], selectCount = new int[layers], denseRows = new int[layers * stride];
         int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS], selectRows = new int[layers * stride];
         int[] stagedCount = new int[layers], aheadCount = new int[layers];
-        RowKinds[] kinds = {RowKinds.NONE, RowKinds.NONE, RowKinds.NONE};
+        // per run: any per-head, shared, device-read, host-read rows (RowKinds at the end)
+        boolean[][] kinds = new boolean[3][4];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
         boolean allDspp = true;
         SparseStepPolicy.LayerStep[][] steps = new SparseStepPolicy.LayerStep[nseg][];
@@ -315,7 +325,8 @@ final class StepPlanner {
                 runs.get(run).add(new SparseRowDescriptor(row, step.candidates(), step.budget(), kv.sinks(),
                         kv.window(), kv.gqaSelection().ordinal(), cache.labelChannels(), cache.labelBits(),
                         cache.capacity(), readsHost, cache.labelGroup()));
-                kinds[run] = kinds[run].with(shared, readsHost);
+                kinds[run][shared ? 1 : 0] = true;
+                kinds[run][readsHost ? 3 : 2] = true;
                 maxCand = Math.max(maxCand, step.candidates());
                 maxK = Math.max(maxK, step.budget());
                 allDspp &= kv.policy() == KvPolicy.DSPP;
@@ -332,7 +343,11 @@ final class StepPlanner {
             }
         }
         return new SelectionRuns(denseCount, denseRows, selectCount, descriptors, selectRows, stagedCount, aheadCount,
-                kinds[0], kinds[1], kinds[2], maxR, maxCand, maxK, maxSinksWindow, allDspp);
+                kinds(kinds[0]), kinds(kinds[1]), kinds(kinds[2]), maxR, maxCand, maxK, maxSinksWindow, allDspp);
+    }
+
+    private static RowKinds kinds(boolean[] any) {
+        return new RowKinds(any[0], any[1], any[2], any[3]);
     }
 
     /** A sparse step's host tables and sized buffers, before the upload gives their addresses. */
@@ -372,13 +387,13 @@ final class StepPlanner {
             runs = selectionRuns(Arrays.asList(caches), segmentRows, layout.rowsOf(), layout.decodeRows(),
                     layout.segmentOf());
             RowKinds all = runs.stagedKinds().or(runs.aheadKinds()).or(runs.mainKinds());
-            maxSparse = Arrays.stream(runs.selectCount()).max().orElse(0);
+            maxSparse = max(runs.selectCount());
             // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
             maxCand = (runs.maxCand() + 1023) / 1024 * 1024;
             maxK = Math.max(64, Integer.highestOneBit(runs.maxK() - 1) << 1);
             // the selected rows' attention in blocks of GQA_WARPS warps where this build has the kernels for the step
-            groupAttention = gpu.has(CudaOps.sparseGroupKernel(hd, 1))
-                    && (!all.shared() || gpu.has(CudaOps.sparseGroupKernel(hd, group)));
+            groupAttention = CudaOps.hasSparseGroupAttention(gpu, hd, 1)
+                    && (!all.shared() || CudaOps.hasSparseGroupAttention(gpu, hd, group));
             int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
             maxSlots = runs.maxSinksWindow() + maxK;
             int sparseSplits = (maxSlots + splitSlots - 1) / splitSlots;
@@ -388,8 +403,9 @@ final class StepPlanner {
                 sparseSplits = CudaOps.pipelinedSplits(gpu, hd, group, maxSparse * c.numKvHeads(), maxSlots);
             }
             splits = sparseSplits;
-            fusedAppend = Arrays.stream(caches).allMatch(x -> x.sparse() == null
-                    || x.sparse().policy() == KvPolicy.DSPP);
+            boolean allDsppCaches = true;
+            for (CudaKvCache x : caches) allDsppCaches &= x.sparse() == null || x.sparse().policy() == KvPolicy.DSPP;
+            fusedAppend = allDsppCaches;
             // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
             fusedSelect = runs.allDspp() && CudaOps.canSelect(gpu, maxCand)
                     && (all.shared() ? group : 1) * runs.maxR() <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
@@ -404,8 +420,8 @@ final class StepPlanner {
             partials = part;
             // lookahead's buffers: two of each, which one layer's side work writes while the main stream reads the
             // previous layer's (by layer parity); the stages [2][segments][maxK][kvDim] bf16
-            int maxAhead = Arrays.stream(runs.aheadCount()).max().orElse(0);
-            boolean anyStaged = Arrays.stream(runs.stagedCount()).anyMatch(n -> n > 0);
+            int maxAhead = max(runs.aheadCount());
+            boolean anyStaged = max(runs.stagedCount()) > 0;
             stageKeys = new long[anyStaged ? 2 * nseg : 0];
             stageValues = new long[stageKeys.length];
             CUdeviceptr aSel = null, aQ = null, aSc = null;
@@ -436,7 +452,7 @@ final class StepPlanner {
         StepPlan.SparseStep step(int decodeRows, CUdeviceptr denseRows, CUdeviceptr descriptors,
                                  CUdeviceptr selectRows, CUdeviceptr stageKeysAt, CUdeviceptr stageValuesAt) {
             StepPlan.Lookahead ahead = null;
-            int maxAhead = Arrays.stream(runs.aheadCount()).max().orElse(0);
+            int maxAhead = max(runs.aheadCount());
             if (maxAhead > 0) {
                 long words = aheadSelectedWords(maxAhead);
                 int nseg = segmentInfo.length / SegmentDescriptor.FIELDS;
@@ -458,6 +474,12 @@ final class StepPlanner {
 
     private SparseTables sparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout) {
         return new SparseTables(batch, caches, layout);
+    }
+
+    private static int max(int[] values) {
+        int m = 0;
+        for (int v : values) m = Math.max(m, v);
+        return m;
     }
 
     /** The raw device address of a pointer (for the kernels' pointer tables), 0 for none. */
