@@ -116,7 +116,7 @@ public final class Admission<W> {
     public enum Verdict {
         /** Bytes reserved, a slot taken: submit the work to the engine. */
         ADMITTED,
-        /** It waits (and every request behind it); try again when a request ends or memory was freed. */
+        /** It waits (and every request behind it); try again when a request ends. */
         WAIT,
         /** It can never fit: end it with an error. It left the queue. */
         REFUSED
@@ -126,7 +126,7 @@ public final class Admission<W> {
      * The outcome for the first waiting request.
      *
      * @param evicted          idle conversations whose caches were dropped to make room, oldest first: drop them in the
-     *                         engine too
+     *                         engine too (before submitting this decision's work, so the memory is free first)
      * @param droppedOwnCache  REFUSED only: the conversation's own kept cache was released as well
      * @param refusal          REFUSED only: why, for the error record
      */
@@ -226,17 +226,24 @@ public final class Admission<W> {
             if (heldCache) release(conv);
             return new Decision<>(Verdict.REFUSED, conv, w.work(), List.of(), heldCache, refusal(need));
         }
-        long cacheShort = cache.shortfall(conv, need.cacheBytes());
-        long hostShort = host.shortfall(conv, need.hostBytes());
-        if (running.size() >= maxRunning || cacheShort > 0 || hostShort > 0) {
-            return new Decision<>(Verdict.WAIT, conv, w.work(), evictIdle(cacheShort, hostShort, conv), false, null);
+        List<String> evicted = List.of();
+        if (!fits(conv, need)) {
+            evicted = evictIdle(cache.shortfall(conv, need.cacheBytes()), host.shortfall(conv, need.hostBytes()), conv);
+        }
+        // checked again after the eviction: when nothing else runs, no later result would come to retry it
+        if (running.size() >= maxRunning || !fits(conv, need)) {
+            return new Decision<>(Verdict.WAIT, conv, w.work(), evicted, false, null);
         }
         waiting.poll();
         idle.remove(conv);
         cache.reserve(conv, need.cacheBytes());
         host.reserve(conv, need.hostBytes());
         running.add(conv);
-        return new Decision<>(Verdict.ADMITTED, conv, w.work(), List.of(), false, null);
+        return new Decision<>(Verdict.ADMITTED, conv, w.work(), evicted, false, null);
+    }
+
+    private boolean fits(String conv, Need need) {
+        return cache.shortfall(conv, need.cacheBytes()) <= 0 && host.shortfall(conv, need.hostBytes()) <= 0;
     }
 
     /** The conversation's running request ended (finished or failed): its cache is kept, idle, and may be evicted. */

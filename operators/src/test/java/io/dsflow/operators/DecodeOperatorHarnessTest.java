@@ -27,7 +27,7 @@ import static org.junit.jupiter.api.Assertions.fail;
  */
 class DecodeOperatorHarnessTest {
     static final Path MODEL = Path.of("..", "models", "probe-retrieval");
-    private static final Duration PATIENCE = Duration.ofSeconds(120);
+    private static final Duration PATIENCE = Duration.ofSeconds(60);
     private static final int MAX_TOKENS = 24;
     private static final String REQUEST = "{\"conversation_id\": \"c1\", \"request_id\": \"r1\", \"prompt_ids\": "
             + "[0, 17, 230, 41, 88, 301, 12, 77, 450, 9, 163, 205], \"max_tokens\": " + MAX_TOKENS
@@ -143,6 +143,32 @@ class DecodeOperatorHarnessTest {
         assertEquals(12, fin.promptTokens);
         assertEquals(MAX_TOKENS, fin.completionTokens);
         assertEquals(0, second.stream().filter(OutputRecord::isError).count(), "no error: " + second);
+    }
+
+    /**
+     * Two requests whose caches do not fit the subtask's managed memory together (the harness gives the operator
+     * about 1.5 MB; each needs 313 dense probe-model tokens, 0.96 MB): the second waits while the first runs, and
+     * starts when the first ends, with no further input to prompt it (a quiet stream, or a replay's last records).
+     */
+    @Test
+    void aRequestWaitingForMemoryStartsWhenTheRequestHoldingItEndsWithoutFurtherInput() throws Exception {
+        String a = "{\"conversation_id\": \"a\", \"request_id\": \"ra\", \"prompt_ids\": [0, 17, 230, 41, 88, 301,"
+                + " 12, 77, 450, 9, 163, 205], \"max_tokens\": 300, \"kv\": {\"policy\": \"dense\"}}";
+        String b = a.replace("\"a\"", "\"b\"").replace("\"ra\"", "\"rb\"");
+        var h = harness(settings(MODEL.toString()));
+        try {
+            h.open();
+            h.processElement(request(a), 0);
+            h.processElement(request(b), 0);
+            runMailUntil(h, out -> finalRecord(out, "rb").isPresent());
+            List<OutputRecord> out = records(h);
+            int aEnds = out.indexOf(finalRecord(out, "ra").orElseThrow());
+            int bStarts = out.indexOf(chunks(out, "rb").get(0));
+            assertTrue(aEnds < bStarts, "b waited for a's memory: a ends at " + aEnds + ", b starts at " + bStarts);
+            assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "nothing failed: " + out);
+        } finally {
+            h.close();
+        }
     }
 
     private static List<Integer> rangeTo(int n) {
