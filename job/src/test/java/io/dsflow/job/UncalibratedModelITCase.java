@@ -115,7 +115,7 @@ class UncalibratedModelITCase {
                 assertEquals(150, fin.promptTokens);
                 assertEquals(chunks.size(), fin.completionTokens);
                 assertTrue(fin.completionTokens >= 1, r.requestId + " decoded: " + fin);
-                KvConfig kv = RequestParser.kvConfig(r.kv, KvConfig.DENSE);
+                KvConfig kv = r.kvConfig(KvConfig.DENSE);
                 assertEquals(r.requestId.equals("r-ds") ? KvPolicy.DS : KvPolicy.DSPP, kv.policy());
                 int[] expected = reference.generate(r.promptIds, RequestParser.samplingParams(r), kv).tokenIds();
                 assertArrayEquals(expected, chunks.stream().mapToInt(o -> o.tokenId).toArray(),

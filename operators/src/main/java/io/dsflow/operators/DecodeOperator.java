@@ -205,7 +205,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             if (cs.active != null) {
                 String conv = (String) key;
                 tokens.start(cs.active.requestId, conv, cs.completion);
-                enqueue(conv, cs, RequestParser.kvConfig(cs.active.kv, settings.kv()));
+                enqueue(conv, cs, cs.active.kvConfig(settings.kv()));
                 resumed++;
             }
         }
@@ -279,7 +279,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 throw new InvalidRequestException("prompt has " + prompt.length + " tokens; the limit is "
                         + settings.limits().maxPromptTokens());
             }
-            kv = RequestParser.kvConfig(r.kv, settings.kv());
+            kv = r.kvConfig(settings.kv());
         } catch (DsflowException e) {
             state.update(cs); // the request id is remembered all the same
             fail(conv, r, e);

@@ -11,9 +11,7 @@ import io.dsflow.engine.sample.SamplingParams;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Iterator;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
 import java.util.Set;
 
 /**
@@ -120,8 +118,8 @@ public final class RequestParser {
         samplingParams(r); // validates temperature, top_p, top_k, stop
         JsonNode kv = root.get("kv");
         if (kv != null && !kv.isNull()) {
-            kvConfig(kv.toString(), KvConfig.DENSE); // validates names and values now
-            r.kv = kv.toString();
+            r.kv = KvOverrides.of(kv);
+            r.kvConfig(KvConfig.DENSE); // validates names and values now
         }
         return r;
     }
@@ -129,27 +127,6 @@ public final class RequestParser {
     /** The sampling parameters of a valid request. */
     public static SamplingParams samplingParams(Request r) {
         return new SamplingParams(r.temperature, r.topP, r.topK, r.seed, r.maxTokens, List.of(r.stop));
-    }
-
-    /** A request's kv overrides applied to a base configuration. */
-    public static KvConfig kvConfig(String kvJson, KvConfig base) {
-        if (kvJson == null) return base;
-        JsonNode kv;
-        try {
-            kv = JSON.readTree(kvJson);
-        } catch (JsonProcessingException e) {
-            throw new BadRequest("invalid_parameter", "kv is not valid JSON");
-        }
-        if (!kv.isObject()) throw new BadRequest("invalid_parameter", "kv must be an object");
-        Map<String, String> options = new LinkedHashMap<>();
-        for (Iterator<Map.Entry<String, JsonNode>> it = kv.fields(); it.hasNext(); ) {
-            Map.Entry<String, JsonNode> e = it.next();
-            if (!e.getValue().isValueNode() || e.getValue().isNull()) {
-                throw new BadRequest("invalid_parameter", "kv." + cut(e.getKey(), 64) + " must be a number or a string");
-            }
-            options.put(e.getKey(), e.getValue().asText());
-        }
-        return base.with(options);
     }
 
     private String id(JsonNode root, String field) {

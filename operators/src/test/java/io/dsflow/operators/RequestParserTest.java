@@ -39,7 +39,7 @@ class RequestParserTest {
         assertArrayEquals(new int[]{0, 5, 7}, r.promptIds);
         assertEquals(-4, r.seed);
         assertArrayEquals(new String[]{"a", "b"}, r.stop);
-        io.dsflow.engine.kv.KvConfig kv = RequestParser.kvConfig(r.kv, io.dsflow.engine.kv.KvConfig.DENSE);
+        io.dsflow.engine.kv.KvConfig kv = r.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE);
         assertEquals(16, kv.window());
         assertTrue(kv.lookahead());
     }
