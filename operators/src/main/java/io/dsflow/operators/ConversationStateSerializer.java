@@ -18,7 +18,8 @@ import java.util.Arrays;
  *   int[] history | bool hasActive [Request active, int[] activePrompt] | int[] completion | int n, Request[n] queued
  *   | int n, String[n] recentRequestIds
  *   Request: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
- *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv, nullable str raw
+ *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv,
+ *            nullable str raw
  *   kv: the request's kv overrides as a JSON object ({@link KvOverrides#toJson}; earlier builds wrote the request's
  *       own kv JSON, which reads the same)
  * </pre>

@@ -151,6 +151,7 @@ class ConversationStateSerializerTest {
                 ConversationStateSerializer.INSTANCE.snapshotConfiguration().resolveSchemaCompatibility(read);
         assertTrue(compat.isCompatibleAsIs());
         assertThrows(IOException.class, () -> new ConversationStateSerializer.Snapshot().readSnapshot(
-                ConversationStateSerializer.FORMAT_VERSION + 1, new DataInputDeserializer(new byte[0]), getClass().getClassLoader()));
+                ConversationStateSerializer.FORMAT_VERSION + 1, new DataInputDeserializer(new byte[0]),
+                getClass().getClassLoader()));
     }
 }
