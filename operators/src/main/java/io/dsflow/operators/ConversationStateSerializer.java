@@ -1,5 +1,6 @@
 package io.dsflow.operators;
 
+import io.dsflow.engine.DsflowException;
 import org.apache.flink.api.common.typeutils.TypeSerializer;
 import org.apache.flink.api.common.typeutils.TypeSerializerSchemaCompatibility;
 import org.apache.flink.api.common.typeutils.TypeSerializerSnapshot;
@@ -17,7 +18,10 @@ import java.util.Arrays;
  *   int[] history | bool hasActive [Request active, int[] activePrompt] | int[] completion | int n, Request[n] queued
  *   | int n, String[n] recentRequestIds
  *   Request: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
- *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv, nullable str raw
+ *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv,
+ *            nullable str raw
+ *   kv: the request's kv overrides as a JSON object ({@link KvOverrides#toJson}; earlier builds wrote the request's
+ *       own kv JSON, which reads the same)
  * </pre>
  */
 public final class ConversationStateSerializer extends TypeSerializer<ConversationState> {
@@ -64,7 +68,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         c.topK = r.topK;
         c.seed = r.seed;
         c.stop = r.stop.clone();
-        c.kv = r.kv;
+        c.kv = r.kv == null ? null : r.kv.copy();
         c.raw = r.raw;
         return c;
     }
@@ -133,7 +137,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         out.writeLong(r.seed);
         out.writeInt(r.stop.length);
         for (String s : r.stop) out.writeUTF(s);
-        writeNullable(r.kv, out);
+        writeNullable(r.kv == null ? null : r.kv.toJson(), out);
         writeNullable(r.raw, out);
     }
 
@@ -150,7 +154,12 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         r.seed = in.readLong();
         r.stop = new String[in.readInt()];
         for (int i = 0; i < r.stop.length; i++) r.stop[i] = in.readUTF();
-        r.kv = readNullable(in);
+        String kv = readNullable(in);
+        try {
+            r.kv = kv == null ? null : KvOverrides.fromJson(kv);
+        } catch (DsflowException e) {
+            throw new IOException("a request in the conversation state has a bad kv field: " + e.getMessage(), e);
+        }
         r.raw = readNullable(in);
         return r;
     }

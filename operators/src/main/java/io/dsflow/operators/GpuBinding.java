@@ -68,7 +68,9 @@ public final class GpuBinding {
         if (device >= 0) IN_USE.computeIfPresent(device, (d, n) -> n > 1 ? n - 1 : null);
     }
 
-    /** The GPUs a subtask may take: the TaskManager's resource indices in order, else every device this process sees. */
+    /**
+     * The GPUs a subtask may take: the TaskManager's resource indices in order, else every device this process sees.
+     */
     private static List<Integer> candidates(Collection<ExternalResourceInfo> assigned, int deviceCount) {
         if (!assigned.isEmpty()) return assigned.stream().map(GpuBinding::index).sorted().toList();
         return IntStream.range(0, deviceCount).boxed().toList();

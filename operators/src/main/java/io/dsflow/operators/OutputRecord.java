@@ -59,7 +59,8 @@ public class OutputRecord {
         return r;
     }
 
-    public static OutputRecord error(String conversationId, String requestId, String code, String message, String input) {
+    public static OutputRecord error(String conversationId, String requestId, String code, String message,
+                                     String input) {
         OutputRecord r = new OutputRecord();
         r.kind = ERROR;
         r.conversationId = conversationId;

@@ -1,5 +1,7 @@
 package io.dsflow.operators;
 
+import io.dsflow.engine.kv.KvConfig;
+
 import java.util.Arrays;
 
 /**
@@ -18,12 +20,17 @@ public class Request {
     public int topK;
     public long seed;
     public String[] stop;
-    /** The request's kv overrides as JSON (policy, r, sinks, window, ...), or null. */
-    public String kv;
+    /** The request's kv overrides (policy, r, sinks, window, ...), read once from its JSON; null for none. */
+    public KvOverrides kv;
     /** The request as it arrived, for error records. */
     public String raw;
 
     public Request() {
+    }
+
+    /** The request's KV configuration: its kv overrides applied to {@code base} (the decode operator's default). */
+    public KvConfig kvConfig(KvConfig base) {
+        return kv == null ? base : kv.applyTo(base);
     }
 
     @Override

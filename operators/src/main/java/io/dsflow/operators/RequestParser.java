@@ -11,9 +11,7 @@ import io.dsflow.engine.sample.SamplingParams;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Iterator;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
 import java.util.Set;
 
 /**
@@ -47,9 +45,12 @@ public final class RequestParser {
         try {
             root = JSON.readTree(raw);
         } catch (JsonProcessingException e) {
-            return error(null, null, "invalid_json", "not valid JSON: " + e.getOriginalMessage().replace('\n', ' '), raw);
+            String why = e.getOriginalMessage().replace('\n', ' ');
+            return error(null, null, "invalid_json", "not valid JSON: " + why, raw);
         }
-        if (root == null || !root.isObject()) return error(null, null, "invalid_json", "a request must be a JSON object", raw);
+        if (root == null || !root.isObject()) {
+            return error(null, null, "invalid_json", "a request must be a JSON object", raw);
+        }
         String requestId = root.path("request_id").isTextual() ? root.get("request_id").asText() : null;
         String conversationId = root.path("conversation_id").isTextual() ? root.get("conversation_id").asText() : null;
         if (requestId != null && requestId.length() > limits.maxIdLength()) requestId = null;
@@ -85,20 +86,23 @@ public final class RequestParser {
             if (!ids.isArray()) throw new BadRequest("invalid_prompt", "prompt_ids must be an array of token ids");
             if (ids.isEmpty()) throw new BadRequest("invalid_prompt", "prompt_ids is empty");
             if (ids.size() > limits.maxPromptTokens()) {
-                throw new BadRequest("prompt_too_long", "prompt has " + ids.size() + " tokens; the limit is " + limits.maxPromptTokens());
+                throw new BadRequest("prompt_too_long", "prompt has " + ids.size() + " tokens; the limit is "
+                        + limits.maxPromptTokens());
             }
             r.promptIds = new int[ids.size()];
             for (int i = 0; i < r.promptIds.length; i++) {
                 JsonNode t = ids.get(i);
                 if (!t.isIntegralNumber() || !t.canConvertToInt() || t.asInt() < 0) {
-                    throw new BadRequest("invalid_prompt", "prompt_ids[" + i + "] is not a token id: " + cut(t.toString(), 32));
+                    throw new BadRequest("invalid_prompt", "prompt_ids[" + i + "] is not a token id: "
+                            + cut(t.toString(), 32));
                 }
                 r.promptIds[i] = t.asInt();
             }
         }
         r.maxTokens = integer(root, "max_tokens", DEFAULT_MAX_TOKENS);
         if (r.maxTokens < 1 || r.maxTokens > limits.maxTokens()) {
-            throw new BadRequest("invalid_parameter", "max_tokens must be in [1, " + limits.maxTokens() + "], got " + r.maxTokens);
+            throw new BadRequest("invalid_parameter", "max_tokens must be in [1, " + limits.maxTokens() + "], got "
+                    + r.maxTokens);
         }
         r.temperature = number(root, "temperature", 1.0);
         r.topP = number(root, "top_p", 1.0);
@@ -111,7 +115,9 @@ public final class RequestParser {
             if (s.isTextual()) stop.add(s.asText());
             else if (s.isArray()) {
                 for (JsonNode e : s) {
-                    if (!e.isTextual()) throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
+                    if (!e.isTextual()) {
+                        throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
+                    }
                     stop.add(e.asText());
                 }
             } else throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
@@ -120,8 +126,8 @@ public final class RequestParser {
         samplingParams(r); // validates temperature, top_p, top_k, stop
         JsonNode kv = root.get("kv");
         if (kv != null && !kv.isNull()) {
-            kvConfig(kv.toString(), KvConfig.DENSE); // validates names and values now
-            r.kv = kv.toString();
+            r.kv = KvOverrides.of(kv);
+            r.kvConfig(KvConfig.DENSE); // validates names and values now
         }
         return r;
     }
@@ -131,27 +137,6 @@ public final class RequestParser {
         return new SamplingParams(r.temperature, r.topP, r.topK, r.seed, r.maxTokens, List.of(r.stop));
     }
 
-    /** A request's kv overrides applied to a base configuration. */
-    public static KvConfig kvConfig(String kvJson, KvConfig base) {
-        if (kvJson == null) return base;
-        JsonNode kv;
-        try {
-            kv = JSON.readTree(kvJson);
-        } catch (JsonProcessingException e) {
-            throw new BadRequest("invalid_parameter", "kv is not valid JSON");
-        }
-        if (!kv.isObject()) throw new BadRequest("invalid_parameter", "kv must be an object");
-        Map<String, String> options = new LinkedHashMap<>();
-        for (Iterator<Map.Entry<String, JsonNode>> it = kv.fields(); it.hasNext(); ) {
-            Map.Entry<String, JsonNode> e = it.next();
-            if (!e.getValue().isValueNode() || e.getValue().isNull()) {
-                throw new BadRequest("invalid_parameter", "kv." + cut(e.getKey(), 64) + " must be a number or a string");
-            }
-            options.put(e.getKey(), e.getValue().asText());
-        }
-        return base.with(options);
-    }
-
     private String id(JsonNode root, String field) {
         JsonNode n = root.get(field);
         if (n == null || n.isNull()) throw new BadRequest("missing_field", field + " is required");
@@ -159,7 +144,8 @@ public final class RequestParser {
         String v = n.asText();
         if (v.isEmpty()) throw new BadRequest("invalid_field", field + " is empty");
         if (v.length() > limits.maxIdLength()) {
-            throw new BadRequest("invalid_field", field + " is " + v.length() + " characters; the limit is " + limits.maxIdLength());
+            throw new BadRequest("invalid_field", field + " is " + v.length() + " characters; the limit is "
+                    + limits.maxIdLength());
         }
         return v;
     }
@@ -184,7 +170,9 @@ public final class RequestParser {
     private static double number(JsonNode root, String field, double fallback) {
         JsonNode n = root.get(field);
         if (n == null || n.isNull()) return fallback;
-        if (!n.isNumber()) throw new BadRequest("invalid_parameter", field + " must be a number, got " + cut(n.toString(), 32));
+        if (!n.isNumber()) {
+            throw new BadRequest("invalid_parameter", field + " must be a number, got " + cut(n.toString(), 32));
+        }
         return n.asDouble();
     }
 
@@ -193,7 +181,8 @@ public final class RequestParser {
     }
 
     private static Parsed error(String conversationId, String requestId, String code, String message, String raw) {
-        return new Parsed(null, OutputRecord.error(conversationId, requestId, code, message, cut(raw, MAX_INPUT_IN_ERROR)));
+        String input = cut(raw, MAX_INPUT_IN_ERROR);
+        return new Parsed(null, OutputRecord.error(conversationId, requestId, code, message, input));
     }
 
     /** A request that breaks a rule, with an error code. */

@@ -28,7 +28,7 @@ class ConversationStateSerializerTest {
         r.topK = 40;
         r.seed = -123456789012345L;
         r.stop = new String[]{"\n", "END"};
-        r.kv = "{\"policy\":\"dspp\",\"window\":16}";
+        r.kv = KvOverrides.fromJson("{\"policy\":\"dspp\",\"window\":16}");
         r.raw = "x".repeat(70_000); // longer than writeUTF allows
         return r;
     }
@@ -72,6 +72,56 @@ class ConversationStateSerializerTest {
         assertNull(roundTrip(idle).active);
     }
 
+    /**
+     * A conversation with a request in progress as the build before KvOverrides wrote it (format 1, the request's kv
+     * field the JSON it arrived with, numbers as numbers), byte by byte: it restores, with the same kv configuration.
+     */
+    @Test
+    void stateWrittenBeforeKvOverridesRestoresWithTheSameKvConfiguration() throws IOException {
+        DataOutputSerializer out = new DataOutputSerializer(256);
+        writeInts(out, 0, 5, 9);                        // history
+        out.writeBoolean(true);                         // an active request:
+        out.writeUTF("c1");
+        out.writeUTF("r1");
+        out.writeInt(-1);                               // no prompt text
+        out.writeBoolean(true);
+        writeInts(out, 7, 8);                           // prompt ids
+        out.writeInt(32);                               // max tokens
+        out.writeDouble(0.7);
+        out.writeDouble(0.9);
+        out.writeInt(40);
+        out.writeLong(11);
+        out.writeInt(0);                                // no stop strings
+        writeString(out, "{\"policy\":\"dspp\",\"window\":16,\"lambda\":0.5,\"lookahead\":\"on\"}");
+        writeString(out, "{\"raw\":true}");
+        writeInts(out, 7, 8);                           // its prompt tokens
+        writeInts(out, 44, 45);                         // completion emitted at the checkpoint
+        out.writeInt(0);                                // nothing queued
+        out.writeInt(1);
+        out.writeUTF("r1");
+
+        ConversationState s = ConversationStateSerializer.INSTANCE.deserialize(
+                new DataInputDeserializer(out.getCopyOfBuffer()));
+        assertArrayEquals(new int[]{44, 45}, s.completion);
+        io.dsflow.engine.kv.KvConfig kv = s.active.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE);
+        assertEquals(io.dsflow.engine.kv.KvPolicy.DSPP, kv.policy());
+        assertEquals(16, kv.window());
+        assertEquals(0.5, kv.lambda());
+        assertTrue(kv.lookahead());
+        assertEquals(kv, roundTrip(s).active.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE), "and after a new write");
+    }
+
+    private static void writeInts(DataOutputSerializer out, int... values) throws IOException {
+        out.writeInt(values.length);
+        for (int v : values) out.writeInt(v);
+    }
+
+    private static void writeString(DataOutputSerializer out, String s) throws IOException {
+        byte[] b = s.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        out.writeInt(b.length);
+        out.write(b);
+    }
+
     /** The checkpoint size of a conversation, reported in the issue note. */
     @Test
     void idleConversationOfAThousandTokensTakesAboutFourBytesAToken() throws IOException {
@@ -101,6 +151,7 @@ class ConversationStateSerializerTest {
                 ConversationStateSerializer.INSTANCE.snapshotConfiguration().resolveSchemaCompatibility(read);
         assertTrue(compat.isCompatibleAsIs());
         assertThrows(IOException.class, () -> new ConversationStateSerializer.Snapshot().readSnapshot(
-                ConversationStateSerializer.FORMAT_VERSION + 1, new DataInputDeserializer(new byte[0]), getClass().getClassLoader()));
+                ConversationStateSerializer.FORMAT_VERSION + 1, new DataInputDeserializer(new byte[0]),
+                getClass().getClassLoader()));
     }
 }

@@ -34,7 +34,8 @@ class GpuBindingTest {
 
     @Test
     void withoutTheResourceSubtasksSpreadOverTheVisibleDevices() {
-        assertEquals(List.of(0, 1, 0, 1, 0, 1), IntStream.range(0, 6).map(i -> GpuBinding.device(i, Set.of(), 2)).boxed().toList());
+        assertEquals(List.of(0, 1, 0, 1, 0, 1),
+                IntStream.range(0, 6).map(i -> GpuBinding.device(i, Set.of(), 2)).boxed().toList());
         assertEquals(List.of(0, 1, 2, 3, 4, 5, 6, 7),
                 IntStream.range(0, 8).map(i -> GpuBinding.device(i, Set.of(), 8)).boxed().toList());
         assertEquals(0, GpuBinding.device(5, Set.of(), 1));
@@ -53,7 +54,8 @@ class GpuBindingTest {
         assertEquals(3, GpuBinding.device(5, Set.of(gpu("3")), 8));
         // a TaskManager with two slots and GPUs 5 and 2: its subtasks take them in index order
         Set<ExternalResourceInfo> two = Set.of(gpu("5"), gpu("2"));
-        assertEquals(List.of(2, 5, 2, 5), IntStream.range(0, 4).map(i -> GpuBinding.device(i, two, 8)).boxed().toList());
+        assertEquals(List.of(2, 5, 2, 5),
+                IntStream.range(0, 4).map(i -> GpuBinding.device(i, two, 8)).boxed().toList());
     }
 
     /** Subtasks 0 and 2 of a job with parallelism 4 in one two-GPU TaskManager: one GPU each, not both on GPU 0. */
@@ -75,7 +77,8 @@ class GpuBindingTest {
     @Test
     void aBadResourceIsAClearError() {
         DsflowException hidden = assertThrows(DsflowException.class, () -> GpuBinding.device(0, Set.of(gpu("4")), 2));
-        assertTrue(hidden.getMessage().contains("GPU 4") && hidden.getMessage().contains("2 CUDA device"), hidden.getMessage());
+        assertTrue(hidden.getMessage().contains("GPU 4") && hidden.getMessage().contains("2 CUDA device"),
+                hidden.getMessage());
         assertTrue(assertThrows(DsflowException.class, () -> GpuBinding.device(0, Set.of(gpu(null)), 2)).getMessage()
                 .contains("without an index"));
         assertTrue(assertThrows(DsflowException.class, () -> GpuBinding.device(0, Set.of(gpu("x")), 2)).getMessage()

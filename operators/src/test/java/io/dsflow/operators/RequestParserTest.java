@@ -27,19 +27,20 @@ class RequestParserTest {
         assertEquals(64, r.maxTokens);
         assertEquals(1.0, r.temperature);
         assertEquals(0, r.stop.length);
-        long seedAgain = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"}").request().seed;
+        long seedAgain = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"}")
+                .request().seed;
         assertEquals(r.seed, seedAgain, "without a seed, the seed follows the request id");
     }
 
     @Test
     void validRequestWithEverything() {
-        Request r = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[0,5,7],\"max_tokens\":9,"
-                + "\"temperature\":0.5,\"top_p\":0.9,\"top_k\":3,\"seed\":-4,\"stop\":[\"a\",\"b\"],"
+        Request r = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[0,5,7],"
+                + "\"max_tokens\":9,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":3,\"seed\":-4,\"stop\":[\"a\",\"b\"],"
                 + "\"kv\":{\"policy\":\"dspp\",\"window\":16,\"lookahead\":\"on\"}}").request();
         assertArrayEquals(new int[]{0, 5, 7}, r.promptIds);
         assertEquals(-4, r.seed);
         assertArrayEquals(new String[]{"a", "b"}, r.stop);
-        io.dsflow.engine.kv.KvConfig kv = RequestParser.kvConfig(r.kv, io.dsflow.engine.kv.KvConfig.DENSE);
+        io.dsflow.engine.kv.KvConfig kv = r.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE);
         assertEquals(16, kv.window());
         assertTrue(kv.lookahead());
     }
@@ -55,32 +56,38 @@ class RequestParserTest {
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[]}", "invalid_prompt");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[1,-2]}", "invalid_prompt");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[1.5]}", "invalid_prompt");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"prompt_ids\":[1]}", "invalid_prompt");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":" + java.util.Arrays.toString(new int[101]) + "}", "prompt_too_long");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"max_tokens\":0}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"max_tokens\":1e12}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"max_tokens\":\"5\"}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"temperature\":-1}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"temperature\":1e400}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"top_p\":0}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"stop\":[1]}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"window\":-1}}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"nope\":1}}", "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"kv\":{\"policy\":\"ds\",\"lookahead\":\"on\"}}",
-                "invalid_parameter");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"extra\":1}", "unknown_field");
-        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"prompt\":\"y\"}", "invalid_json");
+        error(promptX("\"prompt_ids\":[1]"), "invalid_prompt");
+        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":"
+                + java.util.Arrays.toString(new int[101]) + "}", "prompt_too_long");
+        error(promptX("\"max_tokens\":0"), "invalid_parameter");
+        error(promptX("\"max_tokens\":1e12"), "invalid_parameter");
+        error(promptX("\"max_tokens\":\"5\""), "invalid_parameter");
+        error(promptX("\"temperature\":-1"), "invalid_parameter");
+        error(promptX("\"temperature\":1e400"), "invalid_parameter");
+        error(promptX("\"top_p\":0"), "invalid_parameter");
+        error(promptX("\"stop\":[1]"), "invalid_parameter");
+        error(promptX("\"kv\":{\"window\":-1}"), "invalid_parameter");
+        error(promptX("\"kv\":{\"nope\":1}"), "invalid_parameter");
+        error(promptX("\"kv\":{\"policy\":\"ds\",\"lookahead\":\"on\"}"), "invalid_parameter");
+        error(promptX("\"extra\":1"), "unknown_field");
+        error(promptX("\"prompt\":\"y\""), "invalid_json");
         error("{\"request_id\":\"r\",\"prompt\":\"x\"}", "missing_field");
         error("{\"conversation_id\":5,\"request_id\":\"r\",\"prompt\":\"x\"}", "invalid_field");
-        OutputRecord longId = error("{\"conversation_id\":\"" + "c".repeat(40) + "\",\"request_id\":\"r\",\"prompt\":\"x\"}", "invalid_field");
+        OutputRecord longId = error("{\"conversation_id\":\"" + "c".repeat(40)
+                + "\",\"request_id\":\"r\",\"prompt\":\"x\"}", "invalid_field");
         assertNull(longId.conversationId, "an over-long id is not echoed as a key");
         error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"" + "x".repeat(5000) + "\"}", "too_large");
     }
 
     @Test
     void errorRecordsCarryTheInputCut() {
-        OutputRecord e = error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"pad\":\"" + "y".repeat(3000) + "\"}", "unknown_field");
+        OutputRecord e = error(promptX("\"pad\":\"" + "y".repeat(3000) + "\""), "unknown_field");
         assertTrue(e.input.length() <= 1003);
         assertTrue(e.toJson().contains("\"type\":\"error\""));
+    }
+
+    /** A request of conversation c, id r and prompt "x", with {@code fields} (JSON members) added. */
+    private static String promptX(String fields) {
+        return "{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"," + fields + "}";
     }
 }

@@ -1,0 +1,152 @@
+package io.dsflow.operators;
+
+import io.dsflow.engine.BatchScheduler;
+import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.Engine;
+import io.dsflow.engine.FinishReason;
+import org.apache.flink.api.common.operators.MailboxExecutor;
+import org.apache.flink.util.function.ThrowingRunnable;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A decode subtask's engine thread: it owns the subtask's {@link BatchScheduler} (only this thread touches it), runs a
+ * step whenever there is work, and hands each step's results to the task thread through the task mailbox, where
+ * {@link Results} applies them in step order (keyed state is updated and records are emitted there, so a checkpoint
+ * barrier, which the task thread also processes, falls between two steps' results, never inside one).
+ * <ul>
+ *   <li>The task thread talks to it only through {@link #submit} and {@link #dropCache}, which queue commands that run
+ *       on this thread before its next step, in the order they were given.</li>
+ *   <li>An engine failure fails the task: the exception is rethrown from the mailbox.</li>
+ *   <li>Lifecycle: {@link #start} in the operator's open(), {@link #close} in its close() (stops the thread and waits
+ *       for it; results not yet applied are dropped with the task).</li>
+ * </ul>
+ */
+final class EngineThread implements AutoCloseable {
+    /** How long an idle engine thread waits for a command before checking whether it should stop. */
+    private static final long IDLE_POLL_MS = 50;
+    private static final long JOIN_MS = 10_000;
+
+    /** What the task thread does with a step's results (run in the mailbox). */
+    interface Results {
+        /** A new token of a request's completion; index counts from 0 within the completion. */
+        void token(String requestId, int index, int tokenId) throws Exception;
+
+        /** The request ended; its conversation's full token history is {@code history}. */
+        void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history)
+                throws Exception;
+
+        /** The request failed (bad input for this model); the engine kept nothing of it. */
+        void failed(String requestId, DsflowException error) throws Exception;
+
+        /**
+         * After a step's results: how many requests re-prefilled their conversation's history and how many tokens were
+         * prefilled since the previous call (the scheduler's counters).
+         */
+        void stepApplied(long historyPrefills, long prefilledTokens) throws Exception;
+    }
+
+    private final BatchScheduler scheduler;
+    private final MailboxExecutor mailbox;
+    private final Results results;
+    private final BlockingQueue<Runnable> inbox = new LinkedBlockingQueue<>();
+    private final Thread thread;
+    private volatile boolean running;
+    private long lastHistoryPrefills, lastPrefilledTokens;
+
+    EngineThread(Engine engine, int prefillChunk, MailboxExecutor mailbox, Results results, String name) {
+        this.scheduler = new BatchScheduler(engine, prefillChunk);
+        this.mailbox = mailbox;
+        this.results = results;
+        this.thread = new Thread(this::run, name);
+        thread.setDaemon(true);
+    }
+
+    void start() {
+        running = true;
+        thread.start();
+    }
+
+    /** Serve this request (it joins the batch at the next step). */
+    void submit(BatchScheduler.Work work) {
+        inbox.add(() -> scheduler.submit(work));
+    }
+
+    /** Free an idle conversation's cache (its next request re-prefills the history). */
+    void dropCache(String conversationId) {
+        inbox.add(() -> scheduler.dropCache(conversationId));
+    }
+
+    private void run() {
+        List<ThrowingRunnable<Exception>> events = new ArrayList<>();
+        BatchScheduler.Listener listener = new BatchScheduler.Listener() {
+            @Override
+            public void token(String requestId, int index, int tokenId) {
+                events.add(() -> results.token(requestId, index, tokenId));
+            }
+
+            @Override
+            public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens,
+                                 int[] history) {
+                events.add(() -> results.finished(requestId, reason, promptTokens, completionTokens, history));
+            }
+
+            @Override
+            public void failed(String requestId, DsflowException error) {
+                events.add(() -> results.failed(requestId, error));
+            }
+        };
+        try {
+            while (running) {
+                runCommands();
+                if (!scheduler.hasWork()) continue;
+                scheduler.step(listener);
+                handOver(events);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        } catch (Throwable t) {
+            if (running) {
+                mailbox.execute(() -> {
+                    throw new RuntimeException("the decode engine failed: " + t, t);
+                }, "dsflow engine failure");
+            }
+        }
+    }
+
+    /** Runs the queued commands; waits a little for one when there is nothing to step. */
+    private void runCommands() throws InterruptedException {
+        Runnable command = scheduler.hasWork() ? inbox.poll() : inbox.poll(IDLE_POLL_MS, TimeUnit.MILLISECONDS);
+        while (command != null) {
+            command.run();
+            command = inbox.poll();
+        }
+    }
+
+    /** Sends a step's events (and the counters' progress) to the task thread, if anything happened. */
+    private void handOver(List<ThrowingRunnable<Exception>> events) {
+        long hp = scheduler.historyPrefills(), pt = scheduler.prefilledTokens();
+        if (events.isEmpty() && hp == lastHistoryPrefills && pt == lastPrefilledTokens) return;
+        List<ThrowingRunnable<Exception>> batch = new ArrayList<>(events);
+        events.clear();
+        long historyPrefills = hp - lastHistoryPrefills, prefilledTokens = pt - lastPrefilledTokens;
+        lastHistoryPrefills = hp;
+        lastPrefilledTokens = pt;
+        mailbox.execute(() -> {
+            for (ThrowingRunnable<Exception> e : batch) e.run();
+            results.stepApplied(historyPrefills, prefilledTokens);
+        }, "dsflow decode results");
+    }
+
+    /** Stops the thread and waits for it (at most 10 s). */
+    @Override
+    public void close() throws InterruptedException {
+        running = false;
+        thread.interrupt();
+        thread.join(JOIN_MS);
+    }
+}

@@ -1,0 +1,290 @@
+package io.dsflow.operators;
+
+import io.dsflow.operators.Admission.Decision;
+import io.dsflow.operators.Admission.Need;
+import io.dsflow.operators.Admission.Verdict;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Admission's rules on their own: budgets, eviction order, backpressure and the conversation limit; no Flink. */
+class AdmissionTest {
+
+    /** Managed memory as the MemoryManager would see it: every reservation and release, and what is reserved now. */
+    static final class RecordingReservations implements Admission.Reservations {
+        final List<Long> changes = new ArrayList<>();
+        long reserved;
+
+        @Override
+        public void reserve(long bytes) {
+            changes.add(bytes);
+            reserved += bytes;
+        }
+
+        @Override
+        public void release(long bytes) {
+            changes.add(-bytes);
+            reserved -= bytes;
+        }
+    }
+
+    private final RecordingReservations managed = new RecordingReservations();
+
+    /** A CPU subtask: caches in managed memory ({@code cacheLimit} bytes), no host stores. */
+    private Admission<String> cpu(long cacheLimit, int maxRunning) {
+        return new Admission<>(new Admission.Budget(cacheLimit, "managed memory", managed),
+                new Admission.Budget(0, "managed memory", managed), maxRunning, 100);
+    }
+
+    private static Need cache(long bytes) {
+        return new Need(bytes, 0);
+    }
+
+    /** Enqueues {@code conv} and admits it; fails if it was not admitted at once. */
+    private static void run(Admission<String> a, String conv, long bytes) throws Exception {
+        a.enqueue(conv, cache(bytes), "work-" + conv);
+        assertEquals(Verdict.ADMITTED, a.admitNext().verdict(), conv + " admitted");
+    }
+
+    @Test
+    void aRequestThatFitsIsAdmittedWithItsBytesReservedFromManagedMemory() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        a.enqueue("c1", cache(400), "work-c1");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.ADMITTED, d.verdict());
+        assertEquals("c1", d.conversationId());
+        assertEquals("work-c1", d.work());
+        assertEquals(List.of(), d.evicted());
+        assertEquals(400, a.cacheBudget().total());
+        assertEquals(400, a.cacheBudget().of("c1"));
+        assertEquals(List.of(400L), managed.changes);
+        assertEquals(1, a.runningCount());
+        assertEquals(0, a.waitingCount());
+    }
+
+    @Test
+    void aRequestThatDoesNotFitWaitsWhileTheMemoryIsHeldByARunningRequest() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "c1", 700);
+        a.enqueue("c2", cache(400), "work-c2");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.WAIT, d.verdict());
+        assertEquals("c2", d.conversationId());
+        assertEquals(List.of(), d.evicted(), "a running request's cache is never evicted");
+        assertTrue(a.isWaiting("c2"));
+        assertEquals(700, a.cacheBudget().total());
+        assertEquals(List.of(700L), managed.changes, "nothing reserved for the waiting request");
+    }
+
+    /** In one call: nothing else may run afterwards to prompt a retry (a quiet input would leave it waiting). */
+    @Test
+    void aWaitingRequestIsAdmittedAsSoonAsEvictingTheEndedRequestsIdleCacheMakesRoom() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "c1", 700);
+        a.enqueue("c2", cache(400), "work-c2");
+        assertEquals(Verdict.WAIT, a.admitNext().verdict());
+        a.ended("c1");
+        assertEquals(List.of("c1"), a.idleCaches(), "an ended request's cache is kept, idle");
+
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.ADMITTED, d.verdict());
+        assertEquals("work-c2", d.work());
+        assertEquals(List.of("c1"), d.evicted());
+        assertEquals(List.of(), a.idleCaches());
+        assertEquals(400, a.cacheBudget().total());
+        assertEquals(400, a.cacheBudget().of("c2"));
+        assertEquals(List.of(700L, -700L, 400L), managed.changes, "c1's bytes released before c2's are reserved");
+        assertEquals(400, managed.reserved);
+    }
+
+    @Test
+    void idleCachesAreEvictedInTheOrderTheirRequestsEndedUntilTheShortfallIsCovered() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "c1", 300);
+        run(a, "c2", 300);
+        run(a, "c3", 300);
+        a.ended("c2");
+        a.ended("c1");
+        a.ended("c3");
+        assertEquals(List.of("c2", "c1", "c3"), a.idleCaches());
+
+        // 900 held + 500 needed - 1000 = 400 short: c2 (300) is not enough, c2 and c1 (600) are; c3 stays
+        a.enqueue("c4", cache(500), "work-c4");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.ADMITTED, d.verdict());
+        assertEquals(List.of("c2", "c1"), d.evicted());
+        assertEquals(List.of("c3"), a.idleCaches());
+        assertEquals(0, a.cacheBudget().of("c1"));
+        assertEquals(300, a.cacheBudget().of("c3"));
+        assertEquals(800, a.cacheBudget().total());
+    }
+
+    @Test
+    void whenEvictingEveryIdleCacheIsNotEnoughTheyAreDroppedAllTheSameAndTheRequestWaits() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "idle", 200);
+        a.ended("idle");
+        run(a, "busy", 700);
+        a.enqueue("c3", cache(500), "work-c3");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.WAIT, d.verdict(), "busy's 700 are held until it ends");
+        assertEquals(List.of("idle"), d.evicted());
+        assertEquals(700, a.cacheBudget().total());
+        a.ended("busy");
+        Decision<String> admitted = a.admitNext();
+        assertEquals(Verdict.ADMITTED, admitted.verdict());
+        assertEquals(List.of("busy"), admitted.evicted());
+    }
+
+    @Test
+    void theWaitingConversationsOwnIdleCacheIsNeverEvictedAndGrowsToWhatItNeeds() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "c1", 600);
+        a.ended("c1");
+        run(a, "c2", 300);
+        a.ended("c2");
+        assertEquals(List.of("c1", "c2"), a.idleCaches());
+
+        // c1's next turn needs 900: it holds 600 of them, so others must free 900 - 600 + 900 - 1000 = 200
+        a.enqueue("c1", cache(900), "work-c1-turn-2");
+        Decision<String> d = a.admitNext();
+        assertEquals(List.of("c2"), d.evicted(), "c1 is older but it is the one waiting");
+        assertEquals(Verdict.ADMITTED, d.verdict());
+        assertEquals(900, a.cacheBudget().of("c1"));
+        assertEquals(List.of(600L, 300L, -300L, 300L), managed.changes, "c1's reservation grew by 300");
+        assertEquals(900, managed.reserved);
+    }
+
+    @Test
+    void whenMaxRunningRequestsRunTheNextWaitsAndNoIdleCacheIsDropped() throws Exception {
+        Admission<String> a = cpu(1_000_000, 2);
+        run(a, "idle", 100);
+        a.ended("idle");
+        run(a, "c1", 100);
+        run(a, "c2", 100);
+        a.enqueue("c3", cache(100), "work-c3");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.WAIT, d.verdict());
+        assertEquals(List.of(), d.evicted(), "memory is not short: the slot limit alone holds it back");
+        assertEquals(List.of("idle"), a.idleCaches());
+        assertEquals(2, a.runningCount());
+
+        a.ended("c1");
+        assertEquals(Verdict.ADMITTED, a.admitNext().verdict());
+        assertEquals(2, a.runningCount());
+    }
+
+    @Test
+    void moreWaitingThanMaxRunningBackpressuresTheInput() throws Exception {
+        Admission<String> a = cpu(1_000_000, 2);
+        run(a, "c1", 100);
+        run(a, "c2", 100);
+        a.enqueue("c3", cache(100), "work-c3");
+        a.enqueue("c4", cache(100), "work-c4");
+        assertFalse(a.mustBackpressure(), "2 waiting, 2 may run: input goes on");
+        a.enqueue("c5", cache(100), "work-c5");
+        assertTrue(a.mustBackpressure(), "3 waiting > 2");
+        a.ended("c1");
+        assertEquals(Verdict.ADMITTED, a.admitNext().verdict());
+        assertEquals(Verdict.WAIT, a.admitNext().verdict());
+        assertEquals(2, a.waitingCount());
+        assertFalse(a.mustBackpressure());
+    }
+
+    @Test
+    void requestsAreAdmittedInArrivalOrderTheFirstBlockingTheOnesBehindIt() throws Exception {
+        Admission<String> a = cpu(1000, 4);
+        run(a, "c0", 500);
+        a.enqueue("big", cache(900), "work-big");
+        a.enqueue("small", cache(100), "work-small");
+        Decision<String> d = a.admitNext();
+        assertEquals("big", d.conversationId());
+        assertEquals(Verdict.WAIT, d.verdict());
+        assertTrue(a.isWaiting("small"), "small would fit (500 + 100) but does not overtake big");
+        a.ended("c0");
+        Decision<String> big = a.admitNext();
+        assertEquals("big", big.conversationId());
+        assertEquals(Verdict.ADMITTED, big.verdict());
+        assertEquals(List.of("c0"), big.evicted());
+        Decision<String> small = a.admitNext();
+        assertEquals("small", small.conversationId());
+        assertEquals(Verdict.ADMITTED, small.verdict(), "900 + 100 fit the 1000 exactly");
+    }
+
+    @Test
+    void aRequestLargerThanTheWholeBudgetIsRefusedAndItsConversationsCacheReleased() throws Exception {
+        Admission<String> a = cpu(10_000_000, 4);
+        run(a, "c1", 3_000_000);
+        a.ended("c1");
+        a.enqueue("c1", cache(25_000_000), "work-c1-turn-2");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.REFUSED, d.verdict());
+        assertEquals("c1", d.conversationId());
+        assertTrue(d.droppedOwnCache());
+        assertTrue(d.refusal().startsWith("the request needs 25"), d.refusal());
+        assertTrue(d.refusal().contains("of KV cache; the decode operator has 10"), d.refusal());
+        assertTrue(d.refusal().endsWith("MB of managed memory"), d.refusal());
+        assertFalse(a.hasWaiting());
+        assertEquals(0, a.cacheBudget().total());
+        assertEquals(List.of(), a.idleCaches());
+        assertEquals(0, managed.reserved);
+        assertEquals(0, a.runningCount(), "a refused request never ran");
+    }
+
+    @Test
+    void aRequestWhoseHostStoreExceedsTheHostBudgetIsRefusedWithoutDroppingAnything() throws Exception {
+        Admission<String> a = new Admission<>(new Admission.Budget(1_000_000_000, "device memory",
+                Admission.Reservations.NONE), new Admission.Budget(2_000_000, "managed memory", managed), 4, 100);
+        a.enqueue("c1", new Need(1_000_000, 5_000_000), "work-c1");
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.REFUSED, d.verdict());
+        assertFalse(d.droppedOwnCache(), "it held no cache");
+        assertTrue(d.refusal().contains("of pinned host memory for its KV store (placement host)"), d.refusal());
+        assertTrue(d.refusal().endsWith("MB of managed memory"), d.refusal());
+    }
+
+    @Test
+    void aGpuCachesBytesCountAgainstTheDeviceAndOnlyItsHostStoreIsReservedFromManagedMemory() throws Exception {
+        Admission<String> a = new Admission<>(new Admission.Budget(8_000, "device memory",
+                Admission.Reservations.NONE), new Admission.Budget(3_000, "managed memory", managed), 4, 100);
+        a.enqueue("c1", new Need(5_000, 2_000), "work-c1");
+        assertEquals(Verdict.ADMITTED, a.admitNext().verdict());
+        assertEquals(5_000, a.cacheBudget().total());
+        assertEquals(2_000, a.hostBudget().total());
+        assertEquals(List.of(2_000L), managed.changes);
+        // the device has room for a second cache, managed memory not for a second host store
+        a.enqueue("c2", new Need(2_000, 2_000), "work-c2");
+        assertEquals(Verdict.WAIT, a.admitNext().verdict());
+    }
+
+    @Test
+    void aConversationPastMaxConversationsIsRefusedAndRestoredOnesCountAgainstTheLimit() {
+        Admission<String> a = new Admission<>(new Admission.Budget(1000, "managed memory", managed),
+                new Admission.Budget(0, "managed memory", managed), 4, 2);
+        assertTrue(a.openConversation());
+        assertTrue(a.openConversation());
+        assertFalse(a.openConversation());
+        assertEquals(2, a.conversations(), "the refused one is not counted");
+
+        Admission<String> restored = new Admission<>(new Admission.Budget(1000, "managed memory", managed),
+                new Admission.Budget(0, "managed memory", managed), 4, 2);
+        restored.restoredConversation();
+        restored.restoredConversation();
+        restored.restoredConversation();   // a rescale can bring more than the limit: kept, none refused
+        assertEquals(3, restored.conversations());
+        assertFalse(restored.openConversation());
+    }
+
+    @Test
+    void admitNextWithNothingWaitingIsAMistake() {
+        Admission<String> a = cpu(1000, 4);
+        assertFalse(a.hasWaiting());
+        assertThrows(IllegalStateException.class, a::admitNext);
+    }
+}
