@@ -98,7 +98,8 @@ class UncalibratedModelITCase {
 
         assertTrue(log.stream().anyMatch(m -> m.startsWith("no channels.json in " + model
                 + ": calibrating the heavy channels first")), "the engine says it calibrates: " + log);
-        assertTrue(log.stream().anyMatch(m -> m.startsWith("calibration: block 8/8 (" + POSITIONS + " tokens)")),
+        assertTrue(log.stream().anyMatch(m -> m.startsWith("calibration on cpu") && m.contains(": block 8/8 ("
+                        + POSITIONS + " tokens)")),
                 "all blocks ran, capped at the model's positions: " + log);
         assertEquals(List.of(), out.stream().filter(OutputRecord::isError).toList(), "no error record");
         assertFalse(Files.exists(model.resolve(Engine.CHANNEL_FILE)), "calibrating writes nothing into the folder");
