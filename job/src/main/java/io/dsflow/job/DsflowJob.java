@@ -1,6 +1,6 @@
 package io.dsflow.job;
 
-import io.dsflow.cli.Main;
+import io.dsflow.job.cli.Main;
 
 /**
  * Entry point on a Flink cluster ({@code flink run -c io.dsflow.job.DsflowJob dsflow-flink-job.jar --config FILE}, or

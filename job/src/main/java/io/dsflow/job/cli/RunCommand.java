@@ -1,5 +1,7 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
+import io.dsflow.cli.Args;
+import io.dsflow.cli.UsageException;
 import io.dsflow.job.JobConfig;
 import io.dsflow.job.JsonlFileSink;
 import io.dsflow.job.KafkaIO;

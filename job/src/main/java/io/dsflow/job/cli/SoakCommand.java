@@ -1,5 +1,7 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
+import io.dsflow.cli.Args;
+import io.dsflow.cli.UsageException;
 import io.dsflow.job.Soak;
 
 import java.io.PrintStream;

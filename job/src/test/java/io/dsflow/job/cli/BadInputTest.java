@@ -1,4 +1,4 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
 import io.dsflow.engine.cuda.CudaRuntime;
 import org.junit.jupiter.api.Test;
