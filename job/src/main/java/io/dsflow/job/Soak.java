@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import org.apache.flink.configuration.MemorySize;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
@@ -23,14 +24,46 @@ import java.util.Random;
 /**
  * A soak of the whole product in one process (embedded Kafka, local Flink job): N conversations kept busy turn after
  * turn for a while, measured at the Kafka client. Reports throughput, TTFT and inter-token latency percentiles, heap
- * use, and checks that nothing is lost: every request gets one final, its chunks in index order, no duplicate.
+ * use, and checks that nothing is lost (every request gets one final, its chunks in index order, no duplicate) and
+ * that the heap the run keeps is what the KV caches' budget allows (a leak grows past it).
  */
 public final class Soak {
     private static final ObjectMapper JSON = new ObjectMapper();
+    /** Managed memory of the embedded job: the decode operator's budget for the KV caches (on the CPU, heap arrays). */
+    private static final String CACHE_BUDGET = "256m";
+
+    /**
+     * Heap use: the most seen in use, and what is live after a full GC once the job serves (at the first final: the job
+     * deployed, its model loaded, the first batch's caches allocated) and after the run (every request served, the
+     * conversations' caches still held).
+     */
+    public record Heap(long peakBytes, long liveAtStartBytes, long liveAtEndBytes, long cacheBudgetBytes) {
+        /** Room for what grows under load apart from the caches: Kafka's and Flink's buffers, the keyed state. */
+        static final long BUFFERS_ALLOWANCE = 96L << 20;
+
+        /** Heap the run kept: the conversations' KV caches and state, and whatever leaked. */
+        public long growthBytes() {
+            return liveAtEndBytes - liveAtStartBytes;
+        }
+
+        /**
+         * What a run may keep: the decode operator admits caches only within its budget, and a CPU cache allocates up
+         * to twice what is reserved for it (its arrays grow by doubling) or its first 256 tokens' arrays (dspp on the
+         * probe model: 1.5 MB, 300 MB for 200 conversations), so twice the budget; and the buffers. A leak grows past
+         * it.
+         */
+        public long allowanceBytes() {
+            return 2 * cacheBudgetBytes + BUFFERS_ALLOWANCE;
+        }
+
+        public boolean withinAllowance() {
+            return growthBytes() <= allowanceBytes();
+        }
+    }
 
     /** What the soak saw. */
     public record Report(long requests, long finals, long tokens, long lost, long outOfOrder, long errors,
-                         double seconds, double[] ttftMs, double[] itlMs, long maxHeapBytes) {
+                         double seconds, double[] ttftMs, double[] itlMs, Heap heap) {
         public double percentile(double[] sorted, double p) {
             return sorted.length == 0 ? 0 : sorted[Math.min(sorted.length - 1, (int) Math.floor(p * sorted.length))];
         }
@@ -38,9 +71,11 @@ public final class Soak {
         public String summary() {
             return String.format(Locale.ROOT, "soak: %.0f s, %d requests sent, %d finals, %d lost, %d out of order or"
                             + " duplicated, %d errors; %.1f tokens/s, %.2f requests/s; TTFT p50 %.0f ms p99 %.0f ms;"
-                            + " ITL p50 %.1f ms p99 %.1f ms; max heap used %.0f MB", seconds, requests, finals, lost,
+                            + " ITL p50 %.1f ms p99 %.1f ms; max heap used %.0f MB, live heap %.0f MB -> %.0f MB"
+                            + " (growth allowed: %.0f MB)", seconds, requests, finals, lost,
                     outOfOrder, errors, tokens / seconds, finals / seconds, percentile(ttftMs, 0.5),
-                    percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), maxHeapBytes / 1e6);
+                    percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), heap.peakBytes / 1e6,
+                    heap.liveAtStartBytes / 1e6, heap.liveAtEndBytes / 1e6, heap.allowanceBytes() / 1e6);
         }
     }
 
@@ -65,9 +100,9 @@ public final class Soak {
         Map<String, InFlight> inflight = new HashMap<>();
         Map<String, Integer> turnOf = new HashMap<>();
         List<Double> ttft = new ArrayList<>(), itl = new ArrayList<>();
-        long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0;
+        long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0, liveAtStart = -1, liveAtEnd;
         long start = System.nanoTime(), end = start + length.toNanos(), nextReport = start + 30_000_000_000L;
-        try (EmbeddedJob job = EmbeddedJob.start(p, "256m");
+        try (EmbeddedJob job = EmbeddedJob.start(p, CACHE_BUDGET);
              KafkaProducer<String, String> producer = job.producer();
              KafkaConsumer<String, String> consumer = job.consumer("soak")) {
             String topic = job.config().promptsTopic();
@@ -103,6 +138,7 @@ public final class Soak {
                             }
                             inflight.remove(id);
                             finals++;
+                            if (liveAtStart < 0) liveAtStart = liveHeap();
                             if (f.ttft >= 0) ttft.add(f.ttft);
                             itl.addAll(f.gaps);
                             String conv = n.path("conversation_id").asText();
@@ -123,11 +159,20 @@ public final class Soak {
                             (System.nanoTime() - start) / 1e9, finals, tokens, inflight.size(), maxHeap / 1e6);
                 }
             }
+            liveAtEnd = liveHeap();
         }
         double[] t = ttft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         double[] g = itl.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         return new Report(requests, finals, tokens, inflight.size(), outOfOrder, errors,
-                (System.nanoTime() - start) / 1e9, t, g, maxHeap);
+                (System.nanoTime() - start) / 1e9, t, g,
+                new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(CACHE_BUDGET).getBytes()));
+    }
+
+    /** Heap in use after a full collection: what is reachable. */
+    private static long liveHeap() {
+        System.gc();
+        Runtime rt = Runtime.getRuntime();
+        return rt.totalMemory() - rt.freeMemory();
     }
 
     private static void send(KafkaProducer<String, String> producer, String topic, String conv, int turn, int maxTokens,

@@ -1,6 +1,6 @@
 package io.dsflow.job;
 
-import io.dsflow.cli.Main;
+import io.dsflow.job.cli.Main;
 import io.dsflow.operators.OutputRecord;
 import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.test.junit5.MiniClusterExtension;

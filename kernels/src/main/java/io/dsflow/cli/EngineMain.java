@@ -6,7 +6,7 @@ import java.io.PrintStream;
 
 /**
  * The engine's commands without Flink or Kafka (generate, calibrate, eval, bench): the entry point of the lean engine
- * jar that travels to a GPU host. The full command line (io.dsflow.cli.Main in the job module) offers the same
+ * jar that travels to a GPU host. The full command line (io.dsflow.job.cli.Main in the job module) offers the same
  * commands and the streaming ones. Errors are one line on stderr: exit 2 for a bad command line, 1 otherwise.
  */
 public final class EngineMain {

@@ -5,8 +5,14 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 
+import java.util.Arrays;
+import java.util.List;
 import java.util.Map;
 import java.util.Random;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.stream.Collectors;
+import java.util.stream.IntStream;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -19,16 +25,22 @@ class SparseInvariantsTest {
 
     /** Fills caches with the same random tokens in every layer; returns the last decode step's outputs per layer. */
     static float[][] run(CpuKvCache cache, long seed) {
+        float[][] steps = decode(cache, seed, T);
+        return Arrays.copyOfRange(steps, (T - 1) * LAYERS, T * LAYERS);
+    }
+
+    /** Decodes {@code tokens} random tokens, layer by layer; returns every step's output, [token * LAYERS + layer]. */
+    static float[][] decode(CpuKvCache cache, long seed, int tokens) {
         Random rnd = new Random(seed);
-        float[][] out = new float[LAYERS][HEADS * D];
+        float[][] out = new float[tokens * LAYERS][];
         float scale = (float) (1 / Math.sqrt(D));
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < tokens; t++) {
             for (int l = 0; l < LAYERS; l++) {
                 float[] k = gaussian(rnd, KV_HEADS * D), v = gaussian(rnd, KV_HEADS * D), q = gaussian(rnd, HEADS * D);
                 cache.append(l, k, v);
                 float[][] o = new float[1][HEADS * D];
                 cache.attend(l, new float[][]{q}, 0, 1, o, HEADS, scale);
-                out[l] = o[0];
+                out[t * LAYERS + l] = o[0];
             }
         }
         return out;
@@ -103,16 +115,79 @@ class SparseInvariantsTest {
         assertEquals(1.0, minIdx[0], 1e-9, "and the selection is the exact top-k");
     }
 
+    /**
+     * A budget of 3 of 34 candidates: the sparse layer attends to exactly the sinks, the 3 candidates whose labels
+     * score highest for each head, and the window. Each head's query points at one label channel, where 3 tokens of
+     * its own have large keys; a decoy token agrees with both queries more than any other, but outside the label
+     * channels, so the labels do not pick it. The output is attention over those positions, computed here, and differs
+     * from dense attention, which the decoy dominates.
+     */
     @Test
-    void sparseSelectionDiffersFromDenseWhenTheBudgetIsSmall() {
-        float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 3);
-        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "8", "k-min", "2", "window", "4",
-                "sinks", "2", "dense-layers", "1"));
-        float[][] out = run(sparse(cfg), 3);
-        assertArrayEquals(dense[0], out[0], 2e-5f, "dense layer 0 stays exact");
-        double diff = 0;
-        for (int i = 0; i < out[3].length; i++) diff += Math.abs(out[3][i] - dense[3][i]);
-        assertTrue(diff > 1e-3, "a budget of 2 of ~300 tokens must change the output");
+    void aSmallBudgetAttendsTheSinksTheTopKByLabelsAndTheWindowOnly() {
+        int heads = 2, headDim = 8, tokens = 40;
+        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("r", "2", "sinks", "2", "window", "4",
+                "k-floor", "9", "k-min", "1", "lambda", "0", "dense-layers", "0"));
+        assertEquals(3, cfg.layerBudgets(1, tokens)[0], "k = k_floor - S - W");
+        // both heads' channel order 0, 1, 2, ...: with r = 2 their labels keep channels 0 and 1
+        int[][][] labelChannelsFirst = {{IntStream.range(0, headDim).toArray(), IntStream.range(0, headDim).toArray()}};
+        SparseKvCache sparse = new SparseKvCache(cfg, 1, heads, 1, headDim, new ChannelConfig(labelChannelsFirst));
+        DenseKvCache dense = new DenseKvCache(1, 1, headDim);
+
+        // every head's query: its own label channel (head h: channel h) and the decoy's channel 5, outside the labels
+        float[] q = new float[heads * headDim];
+        q[0] = 2;
+        q[headDim + 1] = 2;
+        q[5] = q[headDim + 5] = 2;
+        List<Set<Integer>> heavy = List.of(Set.of(7, 19, 25), Set.of(4, 12, 30));
+        int decoy = 15;
+        Random rnd = new Random(14);
+        float[][] keys = new float[tokens][headDim], values = new float[tokens][];
+        for (int t = 0; t < tokens; t++) {
+            for (int c = 0; c < headDim; c++) keys[t][c] = (float) rnd.nextGaussian() * 0.3f;
+            for (int h = 0; h < heads; h++) if (heavy.get(h).contains(t)) keys[t][h] = 3;
+            if (t == decoy) keys[t][5] = 6;
+            values[t] = gaussian(rnd, headDim);
+            sparse.append(0, keys[t], values[t]);
+            dense.append(0, keys[t], values[t]);
+        }
+        float scale = (float) (1 / Math.sqrt(headDim));
+        float[][] sparseOut = new float[1][heads * headDim], denseOut = new float[1][heads * headDim];
+        sparse.attend(0, new float[][]{q}, 0, 1, sparseOut, heads, scale);
+        dense.attend(0, new float[][]{q}, 0, 1, denseOut, heads, scale);
+
+        Set<Integer> sinksAndWindow = Set.of(0, 1, 36, 37, 38, 39);   // S = 2 first, W = 4 last; candidates 2 .. 35
+        Set<Integer> everyToken = IntStream.range(0, tokens).boxed().collect(Collectors.toSet());
+        for (int h = 0; h < heads; h++) {
+            Set<Integer> attended = new TreeSet<>(sinksAndWindow);
+            attended.addAll(heavy.get(h));
+            float[] expected = attention(q, h, headDim, keys, values, attended, scale);
+            float[] sparseHead = Arrays.copyOfRange(sparseOut[0], h * headDim, (h + 1) * headDim);
+            float[] denseHead = Arrays.copyOfRange(denseOut[0], h * headDim, (h + 1) * headDim);
+            assertArrayEquals(expected, sparseHead, 1e-5f, "head " + h + " attends to exactly " + attended);
+            assertArrayEquals(attention(q, h, headDim, keys, values, everyToken, scale), denseHead, 1e-5f,
+                    "dense attention, computed the same way");
+            double largestDifference = 0;
+            for (int c = 0; c < headDim; c++) {
+                largestDifference = Math.max(largestDifference, Math.abs(sparseHead[c] - denseHead[c]));
+            }
+            assertTrue(largestDifference > 0.5, "head " + h + ": without the decoy the output is another one, "
+                    + largestDifference);
+        }
+    }
+
+    /** Softmax attention of query head h over the tokens at the given positions (one kv head): the reference. */
+    private static float[] attention(float[] q, int h, int headDim, float[][] keys, float[][] values,
+                                     Set<Integer> positions, float scale) {
+        double[] weight = new double[keys.length];
+        double max = Double.NEGATIVE_INFINITY, sum = 0;
+        for (int t : positions) {
+            for (int c = 0; c < headDim; c++) weight[t] += q[h * headDim + c] * keys[t][c] * (double) scale;
+            max = Math.max(max, weight[t]);
+        }
+        for (int t : positions) sum += weight[t] = Math.exp(weight[t] - max);
+        float[] out = new float[headDim];
+        for (int t : positions) for (int c = 0; c < headDim; c++) out[c] += (float) (weight[t] / sum * values[t][c]);
+        return out;
     }
 
     @Test
@@ -295,14 +370,50 @@ class SparseInvariantsTest {
                 () -> new SparseKvCache(perKvHead, LAYERS, HEADS, KV_HEADS, D, randomChannels(7)));
     }
 
+    /**
+     * A copy holds its own store, ring and labels: decoding on one of the pair leaves the other's contents as they
+     * were, and each then decodes exactly as a cache that was never copied (the labels show there: a shared label row
+     * would rank another cache's keys). The store is bounded and has wrapped, so every append overwrites a slot both
+     * hold.
+     */
     @Test
     void copyIsIndependent() {
-        SparseKvCache a = sparse(KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8")));
-        run(a, 12);
-        CpuKvCache b = a.copy();
-        assertEquals(a.bytes(), b.bytes());
-        b.append(0, new float[KV_HEADS * D], new float[KV_HEADS * D]);
-        assertNotEquals(a.store().length(0), ((SparseKvCache) b).store().length(0));
+        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8", "capacity", "200"));
+        SparseKvCache original = sparse(cfg), originalTwin = sparse(cfg), copyTwin = sparse(cfg);
+        for (SparseKvCache c : List.of(original, originalTwin, copyTwin)) run(c, 12);
+        assertTrue(original.store().wrapped(LAYERS - 1), "301 tokens in 200 slots");
+        SparseKvCache copy = (SparseKvCache) original.copy();
+        assertArrayEquals(contents(original), contents(copy), "a copy starts with the original's contents");
+        assertEquals(original.bytes(), copy.bytes());
+
+        Object[] originalBefore = contents(original);
+        assertArrayEquals(decode(copyTwin, 20, 40), decode(copy, 20, 40), "the copy decodes as a cache of its own");
+        assertArrayEquals(originalBefore, contents(original), "decoding on the copy left the original as it was");
+        assertEquals(T, original.store().appended(0));
+
+        Object[] copyBefore = contents(copy);
+        assertArrayEquals(decode(originalTwin, 21, 40), decode(original, 21, 40),
+                "the original decodes as if it had never been copied");
+        assertArrayEquals(copyBefore, contents(copy), "decoding on the original left the copy as it was");
+    }
+
+    /** What a cache holds, layer by layer: its store's tokens (length, positions, keys, values) and its ring. */
+    private static Object[] contents(SparseKvCache cache) {
+        KvStore store = cache.store();
+        RingWindow ring = cache.ring();
+        Object[] layers = new Object[LAYERS];
+        for (int l = 0; l < LAYERS; l++) {
+            int held = store.length(l);
+            int[] positions = new int[held], ringPositions = new int[ring.size()];
+            for (int s = 0; s < held; s++) positions[s] = store.position(l, s);
+            for (int s = 0; s < ring.size(); s++) ringPositions[s] = ring.position(l, s);
+            float[][] keys = new float[store.kvDim()][];
+            for (int c = 0; c < keys.length; c++) keys[c] = Arrays.copyOf(store.keyChannel(l, c), held);
+            layers[l] = new Object[]{held, store.appended(l), positions, keys,
+                    Arrays.copyOf(store.values(l), held * store.kvDim()), ringPositions, ring.keys[l].clone(),
+                    ring.values[l].clone()};
+        }
+        return layers;
     }
 
     @Test

@@ -1,5 +1,7 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
+import io.dsflow.cli.Args;
+import io.dsflow.cli.UsageException;
 import io.dsflow.job.JobConfig;
 import io.dsflow.job.JsonlFileSink;
 import io.dsflow.job.KafkaIO;
@@ -22,7 +24,8 @@ import java.util.Set;
  * {@code run --config FILE}: the job against real Kafka (locally, or on a cluster when submitted with flink run);
  * {@code run --replay-file IN --output-file OUT [--config FILE] [--model DIR]}: a bounded job over a JSONL file of
  * requests writing chunk, final and error records as JSONL, then finishing; {@code run --config FILE --replay}: a
- * bounded job over the prompts topic from the earliest offset to the latest at start.
+ * bounded job over the prompts topic from the earliest offset to the latest at start. Failures are thrown, for the
+ * command line to report and for a Flink cluster to see (DsflowJob).
  */
 public final class RunCommand {
     static final String USAGE = "run --config FILE [--replay] | run --replay-file IN --output-file OUT [--config FILE]"
@@ -31,7 +34,8 @@ public final class RunCommand {
     private RunCommand() {
     }
 
-    static int run(String[] argv, PrintStream out) throws Exception {
+    /** Builds and runs the job; returns 0, or throws what went wrong. */
+    public static int run(String[] argv, PrintStream out) throws Exception {
         Args a = Args.parse("run", argv, 1, Set.of("config", "replay-file", "output-file", "model", "backend"), Set.of("replay"));
         JobConfig config = a.has("config") ? JobConfig.load(Path.of(a.get("config", null))) : JobConfig.from(new Properties());
         if (a.has("model") || a.has("backend")) {

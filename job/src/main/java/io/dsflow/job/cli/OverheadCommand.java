@@ -1,9 +1,10 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.cli.Args;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.GenerationResult;
 import io.dsflow.engine.kv.KvConfig;

@@ -1,4 +1,4 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;

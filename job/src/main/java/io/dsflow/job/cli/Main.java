@@ -1,4 +1,7 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
+
+import io.dsflow.cli.EngineMain;
+import io.dsflow.cli.UsageException;
 
 import java.io.PrintStream;
 

@@ -1,8 +1,10 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.cli.Args;
+import io.dsflow.cli.UsageException;
 import io.dsflow.engine.probe.ProbePrompts;
 import io.dsflow.job.EmbeddedJob;
 import io.dsflow.job.JobConfig;

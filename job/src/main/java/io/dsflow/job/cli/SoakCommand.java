@@ -1,5 +1,7 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
+import io.dsflow.cli.Args;
+import io.dsflow.cli.UsageException;
 import io.dsflow.job.Soak;
 
 import java.io.PrintStream;
@@ -8,7 +10,7 @@ import java.util.Set;
 
 /**
  * {@code soak [--model DIR] [--conversations 200] [--minutes 10] [--max-tokens 16] [--seed S]}: the whole product under
- * load in one process; exit 0 when nothing was lost.
+ * load in one process; exit 0 when nothing was lost and the heap the run kept is within the KV caches' budget.
  */
 final class SoakCommand {
     static final String USAGE = "soak [--model DIR] [--backend cpu|cuda|auto] [--conversations 200] [--minutes 10]"
@@ -25,6 +27,6 @@ final class SoakCommand {
         Soak.Report r = Soak.run(a.get("model", "models/probe-retrieval"), a.get("backend", "auto"), conversations,
                 Duration.ofMillis((long) (minutes * 60_000)), a.getInt("max-tokens", 16), a.getLong("seed", 1), out);
         out.println(r.summary());
-        return r.lost() == 0 && r.outOfOrder() == 0 && r.errors() == 0 ? 0 : 1;
+        return r.lost() == 0 && r.outOfOrder() == 0 && r.errors() == 0 && r.heap().withinAllowance() ? 0 : 1;
     }
 }

@@ -1,4 +1,4 @@
-package io.dsflow.cli;
+package io.dsflow.job.cli;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
