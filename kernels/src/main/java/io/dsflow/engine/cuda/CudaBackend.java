@@ -21,6 +21,7 @@ import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUevent;
 
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * The forward pass on one NVIDIA GPU, step for step the CPU backend's (which is its specification): weights in bf16
@@ -46,12 +47,12 @@ public final class CudaBackend implements Backend {
     private final StepPlanner planner;
     private final StepProfiler profiler;
     /** Side-stream work of a layer joined back into the main stream, by layer parity. */
-    private final CUevent[] lookaheadDone;
+    private final ByParity<CUevent> lookaheadDone;
     /**
      * Recorded on the side stream once its query prediction for a layer has read the residual stream, by that layer's
      * parity; the main stream waits for it before the previous layer's output product changes the residual stream.
      */
-    private final CUevent[] lookaheadRead;
+    private final ByParity<CUevent> lookaheadRead;
 
     private CudaBackend(CudaRuntime gpu, ModelConfig c, CudaWeights weights) {
         this.gpu = gpu;
@@ -61,8 +62,8 @@ public final class CudaBackend implements Backend {
         this.workspace = new Workspace(gpu, graphs::clear);
         this.planner = new StepPlanner(gpu, c, workspace);
         this.profiler = new StepProfiler(gpu);
-        lookaheadDone = new CUevent[]{gpu.newEvent(), gpu.newEvent()};
-        lookaheadRead = new CUevent[]{gpu.newEvent(), gpu.newEvent()};
+        lookaheadDone = new ByParity<>(gpu.newEvent(), gpu.newEvent());
+        lookaheadRead = new ByParity<>(gpu.newEvent(), gpu.newEvent());
     }
 
     /** Uploads a model's weights to a GPU. */
@@ -324,7 +325,7 @@ public final class CudaBackend implements Backend {
             // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm), once the
             //    side stream's prediction for the next layer has read the residual stream
             profiler.mark("output product");
-            if (aheadNext(p, layer)) gpu.await(lookaheadRead[(layer + 1) & 1]);
+            if (aheadNext(p, layer)) gpu.await(lookaheadRead.of(layer + 1));
             CudaOps.linear(gpu, x, att, gemmInput, false, rows, w.o().ptr(), ptr(w.oBias()), hidden, qDim, false, null,
                     true);
             if (!pre) norm(x, x, null, w.attnNorm(), w.attnNormBias(), rows);
@@ -409,11 +410,11 @@ public final class CudaBackend implements Backend {
         int ahead = sp.aheadCount(layer), staged = la == null ? 0 : la.stagedCount()[layer];
         if (ahead > 0) {
             profiler.mark("wait for the side stream");
-            gpu.await(lookaheadDone[layer & 1]);
+            gpu.await(lookaheadDone.of(layer));
             profiler.mark("attention (look-ahead rows)");
-            CUdeviceptr sel = la.selected()[layer & 1];
+            CUdeviceptr sel = la.selected().of(layer);
             if (staged > 0) {
-                attendSelected(p, layer, 0, staged, la.stageKeys()[layer & 1], la.stageValues()[layer & 1], sel,
+                attendSelected(p, layer, 0, staged, la.stageKeys().of(layer), la.stageValues().of(layer), sel,
                         la.stagedKinds());
             }
             if (ahead > staged) {
@@ -487,7 +488,7 @@ public final class CudaBackend implements Backend {
     private void lookAhead(StepPlan p, int layer) {
         SparseStep sp = p.sparse();
         Lookahead la = sp.ahead();
-        int n = la.aheadCount()[layer], staged = la.stagedCount()[layer], parity = layer & 1;
+        int n = la.aheadCount()[layer], staged = la.stagedCount()[layer];
         int hidden = c.hiddenSize(), heads = c.numHeads();
         Layer w = weights.layers[layer];
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL), desc = sp.descriptors(layer, 0);
@@ -500,9 +501,9 @@ public final class CudaBackend implements Backend {
                     ptr(w.qkvBias()), p.inputs().positions(), weights.invFreq,
                     p.caches().channels().withByteOffset(at), p.inputs().segmentOf(), desc, heads, c.headDim(),
                     hidden);
-            gpu.record(lookaheadRead[parity]);
+            gpu.record(lookaheadRead.of(layer));
             profiler.mark("look-ahead selection");
-            select(p, layer, 0, n, la.queries(), c.qDim(), la.sharedOnly(), la.selected()[parity], la.scores());
+            select(p, layer, 0, n, la.queries(), c.qDim(), la.sharedOnly(), la.selected().of(layer), la.scores());
             if (staged > 0) {
                 profiler.mark("look-ahead gather (host rows)");
                 // about 64 blocks (a few MB in flight): the link is the limit. Fewer blocks, or blocks holding whole
@@ -510,12 +511,12 @@ public final class CudaBackend implements Backend {
                 // 132 blocks were slower (H100, batch 1 / 8 at 32K: dev/cuda/README.md)
                 int units = staged * c.numKvHeads();
                 LookaheadKernels.gatherSelectedRows(gpu, units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)),
-                        la.selected()[parity], p.caches().keys().withByteOffset(at),
-                        p.caches().values().withByteOffset(at), la.stageKeys()[parity], la.stageValues()[parity],
+                        la.selected().of(layer), p.caches().keys().withByteOffset(at),
+                        p.caches().values().withByteOffset(at), la.stageKeys().of(layer), la.stageValues().of(layer),
                         p.inputs().segmentOf(), desc, staged, heads, c.numKvHeads(), c.headDim(), sp.maxK());
             }
             profiler.mark(StepProfiler.SIDE_IDLE);
-            gpu.record(lookaheadDone[parity]);
+            gpu.record(lookaheadDone.of(layer));
         });
     }
 
@@ -636,7 +637,9 @@ public final class CudaBackend implements Backend {
         gpu.makeCurrent();
         graphs.close();
         workspace.close();
-        for (CUevent e : lookaheadDone) gpu.destroy(e);
-        for (CUevent e : lookaheadRead) gpu.destroy(e);
+        for (ByParity<CUevent> events : List.of(lookaheadDone, lookaheadRead)) {
+            gpu.destroy(events.even());
+            gpu.destroy(events.odd());
+        }
     }
 }

@@ -155,18 +155,18 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
      * layer l - 1, from a query predicted from that layer's input; the main stream waits for them at layer l's
      * attention. Buffers by layer parity (the side stream fills layer l + 1's while the main stream reads layer l's).
      *
-     * @param selected    [2] of [maxAhead * H][maxK] slots (a staged row's: indices into its stage)
+     * @param selected    by layer parity: [maxAhead * H][maxK] slots (a staged row's: indices into its stage)
      * @param queries     [rows][H * D] predicted queries (label channels only)
      * @param scores      [maxAhead * H][maxCand] f32 (unfused selection only, else null)
-     * @param stageKeys   [2] of [segments] u64 pointers to [maxK][kvDim] bf16 (no staged rows: null)
+     * @param stageKeys   by layer parity: [segments] u64 pointers to [maxK][kvDim] bf16 (no staged rows: null)
      * @param stageValues likewise for values
      * @param stagedKinds the staged rows' kinds (null: one warp a split)
      * @param aheadKinds  the other look-ahead rows' kinds (null: one warp a split)
      * @param sharedOnly  every look-ahead row shares its group's selection
      */
     record Lookahead(int[] aheadCount, int[] stagedCount, RowKinds stagedKinds, RowKinds aheadKinds,
-                     boolean sharedOnly, CUdeviceptr[] selected, CUdeviceptr queries, CUdeviceptr scores,
-                     CUdeviceptr[] stageKeys, CUdeviceptr[] stageValues) {
+                     boolean sharedOnly, ByParity<CUdeviceptr> selected, CUdeviceptr queries, CUdeviceptr scores,
+                     ByParity<CUdeviceptr> stageKeys, ByParity<CUdeviceptr> stageValues) {
     }
 
     /**

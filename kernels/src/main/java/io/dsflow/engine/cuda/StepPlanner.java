@@ -460,10 +460,10 @@ final class StepPlanner {
                 ahead = new StepPlan.Lookahead(runs.aheadCount(), runs.stagedCount(),
                         groupAttention ? runs.stagedKinds() : null, groupAttention ? runs.aheadKinds() : null,
                         !runs.stagedKinds().perHead() && !runs.aheadKinds().perHead(),
-                        new CUdeviceptr[]{aheadSelected, aheadSelected.withByteOffset(4 * words)}, aheadQueries,
+                        new ByParity<>(aheadSelected, aheadSelected.withByteOffset(4 * words)), aheadQueries,
                         aheadScores,
-                        staged ? new CUdeviceptr[]{stageKeysAt, stageKeysAt.withByteOffset(8L * nseg)} : null,
-                        staged ? new CUdeviceptr[]{stageValuesAt, stageValuesAt.withByteOffset(8L * nseg)} : null);
+                        staged ? new ByParity<>(stageKeysAt, stageKeysAt.withByteOffset(8L * nseg)) : null,
+                        staged ? new ByParity<>(stageValuesAt, stageValuesAt.withByteOffset(8L * nseg)) : null);
             }
             return new StepPlan.SparseStep(runs.denseCount(), denseRows, runs.selectCount(), descriptors, selectRows,
                     Math.max(1, decodeRows), runs.maxR(), maxCand, maxK, maxSlots, splits, fusedSelect, fusedAppend,
