@@ -109,7 +109,9 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim()
                     + " on cuda");
         }
-        if (channels == null) throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
+        if (channels == null) {
+            throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
+        }
         prepare(config);
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
@@ -133,8 +135,8 @@ public final class CudaBackend implements Backend {
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
      * labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
-     * pool's size class. Host placement: the sparse layers' keys and values are in host memory ({@link #hostCacheBytes})
-     * and their rings of sinks and window on the device instead.
+     * pool's size class. Host placement: the sparse layers' keys and values are in host memory
+     * ({@link #hostCacheBytes}) and their rings of sinks and window on the device instead.
      */
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
@@ -366,18 +368,21 @@ public final class CudaBackend implements Backend {
         CacheTables t = p.caches();
         int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim(), qkvDim = c.qDim() + 2 * c.kvDim();
         long at = CacheTables.layerOffset(layer, p.segments());
-        CUdeviceptr qkv = workspace.get(Buffer.QKV), kt = t.keys().withByteOffset(at), vt = t.values().withByteOffset(at);
+        CUdeviceptr qkv = workspace.get(Buffer.QKV);
+        CUdeviceptr kt = t.keys().withByteOffset(at), vt = t.values().withByteOffset(at);
         StepPlan.Inputs in = p.inputs();
         if (sp != null && sp.fusedAppend()) {
             profiler.mark("rope + kv + label append");
-            LabelAppendKernels.kvLabelAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt, t.labels().withByteOffset(at),
+            LabelAppendKernels.kvLabelAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt,
+                    t.labels().withByteOffset(at),
                     t.channels().withByteOffset(at), t.scales().withByteOffset(at), t.ringKeys().withByteOffset(at),
                     t.ringValues().withByteOffset(at), in.segmentOf(), in.slot(), in.lastRows(), t.segmentInfo(),
                     heads, kvHeads, hd, qkvDim);
             return;
         }
         profiler.mark("rope + kv append");
-        KvAppendKernels.kvAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt, in.segmentOf(), in.slot(), heads, kvHeads, hd, qkvDim);
+        KvAppendKernels.kvAppendRope(gpu, p.rows(), qkv, in.positions(), weights.invFreq, kt, vt, in.segmentOf(),
+                in.slot(), heads, kvHeads, hd, qkvDim);
         if (sp != null) {
             profiler.mark("label append");
             LabelAppendKernels.labelAppend(gpu, p.rows(), sp.maxR(), qkv,
@@ -510,7 +515,8 @@ public final class CudaBackend implements Backend {
                 // multiprocessors, left the products beside them faster but the gather slower, the step no faster;
                 // 132 blocks were slower (H100, batch 1 / 8 at 32K: dev/cuda/README.md)
                 int units = staged * c.numKvHeads();
-                LookaheadKernels.gatherSelectedRows(gpu, units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units)),
+                int blocks = units * Math.max(1, Math.min((sp.maxK() + 63) / 64, 64 / units));
+                LookaheadKernels.gatherSelectedRows(gpu, blocks,
                         la.selected().of(layer), p.caches().keys().withByteOffset(at),
                         p.caches().values().withByteOffset(at), la.stageKeys().of(layer), la.stageValues().of(layer),
                         p.inputs().segmentOf(), desc, staged, heads, c.numKvHeads(), c.headDim(), sp.maxK());

@@ -35,7 +35,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
 final class CudaWeights {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(CudaWeights.class);
 
-    /** A weight: bf16 values of a [out][in] (or [n]) tensor in device memory (the embedding table: maybe host memory). */
+    /** A weight: bf16 values of a [out][in] (or [n]) tensor in device memory (the embedding table: maybe in host). */
     record Weight(CUdeviceptr ptr, long elements) {
     }
 

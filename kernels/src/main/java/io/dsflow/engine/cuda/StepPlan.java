@@ -22,7 +22,8 @@ import java.util.List;
  * @param calibrating  segments whose cache collects calibration statistics (empty but for calibration's prefills)
  * @param logits       [segments][vocab] f32: the step's output
  */
-record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTables caches, DenseAttention dense, SparseStep sparse,
+record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTables caches, DenseAttention dense,
+                SparseStep sparse,
                 List<HostPrefill> hostPrefills, List<Calibrating> calibrating, CUdeviceptr logits) {
 
     /**

@@ -294,7 +294,8 @@ final class StepPlanner {
                                 int[] segmentOf) {
         int layers = c.numLayers(), stride = Math.max(1, decodeRows), nseg = caches.size();
         int[] denseCount = new int[layers], selectCount = new int[layers], denseRows = new int[layers * stride];
-        int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS], selectRows = new int[layers * stride];
+        int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS];
+        int[] selectRows = new int[layers * stride];
         int[] stagedCount = new int[layers], aheadCount = new int[layers];
         // per run: any per-head, shared, device-read, host-read rows (RowKinds at the end)
         boolean[][] kinds = new boolean[3][4];

@@ -17,15 +17,15 @@ public final class StepProfiler {
     /** The side stream's mark at the end of a burst of work: the time until its next mark is idle, not a stage. */
     static final String SIDE_IDLE = "(side stream idle)";
 
-    /** A stage of a profiled step on one stream, in milliseconds from the step's start (or its layer's, in a timeline). */
+    /** A stage of a profiled step on one stream, in ms from the step's start (or its layer's, in a timeline). */
     public record Span(String stream, String stage, double startMs, double endMs) {
     }
 
     /**
-     * A profiled step: its device time, each stage's time summed over the layers per stream (the main stream's stages in
-     * the order they first ran; the side stream's, when there is look-ahead work), and the timeline of the middle layer,
-     * its times from that layer's first stage (the side stream's work launched during the layer, for the next one,
-     * included).
+     * A profiled step: its device time, each stage's time summed over the layers per stream (the main stream's stages
+     * in the order they first ran; the side stream's, when there is look-ahead work), and the timeline of the middle
+     * layer, its times from that layer's first stage (the side stream's work launched during the layer, for the next
+     * one, included).
      */
     public record Profile(double stepMs, Map<String, Double> mainMs, Map<String, Double> sideMs, int layer,
                           List<Span> layerTimeline) {

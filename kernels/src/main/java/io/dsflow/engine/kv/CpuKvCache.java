@@ -32,7 +32,7 @@ public interface CpuKvCache extends KvCache {
         return false;
     }
 
-    /** The predicted query of the decode row for a layer that {@link #selectsAhead}: [numHeads * headDim] after RoPE. */
+    /** The predicted query of the decode row of a layer that {@link #selectsAhead}: [numHeads * headDim], roped. */
     default void predictQuery(int layer, float[] q) {
         throw new IllegalStateException("this cache does not select ahead");
     }

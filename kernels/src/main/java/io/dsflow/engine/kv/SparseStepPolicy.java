@@ -7,7 +7,8 @@ package io.dsflow.engine.kv;
  * predicted from the previous layer's input (lookahead).
  * <ul>
  *   <li>dense: a dense policy, a prefill (several rows of one sequence in a step), one of the first denseLayers layers
- *       (no labels), no candidates, or (the dense fallback, on by default) every candidate fits the layer's budget;</li>
+ *       (no labels), no candidates, or (the dense fallback, on by default) every candidate fits the layer's
+ *       budget;</li>
  *   <li>select: the top {@link LayerStep#kept} of the candidates by label scores, then attention over sinks, the
  *       selection and the window.</li>
  * </ul>
@@ -67,8 +68,8 @@ public final class SparseStepPolicy {
     }
 
     /**
-     * Whether a layer's decode selections rank by the look-ahead query (KvConfig lookahead; a layer with labels from the
-     * third on, but not the last), so the forward pass predicts that query before the layer.
+     * Whether a layer's decode selections rank by the look-ahead query (KvConfig lookahead; a layer with labels from
+     * the third on, but not the last), so the forward pass predicts that query before the layer.
      */
     public boolean selectsAhead(int layer) {
         return hasLabels(layer) && kv.selectsAhead(layer, layers);
