@@ -19,10 +19,12 @@ import java.util.Set;
  * the request_id when it can be read, and the raw input (cut to 1000 characters); nothing throws.
  */
 public final class RequestParser {
+    /** Strict: a duplicate key, or anything after the one JSON value of a record, is an error. */
     private static final ObjectMapper JSON = new ObjectMapper()
-            .enable(DeserializationFeature.FAIL_ON_READING_DUP_TREE_KEY);
+            .enable(DeserializationFeature.FAIL_ON_READING_DUP_TREE_KEY)
+            .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
     private static final Set<String> FIELDS = Set.of("conversation_id", "request_id", "prompt", "prompt_ids",
-            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv");
+            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv", "model", "stream", "n", "user");
     private static final int DEFAULT_MAX_TOKENS = 64;
     private static final int MAX_INPUT_IN_ERROR = 1000;
 
@@ -99,6 +101,7 @@ public final class RequestParser {
                 r.promptIds[i] = t.asInt();
             }
         }
+        openAiFields(root);
         r.maxTokens = integer(root, "max_tokens", DEFAULT_MAX_TOKENS);
         if (r.maxTokens < 1 || r.maxTokens > limits.maxTokens()) {
             throw new BadRequest("invalid_parameter", "max_tokens must be in [1, " + limits.maxTokens() + "], got "
@@ -108,7 +111,9 @@ public final class RequestParser {
         r.topP = number(root, "top_p", 1.0);
         r.topK = integer(root, "top_k", 0);
         // without a seed, one derived from the request id: a regenerated step after a restore samples the same token
-        r.seed = root.has("seed") ? longValue(root, "seed") : r.requestId.hashCode() * 0x9E3779B97F4A7C15L;
+        // (null, as for every other field, means the default)
+        boolean seeded = root.has("seed") && !root.get("seed").isNull();
+        r.seed = seeded ? longValue(root, "seed") : r.requestId.hashCode() * 0x9E3779B97F4A7C15L;
         List<String> stop = new ArrayList<>();
         JsonNode s = root.get("stop");
         if (s != null && !s.isNull()) {
@@ -130,6 +135,27 @@ public final class RequestParser {
             r.kvConfig(KvConfig.DENSE); // validates names and values now
         }
         return r;
+    }
+
+    /**
+     * The OpenAI completions fields a client sends anyway, accepted where they ask for what dsflow does: {@code model}
+     * and {@code user} (strings, not used: the job serves one model), {@code stream} true (every completion streams a
+     * record a token), {@code n} 1 (one completion a request).
+     */
+    private static void openAiFields(JsonNode root) {
+        for (String f : new String[]{"model", "user"}) {
+            JsonNode n = root.get(f);
+            if (n != null && !n.isNull() && !n.isTextual()) {
+                throw new BadRequest("invalid_parameter", f + " must be a string");
+            }
+        }
+        JsonNode stream = root.get("stream");
+        if (stream != null && !stream.isNull() && !(stream.isBoolean() && stream.asBoolean())) {
+            throw new BadRequest("invalid_parameter", "stream must be true: every completion streams a record a token");
+        }
+        if (integer(root, "n", 1) != 1) {
+            throw new BadRequest("invalid_parameter", "n must be 1: one completion a request");
+        }
     }
 
     /** The sampling parameters of a valid request. */

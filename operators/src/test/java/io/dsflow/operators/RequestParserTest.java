@@ -90,4 +90,32 @@ class RequestParserTest {
     private static String promptX(String fields) {
         return "{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"," + fields + "}";
     }
+
+    @Test
+    void dataAfterTheOneJsonValueOfARecordIsAnError() {
+        String a = "{\"conversation_id\":\"c\",\"request_id\":\"a\",\"prompt\":\"x\"}";
+        String b = "{\"conversation_id\":\"c\",\"request_id\":\"b\",\"prompt\":\"y\"}";
+        error(a + b, "invalid_json");
+        error(a + " garbage", "invalid_json");
+        error(a + " 7", "invalid_json");
+        assertNotNull(parser.parse(a + "  \n").request(), "trailing white space is fine");
+    }
+
+    @Test
+    void nullSeedIsTheDefaultAsForEveryOtherField() {
+        Request r = parser.parse(promptX("\"seed\":null")).request();
+        assertNotNull(r, "seed null accepted");
+        String plain = "{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"}";
+        assertEquals(parser.parse(plain).request().seed, r.seed, "the seed a request without one gets");
+    }
+
+    @Test
+    void openAiFieldsThatAskForWhatDsflowDoesAreAccepted() {
+        Request r = parser.parse(promptX("\"model\":\"probe\",\"stream\":true,\"n\":1,\"user\":\"u1\"")).request();
+        assertNotNull(r, "model, stream true, n 1 and user accepted");
+        error(promptX("\"stream\":false"), "invalid_parameter");
+        error(promptX("\"n\":2"), "invalid_parameter");
+        error(promptX("\"model\":7"), "invalid_parameter");
+        error(promptX("\"best_of\":2"), "unknown_field");
+    }
 }
