@@ -34,9 +34,21 @@ public final class RunCommand {
     private RunCommand() {
     }
 
+    /** Whether two paths name one file (the same path, or links to one file where it exists). */
+    private static boolean sameFile(Path x, Path y) throws java.io.IOException {
+        if (x.toAbsolutePath().normalize().equals(y.toAbsolutePath().normalize())) return true;
+        return Files.exists(x) && Files.exists(y) && Files.isSameFile(x, y);
+    }
+
     /** Builds and runs the job; returns 0, or throws what went wrong. */
     public static int run(String[] argv, PrintStream out) throws Exception {
-        Args a = Args.parse("run", argv, 1, Set.of("config", "replay-file", "output-file", "model", "backend"), Set.of("replay"));
+        Args a = Args.parse("run", argv, 1, Set.of("config", "replay-file", "output-file", "model", "backend"),
+                Set.of("replay"));
+        if (a.has("replay-file") && a.has("output-file") && sameFile(Path.of(a.get("replay-file", null)),
+                Path.of(a.get("output-file", null)))) {
+            // the sink truncates its file when the job starts, before the source has read it
+            throw new UsageException("run: --output-file is the --replay-file; the replay would overwrite its input");
+        }
         JobConfig config = a.has("config") ? JobConfig.load(Path.of(a.get("config", null))) : JobConfig.from(new Properties());
         if (a.has("model") || a.has("backend")) {
             DecodeSettings d = config.decode();

@@ -85,4 +85,19 @@ class BadInputTest {
         fails(1, "the cuda backend is not available: " + CudaRuntime.unavailableReason(),
                 "generate", "--model", TINY, "--prompt-ids", "1", "--backend", "cuda");
     }
+
+    @Test
+    void aReplayOntoItsOwnInputIsRefusedAndTheInputKept() throws Exception {
+        Path in = tmp.resolve("requests.jsonl");
+        String line = "{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[1,2],\"max_tokens\":1}\n";
+        java.nio.file.Files.writeString(in, line);
+        fails(2, "--output-file is the --replay-file", "run", "--replay-file", in.toString(), "--output-file",
+                in.toString(), "--model", TINY);
+        fails(2, "--output-file is the --replay-file", "run", "--replay-file", in.toString(), "--output-file",
+                tmp.resolve(".").resolve("requests.jsonl").toString(), "--model", TINY);
+        Path link = java.nio.file.Files.createSymbolicLink(tmp.resolve("link.jsonl"), in);
+        fails(2, "--output-file is the --replay-file", "run", "--replay-file", in.toString(), "--output-file",
+                link.toString(), "--model", TINY);
+        assertEquals(line, java.nio.file.Files.readString(in), "the input is as it was");
+    }
 }
