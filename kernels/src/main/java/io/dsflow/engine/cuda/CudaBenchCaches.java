@@ -39,19 +39,19 @@ public final class CudaBenchCaches {
         long cap = cache.capacity();
         for (int l = 0; l < c.numLayers(); l++) {
             long n = cap * c.kvDim();
-            CudaWeights.fillRandom(gpu, cache.keys(l), n, 7L * l, 1f);
-            CudaWeights.fillRandom(gpu, cache.values(l), n, 7L * l + 3, 1f);
+            ActivationKernels.fillRandomBf16(gpu, cache.keys(l), n, 7L * l, 1f);
+            ActivationKernels.fillRandomBf16(gpu, cache.values(l), n, 7L * l + 3, 1f);
             if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
-                CudaWeights.fillRandom(gpu, cache.labels(l),
+                ActivationKernels.fillRandomBf16(gpu, cache.labels(l),
                         cap * cache.labelRows() * cache.labelChannels() * cache.labelBits() / 16, 7L * l + 5, 1f);
             }
             if (cache.scales(l) != null) {
-                CudaWeights.fillRandom(gpu, cache.scales(l), cap * cache.labelRows(), 7L * l + 6, 1f);
+                ActivationKernels.fillRandomBf16(gpu, cache.scales(l), cap * cache.labelRows(), 7L * l + 6, 1f);
             }
             if (cache.ringKeys(l) != null) {
                 long m = (long) (kv.sinks() + kv.window()) * c.kvDim();
-                CudaWeights.fillRandom(gpu, cache.ringKeys(l), m, 7L * l + 1, 1f);
-                CudaWeights.fillRandom(gpu, cache.ringValues(l), m, 7L * l + 2, 1f);
+                ActivationKernels.fillRandomBf16(gpu, cache.ringKeys(l), m, 7L * l + 1, 1f);
+                ActivationKernels.fillRandomBf16(gpu, cache.ringValues(l), m, 7L * l + 2, 1f);
             }
         }
         return cache;

@@ -147,9 +147,6 @@ final class CudaOps {
         return SparseAttentionKernels.hasSparseAttentionGrouped(gpu, hd, group, false);
     }
 
-    /** Rows of a stage of the pipelined attention and its stages (pipelined_attention.cuh's PIPE_ROWS, PIPE_STAGES). */
-    static final int PIPE_ROWS = AttentionKernels.PIPE_ROWS, PIPE_STAGES = AttentionKernels.PIPE_STAGES;
-
     /**
      * Whether the rows on device memory whose kv head's {@code group} query heads share a selection take
      * sparse_attention_pipelined: built for groups of 2 and 4 (the tensor-core tile holds three parts of each head's
@@ -158,19 +155,6 @@ final class CudaOps {
      */
     static boolean pipelined(CudaRuntime gpu, int hd, int group) {
         return group > 1 && SparseAttentionKernels.hasSparseAttentionPipelined(gpu, hd, group);
-    }
-
-    /**
-     * Dynamic shared memory of a pipelined attention block (sparse_attention_pipelined, attention_pipelined;
-     * pipelined_shared_bytes): the stages' key and value rows, a scratch for Q's parts or S, P and the corrections.
-     */
-    static int pipelinedSharedBytes(int hd) {
-        return AttentionKernels.pipelinedSharedBytes(hd);
-    }
-
-    /** Threads of a pipelined attention block: a warp a head of the group, and the producer warp. */
-    static int pipelinedThreads(int group) {
-        return AttentionKernels.pipelinedThreads(group);
     }
 
     /**
@@ -187,11 +171,12 @@ final class CudaOps {
 
     /**
      * Splits a pipelined launch over {@code units} takes: one wave of the blocks the device holds at once
-     * ({@code blocksPerMultiprocessor} a multiprocessor), at most a split a chunk of PIPE_ROWS of {@code maxSlots}.
+     * ({@code blocksPerMultiprocessor} a multiprocessor), at most a split a chunk of PIPE_ROWS (AttentionKernels) of
+     * {@code maxSlots}.
      */
     private static int wave(CudaRuntime gpu, int blocksPerMultiprocessor, int units, int maxSlots) {
         int resident = gpu.multiprocessors() * blocksPerMultiprocessor;
-        return Math.max(1, Math.min(resident / Math.max(1, units), maxSlots / PIPE_ROWS));
+        return Math.max(1, Math.min(resident / Math.max(1, units), maxSlots / AttentionKernels.PIPE_ROWS));
     }
 
     /**

@@ -199,7 +199,7 @@ final class CudaWeights {
     private static Weight random(CudaRuntime gpu, long n, long seed, float scale) {
         CUdeviceptr p = gpu.alloc(n * 2);
         if (scale > 0) {
-            fillRandom(gpu, p, n, seed, scale);
+            ActivationKernels.fillRandomBf16(gpu, p, n, seed, scale);
         } else {
             short v = scale == 0 ? 0 : toBf16(1f);
             short[] chunk = new short[(int) Math.min(n, 1 << 20)];
@@ -209,11 +209,6 @@ final class CudaWeights {
             }
         }
         return new Weight(p, n);
-    }
-
-    /** n bf16 values at p, uniform in [-scale, scale) from a seed (fill_random_bf16). */
-    static void fillRandom(CudaRuntime gpu, CUdeviceptr p, long n, long seed, float scale) {
-        ActivationKernels.fillRandomBf16(gpu, p, n, seed, scale);
     }
 
     /** float32 to bf16, rounding to nearest even. */

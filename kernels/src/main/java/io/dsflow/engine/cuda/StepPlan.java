@@ -89,8 +89,6 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
      * @param host    rows reading them from host memory
      */
     record RowKinds(boolean perHead, boolean shared, boolean device, boolean host) {
-        static final RowKinds NONE = new RowKinds(false, false, false, false);
-
         RowKinds or(RowKinds o) {
             return new RowKinds(perHead || o.perHead, shared || o.shared, device || o.device, host || o.host);
         }

@@ -11,7 +11,7 @@ import jcuda.driver.CUdeviceptr;
 
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -27,8 +27,15 @@ final class StepPlanner {
     private final CudaRuntime gpu;
     private final ModelConfig c;
     private final Workspace workspace;
+    /** Policies kept, least recently used dropped: requests may each bring their own kv options, without end. */
+    private static final int MAX_POLICIES = 64;
     /** Policies by configuration: a batch's sequences of one policy and context share their decisions. */
-    private final Map<KvConfig, SparseStepPolicy> policies = new HashMap<>();
+    private final Map<KvConfig, SparseStepPolicy> policies = new LinkedHashMap<>(16, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<KvConfig, SparseStepPolicy> eldest) {
+            return size() > MAX_POLICIES;
+        }
+    };
     private boolean denseFallback = true;
 
     StepPlanner(CudaRuntime gpu, ModelConfig c, Workspace workspace) {
@@ -94,7 +101,7 @@ final class StepPlanner {
         // the pipelined attention's chunk counters, a pair a (row, kv head): zero when made, each launch leaves them 0
         CUdeviceptr claims = workspace.ensureZeroed(Buffer.CLAIMS, 2L * Math.max(1, decodeRows) * kvHeads);
         CUdeviceptr logits = workspace.ensure(Buffer.LOGITS, (long) nseg * c.vocabSize());
-        SparseTables sparse = anySparse ? sparseTables(batch, caches, layout) : null;
+        SparseTables sparse = anySparse ? new SparseTables(batch, caches, layout) : null;
 
         MetadataUpload up = new MetadataUpload();
         MetadataUpload.Slot keys = up.add(keyTable), values = up.add(valueTable);
@@ -356,7 +363,7 @@ final class StepPlanner {
         final long[] labels, channels, scales, ringKeys, ringValues, stageKeys, stageValues;
         final int[] segmentInfo;
         final SelectionRuns runs;
-        final int maxCand, maxK, maxSlots, splits, maxSparse;
+        final int maxCand, maxK, maxSlots, splits, maxSparse, maxAhead;
         final boolean fusedSelect, fusedAppend, groupAttention;
         final CUdeviceptr scores, selected, partials, aheadSelected, aheadQueries, aheadScores;
 
@@ -421,7 +428,7 @@ final class StepPlanner {
             partials = part;
             // lookahead's buffers: two of each, which one layer's side work writes while the main stream reads the
             // previous layer's (by layer parity); the stages [2][segments][maxK][kvDim] bf16
-            int maxAhead = max(runs.aheadCount());
+            maxAhead = max(runs.aheadCount());
             boolean anyStaged = max(runs.stagedCount()) > 0;
             stageKeys = new long[anyStaged ? 2 * nseg : 0];
             stageValues = new long[stageKeys.length];
@@ -436,7 +443,7 @@ final class StepPlanner {
                         stageValues[i] = address(sv) + i * stageBytes;
                     }
                 }
-                aSel = workspace.ensure(Buffer.AHEAD_SELECTED, 2 * aheadSelectedWords(maxAhead));
+                aSel = workspace.ensure(Buffer.AHEAD_SELECTED, 2 * aheadSelectedWords());
                 aQ = workspace.ensure(Buffer.AHEAD_QUERIES, (long) batch.rows() * c.qDim());
                 if (!fusedSelect) aSc = workspace.ensure(Buffer.AHEAD_SCORES, (long) maxAhead * heads * maxCand);
             }
@@ -445,7 +452,7 @@ final class StepPlanner {
             aheadScores = aSc;
         }
 
-        private long aheadSelectedWords(int maxAhead) {
+        private long aheadSelectedWords() {
             return (long) maxAhead * c.numHeads() * maxK;
         }
 
@@ -453,9 +460,8 @@ final class StepPlanner {
         StepPlan.SparseStep step(int decodeRows, CUdeviceptr denseRows, CUdeviceptr descriptors,
                                  CUdeviceptr selectRows, CUdeviceptr stageKeysAt, CUdeviceptr stageValuesAt) {
             StepPlan.Lookahead ahead = null;
-            int maxAhead = max(runs.aheadCount());
             if (maxAhead > 0) {
-                long words = aheadSelectedWords(maxAhead);
+                long words = aheadSelectedWords();
                 int nseg = segmentInfo.length / SegmentDescriptor.FIELDS;
                 boolean staged = stageKeys.length > 0;
                 ahead = new StepPlan.Lookahead(runs.aheadCount(), runs.stagedCount(),
@@ -471,10 +477,6 @@ final class StepPlanner {
                     !runs.mainKinds().perHead(), groupAttention ? runs.mainKinds() : null, scores, selected,
                     partials, ahead);
         }
-    }
-
-    private SparseTables sparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout) {
-        return new SparseTables(batch, caches, layout);
     }
 
     private static int max(int[] values) {

@@ -174,13 +174,13 @@ public final class SparseKvCache implements CpuKvCache {
         long context = store.appended(layer);   // this step's token included
         SparseStepPolicy.LayerStep step = policy.step(1, context)[layer];
         if (observer != null) observer.decided(layer, step);
-        int window = ring.size();
-        // candidates: non-sink slots whose token is older than the window
-        int[] cand = candidates(layer, context - window);
         if (!step.selects()) {
             CpuAttention.causal(store, layer, new float[][]{q}, 0, 1, new float[][]{out}, numHeads, scale);
             return;
         }
+        int window = ring.size();
+        // candidates: non-sink slots whose token is older than the window
+        int[] cand = candidates(layer, context - window);
         if (cand.length != step.candidates()) {
             throw new IllegalStateException("layer " + layer + " holds " + cand.length + " candidates, the step policy "
                     + "counted " + step.candidates());

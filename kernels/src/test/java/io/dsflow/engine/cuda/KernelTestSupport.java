@@ -39,11 +39,9 @@ abstract class KernelTestSupport {
         return x;
     }
 
-    /** bf16 bits of f, rounded to nearest even (NaN stays NaN), as the device rounds. */
+    /** bf16 bits of f, rounded to nearest even (NaN stays NaN), as the weights' upload rounds. */
     static short toBf16(float f) {
-        int bits = Float.floatToRawIntBits(f);
-        if ((bits & 0x7fffffff) > 0x7f800000) return (short) ((bits >>> 16) | 0x40);
-        return (short) ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
+        return CudaWeights.toBf16(f);
     }
 
     /** f rounded to bf16. */
