@@ -230,7 +230,7 @@ public final class Engine implements AutoCloseable {
         }
         double tps = decodeSteps == 0 ? 0 : decodeSteps / (decodeNanos / 1e9);
         seq.cache().release();
-        return new GenerationResult(gen.tokens(), gen.text(tokenizer()), gen.finishReason(), prompt.length,
+        return new GenerationResult(gen.completionTokens(), gen.text(tokenizer()), gen.finishReason(), prompt.length,
                 promptLogits, prefillMs, tps);
     }
 

@@ -15,11 +15,11 @@ public final class Generation {
     private final SamplingParams params;
     private final int[] eosIds;
     private final int maxPositions;
-    private final Tokenizer tokenizer;   // needed only with stop strings
+    /** The completion's text with its stop strings held back; null without stop strings. */
+    private final CompletionText stopText;
     private int[] out = new int[16];
     private int count;
     private FinishReason finish;
-    private String stoppedText;
 
     public Generation(Sequence sequence, SamplingParams params, int[] eosIds, int maxPositions, Tokenizer tokenizer) {
         if (!params.stop().isEmpty() && tokenizer == null) {
@@ -29,7 +29,7 @@ public final class Generation {
         this.params = params;
         this.eosIds = eosIds.clone();
         this.maxPositions = maxPositions;
-        this.tokenizer = tokenizer;
+        this.stopText = params.stop().isEmpty() ? null : new CompletionText(tokenizer::decode, params.stop());
         if (params.maxNewTokens() == 0) finish = FinishReason.LENGTH;
     }
 
@@ -53,24 +53,25 @@ public final class Generation {
         if (finish != null) throw new IllegalStateException("generation already finished");
         for (int eos : eosIds) {
             if (token == eos) {
-                finish = FinishReason.STOP;
+                end(FinishReason.STOP);
                 return -1;
             }
         }
         if (count == out.length) out = Arrays.copyOf(out, count * 2);
         out[count++] = token;
-        if (!params.stop().isEmpty()) {
-            String text = tokenizer.decode(tokens());
-            for (String s : params.stop()) {
-                int at = text.indexOf(s);
-                if (at >= 0 && (stoppedText == null || at < stoppedText.length())) stoppedText = text.substring(0, at);
-            }
-            if (stoppedText != null) finish = FinishReason.STOP;
+        if (stopText != null) {
+            stopText.add(token);
+            if (stopText.stopped()) finish = FinishReason.STOP;
         }
         if (finish == null && (count >= params.maxNewTokens() || sequence.position() + 1 >= maxPositions)) {
-            finish = FinishReason.LENGTH;
+            end(FinishReason.LENGTH);
         }
         return token;
+    }
+
+    private void end(FinishReason reason) {
+        finish = reason;
+        if (stopText != null) stopText.finish();   // what the stop strings held back is output after all
     }
 
     public SamplingParams params() {
@@ -90,13 +91,26 @@ public final class Generation {
         return finish;
     }
 
-    /** Tokens of the completion so far (the EOS id excluded). */
+    /**
+     * Tokens sampled so far, the EOS id excluded: what the sequence was fed, including the tokens of a stop string that
+     * ended the completion (they are in its cache).
+     */
     public int[] tokens() {
         return Arrays.copyOf(out, count);
     }
 
-    /** The completion's text, cut before a stop string that ended it. */
+    /**
+     * The finished completion as a client sees it: {@link #tokens} without those of a stop string that ended it (the
+     * token a stop string begins in stays, its text cut).
+     */
+    public int[] completionTokens() {
+        if (finish == null) throw new IllegalStateException("the completion is still running");
+        return stopText == null ? tokens() : stopText.releasedTokens();
+    }
+
+    /** The finished completion's text, cut before a stop string that ended it. */
     public String text(Tokenizer tok) {
-        return stoppedText != null ? stoppedText : tok.decode(tokens());
+        if (finish == null) throw new IllegalStateException("the completion is still running");
+        return stopText == null ? tok.decode(tokens()) : stopText.text();
     }
 }

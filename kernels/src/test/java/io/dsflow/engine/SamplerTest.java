@@ -5,6 +5,7 @@ import io.dsflow.engine.sample.Sampler;
 import io.dsflow.engine.sample.SamplingParams;
 import org.junit.jupiter.api.Test;
 
+import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 
@@ -70,6 +71,30 @@ class SamplerTest {
         assertEquals(FinishReason.STOP, stopped.finishReason());
         assertEquals(text.substring(0, text.indexOf(stop)), stopped.text());
         assertTrue(stopped.tokenIds().length < free.tokenIds().length);
+    }
+
+    /** Issue 22, item 6: a stop string is not returned and its tokens are not counted. */
+    @Test
+    void theTokensOfAStopStringAreNotPartOfTheCompletion() {
+        Engine e = TestModels.engine("probe-retrieval");
+        int[] prompt = e.tokenizer().encode(" The river grows calm after the rain. The forest", true);
+        int[] free = e.generate(prompt, SamplingParams.greedy(30), KvPolicy.DENSE).tokenIds();
+        // a stop string that is exactly one later token's text, first seen where that token begins
+        int k = 2;
+        String before = "", stop = null;
+        for (; k < free.length; k++) {
+            before = e.tokenizer().decode(Arrays.copyOf(free, k));
+            String piece = e.tokenizer().decode(Arrays.copyOf(free, k + 1)).substring(before.length());
+            if (piece.strip().length() >= 2 && (before + piece).indexOf(piece) == before.length()) {
+                stop = piece;
+                break;
+            }
+        }
+        assertTrue(stop != null, "the probe model's greedy completion has a token to stop at");
+        GenerationResult stopped = e.generate(prompt, new SamplingParams(0, 1, 0, 0, 30, List.of(stop)), KvPolicy.DENSE);
+        assertEquals(FinishReason.STOP, stopped.finishReason());
+        assertEquals(before, stopped.text());
+        assertArrayEquals(Arrays.copyOf(free, k), stopped.tokenIds(), "the stop string's token is not returned");
     }
 
     @Test
