@@ -15,8 +15,9 @@ import java.util.Map;
 
 /**
  * Continuous batching over one engine: every {@link #step()} is one forward pass that advances each generating
- * conversation by one token and feeds at most one prefill chunk of a newly admitted prompt, so new requests join at
- * the next step and long prompts do not stall the others for more than a chunk.
+ * conversation by one token and fills the rest of the step's prefill budget with chunks of the prompts waiting, oldest
+ * first, as many as fit (chunked prefill, as vLLM and SGLang schedule it): new requests join at the next step, several
+ * prompts of different lengths are prefilled in one pass, and a long prompt stalls the others for one budget at most.
  * <ul>
  *   <li>A conversation keeps its sequence (KV cache) between requests: a follow-up prompt continues the cache, and only
  *       its new tokens are prefilled. {@link #dropCache} frees an idle conversation's cache; its next request then
@@ -50,6 +51,18 @@ public final class BatchScheduler {
                        KvConfig kv, int resumeFrom) {
     }
 
+    /**
+     * What one step fed the model.
+     *
+     * @param decodeRows     requests that each fed one token (their last sampled)
+     * @param prefillPrompts prompts that fed a prefill chunk
+     * @param tokens         tokens the forward pass took (decode rows plus prefill chunks)
+     * @param waiting        requests submitted and not yet admitted, after the step
+     */
+    public record StepStats(int decodeRows, int prefillPrompts, int tokens, int waiting) {
+        public static final StepStats NONE = new StepStats(0, 0, 0, 0);
+    }
+
     private static final class Active {
         final Work work;
         final Sequence seq;
@@ -71,19 +84,32 @@ public final class BatchScheduler {
     }
 
     private final Engine engine;
-    private final int prefillChunk;
+    private final int prefillTokens;
+    private final int maxRunning;
     private final Deque<Work> waiting = new ArrayDeque<>();
     private final List<Active> active = new ArrayList<>();
     private final Map<String, Kept> idle = new LinkedHashMap<>(16, 0.75f, true); // least recently used first
     private final Map<String, Sequence> busy = new HashMap<>();
     private long prefilledTokens;
     private long historyPrefills;
+    private StepStats lastStep = StepStats.NONE;
 
-    /** @param prefillChunk most prompt tokens one step prefills (bounds the stall other conversations see) */
-    public BatchScheduler(Engine engine, int prefillChunk) {
-        if (prefillChunk < 1) throw new IllegalArgumentException("prefill chunk must be >= 1");
+    /** A scheduler with no limit of its own on running requests (its caller admits by memory). */
+    public BatchScheduler(Engine engine, int prefillTokens) {
+        this(engine, prefillTokens, Integer.MAX_VALUE);
+    }
+
+    /**
+     * @param prefillTokens most prompt tokens one step prefills, over all the prompts it takes (bounds the stall that
+     *                      the generating conversations see)
+     * @param maxRunning    most requests prefilling or generating at once; the rest wait, in order
+     */
+    public BatchScheduler(Engine engine, int prefillTokens, int maxRunning) {
+        if (prefillTokens < 1) throw new IllegalArgumentException("prefill tokens a step must be >= 1");
+        if (maxRunning < 1) throw new IllegalArgumentException("running requests must be >= 1");
         this.engine = engine;
-        this.prefillChunk = prefillChunk;
+        this.prefillTokens = prefillTokens;
+        this.maxRunning = maxRunning;
     }
 
     public Engine engine() {
@@ -101,6 +127,11 @@ public final class BatchScheduler {
     /** Requests admitted and not finished (prefilling or generating). */
     public int activeCount() {
         return active.size();
+    }
+
+    /** What the last step fed the model. */
+    public StepStats lastStep() {
+        return lastStep;
     }
 
     /** Tokens fed through prefill so far (prompts, plus histories re-prefilled after a dropped cache). */
@@ -127,26 +158,35 @@ public final class BatchScheduler {
         return idle.containsKey(conversationId) || busy.containsKey(conversationId);
     }
 
-    /** One forward pass: admit waiting work, one prefill chunk, one decode token for every generating request. */
+    /**
+     * One forward pass: admit waiting work, one decode token for every generating request and prefill chunks of the
+     * admitted prompts, oldest first, up to the step's prefill budget.
+     */
     public void step(Listener listener) {
         admit(listener);
-        if (active.isEmpty()) return;
+        if (active.isEmpty()) {
+            lastStep = new StepStats(0, 0, 0, waiting.size());
+            return;
+        }
         Batch batch = new Batch();
         List<Active> rows = new ArrayList<>();
-        boolean chunkTaken = false;
+        int budget = prefillTokens, decodeRows = 0, prompts = 0;
         for (Active a : active) {
             if (a.pending != null) {
-                if (chunkTaken) continue;
-                int n = Math.min(prefillChunk, a.pending.length);
+                if (budget == 0) continue;
+                int n = Math.min(budget, a.pending.length);
                 batch.add(a.seq.cache(), Arrays.copyOf(a.pending, n), a.seq.position());
                 a.pending = n == a.pending.length ? null : Arrays.copyOfRange(a.pending, n, a.pending.length);
                 prefilledTokens += n;
-                chunkTaken = true;
+                budget -= n;
+                prompts++;
             } else {
                 batch.add(a.seq.cache(), new int[]{a.token}, a.seq.position());
+                decodeRows++;
             }
             rows.add(a);
         }
+        lastStep = new StepStats(decodeRows, prompts, batch.rows(), waiting.size());
         // a token for each row that ends its prompt or decodes (rows with more prompt to prefill take none)
         SamplingParams[] params = new SamplingParams[rows.size()];
         int[] steps = new int[rows.size()];
@@ -177,7 +217,7 @@ public final class BatchScheduler {
     }
 
     private void admit(Listener listener) {
-        for (Iterator<Work> it = waiting.iterator(); it.hasNext(); ) {
+        for (Iterator<Work> it = waiting.iterator(); it.hasNext() && active.size() < maxRunning; ) {
             Work w = it.next();
             if (busy.containsKey(w.conversationId())) continue; // one request at a time per conversation
             it.remove();

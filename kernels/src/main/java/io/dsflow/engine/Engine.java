@@ -9,6 +9,7 @@ import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelFolder;
 import io.dsflow.engine.model.ModelWeights;
+import io.dsflow.engine.model.SyntheticModels;
 import io.dsflow.engine.sample.SamplingParams;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -45,6 +46,37 @@ public final class Engine implements AutoCloseable {
     public Engine(ModelFolder folder, Backend backend) {
         this.folder = folder;
         this.backend = backend;
+    }
+
+    /**
+     * Opens {@code model}: a Hugging Face folder ({@link #load}), or {@code synthetic:NAME}, a published model's shapes
+     * with random weights made on the GPU ({@link #synthetic}), so an 8B-shaped engine runs where no checkpoint can be
+     * carried.
+     */
+    public static Engine open(String model, String backendName, int device) {
+        if (model.startsWith(SyntheticModels.PREFIX)) {
+            return synthetic(model.substring(SyntheticModels.PREFIX.length()), backendName, device);
+        }
+        return load(Path.of(model), backendName, device);
+    }
+
+    /**
+     * A published model's shapes ({@link SyntheticModels}) with random weights made on CUDA device {@code device}: no
+     * tokenizer (prompts are token ids) and fixed random heavy channels for ds/dspp (calibrating random weights would
+     * measure nothing). For throughput measurements, never for text.
+     */
+    public static Engine synthetic(String name, String backendName, int device) {
+        ModelConfig c = SyntheticModels.get(name);
+        if (backendName.equalsIgnoreCase("cpu") || !CudaRuntime.available()) {
+            throw new DsflowException("synthetic:" + name + " needs the cuda backend"
+                    + (CudaRuntime.available() ? "" : " (" + CudaRuntime.unavailableReason() + ")"));
+        }
+        long t0 = System.nanoTime();
+        CudaBackend backend = CudaBackend.synthetic(c, device, 1);
+        LOG.info(String.format(Locale.ROOT, "model loaded: %s, synthetic:%s (random weights), %.1f GB bf16 weights,"
+                        + " backend %s, in %.2f s", c, name, backend.weightBytes() / 1e9, backend.description(),
+                (System.nanoTime() - t0) / 1e9));
+        return new Engine(null, backend);
     }
 
     /** Loads a model folder onto a backend: "cpu", "cuda", or "auto" (cuda where it is available, else cpu); GPU 0. */
@@ -88,12 +120,16 @@ public final class Engine implements AutoCloseable {
         return backend;
     }
 
+    /** The model's folder; null for a synthetic model. */
     public ModelFolder folder() {
         return folder;
     }
 
-    /** The model's tokenizer, loaded on first use. */
+    /** The model's tokenizer, loaded on first use; a synthetic model has none (its prompts are token ids). */
     public synchronized Tokenizer tokenizer() {
+        if (folder == null) {
+            throw new InvalidRequestException("a synthetic model has no tokenizer: give prompt token ids");
+        }
         if (tokenizer == null) tokenizer = new Tokenizer(folder.tokenizerFile());
         return tokenizer;
     }
@@ -133,8 +169,12 @@ public final class Engine implements AutoCloseable {
         ChannelConfig c = channels.get(source);
         if (c != null) return c;
         ModelConfig m = config();
-        Path file = channelFile != null ? channelFile : folder.dir().resolve(CHANNEL_FILE);
-        if (Files.isRegularFile(file)) {
+        Path file = channelFile != null ? channelFile : folder == null ? null : folder.dir().resolve(CHANNEL_FILE);
+        if (file == null) {
+            c = ChannelConfig.random(m.numLayers(), m.numHeads(), m.headDim(), 17);
+            if (source == KvConfig.ChannelSource.QK_GROUP) c = c.grouped(m.numKvHeads());
+            LOG.info("channels: a fixed random order (synthetic model)");
+        } else if (Files.isRegularFile(file)) {
             c = ChannelConfig.read(file, source, m.numLayers(), m.numHeads(), m.numKvHeads(), m.headDim());
             LOG.info("channels: {} statistic from {}", source.name().toLowerCase(Locale.ROOT).replace('_', '-'), file);
         } else {

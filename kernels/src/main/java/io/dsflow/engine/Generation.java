@@ -52,7 +52,7 @@ public final class Generation {
     public int acceptToken(int token) {
         if (finish != null) throw new IllegalStateException("generation already finished");
         for (int eos : eosIds) {
-            if (token == eos) {
+            if (token == eos && !params.ignoreEos()) {
                 end(FinishReason.STOP);
                 return -1;
             }

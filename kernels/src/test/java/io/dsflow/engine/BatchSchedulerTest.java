@@ -3,6 +3,8 @@ package io.dsflow.engine;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.sample.SamplingParams;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -84,6 +86,60 @@ class BatchSchedulerTest {
         // interleaved: some conversation's token arrives between two tokens of another
         int firstEnd = r.order.lastIndexOf(r.order.get(0));
         assertTrue(r.order.subList(0, firstEnd).stream().distinct().count() > 1, "tokens of concurrent requests interleave");
+    }
+
+    /**
+     * Issue 23, acceptance 1: one step prefills chunks of several prompts of different lengths beside a decoding row,
+     * and every request's tokens equal its prompt served alone (greedy and seeded), on every test model.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"llama-tiny", "qwen2-tiny", "opt-tiny", "probe-retrieval"})
+    void oneStepPrefillsSeveralPromptsBesideDecodingRows(String model) {
+        Engine e = TestModels.engine(model);
+        BatchScheduler s = new BatchScheduler(e, 48);
+        Recorder r = new Recorder();
+        Random rnd = new Random(3);
+        Map<String, int[]> prompts = new HashMap<>();
+        Map<String, SamplingParams> params = new HashMap<>();
+        int[] lengths = {6, 13, 29, 40};
+        for (int i = 0; i < lengths.length; i++) {
+            prompts.put("r" + i, randomPrompt(rnd, lengths[i]));
+            params.put("r" + i, i % 2 == 0 ? SamplingParams.greedy(10)
+                    : new SamplingParams(0.9, 0.95, 30, 50 + i, 10, List.of()));
+        }
+        s.submit(new BatchScheduler.Work("r0", "c0", new int[0], prompts.get("r0"), params.get("r0"), KvConfig.DENSE, 0));
+        s.step(r);   // r0's prompt, and its first token
+        for (int i = 1; i < lengths.length; i++) {
+            s.submit(new BatchScheduler.Work("r" + i, "c" + i, new int[0], prompts.get("r" + i), params.get("r" + i),
+                    KvConfig.DENSE, 0));
+        }
+        s.step(r);
+        BatchScheduler.StepStats step = s.lastStep();
+        assertEquals(1, step.decodeRows(), "r0 decodes");
+        assertEquals(3, step.prefillPrompts(), "13 + 29 tokens and 6 of the 40-token prompt fill the budget of 48");
+        assertEquals(1 + 48, step.tokens());
+        drain(s, r);
+        for (String id : prompts.keySet()) {
+            int[] alone = e.generate(prompts.get(id), params.get(id), KvConfig.DENSE).tokenIds();
+            assertArrayEquals(alone, r.of(id), model + " " + id);
+        }
+    }
+
+    @Test
+    void runningRequestsAreCappedAndTheRestWaitInOrder() {
+        Engine e = TestModels.engine("llama-tiny");
+        BatchScheduler s = new BatchScheduler(e, 64, 2);
+        Recorder r = new Recorder();
+        for (int i = 0; i < 5; i++) {
+            s.submit(new BatchScheduler.Work("r" + i, "c" + i, new int[0], new int[]{0, 7 + i, 9}, SamplingParams.greedy(4),
+                    KvConfig.DENSE, 0));
+        }
+        s.step(r);
+        assertEquals(2, s.activeCount());
+        assertEquals(3, s.lastStep().waiting());
+        drain(s, r);
+        for (int i = 0; i < 5; i++) assertEquals(4, r.of("r" + i).length);
+        assertTrue(r.order.indexOf("r0") < r.order.indexOf("r2"), "first come, first served");
     }
 
     @Test

@@ -4,11 +4,6 @@ import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.model.ModelConfig;
 
-import java.util.ArrayList;
-import java.util.Collections;
-import java.util.List;
-import java.util.Random;
-
 /**
  * Bench's fixtures: caches of a given context without a prefill, their slots filled with random values, which exercise
  * the same kernels and memory as real ones (a decode step's cost does not depend on the values).
@@ -57,19 +52,9 @@ public final class CudaBenchCaches {
         return cache;
     }
 
-    /** A fixed random permutation of the channels per layer and head (grouped per kv head where the policy asks). */
+    /** A fixed random order of the channels per layer and head (grouped per kv head where the policy asks). */
     private static ChannelConfig randomChannels(ModelConfig c, KvConfig kv) {
-        int[][][] order = new int[c.numLayers()][c.numHeads()][];
-        Random rnd = new Random(17);
-        for (int[][] layer : order) {
-            for (int h = 0; h < layer.length; h++) {
-                List<Integer> ch = new ArrayList<>();
-                for (int i = 0; i < c.headDim(); i++) ch.add(i);
-                Collections.shuffle(ch, rnd);
-                layer[h] = ch.stream().mapToInt(Integer::intValue).toArray();
-            }
-        }
-        ChannelConfig channels = new ChannelConfig(order);
+        ChannelConfig channels = ChannelConfig.random(c.numLayers(), c.numHeads(), c.headDim(), 17);
         return kv.labelGroup(c.numHeads(), c.numKvHeads()) > 1 ? channels.grouped(c.numKvHeads()) : channels;
     }
 }

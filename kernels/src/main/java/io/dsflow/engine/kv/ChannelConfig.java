@@ -44,6 +44,24 @@ public final class ChannelConfig {
         return order[layer][head].clone();
     }
 
+    /**
+     * A fixed random order of each query head's channels ({@code layers x heads x headDim}, seeded): what a model with
+     * random weights (synthetic:NAME) gets in place of calibrated channels, whose statistics would mean nothing.
+     */
+    public static ChannelConfig random(int layers, int heads, int headDim, long seed) {
+        java.util.Random rnd = new java.util.Random(seed);
+        int[][][] order = new int[layers][heads][];
+        for (int[][] layer : order) {
+            for (int h = 0; h < heads; h++) {
+                java.util.List<Integer> ch = new java.util.ArrayList<>();
+                for (int i = 0; i < headDim; i++) ch.add(i);
+                java.util.Collections.shuffle(ch, rnd);
+                layer[h] = ch.stream().mapToInt(Integer::intValue).toArray();
+            }
+        }
+        return new ChannelConfig(order);
+    }
+
     /** Orders each head's channels by a statistic, largest first (ties by channel index). */
     public static ChannelConfig fromStatistic(double[][][] stat) {
         int[][][] order = new int[stat.length][][];

@@ -9,6 +9,9 @@ public final class SyntheticModels {
     private SyntheticModels() {
     }
 
+    /** How a model argument names one of these: synthetic:llama-3.1-8b. */
+    public static final String PREFIX = "synthetic:";
+
     private static final RopeConfig LLAMA3 = new RopeConfig(500000, "llama3", 8, 1, 4, 8192);
 
     public static final Map<String, ModelConfig> SHAPES = Map.of(

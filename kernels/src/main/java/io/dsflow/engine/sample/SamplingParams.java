@@ -13,8 +13,11 @@ import java.util.List;
  * @param seed        the same seed and inputs give the same tokens (each step draws from (seed, step index))
  * @param maxNewTokens the completion ends with finish_reason "length" after this many tokens
  * @param stop        the completion ends with finish_reason "stop" once its text contains one of these
+ * @param ignoreEos   an end-of-sequence token does not end the completion (load generators: every completion then has
+ *                    maxNewTokens tokens, as vLLM's benchmarks ask with ignore_eos)
  */
-public record SamplingParams(double temperature, double topP, int topK, long seed, int maxNewTokens, List<String> stop) {
+public record SamplingParams(double temperature, double topP, int topK, long seed, int maxNewTokens, List<String> stop,
+                             boolean ignoreEos) {
 
     public static final int MAX_STOP_STRINGS = 16;
 
@@ -34,6 +37,11 @@ public record SamplingParams(double temperature, double topP, int topK, long see
         for (String s : stop) {
             if (s == null || s.isEmpty()) throw new InvalidRequestException("stop strings must not be empty");
         }
+    }
+
+    /** Ends at an end-of-sequence token, as requests do. */
+    public SamplingParams(double temperature, double topP, int topK, long seed, int maxNewTokens, List<String> stop) {
+        this(temperature, topP, topK, seed, maxNewTokens, stop, false);
     }
 
     public static SamplingParams greedy(int maxNewTokens) {
