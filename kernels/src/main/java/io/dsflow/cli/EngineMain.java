@@ -5,7 +5,7 @@ import io.dsflow.engine.DsflowException;
 import java.io.PrintStream;
 
 /**
- * The engine's commands without Flink or Kafka (generate, calibrate, eval, bench): the entry point of the lean engine
+ * The engine's commands without Flink or Kafka (generate, calibrate, eval, bench, loadgen): the entry point of the lean
  * jar that travels to a GPU host. The full command line (io.dsflow.job.cli.Main in the job module) offers the same
  * commands and the streaming ones. Errors are one line on stderr: exit 2 for a bad command line, 1 otherwise.
  */
@@ -18,7 +18,7 @@ public final class EngineMain {
     }
 
     public static final String USAGE = GenerateCommand.USAGE + "\n  " + CalibrateCommand.USAGE + "\n  "
-            + EvalCommand.USAGE + "\n  " + BenchCommand.USAGE;
+            + EvalCommand.USAGE + "\n  " + BenchCommand.USAGE + "\n  " + LoadgenCommand.USAGE;
 
     public static int run(String[] args, PrintStream out, PrintStream err) {
         if (args.length == 0 || args[0].equals("--help") || args[0].equals("help")) {
@@ -39,6 +39,7 @@ public final class EngineMain {
             case "calibrate" -> CalibrateCommand.run(args, out);
             case "eval" -> EvalCommand.run(args, out);
             case "bench" -> BenchCommand.run(args, out);
+            case "loadgen" -> LoadgenCommand.run(args, out);
             default -> null;
         };
     }
