@@ -301,7 +301,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Admission.Need need = new Admission.Need(engine.estimateCacheBytes(kv, cacheTokens),
                 engine.backend().hostCacheBytes(kv, cacheTokens));   // host placement's pinned stores
         BatchScheduler.Work work = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
-                RequestParser.samplingParams(r), kv, tokens.emitted(r.requestId));
+                RequestParser.samplingParams(r), kv, tokens.emitted(conv, r.requestId));
         admission.enqueue(conv, need, work);
     }
 
@@ -336,17 +336,18 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     /** Applies the engine thread's results; see {@link EngineThread.Results}. */
     private final class EngineResults implements EngineThread.Results {
         @Override
-        public void token(String requestId, int index, int tokenId) {
+        public void token(BatchScheduler.Work work, int index, int tokenId) {
             // the token joins the keyed state at the next checkpoint (prepareSnapshotPreBarrier), not now: a state
             // update a token would serialise the conversation (its whole history, on RocksDB) for every token
-            emit(tokens.chunk(requestId, index, tokenId));
+            emit(tokens.chunk(work.conversationId(), work.requestId(), index, tokenId));
         }
 
         @Override
-        public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens,
+        public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
                              int[] history) throws Exception {
-            String conv = tokens.conversationOf(requestId);
-            OutputRecord finalRecord = tokens.finalRecord(requestId, reason, promptTokens, completionTokens);
+            String conv = work.conversationId();
+            OutputRecord finalRecord = tokens.finalRecord(conv, work.requestId(), reason, promptTokens,
+                    completionTokens);
             setCurrentKey(conv);
             ConversationState cs = state.value();
             cs.history = history;
@@ -359,8 +360,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
 
         @Override
-        public void failed(String requestId, DsflowException error) throws Exception {
-            String conv = tokens.conversationOf(requestId);
+        public void failed(BatchScheduler.Work work, DsflowException error) throws Exception {
+            String conv = work.conversationId();
             setCurrentKey(conv);
             admission.ended(conv);   // its reservation can be reclaimed like any idle cache
             ConversationState cs = state.value();
@@ -378,7 +379,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     /** Ends the active request with an error record and a final record, then serves the conversation's next one. */
     private void endWithError(String conv, ConversationState cs, Request r, DsflowException error) throws Exception {
-        tokens.remove(r.requestId);
+        tokens.remove(conv, r.requestId);
         cs.active = null;
         cs.activePrompt = null;
         cs.completion = new int[0];
