@@ -49,7 +49,8 @@ import java.util.concurrent.atomic.AtomicLong;
  *       gets an error record and a final record (the rule of {@link OutputRecord#refusal});</li>
  *   <li>a conversation ends on an end command (a tombstone, or end_conversation) once the requests before it are
  *       served, or after limits.conversation-idle-timeout idle (a keyed processing-time timer): its state is cleared,
- *       its cache dropped, and it no longer counts against limits.max-conversations ({@link ConversationLifetime});</li>
+ *       its cache dropped, and it no longer counts against limits.max-conversations
+ *       ({@link ConversationLifetime});</li>
  *   <li>the engine thread advances all admitted requests of the subtask together, one step at a time; each step's
  *       results come back through the task mailbox, where keyed state is updated and records are emitted
  *       ({@link TokenStream}), so a checkpoint always holds exactly the tokens emitted before its barrier
