@@ -131,6 +131,43 @@ class ConversationLifetimeTest {
         }
     }
 
+    /**
+     * A conversation checkpointed without an expiry (idle timeout 0 then, or state of format 1, which has no deadline)
+     * gets one when restored into an operator with a timeout.
+     */
+    @Test
+    void aRestoredIdleConversationWithoutAnExpiryGetsOne() throws Exception {
+        DecodeSettings s = oneConversation();
+        Limits l = s.limits();
+        DecodeSettings never = new DecodeSettings(s.modelDir(), s.backend(), s.kv(), new Limits(l.maxRequestBytes(),
+                l.maxPromptTokens(), l.maxTokens(), l.maxRunning(), l.maxConversations(), l.maxIdLength(), 0),
+                s.prefillChunk());
+        OperatorSubtaskState snapshot;
+        var h1 = harness(never);
+        try {
+            h1.open();
+            h1.setProcessingTime(0);
+            serve(h1, json("a", "r1", 1));
+            h1.setProcessingTime(10 * HOUR_MS);
+            assertEquals(1, h1.numKeyedStateEntries(), "idle timeout 0: a never expires");
+            snapshot = h1.snapshot(1, 1);
+        } finally {
+            h1.close();
+        }
+        var h2 = harness(s);
+        try {
+            h2.initializeState(snapshot);
+            h2.setProcessingTime(10 * HOUR_MS);
+            h2.open();
+            h2.setProcessingTime(11 * HOUR_MS - 1);
+            assertEquals(1, h2.numKeyedStateEntries(), "an hour from the restore, not from the last request");
+            h2.setProcessingTime(11 * HOUR_MS);
+            assertEquals(0, h2.numKeyedStateEntries(), "a expired");
+        } finally {
+            h2.close();
+        }
+    }
+
     /** An idle conversation's expiry timer is in the checkpoint: a restored operator expires it on time. */
     @Test
     void theIdleExpirySurvivesASnapshotAndRestore() throws Exception {
