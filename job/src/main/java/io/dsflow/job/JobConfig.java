@@ -49,7 +49,8 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 integer(p, "limits.max-tokens", Limits.DEFAULT.maxTokens()),
                 integer(p, "limits.max-running", Limits.DEFAULT.maxRunning()),
                 integer(p, "limits.max-conversations", Limits.DEFAULT.maxConversations()),
-                integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()));
+                integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()),
+                integer(p, "limits.conversation-idle-timeout.ms", (int) Limits.DEFAULT_CONVERSATION_IDLE_TIMEOUT_MS));
         String delivery = p.getProperty("delivery", "at_least_once");
         if (!delivery.equals("at_least_once") && !delivery.equals("exactly_once")) {
             throw new DsflowException("delivery must be at_least_once or exactly_once, got '" + delivery + "'");

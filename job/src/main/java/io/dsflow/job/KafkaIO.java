@@ -1,10 +1,10 @@
 package io.dsflow.job;
 
+import io.dsflow.operators.InputRecord;
 import io.dsflow.operators.OutputRecord;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
-import org.apache.flink.api.common.serialization.SimpleStringSchema;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.connector.kafka.sink.KafkaSink;
@@ -28,8 +28,8 @@ public final class KafkaIO {
      */
     public static DataStream<OutputRecord> pipeline(StreamExecutionEnvironment env, JobConfig c, OffsetsInitializer start,
                                                     OffsetsInitializer end) {
-        return Pipeline.build(env.fromSource(source(c, start, end), WatermarkStrategy.noWatermarks(), "prompts")
-                .uid("prompts"), c.decode());
+        return Pipeline.buildFromRecords(env.fromSource(source(c, start, end), WatermarkStrategy.noWatermarks(),
+                "prompts").uid("prompts"), c.decode());
     }
 
     /** Writes the job's records to the completions and errors topics. */
@@ -37,14 +37,18 @@ public final class KafkaIO {
         records.sinkTo(sink(c)).name("completions").uid("completions");
     }
 
-    /** Requests from the prompts topic; bounded at {@code end} when given (replay of an offset range). */
-    public static KafkaSource<String> source(JobConfig c, OffsetsInitializer start, OffsetsInitializer end) {
-        var b = KafkaSource.<String>builder()
+    /**
+     * Records of the prompts topic, bounded at {@code end} when given (replay of an offset range). Their decoder never
+     * throws ({@link PromptDeserializer}): a tombstone keyed by a conversation ends it, and a record that is not text
+     * becomes an error record, so no record can stop the source.
+     */
+    public static KafkaSource<InputRecord> source(JobConfig c, OffsetsInitializer start, OffsetsInitializer end) {
+        var b = KafkaSource.<InputRecord>builder()
                 .setBootstrapServers(c.bootstrapServers())
                 .setTopics(c.promptsTopic())
                 .setGroupId(c.groupId())
                 .setStartingOffsets(start)
-                .setValueOnlyDeserializer(new SimpleStringSchema())
+                .setDeserializer(new PromptDeserializer())
                 // a request should not wait up to the default 500 ms in the broker for more data to arrive
                 .setProperty("fetch.max.wait.ms", "10")
                 .setProperties(c.kafkaClient())

@@ -2,6 +2,7 @@ package io.dsflow.job;
 
 import io.dsflow.operators.DecodeOperator;
 import io.dsflow.operators.DecodeSettings;
+import io.dsflow.operators.InputRecord;
 import io.dsflow.operators.Limits;
 import io.dsflow.operators.OutputRecord;
 import io.dsflow.operators.Request;
@@ -17,8 +18,10 @@ import org.apache.flink.util.OutputTag;
 
 /**
  * The dsflow data flow, independent of where requests come from and where output goes (Kafka, a JSONL file, a test
- * collection): raw JSON requests -> parse and validate (bad record -> error record) -> keyBy(conversation_id) ->
- * decode operator -> chunk, final and error records.
+ * collection): raw JSON requests (or Kafka's records: {@link InputRecord}) -> parse and validate (a bad record -> its
+ * error record, and its final record when its ids can be read) -> keyBy(conversation_id) -> decode operator -> chunk,
+ * final and error records. End commands (a tombstone, end_conversation) travel the same way as requests, keyed by
+ * the conversation they end.
  */
 public final class Pipeline {
     static final OutputTag<OutputRecord> PARSE_ERRORS =
@@ -30,15 +33,25 @@ public final class Pipeline {
     private Pipeline() {
     }
 
-    /** Every record the job emits: decode output and the parse errors, in one stream. */
+    /** Every record the job emits for requests given as JSON text: decode output and the parse errors. */
     public static DataStream<OutputRecord> build(DataStream<String> requests, DecodeSettings settings) {
+        return decode(requests.process(new Parse(settings.limits())), requests.getParallelism(), settings);
+    }
+
+    /** Every record the job emits for a source's records (Kafka: keys, tombstones, undecodable bytes). */
+    public static DataStream<OutputRecord> buildFromRecords(DataStream<InputRecord> records, DecodeSettings settings) {
+        return decode(records.process(new ParseRecord(settings.limits())), records.getParallelism(), settings);
+    }
+
+    private static DataStream<OutputRecord> decode(SingleOutputStreamOperator<Request> parser, int parallelism,
+                                                   DecodeSettings settings) {
         // buffer timeout 0: each token record leaves at once instead of waiting up to 100 ms for a network buffer to
         // fill (tokens are few per second per conversation, so flushing per record costs little)
         // the parser runs at its input's parallelism, so records reach keyBy in the order they were read: a rebalance
         // here could let a conversation's second turn overtake its first
-        SingleOutputStreamOperator<Request> parsed = requests.process(new Parse(settings.limits()))
+        SingleOutputStreamOperator<Request> parsed = parser
                 .returns(TypeInformation.of(Request.class)).name("parse requests").uid("parse")
-                .setParallelism(requests.getParallelism()).setBufferTimeout(0);
+                .setParallelism(parallelism).setBufferTimeout(0);
         SingleOutputStreamOperator<OutputRecord> decoded = parsed
                 .keyBy((Request r) -> r.conversationId, Types.STRING)
                 .transform("decode", TypeInformation.of(OutputRecord.class), new DecodeOperator(settings))
@@ -49,7 +62,10 @@ public final class Pipeline {
         return decoded.union(parsed.getSideOutput(PARSE_ERRORS));
     }
 
-    /** Parses each raw record; a bad one goes to the side output as its one error record. */
+    /**
+     * Parses each raw record; a bad one goes to the side output as its one error record, followed by its final record
+     * when its ids can be read ({@link OutputRecord#refusal}).
+     */
     static final class Parse extends ProcessFunction<String, Request> {
         private final Limits limits;
         private transient RequestParser parser;
@@ -61,9 +77,28 @@ public final class Pipeline {
         @Override
         public void processElement(String raw, Context ctx, Collector<Request> out) {
             if (parser == null) parser = new RequestParser(limits);
-            RequestParser.Parsed p = parser.parse(raw);
-            if (p.request() != null) out.collect(p.request());
-            else ctx.output(PARSE_ERRORS, p.error());
+            emit(parser.parse(raw), ctx, out);
         }
+    }
+
+    /** {@link Parse} for a source's records: a tombstone becomes an end command, bytes that are not text an error. */
+    static final class ParseRecord extends ProcessFunction<InputRecord, Request> {
+        private final Limits limits;
+        private transient RequestParser parser;
+
+        ParseRecord(Limits limits) {
+            this.limits = limits;
+        }
+
+        @Override
+        public void processElement(InputRecord record, Context ctx, Collector<Request> out) {
+            if (parser == null) parser = new RequestParser(limits);
+            emit(parser.parse(record), ctx, out);
+        }
+    }
+
+    private static void emit(RequestParser.Parsed p, ProcessFunction<?, Request>.Context ctx, Collector<Request> out) {
+        if (p.request() != null) out.collect(p.request());
+        for (OutputRecord r : p.records()) ctx.output(PARSE_ERRORS, r);
     }
 }

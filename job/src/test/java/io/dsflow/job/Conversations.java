@@ -103,11 +103,14 @@ final class Conversations {
 
     /** The output must hold, per request, chunks 0..n-1 in order then one final; completions equal generate's. */
     void check(List<OutputRecord> output, Engine engine) {
+        // by conversation and request: request ids are the clients', and two conversations may use the same one
         Map<String, List<OutputRecord>> byRequest = new HashMap<>();
-        for (OutputRecord r : output) byRequest.computeIfAbsent(r.requestId, k -> new ArrayList<>()).add(r);
+        for (OutputRecord r : output) {
+            byRequest.computeIfAbsent(r.conversationId + "/" + r.requestId, k -> new ArrayList<>()).add(r);
+        }
         Map<String, int[]> historyOf = new HashMap<>();
         for (Req q : requests) {
-            List<OutputRecord> recs = byRequest.get(q.requestId());
+            List<OutputRecord> recs = byRequest.get(q.conversationId() + "/" + q.requestId());
             assertNotNull(recs, "no output for " + q.requestId());
             OutputRecord last = recs.get(recs.size() - 1);
             assertEquals(OutputRecord.FINAL, last.kind, q.requestId() + " ends with its final record");
@@ -158,6 +161,7 @@ final class Conversations {
             r.ttftMs = n.path("timings").path("ttft_ms").asDouble();
             r.errorCode = n.path("error").path("code").asText(null);
             r.errorMessage = n.path("error").path("message").asText(null);
+            r.input = n.path("input").asText(null);
             return r;
         } catch (Exception e) {
             throw new AssertionError("not a JSON record: " + json, e);

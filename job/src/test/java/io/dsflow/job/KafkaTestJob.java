@@ -1,14 +1,22 @@
 package io.dsflow.job;
 
 import io.dsflow.operators.OutputRecord;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.RestartStrategyOptions;
+import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
+import org.apache.flink.core.execution.JobClient;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -35,12 +43,67 @@ final class KafkaTestJob {
         return c;
     }
 
+    /**
+     * Starts the job on the prompts topic from its beginning to its end now (a bounded replay, so the job finishes),
+     * with restarts disabled: a failure anywhere fails the job, so a job that finishes never restarted.
+     */
+    static JobClient startReplayWithoutRestarts(JobConfig c, int parallelism, String name) throws Exception {
+        StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
+        Configuration conf = new Configuration();
+        conf.set(RestartStrategyOptions.RESTART_STRATEGY, "none");
+        env.configure(conf);
+        env.setParallelism(parallelism);
+        env.enableCheckpointing(c.checkpointIntervalMs());
+        KafkaIO.sinkTo(KafkaIO.pipeline(env, c, OffsetsInitializer.earliest(), OffsetsInitializer.latest()), c);
+        return env.executeAsync(name);
+    }
+
     /** Sends requests to the prompts topic, keyed by conversation, and waits until they are written. */
     static void send(EmbeddedKafka kafka, JobConfig c, List<Conversations.Req> requests) {
         try (KafkaProducer<String, String> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
                 kafka.bootstrapServers()), new StringSerializer(), new StringSerializer())) {
             for (Conversations.Req q : requests) producer.send(new ProducerRecord<>(c.promptsTopic(), q.conversationId(), q.json()));
         }
+    }
+
+    /**
+     * Sends records as bytes, in order, and waits until they are written: a null key or value is sent as such (a
+     * tombstone, or a record with neither), and a value need not be text.
+     */
+    static void sendBytes(EmbeddedKafka kafka, JobConfig c, List<ProducerRecord<byte[], byte[]>> records) {
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(Map.of("bootstrap.servers",
+                kafka.bootstrapServers()), new ByteArraySerializer(), new ByteArraySerializer())) {
+            for (ProducerRecord<byte[], byte[]> r : records) producer.send(r);
+        }
+    }
+
+    /** A record of the prompts topic; null key or value as given. */
+    static ProducerRecord<byte[], byte[]> record(JobConfig c, String key, byte[] value) {
+        return new ProducerRecord<>(c.promptsTopic(), key == null ? null : key.getBytes(StandardCharsets.UTF_8), value);
+    }
+
+    static ProducerRecord<byte[], byte[]> record(JobConfig c, String key, String value) {
+        return record(c, key, value == null ? null : value.getBytes(StandardCharsets.UTF_8));
+    }
+
+    /**
+     * Reads every record until none has come for {@code quiet} (call when the job has finished, so everything is
+     * written). Every record with a conversation_id must be keyed by it.
+     */
+    static List<OutputRecord> readAll(KafkaConsumer<String, String> consumer, Duration quiet) {
+        List<OutputRecord> out = new ArrayList<>();
+        long lastRecord = System.nanoTime();
+        while (System.nanoTime() - lastRecord < quiet.toNanos()) {
+            for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
+                OutputRecord rec = Conversations.parse(r.value());
+                if (rec.conversationId != null) {
+                    assertEquals(rec.conversationId, r.key(), "records are keyed by conversation");
+                }
+                out.add(rec);
+                lastRecord = System.nanoTime();
+            }
+        }
+        return out;
     }
 
     /** A consumer of the completions and errors topics from the beginning (read_committed when asked). */

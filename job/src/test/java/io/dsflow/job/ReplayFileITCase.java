@@ -43,7 +43,11 @@ class ReplayFileITCase {
         assertEquals(0, exit, stderr.toString());
         List<OutputRecord> records = Files.readAllLines(out).stream().map(Conversations::parse).toList();
         assertEquals(3, records.stream().filter(OutputRecord::isError).count());
-        assertEquals(c.requests.size(), records.stream().filter(r -> OutputRecord.FINAL.equals(r.kind)).count());
-        assertEquals(c.requests.size(), records.stream().filter(r -> OutputRecord.FINAL.equals(r.kind)).map(r -> r.requestId).distinct().count());
+        // the bad records whose ids can be read (no-prompt, huge) get a final record with finish_reason error too
+        List<OutputRecord> finals = records.stream().filter(r -> OutputRecord.FINAL.equals(r.kind)).toList();
+        assertEquals(List.of("huge", "no-prompt"), finals.stream().filter(r -> "error".equals(r.finishReason))
+                .map(r -> r.requestId).sorted().toList());
+        assertEquals(c.requests.size() + 2, finals.size());
+        assertEquals(c.requests.size() + 2, finals.stream().map(r -> r.requestId).distinct().count());
     }
 }

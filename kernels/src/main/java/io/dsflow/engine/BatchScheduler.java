@@ -27,16 +27,20 @@ import java.util.Map;
  */
 public final class BatchScheduler {
 
-    /** What happened in a step, per request. */
+    /**
+     * What happened in a step, per request. Each event names the {@link Work} it is about, not its request id alone:
+     * request ids come from clients and two conversations may use the same one, while a conversation has at most one
+     * request here at a time.
+     */
     public interface Listener {
         /** A new token of a request's completion; index counts from 0 within the completion. */
-        void token(String requestId, int index, int tokenId);
+        void token(Work work, int index, int tokenId);
 
         /** The request ended; its conversation's full token history is {@code history}. */
-        void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history);
+        void finished(Work work, FinishReason reason, int promptTokens, int completionTokens, int[] history);
 
         /** The request failed (bad input for this model); nothing of it was kept. */
-        void failed(String requestId, DsflowException error);
+        void failed(Work work, DsflowException error);
     }
 
     /**
@@ -206,7 +210,7 @@ public final class BatchScheduler {
             if (!a.gen.finished()) {
                 int token = a.gen.acceptToken(sampled[i]);
                 if (token >= 0) {
-                    if (a.produced >= a.work.resumeFrom()) listener.token(a.work.requestId(), a.produced, token);
+                    if (a.produced >= a.work.resumeFrom()) listener.token(a.work, a.produced, token);
                     a.produced++;
                     a.token = token;
                 }
@@ -239,7 +243,7 @@ public final class BatchScheduler {
                 active.add(new Active(w, seq, gen, toPrefill));
             } catch (DsflowException e) {
                 if (kept != null) idle.put(w.conversationId(), kept); // the conversation's cache is unaffected
-                listener.failed(w.requestId(), e);
+                listener.failed(w, e);
             }
         }
     }
@@ -248,7 +252,7 @@ public final class BatchScheduler {
         busy.remove(a.work.conversationId());
         int[] history = a.token >= 0 ? concat(a.seq.tokens(), new int[]{a.token}) : a.seq.tokens();
         idle.put(a.work.conversationId(), new Kept(a.seq, a.token));
-        listener.finished(a.work.requestId(), a.gen.finishReason(), a.work.prompt().length, a.produced, history);
+        listener.finished(a.work, a.gen.finishReason(), a.work.prompt().length, a.produced, history);
     }
 
     static int[] concat(int[] a, int[] b) {

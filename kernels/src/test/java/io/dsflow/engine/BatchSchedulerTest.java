@@ -27,7 +27,8 @@ class BatchSchedulerTest {
         final Map<String, DsflowException> errors = new HashMap<>();
 
         @Override
-        public void token(String id, int index, int tokenId) {
+        public void token(BatchScheduler.Work work, int index, int tokenId) {
+            String id = work.requestId();
             List<Integer> l = tokens.computeIfAbsent(id, k -> new ArrayList<>());
             assertEquals(l.size(), index, "tokens arrive in index order");
             l.add(tokenId);
@@ -35,15 +36,17 @@ class BatchSchedulerTest {
         }
 
         @Override
-        public void finished(String id, FinishReason reason, int promptTokens, int completionTokens, int[] h) {
+        public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
+                             int[] h) {
+            String id = work.requestId();
             finish.put(id, reason);
             history.put(id, h);
             assertEquals(tokens.getOrDefault(id, List.of()).size(), completionTokens);
         }
 
         @Override
-        public void failed(String id, DsflowException error) {
-            errors.put(id, error);
+        public void failed(BatchScheduler.Work work, DsflowException error) {
+            errors.put(work.requestId(), error);
         }
 
         int[] of(String id) {
@@ -178,13 +181,16 @@ class BatchSchedulerTest {
         BatchScheduler s = new BatchScheduler(e, 8);
         Recorder r = new Recorder() {
             @Override
-            public void token(String id, int index, int tokenId) {
+            public void token(BatchScheduler.Work work, int index, int tokenId) {
+            String id = work.requestId();
                 tokens.computeIfAbsent(id, k -> new ArrayList<>()).add(tokenId);
                 assertTrue(index >= 4, "tokens before the resume point are not emitted again");
             }
 
             @Override
-            public void finished(String id, FinishReason reason, int promptTokens, int completionTokens, int[] h) {
+            public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
+                             int[] h) {
+            String id = work.requestId();
                 assertEquals(10, completionTokens, "usage counts the whole completion");
                 finish.put(id, reason);
             }

@@ -172,6 +172,15 @@ public final class Admission<W> {
         conversations++;
     }
 
+    /**
+     * A conversation ended (an end record, or idle expiry; it has nothing running or waiting): it no longer counts
+     * against the limit, and the bytes its kept cache held are free (the operator drops the cache in the engine).
+     */
+    public void closeConversation(String conv) {
+        release(conv);
+        conversations--;
+    }
+
     public long conversations() {
         return conversations;
     }

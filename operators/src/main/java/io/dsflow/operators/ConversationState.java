@@ -18,10 +18,18 @@ public class ConversationState {
      * running count in memory and writes it here before each barrier (and resets it when the request ends).
      */
     public int[] completion = new int[0];
-    /** Requests that arrived while one was active, served in order. */
+    /**
+     * Requests that arrived while one was active, served in order; an end command among them ends the conversation
+     * when its turn comes, and the requests after it open a new one.
+     */
     public Request[] queued = new Request[0];
     /** The last request ids seen in this conversation (a repeated one is refused as a duplicate). */
     public String[] recentRequestIds = new String[0];
+    /**
+     * While the conversation is idle: the processing time (ms) its expiry timer fires, when it ends unless a request
+     * comes first; 0 while it is busy or when conversations never expire.
+     */
+    public long idleDeadline;
 
     /** How many request ids a conversation remembers for duplicate detection. */
     public static final int REMEMBERED_IDS = 64;

@@ -13,21 +13,41 @@ import java.util.Arrays;
 /**
  * The checkpoint format of a conversation's state, written field by field so that it stays small (token ids as
  * ints, no class names) and versioned: the snapshot records {@link #FORMAT_VERSION}, and a later version of this
- * class reads what an older one wrote. Format 1:
+ * class reads what an older one wrote (a snapshot of format 1 restores through {@link #forVersion}: Flink migrates
+ * the state, reading it with the old format and writing the current one). Format 2, the current one:
  * <pre>
  *   int[] history | bool hasActive [Request active, int[] activePrompt] | int[] completion | int n, Request[n] queued
- *   | int n, String[n] recentRequestIds
- *   Request: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
+ *   | int n, String[n] recentRequestIds | long idleDeadline
+ *   Request: bool end, then for an end command: str conversationId, nullable str requestId, nullable str raw;
+ *            else: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
  *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv,
  *            nullable str raw
  *   kv: the request's kv overrides as a JSON object ({@link KvOverrides#toJson}; earlier builds wrote the request's
  *       own kv JSON, which reads the same)
  * </pre>
+ * Format 1 (before conversations could end): the same without {@code bool end} (every request a completion) and
+ * without {@code idleDeadline} (read as 0: the operator arms the expiry of such an idle conversation at restore).
  */
 public final class ConversationStateSerializer extends TypeSerializer<ConversationState> {
     private static final long serialVersionUID = 1L;
-    public static final int FORMAT_VERSION = 1;
-    public static final ConversationStateSerializer INSTANCE = new ConversationStateSerializer();
+    public static final int FORMAT_VERSION = 2;
+    public static final ConversationStateSerializer INSTANCE = new ConversationStateSerializer(FORMAT_VERSION);
+
+    /** The format this serializer reads and writes. */
+    private final int version;
+
+    private ConversationStateSerializer(int version) {
+        this.version = version;
+    }
+
+    /** The serializer of a format, for state a snapshot wrote in it (1 or 2). */
+    public static ConversationStateSerializer forVersion(int version) {
+        if (version == FORMAT_VERSION) return INSTANCE;
+        if (version < 1 || version > FORMAT_VERSION) {
+            throw new IllegalArgumentException("no conversation state format " + version);
+        }
+        return new ConversationStateSerializer(version);
+    }
 
     @Override
     public boolean isImmutableType() {
@@ -36,7 +56,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
 
     @Override
     public TypeSerializer<ConversationState> duplicate() {
-        return this; // stateless
+        return this; // immutable
     }
 
     @Override
@@ -53,11 +73,13 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         c.completion = from.completion.clone();
         c.queued = Arrays.stream(from.queued).map(ConversationStateSerializer::copy).toArray(Request[]::new);
         c.recentRequestIds = from.recentRequestIds.clone();
+        c.idleDeadline = from.idleDeadline;
         return c;
     }
 
     private static Request copy(Request r) {
         Request c = new Request();
+        c.endConversation = r.endConversation;
         c.conversationId = r.conversationId;
         c.requestId = r.requestId;
         c.prompt = r.prompt;
@@ -67,7 +89,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         c.topP = r.topP;
         c.topK = r.topK;
         c.seed = r.seed;
-        c.stop = r.stop.clone();
+        c.stop = r.stop == null ? null : r.stop.clone();
         c.kv = r.kv == null ? null : r.kv.copy();
         c.raw = r.raw;
         return c;
@@ -96,6 +118,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         for (Request r : s.queued) writeRequest(r, out);
         out.writeInt(s.recentRequestIds.length);
         for (String id : s.recentRequestIds) out.writeUTF(id);
+        if (version >= 2) out.writeLong(s.idleDeadline);
     }
 
     @Override
@@ -111,6 +134,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         for (int i = 0; i < s.queued.length; i++) s.queued[i] = readRequest(in);
         s.recentRequestIds = new String[in.readInt()];
         for (int i = 0; i < s.recentRequestIds.length; i++) s.recentRequestIds[i] = in.readUTF();
+        if (version >= 2) s.idleDeadline = in.readLong();
         return s;
     }
 
@@ -124,7 +148,18 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         serialize(deserialize(in), out);
     }
 
-    private static void writeRequest(Request r, DataOutputView out) throws IOException {
+    private void writeRequest(Request r, DataOutputView out) throws IOException {
+        if (version >= 2) {
+            out.writeBoolean(r.endConversation);
+            if (r.endConversation) {
+                out.writeUTF(r.conversationId);
+                writeNullable(r.requestId, out);
+                writeNullable(r.raw, out);
+                return;
+            }
+        } else if (r.endConversation) {
+            throw new IOException("conversation state format " + version + " has no end commands");
+        }
         out.writeUTF(r.conversationId);
         out.writeUTF(r.requestId);
         writeNullable(r.prompt, out);
@@ -141,7 +176,12 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         writeNullable(r.raw, out);
     }
 
-    private static Request readRequest(DataInputView in) throws IOException {
+    private Request readRequest(DataInputView in) throws IOException {
+        if (version >= 2 && in.readBoolean()) {
+            String conversationId = in.readUTF();
+            String requestId = readNullable(in);
+            return Request.end(conversationId, requestId, readNullable(in));
+        }
         Request r = new Request();
         r.conversationId = in.readUTF();
         r.requestId = in.readUTF();
@@ -196,12 +236,12 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
 
     @Override
     public boolean equals(Object o) {
-        return o instanceof ConversationStateSerializer;
+        return o instanceof ConversationStateSerializer other && other.version == version;
     }
 
     @Override
     public int hashCode() {
-        return ConversationStateSerializer.class.hashCode();
+        return ConversationStateSerializer.class.hashCode() * 31 + version;
     }
 
     @Override
@@ -234,7 +274,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
 
         @Override
         public TypeSerializer<ConversationState> restoreSerializer() {
-            return INSTANCE;
+            return forVersion(version);
         }
 
         @Override

@@ -21,9 +21,12 @@ import org.apache.flink.runtime.memory.MemoryManager;
 import org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.runtime.state.VoidNamespaceSerializer;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.BoundedOneInput;
+import org.apache.flink.streaming.api.operators.InternalTimer;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.operators.Triggerable;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 
 import java.nio.file.Path;
@@ -42,7 +45,12 @@ import java.util.concurrent.atomic.AtomicLong;
  *       tokens it had emitted are regenerated silently: chunks continue at the next index);</li>
  *   <li>processElement(): refuses a conversation past limits.max-conversations (conversation_limit error record) and a
  *       request id the conversation already used (duplicate_request_id); queues a request behind its conversation's
- *       active one; otherwise tokenises and checks it and hands it to {@link Admission};</li>
+ *       active one; otherwise tokenises and checks it and hands it to {@link Admission}. A refused or failed request
+ *       gets an error record and a final record (the rule of {@link OutputRecord#refusal});</li>
+ *   <li>a conversation ends on an end command (a tombstone, or end_conversation) once the requests before it are
+ *       served, or after limits.conversation-idle-timeout idle (a keyed processing-time timer): its state is cleared,
+ *       its cache dropped, and it no longer counts against limits.max-conversations
+ *       ({@link ConversationLifetime});</li>
  *   <li>the engine thread advances all admitted requests of the subtask together, one step at a time; each step's
  *       results come back through the task mailbox, where keyed state is updated and records are emitted
  *       ({@link TokenStream}), so a checkpoint always holds exactly the tokens emitted before its barrier
@@ -58,7 +66,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * {@link Admission}'s, the engine's thread is {@link EngineThread}'s, and the records are {@link TokenStream}'s.
  */
 public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
-        implements OneInputStreamOperator<Request, OutputRecord>, BoundedOneInput {
+        implements OneInputStreamOperator<Request, OutputRecord>, BoundedOneInput, Triggerable<String, VoidNamespace> {
     private static final long serialVersionUID = 1L;
     /** Its own logger (AbstractStreamOperator's LOG carries Flink's name and level). */
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(DecodeOperator.class);
@@ -91,7 +99,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient Admission<BatchScheduler.Work> admission;
     private transient TokenStream tokens;
     private transient EngineThread engineThread;
-    private transient Counter historyPrefillCounter;
+    private transient ConversationLifetime lifetime;
+    private transient Counter historyPrefillCounter, conversationsEnded, conversationsExpired;
     private transient LongCounter historyPrefills, prefilledTokens, cacheEvictions;
 
     public DecodeOperator(DecodeSettings settings) {
@@ -121,6 +130,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         engineThread = new EngineThread(engine, settings.prefillChunk(), mailbox, new EngineResults(),
                 "dsflow-engine-" + subtask);
         engineThread.start();
+        lifetime = new ConversationLifetime(settings.limits().conversationIdleTimeoutMs(),
+                getInternalTimerService("conversation-expiry", VoidNamespaceSerializer.INSTANCE, this));
         resumeRestored();
     }
 
@@ -166,6 +177,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Histogram itl = g.histogram("inter_token_latency_ms", new DescriptiveStatisticsHistogram(2000));
         Meter tokensPerSecond = g.meter("generation_tokens_per_second", new MeterView(10));
         historyPrefillCounter = g.counter("history_prefills");
+        conversationsEnded = g.counter("conversations_ended");
+        conversationsExpired = g.counter("conversations_expired");
         g.gauge("num_requests_running", () -> tokens.size());
         g.gauge("num_requests_waiting", () -> admission.waitingCount());
         g.gauge("num_conversations", () -> admission.conversations());
@@ -202,6 +215,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             ConversationState cs = state.value();
             if (cs == null) continue;
             admission.restoredConversation();
+            if (lifetime.restored(cs)) state.update(cs);
             if (cs.active != null) {
                 String conv = (String) key;
                 tokens.start(cs.active.requestId, conv, cs.completion);
@@ -220,26 +234,29 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Request r = element.getValue();
         String conv = r.conversationId;
         ConversationState cs = state.value();
+        if (r.endConversation) {
+            endCommand(conv, cs, r);
+            return;
+        }
         if (cs == null) {
             if (!admission.openConversation()) {
                 // no state is created: the conversations this subtask holds go on; this one may retry later
-                emit(OutputRecord.error(conv, r.requestId, "conversation_limit",
-                        "this decode subtask holds " + admission.conversations() + " conversations, its limit", r.raw));
+                refuseOverLimit(conv, r);
                 return;
             }
             cs = new ConversationState();
         }
-        if (usesKnownId(cs, r.requestId)) {
-            // a retried or replayed request: one error record, and the conversation goes on untouched
+        if (ConversationLifetime.usesKnownId(cs, r.requestId)) {
+            // a retried or replayed request: one error record (no final: the final of this id belongs to the request
+            // that used it first), and the conversation goes on untouched
             emit(OutputRecord.error(conv, r.requestId, "duplicate_request_id",
                     "request_id " + r.requestId + " was already used in this conversation", r.raw));
             return;
         }
         cs.recentRequestIds = remember(cs.recentRequestIds, r.requestId);
         if (cs.active != null || admission.isWaiting(conv)) {
-            cs.queued = Arrays.copyOf(cs.queued, cs.queued.length + 1);
-            cs.queued[cs.queued.length - 1] = r;
-            state.update(cs);
+            enqueueBehind(cs, r);
+            save(cs);
             return;
         }
         if (!activate(conv, cs, r)) return;
@@ -251,10 +268,58 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
     }
 
-    private static boolean usesKnownId(ConversationState cs, String requestId) {
-        return Arrays.asList(cs.recentRequestIds).contains(requestId)
-                || (cs.active != null && cs.active.requestId.equals(requestId))
-                || Arrays.stream(cs.queued).anyMatch(q -> q.requestId.equals(requestId));
+    private static void enqueueBehind(ConversationState cs, Request r) {
+        cs.queued = Arrays.copyOf(cs.queued, cs.queued.length + 1);
+        cs.queued[cs.queued.length - 1] = r;
+    }
+
+    private void refuseOverLimit(String conv, Request r) {
+        emitRefusal(OutputRecord.error(conv, r.requestId, "conversation_limit",
+                "this decode subtask holds " + admission.conversations() + " conversations, its limit", r.raw));
+    }
+
+    /**
+     * An end command: a conversation with nothing active or queued ends now; a busy one ends when the requests sent
+     * before the command are served (the command waits in its queue). Ending a conversation the subtask does not
+     * hold does nothing (a tombstone for a key that is gone, as in a compacted topic).
+     */
+    private void endCommand(String conv, ConversationState cs, Request end) throws Exception {
+        if (cs == null) return;
+        if (ConversationLifetime.isIdle(cs)) {
+            endConversation(conv, cs);
+            conversationsEnded.inc();
+            return;
+        }
+        enqueueBehind(cs, end);
+        save(cs);
+    }
+
+    /** The conversation (the current key) ends: its state, expiry timer, engine cache and admission's count go. */
+    private void endConversation(String conv, ConversationState cs) {
+        lifetime.disarm(cs);
+        state.clear();
+        engineThread.dropCache(conv);
+        admission.closeConversation(conv);
+    }
+
+    /** An idle conversation's expiry timer fired (the conversation is the current key). */
+    @Override
+    public void onProcessingTime(InternalTimer<String, VoidNamespace> timer) throws Exception {
+        ConversationState cs = state.value();
+        if (cs == null || !lifetime.expires(cs, timer.getTimestamp())) return;   // a stale timer
+        endConversation(timer.getKey(), cs);
+        conversationsExpired.inc();
+    }
+
+    @Override
+    public void onEventTime(InternalTimer<String, VoidNamespace> timer) {
+        // no event-time timers
+    }
+
+    /** Writes the conversation's state, its expiry timer armed if it is idle, disarmed if busy. */
+    private void save(ConversationState cs) throws Exception {
+        lifetime.track(cs);
+        state.update(cs);
     }
 
     /** The ids with {@code id} added, keeping the last REMEMBERED_IDS. */
@@ -281,14 +346,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             }
             kv = r.kvConfig(settings.kv());
         } catch (DsflowException e) {
-            state.update(cs); // the request id is remembered all the same
+            save(cs); // the request id is remembered all the same
             fail(conv, r, e);
             return false;
         }
         cs.active = r;
         cs.activePrompt = prompt;
         cs.completion = new int[0];
-        state.update(cs);
+        save(cs);
         tokens.start(r.requestId, conv, new int[0]);
         enqueue(conv, cs, kv);
         return true;
@@ -301,7 +366,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Admission.Need need = new Admission.Need(engine.estimateCacheBytes(kv, cacheTokens),
                 engine.backend().hostCacheBytes(kv, cacheTokens));   // host placement's pinned stores
         BatchScheduler.Work work = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
-                RequestParser.samplingParams(r), kv, tokens.emitted(r.requestId));
+                RequestParser.samplingParams(r), kv, tokens.emitted(conv, r.requestId));
         admission.enqueue(conv, need, work);
     }
 
@@ -336,17 +401,18 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     /** Applies the engine thread's results; see {@link EngineThread.Results}. */
     private final class EngineResults implements EngineThread.Results {
         @Override
-        public void token(String requestId, int index, int tokenId) {
+        public void token(BatchScheduler.Work work, int index, int tokenId) {
             // the token joins the keyed state at the next checkpoint (prepareSnapshotPreBarrier), not now: a state
             // update a token would serialise the conversation (its whole history, on RocksDB) for every token
-            emit(tokens.chunk(requestId, index, tokenId));
+            emit(tokens.chunk(work.conversationId(), work.requestId(), index, tokenId));
         }
 
         @Override
-        public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens,
+        public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
                              int[] history) throws Exception {
-            String conv = tokens.conversationOf(requestId);
-            OutputRecord finalRecord = tokens.finalRecord(requestId, reason, promptTokens, completionTokens);
+            String conv = work.conversationId();
+            OutputRecord finalRecord = tokens.finalRecord(conv, work.requestId(), reason, promptTokens,
+                    completionTokens);
             setCurrentKey(conv);
             ConversationState cs = state.value();
             cs.history = history;
@@ -359,8 +425,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
 
         @Override
-        public void failed(String requestId, DsflowException error) throws Exception {
-            String conv = tokens.conversationOf(requestId);
+        public void failed(BatchScheduler.Work work, DsflowException error) throws Exception {
+            String conv = work.conversationId();
             setCurrentKey(conv);
             admission.ended(conv);   // its reservation can be reclaimed like any idle cache
             ConversationState cs = state.value();
@@ -378,7 +444,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     /** Ends the active request with an error record and a final record, then serves the conversation's next one. */
     private void endWithError(String conv, ConversationState cs, Request r, DsflowException error) throws Exception {
-        tokens.remove(r.requestId);
+        tokens.remove(conv, r.requestId);
         cs.active = null;
         cs.activePrompt = null;
         cs.completion = new int[0];
@@ -386,18 +452,47 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         startNextQueued(conv, cs);
     }
 
+    /** Serves the conversation's queued requests in order until one is active; an end command ends it on the way. */
     private void startNextQueued(String conv, ConversationState cs) throws Exception {
         while (cs.queued.length > 0) {
             Request next = cs.queued[0];
             cs.queued = Arrays.copyOfRange(cs.queued, 1, cs.queued.length);
-            if (activate(conv, cs, next)) return;
+            if (next.endConversation) {
+                cs = endQueued(conv, cs);
+                if (cs == null) return;
+            } else if (activate(conv, cs, next)) {
+                return;
+            }
         }
-        state.update(cs);
+        save(cs);
+    }
+
+    /**
+     * An end command's turn came: the conversation ends. Returns the state of the next conversation of the same id,
+     * which the requests queued after the command open (null when there are none, or when the subtask has no room
+     * for a conversation: then each gets a conversation_limit error).
+     */
+    private ConversationState endQueued(String conv, ConversationState cs) {
+        Request[] after = cs.queued;
+        endConversation(conv, cs);
+        conversationsEnded.inc();
+        if (after.length == 0) return null;
+        if (!admission.openConversation()) {
+            for (Request q : after) {
+                if (!q.endConversation) refuseOverLimit(conv, q);
+            }
+            return null;
+        }
+        return ConversationLifetime.openedAfterEnd(after);
     }
 
     private void fail(String conv, Request r, DsflowException e) {
-        emit(OutputRecord.error(conv, r.requestId, "invalid_request", e.getMessage(), r.raw));
-        emit(OutputRecord.finalRecord(conv, r.requestId, FinishReason.ERROR.id(), 0, 0, 0, 0));
+        emitRefusal(OutputRecord.error(conv, r.requestId, "invalid_request", e.getMessage(), r.raw));
+    }
+
+    /** A refused or failed request's records: its error record, then its final record (OutputRecord#refusal). */
+    private void emitRefusal(OutputRecord error) {
+        for (OutputRecord r : OutputRecord.refusal(error)) emit(r);
     }
 
     private void emit(OutputRecord record) {

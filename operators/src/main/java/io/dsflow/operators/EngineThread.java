@@ -31,17 +31,20 @@ final class EngineThread implements AutoCloseable {
     private static final long IDLE_POLL_MS = 50;
     private static final long JOIN_MS = 10_000;
 
-    /** What the task thread does with a step's results (run in the mailbox). */
+    /**
+     * What the task thread does with a step's results (run in the mailbox). Each result names the work it is about
+     * (conversation and request): a request id alone may be live in two conversations at once.
+     */
     interface Results {
         /** A new token of a request's completion; index counts from 0 within the completion. */
-        void token(String requestId, int index, int tokenId) throws Exception;
+        void token(BatchScheduler.Work work, int index, int tokenId) throws Exception;
 
         /** The request ended; its conversation's full token history is {@code history}. */
-        void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens, int[] history)
-                throws Exception;
+        void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
+                      int[] history) throws Exception;
 
         /** The request failed (bad input for this model); the engine kept nothing of it. */
-        void failed(String requestId, DsflowException error) throws Exception;
+        void failed(BatchScheduler.Work work, DsflowException error) throws Exception;
 
         /**
          * After a step's results: how many requests re-prefilled their conversation's history and how many tokens were
@@ -85,19 +88,19 @@ final class EngineThread implements AutoCloseable {
         List<ThrowingRunnable<Exception>> events = new ArrayList<>();
         BatchScheduler.Listener listener = new BatchScheduler.Listener() {
             @Override
-            public void token(String requestId, int index, int tokenId) {
-                events.add(() -> results.token(requestId, index, tokenId));
+            public void token(BatchScheduler.Work work, int index, int tokenId) {
+                events.add(() -> results.token(work, index, tokenId));
             }
 
             @Override
-            public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens,
-                                 int[] history) {
-                events.add(() -> results.finished(requestId, reason, promptTokens, completionTokens, history));
+            public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens,
+                                 int completionTokens, int[] history) {
+                events.add(() -> results.finished(work, reason, promptTokens, completionTokens, history));
             }
 
             @Override
-            public void failed(String requestId, DsflowException error) {
-                events.add(() -> results.failed(requestId, error));
+            public void failed(BatchScheduler.Work work, DsflowException error) {
+                events.add(() -> results.failed(work, error));
             }
         };
         try {

@@ -2,6 +2,9 @@ package io.dsflow.operators;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.engine.FinishReason;
+
+import java.util.List;
 
 /**
  * What the job emits, one POJO for the three kinds (Flink serialises it without reflection tricks):
@@ -11,6 +14,12 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
  *       completion_tokens}, timings {ttft_ms, itl_ms}} (one per request, after its chunks);</li>
  *   <li>error: {@code request_id (if known), error {code, message}, input} (on the errors topic).</li>
  * </ul>
+ * One rule for refusals and failures, wherever they are found (the parser or the decode operator): a request whose
+ * conversation_id and request_id can be read gets exactly one error record and then one final record with
+ * finish_reason error, so a consumer waiting for each request's final never waits forever; a record whose ids cannot
+ * be read gets the error record alone (no final could name it). The one exception is duplicate_request_id: the final
+ * of that (conversation, request) pair belongs to the request that used the id first, so the duplicate gets only its
+ * error record. {@link #refusal} builds the records of the rule.
  */
 public class OutputRecord {
     public static final String CHUNK = "chunk", FINAL = "final", ERROR = "error";
@@ -69,6 +78,17 @@ public class OutputRecord {
         r.errorMessage = message;
         r.input = input;
         return r;
+    }
+
+    /**
+     * The records a refused or failed request gets: {@code error}, then a final record with finish_reason error
+     * (no usage, no timings) when the error names both the conversation and the request; {@code error} alone when it
+     * cannot.
+     */
+    public static List<OutputRecord> refusal(OutputRecord error) {
+        if (!error.isError()) throw new IllegalArgumentException("not an error record: " + error);
+        if (error.conversationId == null || error.requestId == null) return List.of(error);
+        return List.of(error, finalRecord(error.conversationId, error.requestId, FinishReason.ERROR.id(), 0, 0, 0, 0));
     }
 
     public boolean isError() {

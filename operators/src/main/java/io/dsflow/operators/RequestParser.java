@@ -15,8 +15,14 @@ import java.util.List;
 import java.util.Set;
 
 /**
- * Parses and validates one request record (JSON). A bad record becomes exactly one error record naming the cause,
- * the request_id when it can be read, and the raw input (cut to 1000 characters); nothing throws.
+ * Parses and validates one request record (JSON), or one {@link InputRecord} of a source with keys (Kafka). A bad
+ * record becomes exactly one error record naming the cause, the ids when they can be read, and the raw input (cut to
+ * 1000 characters), followed by a final record with finish_reason error when both ids can be read (the rule of
+ * {@link OutputRecord#refusal}: {@link Parsed#records}); nothing throws.
+ * <p>
+ * Ending a conversation: a record {@code {"conversation_id": "c1", "end_conversation": true}} (request_id optional,
+ * nothing else), or on Kafka a tombstone (no value) keyed by the conversation_id, becomes an end command
+ * ({@link Request#endConversation}).
  */
 public final class RequestParser {
     /** Strict: a duplicate key, or anything after the one JSON value of a record, is an error. */
@@ -24,7 +30,10 @@ public final class RequestParser {
             .enable(DeserializationFeature.FAIL_ON_READING_DUP_TREE_KEY)
             .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
     private static final Set<String> FIELDS = Set.of("conversation_id", "request_id", "prompt", "prompt_ids",
-            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv", "model", "stream", "n", "user");
+            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv", "model", "stream", "n", "user",
+            "end_conversation");
+    /** The fields an end_conversation record may have. */
+    private static final Set<String> END_FIELDS = Set.of("conversation_id", "request_id", "end_conversation");
     private static final int DEFAULT_MAX_TOKENS = 64;
     private static final int MAX_INPUT_IN_ERROR = 1000;
 
@@ -34,8 +43,34 @@ public final class RequestParser {
         this.limits = limits;
     }
 
-    /** Either a request or an error record. */
+    /** Either a request (or end command) or an error record. */
     public record Parsed(Request request, OutputRecord error) {
+        /** What a bad record emits: its error record, and its final record when both ids could be read. */
+        public List<OutputRecord> records() {
+            return error == null ? List.of() : OutputRecord.refusal(error);
+        }
+    }
+
+    /**
+     * A record of a source with keys: a value is parsed as a request; a tombstone (no value) keyed by a conversation
+     * ends that conversation; a record with neither, or with bytes that are not UTF-8, is an error.
+     */
+    public Parsed parse(InputRecord record) {
+        if (record.undecodable != null) {
+            return error(null, null, "invalid_encoding", record.undecodable, record.value == null ? "" : record.value);
+        }
+        if (record.value != null) return parse(record.value);
+        if (record.key == null) {
+            return error(null, null, "empty_record", "a record with neither key nor value (to end a conversation, "
+                    + "send a tombstone keyed by its conversation_id)", "");
+        }
+        String key = record.key;
+        if (key.isEmpty() || key.length() > limits.maxIdLength()) {
+            return error(null, null, "invalid_field", "a tombstone's key is the conversation_id to end; this one is "
+                    + (key.isEmpty() ? "empty" : key.length() + " characters, the limit is " + limits.maxIdLength()),
+                    cut(key, MAX_INPUT_IN_ERROR));
+        }
+        return new Parsed(Request.end(key, null, "tombstone keyed " + cut(key, 64)), null);
     }
 
     public Parsed parse(String raw) {
@@ -53,10 +88,7 @@ public final class RequestParser {
         if (root == null || !root.isObject()) {
             return error(null, null, "invalid_json", "a request must be a JSON object", raw);
         }
-        String requestId = root.path("request_id").isTextual() ? root.get("request_id").asText() : null;
-        String conversationId = root.path("conversation_id").isTextual() ? root.get("conversation_id").asText() : null;
-        if (requestId != null && requestId.length() > limits.maxIdLength()) requestId = null;
-        if (conversationId != null && conversationId.length() > limits.maxIdLength()) conversationId = null;
+        String requestId = readableId(root, "request_id"), conversationId = readableId(root, "conversation_id");
         try {
             return new Parsed(build(root, raw), null);
         } catch (BadRequest e) {
@@ -66,10 +98,24 @@ public final class RequestParser {
         }
     }
 
+    /** The id as an error record may name it: a non-empty string within the length limit, else null. */
+    private String readableId(JsonNode root, String field) {
+        JsonNode n = root.get(field);
+        if (n == null || !n.isTextual() || n.asText().isEmpty() || n.asText().length() > limits.maxIdLength()) {
+            return null;
+        }
+        return n.asText();
+    }
+
     private Request build(JsonNode root, String raw) {
         for (Iterator<String> it = root.fieldNames(); it.hasNext(); ) {
             String f = it.next();
             if (!FIELDS.contains(f)) throw new BadRequest("unknown_field", "unknown field '" + cut(f, 64) + "'");
+        }
+        JsonNode end = root.get("end_conversation");
+        if (end != null && !end.isNull()) {
+            if (!end.isBoolean()) throw new BadRequest("invalid_field", "end_conversation must be true or false");
+            if (end.asBoolean()) return endCommand(root, raw);
         }
         Request r = new Request();
         r.raw = raw;
@@ -135,6 +181,19 @@ public final class RequestParser {
             r.kvConfig(KvConfig.DENSE); // validates names and values now
         }
         return r;
+    }
+
+    /** An end_conversation record: the conversation_id, an optional request_id, nothing else. */
+    private Request endCommand(JsonNode root, String raw) {
+        for (Iterator<String> it = root.fieldNames(); it.hasNext(); ) {
+            String f = it.next();
+            if (!END_FIELDS.contains(f)) {
+                throw new BadRequest("invalid_field", "an end_conversation record has only conversation_id and "
+                        + "request_id; '" + f + "' is not allowed (send the request first, then the end)");
+            }
+        }
+        return Request.end(id(root, "conversation_id"), root.has("request_id") && !root.get("request_id").isNull()
+                ? id(root, "request_id") : null, raw);
     }
 
     /**

@@ -19,6 +19,9 @@ import java.util.Map;
  *   <li>its emitted tokens go into keyed state only at checkpoints: {@link #takeUnsaved} hands over what changed;</li>
  *   <li>it leaves with its {@link #finalRecord} or, when it fails, {@link #remove}.</li>
  * </ul>
+ * Requests in progress are keyed by their conversation, which has at most one at a time: request ids come from clients,
+ * and two conversations may use the same one at once. Every call names the request as well, and a call for a request
+ * that is not its conversation's request in progress is a bug (IllegalStateException), never a mislabelled record.
  * No Flink types; used from the task thread only (the operator applies engine results there, in the mailbox).
  */
 final class TokenStream {
@@ -48,7 +51,7 @@ final class TokenStream {
 
     /** A request in progress, as the task thread sees it. */
     private static final class Completion {
-        final String conversationId;
+        final String requestId;
         final long startNanos = System.nanoTime();
         long lastTokenNanos;
         double itlSumMs;
@@ -61,8 +64,8 @@ final class TokenStream {
         int emitted;
         boolean unsaved;
 
-        Completion(String conversationId, int[] emittedBefore) {
-            this.conversationId = conversationId;
+        Completion(String requestId, int[] emittedBefore) {
+            this.requestId = requestId;
             tokens = Arrays.copyOf(emittedBefore, Math.max(16, emittedBefore.length * 2));
             emitted = emittedBefore.length;
             prefixOffset = Math.max(0, emitted - 1);   // one token of context for the next text
@@ -78,6 +81,7 @@ final class TokenStream {
 
     private final Tokenizer tokenizer;
     private final Metrics metrics;
+    /** By conversation id. */
     private final Map<String, Completion> inProgress = new HashMap<>();
 
     TokenStream(Tokenizer tokenizer, Metrics metrics) {
@@ -87,7 +91,11 @@ final class TokenStream {
 
     /** A request starts (nothing emitted yet), or resumes after a restore having emitted {@code emittedBefore}. */
     void start(String requestId, String conversationId, int[] emittedBefore) {
-        inProgress.put(requestId, new Completion(conversationId, emittedBefore));
+        Completion other = inProgress.putIfAbsent(conversationId, new Completion(requestId, emittedBefore));
+        if (other != null) {
+            throw new IllegalStateException("conversation " + conversationId + " already has request "
+                    + other.requestId + " in progress; " + requestId + " cannot start");
+        }
     }
 
     boolean isEmpty() {
@@ -99,18 +107,14 @@ final class TokenStream {
         return inProgress.size();
     }
 
-    String conversationOf(String requestId) {
-        return completion(requestId).conversationId;
-    }
-
     /** Completion tokens the request has emitted (chunk records sent). */
-    int emitted(String requestId) {
-        return completion(requestId).emitted;
+    int emitted(String conversationId, String requestId) {
+        return completion(conversationId, requestId).emitted;
     }
 
     /** The chunk record of the request's next token ({@code index}: its position in the completion). */
-    OutputRecord chunk(String requestId, int index, int tokenId) {
-        Completion c = completion(requestId);
+    OutputRecord chunk(String conversationId, String requestId, int index, int tokenId) {
+        Completion c = completion(conversationId, requestId);
         c.append(tokenId);
         String delta = textDelta(c);
         long now = System.nanoTime();
@@ -124,7 +128,7 @@ final class TokenStream {
             metrics.nextToken(ms);
         }
         c.lastTokenNanos = now;
-        return OutputRecord.chunk(c.conversationId, requestId, index, tokenId, delta);
+        return OutputRecord.chunk(conversationId, requestId, index, tokenId, delta);
     }
 
     /**
@@ -142,15 +146,18 @@ final class TokenStream {
     }
 
     /** The request's final record; the request leaves the stream. */
-    OutputRecord finalRecord(String requestId, FinishReason reason, int promptTokens, int completionTokens) {
-        Completion c = inProgress.remove(requestId);
-        return OutputRecord.finalRecord(c.conversationId, requestId, reason.id(), promptTokens, completionTokens,
+    OutputRecord finalRecord(String conversationId, String requestId, FinishReason reason, int promptTokens,
+                             int completionTokens) {
+        Completion c = completion(conversationId, requestId);
+        inProgress.remove(conversationId);
+        return OutputRecord.finalRecord(conversationId, requestId, reason.id(), promptTokens, completionTokens,
                 c.ttftMs, c.itlCount == 0 ? 0 : c.itlSumMs / c.itlCount);
     }
 
     /** The request leaves without a final record of its own (it ended with an error). */
-    void remove(String requestId) {
-        inProgress.remove(requestId);
+    void remove(String conversationId, String requestId) {
+        completion(conversationId, requestId);
+        inProgress.remove(conversationId);
     }
 
     /** The requests that emitted tokens since the last call, with all their tokens so far; marks them saved. */
@@ -159,15 +166,18 @@ final class TokenStream {
         for (Map.Entry<String, Completion> e : inProgress.entrySet()) {
             Completion c = e.getValue();
             if (!c.unsaved) continue;
-            unsaved.add(new Unsaved(e.getKey(), c.conversationId, Arrays.copyOf(c.tokens, c.emitted)));
+            unsaved.add(new Unsaved(c.requestId, e.getKey(), Arrays.copyOf(c.tokens, c.emitted)));
             c.unsaved = false;
         }
         return unsaved;
     }
 
-    private Completion completion(String requestId) {
-        Completion c = inProgress.get(requestId);
-        if (c == null) throw new IllegalStateException("request " + requestId + " is not in progress");
+    private Completion completion(String conversationId, String requestId) {
+        Completion c = inProgress.get(conversationId);
+        if (c == null || !c.requestId.equals(requestId)) {
+            throw new IllegalStateException("request " + requestId + " is not in progress in conversation "
+                    + conversationId);
+        }
         return c;
     }
 }

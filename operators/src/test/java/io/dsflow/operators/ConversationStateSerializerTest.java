@@ -100,15 +100,50 @@ class ConversationStateSerializerTest {
         out.writeInt(1);
         out.writeUTF("r1");
 
-        ConversationState s = ConversationStateSerializer.INSTANCE.deserialize(
+        ConversationState s = ConversationStateSerializer.forVersion(1).deserialize(
                 new DataInputDeserializer(out.getCopyOfBuffer()));
         assertArrayEquals(new int[]{44, 45}, s.completion);
+        assertEquals(0, s.idleDeadline, "format 1 has no expiry: the operator arms one at restore");
         io.dsflow.engine.kv.KvConfig kv = s.active.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE);
         assertEquals(io.dsflow.engine.kv.KvPolicy.DSPP, kv.policy());
         assertEquals(16, kv.window());
         assertEquals(0.5, kv.lambda());
         assertTrue(kv.lookahead());
         assertEquals(kv, roundTrip(s).active.kvConfig(io.dsflow.engine.kv.KvConfig.DENSE), "and after a new write");
+    }
+
+    /**
+     * Format 2 (issue 22, item 4): an end command queued behind the active request and the expiry time survive, and
+     * a snapshot of format 1 restores through a serializer of format 1, migrated to the current one.
+     */
+    @Test
+    void endCommandsAndTheIdleDeadlineSurviveAndFormatOneMigrates() throws Exception {
+        ConversationState s = sample();
+        s.queued = new Request[]{Request.end("conv-é", null, "tombstone"), request("r4", new int[]{4}, null)};
+        s.idleDeadline = 3_600_123L;
+        ConversationState back = roundTrip(s);
+        assertTrue(back.queued[0].endConversation);
+        assertEquals("conv-é", back.queued[0].conversationId);
+        assertNull(back.queued[0].requestId);
+        assertEquals("tombstone", back.queued[0].raw);
+        assertTrue(!back.queued[1].endConversation);
+        assertArrayEquals(new int[]{4}, back.queued[1].promptIds);
+        assertEquals(3_600_123L, back.idleDeadline);
+        assertTrue(ConversationStateSerializer.INSTANCE.copy(s).queued[0].endConversation, "copy keeps the kind");
+
+        ConversationStateSerializer.Snapshot formatOne = new ConversationStateSerializer.Snapshot();
+        formatOne.readSnapshot(1, new DataInputDeserializer(new byte[0]), getClass().getClassLoader());
+        assertTrue(ConversationStateSerializer.INSTANCE.snapshotConfiguration().resolveSchemaCompatibility(formatOne)
+                .isCompatibleAfterMigration());
+        ConversationState idle = new ConversationState();
+        idle.history = new int[]{0, 5};
+        idle.recentRequestIds = new String[]{"r1"};
+        DataOutputSerializer out = new DataOutputSerializer(64);
+        ConversationStateSerializer.forVersion(1).serialize(idle, out);
+        ConversationState read = formatOne.restoreSerializer().deserialize(
+                new DataInputDeserializer(out.getCopyOfBuffer()));
+        assertArrayEquals(new int[]{0, 5}, read.history);
+        assertArrayEquals(new String[]{"r1"}, read.recentRequestIds);
     }
 
     private static void writeInts(DataOutputSerializer out, int... values) throws IOException {

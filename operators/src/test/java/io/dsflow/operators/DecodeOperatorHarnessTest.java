@@ -171,6 +171,64 @@ class DecodeOperatorHarnessTest {
         }
     }
 
+    /**
+     * Issue 22, item 1: request ids come from clients, and two live conversations may use the same one. Each
+     * conversation's request gets its own tokens (those it gets alone), its own final record, and nothing fails
+     * (in-flight work keyed by request id alone mislabelled the tokens and then failed the task).
+     */
+    @Test
+    void twoLiveConversationsSharingARequestIdEachGetTheirOwnTokensAndOneFinal() throws Exception {
+        String a = REQUEST;
+        String b = REQUEST.replace("\"c1\"", "\"c2\"").replace("[0, 17, 230", "[0, 99, 411")
+                .replace("\"seed\": 7", "\"seed\": 8");
+        List<Integer> aAlone = tokenIds(alone(a), "c1"), bAlone = tokenIds(alone(b), "c2");
+        assertTrue(!aAlone.equals(bAlone), "the two requests generate different tokens");
+        var h = harness(settings(MODEL.toString()));
+        try {
+            h.open();
+            h.processElement(request(a), 0);
+            h.processElement(request(b), 0);
+            runMailUntil(h, out -> finals(out, "c1").size() + finals(out, "c2").size() >= 2);
+            List<OutputRecord> out = records(h);
+            assertEquals(aAlone, tokenIds(out, "c1"), "c1's tokens: " + out);
+            assertEquals(bAlone, tokenIds(out, "c2"), "c2's tokens: " + out);
+            for (String conv : List.of("c1", "c2")) {
+                assertEquals(1, finals(out, conv).size(), "one final for " + conv);
+                assertEquals(MAX_TOKENS, finals(out, conv).get(0).completionTokens);
+                assertEquals(rangeTo(MAX_TOKENS), out.stream().filter(r -> OutputRecord.CHUNK.equals(r.kind)
+                        && conv.equals(r.conversationId)).map(r -> r.index).toList(), "each index once: " + conv);
+            }
+            assertEquals(0, out.stream().filter(OutputRecord::isError).count(), "no error: " + out);
+        } finally {
+            h.close();
+        }
+    }
+
+    /** The records of one request served alone. */
+    static List<OutputRecord> alone(String json) throws Exception {
+        var h = harness(settings(MODEL.toString()));
+        try {
+            h.open();
+            Request r = request(json);
+            h.processElement(r, 0);
+            runMailUntil(h, out -> !finals(out, r.conversationId).isEmpty());
+            return records(h);
+        } finally {
+            h.close();
+        }
+    }
+
+    static List<OutputRecord> finals(List<OutputRecord> out, String conversationId) {
+        return out.stream().filter(r -> OutputRecord.FINAL.equals(r.kind) && conversationId.equals(r.conversationId))
+                .toList();
+    }
+
+    /** The token ids of a conversation's chunks, in emission order. */
+    static List<Integer> tokenIds(List<OutputRecord> out, String conversationId) {
+        return out.stream().filter(r -> OutputRecord.CHUNK.equals(r.kind) && conversationId.equals(r.conversationId))
+                .map(r -> r.tokenId).toList();
+    }
+
     private static List<Integer> rangeTo(int n) {
         List<Integer> r = new ArrayList<>();
         for (int i = 0; i < n; i++) r.add(i);

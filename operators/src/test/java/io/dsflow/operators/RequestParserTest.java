@@ -2,6 +2,8 @@ package io.dsflow.operators;
 
 import org.junit.jupiter.api.Test;
 
+import java.util.List;
+
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
@@ -117,5 +119,73 @@ class RequestParserTest {
         error(promptX("\"n\":2"), "invalid_parameter");
         error(promptX("\"model\":7"), "invalid_parameter");
         error(promptX("\"best_of\":2"), "unknown_field");
+    }
+
+    /**
+     * Issue 22, items 2 and 4: a conversation ends by a record {"conversation_id", "end_conversation": true} or, on
+     * Kafka, by a tombstone keyed by its conversation_id; an end record carries nothing else.
+     */
+    @Test
+    void endRecordsAndTombstonesBecomeEndCommands() {
+        Request end = parser.parse("{\"conversation_id\":\"c\",\"end_conversation\":true}").request();
+        assertTrue(end.endConversation);
+        assertEquals("c", end.conversationId);
+        assertNull(end.requestId);
+        Request tagged = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"bye\",\"end_conversation\":true}")
+                .request();
+        assertEquals("bye", tagged.requestId);
+        Request notEnd = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\","
+                + "\"end_conversation\":false}").request();
+        assertTrue(!notEnd.endConversation);
+        assertEquals("x", notEnd.prompt);
+        error("{\"conversation_id\":\"c\",\"end_conversation\":\"yes\"}", "invalid_field");
+        error("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\",\"end_conversation\":true}",
+                "invalid_field");
+        error("{\"end_conversation\":true}", "missing_field");
+
+        Request tombstone = parser.parse(InputRecord.of("c9", null)).request();
+        assertTrue(tombstone.endConversation);
+        assertEquals("c9", tombstone.conversationId);
+        assertEquals("x", parser.parse(InputRecord.of("c9", "{\"conversation_id\":\"c9\",\"request_id\":\"r\","
+                + "\"prompt\":\"x\"}")).request().prompt, "a record with a value is a request");
+    }
+
+    /** Issue 22, item 2: a record without key and value, or with bytes that are not text, is one error record. */
+    @Test
+    void recordsWithoutKeyAndValueOrWithUndecodableBytesAreErrors() {
+        RequestParser.Parsed empty = parser.parse(InputRecord.of(null, null));
+        assertEquals("empty_record", empty.error().errorCode);
+        assertEquals(1, empty.records().size(), "no ids: the error record alone");
+        RequestParser.Parsed bytes = parser.parse(InputRecord.undecodable("the record's value is not UTF-8 text",
+                "{\"a\":\"\uFFFD\"}"));
+        assertEquals("invalid_encoding", bytes.error().errorCode);
+        assertEquals("{\"a\":\"\uFFFD\"}", bytes.error().input);
+        assertEquals("invalid_field", parser.parse(InputRecord.of("k".repeat(33), null)).error().errorCode,
+                "a tombstone's key longer than an id may be");
+    }
+
+    /**
+     * Issue 22, item 10, the one rule: a bad record whose conversation_id and request_id can be read gets its error
+     * record and a final record with finish_reason error (as a request the decode operator refuses does); one whose
+     * ids cannot be read gets the error record alone.
+     */
+    @Test
+    void aBadRecordWithReadableIdsGetsAnErrorAndAFinalOthersTheErrorAlone() {
+        RequestParser.Parsed p = parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":7}");
+        assertEquals(2, p.records().size());
+        assertTrue(p.records().get(0).isError());
+        OutputRecord fin = p.records().get(1);
+        assertEquals(OutputRecord.FINAL, fin.kind);
+        assertEquals("error", fin.finishReason);
+        assertEquals("c", fin.conversationId);
+        assertEquals("r", fin.requestId);
+        assertEquals(0, fin.completionTokens);
+        for (String noIds : new String[]{"{oops", "{\"request_id\":\"r\",\"prompt\":\"x\"}",
+                "{\"conversation_id\":\"c\",\"prompt\":\"x\"}", "{\"conversation_id\":\"\",\"request_id\":\"r\"}",
+                "{\"conversation_id\":\"c\",\"request_id\":\"" + "r".repeat(33) + "\",\"prompt\":\"x\"}"}) {
+            assertEquals(1, parser.parse(noIds).records().size(), noIds);
+        }
+        assertEquals(List.of(), parser.parse("{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt\":\"x\"}")
+                .records(), "a valid request: no records from the parser");
     }
 }
