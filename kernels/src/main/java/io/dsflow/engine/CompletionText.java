@@ -97,6 +97,11 @@ public final class CompletionText {
         return stopped;
     }
 
+    /** Tokens added so far, released or held (the next token's index). */
+    public int addedCount() {
+        return count;
+    }
+
     /** Tokens released so far (after a stop, the completion's length as the client sees it). */
     public int releasedCount() {
         return releasedCount;

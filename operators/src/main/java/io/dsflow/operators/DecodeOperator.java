@@ -126,7 +126,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
         memoryManager = getContainingTask().getEnvironment().getMemoryManager();
         admission = newAdmission(subtask);
-        tokens = new TokenStream(engine.tokenizer(), registerMetrics());
+        // a synthetic model has no tokenizer: its chunks carry token ids and no text
+        tokens = new TokenStream(engine.folder() == null ? ids -> "" : engine.tokenizer()::decode, registerMetrics());
         engineThread = new EngineThread(engine, settings.prefillChunk(), mailbox, new EngineResults(),
                 "dsflow-engine-" + subtask);
         engineThread.start();
@@ -218,7 +219,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             if (lifetime.restored(cs)) state.update(cs);
             if (cs.active != null) {
                 String conv = (String) key;
-                tokens.start(cs.active.requestId, conv, cs.completion);
+                tokens.start(cs.active.requestId, conv, cs.completion, List.of(cs.active.stop));
                 enqueue(conv, cs, cs.active.kvConfig(settings.kv()));
                 resumed++;
             }
@@ -354,7 +355,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         cs.activePrompt = prompt;
         cs.completion = new int[0];
         save(cs);
-        tokens.start(r.requestId, conv, new int[0]);
+        tokens.start(r.requestId, conv, new int[0], List.of(r.stop));
         enqueue(conv, cs, kv);
         return true;
     }
@@ -404,15 +405,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         public void token(BatchScheduler.Work work, int index, int tokenId) {
             // the token joins the keyed state at the next checkpoint (prepareSnapshotPreBarrier), not now: a state
             // update a token would serialise the conversation (its whole history, on RocksDB) for every token
-            emit(tokens.chunk(work.conversationId(), work.requestId(), index, tokenId));
+            for (OutputRecord chunk : tokens.chunks(work.conversationId(), work.requestId(), index, tokenId)) emit(chunk);
         }
 
         @Override
         public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
                              int[] history) throws Exception {
             String conv = work.conversationId();
-            OutputRecord finalRecord = tokens.finalRecord(conv, work.requestId(), reason, promptTokens,
-                    completionTokens);
+            List<OutputRecord> lastRecords = tokens.finish(conv, work.requestId(), reason, promptTokens);
             setCurrentKey(conv);
             ConversationState cs = state.value();
             cs.history = history;
@@ -420,7 +420,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             cs.activePrompt = null;
             cs.completion = new int[0];
             admission.ended(conv);
-            emit(finalRecord);
+            lastRecords.forEach(DecodeOperator.this::emit);
             startNextQueued(conv, cs);
         }
 

@@ -1,23 +1,29 @@
 package io.dsflow.operators;
 
 import io.dsflow.engine.FinishReason;
-import io.dsflow.engine.Tokenizer;
+import io.dsflow.engine.CompletionText;
 
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.function.Function;
 
 /**
- * The output side of the requests a decode subtask has in progress: per request, the completion tokens emitted so far,
- * the text each new token adds (incremental detokenisation) and the request's timings. It turns the engine's results
- * into chunk records (one a token, in index order) and a final record (finish reason, usage, timings).
+ * The output side of the requests a decode subtask has in progress: per request, the completion tokens released so far,
+ * the text each adds ({@link CompletionText}: incremental detokenisation, stop strings held back) and the request's
+ * timings. It turns the engine's tokens into chunk records (one a token, in index order) and a final record (finish
+ * reason, usage, timings).
  * <ul>
  *   <li>A request is {@link #start started} when it becomes its conversation's active request, or when it resumes
  *       after a restore with the tokens it had emitted at the checkpoint (chunks then continue from that index);</li>
- *   <li>its emitted tokens go into keyed state only at checkpoints: {@link #takeUnsaved} hands over what changed;</li>
- *   <li>it leaves with its {@link #finalRecord} or, when it fails, {@link #remove}.</li>
+ *   <li>a token whose text may still begin one of the request's stop strings is held: {@link #chunks} returns the
+ *       records of the tokens now certain (none, one or several). A stop string is never emitted and its tokens are
+ *       not counted in the usage (OpenAI's contract);</li>
+ *   <li>its emitted tokens go into keyed state only at checkpoints: {@link #takeUnsaved} hands over what changed (held
+ *       tokens are not in it: after a restore they are generated again and decided again);</li>
+ *   <li>it leaves with {@link #finish} (what was held, then the final record) or, when it fails, {@link #remove}.</li>
  * </ul>
  * Requests in progress are keyed by their conversation, which has at most one at a time: request ids come from clients,
  * and two conversations may use the same one at once. Every call names the request as well, and a call for a request
@@ -52,46 +58,38 @@ final class TokenStream {
     /** A request in progress, as the task thread sees it. */
     private static final class Completion {
         final String requestId;
+        final CompletionText text;
         final long startNanos = System.nanoTime();
         long lastTokenNanos;
         double itlSumMs;
         int itlCount;
         double ttftMs;
-        /** Incremental detokenisation: the chunk text of token n is decode(prefix..n) minus decode(prefix..read). */
-        int prefixOffset, readOffset;
-        /** The completion's tokens emitted so far (the first {@code emitted}). */
-        int[] tokens;
-        int emitted;
         boolean unsaved;
 
-        Completion(String requestId, int[] emittedBefore) {
+        Completion(String requestId, CompletionText text) {
             this.requestId = requestId;
-            tokens = Arrays.copyOf(emittedBefore, Math.max(16, emittedBefore.length * 2));
-            emitted = emittedBefore.length;
-            prefixOffset = Math.max(0, emitted - 1);   // one token of context for the next text
-            readOffset = emitted;
-        }
-
-        void append(int token) {
-            if (emitted == tokens.length) tokens = Arrays.copyOf(tokens, tokens.length * 2);
-            tokens[emitted++] = token;
-            unsaved = true;
+            this.text = text;
         }
     }
 
-    private final Tokenizer tokenizer;
+    private final Function<int[], String> decode;
     private final Metrics metrics;
     /** By conversation id. */
     private final Map<String, Completion> inProgress = new HashMap<>();
 
-    TokenStream(Tokenizer tokenizer, Metrics metrics) {
-        this.tokenizer = tokenizer;
+    /** @param decode the model's detokeniser (special tokens left out) */
+    TokenStream(Function<int[], String> decode, Metrics metrics) {
+        this.decode = decode;
         this.metrics = metrics;
     }
 
-    /** A request starts (nothing emitted yet), or resumes after a restore having emitted {@code emittedBefore}. */
-    void start(String requestId, String conversationId, int[] emittedBefore) {
-        Completion other = inProgress.putIfAbsent(conversationId, new Completion(requestId, emittedBefore));
+    /**
+     * A request starts (nothing emitted yet), or resumes after a restore having emitted {@code emittedBefore}; its
+     * chunks hold back {@code stops}.
+     */
+    void start(String requestId, String conversationId, int[] emittedBefore, List<String> stops) {
+        Completion c = new Completion(requestId, new CompletionText(decode, stops, emittedBefore));
+        Completion other = inProgress.putIfAbsent(conversationId, c);
         if (other != null) {
             throw new IllegalStateException("conversation " + conversationId + " already has request "
                     + other.requestId + " in progress; " + requestId + " cannot start");
@@ -109,49 +107,59 @@ final class TokenStream {
 
     /** Completion tokens the request has emitted (chunk records sent). */
     int emitted(String conversationId, String requestId) {
-        return completion(conversationId, requestId).emitted;
-    }
-
-    /** The chunk record of the request's next token ({@code index}: its position in the completion). */
-    OutputRecord chunk(String conversationId, String requestId, int index, int tokenId) {
-        Completion c = completion(conversationId, requestId);
-        c.append(tokenId);
-        String delta = textDelta(c);
-        long now = System.nanoTime();
-        if (index == 0 || c.lastTokenNanos == 0) {
-            c.ttftMs = (now - c.startNanos) / 1e6;
-            metrics.firstToken(c.ttftMs);
-        } else {
-            double ms = (now - c.lastTokenNanos) / 1e6;
-            c.itlSumMs += ms;
-            c.itlCount++;
-            metrics.nextToken(ms);
-        }
-        c.lastTokenNanos = now;
-        return OutputRecord.chunk(conversationId, requestId, index, tokenId, delta);
+        return completion(conversationId, requestId).text.releasedCount();
     }
 
     /**
-     * The text the newest token adds, decoding only the tokens since the last emitted text and one before them (so
-     * a tokenizer's leading-space rule treats both decodes alike): constant work a token instead of decoding the whole
-     * completion each time. A token that ends inside a multi-byte character adds nothing until the character is whole.
+     * The request's next token ({@code index}: its position in the completion): the chunk records of the tokens now
+     * certain to be output, in order (none while a stop string may be beginning).
      */
-    private String textDelta(Completion c) {
-        String before = tokenizer.decode(Arrays.copyOfRange(c.tokens, c.prefixOffset, c.readOffset));
-        String now = tokenizer.decode(Arrays.copyOfRange(c.tokens, c.prefixOffset, c.emitted));
-        if (now.length() <= before.length() || now.endsWith("\uFFFD") || !now.startsWith(before)) return "";
-        c.prefixOffset = c.readOffset;
-        c.readOffset = c.emitted;
-        return now.substring(before.length());
+    List<OutputRecord> chunks(String conversationId, String requestId, int index, int tokenId) {
+        Completion c = completion(conversationId, requestId);
+        if (index != c.text.releasedCount() + heldCount(c)) {
+            throw new IllegalStateException("request " + requestId + " of " + conversationId + ": token " + index
+                    + " out of order");
+        }
+        return records(conversationId, c, c.text.add(tokenId));
     }
 
-    /** The request's final record; the request leaves the stream. */
-    OutputRecord finalRecord(String conversationId, String requestId, FinishReason reason, int promptTokens,
-                             int completionTokens) {
+    /** Tokens the engine produced that the stream holds back (a stop string may be beginning). */
+    private static int heldCount(Completion c) {
+        return c.text.addedCount() - c.text.releasedCount();
+    }
+
+    private List<OutputRecord> records(String conversationId, Completion c, List<CompletionText.Piece> pieces) {
+        if (pieces.isEmpty()) return List.of();
+        List<OutputRecord> out = new ArrayList<>(pieces.size());
+        long now = System.nanoTime();
+        for (CompletionText.Piece p : pieces) {
+            if (c.lastTokenNanos == 0) {
+                c.ttftMs = (now - c.startNanos) / 1e6;
+                metrics.firstToken(c.ttftMs);
+            } else {
+                double ms = (now - c.lastTokenNanos) / 1e6;
+                c.itlSumMs += ms;
+                c.itlCount++;
+                metrics.nextToken(ms);
+            }
+            c.lastTokenNanos = now;
+            out.add(OutputRecord.chunk(conversationId, c.requestId, p.index(), p.tokenId(), p.text()));
+        }
+        c.unsaved = true;
+        return out;
+    }
+
+    /**
+     * The request ended: the chunks of what was held (unless a stop string ended it), then its final record, whose
+     * completion_tokens counts the chunks emitted. The request leaves the stream.
+     */
+    List<OutputRecord> finish(String conversationId, String requestId, FinishReason reason, int promptTokens) {
         Completion c = completion(conversationId, requestId);
+        List<OutputRecord> out = new ArrayList<>(records(conversationId, c, c.text.finish()));
         inProgress.remove(conversationId);
-        return OutputRecord.finalRecord(conversationId, requestId, reason.id(), promptTokens, completionTokens,
-                c.ttftMs, c.itlCount == 0 ? 0 : c.itlSumMs / c.itlCount);
+        out.add(OutputRecord.finalRecord(conversationId, requestId, reason.id(), promptTokens,
+                c.text.releasedCount(), c.ttftMs, c.itlCount == 0 ? 0 : c.itlSumMs / c.itlCount));
+        return out;
     }
 
     /** The request leaves without a final record of its own (it ended with an error). */
@@ -166,7 +174,7 @@ final class TokenStream {
         for (Map.Entry<String, Completion> e : inProgress.entrySet()) {
             Completion c = e.getValue();
             if (!c.unsaved) continue;
-            unsaved.add(new Unsaved(c.requestId, e.getKey(), Arrays.copyOf(c.tokens, c.emitted)));
+            unsaved.add(new Unsaved(c.requestId, e.getKey(), c.text.releasedTokens()));
             c.unsaved = false;
         }
         return unsaved;

@@ -91,6 +91,41 @@ class DecodeOperatorHarnessTest {
         }
     }
 
+    /**
+     * Issue 22, item 6: a stop string taken from the uninterrupted completion's text is not in any chunk, the chunks are
+     * that text up to it, and completion_tokens counts the chunks emitted (the stop string's tokens are not counted).
+     */
+    @Test
+    void aStopStringIsNotStreamedNorCounted() throws Exception {
+        List<OutputRecord> reference = uninterrupted();
+        StringBuilder text = new StringBuilder();
+        for (OutputRecord c : chunks(reference, "r1")) text.append(c.text);
+        String full = text.toString();
+        assertTrue(full.length() > 8, "a completion with text to stop in: " + full);
+        String stop = full.substring(full.length() / 2, full.length() / 2 + 2);
+        String expected = full.substring(0, full.indexOf(stop));
+        var h = harness(settings(MODEL.toString()));
+        try {
+            h.open();
+            String json = REQUEST.replace("\"seed\": 7,", "\"seed\": 7, \"stop\": [" + jsonString(stop) + "],");
+            h.processElement(request(json), 0);
+            runMailUntil(h, out -> finalRecord(out, "r1").isPresent());
+            List<OutputRecord> got = chunks(records(h), "r1");
+            StringBuilder streamed = new StringBuilder();
+            for (OutputRecord c : got) streamed.append(c.text);
+            assertEquals(expected, streamed.toString(), "the chunks are the text up to the stop string");
+            OutputRecord fin = finalRecord(records(h), "r1").orElseThrow();
+            assertEquals("stop", fin.finishReason);
+            assertEquals(got.size(), fin.completionTokens, "usage counts the chunks emitted");
+        } finally {
+            h.close();
+        }
+    }
+
+    private static String jsonString(String s) {
+        return new com.fasterxml.jackson.databind.ObjectMapper().valueToTree(s).toString();
+    }
+
     @Test
     void aCompletionInFlightAtASnapshotResumesInANewOperatorWithEachIndexExactlyOnce() throws Exception {
         List<OutputRecord> reference = uninterrupted();

@@ -149,9 +149,9 @@ public final class LoadGenerator {
         }
 
         @Override
-        public void token(String requestId, int index, int tokenId) {
+        public void token(BatchScheduler.Work work, int index, int tokenId) {
             if (stepCount == stepTokens.length) stepTokens = Arrays.copyOf(stepTokens, stepCount * 2);
-            int r = Integer.parseInt(requestId);
+            int r = Integer.parseInt(work.requestId());
             stepTokens[stepCount++] = index == 0 ? -1 - r : r;
             outputTokens++;
         }
@@ -175,10 +175,10 @@ public final class LoadGenerator {
         private final List<String> finished = new java.util.ArrayList<>();
 
         @Override
-        public void finished(String requestId, FinishReason reason, int promptTokens, int completionTokens,
+        public void finished(BatchScheduler.Work work, FinishReason reason, int promptTokens, int completionTokens,
                              int[] history) {
             ended++;
-            finished.add("c" + requestId);
+            finished.add(work.conversationId());
         }
 
         /** The conversations whose request finished since the last call. */
@@ -189,7 +189,7 @@ public final class LoadGenerator {
         }
 
         @Override
-        public void failed(String requestId, DsflowException error) {
+        public void failed(BatchScheduler.Work work, DsflowException error) {
             ended++;
             failed++;
         }

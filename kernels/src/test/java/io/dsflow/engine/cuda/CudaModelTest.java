@@ -57,6 +57,61 @@ class CudaModelTest {
         }
     }
 
+    /**
+     * Issue 23: the scheduler's steps on the GPU prefill chunks of several prompts of different lengths beside decoding
+     * rows (several multi-row segments in one forward pass); each request's greedy tokens are the CPU's alone, or differ
+     * only at a near-tie.
+     */
+    @Test
+    void stepsPrefillingSeveralPromptsBesideDecodingRowsEqualEachAlone() {
+        try (Engine gpu = Engine.load(TestModels.dir("probe-retrieval"), "cuda");
+             Engine cpu = Engine.load(TestModels.dir("probe-retrieval"), "cpu")) {
+            int[] lengths = {7, 61, 150, 203, 33};
+            int[][] prompts = new int[lengths.length][];
+            for (int p = 0; p < lengths.length; p++) {
+                prompts[p] = new int[lengths[p]];
+                for (int i = 1; i < lengths[p]; i++) prompts[p][i] = 3 + (i * 31 + p * 7) % 500;
+            }
+            io.dsflow.engine.BatchScheduler s = new io.dsflow.engine.BatchScheduler(gpu, 160);
+            java.util.Map<String, List<Integer>> got = new java.util.HashMap<>();
+            io.dsflow.engine.BatchScheduler.Listener l = new io.dsflow.engine.BatchScheduler.Listener() {
+                @Override
+                public void token(io.dsflow.engine.BatchScheduler.Work w, int index, int tokenId) {
+                    got.computeIfAbsent(w.requestId(), k -> new ArrayList<>()).add(tokenId);
+                }
+
+                @Override
+                public void finished(io.dsflow.engine.BatchScheduler.Work w, io.dsflow.engine.FinishReason r, int p,
+                                     int c, int[] h) {
+                }
+
+                @Override
+                public void failed(io.dsflow.engine.BatchScheduler.Work w, io.dsflow.engine.DsflowException e) {
+                    throw e;
+                }
+            };
+            SamplingParams greedy = SamplingParams.greedy(10);
+            s.submit(new io.dsflow.engine.BatchScheduler.Work("0", "c0", new int[0], prompts[0], greedy,
+                    io.dsflow.engine.kv.KvConfig.DENSE, 0));
+            s.step(l);
+            for (int p = 1; p < prompts.length; p++) {
+                s.submit(new io.dsflow.engine.BatchScheduler.Work(Integer.toString(p), "c" + p, new int[0], prompts[p],
+                        greedy, io.dsflow.engine.kv.KvConfig.DENSE, 0));
+            }
+            int mostPrompts = 0;
+            while (s.hasWork()) {
+                s.step(l);
+                if (s.lastStep().decodeRows() > 0) mostPrompts = Math.max(mostPrompts, s.lastStep().prefillPrompts());
+            }
+            assertTrue(mostPrompts >= 2, "a step prefilled several prompts beside decoding rows");
+            for (int p = 0; p < prompts.length; p++) {
+                int[] want = cpu.generate(prompts[p], greedy, KvPolicy.DENSE).tokenIds();
+                int[] have = got.get(Integer.toString(p)).stream().mapToInt(Integer::intValue).toArray();
+                sameOrNearTie(cpu, gpu, prompts[p], io.dsflow.engine.kv.KvConfig.DENSE, want, have, "prompt " + p);
+            }
+        }
+    }
+
     /** Greedy tokens of 8 steps of each prompt, all prefilled, then decoded in one batch a step. */
     private static int[][] decodeTogether(Engine e, List<int[]> prompts, List<io.dsflow.engine.kv.KvConfig> configs) {
         List<Sequence> seqs = new ArrayList<>();
