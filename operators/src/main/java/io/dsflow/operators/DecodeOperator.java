@@ -29,7 +29,6 @@ import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.operators.Triggerable;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -120,7 +119,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
         device = "cpu".equalsIgnoreCase(settings.backend()) ? -1 : GpuBinding.claim(subtask,
                 getRuntimeContext().getExternalResourceInfos(GpuBinding.RESOURCE), CudaRuntime.deviceCount());
-        engine = Engine.load(Path.of(settings.modelDir()), settings.backend(), Math.max(0, device));
+        engine = Engine.open(settings.modelDir(), settings.backend(), Math.max(0, device));
         if (device >= 0) {
             LOG.info("decode subtask {} bound to GPU {} ({})", subtask, device, engine.backend().description());
         }
@@ -128,8 +127,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         admission = newAdmission(subtask);
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
         tokens = new TokenStream(engine.folder() == null ? ids -> "" : engine.tokenizer()::decode, registerMetrics());
-        engineThread = new EngineThread(engine, settings.prefillChunk(), mailbox, new EngineResults(),
-                "dsflow-engine-" + subtask);
+        engineThread = new EngineThread(engine, settings.prefillChunk(), settings.limits().maxRunning(), mailbox,
+                new EngineResults(), "dsflow-engine-" + subtask);
         engineThread.start();
         lifetime = new ConversationLifetime(settings.limits().conversationIdleTimeoutMs(),
                 getInternalTimerService("conversation-expiry", VoidNamespaceSerializer.INSTANCE, this));
@@ -183,6 +182,10 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         g.gauge("num_requests_running", () -> tokens.size());
         g.gauge("num_requests_waiting", () -> admission.waitingCount());
         g.gauge("num_conversations", () -> admission.conversations());
+        // the engine's batches: rows (decoding requests and prompts prefilling) and tokens of the latest step
+        g.gauge("batch_rows", () -> lastStep().decodeRows() + lastStep().prefillPrompts());
+        g.gauge("batch_tokens", () -> lastStep().tokens());
+        g.gauge("num_requests_scheduler_waiting", () -> lastStep().waiting());
         Admission.Budget cache = admission.cacheBudget();
         g.gauge("kv_cache_bytes", cache::total);
         g.gauge("kv_cache_usage", () -> cache.limit() == 0 ? 0.0 : cache.total() / (double) cache.limit());
@@ -202,6 +205,11 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 tokensPerSecond.markEvent();
             }
         };
+    }
+
+    /** What the engine's latest step fed the model (nothing before the engine thread exists). */
+    private BatchScheduler.StepStats lastStep() {
+        return engineThread == null ? BatchScheduler.StepStats.NONE : engineThread.lastStep();
     }
 
     /** Requests in progress at the checkpoint restored: their caches are gone, so they prefill their history again. */

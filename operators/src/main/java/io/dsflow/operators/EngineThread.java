@@ -30,6 +30,8 @@ final class EngineThread implements AutoCloseable {
     /** How long an idle engine thread waits for a command before checking whether it should stop. */
     private static final long IDLE_POLL_MS = 50;
     private static final long JOIN_MS = 10_000;
+    private static final long LOG_NANOS = 60_000_000_000L;
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(EngineThread.class);
 
     /**
      * What the task thread does with a step's results (run in the mailbox). Each result names the work it is about
@@ -59,10 +61,18 @@ final class EngineThread implements AutoCloseable {
     private final BlockingQueue<Runnable> inbox = new LinkedBlockingQueue<>();
     private final Thread thread;
     private volatile boolean running;
+    private volatile BatchScheduler.StepStats lastStep = BatchScheduler.StepStats.NONE;
     private long lastHistoryPrefills, lastPrefilledTokens;
+    /** The steps since the last log line: how many, their rows and tokens. */
+    private long loggedAt = System.nanoTime(), steps, rows, tokens;
 
-    EngineThread(Engine engine, int prefillChunk, MailboxExecutor mailbox, Results results, String name) {
-        this.scheduler = new BatchScheduler(engine, prefillChunk);
+    /**
+     * @param prefillTokens prompt tokens a step prefills, over as many prompts as fit (the scheduler's budget)
+     * @param maxRunning    requests the scheduler runs at once (admission also bounds them by memory)
+     */
+    EngineThread(Engine engine, int prefillTokens, int maxRunning, MailboxExecutor mailbox, Results results,
+                 String name) {
+        this.scheduler = new BatchScheduler(engine, prefillTokens, maxRunning);
         this.mailbox = mailbox;
         this.results = results;
         this.thread = new Thread(this::run, name);
@@ -108,6 +118,7 @@ final class EngineThread implements AutoCloseable {
                 runCommands();
                 if (!scheduler.hasWork()) continue;
                 scheduler.step(listener);
+                stepped(scheduler.lastStep());
                 handOver(events);
             }
         } catch (InterruptedException e) {
@@ -119,6 +130,26 @@ final class EngineThread implements AutoCloseable {
                 }, "dsflow engine failure");
             }
         }
+    }
+
+    /** What the latest step fed the model (the operator's gauges read it from the task thread). */
+    BatchScheduler.StepStats lastStep() {
+        return lastStep;
+    }
+
+    /** Keeps the step's figures; once a minute, one log line of the batches the engine ran. */
+    private void stepped(BatchScheduler.StepStats s) {
+        lastStep = s;
+        steps++;
+        rows += s.decodeRows() + s.prefillPrompts();
+        tokens += s.tokens();
+        long now = System.nanoTime();
+        if (now - loggedAt < LOG_NANOS) return;
+        LOG.info(String.format(java.util.Locale.ROOT, "%s: %d steps in %.0f s, %.1f rows and %.1f tokens a step,"
+                        + " %d requests running, %d waiting", thread.getName(), steps, (now - loggedAt) / 1e9,
+                rows / (double) steps, tokens / (double) steps, scheduler.activeCount(), s.waiting()));
+        loggedAt = now;
+        steps = rows = tokens = 0;
     }
 
     /** Runs the queued commands; waits a little for one when there is nothing to step. */
