@@ -238,6 +238,8 @@ public final class BatchScheduler {
                     if (w.history().length > 0) historyPrefills++;
                 }
                 engine.checkTokens(seq, toPrefill);
+                // the room the whole turn takes, once, as admission budgeted it (growing on demand takes up to twice)
+                seq.cache().reserveTotal((long) seq.position() + toPrefill.length + w.params().maxNewTokens() + 1);
                 Generation gen = engine.startGeneration(seq, w.params());
                 busy.put(w.conversationId(), seq);
                 active.add(new Active(w, seq, gen, toPrefill));

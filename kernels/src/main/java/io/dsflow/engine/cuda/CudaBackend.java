@@ -134,8 +134,8 @@ public final class CudaBackend implements Backend {
 
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
-     * labels) at a capacity that doubles from CudaKvCache.INITIAL_CAPACITY slots, each block rounded to the memory
-     * pool's size class. Host placement: the sparse layers' keys and values are in host memory
+     * labels) at the capacity a cache reserved for them takes (CudaKvCache#reserveTotal, as the scheduler reserves each
+     * turn at admission: rounded up to 64 slots, at least 256), each block rounded to the memory pool's size class. Host placement: the sparse layers' keys and values are in host memory
      * ({@link #hostCacheBytes}) and their rings of sinks and window on the device instead.
      */
     @Override
@@ -171,10 +171,10 @@ public final class CudaBackend implements Backend {
         return kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
     }
 
-    private static long capacityFor(long tokens) {
-        long cap = CudaKvCache.INITIAL_CAPACITY;
-        while (cap < tokens) cap *= 2;
-        return cap;
+    /** The capacity of a cache reserved for {@code tokens} tokens (CudaKvCache#reserveTotal). */
+    static long capacityFor(long tokens) {
+        return Math.max(CudaKvCache.INITIAL_CAPACITY, (tokens + CudaKvCache.GRANULE - 1) / CudaKvCache.GRANULE
+                * CudaKvCache.GRANULE);
     }
 
     /**

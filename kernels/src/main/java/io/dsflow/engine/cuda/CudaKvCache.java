@@ -1,5 +1,7 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.DsflowException;
+
 import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvCache;
@@ -85,6 +87,8 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
 
     /** Slots a new cache starts with; it doubles as it fills (CudaBackend.cacheBytes budgets by the same rule). */
     static final int INITIAL_CAPACITY = 256;
+    /** A cache reserved for a number of tokens holds that many rounded up to this ({@link #reserveTotal}). */
+    static final int GRANULE = 64;
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
@@ -214,7 +218,14 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         capacity = cap;
     }
 
-    /** Makes room for {@code more} tokens past the current length of every layer. */
+    @Override
+    public void reserveTotal(long tokens) {
+        long cap = CudaBackend.capacityFor(tokens);
+        if (cap > Integer.MAX_VALUE) throw new DsflowException("a cache of " + tokens + " tokens is too large");
+        if (cap > capacity) allocate((int) cap);
+    }
+
+    /** Makes room for {@code more} tokens past the current length of every layer (doubling the capacity). */
     void reserve(int more) {
         int need = 0;
         for (int l : length) need = Math.max(need, l + more);

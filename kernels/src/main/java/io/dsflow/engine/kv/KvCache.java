@@ -17,6 +17,14 @@ public interface KvCache {
     /** What this cache holds, by part, in the device format (16-bit keys and values). */
     KvBytes bytes();
 
+    /**
+     * Makes room for {@code tokens} tokens in all, known when a request is admitted (its history, prompt and longest
+     * completion): the cache then holds what its owner budgeted ({@code Backend#cacheBytes} of those tokens) and does
+     * not grow while the request runs, where growing on demand would take up to twice the room. Never shrinks.
+     */
+    default void reserveTotal(long tokens) {
+    }
+
     /** Frees what the cache holds outside the heap (device memory); the cache is not used afterwards. */
     default void release() {
     }

@@ -190,7 +190,7 @@ class CudaModelTest {
             for (int tokens : new int[]{1, 255, 257, 1000, 5000}) {
                 long before = b.runtime().allocated();
                 CudaKvCache cache = (CudaKvCache) b.newCache(io.dsflow.engine.kv.KvConfig.DENSE, null);
-                cache.reserve(tokens);
+                cache.reserveTotal(tokens);   // as the scheduler does at admission
                 long used = b.runtime().allocated() - before;
                 cache.release();
                 long exact = 2L * c.numLayers() * c.kvDim() * 2 * tokens;
@@ -208,7 +208,7 @@ class CudaModelTest {
             for (int tokens : new int[]{1, 1000, 5000}) {
                 long before = b.runtime().allocated(), hostBefore = b.runtime().hostAllocated();
                 CudaKvCache cache = (CudaKvCache) b.newCache(host, channels);
-                cache.reserve(tokens);
+                cache.reserveTotal(tokens);
                 long used = b.runtime().allocated() - before, pinned = b.runtime().hostAllocated() - hostBefore;
                 cache.release();
                 int sparseLayers = c.numLayers() - host.denseLayers();
