@@ -35,12 +35,22 @@ public final class EngineMain {
     /** Runs an engine command; null if args[0] names none. */
     public static Integer dispatch(String[] args, PrintStream out) throws Exception {
         return switch (args[0]) {
-            case "generate" -> GenerateCommand.run(args, out);
-            case "calibrate" -> CalibrateCommand.run(args, out);
-            case "eval" -> EvalCommand.run(args, out);
-            case "bench" -> BenchCommand.run(args, out);
+            case "generate" -> withHelp(GenerateCommand.USAGE, out, () -> GenerateCommand.run(args, out));
+            case "calibrate" -> withHelp(CalibrateCommand.USAGE, out, () -> CalibrateCommand.run(args, out));
+            case "eval" -> withHelp(EvalCommand.USAGE, out, () -> EvalCommand.run(args, out));
+            case "bench" -> withHelp(BenchCommand.USAGE, out, () -> BenchCommand.run(args, out));
             default -> null;
         };
+    }
+
+    /** Runs a command; {@code --help} among its options prints its usage on stdout instead, and exits 0. */
+    public static int withHelp(String usage, PrintStream out, Body body) throws Exception {
+        try {
+            return body.run();
+        } catch (HelpRequested h) {
+            out.println("usage: dsflow " + usage);
+            return 0;
+        }
     }
 
     /** A command body that may fail. */
