@@ -32,25 +32,35 @@ public final class EngineMain {
         }, err);
     }
 
-    /** Runs an engine command; null if args[0] names none. */
+    /**
+     * Runs an engine command; null if args[0] names none. {@code --help} among its options prints its line of
+     * {@link #USAGE} on stdout instead, exit 0.
+     */
     public static Integer dispatch(String[] args, PrintStream out) throws Exception {
+        try {
+            return command(args, out);
+        } catch (HelpRequested h) {
+            out.println("usage: dsflow " + usageLine(args[0], USAGE));
+            return 0;
+        }
+    }
+
+    private static Integer command(String[] args, PrintStream out) throws Exception {
         return switch (args[0]) {
-            case "generate" -> withHelp(GenerateCommand.USAGE, out, () -> GenerateCommand.run(args, out));
-            case "calibrate" -> withHelp(CalibrateCommand.USAGE, out, () -> CalibrateCommand.run(args, out));
-            case "eval" -> withHelp(EvalCommand.USAGE, out, () -> EvalCommand.run(args, out));
-            case "bench" -> withHelp(BenchCommand.USAGE, out, () -> BenchCommand.run(args, out));
+            case "generate" -> GenerateCommand.run(args, out);
+            case "calibrate" -> CalibrateCommand.run(args, out);
+            case "eval" -> EvalCommand.run(args, out);
+            case "bench" -> BenchCommand.run(args, out);
             default -> null;
         };
     }
 
-    /** Runs a command; {@code --help} among its options prints its usage on stdout instead, and exits 0. */
-    public static int withHelp(String usage, PrintStream out, Body body) throws Exception {
-        try {
-            return body.run();
-        } catch (HelpRequested h) {
-            out.println("usage: dsflow " + usage);
-            return 0;
+    /** The line of a usage text (one command a line) that describes {@code command}. */
+    public static String usageLine(String command, String usage) {
+        for (String line : usage.split("\n")) {
+            if (line.strip().startsWith(command + " ")) return line.strip();
         }
+        return command + " [OPTIONS]";
     }
 
     /** A command body that may fail. */

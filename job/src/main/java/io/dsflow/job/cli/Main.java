@@ -1,6 +1,7 @@
 package io.dsflow.job.cli;
 
 import io.dsflow.cli.EngineMain;
+import io.dsflow.cli.HelpRequested;
 import io.dsflow.cli.UsageException;
 
 import java.io.PrintStream;
@@ -24,17 +25,29 @@ public final class Main {
             (args.length == 0 ? err : out).println(usage());
             return args.length == 0 ? 2 : 0;
         }
-        return EngineMain.report(() -> switch (args[0]) {
-            case "demo" -> EngineMain.withHelp(DemoCommand.USAGE, out, () -> DemoCommand.run(args, out));
-            case "run" -> EngineMain.withHelp(RunCommand.USAGE, out, () -> RunCommand.run(args, out));
-            case "overhead" -> EngineMain.withHelp(OverheadCommand.USAGE, out, () -> OverheadCommand.run(args, out, err));
-            case "soak" -> EngineMain.withHelp(SoakCommand.USAGE, out, () -> SoakCommand.run(withBundledModel(args), out));
+        return EngineMain.report(() -> {
+            try {
+                return command(args, out, err);
+            } catch (HelpRequested h) {
+                // --help among a command's options: its usage line on stdout, exit 0
+                out.println("usage: dsflow " + EngineMain.usageLine(args[0], usage()));
+                return 0;
+            }
+        }, err);
+    }
+
+    private static int command(String[] args, PrintStream out, PrintStream err) throws Exception {
+        return switch (args[0]) {
+            case "demo" -> DemoCommand.run(args, out);
+            case "run" -> RunCommand.run(args, out);
+            case "overhead" -> OverheadCommand.run(args, out, err);
+            case "soak" -> SoakCommand.run(withBundledModel(args), out);
             default -> {
                 Integer r = EngineMain.dispatch(args, out);
                 if (r == null) throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
                 yield r;
             }
-        }, err);
+        };
     }
 
     /**
