@@ -50,11 +50,13 @@ class JsonlFileSinkTest {
         Logger logger = (Logger) LogManager.getLogger(JsonlFileSink.class);
         logger.addAppender(capture);
         Path out = tmp.resolve("out.jsonl");
-        try (SinkWriter<OutputRecord> w = new JsonlFileSink(out, 3, 0).createWriter(null)) {
+        try {
+            SinkWriter<OutputRecord> w = new JsonlFileSink(out, 3, 0).createWriter(null);
             w.write(record(OutputRecord.CHUNK, "r1", 0), null);
             w.write(record(OutputRecord.CHUNK, "r1", 1), null);
             w.write(record(OutputRecord.FINAL, "r1", 0), null);
             w.flush(true);
+            w.close();
         } finally {
             logger.removeAppender(capture);
         }

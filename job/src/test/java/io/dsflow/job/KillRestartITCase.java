@@ -138,19 +138,27 @@ class KillRestartITCase {
             // a read_uncommitted consumer sees tokens as they are produced, in open transactions too
             List<OutputRecord> seen = new ArrayList<>();
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(90);
-            long checkpointsAtFirstTokens = -1;
+            long checkpointAtFirstTokens = -2, firstTokensAt = 0;
             while (true) {
                 assertTrue(System.nanoTime() < deadline, "no checkpoint mid-generation within 90 s; log:\n"
                         + Files.readString(tmp.resolve(prefix + "-1.log")));
                 assertTrue(first.isAlive(), "run exited early; log:\n" + Files.readString(tmp.resolve(prefix + "-1.log")));
                 KafkaTestJob.readFinals(live, seen, Long.MAX_VALUE, Duration.ofMillis(100));
                 long chunks = seen.stream().filter(r -> OutputRecord.CHUNK.equals(r.kind)).count();
-                if (chunks > 0 && checkpointsAtFirstTokens < 0) checkpointsAtFirstTokens = completedCheckpoints(state);
-                // a checkpoint completed after tokens flowed: it holds requests in flight
-                if (chunks >= 100 && completedCheckpoints(state) > checkpointsAtFirstTokens) break;
+                if (chunks > 0 && checkpointAtFirstTokens == -2) {
+                    checkpointAtFirstTokens = newestCheckpoint(state);
+                    firstTokensAt = System.nanoTime();
+                }
+                // a checkpoint completed after tokens flowed: it holds requests in flight. (A build that writes no
+                // checkpoint to the state dir at all is killed 2 s into generation all the same, to show what it loses.)
+                long newest = newestCheckpoint(state);
+                if (chunks >= 30 && (newest > checkpointAtFirstTokens
+                        || newest < 0 && System.nanoTime() - firstTokensAt > TimeUnit.SECONDS.toNanos(2))) break;
             }
             first.destroyForcibly().waitFor();   // SIGKILL: no cancellation, no final checkpoint
             finalsAtKill = (int) seen.stream().filter(r -> OutputRecord.FINAL.equals(r.kind)).count();
+        } finally {
+            first.destroyForcibly().waitFor();   // whatever failed above, the child does not outlive the test
         }
         assertTrue(finalsAtKill < requests, "killed mid-generation: " + finalsAtKill + " of " + requests
                 + " finished; log:\n" + Files.readString(tmp.resolve(prefix + "-1.log")));
@@ -208,13 +216,18 @@ class KillRestartITCase {
         return pb.start();
     }
 
-    /** Completed checkpoints (a chk-N folder with its _metadata) under the state folder, over all job ids. */
-    private static long completedCheckpoints(Path state) throws IOException {
-        if (!Files.isDirectory(state)) return 0;
+    /**
+     * The number of the newest completed checkpoint (a chk-N folder with its _metadata) under the state folder, -1 if
+     * none. (Not a count: with one retained, each completed checkpoint deletes the one before.)
+     */
+    private static long newestCheckpoint(Path state) throws IOException {
+        if (!Files.isDirectory(state)) return -1;
         try (Stream<Path> files = Files.walk(state, 5)) {
-            return files.filter(p -> p.getFileName().toString().equals("_metadata")).count();
+            return files.filter(p -> p.getFileName().toString().equals("_metadata"))
+                    .map(p -> p.getParent().getFileName().toString())
+                    .filter(n -> n.matches("chk-\\d+")).mapToLong(n -> Long.parseLong(n.substring(4))).max().orElse(-1);
         } catch (java.io.UncheckedIOException e) {
-            return 0; // a checkpoint subsumed while we walked: count again at the next poll
+            return -1; // a checkpoint subsumed while we walked: look again at the next poll
         }
     }
 

@@ -107,7 +107,8 @@ public final class RunCommand {
     private static void checkWritable(Path output) {
         if (Files.isDirectory(output)) throw new UsageException("run: --output-file " + output + " is a directory");
         boolean existed = Files.exists(output);
-        try (FileChannel ignored = FileChannel.open(output, StandardOpenOption.WRITE, StandardOpenOption.CREATE)) {
+        try {
+            FileChannel.open(output, StandardOpenOption.WRITE, StandardOpenOption.CREATE).close();
             if (!existed) Files.delete(output);
         } catch (java.nio.file.AccessDeniedException e) {
             throw new UsageException("run: cannot write --output-file " + output + ": permission denied");
