@@ -52,13 +52,13 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 integer(p, "limits.max-running", Limits.DEFAULT.maxRunning()),
                 integer(p, "limits.max-conversations", Limits.DEFAULT.maxConversations()),
                 integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()));
-        String backend = p.getProperty("backend", "auto");
-        if (!backend.equals("cpu") && !backend.equals("cuda") && !backend.equals("auto")) {
-            throw new DsflowException("config backend must be cpu, cuda or auto, got '" + backend + "'");
-        }
         String delivery = p.getProperty("delivery", "at_least_once");
         if (!delivery.equals("at_least_once") && !delivery.equals("exactly_once")) {
             throw new DsflowException("delivery must be at_least_once or exactly_once, got '" + delivery + "'");
+        }
+        String backend = p.getProperty("backend", "auto");
+        if (!backend.equals("cpu") && !backend.equals("cuda") && !backend.equals("auto")) {
+            throw new DsflowException("config backend must be cpu, cuda or auto, got '" + backend + "'");
         }
         return new JobConfig(p.getProperty("kafka.bootstrap.servers", "localhost:9092"),
                 p.getProperty("topic.prompts", "prompts"), p.getProperty("topic.completions", "completions"),
