@@ -17,11 +17,13 @@ import java.util.Properties;
 /**
  * The job's configuration, a properties file ({@code run --config FILE}); see config/dsflow.properties for every key.
  * Every {@code kafka.*} key other than the ones named here passes through to the Kafka clients, so security settings
- * (SASL/SSL) work as in any Kafka client: {@code kafka.security.protocol=SASL_SSL}.
+ * (SASL/SSL) work as in any Kafka client: {@code kafka.security.protocol=SASL_SSL}. {@code state.dir} is where
+ * {@code run --config} keeps its checkpoints in local mode ({@link DurableCheckpoints}); default
+ * {@code $XDG_STATE_HOME/dsflow} where that variable is set, else {@code dsflow-data} in the working directory.
  */
 public record JobConfig(String bootstrapServers, String promptsTopic, String completionsTopic, String errorsTopic,
                         String groupId, boolean exactlyOnce, long checkpointIntervalMs, int parallelism,
-                        DecodeSettings decode, Properties kafkaClient) {
+                        DecodeSettings decode, Properties kafkaClient, String stateDir) {
 
     public static JobConfig load(Path file) {
         Properties p = new Properties();
@@ -55,14 +57,24 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
         if (!delivery.equals("at_least_once") && !delivery.equals("exactly_once")) {
             throw new DsflowException("delivery must be at_least_once or exactly_once, got '" + delivery + "'");
         }
+        String backend = p.getProperty("backend", "auto");
+        if (!backend.equals("cpu") && !backend.equals("cuda") && !backend.equals("auto")) {
+            throw new DsflowException("config backend must be cpu, cuda or auto, got '" + backend + "'");
+        }
         return new JobConfig(p.getProperty("kafka.bootstrap.servers", "localhost:9092"),
                 p.getProperty("topic.prompts", "prompts"), p.getProperty("topic.completions", "completions"),
                 p.getProperty("topic.errors", "errors"), p.getProperty("kafka.group.id", "dsflow"),
                 delivery.equals("exactly_once"), integer(p, "checkpoint.interval.ms", 10_000),
                 integer(p, "parallelism", 1),
-                new DecodeSettings(p.getProperty("model.dir", "models/probe-retrieval"), p.getProperty("backend", "auto"),
+                new DecodeSettings(p.getProperty("model.dir", "models/probe-retrieval"), backend,
                         kvConfig, limits, integer(p, "prefill.chunk", 256)),
-                client);
+                client, p.getProperty("state.dir", defaultStateDir()));
+    }
+
+    /** $XDG_STATE_HOME/dsflow where the variable is set (the XDG place for state that outlives a process). */
+    static String defaultStateDir() {
+        String xdg = System.getenv("XDG_STATE_HOME");
+        return xdg != null && !xdg.isBlank() ? Path.of(xdg, "dsflow").toString() : "dsflow-data";
     }
 
     private static int integer(Properties p, String key, int fallback) {
@@ -77,16 +89,16 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
 
     public JobConfig withBootstrap(String servers) {
         return new JobConfig(servers, promptsTopic, completionsTopic, errorsTopic, groupId, exactlyOnce,
-                checkpointIntervalMs, parallelism, decode, kafkaClient);
+                checkpointIntervalMs, parallelism, decode, kafkaClient, stateDir);
     }
 
     public JobConfig withDecode(DecodeSettings d) {
         return new JobConfig(bootstrapServers, promptsTopic, completionsTopic, errorsTopic, groupId, exactlyOnce,
-                checkpointIntervalMs, parallelism, d, kafkaClient);
+                checkpointIntervalMs, parallelism, d, kafkaClient, stateDir);
     }
 
     public JobConfig withDelivery(boolean exactly, long checkpointMs) {
         return new JobConfig(bootstrapServers, promptsTopic, completionsTopic, errorsTopic, groupId, exactly,
-                checkpointMs, parallelism, decode, kafkaClient);
+                checkpointMs, parallelism, decode, kafkaClient, stateDir);
     }
 }

@@ -25,8 +25,14 @@ public final class Args {
     /**
      * @param valued options that take a value
      * @param flags  options that take none
+     * @throws HelpRequested where {@code --help} or {@code -h} stands where an option may (not as another's value),
+     *                       whatever else is on the line
      */
     public static Args parse(String command, String[] argv, int from, Set<String> valued, Set<String> flags) {
+        for (int i = from; i < argv.length; i++) {
+            if (argv[i].equals("--help") || argv[i].equals("-h")) throw new HelpRequested(command);
+            if (argv[i].startsWith("--") && valued.contains(argv[i].substring(2))) i++; // its value, whatever it reads
+        }
         Args a = new Args();
         for (int i = from; i < argv.length; i++) {
             String arg = argv[i];

@@ -32,8 +32,20 @@ public final class EngineMain {
         }, err);
     }
 
-    /** Runs an engine command; null if args[0] names none. */
+    /**
+     * Runs an engine command; null if args[0] names none. {@code --help} among its options prints its line of
+     * {@link #USAGE} on stdout instead, exit 0.
+     */
     public static Integer dispatch(String[] args, PrintStream out) throws Exception {
+        try {
+            return command(args, out);
+        } catch (HelpRequested h) {
+            out.println("usage: dsflow " + usageLine(args[0], USAGE));
+            return 0;
+        }
+    }
+
+    private static Integer command(String[] args, PrintStream out) throws Exception {
         return switch (args[0]) {
             case "generate" -> GenerateCommand.run(args, out);
             case "calibrate" -> CalibrateCommand.run(args, out);
@@ -42,6 +54,14 @@ public final class EngineMain {
             case "loadgen" -> LoadgenCommand.run(args, out);
             default -> null;
         };
+    }
+
+    /** The line of a usage text (one command a line) that describes {@code command}. */
+    public static String usageLine(String command, String usage) {
+        for (String line : usage.split("\n")) {
+            if (line.strip().startsWith(command + " ")) return line.strip();
+        }
+        return command + " [OPTIONS]";
     }
 
     /** A command body that may fail. */

@@ -3,7 +3,7 @@ package io.dsflow.cli;
 import io.dsflow.engine.DsflowException;
 
 /** A bad command line: unknown option, missing or malformed value. Exit code 2. */
-public final class UsageException extends DsflowException {
+public class UsageException extends DsflowException {
     public UsageException(String message) {
         super(message);
     }

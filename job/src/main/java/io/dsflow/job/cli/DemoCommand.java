@@ -40,10 +40,10 @@ final class DemoCommand {
 
     static int run(String[] argv, PrintStream out) throws Exception {
         Args a = Args.parse("demo", argv, 1, Set.of("model", "backend", "timeout-s"), Set.of());
-        Path model = Path.of(a.get("model", "models/probe-retrieval"));
+        Path model = a.has("model") ? Path.of(a.get("model", null)) : BundledModel.locate("demo");
         int timeoutS = a.getInt("timeout-s", 55);
         if (!model.resolve("config.json").toFile().isFile()) {
-            throw new UsageException("demo: no model at " + model + " (run from the project root, or give --model DIR)");
+            throw new UsageException("demo: no model at " + model + " (no config.json there)");
         }
         long t0 = System.nanoTime();
         Random rnd = new Random(2024);

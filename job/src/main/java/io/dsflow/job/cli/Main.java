@@ -1,6 +1,7 @@
 package io.dsflow.job.cli;
 
 import io.dsflow.cli.EngineMain;
+import io.dsflow.cli.HelpRequested;
 import io.dsflow.cli.UsageException;
 
 import java.io.PrintStream;
@@ -24,17 +25,43 @@ public final class Main {
             (args.length == 0 ? err : out).println(usage());
             return args.length == 0 ? 2 : 0;
         }
-        return EngineMain.report(() -> switch (args[0]) {
+        return EngineMain.report(() -> {
+            try {
+                return command(args, out, err);
+            } catch (HelpRequested h) {
+                // --help among a command's options: its usage line on stdout, exit 0
+                out.println("usage: dsflow " + EngineMain.usageLine(args[0], usage()));
+                return 0;
+            }
+        }, err);
+    }
+
+    private static int command(String[] args, PrintStream out, PrintStream err) throws Exception {
+        return switch (args[0]) {
             case "demo" -> DemoCommand.run(args, out);
             case "run" -> RunCommand.run(args, out);
-            case "overhead" -> OverheadCommand.run(args, out);
-            case "soak" -> SoakCommand.run(args, out);
+            case "overhead" -> OverheadCommand.run(args, out, err);
+            case "soak" -> SoakCommand.run(withBundledModel(args), out);
             default -> {
                 Integer r = EngineMain.dispatch(args, out);
                 if (r == null) throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
                 yield r;
             }
-        }, err);
+        };
+    }
+
+    /**
+     * soak's own default is the model folder relative to the working directory: without --model (and without --help,
+     * which must not fail on a missing model), the bundled model is located here wherever dsflow was started from.
+     */
+    private static String[] withBundledModel(String[] args) {
+        for (String a : args) {
+            if (a.equals("--model") || a.startsWith("--model=") || a.equals("--help") || a.equals("-h")) return args;
+        }
+        String[] with = java.util.Arrays.copyOf(args, args.length + 2);
+        with[args.length] = "--model";
+        with[args.length + 1] = BundledModel.locate(args[0]).toString();
+        return with;
     }
 
     static String usage() {

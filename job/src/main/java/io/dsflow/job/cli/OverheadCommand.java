@@ -38,10 +38,11 @@ final class OverheadCommand {
     private OverheadCommand() {
     }
 
-    static int run(String[] argv, PrintStream out) throws Exception {
+    /** @param progress where a line per measured request goes while the command runs (stderr from the command line) */
+    static int run(String[] argv, PrintStream out, PrintStream progress) throws Exception {
         Args a = Args.parse("overhead", argv, 1, Set.of("model", "requests", "prompt-tokens", "max-tokens", "kv-policy",
                 "backend"), Set.of());
-        Path model = Path.of(a.get("model", "models/probe-retrieval"));
+        Path model = a.has("model") ? Path.of(a.get("model", null)) : BundledModel.locate("overhead");
         int requests = a.getInt("requests", 5), promptTokens = a.getInt("prompt-tokens", 1000), maxTokens = a.getInt("max-tokens", 128);
         KvPolicy policy = KvPolicy.parse(a.get("kv-policy", "dense"));
         String backend = a.get("backend", "auto");
@@ -54,12 +55,16 @@ final class OverheadCommand {
                 p[0] = engine.config().bosTokenId() >= 0 ? engine.config().bosTokenId() : 3;
                 for (int i = 1; i < p.length; i++) p[i] = 3 + rnd.nextInt(engine.config().vocabSize() - 3);
             }
+            progress.println("overhead: " + requests + " requests through generate, then through Kafka and Flink");
             engine.generate(prompts[0], SamplingParams.greedy(maxTokens), KvConfig.defaults(policy)); // warm the JIT
             for (int i = 0; i < requests; i++) {
                 GenerationResult r = engine.generate(prompts[i], SamplingParams.greedy(maxTokens), KvConfig.defaults(policy));
                 gen[i][0] = r.prefillMs();
                 gen[i][1] = r.decodeTokensPerSecond();
                 lengths[i] = r.tokenIds().length;
+                // progress on stderr: stdout keeps only the table, for scripts
+                progress.printf(Locale.ROOT, "overhead: generate %d/%d: prefill %.1f ms, %.1f tokens/s%n", i + 1,
+                        requests, gen[i][0], gen[i][1]);
             }
         }
         Properties p = new Properties();
@@ -103,6 +108,10 @@ final class OverheadCommand {
                 if (i >= 0) {
                     job[i][0] = (first - sent) / 1e6;
                     job[i][1] = chunks > 1 ? (chunks - 1) / ((last - first) / 1e9) : 0;
+                    progress.printf(Locale.ROOT, "overhead: job %d/%d: TTFT %.1f ms, %.1f tokens/s%n", i + 1, requests,
+                            job[i][0], job[i][1]);
+                } else {
+                    progress.println("overhead: the job is warm; measuring " + requests + " requests through Kafka and Flink");
                 }
             }
         }
