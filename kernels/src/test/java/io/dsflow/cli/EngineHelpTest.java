@@ -16,7 +16,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class EngineHelpTest {
     @Test
     void everyEngineCommandTakesHelp() {
-        for (String command : new String[]{"generate", "calibrate", "eval", "bench"}) {
+        for (String command : new String[]{"generate", "calibrate", "eval", "bench", "loadgen"}) {
             ByteArrayOutputStream out = new ByteArrayOutputStream(), err = new ByteArrayOutputStream();
             int exit = EngineMain.run(new String[]{command, "--no-such-option", "--help"},
                     new PrintStream(out, true, StandardCharsets.UTF_8), new PrintStream(err, true, StandardCharsets.UTF_8));
