@@ -30,14 +30,14 @@ import java.util.Set;
  *       first: (1) conversations with no request waiting, in the order their last request ended; then (2) conversations
  *       whose next request waits, the cache resident longest first (so a cache just rebuilt is the last to go). The
  *       second kind is a displacement: that conversation will prefill its history again when its turn comes.</li>
- *   <li>Thrash guard: a cold request that would prefill its history (a rebuild) starts only while the rebuild debt
- *       is paid: it then owes {@value #REBUILD_SHARE} times its history's tokens, and every admitted request pays back
- *       its new tokens (prompt + max_tokens). So rebuilds take at most about one token in {@value #REBUILD_SHARE} of
- *       the work served, however far the working set outgrew the budget; until its turn the cold request waits
- *       (backpressure) while warm ones run, rather than evict caches that the next admissions would rebuild. A warm
- *       request may always displace (its growth is a few tokens, and without it a full budget would hold every
- *       resident conversation back), and when nothing runs the first request may start whatever it needs (no later
- *       step would come to retry it).</li>
+ *   <li>Thrash guard: a displacement makes its conversation prefill its history again, so it is paced. The rebuild
+ *       debt grows by {@value #REBUILD_SHARE} times the tokens of every displaced cache and of every history a cold
+ *       request rebuilds, and every admitted request pays back its new tokens (prompt + max_tokens). A cold request
+ *       may displace only while nothing is owed; otherwise it waits (backpressure) while warm requests run, rather
+ *       than evict caches that the next admissions would rebuild. A cold request that fits in free memory or in caches
+ *       nobody waits for starts at once. A warm request may always displace (its growth is a few tokens, and without it
+ *       a full budget would hold every resident conversation back), and when nothing runs the first request may
+ *       displace whatever it needs (no later step would come to retry it).</li>
  *   <li>Refusal: a request whose cache alone exceeds a budget can never run; it is {@link Verdict#REFUSED refused}
  *       and its conversation's cache dropped.</li>
  *   <li>Backpressure: while more than {@code maxRunning} requests wait, {@link #mustBackpressure} tells the operator to
@@ -159,9 +159,8 @@ public final class Admission<W> {
     }
 
     /**
-     * Rebuild tokens may be one in this many of the tokens served (see the class comment):
-     * a history prefill costs about what the same number of decoded tokens cost on the CPU, so this bounds what
-     * rotating caches through a budget the working set outgrew takes from throughput.
+     * Served tokens owed per token a displacement or a rebuild makes the engine prefill again (see the class comment):
+     * a history prefill costs about what the same number of decoded tokens cost on the CPU.
      */
     static final int REBUILD_SHARE = 4;
 
@@ -174,8 +173,10 @@ public final class Admission<W> {
     private final LinkedHashSet<String> idle = new LinkedHashSet<>();
     /** When each held cache was built (an admission count): the order displacement takes them in. */
     private final Map<String, Long> residentSince = new HashMap<>();
+    /** The tokens each held cache will have once its request ends (what a displacement makes its owner rebuild). */
+    private final Map<String, Long> cacheTokens = new HashMap<>();
     private long admissions;
-    /** Served tokens still owed for rebuilds; a rebuild waits while it is positive (unless nothing runs). */
+    /** Served tokens still owed for displacements and rebuilds; a cold request displaces nothing while it is positive. */
     private long rebuildDebt;
     private long conversations;
 
@@ -290,8 +291,6 @@ public final class Admission<W> {
      * be made to fit now, in which case nothing is dropped.
      */
     private List<String> victims(String conv, Need need, boolean warm) {
-        boolean rebuild = !warm && need.historyTokens() > 0;
-        if (rebuild && rebuildDebt > 0 && !running.isEmpty()) return null;   // wait rather than thrash
         long bytes = cache.shortfall(conv, need.cacheBytes()), hostBytes = host.shortfall(conv, need.hostBytes());
         List<String> victims = new ArrayList<>();
         for (String c : idle) {   // (1) nobody is asking for these
@@ -302,6 +301,7 @@ public final class Admission<W> {
             hostBytes -= host.of(c);
         }
         if (bytes <= 0 && hostBytes <= 0) return victims;
+        if (!warm && rebuildDebt > 0 && !running.isEmpty()) return null;   // wait rather than thrash
         List<String> displaceable = new ArrayList<>();   // (2) their conversations wait: the longest resident first
         for (String c : idle) if (!c.equals(conv) && waiting.containsKey(c)) displaceable.add(c);
         displaceable.sort(Comparator.comparingLong(c -> residentSince.getOrDefault(c, 0L)));
@@ -317,7 +317,10 @@ public final class Admission<W> {
     private Decision<W> admit(Waiting<W> w, boolean warm, List<String> victims) throws Exception {
         String conv = w.conversationId();
         Need need = w.need();
-        for (String v : victims) release(v);
+        for (String v : victims) {
+            if (waiting.containsKey(v)) rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
+            release(v);
+        }
         if (!warm) rebuildDebt += REBUILD_SHARE * need.historyTokens();
         rebuildDebt = Math.max(0, rebuildDebt - need.newTokens());
         waiting.remove(conv);
@@ -326,6 +329,7 @@ public final class Admission<W> {
         host.reserve(conv, need.hostBytes());
         admissions++;
         if (!warm) residentSince.put(conv, admissions);
+        cacheTokens.put(conv, need.historyTokens() + need.newTokens());
         running.add(conv);
         return new Decision<>(Verdict.ADMITTED, conv, w.work(), List.copyOf(victims), false, null);
     }
@@ -339,6 +343,7 @@ public final class Admission<W> {
     private void release(String conv) {
         idle.remove(conv);
         residentSince.remove(conv);
+        cacheTokens.remove(conv);
         cache.release(conv);
         host.release(conv);
     }
