@@ -10,18 +10,18 @@ import java.util.Arrays;
  *   keys[layer][c][j]            c < kvHeads * headDim, j < capacity   (channel c of token j)
  *   values[layer][j * kvDim + c]
  * </pre>
- * Appending is O(1) amortised: storage grows by a quarter at a time, rounded up to {@value #GRANULE} tokens, from
- * {@value #INITIAL_CAPACITY} (so the room a store holds for T tokens is {@link #capacityFor}, which is what the CPU
- * backend budgets: at most a quarter and a granule more than T, never twice); every layer holds the same number of
- * tokens once a forward pass is over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
+ * Appending is O(1) amortised: storage grows by an eighth at a time (at least a granule), rounded up to
+ * {@value #GRANULE} tokens, from {@value #INITIAL_CAPACITY} (so the room a store holds for T tokens is
+ * {@link #capacityFor}, which is what the CPU backend budgets: at most an eighth and a granule more than T, where
+ * doubling held up to twice); every layer holds the same number of tokens once a forward pass is over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
  * each new token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant
  * memory; {@code position[layer][slot]} says which token a slot holds.
  */
 public final class KvStore {
     /** Tokens a store has room for when made (unless made with another initial capacity). */
-    public static final int INITIAL_CAPACITY = 64;
+    public static final int INITIAL_CAPACITY = 32;
     /** Capacities are multiples of this many tokens. */
-    public static final int GRANULE = 64;
+    public static final int GRANULE = 32;
     final int layers;
     final int kvHeads;
     final int headDim;
@@ -155,9 +155,9 @@ public final class KvStore {
         return capacity;
     }
 
-    /** The capacity after the one given: a quarter more, rounded up to a granule. */
+    /** The capacity after the one given: an eighth more (a granule at least), rounded up to a granule. */
     static int nextCapacity(int capacity) {
-        int grown = capacity + Math.max(1, capacity / 4);
+        int grown = capacity + Math.max(GRANULE, capacity / 8);
         return (grown + GRANULE - 1) / GRANULE * GRANULE;
     }
 

@@ -49,8 +49,8 @@ class CpuCacheReservationTest {
                         + keysAndValues + " B, " + estimate + " B estimated");
                 assertEquals(estimate, cache.heapBytes(), kv + ", " + t + " tokens");
             }
-            assertTrue(ENGINE.estimateCacheBytes(kv, 1300) <= 1.25 * ENGINE.estimateCacheBytes(kv, 1300 - 64) + 1,
-                    "the room grows by a quarter at most, not by doubling");
+            assertTrue(KvStore.capacityFor(1300) <= 1300 * 1.125 + KvStore.GRANULE,
+                    "the room grows by an eighth at a time, not by doubling: " + KvStore.capacityFor(1300));
         }
     }
 
