@@ -15,8 +15,9 @@ import java.util.Map;
 
 /**
  * Continuous batching over one engine: every {@link #step()} is one forward pass that advances each generating
- * conversation by one token and feeds at most one prefill chunk of a newly admitted prompt, so new requests join at
- * the next step and long prompts do not stall the others for more than a chunk.
+ * conversation by one token and feeds at most {@code prefillChunk} prompt tokens of newly admitted requests (several
+ * short prompts, or a chunk of a long one), so new requests join at the next step and long prompts do not stall the
+ * others for more than a chunk.
  * <ul>
  *   <li>A conversation keeps its sequence (KV cache) between requests: a follow-up prompt continues the cache, and only
  *       its new tokens are prefilled. {@link #dropCache} frees an idle conversation's cache; its next request then
@@ -127,21 +128,21 @@ public final class BatchScheduler {
         return idle.containsKey(conversationId) || busy.containsKey(conversationId);
     }
 
-    /** One forward pass: admit waiting work, one prefill chunk, one decode token for every generating request. */
+    /** One forward pass: admit waiting work, up to a chunk of prompt tokens, a decode token for every generating request. */
     public void step(Listener listener) {
         admit(listener);
         if (active.isEmpty()) return;
         Batch batch = new Batch();
         List<Active> rows = new ArrayList<>();
-        boolean chunkTaken = false;
+        int prefillLeft = prefillChunk;   // prompt tokens this step may still take, over one or several prompts
         for (Active a : active) {
             if (a.pending != null) {
-                if (chunkTaken) continue;
-                int n = Math.min(prefillChunk, a.pending.length);
+                if (prefillLeft == 0) continue;
+                int n = Math.min(prefillLeft, a.pending.length);
                 batch.add(a.seq.cache(), Arrays.copyOf(a.pending, n), a.seq.position());
                 a.pending = n == a.pending.length ? null : Arrays.copyOfRange(a.pending, n, a.pending.length);
                 prefilledTokens += n;
-                chunkTaken = true;
+                prefillLeft -= n;
             } else {
                 batch.add(a.seq.cache(), new int[]{a.token}, a.seq.position());
             }
