@@ -30,18 +30,19 @@ import java.util.Set;
  *       first: (1) conversations with no request waiting, in the order their last request ended; then (2) conversations
  *       whose next request waits, the cache resident longest first (so a cache just rebuilt is the last to go). The
  *       second kind is a displacement: that conversation will prefill its history again when its turn comes.</li>
- *   <li>Thrash guard: a displacement makes its conversation prefill its history again, so it is paced. The rebuild
- *       debt grows by {@value #REBUILD_SHARE} times the tokens of every displaced cache and of every history a cold
- *       request rebuilds, and every admitted request pays back its new tokens (prompt + max_tokens). A cold request
- *       may displace only while nothing is owed; otherwise it waits (backpressure) while warm requests run, rather
- *       than evict caches that the next admissions would rebuild. A cold request that fits in free memory or in caches
- *       nobody waits for starts at once. A warm request may always displace (its growth is a few tokens, and without it
- *       a full budget would hold every resident conversation back), and when nothing runs the first request may
- *       displace whatever it needs (no later step would come to retry it).</li>
+ *   <li>Thrash guard: a cold request that would prefill its history (a rebuild) starts only while the rebuild debt
+ *       is paid: it then owes {@value #REBUILD_SHARE} times its history's tokens, and every admitted request pays back
+ *       its new tokens (prompt + max_tokens). So rebuilds take at most about one token in {@value #REBUILD_SHARE} of
+ *       the work served, however far the working set outgrew the budget; until its turn the cold request waits
+ *       (backpressure) while warm ones run, rather than evict caches that the next admissions would rebuild. A warm
+ *       request may always displace (its growth is a few tokens, and without it a full budget would hold every
+ *       resident conversation back), and when nothing runs the first request may start whatever it needs (no later
+ *       step would come to retry it).</li>
  *   <li>Refusal: a request whose cache alone exceeds a budget can never run; it is {@link Verdict#REFUSED refused}
  *       and its conversation's cache dropped.</li>
- *   <li>Backpressure: while more than {@code maxRunning} requests wait, {@link #mustBackpressure} tells the operator to
- *       serve results instead of taking input. Nothing fails for lack of memory.</li>
+ *   <li>Backpressure: while more than {@value #WAITING_PER_SLOT} times {@code maxRunning} requests wait,
+ *       {@link #mustBackpressure} tells the operator to serve results instead of taking input. Nothing fails for lack
+ *       of memory.</li>
  * </ul>
  * Lifecycle: made in the operator's open() with the budgets it computed, used from the task thread only; the
  * operator releases whatever managed memory is still reserved when it closes.
@@ -159,10 +160,13 @@ public final class Admission<W> {
     }
 
     /**
-     * Served tokens owed per token a displacement or a rebuild makes the engine prefill again (see the class comment):
-     * a history prefill costs about what the same number of decoded tokens cost on the CPU.
+     * Rebuild tokens may be one in this many of the tokens served (see the class comment):
+     * a history prefill costs about what the same number of decoded tokens cost on the CPU, so this bounds what
+     * rotating caches through a budget the working set outgrew takes from throughput.
      */
     static final int REBUILD_SHARE = 4;
+    /** Requests that may wait per running slot before the input is held back (see {@link #mustBackpressure}). */
+    static final int WAITING_PER_SLOT = 4;
 
     private final Budget cache, host;
     private final int maxRunning, maxConversations;
@@ -176,7 +180,7 @@ public final class Admission<W> {
     /** The tokens each held cache will have once its request ends (what a displacement makes its owner rebuild). */
     private final Map<String, Long> cacheTokens = new HashMap<>();
     private long admissions;
-    /** Served tokens still owed for displacements and rebuilds; a cold request displaces nothing while it is positive. */
+    /** Served tokens still owed for rebuilds; a rebuild waits while it is positive (unless nothing runs). */
     private long rebuildDebt;
     private long conversations;
 
@@ -250,9 +254,15 @@ public final class Admission<W> {
         return rebuildDebt;
     }
 
-    /** Whether the operator should stop taking input until requests end (more wait than may run at once). */
+    /**
+     * Whether the operator should stop taking input until requests end: more wait than {@value #WAITING_PER_SLOT}
+     * times what may run at once. Admission must see the requests that wait: a conversation whose next request is
+     * still in the input looks idle, and its cache would be evicted first (the conversations that ended longest ago are
+     * the ones whose requests were read last); with 64 waiting at most, 200 conversations in a closed loop were
+     * evicted and rebuilt on nearly every admission, as if nothing had changed.
+     */
     public boolean mustBackpressure() {
-        return waiting.size() > maxRunning;
+        return waiting.size() > WAITING_PER_SLOT * maxRunning;
     }
 
     /**
