@@ -35,7 +35,7 @@ import java.util.Random;
 public final class Soak {
     private static final ObjectMapper JSON = new ObjectMapper();
     /** Managed memory of the embedded job: the decode operator's budget for the KV caches (on the CPU, heap arrays). */
-    private static final String CACHE_BUDGET = "256m";
+    public static final String CACHE_BUDGET = "256m";
 
     /**
      * Heap use: the most seen in use, and what is live after a full GC once the job serves (at the first final: the job
@@ -131,9 +131,17 @@ public final class Soak {
         return run(modelDir, backend, conversations, 16, length, maxTokens, seed, progress);
     }
 
-    /** @param turns turns a conversation lasts before a new one takes its place; 0: conversations never end */
     public static Report run(String modelDir, String backend, int conversations, int turns, Duration length,
                              int maxTokens, long seed, PrintStream progress) throws Exception {
+        return run(modelDir, backend, conversations, turns, length, maxTokens, seed, CACHE_BUDGET, progress);
+    }
+
+    /**
+     * @param turns       turns a conversation lasts before a new one takes its place; 0: conversations never end
+     * @param cacheBudget the job's managed memory, the KV caches' budget ("256m")
+     */
+    public static Report run(String modelDir, String backend, int conversations, int turns, Duration length,
+                             int maxTokens, long seed, String cacheBudget, PrintStream progress) throws Exception {
         Properties p = new Properties();
         p.setProperty("model.dir", modelDir);
         p.setProperty("backend", backend);
@@ -148,7 +156,7 @@ public final class Soak {
         long intervalNanos = length.compareTo(Duration.ofMinutes(5)) >= 0 ? 60_000_000_000L : 30_000_000_000L;
         long start = System.nanoTime(), end = start + length.toNanos(), nextInterval = start + intervalNanos;
         double drainSeconds = 0;
-        try (EmbeddedJob job = EmbeddedJob.start(p, CACHE_BUDGET);
+        try (EmbeddedJob job = EmbeddedJob.start(p, cacheBudget);
              KafkaProducer<String, String> producer = job.producer();
              KafkaConsumer<String, String> consumer = job.consumer("soak")) {
             String topic = job.config().promptsTopic();
@@ -239,7 +247,7 @@ public final class Soak {
         double[] g = itl.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         return new Report(requests, finals, tokens, inflight.size(), outOfOrder, errors,
                 (System.nanoTime() - start) / 1e9, drainSeconds, t, g, intervals, maxLive,
-                new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(CACHE_BUDGET).getBytes()));
+                new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(cacheBudget).getBytes()));
     }
 
     /** Heap in use after a full collection: what is reachable. */
