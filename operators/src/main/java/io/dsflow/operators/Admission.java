@@ -27,9 +27,11 @@ import java.util.Set;
  *       must be prefilled again) keeps its order among the cold ones, but a warm request behind it that can run
  *       overtakes it while it waits for memory: the work whose cache is resident goes first.</li>
  *   <li>Eviction, only of idle caches and only when it admits the request (never a drop for nothing), coldest
- *       first: (1) conversations with no request waiting, in the order their last request ended; then (2) conversations
- *       whose next request waits, the cache resident longest first (so a cache just rebuilt is the last to go). The
- *       second kind is a displacement: that conversation will prefill its history again when its turn comes.</li>
+ *       first: (1) conversations with no request waiting that ended their last request more than {@code maxRunning}
+ *       ends ago, in the order they ended; then (2) those that ended more recently (their next request may be on its
+ *       way: a closed-loop client answers at once), then conversations whose next request waits, the cache resident
+ *       longest first (so a cache just rebuilt is the last to go). The second kind is a displacement: that
+ *       conversation will likely prefill its history again soon.</li>
  *   <li>Thrash guard: a cold request that would prefill its history (a rebuild) starts only while the rebuild debt
  *       is paid: it then owes {@value #REBUILD_SHARE} times its history's tokens, and every admitted request pays back
  *       its new tokens (prompt + max_tokens). So rebuilds take at most about one token in {@value #REBUILD_SHARE} of
@@ -180,6 +182,9 @@ public final class Admission<W> {
     /** The tokens each held cache will have once its request ends (what a displacement makes its owner rebuild). */
     private final Map<String, Long> cacheTokens = new HashMap<>();
     private long admissions;
+    /** Requests ended so far, and the count at each conversation's last end (see {@link #recentlyEnded}). */
+    private long ends;
+    private final Map<String, Long> endedAt = new HashMap<>();
     /** Served tokens still owed for rebuilds; a rebuild waits while it is positive (unless nothing runs). */
     private long rebuildDebt;
     private long conversations;
@@ -303,18 +308,25 @@ public final class Admission<W> {
     private List<String> victims(String conv, Need need, boolean warm) {
         long bytes = cache.shortfall(conv, need.cacheBytes()), hostBytes = host.shortfall(conv, need.hostBytes());
         List<String> victims = new ArrayList<>();
-        for (String c : idle) {   // (1) nobody is asking for these
+        for (String c : idle) {   // (1) nobody is asking for these, nor has just finished a request
             if (bytes <= 0 && hostBytes <= 0) return victims;
-            if (c.equals(conv) || waiting.containsKey(c)) continue;
+            if (c.equals(conv) || waiting.containsKey(c) || recentlyEnded(c)) continue;
             victims.add(c);
             bytes -= cache.of(c);
             hostBytes -= host.of(c);
         }
         if (bytes <= 0 && hostBytes <= 0) return victims;
         if (!warm && rebuildDebt > 0 && !running.isEmpty()) return null;   // wait rather than thrash
-        List<String> displaceable = new ArrayList<>();   // (2) their conversations wait: the longest resident first
-        for (String c : idle) if (!c.equals(conv) && waiting.containsKey(c)) displaceable.add(c);
-        displaceable.sort(Comparator.comparingLong(c -> residentSince.getOrDefault(c, 0L)));
+        // (2) displacements: conversations that just finished a request (the next may be on its way: a client answers
+        // a completion at once), in the order they ended; then those whose request waits, the longest resident first
+        List<String> displaceable = new ArrayList<>(), waitingOnes = new ArrayList<>();
+        for (String c : idle) {
+            if (c.equals(conv)) continue;
+            if (waiting.containsKey(c)) waitingOnes.add(c);
+            else if (recentlyEnded(c)) displaceable.add(c);
+        }
+        waitingOnes.sort(Comparator.comparingLong(c -> residentSince.getOrDefault(c, 0L)));
+        displaceable.addAll(waitingOnes);
         for (String c : displaceable) {
             if (bytes <= 0 && hostBytes <= 0) break;
             victims.add(c);
@@ -328,7 +340,9 @@ public final class Admission<W> {
         String conv = w.conversationId();
         Need need = w.need();
         for (String v : victims) {
-            if (waiting.containsKey(v)) rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
+            if (waiting.containsKey(v) || recentlyEnded(v)) {
+                rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
+            }
             release(v);
         }
         if (!warm) rebuildDebt += REBUILD_SHARE * need.historyTokens();
@@ -348,12 +362,22 @@ public final class Admission<W> {
     public void ended(String conv) {
         running.remove(conv);
         idle.add(conv);
+        endedAt.put(conv, ++ends);
+    }
+
+    /**
+     * Whether the conversation's last request ended within the last {@code maxRunning} ends: its next request may not
+     * have reached admission yet (the client's round trip, the input), so its cache counts as wanted.
+     */
+    private boolean recentlyEnded(String conv) {
+        return ends - endedAt.getOrDefault(conv, Long.MIN_VALUE / 2) < maxRunning;
     }
 
     private void release(String conv) {
         idle.remove(conv);
         residentSince.remove(conv);
         cacheTokens.remove(conv);
+        endedAt.remove(conv);
         cache.release(conv);
         host.release(conv);
     }
