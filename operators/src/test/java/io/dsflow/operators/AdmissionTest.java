@@ -340,6 +340,30 @@ class AdmissionTest {
         assertEquals(950, a.cacheBudget().total());
     }
 
+    /**
+     * A closed-loop client answers a completion after a round trip: until its next request arrives, the cache of a
+     * conversation that just ended must not look unwanted, or it goes first and is rebuilt at once.
+     */
+    @Test
+    void aCacheWhoseRequestJustEndedIsDisplacedOnlyWhenNoRebuildWorkIsOwed() throws Exception {
+        Admission<String> a = cpu(1000, 2);
+        run(a, "c1", 500);
+        a.enqueue("c2", new Need(300, 0, 250, 50), "c2-t1");     // a rebuild: work is owed from now on
+        assertEquals(Verdict.ADMITTED, a.admitNext().verdict());
+        a.ended("c1");                                           // c1's next turn is on its way
+        run(a, "c4", 100);
+        a.ended("c4");
+        a.enqueue("c3", new Need(400, 0, 300, 100), "c3-t1");    // another rebuild, 300 short
+        Decision<String> d = a.admitNext();
+        assertEquals(Verdict.WAIT, d.verdict(), "c1 and c4 just ended: dropping them is a displacement, work is owed");
+        assertEquals(List.of(), d.evicted());
+        a.ended("c2");   // one more end: c1's is no longer among the last max-running (2)
+        assertEquals(List.of("c1", "c4", "c2"), a.idleCaches());
+        d = a.admitNext();
+        assertEquals(Verdict.ADMITTED, d.verdict());
+        assertEquals(List.of("c1"), d.evicted(), "nobody asked for c1 since it ended, 2 ends ago");
+    }
+
     @Test
     void idleCachesNobodyAsksForGoFirstThenTheLongestResidentOfTheWaitingConversations() throws Exception {
         Admission<String> a = cpu(1000, 8);
