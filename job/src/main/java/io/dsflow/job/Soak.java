@@ -13,7 +13,6 @@ import org.apache.kafka.clients.producer.ProducerRecord;
 import java.io.PrintStream;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
@@ -23,14 +22,20 @@ import java.util.Random;
 
 /**
  * A soak of the whole product in one process (embedded Kafka, local Flink job): N conversations kept busy turn after
- * turn for a while, measured at the Kafka client. Reports throughput, TTFT and inter-token latency percentiles, heap
- * use, and checks that nothing is lost (every request gets one final, its chunks in index order, no duplicate) and
- * that the heap the run keeps is what the KV caches' budget allows (a leak grows past it).
+ * turn for a while, measured at the Kafka client. A conversation ends after {@code turns} turns and a new one takes its
+ * place (real conversations end, so the load is stationary: with unbounded conversations every context grows for the
+ * whole run and each step costs more, whatever admission does); 0 keeps them going. Reports requests served and TTFT
+ * p99 per interval (30 s, or a minute for runs of 5 minutes or more), overall throughput and latency percentiles, the
+ * drain, heap use (the live heap: used after a full collection at the end of each interval, not the heap
+ * allocated), and checks that nothing is lost
+ * (every request gets one final, its chunks in index order, no duplicate), that the heap the run keeps is what the KV
+ * caches' budget allows (a leak grows past it) and that throughput holds (the last full interval serves at least 80%
+ * of the best).
  */
 public final class Soak {
     private static final ObjectMapper JSON = new ObjectMapper();
     /** Managed memory of the embedded job: the decode operator's budget for the KV caches (on the CPU, heap arrays). */
-    private static final String CACHE_BUDGET = "256m";
+    public static final String CACHE_BUDGET = "256m";
 
     /**
      * Heap use: the most seen in use, and what is live after a full GC once the job serves (at the first final: the job
@@ -47,13 +52,12 @@ public final class Soak {
         }
 
         /**
-         * What a run may keep: the decode operator admits caches only within its budget, and a CPU cache allocates up
-         * to twice what is reserved for it (its arrays grow by doubling) or its first 256 tokens' arrays (dspp on the
-         * probe model: 1.5 MB, 300 MB for 200 conversations), so twice the budget; and the buffers. A leak grows past
-         * it.
+         * What a run may keep: the decode operator admits caches only within its budget, and a CPU cache allocates
+         * exactly what is reserved for it (Engine.estimateCacheBytes), so the budget; and the buffers. A leak grows
+         * past it.
          */
         public long allowanceBytes() {
-            return 2 * cacheBudgetBytes + BUFFERS_ALLOWANCE;
+            return cacheBudgetBytes + BUFFERS_ALLOWANCE;
         }
 
         public boolean withinAllowance() {
@@ -61,21 +65,52 @@ public final class Soak {
         }
     }
 
+    /**
+     * An interval of the run while requests were sent: requests served (finals received) and their TTFT p99, and the
+     * live heap at its end (heap used after a full collection).
+     */
+    public record Interval(double endSeconds, double seconds, long served, double ttftP99Ms, long liveHeapBytes) {
+    }
+
     /** What the soak saw. */
     public record Report(long requests, long finals, long tokens, long lost, long outOfOrder, long errors,
-                         double seconds, double[] ttftMs, double[] itlMs, Heap heap) {
-        public double percentile(double[] sorted, double p) {
+                         double seconds, double drainSeconds, double[] ttftMs, double[] itlMs, List<Interval> intervals,
+                         long maxLiveHeapBytes, Heap heap) {
+        public static double percentile(double[] sorted, double p) {
             return sorted.length == 0 ? 0 : sorted[Math.min(sorted.length - 1, (int) Math.floor(p * sorted.length))];
         }
 
+        /** The last full interval's requests served over the best full interval's (1 with fewer than two). */
+        public double lastOverBest() {
+            double longest = intervals.stream().mapToDouble(Interval::seconds).max().orElse(0);
+            List<Interval> full = intervals.stream().filter(i -> i.seconds() >= longest - 1e-9).toList();
+            if (full.size() < 2) return 1;
+            long best = full.stream().mapToLong(Interval::served).max().orElse(0);
+            return best == 0 ? 0 : full.get(full.size() - 1).served() / (double) best;
+        }
+
+        /** Whether throughput held: the last full interval served at least 80% of the best one. */
+        public boolean throughputHeld() {
+            return lastOverBest() >= 0.8;
+        }
+
         public String summary() {
-            return String.format(Locale.ROOT, "soak: %.0f s, %d requests sent, %d finals, %d lost, %d out of order or"
-                            + " duplicated, %d errors; %.1f tokens/s, %.2f requests/s; TTFT p50 %.0f ms p99 %.0f ms;"
-                            + " ITL p50 %.1f ms p99 %.1f ms; max heap used %.0f MB, live heap %.0f MB -> %.0f MB"
-                            + " (growth allowed: %.0f MB)", seconds, requests, finals, lost,
-                    outOfOrder, errors, tokens / seconds, finals / seconds, percentile(ttftMs, 0.5),
-                    percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), heap.peakBytes / 1e6,
-                    heap.liveAtStartBytes / 1e6, heap.liveAtEndBytes / 1e6, heap.allowanceBytes() / 1e6);
+            StringBuilder served = new StringBuilder(), p99 = new StringBuilder(), live = new StringBuilder();
+            for (Interval i : intervals) {
+                served.append(served.length() == 0 ? "" : ", ").append(i.served());
+                p99.append(p99.length() == 0 ? "" : ", ").append(String.format(Locale.ROOT, "%.1f", i.ttftP99Ms / 1e3));
+                live.append(live.length() == 0 ? "" : ", ").append(Math.round(i.liveHeapBytes / 1e6));
+            }
+            return String.format(Locale.ROOT, "soak: %.0f s (drain %.0f s), %d requests sent, %d finals, %d lost, %d out"
+                            + " of order or duplicated, %d errors; %.1f tokens/s, %.2f requests/s; served per interval:"
+                            + " %s (the last full one %.0f%% of the best); TTFT p99 per interval (s): %s; TTFT p50 %.0f ms"
+                            + " p99 %.0f ms; ITL p50 %.1f ms p99 %.1f ms; live heap per interval (MB): %s, at most %.0f MB;"
+                            + " live heap after a full GC %.0f MB -> %.0f MB (growth allowed: %.0f MB); max heap used"
+                            + " %.0f MB", seconds, drainSeconds, requests, finals, lost, outOfOrder, errors,
+                    tokens / seconds, finals / seconds, served, 100 * lastOverBest(), p99, percentile(ttftMs, 0.5),
+                    percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), live,
+                    maxLiveHeapBytes / 1e6, heap.liveAtStartBytes / 1e6, heap.liveAtEndBytes / 1e6,
+                    heap.allowanceBytes() / 1e6, heap.peakBytes / 1e6);
         }
     }
 
@@ -90,8 +125,23 @@ public final class Soak {
     private Soak() {
     }
 
+    /** A soak whose conversations end after 16 turns (see the class comment). */
     public static Report run(String modelDir, String backend, int conversations, Duration length, int maxTokens,
                              long seed, PrintStream progress) throws Exception {
+        return run(modelDir, backend, conversations, 16, length, maxTokens, seed, progress);
+    }
+
+    public static Report run(String modelDir, String backend, int conversations, int turns, Duration length,
+                             int maxTokens, long seed, PrintStream progress) throws Exception {
+        return run(modelDir, backend, conversations, turns, length, maxTokens, seed, CACHE_BUDGET, progress);
+    }
+
+    /**
+     * @param turns       turns a conversation lasts before a new one takes its place; 0: conversations never end
+     * @param cacheBudget the job's managed memory, the KV caches' budget ("256m")
+     */
+    public static Report run(String modelDir, String backend, int conversations, int turns, Duration length,
+                             int maxTokens, long seed, String cacheBudget, PrintStream progress) throws Exception {
         Properties p = new Properties();
         p.setProperty("model.dir", modelDir);
         p.setProperty("backend", backend);
@@ -99,10 +149,14 @@ public final class Soak {
         Random rnd = new Random(seed);
         Map<String, InFlight> inflight = new HashMap<>();
         Map<String, Integer> turnOf = new HashMap<>();
-        List<Double> ttft = new ArrayList<>(), itl = new ArrayList<>();
-        long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0, liveAtStart = -1, liveAtEnd;
-        long start = System.nanoTime(), end = start + length.toNanos(), nextReport = start + 30_000_000_000L;
-        try (EmbeddedJob job = EmbeddedJob.start(p, CACHE_BUDGET);
+        List<Double> ttft = new ArrayList<>(), itl = new ArrayList<>(), intervalTtft = new ArrayList<>();
+        List<Interval> intervals = new ArrayList<>();
+        long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0, maxLive = 0;
+        long liveAtStart = -1, liveAtEnd, intervalServed = 0, nextConversation = conversations;
+        long intervalNanos = length.compareTo(Duration.ofMinutes(5)) >= 0 ? 60_000_000_000L : 30_000_000_000L;
+        long start = System.nanoTime(), end = start + length.toNanos(), nextInterval = start + intervalNanos;
+        double drainSeconds = 0;
+        try (EmbeddedJob job = EmbeddedJob.start(p, cacheBudget);
              KafkaProducer<String, String> producer = job.producer();
              KafkaConsumer<String, String> consumer = job.consumer("soak")) {
             String topic = job.config().promptsTopic();
@@ -138,12 +192,22 @@ public final class Soak {
                             }
                             inflight.remove(id);
                             finals++;
+                            if (now < end) intervalServed++;
                             if (liveAtStart < 0) liveAtStart = liveHeap();
-                            if (f.ttft >= 0) ttft.add(f.ttft);
+                            if (f.ttft >= 0) {
+                                ttft.add(f.ttft);
+                                if (now < end) intervalTtft.add(f.ttft);
+                            }
                             itl.addAll(f.gaps);
                             String conv = n.path("conversation_id").asText();
-                            if (System.nanoTime() < end) { // the conversation goes on with another turn
+                            if (now < end) { // the conversation goes on with another turn, or a new one starts
                                 int turn = turnOf.merge(conv, 1, Integer::sum);
+                                if (turns > 0 && turn >= turns) {
+                                    turnOf.remove(conv);
+                                    conv = "soak-" + nextConversation++;
+                                    turn = 0;
+                                    turnOf.put(conv, 0);
+                                }
                                 send(producer, topic, conv, turn, maxTokens, rnd, inflight);
                                 requests++;
                             }
@@ -153,19 +217,37 @@ public final class Soak {
                 }
                 Runtime rt = Runtime.getRuntime();
                 maxHeap = Math.max(maxHeap, rt.totalMemory() - rt.freeMemory());
-                if (System.nanoTime() > nextReport) {
-                    nextReport += 30_000_000_000L;
-                    progress.printf(Locale.ROOT, "soak: %.0f s, %d finals, %d tokens, %d in flight, heap %.0f MB%n",
-                            (System.nanoTime() - start) / 1e9, finals, tokens, inflight.size(), maxHeap / 1e6);
+                long now = System.nanoTime();
+                if (now >= nextInterval && nextInterval <= end) {
+                    long live = liveHeap();
+                    maxLive = Math.max(maxLive, live);
+                    double[] t = intervalTtft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+                    Interval i = new Interval((nextInterval - start) / 1e9, intervalNanos / 1e9, intervalServed,
+                            Report.percentile(t, 0.99), live);
+                    intervals.add(i);
+                    progress.printf(Locale.ROOT, "soak: %.0f s, %d served in the last %d s (TTFT p99 %.1f s), %d"
+                                    + " tokens in all, %d in flight, live heap %.0f MB, heap used %.0f MB%n",
+                            i.endSeconds(), i.served(), intervalNanos / 1_000_000_000L, i.ttftP99Ms() / 1e3,
+                            tokens, inflight.size(), live / 1e6, (rt.totalMemory() - rt.freeMemory()) / 1e6);
+                    intervalServed = 0;
+                    intervalTtft.clear();
+                    nextInterval += intervalNanos;
                 }
             }
+            drainSeconds = Math.max(0, (System.nanoTime() - end) / 1e9);
             liveAtEnd = liveHeap();
+            maxLive = Math.max(maxLive, liveAtEnd);
+            if (intervalServed > 0) {   // the part of an interval before the end
+                double[] t = intervalTtft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+                double from = (nextInterval - intervalNanos - start) / 1e9, to = (end - start) / 1e9;
+                intervals.add(new Interval(to, to - from, intervalServed, Report.percentile(t, 0.99), liveAtEnd));
+            }
         }
         double[] t = ttft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         double[] g = itl.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         return new Report(requests, finals, tokens, inflight.size(), outOfOrder, errors,
-                (System.nanoTime() - start) / 1e9, t, g,
-                new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(CACHE_BUDGET).getBytes()));
+                (System.nanoTime() - start) / 1e9, drainSeconds, t, g, intervals, maxLive,
+                new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(cacheBudget).getBytes()));
     }
 
     /** Heap in use after a full collection: what is reachable. */

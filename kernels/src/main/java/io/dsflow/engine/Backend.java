@@ -4,6 +4,8 @@ import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvStore;
+import io.dsflow.engine.kv.RingWindow;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.sample.Sampler;
 import io.dsflow.engine.sample.SamplingParams;
@@ -54,19 +56,22 @@ public interface Backend extends AutoCloseable {
 
     /**
      * Bytes a cache of {@code tokens} tokens takes on this backend under a policy (at least what it allocates): what a
-     * caller budgets per conversation. The CPU keeps float32 keys, values and labels on the heap.
+     * caller budgets per conversation. The CPU's caches hold exactly this much heap once they hold that many tokens
+     * ({@code CpuKvCache#heapBytes}): float32 keys and values with their slot positions for the room a store has for
+     * them ({@link KvStore#capacityFor}), float32 labels of the sparse layers for the same room, and the ring window.
      */
     default long cacheBytes(KvConfig kv, long tokens) {
         ModelConfig c = config();
-        long held = kv.capacity() > 0 ? Math.min(tokens, kv.capacity()) : tokens;
-        long perToken = 2L * c.numLayers() * c.kvDim() * Float.BYTES;
-        long ring = 0;
+        long room = kv.capacity() > 0 ? Math.min(kv.capacity(), KvStore.capacityFor(tokens)) : KvStore.capacityFor(tokens);
+        long bytes = KvStore.heapBytes(c.numLayers(), c.kvDim(), room);
         if (kv.sparse()) {
-            int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
-            perToken += (long) sparseLayers * c.numHeads() * kv.labelChannels(c.headDim()) * Float.BYTES;
-            ring = 2L * c.numLayers() * kv.window() * c.kvDim() * Float.BYTES;
+            int labelledLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+            long labelRows = (long) c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads())
+                    * kv.labelChannels(c.headDim());
+            bytes += labelledLayers * labelRows * room * Float.BYTES;
+            bytes += RingWindow.heapBytes(c.numLayers(), kv.window(), c.kvDim());
         }
-        return held * perToken + ring;
+        return bytes;
     }
 
     /**

@@ -145,6 +145,32 @@ class BatchSchedulerTest {
         assertTrue(r.order.indexOf("r0") < r.order.indexOf("r2"), "first come, first served");
     }
 
+    /**
+     * Issue 22, item 5: a step prefills up to a chunk of prompt tokens over as many prompts as fit. One prompt a step
+     * let each admitted request start only one step after the one before it: with 64 follow-ups of a few tokens
+     * waiting, the 64th started 64 steps later, each step a chunk's cost when rebuilds and new prompts were among them.
+     */
+    @Test
+    void shortPromptsShareAStepsPrefillChunk() {
+        Engine e = TestModels.engine("probe-retrieval");
+        BatchScheduler s = new BatchScheduler(e, 32);
+        Recorder r = new Recorder();
+        Random rnd = new Random(4);
+        for (int i = 0; i < 4; i++) {
+            s.submit(new BatchScheduler.Work("r" + i, "c" + i, new int[0], randomPrompt(rnd, 8), SamplingParams.greedy(4),
+                    KvConfig.DENSE, 0));
+        }
+        s.submit(new BatchScheduler.Work("long", "c4", new int[0], randomPrompt(rnd, 40), SamplingParams.greedy(4),
+                KvConfig.DENSE, 0));
+        s.step(r);
+        for (int i = 0; i < 4; i++) assertEquals(1, r.of("r" + i).length, "r" + i + " prefilled in the first step");
+        assertEquals(32, s.prefilledTokens(), "4 prompts of 8 tokens: the chunk is full, the long prompt waits");
+        s.step(r);
+        assertEquals(0, r.of("long").length);
+        s.step(r);
+        assertEquals(1, r.of("long").length, "its 40 tokens in two chunks");
+    }
+
     @Test
     void followUpContinuesTheCacheWithoutPrefillingTheHistory() {
         Engine e = TestModels.engine("probe-retrieval");

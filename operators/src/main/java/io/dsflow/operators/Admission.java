@@ -1,10 +1,10 @@
 package io.dsflow.operators;
 
-import java.util.ArrayDeque;
 import java.util.ArrayList;
-import java.util.Deque;
+import java.util.Comparator;
 import java.util.HashMap;
 import java.util.HashSet;
+import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
@@ -17,20 +17,34 @@ import java.util.Set;
  * <ul>
  *   <li>Conversations: at most {@code maxConversations} hold state on the subtask; {@link #openConversation} refuses
  *       one more (the operator answers with a conversation_limit error record).</li>
- *   <li>Waiting: a conversation's active request {@link #enqueue enqueues} with the cache bytes it will need;
- *       requests are admitted in arrival order, the first one blocking the rest (no overtaking, so a large request is
- *       not starved by small ones).</li>
  *   <li>Budgets: a request is admitted when fewer than {@code maxRunning} run and its bytes fit both budgets: the
  *       cache budget (managed memory, or a GPU's free memory where the caches live) and the host budget (the pinned
  *       host stores of placement=host, from managed memory). Its conversation then holds those bytes, also while
  *       idle between requests, until its cache is dropped.</li>
- *   <li>Eviction: when the first waiting request lacks memory, idle caches are dropped in the order their
- *       conversations last finished a request (oldest first), never the waiting conversation's own, until the
- *       shortfall is covered or none are left. Their conversations re-prefill their history when they return.</li>
+ *   <li>Waiting: a conversation's active request {@link #enqueue enqueues} with its {@link Need}. A request whose
+ *       conversation holds a cache (warm: only its new tokens to prefill) is admitted in arrival order, never
+ *       overtaken. A request without one (cold: a new conversation, or one whose cache was dropped and whose history
+ *       must be prefilled again) keeps its order among the cold ones, but a warm request behind it that can run
+ *       overtakes it while it waits for memory: the work whose cache is resident goes first.</li>
+ *   <li>Eviction, only of idle caches and only when it admits the request (never a drop for nothing), coldest
+ *       first: (1) conversations with no request waiting that ended their last request more than {@code maxRunning}
+ *       ends ago, in the order they ended; then (2) those that ended more recently (their next request may be on its
+ *       way: a closed-loop client answers at once), then conversations whose next request waits, the cache resident
+ *       longest first (so a cache just rebuilt is the last to go). The second kind is a displacement: that
+ *       conversation will likely prefill its history again soon.</li>
+ *   <li>Thrash guard: a cold request that would prefill its history (a rebuild) starts only while the rebuild debt
+ *       is paid: it then owes {@value #REBUILD_SHARE} times its history's tokens, and every admitted request pays back
+ *       its new tokens (prompt + max_tokens). So rebuilds take at most about one token in {@value #REBUILD_SHARE} of
+ *       the work served, however far the working set outgrew the budget; until its turn the cold request waits
+ *       (backpressure) while warm ones run, rather than evict caches that the next admissions would rebuild. A warm
+ *       request may always displace (its growth is a few tokens, and without it a full budget would hold every
+ *       resident conversation back), and when nothing runs the first request may start whatever it needs (no later
+ *       step would come to retry it).</li>
  *   <li>Refusal: a request whose cache alone exceeds a budget can never run; it is {@link Verdict#REFUSED refused}
  *       and its conversation's cache dropped.</li>
- *   <li>Backpressure: while more than {@code maxRunning} requests wait, {@link #mustBackpressure} tells the operator to
- *       serve results instead of taking input. Nothing fails for lack of memory.</li>
+ *   <li>Backpressure: while more than {@value #WAITING_PER_SLOT} times {@code maxRunning} requests wait,
+ *       {@link #mustBackpressure} tells the operator to serve results instead of taking input. Nothing fails for lack
+ *       of memory.</li>
  * </ul>
  * Lifecycle: made in the operator's open() with the budgets it computed, used from the task thread only; the
  * operator releases whatever managed memory is still reserved when it closes.
@@ -109,24 +123,34 @@ public final class Admission<W> {
         }
     }
 
-    /** What a request's cache will take: bytes of the cache budget and of the host budget. */
-    public record Need(long cacheBytes, long hostBytes) {
+    /**
+     * What a request's cache will take: bytes of the cache budget and of the host budget; and its tokens, for the
+     * rebuild debt: {@code historyTokens} the conversation's tokens before this prompt (prefilled again if its cache is
+     * gone), {@code newTokens} the prompt's and the completion's (max_tokens).
+     */
+    public record Need(long cacheBytes, long hostBytes, long historyTokens, long newTokens) {
+        /** A need without token counts (no history to rebuild, nothing paid back). */
+        public Need(long cacheBytes, long hostBytes) {
+            this(cacheBytes, hostBytes, 0, 0);
+        }
     }
 
     public enum Verdict {
         /** Bytes reserved, a slot taken: submit the work to the engine. */
         ADMITTED,
-        /** It waits (and every request behind it); try again when a request ends. */
+        /** Nothing more can start now; try again when a request ends. */
         WAIT,
         /** It can never fit: end it with an error. It left the queue. */
         REFUSED
     }
 
     /**
-     * The outcome for the first waiting request.
+     * The outcome for a waiting request: the one admitted or refused (not always the first: a warm request may
+     * overtake cold ones), or for WAIT the first waiting one.
      *
-     * @param evicted          idle conversations whose caches were dropped to make room, oldest first: drop them in the
-     *                         engine too (before submitting this decision's work, so the memory is free first)
+     * @param evicted          idle conversations whose caches were dropped to make room, in the order dropped: drop
+     *                         them in the engine too (before submitting this decision's work, so the memory is free
+     *                         first); empty unless ADMITTED
      * @param droppedOwnCache  REFUSED only: the conversation's own kept cache was released as well
      * @param refusal          REFUSED only: why, for the error record
      */
@@ -137,12 +161,32 @@ public final class Admission<W> {
     private record Waiting<W>(String conversationId, Need need, W work) {
     }
 
+    /**
+     * Rebuild tokens may be one in this many of the tokens served (see the class comment):
+     * a history prefill costs about what the same number of decoded tokens cost on the CPU, so this bounds what
+     * rotating caches through a budget the working set outgrew takes from throughput.
+     */
+    static final int REBUILD_SHARE = 4;
+    /** Requests that may wait per running slot before the input is held back (see {@link #mustBackpressure}). */
+    static final int WAITING_PER_SLOT = 4;
+
     private final Budget cache, host;
     private final int maxRunning, maxConversations;
-    private final Deque<Waiting<W>> waiting = new ArrayDeque<>();
+    /** Waiting requests by conversation (one at most each: the operator enqueues a conversation's active request). */
+    private final LinkedHashMap<String, Waiting<W>> waiting = new LinkedHashMap<>();
     private final Set<String> running = new HashSet<>();
     /** Kept caches of conversations with nothing running, in the order their last request ended (oldest first). */
     private final LinkedHashSet<String> idle = new LinkedHashSet<>();
+    /** When each held cache was built (an admission count): the order displacement takes them in. */
+    private final Map<String, Long> residentSince = new HashMap<>();
+    /** The tokens each held cache will have once its request ends (what a displacement makes its owner rebuild). */
+    private final Map<String, Long> cacheTokens = new HashMap<>();
+    private long admissions;
+    /** Requests ended so far, and the count at each conversation's last end (see {@link #recentlyEnded}). */
+    private long ends;
+    private final Map<String, Long> endedAt = new HashMap<>();
+    /** Served tokens still owed for rebuilds; a rebuild waits while it is positive (unless nothing runs). */
+    private long rebuildDebt;
     private long conversations;
 
     public Admission(Budget cache, Budget host, int maxRunning, int maxConversations) {
@@ -187,11 +231,12 @@ public final class Admission<W> {
 
     /** The conversation's active request waits for admission, needing {@code need}. */
     public void enqueue(String conv, Need need, W work) {
-        waiting.add(new Waiting<>(conv, need, work));
+        if (waiting.containsKey(conv)) throw new IllegalStateException(conv + " has a request waiting already");
+        waiting.put(conv, new Waiting<>(conv, need, work));
     }
 
     public boolean isWaiting(String conv) {
-        return waiting.stream().anyMatch(w -> w.conversationId().equals(conv));
+        return waiting.containsKey(conv);
     }
 
     public boolean hasWaiting() {
@@ -208,79 +253,140 @@ public final class Admission<W> {
         return running.size();
     }
 
-    /** Idle conversations holding a cache, oldest first (the order they would be evicted in). */
+    /** Idle conversations holding a cache, in the order their requests ended (oldest first). */
     public List<String> idleCaches() {
         return List.copyOf(idle);
     }
 
-    /** Whether the operator should stop taking input until requests end (more wait than may run at once). */
-    public boolean mustBackpressure() {
-        return waiting.size() > maxRunning;
+    /** Whether the conversation holds a cache (its next request prefills only its new tokens). */
+    public boolean isResident(String conv) {
+        return cache.of(conv) > 0 || host.of(conv) > 0;
+    }
+
+    /** Served tokens still owed before a rebuild may displace another cache (0: none owed). */
+    public long rebuildDebt() {
+        return rebuildDebt;
     }
 
     /**
-     * Decides for the first waiting request; call while {@link #hasWaiting}, stopping at WAIT.
+     * Whether the operator should stop taking input until requests end: more wait than {@value #WAITING_PER_SLOT}
+     * times what may run at once. Admission must see the requests that wait: a conversation whose next request is
+     * still in the input looks idle, and its cache would be evicted first (the conversations that ended longest ago are
+     * the ones whose requests were read last); with 64 waiting at most, 200 conversations in a closed loop were
+     * evicted and rebuilt on nearly every admission, as if nothing had changed.
+     */
+    public boolean mustBackpressure() {
+        return waiting.size() > WAITING_PER_SLOT * maxRunning;
+    }
+
+    /**
+     * Decides for the waiting requests: admits or refuses one of them, or says WAIT when none can start now; call
+     * while {@link #hasWaiting}, stopping at WAIT.
      *
      * @throws Exception when managed memory refuses a reservation the budget allowed (a bug: the budget is the
      *                   operator's share of it)
      */
     public Decision<W> admitNext() throws Exception {
-        Waiting<W> w = waiting.peek();
-        if (w == null) throw new IllegalStateException("no request waits");
+        if (waiting.isEmpty()) throw new IllegalStateException("no request waits");
+        Waiting<W> first = waiting.values().iterator().next();
+        boolean coldBlocked = false;
+        for (Waiting<W> w : List.copyOf(waiting.values())) {
+            String conv = w.conversationId();
+            Need need = w.need();
+            if (need.cacheBytes() > cache.limit || need.hostBytes() > host.limit) {
+                waiting.remove(conv);
+                boolean heldCache = cache.of(conv) > 0;
+                if (heldCache) release(conv);
+                return new Decision<>(Verdict.REFUSED, conv, w.work(), List.of(), heldCache, refusal(need));
+            }
+            if (running.size() >= maxRunning) break;
+            boolean warm = isResident(conv);
+            if (!warm && coldBlocked) continue;   // cold requests keep their order among themselves
+            List<String> victims = victims(conv, need, warm);
+            if (victims != null) return admit(w, warm, victims);
+            if (warm) break;                       // a warm request is never overtaken
+            coldBlocked = true;
+        }
+        return new Decision<>(Verdict.WAIT, first.conversationId(), first.work(), List.of(), false, null);
+    }
+
+    /**
+     * The idle caches to drop so that the request fits, coldest first (see the class comment); null when it cannot
+     * be made to fit now, in which case nothing is dropped.
+     */
+    private List<String> victims(String conv, Need need, boolean warm) {
+        long bytes = cache.shortfall(conv, need.cacheBytes()), hostBytes = host.shortfall(conv, need.hostBytes());
+        List<String> victims = new ArrayList<>();
+        for (String c : idle) {   // (1) nobody is asking for these, nor has just finished a request
+            if (bytes <= 0 && hostBytes <= 0) return victims;
+            if (c.equals(conv) || waiting.containsKey(c) || recentlyEnded(c)) continue;
+            victims.add(c);
+            bytes -= cache.of(c);
+            hostBytes -= host.of(c);
+        }
+        if (bytes <= 0 && hostBytes <= 0) return victims;
+        if (!warm && rebuildDebt > 0 && !running.isEmpty()) return null;   // wait rather than thrash
+        // (2) displacements: conversations that just finished a request (the next may be on its way: a client answers
+        // a completion at once), in the order they ended; then those whose request waits, the longest resident first
+        List<String> displaceable = new ArrayList<>(), waitingOnes = new ArrayList<>();
+        for (String c : idle) {
+            if (c.equals(conv)) continue;
+            if (waiting.containsKey(c)) waitingOnes.add(c);
+            else if (recentlyEnded(c)) displaceable.add(c);
+        }
+        waitingOnes.sort(Comparator.comparingLong(c -> residentSince.getOrDefault(c, 0L)));
+        displaceable.addAll(waitingOnes);
+        for (String c : displaceable) {
+            if (bytes <= 0 && hostBytes <= 0) break;
+            victims.add(c);
+            bytes -= cache.of(c);
+            hostBytes -= host.of(c);
+        }
+        return bytes <= 0 && hostBytes <= 0 ? victims : null;
+    }
+
+    private Decision<W> admit(Waiting<W> w, boolean warm, List<String> victims) throws Exception {
         String conv = w.conversationId();
         Need need = w.need();
-        if (need.cacheBytes() > cache.limit || need.hostBytes() > host.limit) {
-            waiting.poll();
-            boolean heldCache = cache.of(conv) > 0;
-            if (heldCache) release(conv);
-            return new Decision<>(Verdict.REFUSED, conv, w.work(), List.of(), heldCache, refusal(need));
+        for (String v : victims) {
+            if (waiting.containsKey(v) || recentlyEnded(v)) {
+                rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
+            }
+            release(v);
         }
-        List<String> evicted = List.of();
-        if (!fits(conv, need)) {
-            evicted = evictIdle(cache.shortfall(conv, need.cacheBytes()), host.shortfall(conv, need.hostBytes()), conv);
-        }
-        // checked again after the eviction: when nothing else runs, no later result would come to retry it
-        if (running.size() >= maxRunning || !fits(conv, need)) {
-            return new Decision<>(Verdict.WAIT, conv, w.work(), evicted, false, null);
-        }
-        waiting.poll();
+        if (!warm) rebuildDebt += REBUILD_SHARE * need.historyTokens();
+        rebuildDebt = Math.max(0, rebuildDebt - need.newTokens());
+        waiting.remove(conv);
         idle.remove(conv);
         cache.reserve(conv, need.cacheBytes());
         host.reserve(conv, need.hostBytes());
+        admissions++;
+        if (!warm) residentSince.put(conv, admissions);
+        cacheTokens.put(conv, need.historyTokens() + need.newTokens());
         running.add(conv);
-        return new Decision<>(Verdict.ADMITTED, conv, w.work(), evicted, false, null);
-    }
-
-    private boolean fits(String conv, Need need) {
-        return cache.shortfall(conv, need.cacheBytes()) <= 0 && host.shortfall(conv, need.hostBytes()) <= 0;
+        return new Decision<>(Verdict.ADMITTED, conv, w.work(), List.copyOf(victims), false, null);
     }
 
     /** The conversation's running request ended (finished or failed): its cache is kept, idle, and may be evicted. */
     public void ended(String conv) {
         running.remove(conv);
         idle.add(conv);
+        endedAt.put(conv, ++ends);
     }
 
     /**
-     * Drops idle caches, oldest first and not {@code keep}'s, until {@code bytes} of the cache budget and
-     * {@code hostBytes} of the host budget would be free; returns the conversations dropped.
+     * Whether the conversation's last request ended within the last {@code maxRunning} ends: its next request may not
+     * have reached admission yet (the client's round trip, the input), so its cache counts as wanted.
      */
-    private List<String> evictIdle(long bytes, long hostBytes, String keep) {
-        List<String> evicted = new ArrayList<>();
-        long freed = 0, hostFreed = 0;
-        for (String conv : new ArrayList<>(idle)) {
-            if (freed >= bytes && hostFreed >= hostBytes) break;
-            if (conv.equals(keep)) continue;
-            freed += cache.of(conv);
-            hostFreed += host.of(conv);
-            release(conv);
-            evicted.add(conv);
-        }
-        return evicted;
+    private boolean recentlyEnded(String conv) {
+        return ends - endedAt.getOrDefault(conv, Long.MIN_VALUE / 2) < maxRunning;
     }
 
     private void release(String conv) {
         idle.remove(conv);
+        residentSince.remove(conv);
+        cacheTokens.remove(conv);
+        endedAt.remove(conv);
         cache.release(conv);
         host.release(conv);
     }

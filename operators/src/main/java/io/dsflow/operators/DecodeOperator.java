@@ -373,7 +373,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Request r = cs.active;
         long cacheTokens = (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1;
         Admission.Need need = new Admission.Need(engine.estimateCacheBytes(kv, cacheTokens),
-                engine.backend().hostCacheBytes(kv, cacheTokens));   // host placement's pinned stores
+                engine.backend().hostCacheBytes(kv, cacheTokens),   // host placement's pinned stores
+                cs.history.length, cacheTokens - cs.history.length);
         BatchScheduler.Work work = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
                 RequestParser.samplingParams(r), kv, tokens.emitted(conv, r.requestId));
         admission.enqueue(conv, need, work);

@@ -54,6 +54,11 @@ public final class CalibratingKvCache implements CpuKvCache {
     }
 
     @Override
+    public long heapBytes() {
+        return dense.heapBytes();
+    }
+
+    @Override
     public KvBytes bytes() {
         return dense.bytes();
     }

@@ -37,6 +37,13 @@ public interface CpuKvCache extends KvCache {
         throw new IllegalStateException("this cache does not select ahead");
     }
 
+    /**
+     * Bytes of the JVM heap this cache's arrays hold (float32 keys, values and labels, the ring, slot positions): what
+     * {@code Backend#cacheBytes} budgets for it, so the decode operator's managed-memory reservation is what it
+     * allocates.
+     */
+    long heapBytes();
+
     @Override
     CpuKvCache copy();
 }

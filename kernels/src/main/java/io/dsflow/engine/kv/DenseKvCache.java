@@ -5,12 +5,12 @@ public final class DenseKvCache implements CpuKvCache {
     private final KvStore store;
 
     public DenseKvCache(int layers, int kvHeads, int headDim) {
-        this(new KvStore(layers, kvHeads, headDim, 256));
+        this(new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY));
     }
 
     /** A dense cache that keeps at most {@code capacity} tokens, the first {@code sinks} of them pinned. */
     public DenseKvCache(int layers, int kvHeads, int headDim, int capacity, int sinks) {
-        this(new KvStore(layers, kvHeads, headDim, 256, capacity, sinks));
+        this(new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, capacity, sinks));
     }
 
     DenseKvCache(KvStore store) {
@@ -39,6 +39,11 @@ public final class DenseKvCache implements CpuKvCache {
     @Override
     public CpuKvCache copy() {
         return new DenseKvCache(store.copy());
+    }
+
+    @Override
+    public long heapBytes() {
+        return store.heapBytes();
     }
 
     @Override

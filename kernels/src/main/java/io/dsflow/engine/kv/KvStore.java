@@ -10,12 +10,18 @@ import java.util.Arrays;
  *   keys[layer][c][j]            c < kvHeads * headDim, j < capacity   (channel c of token j)
  *   values[layer][j * kvDim + c]
  * </pre>
- * Appending is O(1) amortised (storage doubles); every layer holds the same number of tokens once a forward pass is
- * over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
+ * Appending is O(1) amortised: storage grows by an eighth at a time (at least a granule), rounded up to
+ * {@value #GRANULE} tokens, from {@value #INITIAL_CAPACITY} (so the room a store holds for T tokens is
+ * {@link #capacityFor}, which is what the CPU backend budgets: at most an eighth and a granule more than T, where
+ * doubling held up to twice); every layer holds the same number of tokens once a forward pass is over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
  * each new token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant
  * memory; {@code position[layer][slot]} says which token a slot holds.
  */
 public final class KvStore {
+    /** Tokens a store has room for when made (unless made with another initial capacity). */
+    public static final int INITIAL_CAPACITY = 32;
+    /** Capacities are multiples of this many tokens. */
+    public static final int GRANULE = 32;
     final int layers;
     final int kvHeads;
     final int headDim;
@@ -44,7 +50,7 @@ public final class KvStore {
         this.kvDim = kvHeads * headDim;
         this.limit = limit;
         this.pinned = sinks;
-        this.capacity = Math.max(16, limit > 0 ? Math.min(limit, initialCapacity) : initialCapacity);
+        this.capacity = limit > 0 ? Math.min(limit, Math.max(16, initialCapacity)) : Math.max(16, initialCapacity);
         this.keys = new float[layers][kvDim][capacity];
         this.values = new float[layers][capacity * kvDim];
         this.position = new int[layers][capacity];
@@ -57,13 +63,14 @@ public final class KvStore {
         kvHeads = o.kvHeads;
         headDim = o.headDim;
         kvDim = o.kvDim;
-        capacity = Math.max(16, o.length());
+        limit = o.limit;
+        pinned = o.pinned;
+        int held = Arrays.stream(o.length).max().orElse(0);   // the room a store holding as many has
+        capacity = (int) (limit > 0 ? Math.min(limit, capacityFor(held)) : capacityFor(held));
         keys = new float[layers][kvDim][];
         values = new float[layers][];
         length = o.length.clone();
         appended = o.appended.clone();
-        limit = o.limit;
-        pinned = o.pinned;
         position = new int[layers][];
         for (int l = 0; l < layers; l++) {
             for (int c = 0; c < kvDim; c++) keys[l][c] = Arrays.copyOf(o.keys[l][c], capacity);
@@ -143,8 +150,29 @@ public final class KvStore {
         return layers;
     }
 
+    /** Tokens the store has room for now (its arrays' length). */
+    public int capacity() {
+        return capacity;
+    }
+
+    /** The capacity after the one given: an eighth more (a granule at least), rounded up to a granule. */
+    static int nextCapacity(int capacity) {
+        int grown = capacity + Math.max(GRANULE, capacity / 8);
+        return (grown + GRANULE - 1) / GRANULE * GRANULE;
+    }
+
+    /**
+     * The room a store made with {@link #INITIAL_CAPACITY} has once it holds {@code tokens} tokens (without a limit;
+     * with a limit C, the lesser of this and C): what a cache of that many tokens allocates.
+     */
+    public static long capacityFor(long tokens) {
+        int c = INITIAL_CAPACITY;
+        while (c < tokens) c = nextCapacity(c);
+        return c;
+    }
+
     private void grow() {
-        int next = limit > 0 ? Math.min(limit, capacity * 2) : capacity * 2;
+        int next = limit > 0 ? Math.min(limit, nextCapacity(capacity)) : nextCapacity(capacity);
         for (int l = 0; l < layers; l++) {
             for (int c = 0; c < kvDim; c++) keys[l][c] = Arrays.copyOf(keys[l][c], next);
             values[l] = Arrays.copyOf(values[l], next * kvDim);
@@ -155,6 +183,16 @@ public final class KvStore {
 
     public KvStore copy() {
         return new KvStore(this);
+    }
+
+    /** Bytes of the JVM heap its arrays hold: keys and values (float32) and the slots' positions. */
+    public long heapBytes() {
+        return heapBytes(layers, kvDim, capacity);
+    }
+
+    /** Bytes of heap a store of {@code layers} layers with room for {@code capacity} tokens holds. */
+    public static long heapBytes(int layers, int kvDim, long capacity) {
+        return (long) layers * capacity * (2L * kvDim * Float.BYTES + Integer.BYTES);
     }
 
     /** Bytes the stored tokens take at {@code bytesPerValue} per key or value element. */

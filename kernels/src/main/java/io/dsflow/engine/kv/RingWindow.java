@@ -52,6 +52,16 @@ public final class RingWindow {
         return position[layer][slot];
     }
 
+    /** Bytes of the JVM heap its arrays hold. */
+    public long heapBytes() {
+        return heapBytes(keys.length, size, kvDim);
+    }
+
+    /** Bytes of heap a ring of {@code size} slots over {@code layers} layers holds: keys, values, positions. */
+    public static long heapBytes(int layers, int size, int kvDim) {
+        return (long) layers * size * (2L * kvDim * Float.BYTES + Integer.BYTES);
+    }
+
     public RingWindow copy() {
         return new RingWindow(this);
     }

@@ -46,7 +46,7 @@ public final class SparseKvCache implements CpuKvCache {
         this.r = cfg.labelChannels(headDim);
         this.sinks = cfg.sinks();
         this.labelGroup = cfg.labelGroup(numHeads, kvHeads);
-        this.store = new KvStore(layers, kvHeads, headDim, 256, cfg.capacity(), sinks);
+        this.store = new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, cfg.capacity(), sinks);
         this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
@@ -55,7 +55,7 @@ public final class SparseKvCache implements CpuKvCache {
         channelConfig.requireLabelRows(cfg, numHeads, kvHeads, headDim);
         for (int l = 0; l < layers; l++) {
             for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
-            if (policy.hasLabels(l)) labels[l] = new float[numHeads / labelGroup * r][256];
+            if (policy.hasLabels(l)) labels[l] = new float[numHeads / labelGroup * r][store.capacity()];
         }
     }
 
@@ -78,7 +78,7 @@ public final class SparseKvCache implements CpuKvCache {
         for (int l = 0; l < layers; l++) {
             if (o.labels[l] == null) continue;
             labels[l] = new float[o.labels[l].length][];
-            for (int i = 0; i < labels[l].length; i++) labels[l][i] = o.labels[l][i].clone();
+            for (int i = 0; i < labels[l].length; i++) labels[l][i] = Arrays.copyOf(o.labels[l][i], store.capacity());
         }
     }
 
@@ -123,9 +123,8 @@ public final class SparseKvCache implements CpuKvCache {
         ring.append(layer, pos, key, value);
         float[][] lab = labels[layer];
         if (lab == null) return;
-        if (slot >= lab[0].length) {
-            int cap = Math.max(slot + 1, lab[0].length * 2);
-            for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], cap);
+        if (slot >= lab[0].length) {   // the store grew: the labels follow it to the same room
+            for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], store.capacity());
         }
         for (int h = 0; h < numHeads; h += labelGroup) {   // a label row for each head, or each group sharing one
             int base = (h / group) * headDim, row = h / labelGroup;
@@ -342,6 +341,13 @@ public final class SparseKvCache implements CpuKvCache {
     @Override
     public CpuKvCache copy() {
         return new SparseKvCache(this);
+    }
+
+    @Override
+    public long heapBytes() {
+        long b = store.heapBytes() + ring.heapBytes();
+        for (float[][] lab : labels) if (lab != null) b += (long) lab.length * lab[0].length * Float.BYTES;
+        return b;
     }
 
     @Override
