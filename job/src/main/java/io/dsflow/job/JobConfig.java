@@ -67,7 +67,7 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 delivery.equals("exactly_once"), integer(p, "checkpoint.interval.ms", 10_000),
                 integer(p, "parallelism", 1),
                 new DecodeSettings(p.getProperty("model.dir", "models/probe-retrieval"), backend,
-                        kvConfig, limits, integer(p, "prefill.chunk", 256)),
+                        kvConfig, limits, prefillChunk(p)),
                 client, p.getProperty("state.dir", defaultStateDir()));
     }
 
@@ -75,6 +75,15 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
     static String defaultStateDir() {
         String xdg = System.getenv("XDG_STATE_HOME");
         return xdg != null && !xdg.isBlank() ? Path.of(xdg, "dsflow").toString() : "dsflow-data";
+    }
+
+    /** prefill.chunk: tokens, or "auto" (the default: the decode operator sizes it for its backend), read as 0. */
+    private static int prefillChunk(Properties p) {
+        String v = p.getProperty("prefill.chunk", "auto").trim();
+        if (v.equals("auto")) return DecodeSettings.AUTO;
+        int n = integer(p, "prefill.chunk", 0);
+        if (n < 1) throw new DsflowException("config prefill.chunk must be a positive integer or auto, got '" + v + "'");
+        return n;
     }
 
     private static int integer(Properties p, String key, int fallback) {

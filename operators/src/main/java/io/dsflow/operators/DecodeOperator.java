@@ -127,7 +127,10 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         admission = newAdmission(subtask);
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
         tokens = new TokenStream(engine.folder() == null ? ids -> "" : engine.tokenizer()::decode, registerMetrics());
-        engineThread = new EngineThread(engine, settings.prefillChunk(), settings.limits().maxRunning(), mailbox,
+        int prefillChunk = settings.prefillChunkFor(engine.backend().deviceCacheBudget() >= 0);
+        LOG.info("decode subtask {}: the engine prefills {} prompt tokens a step over as many prompts as fit, runs at"
+                + " most {} requests", subtask, prefillChunk, settings.limits().maxRunning());
+        engineThread = new EngineThread(engine, prefillChunk, settings.limits().maxRunning(), mailbox,
                 new EngineResults(), "dsflow-engine-" + subtask);
         engineThread.start();
         lifetime = new ConversationLifetime(settings.limits().conversationIdleTimeoutMs(),
