@@ -1,5 +1,6 @@
 package io.dsflow.job.cli;
 
+import io.dsflow.cli.Args;
 import io.dsflow.cli.UsageException;
 
 import java.net.URISyntaxException;
@@ -21,6 +22,11 @@ final class BundledModel {
     static final String RELATIVE = "models/probe-retrieval";
 
     private BundledModel() {
+    }
+
+    /** The folder {@code --model} names, else the bundled model's ({@link #locate}). */
+    static Path modelDir(Args a, String command) {
+        return a.has("model") ? Path.of(a.get("model", null)) : locate(command);
     }
 
     /** The bundled model's folder, or a {@link UsageException} naming the places looked in. */

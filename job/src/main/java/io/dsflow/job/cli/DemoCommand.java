@@ -40,7 +40,7 @@ final class DemoCommand {
 
     static int run(String[] argv, PrintStream out) throws Exception {
         Args a = Args.parse("demo", argv, 1, Set.of("model", "backend", "timeout-s"), Set.of());
-        Path model = a.has("model") ? Path.of(a.get("model", null)) : BundledModel.locate("demo");
+        Path model = BundledModel.modelDir(a, "demo");
         int timeoutS = a.getInt("timeout-s", 55);
         if (!model.resolve("config.json").toFile().isFile()) {
             throw new UsageException("demo: no model at " + model + " (no config.json there)");

@@ -41,27 +41,13 @@ public final class Main {
             case "demo" -> DemoCommand.run(args, out);
             case "run" -> RunCommand.run(args, out);
             case "overhead" -> OverheadCommand.run(args, out, err);
-            case "soak" -> SoakCommand.run(withBundledModel(args), out);
+            case "soak" -> SoakCommand.run(args, out);
             default -> {
                 Integer r = EngineMain.dispatch(args, out);
                 if (r == null) throw new UsageException("unknown command '" + args[0] + "' (try: dsflow help)");
                 yield r;
             }
         };
-    }
-
-    /**
-     * soak's own default is the model folder relative to the working directory: without --model (and without --help,
-     * which must not fail on a missing model), the bundled model is located here wherever dsflow was started from.
-     */
-    private static String[] withBundledModel(String[] args) {
-        for (String a : args) {
-            if (a.equals("--model") || a.startsWith("--model=") || a.equals("--help") || a.equals("-h")) return args;
-        }
-        String[] with = java.util.Arrays.copyOf(args, args.length + 2);
-        with[args.length] = "--model";
-        with[args.length + 1] = BundledModel.locate(args[0]).toString();
-        return with;
     }
 
     static String usage() {

@@ -42,7 +42,7 @@ final class OverheadCommand {
     static int run(String[] argv, PrintStream out, PrintStream progress) throws Exception {
         Args a = Args.parse("overhead", argv, 1, Set.of("model", "requests", "prompt-tokens", "max-tokens", "kv-policy",
                 "backend"), Set.of());
-        Path model = a.has("model") ? Path.of(a.get("model", null)) : BundledModel.locate("overhead");
+        Path model = BundledModel.modelDir(a, "overhead");
         int requests = a.getInt("requests", 5), promptTokens = a.getInt("prompt-tokens", 1000), maxTokens = a.getInt("max-tokens", 128);
         KvPolicy policy = KvPolicy.parse(a.get("kv-policy", "dense"));
         String backend = a.get("backend", "auto");

@@ -37,9 +37,10 @@ final class SoakCommand {
         } catch (IllegalArgumentException e) {
             throw new UsageException("soak: --cache-budget must be a size such as 256m or 2g, got " + budget);
         }
-        Soak.Report r = Soak.run(a.get("model", "models/probe-retrieval"), a.get("backend", "auto"), conversations,
-                turns, Duration.ofMillis((long) (minutes * 60_000)), a.getInt("max-tokens", 16), a.getLong("seed", 1),
-                budget, out);
+        String model = BundledModel.modelDir(a, "soak").toString();
+        Duration length = Duration.ofMillis((long) (minutes * 60_000));
+        Soak.Report r = Soak.run(model, a.get("backend", "auto"), conversations, turns, length,
+                a.getInt("max-tokens", 16), a.getLong("seed", 1), budget, out);
         out.println(r.summary());
         return r.lost() == 0 && r.outOfOrder() == 0 && r.errors() == 0 && r.heap().withinAllowance()
                 && r.throughputHeld() ? 0 : 1;
