@@ -1,5 +1,6 @@
 package io.dsflow.job;
 
+import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.operators.DecodeSettings;
 import org.junit.jupiter.api.Test;
@@ -23,8 +24,8 @@ class JobConfigTest {
     void thePrefillChunkIsSizedForTheBackendUnlessGiven() {
         DecodeSettings auto = JobConfig.from(new Properties()).decode();
         assertEquals(DecodeSettings.AUTO, auto.prefillChunk());
-        assertEquals(DecodeSettings.GPU_PREFILL_CHUNK, auto.prefillChunkFor(true));
-        assertEquals(DecodeSettings.CPU_PREFILL_CHUNK, auto.prefillChunkFor(false));
+        assertEquals(BatchScheduler.GPU_PREFILL_TOKENS, auto.prefillChunkFor(true));
+        assertEquals(BatchScheduler.CPU_PREFILL_TOKENS, auto.prefillChunkFor(false));
         DecodeSettings given = JobConfig.from(with("prefill.chunk", "512")).decode();
         assertEquals(512, given.prefillChunkFor(true));
         assertEquals(512, given.prefillChunkFor(false));

@@ -2,6 +2,7 @@ package io.dsflow.cli;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
+import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.load.Load;
@@ -31,8 +32,6 @@ public final class LoadgenCommand {
 
     /** Running requests on a GPU when memory allows (hundreds, as serving engines run), and on the CPU. */
     static final int GPU_MAX_RUNNING = 256, CPU_MAX_RUNNING = 16;
-    /** Prompt tokens a step prefills: thousands on a GPU (the products reach their rate), few on the CPU. */
-    static final int GPU_PREFILL_TOKENS = 8192, CPU_PREFILL_TOKENS = 256;
 
     private LoadgenCommand() {
     }
@@ -48,11 +47,13 @@ public final class LoadgenCommand {
         if (requests < 1) throw new UsageException("loadgen: --requests must be >= 1");
         if (rate < 0) throw new UsageException("loadgen: --rate must be >= 0 (0: all queued at once)");
         List<Eval.Policy> policies = new ArrayList<>();
-        for (String spec : a.get("kv-policy", "dense").split(",")) policies.add(EvalCommand.policy(spec.trim(), java.util.Map.of()));
+        for (String spec : a.get("kv-policy", "dense").split(",")) {
+            policies.add(EvalCommand.policy(spec.trim(), java.util.Map.of()));
+        }
         ArrayNode json = new ObjectMapper().createArrayNode();
         try (Engine engine = Engine.open(model, a.get("backend", "auto"), 0)) {
             boolean gpu = engine.backend().deviceCacheBudget() >= 0;
-            int prefillTokens = a.getInt("prefill-tokens", gpu ? GPU_PREFILL_TOKENS : CPU_PREFILL_TOKENS);
+            int prefillTokens = a.getInt("prefill-tokens", BatchScheduler.defaultPrefillTokens(gpu));
             if (prefillTokens < 1) throw new UsageException("loadgen: --prefill-tokens must be >= 1");
             if (prompt.max() + output.max() + 1 > engine.config().maxPositions()) {
                 throw new UsageException("loadgen: prompt and output tokens exceed the model's "
@@ -86,7 +87,8 @@ public final class LoadgenCommand {
         try {
             return Load.Lengths.parse(s);
         } catch (IllegalArgumentException e) {
-            throw new UsageException("loadgen: --" + option + " must be N or MIN-MAX with 1 <= MIN <= MAX, got '" + s + "'");
+            throw new UsageException("loadgen: --" + option + " must be N or MIN-MAX with 1 <= MIN <= MAX, got '" + s
+                    + "'");
         }
     }
 

@@ -87,6 +87,18 @@ public final class BatchScheduler {
     private record Kept(Sequence seq, int tail) {
     }
 
+    /**
+     * Prompt tokens a step prefills unless configured: thousands on a GPU, where a step's products reach their rate
+     * with thousands of rows; a few hundred on the CPU, where 256 prompt tokens already take a few hundred milliseconds
+     * that every decoding request waits.
+     */
+    public static final int GPU_PREFILL_TOKENS = 8192, CPU_PREFILL_TOKENS = 256;
+
+    /** The prefill budget of a step unless configured, on a backend whose caches are on a device (a GPU) or not. */
+    public static int defaultPrefillTokens(boolean cachesOnDevice) {
+        return cachesOnDevice ? GPU_PREFILL_TOKENS : CPU_PREFILL_TOKENS;
+    }
+
     private final Engine engine;
     private final int prefillTokens;
     private final int maxRunning;

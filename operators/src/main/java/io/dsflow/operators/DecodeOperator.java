@@ -417,7 +417,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         public void token(BatchScheduler.Work work, int index, int tokenId) {
             // the token joins the keyed state at the next checkpoint (prepareSnapshotPreBarrier), not now: a state
             // update a token would serialise the conversation (its whole history, on RocksDB) for every token
-            for (OutputRecord chunk : tokens.chunks(work.conversationId(), work.requestId(), index, tokenId)) emit(chunk);
+            tokens.chunks(work.conversationId(), work.requestId(), index, tokenId).forEach(DecodeOperator.this::emit);
         }
 
         @Override

@@ -1,5 +1,6 @@
 package io.dsflow.operators;
 
+import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.kv.KvConfig;
 
 import java.io.Serializable;
@@ -11,16 +12,11 @@ import java.io.Serializable;
  */
 public record DecodeSettings(String modelDir, String backend, KvConfig kv, Limits limits, int prefillChunk)
         implements Serializable {
-    /** The prefill chunk sized for the backend: {@link #GPU_PREFILL_CHUNK} on a GPU, {@link #CPU_PREFILL_CHUNK} else. */
+    /** The prefill chunk sized for the backend ({@link BatchScheduler#defaultPrefillTokens}). */
     public static final int AUTO = 0;
-    /**
-     * Thousands on a GPU, where a step's products reach their rate with thousands of rows; a few hundred on the CPU,
-     * where a step of 256 prompt tokens already takes a few hundred milliseconds that every decoding request waits.
-     */
-    public static final int GPU_PREFILL_CHUNK = 8192, CPU_PREFILL_CHUNK = 256;
 
-    /** The prefill chunk for a backend whose caches are on a device ({@code gpu}) or not. */
-    public int prefillChunkFor(boolean gpu) {
-        return prefillChunk != AUTO ? prefillChunk : gpu ? GPU_PREFILL_CHUNK : CPU_PREFILL_CHUNK;
+    /** The prefill chunk on a backend whose caches are on a device or not: the configured one, or the scheduler's. */
+    public int prefillChunkFor(boolean cachesOnDevice) {
+        return prefillChunk != AUTO ? prefillChunk : BatchScheduler.defaultPrefillTokens(cachesOnDevice);
     }
 }
