@@ -35,12 +35,14 @@ public final class Pipeline {
 
     /** Every record the job emits for requests given as JSON text: decode output and the parse errors. */
     public static DataStream<OutputRecord> build(DataStream<String> requests, DecodeSettings settings) {
-        return decode(requests.process(new Parse(settings.limits())), requests.getParallelism(), settings);
+        return decode(requests.process(new Parse<String>(settings.limits(), RequestParser::parse)),
+                requests.getParallelism(), settings);
     }
 
     /** Every record the job emits for a source's records (Kafka: keys, tombstones, undecodable bytes). */
     public static DataStream<OutputRecord> buildFromRecords(DataStream<InputRecord> records, DecodeSettings settings) {
-        return decode(records.process(new ParseRecord(settings.limits())), records.getParallelism(), settings);
+        return decode(records.process(new Parse<InputRecord>(settings.limits(), RequestParser::parse)),
+                records.getParallelism(), settings);
     }
 
     private static DataStream<OutputRecord> decode(SingleOutputStreamOperator<Request> parser, int parallelism,
@@ -63,42 +65,31 @@ public final class Pipeline {
     }
 
     /**
-     * Parses each raw record; a bad one goes to the side output as its one error record, followed by its final record
+     * Parses each record (JSON text, or a source's {@link InputRecord}: a tombstone becomes an end command, bytes that
+     * are not text an error); a bad one goes to the side output as its one error record, followed by its final record
      * when its ids can be read ({@link OutputRecord#refusal}).
      */
-    static final class Parse extends ProcessFunction<String, Request> {
+    static final class Parse<T> extends ProcessFunction<T, Request> {
+        /** How the parser reads a T: RequestParser::parse of that type (serialisable, as the function is). */
+        interface Reader<T> extends java.io.Serializable {
+            RequestParser.Parsed read(RequestParser parser, T record);
+        }
+
         private final Limits limits;
+        private final Reader<T> reader;
         private transient RequestParser parser;
 
-        Parse(Limits limits) {
+        Parse(Limits limits, Reader<T> reader) {
             this.limits = limits;
+            this.reader = reader;
         }
 
         @Override
-        public void processElement(String raw, Context ctx, Collector<Request> out) {
+        public void processElement(T record, Context ctx, Collector<Request> out) {
             if (parser == null) parser = new RequestParser(limits);
-            emit(parser.parse(raw), ctx, out);
+            RequestParser.Parsed p = reader.read(parser, record);
+            if (p.request() != null) out.collect(p.request());
+            for (OutputRecord r : p.records()) ctx.output(PARSE_ERRORS, r);
         }
-    }
-
-    /** {@link Parse} for a source's records: a tombstone becomes an end command, bytes that are not text an error. */
-    static final class ParseRecord extends ProcessFunction<InputRecord, Request> {
-        private final Limits limits;
-        private transient RequestParser parser;
-
-        ParseRecord(Limits limits) {
-            this.limits = limits;
-        }
-
-        @Override
-        public void processElement(InputRecord record, Context ctx, Collector<Request> out) {
-            if (parser == null) parser = new RequestParser(limits);
-            emit(parser.parse(record), ctx, out);
-        }
-    }
-
-    private static void emit(RequestParser.Parsed p, ProcessFunction<?, Request>.Context ctx, Collector<Request> out) {
-        if (p.request() != null) out.collect(p.request());
-        for (OutputRecord r : p.records()) ctx.output(PARSE_ERRORS, r);
     }
 }
