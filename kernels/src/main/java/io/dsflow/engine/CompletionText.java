@@ -52,8 +52,8 @@ public final class CompletionText {
     }
 
     /**
-     * A completion that resumes having already released {@code releasedBefore} (after a restore): they give the decoding
-     * its context, and the next token added has index {@code releasedBefore.length}.
+     * A completion that resumes having already released {@code releasedBefore} (after a restore): they give the
+     * decoding its context, and the next token added has index {@code releasedBefore.length}.
      */
     public CompletionText(Function<int[], String> decode, List<String> stops, int[] releasedBefore) {
         this.decode = decode;
@@ -159,16 +159,17 @@ public final class CompletionText {
      */
     private List<Piece> releaseSafe() {
         int safe = heldText.length() - longestSuffixStartingAStop();
-        int last = -1, end = 0;
+        int last = -1, end = 0, chars = 0;   // the last token to release, and the text up to its end
         for (int i = 0; i < held.size(); i++) {
             end += held.get(i).text().length();
             if (end > safe) break;
-            if (!held.get(i).text().isEmpty()) last = i;
+            if (!held.get(i).text().isEmpty()) {
+                last = i;
+                chars = end;
+            }
         }
         if (last < 0) return List.of();
         List<Piece> out = new ArrayList<>(held.subList(0, last + 1));
-        int chars = 0;
-        for (Piece p : out) chars += p.text().length();
         held.subList(0, last + 1).clear();
         heldText.delete(0, chars);
         return release(out);

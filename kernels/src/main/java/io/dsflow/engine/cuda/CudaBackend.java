@@ -135,12 +135,13 @@ public final class CudaBackend implements Backend {
     /**
      * Device bytes a cache of {@code tokens} tokens holds: keys and values per layer in bf16 (and the sparse layers'
      * labels) at the capacity a cache reserved for them takes (CudaKvCache#reserveTotal, as the scheduler reserves each
-     * turn at admission: rounded up to 64 slots, at least 256), each block rounded to the memory pool's size class. Host placement: the sparse layers' keys and values are in host memory
-     * ({@link #hostCacheBytes}) and their rings of sinks and window on the device instead.
+     * turn at admission: rounded up to 64 slots, at least 256), each block rounded to the memory pool's size class.
+     * Host placement: the sparse layers' keys and values are in host memory ({@link #hostCacheBytes}) and their rings
+     * of sinks and window on the device instead.
      */
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
-        long cap = capacityFor(tokens);
+        long cap = CudaKvCache.capacityFor(tokens);
         int sparseLayers = sparseLayers(kv);
         boolean host = kv.placement() == KvConfig.Placement.HOST;
         long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers())
@@ -163,18 +164,12 @@ public final class CudaBackend implements Backend {
     @Override
     public long hostCacheBytes(KvConfig kv, long tokens) {
         if (kv.placement() != KvConfig.Placement.HOST) return 0;
-        return 2L * sparseLayers(kv) * capacityFor(tokens) * c.kvDim() * 2;
+        return 2L * sparseLayers(kv) * CudaKvCache.capacityFor(tokens) * c.kvDim() * 2;
     }
 
     /** Layers with labels under a policy (none for dense). */
     private int sparseLayers(KvConfig kv) {
         return kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
-    }
-
-    /** The capacity of a cache reserved for {@code tokens} tokens (CudaKvCache#reserveTotal). */
-    static long capacityFor(long tokens) {
-        return Math.max(CudaKvCache.INITIAL_CAPACITY, (tokens + CudaKvCache.GRANULE - 1) / CudaKvCache.GRANULE
-                * CudaKvCache.GRANULE);
     }
 
     /**

@@ -1,7 +1,6 @@
 package io.dsflow.engine.cuda;
 
 import io.dsflow.engine.DsflowException;
-
 import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvCache;
@@ -85,10 +84,18 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         }
     }
 
-    /** Slots a new cache starts with; it doubles as it fills (CudaBackend.cacheBytes budgets by the same rule). */
+    /**
+     * Slots a new cache starts with; it doubles as it fills, unless reserved for its tokens ({@link #reserveTotal}, as
+     * the scheduler does at admission: what CudaBackend.cacheBytes budgets).
+     */
     static final int INITIAL_CAPACITY = 256;
     /** A cache reserved for a number of tokens holds that many rounded up to this ({@link #reserveTotal}). */
     static final int GRANULE = 64;
+
+    /** The capacity of a cache reserved for {@code tokens} tokens ({@link #reserveTotal}). */
+    static long capacityFor(long tokens) {
+        return Math.max(INITIAL_CAPACITY, (tokens + GRANULE - 1) / GRANULE * GRANULE);
+    }
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
@@ -220,7 +227,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
 
     @Override
     public void reserveTotal(long tokens) {
-        long cap = CudaBackend.capacityFor(tokens);
+        long cap = capacityFor(tokens);
         if (cap > Integer.MAX_VALUE) throw new DsflowException("a cache of " + tokens + " tokens is too large");
         if (cap > capacity) allocate((int) cap);
     }

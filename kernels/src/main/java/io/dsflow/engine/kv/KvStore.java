@@ -13,9 +13,10 @@ import java.util.Arrays;
  * Appending is O(1) amortised: storage grows by an eighth at a time (at least a granule), rounded up to
  * {@value #GRANULE} tokens, from {@value #INITIAL_CAPACITY} (so the room a store holds for T tokens is
  * {@link #capacityFor}, which is what the CPU backend budgets: at most an eighth and a granule more than T, where
- * doubling held up to twice); every layer holds the same number of tokens once a forward pass is over. With a {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held,
- * each new token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant
- * memory; {@code position[layer][slot]} says which token a slot holds.
+ * doubling held up to twice); every layer holds the same number of tokens once a forward pass is over. With a
+ * {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held, each new
+ * token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant memory;
+ * {@code position[layer][slot]} says which token a slot holds.
  */
 public final class KvStore {
     /** Tokens a store has room for when made (unless made with another initial capacity). */

@@ -57,9 +57,9 @@ public final class RingWindow {
         return heapBytes(keys.length, size, kvDim);
     }
 
-    /** Bytes of heap a ring of {@code size} slots over {@code layers} layers holds: keys, values, positions. */
+    /** Bytes of heap a ring of {@code size} slots over {@code layers} layers holds: a store's slots' (KvStore). */
     public static long heapBytes(int layers, int size, int kvDim) {
-        return (long) layers * size * (2L * kvDim * Float.BYTES + Integer.BYTES);
+        return KvStore.heapBytes(layers, kvDim, size);
     }
 
     public RingWindow copy() {
