@@ -10,6 +10,9 @@ import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
+import org.apache.logging.log4j.Level;
+import org.apache.logging.log4j.LogManager;
+import org.apache.logging.log4j.core.config.Configurator;
 
 import java.util.List;
 import java.util.Map;
@@ -78,13 +81,12 @@ public final class EmbeddedJob implements AutoCloseable {
     @Override
     public void close() throws Exception {
         String checkpointFailures = "org.apache.flink.runtime.checkpoint.CheckpointFailureManager";
-        org.apache.logging.log4j.Level before = org.apache.logging.log4j.LogManager.getLogger(checkpointFailures).getLevel();
+        Level before = LogManager.getLogger(checkpointFailures).getLevel();
         try {
-            org.apache.logging.log4j.core.config.Configurator.setLevel(checkpointFailures,
-                    org.apache.logging.log4j.Level.ERROR);
+            Configurator.setLevel(checkpointFailures, Level.ERROR);
             job.cancel().get();
         } finally {
-            org.apache.logging.log4j.core.config.Configurator.setLevel(checkpointFailures, before);
+            Configurator.setLevel(checkpointFailures, before);
             kafka.close();
         }
     }

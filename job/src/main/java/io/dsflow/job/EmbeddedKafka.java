@@ -43,7 +43,8 @@ public final class EmbeddedKafka implements AutoCloseable {
             Class.forName("kafka.server.KafkaRaftServer", false, EmbeddedKafka.class.getClassLoader());
         } catch (ClassNotFoundException e) {
             throw new io.dsflow.engine.DsflowException("this jar has no embedded Kafka broker (dsflow-gpu.jar leaves it"
-                    + " out): put dsflow-broker.jar beside it on the class path, or run --config against a real broker");
+                    + " out): put dsflow-broker.jar beside it on the class path, or run --config against a real"
+                    + " broker");
         }
         Path dir = Files.createTempDirectory("dsflow-kafka");
         int[] ports = freePorts(2);

@@ -82,7 +82,9 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
         String v = p.getProperty("prefill.chunk", "auto").trim();
         if (v.equals("auto")) return DecodeSettings.AUTO;
         int n = integer(p, "prefill.chunk", 0);
-        if (n < 1) throw new DsflowException("config prefill.chunk must be a positive integer or auto, got '" + v + "'");
+        if (n < 1) {
+            throw new DsflowException("config prefill.chunk must be a positive integer or auto, got '" + v + "'");
+        }
         return n;
     }
 

@@ -62,7 +62,8 @@ public interface Backend extends AutoCloseable {
      */
     default long cacheBytes(KvConfig kv, long tokens) {
         ModelConfig c = config();
-        long room = kv.capacity() > 0 ? Math.min(kv.capacity(), KvStore.capacityFor(tokens)) : KvStore.capacityFor(tokens);
+        long room = KvStore.capacityFor(tokens);
+        if (kv.capacity() > 0) room = Math.min(kv.capacity(), room);
         long bytes = KvStore.heapBytes(c.numLayers(), c.kvDim(), room);
         if (kv.sparse()) {
             int labelledLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());

@@ -23,7 +23,10 @@ public record Load(int requests, Lengths prompt, Lengths output, double rate, Kv
     /** Lengths uniform in [min, max]. */
     public record Lengths(int min, int max) {
         public Lengths {
-            if (min < 1 || max < min) throw new IllegalArgumentException("lengths must be N or MIN-MAX with 1 <= MIN <= MAX, got " + min + "-" + max);
+            if (min < 1 || max < min) {
+                throw new IllegalArgumentException("lengths must be N or MIN-MAX with 1 <= MIN <= MAX, got " + min + "-"
+                        + max);
+            }
         }
 
         /** "1024" or "512-2048"; NumberFormatException or IllegalArgumentException when it is neither. */

@@ -54,7 +54,8 @@ public final class LoadGenerator {
     }
 
     /** Runs the load to its end; progress lines go to {@code progress}. */
-    public static LoadReport run(Engine engine, Load load, int prefillTokens, int maxRunning, Consumer<String> progress) {
+    public static LoadReport run(Engine engine, Load load, int prefillTokens, int maxRunning,
+                                 Consumer<String> progress) {
         List<Request> requests = requests(engine, load);
         int n = requests.size();
         BatchScheduler scheduler = new BatchScheduler(engine, prefillTokens, maxRunning);
@@ -87,10 +88,10 @@ public final class LoadGenerator {
             long after = System.nanoTime();
             rec.stepDone(after);
             if (after - lastProgress >= PROGRESS_NANOS) {
-                progress.accept(String.format(java.util.Locale.ROOT,
-                        "loadgen: %.0f s, %d/%d requests done, %d running, %d waiting, %.0f output tokens/s (last %.0f s)",
-                        (after - t0) / 1e9, rec.ended, n, scheduler.activeCount(), s.waiting(),
-                        (rec.outputTokens - outputAtProgress) / ((after - lastProgress) / 1e9), (after - lastProgress) / 1e9));
+                double window = (after - lastProgress) / 1e9;
+                progress.accept(String.format(java.util.Locale.ROOT, "loadgen: %.0f s, %d/%d requests done, %d running,"
+                                + " %d waiting, %.0f output tokens/s (last %.0f s)", (after - t0) / 1e9, rec.ended, n,
+                        scheduler.activeCount(), s.waiting(), (rec.outputTokens - outputAtProgress) / window, window));
                 lastProgress = after;
                 outputAtProgress = rec.outputTokens;
             }

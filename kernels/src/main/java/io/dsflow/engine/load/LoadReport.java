@@ -47,8 +47,8 @@ public record LoadReport(Load load, int prefillTokens, int maxRunning, int serve
                 load.rate() == 0 ? "all queued at once" : load.rate() + " requests/s", load.kv(), prefillTokens,
                 maxRunning);
         out.printf(Locale.ROOT, "  served %d, failed %d in %.2f s: %.1f output tokens/s, %.1f total tokens/s,"
-                        + " %.2f requests/s%n", served, failed, seconds, outputTokensPerSecond(), totalTokensPerSecond(),
-                served / seconds);
+                        + " %.2f requests/s%n", served, failed, seconds, outputTokensPerSecond(),
+                totalTokensPerSecond(), served / seconds);
         out.printf(Locale.ROOT, "  TTFT p50 %.1f ms, p99 %.1f ms; ITL p50 %.2f ms, p99 %.2f ms; last first token at"
                         + " %.2f s%n", percentile(ttftMs, 50), percentile(ttftMs, 99), percentile(itlMs, 50),
                 percentile(itlMs, 99), lastFirstTokenS);
