@@ -1,6 +1,7 @@
 package io.dsflow.job;
 
 import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.HeartbeatManagerOptions;
 import org.apache.flink.configuration.MemorySize;
 import org.apache.flink.configuration.TaskManagerOptions;
 import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
@@ -13,9 +14,13 @@ import org.apache.kafka.common.serialization.StringSerializer;
 import org.apache.logging.log4j.Level;
 import org.apache.logging.log4j.core.config.Configurator;
 
+import java.time.Duration;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 /**
  * The whole product in one process, for the demo and measurements: an embedded Kafka broker with the three topics,
@@ -32,14 +37,26 @@ public final class EmbeddedJob implements AutoCloseable {
         this.job = job;
     }
 
-    /** @param settings job properties (model.dir, backend, kv.*); Kafka addresses are filled in */
+    /** An at-least-once job: see {@link #start(Properties, String, boolean)}. */
     public static EmbeddedJob start(Properties settings, String managedMemory) throws Exception {
+        return start(settings, managedMemory, false);
+    }
+
+    /**
+     * @param settings    job properties (model.dir, backend, kv.*); Kafka addresses are filled in
+     * @param exactlyOnce Kafka transactions committed at each checkpoint (every 2 s; read them with a read_committed
+     *                    {@link #consumer(String, boolean)}), or at-least-once
+     */
+    public static EmbeddedJob start(Properties settings, String managedMemory, boolean exactlyOnce) throws Exception {
         EmbeddedKafka kafka = EmbeddedKafka.start();
         try {
-            JobConfig config = JobConfig.from(settings).withBootstrap(kafka.bootstrapServers()).withDelivery(false, 2000);
+            JobConfig config = JobConfig.from(settings).withBootstrap(kafka.bootstrapServers())
+                    .withDelivery(exactlyOnce, 2000);
             kafka.createTopics(1, config.promptsTopic(), config.completionsTopic(), config.errorsTopic());
             Configuration flink = new Configuration();
             flink.set(TaskManagerOptions.MANAGED_MEMORY_SIZE, MemorySize.parse(managedMemory));
+            // accumulators reach the job's client with the TaskManager's heartbeats: every second, not every 10
+            flink.set(HeartbeatManagerOptions.HEARTBEAT_INTERVAL, Duration.ofSeconds(1));
             StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
             env.enableCheckpointing(config.checkpointIntervalMs());
             KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null), config);
@@ -65,11 +82,32 @@ public final class EmbeddedJob implements AutoCloseable {
 
     /** A consumer of the completions and errors topics from their beginning. */
     public KafkaConsumer<String, String> consumer(String group) {
+        return consumer(group, false);
+    }
+
+    /** @param readCommitted only records of committed transactions (an exactly-once job's output) */
+    public KafkaConsumer<String, String> consumer(String group, boolean readCommitted) {
         KafkaConsumer<String, String> c = new KafkaConsumer<>(Map.of("bootstrap.servers", kafka.bootstrapServers(),
-                "group.id", group, "auto.offset.reset", "earliest", "fetch.max.wait.ms", "10"),
+                "group.id", group, "auto.offset.reset", "earliest", "fetch.max.wait.ms", "10",
+                "isolation.level", readCommitted ? "read_committed" : "read_uncommitted"),
                 new StringDeserializer(), new StringDeserializer());
         c.subscribe(List.of(config.completionsTopic(), config.errorsTopic()));
         return c;
+    }
+
+    /**
+     * The job's accumulators (the decode operator's counters) as of the last heartbeat (at most a second old), empty
+     * when they cannot be read within a few seconds (the job restarting).
+     */
+    public Map<String, Object> accumulators() {
+        try {
+            return job.getAccumulators().get(5, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return Map.of();
+        } catch (ExecutionException | TimeoutException e) {
+            return Map.of();
+        }
     }
 
     /**

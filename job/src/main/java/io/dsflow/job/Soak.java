@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.operators.DecodeOperator;
 import org.apache.flink.configuration.MemorySize;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -22,9 +23,12 @@ import java.util.Random;
 
 /**
  * A soak of the whole product in one process (embedded Kafka, local Flink job): N conversations kept busy turn after
- * turn for a while, measured at the Kafka client. A conversation ends after {@code turns} turns and a new one takes its
- * place (real conversations end, so the load is stationary: with unbounded conversations every context grows for the
- * whole run and each step costs more, whatever admission does); 0 keeps them going. Reports requests served and TTFT
+ * turn for a while, measured at the Kafka client. A conversation lasts a number of turns drawn uniformly from 1 to
+ * {@code 2 turns - 1} (mean {@code turns}) and a new one takes its place when it ends (real conversations end, so the
+ * load is stationary: with unbounded conversations every context grows for the whole run and each step costs more,
+ * whatever admission does); 0 keeps them going. The lengths differ because real ones do: conversations that all last
+ * the same number of turns start together and end together, again and again, and the load runs in waves of new
+ * conversations' prompts (+-15-20% a minute on the CPU, a period of about two minutes) that no server smooths. Reports requests served and TTFT
  * p99 per interval (30 s, or a minute for runs of 5 minutes or more), overall throughput and latency percentiles, the
  * drain, heap use (the live heap: used after a full collection at the end of each interval, not the heap
  * allocated), and checks that nothing is lost
@@ -66,10 +70,12 @@ public final class Soak {
     }
 
     /**
-     * An interval of the run while requests were sent: requests served (finals received) and their TTFT p99, and the
-     * live heap at its end (heap used after a full collection).
+     * An interval of the run while requests were sent: requests served (finals received) and their TTFT p99, the live
+     * heap at its end (heap used after a full collection), and what the decode operator did for memory in it: caches
+     * evicted, and conversations whose history was prefilled again (their cache had been evicted).
      */
-    public record Interval(double endSeconds, double seconds, long served, double ttftP99Ms, long liveHeapBytes) {
+    public record Interval(double endSeconds, double seconds, long served, double ttftP99Ms, long liveHeapBytes,
+                           long evictions, long historyPrefills) {
     }
 
     /** What the soak saw. */
@@ -96,18 +102,22 @@ public final class Soak {
 
         public String summary() {
             StringBuilder served = new StringBuilder(), p99 = new StringBuilder(), live = new StringBuilder();
+            StringBuilder memory = new StringBuilder();
             for (Interval i : intervals) {
                 served.append(served.length() == 0 ? "" : ", ").append(i.served());
+                memory.append(memory.length() == 0 ? "" : ", ").append(i.evictions()).append('/')
+                        .append(i.historyPrefills());
                 p99.append(p99.length() == 0 ? "" : ", ").append(String.format(Locale.ROOT, "%.1f", i.ttftP99Ms / 1e3));
                 live.append(live.length() == 0 ? "" : ", ").append(Math.round(i.liveHeapBytes / 1e6));
             }
             return String.format(Locale.ROOT, "soak: %.0f s (drain %.0f s), %d requests sent, %d finals, %d lost, %d out"
                             + " of order or duplicated, %d errors; %.1f tokens/s, %.2f requests/s; served per interval:"
-                            + " %s (the last full one %.0f%% of the best); TTFT p99 per interval (s): %s; TTFT p50 %.0f ms"
+                            + " %s (the last full one %.0f%% of the best); caches evicted / histories prefilled again per"
+                            + " interval: %s; TTFT p99 per interval (s): %s; TTFT p50 %.0f ms"
                             + " p99 %.0f ms; ITL p50 %.1f ms p99 %.1f ms; live heap per interval (MB): %s, at most %.0f MB;"
                             + " live heap after a full GC %.0f MB -> %.0f MB (growth allowed: %.0f MB); max heap used"
                             + " %.0f MB", seconds, drainSeconds, requests, finals, lost, outOfOrder, errors,
-                    tokens / seconds, finals / seconds, served, 100 * lastOverBest(), p99, percentile(ttftMs, 0.5),
+                    tokens / seconds, finals / seconds, served, 100 * lastOverBest(), memory, p99, percentile(ttftMs, 0.5),
                     percentile(ttftMs, 0.99), percentile(itlMs, 0.5), percentile(itlMs, 0.99), live,
                     maxLiveHeapBytes / 1e6, heap.liveAtStartBytes / 1e6, heap.liveAtEndBytes / 1e6,
                     heap.allowanceBytes() / 1e6, heap.peakBytes / 1e6);
@@ -148,7 +158,7 @@ public final class Soak {
         p.setProperty("limits.max-running", "64");
         Random rnd = new Random(seed);
         Map<String, InFlight> inflight = new HashMap<>();
-        Map<String, Integer> turnOf = new HashMap<>();
+        Map<String, Integer> turnOf = new HashMap<>(), lifetimeOf = new HashMap<>();
         List<Double> ttft = new ArrayList<>(), itl = new ArrayList<>(), intervalTtft = new ArrayList<>();
         List<Interval> intervals = new ArrayList<>();
         long requests = 0, finals = 0, tokens = 0, outOfOrder = 0, errors = 0, maxHeap = 0, maxLive = 0;
@@ -163,8 +173,10 @@ public final class Soak {
             for (int c = 0; c < conversations; c++) {
                 send(producer, topic, "soak-" + c, 0, maxTokens, rnd, inflight);
                 turnOf.put("soak-" + c, 0);
+                lifetimeOf.put("soak-" + c, lifetime(turns, rnd));
                 requests++;
             }
+            long[] memoryAtInterval = memoryCounts(job);
             long drainUntil = Long.MAX_VALUE;
             while (!inflight.isEmpty() && System.nanoTime() < drainUntil) {
                 if (System.nanoTime() >= end && drainUntil == Long.MAX_VALUE) drainUntil = System.nanoTime() + 120_000_000_000L;
@@ -202,11 +214,13 @@ public final class Soak {
                             String conv = n.path("conversation_id").asText();
                             if (now < end) { // the conversation goes on with another turn, or a new one starts
                                 int turn = turnOf.merge(conv, 1, Integer::sum);
-                                if (turns > 0 && turn >= turns) {
+                                if (turns > 0 && turn >= lifetimeOf.get(conv)) {
                                     turnOf.remove(conv);
+                                    lifetimeOf.remove(conv);
                                     conv = "soak-" + nextConversation++;
                                     turn = 0;
                                     turnOf.put(conv, 0);
+                                    lifetimeOf.put(conv, lifetime(turns, rnd));
                                 }
                                 send(producer, topic, conv, turn, maxTokens, rnd, inflight);
                                 requests++;
@@ -222,13 +236,18 @@ public final class Soak {
                     long live = liveHeap();
                     maxLive = Math.max(maxLive, live);
                     double[] t = intervalTtft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+                    long[] memory = memoryCounts(job);
                     Interval i = new Interval((nextInterval - start) / 1e9, intervalNanos / 1e9, intervalServed,
-                            Report.percentile(t, 0.99), live);
+                            Report.percentile(t, 0.99), live, memory[0] - memoryAtInterval[0],
+                            memory[1] - memoryAtInterval[1]);
+                    memoryAtInterval = memory;
                     intervals.add(i);
-                    progress.printf(Locale.ROOT, "soak: %.0f s, %d served in the last %d s (TTFT p99 %.1f s), %d"
-                                    + " tokens in all, %d in flight, live heap %.0f MB, heap used %.0f MB%n",
+                    progress.printf(Locale.ROOT, "soak: %.0f s, %d served in the last %d s (TTFT p99 %.1f s; %d"
+                                    + " caches evicted, %d histories prefilled again), %d tokens in all, %d in flight,"
+                                    + " live heap %.0f MB, heap used %.0f MB%n",
                             i.endSeconds(), i.served(), intervalNanos / 1_000_000_000L, i.ttftP99Ms() / 1e3,
-                            tokens, inflight.size(), live / 1e6, (rt.totalMemory() - rt.freeMemory()) / 1e6);
+                            i.evictions(), i.historyPrefills(), tokens, inflight.size(), live / 1e6,
+                            (rt.totalMemory() - rt.freeMemory()) / 1e6);
                     intervalServed = 0;
                     intervalTtft.clear();
                     nextInterval += intervalNanos;
@@ -240,7 +259,9 @@ public final class Soak {
             if (intervalServed > 0) {   // the part of an interval before the end
                 double[] t = intervalTtft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
                 double from = (nextInterval - intervalNanos - start) / 1e9, to = (end - start) / 1e9;
-                intervals.add(new Interval(to, to - from, intervalServed, Report.percentile(t, 0.99), liveAtEnd));
+                long[] memory = memoryCounts(job);
+                intervals.add(new Interval(to, to - from, intervalServed, Report.percentile(t, 0.99), liveAtEnd,
+                        memory[0] - memoryAtInterval[0], memory[1] - memoryAtInterval[1]));
             }
         }
         double[] t = ttft.stream().mapToDouble(Double::doubleValue).sorted().toArray();
@@ -248,6 +269,21 @@ public final class Soak {
         return new Report(requests, finals, tokens, inflight.size(), outOfOrder, errors,
                 (System.nanoTime() - start) / 1e9, drainSeconds, t, g, intervals, maxLive,
                 new Heap(maxHeap, liveAtStart, liveAtEnd, MemorySize.parse(cacheBudget).getBytes()));
+    }
+
+    /** A conversation's length in turns: uniform in [1, 2 turns - 1], mean {@code turns}; 0 for endless ones. */
+    private static int lifetime(int turns, Random rnd) {
+        return turns == 0 ? 0 : 1 + rnd.nextInt(2 * turns - 1);
+    }
+
+    /** The decode operator's caches evicted and histories prefilled again so far (its accumulators). */
+    private static long[] memoryCounts(EmbeddedJob job) {
+        Map<String, Object> a = job.accumulators();
+        return new long[]{count(a, DecodeOperator.CACHE_EVICTIONS), count(a, DecodeOperator.HISTORY_PREFILLS)};
+    }
+
+    private static long count(Map<String, Object> accumulators, String name) {
+        return accumulators.get(name) instanceof Number n ? n.longValue() : 0;
     }
 
     /** Heap in use after a full collection: what is reachable. */

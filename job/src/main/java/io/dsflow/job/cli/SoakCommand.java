@@ -11,8 +11,8 @@ import java.util.Set;
 
 /**
  * {@code soak [--model DIR] [--conversations 200] [--turns 16] [--minutes 10] [--max-tokens 16] [--seed S]
- * [--cache-budget 256m]}: the whole product under load in one process (conversations of {@code turns} turns, 0 for
- * endless ones; the KV caches' budget, to compare a load that outgrows it with one that fits); exit 0 when nothing was
+ * [--cache-budget 256m]}: the whole product under load in one process (conversations of {@code turns} turns on
+ * average, 0 for endless ones; the KV caches' budget, to compare a load that outgrows it with one that fits); exit 0 when nothing was
  * lost, the heap the run kept is within the KV caches' budget and the last full interval served at least 80% of the
  * best.
  */
