@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU host without a JDK: unpacks what shared/tools/gpu-pack.sh packed under .gpu/ (as run-gpu-tests.sh does) and
-# runs the engine's load generator (EngineMain loadgen) with the arguments given; its report goes to stdout.
+# runs the load generator with the arguments given; its report goes to stdout. With job/target/dsflow-gpu.jar packed
+# (and dsflow-broker.jar beside it for --through job) it is the job's command line: `loadgen --through job ...` runs the
+# load through Kafka and the Flink job; with the engine jar alone, the engine's loadgen.
 # Usage (repository root): dev/gpu/loadgen.sh [loadgen arguments...]
 set -euo pipefail
 root=/opt/dsflow
@@ -8,4 +10,6 @@ if [ ! -x "$root/jre/bin/java" ]; then
   mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
 fi
 export RUST_FLAVOR=cpu
-exec "$root/jre/bin/java" -Xmx16g -cp "$root/lib/*" io.dsflow.cli.EngineMain loadgen "$@"
+main=io.dsflow.cli.EngineMain
+[ -f "$root/lib/dsflow-gpu.jar" ] && main=io.dsflow.job.cli.Main
+exec "$root/jre/bin/java" -Xmx24g -XX:+UseParallelGC -Dai.djl.offline=true -cp "$root/lib/*" "$main" loadgen "$@"

@@ -49,7 +49,7 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 integer(p, "limits.max-request-bytes", Limits.DEFAULT.maxRequestBytes()),
                 integer(p, "limits.max-prompt-tokens", Limits.DEFAULT.maxPromptTokens()),
                 integer(p, "limits.max-tokens", Limits.DEFAULT.maxTokens()),
-                integer(p, "limits.max-running", Limits.DEFAULT.maxRunning()),
+                positiveOrAuto(p, "limits.max-running"),
                 integer(p, "limits.max-conversations", Limits.DEFAULT.maxConversations()),
                 integer(p, "limits.max-id-length", Limits.DEFAULT.maxIdLength()),
                 integer(p, "limits.conversation-idle-timeout.ms", (int) Limits.DEFAULT_CONVERSATION_IDLE_TIMEOUT_MS));
@@ -67,7 +67,7 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
                 delivery.equals("exactly_once"), integer(p, "checkpoint.interval.ms", 10_000),
                 integer(p, "parallelism", 1),
                 new DecodeSettings(p.getProperty("model.dir", "models/probe-retrieval"), backend,
-                        kvConfig, limits, prefillChunk(p)),
+                        kvConfig, limits, positiveOrAuto(p, "prefill.chunk")),
                 client, p.getProperty("state.dir", defaultStateDir()));
     }
 
@@ -77,14 +77,15 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
         return xdg != null && !xdg.isBlank() ? Path.of(xdg, "dsflow").toString() : "dsflow-data";
     }
 
-    /** prefill.chunk: tokens, or "auto" (the default: the decode operator sizes it for its backend), read as 0. */
-    private static int prefillChunk(Properties p) {
-        String v = p.getProperty("prefill.chunk", "auto").trim();
-        if (v.equals("auto")) return DecodeSettings.AUTO;
-        int n = integer(p, "prefill.chunk", 0);
-        if (n < 1) {
-            throw new DsflowException("config prefill.chunk must be a positive integer or auto, got '" + v + "'");
-        }
+    /**
+     * prefill.chunk or limits.max-running: a positive integer, or "auto" (the default: the decode operator sizes it for
+     * its backend), read as 0 ({@link DecodeSettings#AUTO}, {@link Limits#AUTO}).
+     */
+    private static int positiveOrAuto(Properties p, String key) {
+        String v = p.getProperty(key, "auto").trim();
+        if (v.equals("auto")) return 0;
+        int n = integer(p, key, 0);
+        if (n < 1) throw new DsflowException("config " + key + " must be a positive integer or auto, got '" + v + "'");
         return n;
     }
 

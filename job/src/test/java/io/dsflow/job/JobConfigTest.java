@@ -3,6 +3,7 @@ package io.dsflow.job;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.operators.DecodeSettings;
+import io.dsflow.operators.Limits;
 import org.junit.jupiter.api.Test;
 
 import java.nio.file.Path;
@@ -11,7 +12,9 @@ import java.util.Properties;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
-/** The job config's scheduler keys (issue 23): prefill.chunk sized for the backend unless given. */
+/**
+ * The job config's scheduler keys (issue 23): prefill.chunk and limits.max-running sized for the backend unless given.
+ */
 class JobConfigTest {
 
     private static Properties with(String key, String value) {
@@ -40,9 +43,27 @@ class JobConfigTest {
     }
 
     @Test
+    void runningRequestsAreSizedForTheBackendUnlessGiven() {
+        Limits auto = JobConfig.from(new Properties()).decode().limits();
+        assertEquals(Limits.AUTO, auto.maxRunning());
+        assertEquals(BatchScheduler.GPU_MAX_RUNNING, auto.maxRunningFor(true));
+        assertEquals(BatchScheduler.CPU_MAX_RUNNING, auto.maxRunningFor(false));
+        Limits given = JobConfig.from(with("limits.max-running", "96")).decode().limits();
+        assertEquals(96, given.maxRunningFor(true));
+        assertEquals(96, given.maxRunningFor(false));
+        for (String bad : new String[]{"0", "-1", "many"}) {
+            DsflowException e = assertThrows(DsflowException.class,
+                    () -> JobConfig.from(with("limits.max-running", bad)));
+            assertEquals(true, e.getMessage().contains("limits.max-running"), e.getMessage());
+        }
+    }
+
+    @Test
     void theShippedConfigsLeaveItToTheBackend() {
         for (String file : new String[]{"dsflow.properties", "compose.properties"}) {
-            assertEquals(DecodeSettings.AUTO, JobConfig.load(Path.of("..", "config", file)).decode().prefillChunk(), file);
+            DecodeSettings d = JobConfig.load(Path.of("..", "config", file)).decode();
+            assertEquals(DecodeSettings.AUTO, d.prefillChunk(), file);
+            assertEquals(Limits.AUTO, d.limits().maxRunning(), file);
         }
     }
 }

@@ -30,9 +30,6 @@ public final class LoadgenCommand {
             + " [--prompt-tokens 1024|MIN-MAX] [--output-tokens 1024|MIN-MAX] [--rate REQ/S] [--kv-policy dense,dspp]"
             + " [--max-running N] [--prefill-tokens T] [--prefill-baseline N] [--seed S] [--json FILE]";
 
-    /** Running requests on a GPU when memory allows (hundreds, as serving engines run), and on the CPU. */
-    static final int GPU_MAX_RUNNING = 256, CPU_MAX_RUNNING = 16;
-
     private LoadgenCommand() {
     }
 
@@ -82,7 +79,8 @@ public final class LoadgenCommand {
         return 0;
     }
 
-    private static Load.Lengths lengths(Args a, String option) {
+    /** --prompt-tokens or --output-tokens: N or MIN-MAX (default 1024), else a usage error. */
+    public static Load.Lengths lengths(Args a, String option) {
         String s = a.get(option, "1024");
         try {
             return Load.Lengths.parse(s);
@@ -99,10 +97,10 @@ public final class LoadgenCommand {
             if (n < 1) throw new UsageException("loadgen: --max-running must be >= 1");
             return n;
         }
-        if (!gpu) return CPU_MAX_RUNNING;
+        if (!gpu) return BatchScheduler.CPU_MAX_RUNNING;
         engine.backend().prepare(kv);
         long fit = engine.backend().deviceCacheBudget() / Math.max(1, engine.estimateCacheBytes(kv, tokens));
         if (fit < 1) throw new UsageException("loadgen: one request's cache does not fit the device memory");
-        return (int) Math.min(GPU_MAX_RUNNING, fit);
+        return (int) Math.min(BatchScheduler.GPU_MAX_RUNNING, fit);
     }
 }

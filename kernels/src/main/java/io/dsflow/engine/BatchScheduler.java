@@ -99,6 +99,18 @@ public final class BatchScheduler {
         return cachesOnDevice ? GPU_PREFILL_TOKENS : CPU_PREFILL_TOKENS;
     }
 
+    /**
+     * Requests a step runs at once unless configured: hundreds on a GPU, as serving engines run (decode products stay
+     * memory-bound up to about 250 rows, so each row added is nearly free; memory admission bounds them further); 64
+     * on the CPU, where every row costs its share of a step.
+     */
+    public static final int GPU_MAX_RUNNING = 256, CPU_MAX_RUNNING = 64;
+
+    /** The cap on running requests unless configured, on a backend whose caches are on a device (a GPU) or not. */
+    public static int defaultMaxRunning(boolean cachesOnDevice) {
+        return cachesOnDevice ? GPU_MAX_RUNNING : CPU_MAX_RUNNING;
+    }
+
     private final Engine engine;
     private final int prefillTokens;
     private final int maxRunning;

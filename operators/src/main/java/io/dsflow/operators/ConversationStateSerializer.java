@@ -14,23 +14,24 @@ import java.util.Arrays;
  * The checkpoint format of a conversation's state, written field by field so that it stays small (token ids as
  * ints, no class names) and versioned: the snapshot records {@link #FORMAT_VERSION}, and a later version of this
  * class reads what an older one wrote (a snapshot of format 1 restores through {@link #forVersion}: Flink migrates
- * the state, reading it with the old format and writing the current one). Format 2, the current one:
+ * the state, reading it with the old format and writing the current one). Format 3, the current one:
  * <pre>
  *   int[] history | bool hasActive [Request active, int[] activePrompt] | int[] completion | int n, Request[n] queued
  *   | int n, String[n] recentRequestIds | long idleDeadline
  *   Request: bool end, then for an end command: str conversationId, nullable str requestId, nullable str raw;
  *            else: str conversationId, str requestId, nullable str prompt, nullable int[] promptIds, int maxTokens,
  *            double temperature, double topP, int topK, long seed, int n, str[n] stop, nullable str kv,
- *            nullable str raw
+ *            bool ignoreEos, nullable str raw
  *   kv: the request's kv overrides as a JSON object ({@link KvOverrides#toJson}; earlier builds wrote the request's
  *       own kv JSON, which reads the same)
  * </pre>
- * Format 1 (before conversations could end): the same without {@code bool end} (every request a completion) and
- * without {@code idleDeadline} (read as 0: the operator arms the expiry of such an idle conversation at restore).
+ * Format 2: the same without {@code ignoreEos} (read as false). Format 1 (before conversations could end): as format
+ * 2 without {@code bool end} (every request a completion) and without {@code idleDeadline} (read as 0: the operator
+ * arms the expiry of such an idle conversation at restore).
  */
 public final class ConversationStateSerializer extends TypeSerializer<ConversationState> {
     private static final long serialVersionUID = 1L;
-    public static final int FORMAT_VERSION = 2;
+    public static final int FORMAT_VERSION = 3;
     public static final ConversationStateSerializer INSTANCE = new ConversationStateSerializer(FORMAT_VERSION);
 
     /** The format this serializer reads and writes. */
@@ -91,6 +92,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         c.seed = r.seed;
         c.stop = r.stop == null ? null : r.stop.clone();
         c.kv = r.kv == null ? null : r.kv.copy();
+        c.ignoreEos = r.ignoreEos;
         c.raw = r.raw;
         return c;
     }
@@ -173,6 +175,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         out.writeInt(r.stop.length);
         for (String s : r.stop) out.writeUTF(s);
         writeNullable(r.kv == null ? null : r.kv.toJson(), out);
+        if (version >= 3) out.writeBoolean(r.ignoreEos);
         writeNullable(r.raw, out);
     }
 
@@ -200,6 +203,7 @@ public final class ConversationStateSerializer extends TypeSerializer<Conversati
         } catch (DsflowException e) {
             throw new IOException("a request in the conversation state has a bad kv field: " + e.getMessage(), e);
         }
+        r.ignoreEos = version >= 3 && in.readBoolean();
         r.raw = readNullable(in);
         return r;
     }

@@ -75,6 +75,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     public static final String PREFILLED_TOKENS = "dsflow-prefilled-tokens";
     /** Idle caches dropped to make room (their conversations re-prefill their history when they return). */
     public static final String CACHE_EVICTIONS = "dsflow-cache-evictions";
+    /**
+     * The engine's steps, their decode rows and the tokens they fed the model, so far: a run's mean batch is rows over
+     * steps (the load generator through the job reports it; the metrics engine_steps, engine_decode_rows and
+     * engine_step_tokens count the same for a rate over any window).
+     */
+    public static final String ENGINE_STEPS = "dsflow-engine-steps";
+    public static final String ENGINE_DECODE_ROWS = "dsflow-engine-decode-rows";
+    public static final String ENGINE_STEP_TOKENS = "dsflow-engine-step-tokens";
     /** Requests in progress at a restored checkpoint, resumed by this attempt (their caches rebuilt by prefill). */
     public static final String RESUMED_REQUESTS = "dsflow-resumed-requests";
     private static final AtomicLong RESUMED_IN_PROCESS = new AtomicLong();
@@ -101,6 +109,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient ConversationLifetime lifetime;
     private transient Counter historyPrefillCounter, conversationsEnded, conversationsExpired;
     private transient LongCounter historyPrefills, prefilledTokens, cacheEvictions;
+    private transient LongCounter engineSteps, engineDecodeRows, engineStepTokens;
+    private transient Counter engineStepsMetric, engineDecodeRowsMetric, engineStepTokensMetric;
 
     public DecodeOperator(DecodeSettings settings) {
         this.settings = settings;
@@ -124,13 +134,15 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             LOG.info("decode subtask {} bound to GPU {} ({})", subtask, device, engine.backend().description());
         }
         memoryManager = getContainingTask().getEnvironment().getMemoryManager();
-        admission = newAdmission(subtask);
+        boolean gpu = engine.backend().deviceCacheBudget() >= 0;
+        int maxRunning = settings.limits().maxRunningFor(gpu);
+        admission = newAdmission(subtask, maxRunning);
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
         tokens = new TokenStream(engine.folder() == null ? ids -> "" : engine.tokenizer()::decode, registerMetrics());
-        int prefillChunk = settings.prefillChunkFor(engine.backend().deviceCacheBudget() >= 0);
+        int prefillChunk = settings.prefillChunkFor(gpu);
         LOG.info("decode subtask {}: the engine prefills {} prompt tokens a step over as many prompts as fit, runs at"
-                + " most {} requests", subtask, prefillChunk, settings.limits().maxRunning());
-        engineThread = new EngineThread(engine, prefillChunk, settings.limits().maxRunning(), mailbox,
+                + " most {} requests", subtask, prefillChunk, maxRunning);
+        engineThread = new EngineThread(engine, prefillChunk, maxRunning, mailbox,
                 new EngineResults(), "dsflow-engine-" + subtask);
         engineThread.start();
         lifetime = new ConversationLifetime(settings.limits().conversationIdleTimeoutMs(),
@@ -143,7 +155,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
      * slot's managed memory; on a GPU from the device's free memory, and the pinned host stores of placement=host
      * from managed memory.
      */
-    private Admission<BatchScheduler.Work> newAdmission(int subtask) {
+    private Admission<BatchScheduler.Work> newAdmission(int subtask, int maxRunning) {
         var environment = getContainingTask().getEnvironment();
         double fraction = getOperatorConfig().getManagedMemoryFractionOperatorUseCaseOfSlot(
                 ManagedMemoryUseCase.OPERATOR, environment.getTaskManagerInfo().getConfiguration(),
@@ -170,7 +182,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         String memory = cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory";
         LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}", subtask, cache.limit() >> 20,
                 memory, settings.kv());
-        return new Admission<>(cache, host, settings.limits().maxRunning(), settings.limits().maxConversations());
+        return new Admission<>(cache, host, maxRunning, settings.limits().maxConversations());
     }
 
     /** Registers the operator's metrics and accumulators; returns where the token stream reports its timings. */
@@ -195,6 +207,12 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
         prefilledTokens = getRuntimeContext().getLongCounter(PREFILLED_TOKENS);
         cacheEvictions = getRuntimeContext().getLongCounter(CACHE_EVICTIONS);
+        engineSteps = getRuntimeContext().getLongCounter(ENGINE_STEPS);
+        engineDecodeRows = getRuntimeContext().getLongCounter(ENGINE_DECODE_ROWS);
+        engineStepTokens = getRuntimeContext().getLongCounter(ENGINE_STEP_TOKENS);
+        engineStepsMetric = g.counter("engine_steps");
+        engineDecodeRowsMetric = g.counter("engine_decode_rows");
+        engineStepTokensMetric = g.counter("engine_step_tokens");
         return new TokenStream.Metrics() {
             @Override
             public void firstToken(double ms) {
@@ -446,7 +464,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         }
 
         @Override
-        public void stepApplied(long historyPrefillsDelta, long prefilledTokensDelta) throws Exception {
+        public void stepApplied(long historyPrefillsDelta, long prefilledTokensDelta, EngineThread.Steps steps)
+                throws Exception {
+            engineSteps.add(steps.count());
+            engineDecodeRows.add(steps.decodeRows());
+            engineStepTokens.add(steps.tokens());
+            engineStepsMetric.inc(steps.count());
+            engineDecodeRowsMetric.inc(steps.decodeRows());
+            engineStepTokensMetric.inc(steps.tokens());
             historyPrefills.add(historyPrefillsDelta);
             historyPrefillCounter.inc(historyPrefillsDelta);
             prefilledTokens.add(prefilledTokensDelta);

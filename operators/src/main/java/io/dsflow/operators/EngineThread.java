@@ -52,7 +52,14 @@ final class EngineThread implements AutoCloseable {
          * After a step's results: how many requests re-prefilled their conversation's history and how many tokens were
          * prefilled since the previous call (the scheduler's counters).
          */
-        void stepApplied(long historyPrefills, long prefilledTokens) throws Exception;
+        void stepApplied(long historyPrefills, long prefilledTokens, Steps steps) throws Exception;
+    }
+
+    /**
+     * Steps the engine ran since the previous hand-over: how many, their decode rows (requests that each got a token)
+     * and the tokens they fed the model (decode rows plus prefill chunks).
+     */
+    record Steps(long count, long decodeRows, long tokens) {
     }
 
     private final BatchScheduler scheduler;
@@ -63,6 +70,8 @@ final class EngineThread implements AutoCloseable {
     private volatile boolean running;
     private volatile BatchScheduler.StepStats lastStep = BatchScheduler.StepStats.NONE;
     private long lastHistoryPrefills, lastPrefilledTokens;
+    /** The steps since the last hand-over (Steps). */
+    private long stepsRun, decodeRowsRun, tokensRun;
     /** The steps since the last log line: how many, their rows and tokens. */
     private long loggedAt = System.nanoTime(), steps, rows, tokens;
 
@@ -140,6 +149,9 @@ final class EngineThread implements AutoCloseable {
     /** Keeps the step's figures; once a minute, one log line of the batches the engine ran. */
     private void stepped(BatchScheduler.StepStats s) {
         lastStep = s;
+        stepsRun++;
+        decodeRowsRun += s.decodeRows();
+        tokensRun += s.tokens();
         steps++;
         rows += s.decodeRows() + s.prefillPrompts();
         tokens += s.tokens();
@@ -170,9 +182,11 @@ final class EngineThread implements AutoCloseable {
         long historyPrefills = hp - lastHistoryPrefills, prefilledTokens = pt - lastPrefilledTokens;
         lastHistoryPrefills = hp;
         lastPrefilledTokens = pt;
+        Steps ran = new Steps(stepsRun, decodeRowsRun, tokensRun);
+        stepsRun = decodeRowsRun = tokensRun = 0;
         mailbox.execute(() -> {
             for (ThrowingRunnable<Exception> e : batch) e.run();
-            results.stepApplied(historyPrefills, prefilledTokens);
+            results.stepApplied(historyPrefills, prefilledTokens, ran);
         }, "dsflow decode results");
     }
 

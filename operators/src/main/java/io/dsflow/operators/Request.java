@@ -28,6 +28,8 @@ public class Request {
     public int topK;
     public long seed;
     public String[] stop = new String[0];
+    /** An end-of-sequence token does not end the completion (vLLM's ignore_eos: benchmarks, fixed-length outputs). */
+    public boolean ignoreEos;
     /** The request's kv overrides (policy, r, sinks, window, ...), read once from its JSON; null for none. */
     public KvOverrides kv;
     /** The request as it arrived, for error records. */

@@ -30,8 +30,8 @@ public final class RequestParser {
             .enable(DeserializationFeature.FAIL_ON_READING_DUP_TREE_KEY)
             .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
     private static final Set<String> FIELDS = Set.of("conversation_id", "request_id", "prompt", "prompt_ids",
-            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "kv", "model", "stream", "n", "user",
-            "end_conversation");
+            "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "kv", "model", "stream",
+            "n", "user", "end_conversation");
     /** The fields an end_conversation record may have. */
     private static final Set<String> END_FIELDS = Set.of("conversation_id", "request_id", "end_conversation");
     private static final int DEFAULT_MAX_TOKENS = 64;
@@ -174,6 +174,11 @@ public final class RequestParser {
             } else throw new BadRequest("invalid_parameter", "stop must be a string or a list of strings");
         }
         r.stop = stop.toArray(new String[0]);
+        JsonNode ignoreEos = root.get("ignore_eos");
+        if (ignoreEos != null && !ignoreEos.isNull()) {
+            if (!ignoreEos.isBoolean()) throw new BadRequest("invalid_parameter", "ignore_eos must be true or false");
+            r.ignoreEos = ignoreEos.asBoolean();
+        }
         samplingParams(r); // validates temperature, top_p, top_k, stop
         JsonNode kv = root.get("kv");
         if (kv != null && !kv.isNull()) {
@@ -219,7 +224,7 @@ public final class RequestParser {
 
     /** The sampling parameters of a valid request. */
     public static SamplingParams samplingParams(Request r) {
-        return new SamplingParams(r.temperature, r.topP, r.topK, r.seed, r.maxTokens, List.of(r.stop));
+        return new SamplingParams(r.temperature, r.topP, r.topK, r.seed, r.maxTokens, List.of(r.stop), r.ignoreEos);
     }
 
     private String id(JsonNode root, String field) {

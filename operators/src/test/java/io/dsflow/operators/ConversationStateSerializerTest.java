@@ -146,6 +146,31 @@ class ConversationStateSerializerTest {
         assertArrayEquals(new String[]{"r1"}, read.recentRequestIds);
     }
 
+    /**
+     * Format 3 (issue 23): a request's ignore_eos survives a checkpoint (a resumed request still runs to max_tokens),
+     * and format 2, which has none, reads as false and migrates.
+     */
+    @Test
+    void ignoreEosSurvivesAndFormatTwoReadsAsFalse() throws Exception {
+        ConversationState s = sample();
+        s.active.ignoreEos = true;
+        assertTrue(roundTrip(s).active.ignoreEos);
+        assertTrue(!roundTrip(s).queued[0].ignoreEos);
+        assertTrue(ConversationStateSerializer.INSTANCE.copy(s).active.ignoreEos, "copy keeps it");
+
+        ConversationStateSerializer formatTwo = ConversationStateSerializer.forVersion(2);
+        DataOutputSerializer out = new DataOutputSerializer(64);
+        formatTwo.serialize(s, out);
+        ConversationState read = formatTwo.deserialize(new DataInputDeserializer(out.getCopyOfBuffer()));
+        assertTrue(!read.active.ignoreEos, "format 2 has no ignore_eos");
+        assertArrayEquals(s.completion, read.completion, "and the rest reads in place");
+        assertEquals(s.active.raw, read.active.raw);
+        ConversationStateSerializer.Snapshot snapshotTwo = new ConversationStateSerializer.Snapshot();
+        snapshotTwo.readSnapshot(2, new DataInputDeserializer(new byte[0]), getClass().getClassLoader());
+        assertTrue(ConversationStateSerializer.INSTANCE.snapshotConfiguration().resolveSchemaCompatibility(snapshotTwo)
+                .isCompatibleAfterMigration());
+    }
+
     private static void writeInts(DataOutputSerializer out, int... values) throws IOException {
         out.writeInt(values.length);
         for (int v : values) out.writeInt(v);

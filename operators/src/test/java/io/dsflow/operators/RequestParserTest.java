@@ -121,6 +121,17 @@ class RequestParserTest {
         error(promptX("\"best_of\":2"), "unknown_field");
     }
 
+    /** vLLM's ignore_eos (load generators ask for every completion at max_tokens): false unless asked. */
+    @Test
+    void ignoreEosAsksForMaxTokensWhateverTheModelSays() {
+        assertEquals(false, RequestParser.samplingParams(parser.parse(promptX("\"seed\":1")).request()).ignoreEos());
+        Request r = parser.parse(promptX("\"ignore_eos\":true")).request();
+        assertNotNull(r, "ignore_eos true accepted");
+        assertEquals(true, RequestParser.samplingParams(r).ignoreEos());
+        assertEquals(false, parser.parse(promptX("\"ignore_eos\":null")).request().ignoreEos, "null: the default");
+        error(promptX("\"ignore_eos\":\"yes\""), "invalid_parameter");
+    }
+
     /**
      * Issue 22, items 2 and 4: a conversation ends by a record {"conversation_id", "end_conversation": true} or, on
      * Kafka, by a tombstone keyed by its conversation_id; an end record carries nothing else.

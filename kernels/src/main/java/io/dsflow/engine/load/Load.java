@@ -2,6 +2,7 @@ package io.dsflow.engine.load;
 
 import io.dsflow.engine.kv.KvConfig;
 
+import java.util.List;
 import java.util.Random;
 
 /**
@@ -18,6 +19,32 @@ public record Load(int requests, Lengths prompt, Lengths output, double rate, Kv
     public Load {
         if (requests < 1) throw new IllegalArgumentException("requests must be >= 1, got " + requests);
         if (rate < 0 || !Double.isFinite(rate)) throw new IllegalArgumentException("rate must be >= 0, got " + rate);
+    }
+
+    /** One request of the load: when it arrives (after the first) and what it asks. */
+    public record Request(long arrivalNanos, int[] prompt, int outputTokens) {
+    }
+
+    /**
+     * The load's requests in arrival order, the same for a seed wherever they are made (the engine's load generator and
+     * the job's): prompts of random token ids in [3, vocab), lengths and arrival times drawn from the seed.
+     */
+    public List<Request> requests(int vocab) {
+        Random rnd = new Random(seed);
+        double t = 0;
+        Request[] out = new Request[requests];
+        for (int i = 0; i < out.length; i++) {
+            if (rate > 0) t += -Math.log(1 - rnd.nextDouble()) / rate;
+            int[] ids = new int[prompt.draw(rnd)];
+            for (int j = 0; j < ids.length; j++) ids[j] = 3 + rnd.nextInt(vocab - 3);
+            out[i] = new Request((long) (t * 1e9), ids, output.draw(rnd));
+        }
+        return List.of(out);
+    }
+
+    /** The sampling seed of request {@code index}: seeded sampling at temperature 1, end-of-sequence ignored. */
+    public long samplingSeed(int index) {
+        return seed + index;
     }
 
     /** Lengths uniform in [min, max]. */

@@ -5,12 +5,12 @@ import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.FinishReason;
 import io.dsflow.engine.Sequence;
+import io.dsflow.engine.load.Load.Request;
 import io.dsflow.engine.cuda.CudaBackend;
 import io.dsflow.engine.sample.SamplingParams;
 
 import java.util.Arrays;
 import java.util.List;
-import java.util.Random;
 import java.util.function.Consumer;
 
 /**
@@ -28,10 +28,6 @@ public final class LoadGenerator {
     private static final long PROGRESS_NANOS = 10_000_000_000L;
 
     private LoadGenerator() {
-    }
-
-    /** One request of the load: when it arrives and what it asks. */
-    private record Request(long arrivalNanos, int[] prompt, int outputTokens) {
     }
 
     /**
@@ -69,8 +65,8 @@ public final class LoadGenerator {
             while (next < n && t0 + requests.get(next).arrivalNanos() <= now) {
                 Request r = requests.get(next);
                 rec.arrival[next] = now;
-                SamplingParams sp = new SamplingParams(1.0, 1.0, 0, load.seed() + next, r.outputTokens(), List.of(),
-                        true);
+                SamplingParams sp = new SamplingParams(1.0, 1.0, 0, load.samplingSeed(next), r.outputTokens(),
+                        List.of(), true);
                 scheduler.submit(new BatchScheduler.Work(Integer.toString(next), "c" + next, new int[0], r.prompt(),
                         sp, load.kv(), 0));
                 next++;
@@ -105,17 +101,7 @@ public final class LoadGenerator {
     }
 
     private static List<Request> requests(Engine engine, Load load) {
-        Random rnd = new Random(load.seed());
-        int vocab = engine.config().vocabSize();
-        double t = 0;
-        Request[] out = new Request[load.requests()];
-        for (int i = 0; i < out.length; i++) {
-            if (load.rate() > 0) t += -Math.log(1 - rnd.nextDouble()) / load.rate();
-            int[] prompt = new int[load.prompt().draw(rnd)];
-            for (int j = 0; j < prompt.length; j++) prompt[j] = 3 + rnd.nextInt(vocab - 3);
-            out[i] = new Request((long) (t * 1e9), prompt, load.output().draw(rnd));
-        }
-        return List.of(out);
+        return load.requests(engine.config().vocabSize());
     }
 
     private static void sleepUntil(long nanos) {

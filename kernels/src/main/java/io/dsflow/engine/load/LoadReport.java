@@ -18,7 +18,7 @@ import java.util.Locale;
  * @param lastFirstTokenS  when the last request got its first token, from the first arrival
  * @param meanDecodeRows   rows a step that decoded one token
  * @param meanStepTokens   tokens a step fed the model (decode rows plus prefill chunks)
- * @param peakDeviceBytes  the engine's peak GPU allocation, -1 on the CPU
+ * @param peakDeviceBytes  the engine's peak GPU allocation, -1 where not measured (the CPU; through the job)
  */
 public record LoadReport(Load load, int prefillTokens, int maxRunning, int served, int failed, double seconds,
                          long promptTokens, long outputTokens, double[] ttftMs, double[] itlMs, double lastFirstTokenS,
@@ -53,7 +53,7 @@ public record LoadReport(Load load, int prefillTokens, int maxRunning, int serve
                         + " %.2f s%n", percentile(ttftMs, 50), percentile(ttftMs, 99), percentile(itlMs, 50),
                 percentile(itlMs, 99), lastFirstTokenS);
         out.printf(Locale.ROOT, "  %d steps: %.1f decode rows and %.1f tokens a step; peak device memory %s%n", steps,
-                meanDecodeRows, meanStepTokens, peakDeviceBytes < 0 ? "n/a (cpu)"
+                meanDecodeRows, meanStepTokens, peakDeviceBytes < 0 ? "not measured"
                         : String.format(Locale.ROOT, "%.2f GB", peakDeviceBytes / 1e9));
     }
 
