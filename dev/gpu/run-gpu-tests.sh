@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # On a GPU host without a JDK or Maven: unpacks what shared/tools/gpu-pack.sh packed under .gpu/ (a Java runtime, the
 # engine jar and the JUnit console launcher) and runs the GPU test classes of the kernels module over its compiled test
-# classes (carried as kernels/target/test-classes: the tests read models by paths relative to kernels/).
+# classes (carried as kernels/target/test-classes, or packed as .gpu/test-classes.tar.xz to save a call's carry: the
+# tests read models by paths relative to kernels/). The engine jar or the job's GPU jar (which holds the engine) will do.
 # Usage (repository root): dev/gpu/run-gpu-tests.sh [JUnit console selectors, default: the package io.dsflow.engine.cuda]
 set -euo pipefail
 root=/opt/dsflow
 if [ ! -x "$root/jre/bin/java" ]; then
   mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
+fi
+if [ ! -d kernels/target/test-classes ] && [ -f .gpu/test-classes.tar.xz ]; then
+  mkdir -p kernels/target && tar xJf .gpu/test-classes.tar.xz -C kernels/target
 fi
 export RUST_FLAVOR=cpu   # DJL's tokenizer: the CPU build of its native library, never a download
 cd kernels
