@@ -39,6 +39,8 @@ import java.util.function.Consumer;
  *       checkpoint commits, so TTFT and ITL there include the checkpoint interval; throughput does not;</li>
  *   <li>delivery is checked per request: every index from 0 to its length exactly once, in order, and one final
  *       (at-least-once after a failure may repeat records: counted, not hidden);</li>
+ *   <li>each conversation has one turn: it is ended (an end_conversation record) once its final arrives, so its cache
+ *       is freed as the engine's load generator frees it;</li>
  *   <li>the engine's steps, decode rows and tokens a step come from the decode operator's accumulators.</li>
  * </ul>
  */
@@ -284,6 +286,9 @@ public final class JobLoad {
                         return;
                     }
                     finished.set(i);
+                    // one turn each, as the engine's load generator drops each cache when its request ends
+                    producer.send(new ProducerRecord<>(job.config().promptsTopic(), prefix + i,
+                            "{\"conversation_id\":\"" + prefix + i + "\",\"end_conversation\":true}"));
                     if ("error".equals(n.path("finish_reason").asText())) failed++;
                     else served++;
                     skipped += Math.max(0, requests.get(i).outputTokens() - next[i]);   // a final before its length
