@@ -110,6 +110,11 @@ public final class EmbeddedJob implements AutoCloseable {
         }
     }
 
+    /** A counter among {@link #accumulators()} (a LongCounter's value), 0 when absent. */
+    public static long count(Map<String, Object> accumulators, String name) {
+        return accumulators.get(name) instanceof Number n ? n.longValue() : 0;
+    }
+
     /**
      * Cancels the job and stops the broker: the end of the embedded mode (demo, overhead, soak), after which the process
      * ends. Flink's local cluster then shuts down on its own threads, racing what is still in flight (a checkpoint fails

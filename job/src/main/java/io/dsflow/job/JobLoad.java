@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.dsflow.cli.KvOptions;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.load.Load;
@@ -106,7 +107,8 @@ public final class JobLoad {
         p.setProperty("limits.max-prompt-tokens", Integer.toString(Math.max(32768, load.prompt().max())));
         p.setProperty("limits.max-tokens", Integer.toString(Math.max(4096, load.output().max())));
         p.setProperty("limits.max-conversations", Integer.toString(Math.max(100_000, 2 * load.requests())));
-        List<Load.Request> requests = load.requests(vocab(model));
+        int vocab = vocab(model);
+        List<Load.Request> requests = load.requests(vocab);
         try (EmbeddedJob job = EmbeddedJob.start(p, "512m", exactlyOnce);
              KafkaProducer<String, String> producer = job.producer();
              KafkaConsumer<String, String> consumer = job.consumer("loadgen", exactlyOnce)) {
@@ -114,7 +116,7 @@ public final class JobLoad {
                     load.requests()) + " short requests, " + longest + " tokens at most a request");
             Load warm = new Load(Math.min(256, load.requests()), new Load.Lengths(32, 32), new Load.Lengths(8, 8), 0,
                     load.kv(), 99);
-            new Client(job, producer, consumer, warm, warm.requests(vocab(model)), "warm-").serve(s -> { });
+            new Client(job, producer, consumer, warm, warm.requests(vocab), "warm-").serve(s -> { });
             Map<String, Object> before = settledAccumulators(job);
             Client c = new Client(job, producer, consumer, load, requests, "load-");
             c.serve(progress);
@@ -140,15 +142,10 @@ public final class JobLoad {
 
     /** "dspp:gqa=mean:channels=qk-group" as the job's properties: kv.policy=dspp, kv.gqa=mean, kv.channels=qk-group. */
     static Properties kvProperties(String spec) {
+        KvOptions.PolicySpec parsed = KvOptions.PolicySpec.parse(spec);
         Properties p = new Properties();
-        String[] parts = spec.split(":");
-        p.setProperty("kv.policy", parts[0].trim());
-        for (int i = 1; i < parts.length; i++) {
-            int eq = parts[i].indexOf('=');
-            if (eq <= 0) throw new IllegalArgumentException("policy option '" + parts[i] + "' in '" + spec
-                    + "' is not key=value");
-            p.setProperty("kv." + parts[i].substring(0, eq).trim(), parts[i].substring(eq + 1).trim());
-        }
+        p.setProperty("kv.policy", parsed.policy());
+        parsed.options().forEach((key, value) -> p.setProperty("kv." + key, value));
         return p;
     }
 
@@ -165,11 +162,7 @@ public final class JobLoad {
     }
 
     private static long delta(Map<String, Object> before, Map<String, Object> after, String name) {
-        return count(after, name) - count(before, name);
-    }
-
-    private static long count(Map<String, Object> accumulators, String name) {
-        return accumulators.get(name) instanceof Number n ? n.longValue() : 0;
+        return EmbeddedJob.count(after, name) - EmbeddedJob.count(before, name);
     }
 
     /** Sends a load's requests at their times and follows their records to the last final. */

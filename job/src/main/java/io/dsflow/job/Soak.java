@@ -279,11 +279,8 @@ public final class Soak {
     /** The decode operator's caches evicted and histories prefilled again so far (its accumulators). */
     private static long[] memoryCounts(EmbeddedJob job) {
         Map<String, Object> a = job.accumulators();
-        return new long[]{count(a, DecodeOperator.CACHE_EVICTIONS), count(a, DecodeOperator.HISTORY_PREFILLS)};
-    }
-
-    private static long count(Map<String, Object> accumulators, String name) {
-        return accumulators.get(name) instanceof Number n ? n.longValue() : 0;
+        return new long[]{EmbeddedJob.count(a, DecodeOperator.CACHE_EVICTIONS),
+                EmbeddedJob.count(a, DecodeOperator.HISTORY_PREFILLS)};
     }
 
     /** Heap in use after a full collection: what is reachable. */

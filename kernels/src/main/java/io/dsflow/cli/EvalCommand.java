@@ -72,15 +72,11 @@ public final class EvalCommand {
 
     /** "dspp" or "dspp:lambda=0.5:window=16": a policy with the command line's options, then its own. */
     static Eval.Policy policy(String spec, Map<String, String> base) {
-        String[] parts = spec.split(":");
-        KvPolicy policy = KvPolicy.parse(parts[0]);
+        KvOptions.PolicySpec parsed = KvOptions.PolicySpec.parse(spec);
+        KvPolicy policy = KvPolicy.parse(parsed.policy());
         Map<String, String> own = new LinkedHashMap<>(policy == KvPolicy.DENSE ? Map.of() : base);
         if (policy == KvPolicy.DENSE && base.containsKey("capacity")) own.put("capacity", base.get("capacity"));
-        for (int i = 1; i < parts.length; i++) {
-            int eq = parts[i].indexOf('=');
-            if (eq <= 0) throw new UsageException("policy option '" + parts[i] + "' in '" + spec + "' is not key=value");
-            own.put(parts[i].substring(0, eq), parts[i].substring(eq + 1));
-        }
+        own.putAll(parsed.options());
         KvConfig kv = KvOptions.config(policy, own);
         return new Eval.Policy(spec, kv);
     }

@@ -33,6 +33,26 @@ public final class KvOptions {
     }
 
     /** A policy's configuration with the command line's overrides applied. */
+    /**
+     * A policy as the command line spells it, "dspp" or "dspp:lambda=0.5:window=16": its name and its own options in
+     * order (eval's and loadgen's --policies / --kv-policy, and loadgen --through job's kv.* properties).
+     */
+    public record PolicySpec(String policy, Map<String, String> options) {
+        /** UsageException for an option that is not key=value. */
+        public static PolicySpec parse(String spec) {
+            String[] parts = spec.split(":");
+            Map<String, String> options = new java.util.LinkedHashMap<>();
+            for (int i = 1; i < parts.length; i++) {
+                int eq = parts[i].indexOf('=');
+                if (eq <= 0) {
+                    throw new UsageException("policy option '" + parts[i] + "' in '" + spec + "' is not key=value");
+                }
+                options.put(parts[i].substring(0, eq), parts[i].substring(eq + 1));
+            }
+            return new PolicySpec(parts[0], options);
+        }
+    }
+
     static KvConfig config(KvPolicy policy, Map<String, String> overrides) {
         return KvConfig.defaults(policy).with(overrides);
     }
