@@ -1,5 +1,6 @@
 package io.dsflow.job;
 
+import org.apache.flink.configuration.CheckpointingOptions;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.HeartbeatManagerOptions;
 import org.apache.flink.configuration.MemorySize;
@@ -14,6 +15,9 @@ import org.apache.kafka.common.serialization.StringSerializer;
 import org.apache.logging.log4j.Level;
 import org.apache.logging.log4j.core.config.Configurator;
 
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
@@ -24,17 +28,21 @@ import java.util.concurrent.TimeoutException;
 
 /**
  * The whole product in one process, for the demo and measurements: an embedded Kafka broker with the three topics,
- * and the dsflow job on a local Flink cluster reading and writing them.
+ * and the dsflow job on a local Flink cluster reading and writing them. Checkpoints go to a temporary folder, removed at
+ * {@link #close}: the conversations' state outgrows what Flink keeps in the JobManager's memory (5 MB; 256 running
+ * 2K-token conversations on a GPU checkpoint 15 MB), and each embedded run starts afresh.
  */
 public final class EmbeddedJob implements AutoCloseable {
     private final EmbeddedKafka kafka;
     private final JobConfig config;
     private final JobClient job;
+    private final Path checkpoints;
 
-    private EmbeddedJob(EmbeddedKafka kafka, JobConfig config, JobClient job) {
+    private EmbeddedJob(EmbeddedKafka kafka, JobConfig config, JobClient job, Path checkpoints) {
         this.kafka = kafka;
         this.config = config;
         this.job = job;
+        this.checkpoints = checkpoints;
     }
 
     /** An at-least-once job: see {@link #start(Properties, String, boolean)}. */
@@ -49,7 +57,9 @@ public final class EmbeddedJob implements AutoCloseable {
      */
     public static EmbeddedJob start(Properties settings, String managedMemory, boolean exactlyOnce) throws Exception {
         EmbeddedKafka kafka = EmbeddedKafka.start();
+        Path checkpoints = null;
         try {
+            checkpoints = Files.createTempDirectory("dsflow-checkpoints");
             JobConfig config = JobConfig.from(settings).withBootstrap(kafka.bootstrapServers())
                     .withDelivery(exactlyOnce, 2000);
             kafka.createTopics(1, config.promptsTopic(), config.completionsTopic(), config.errorsTopic());
@@ -57,18 +67,26 @@ public final class EmbeddedJob implements AutoCloseable {
             flink.set(TaskManagerOptions.MANAGED_MEMORY_SIZE, MemorySize.parse(managedMemory));
             // accumulators reach the job's client with the TaskManager's heartbeats: every second, not every 10
             flink.set(HeartbeatManagerOptions.HEARTBEAT_INTERVAL, Duration.ofSeconds(1));
+            flink.set(CheckpointingOptions.CHECKPOINT_STORAGE, "filesystem");
+            flink.set(CheckpointingOptions.CHECKPOINTS_DIRECTORY, checkpoints.toUri().toString());
             StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(1, flink);
             env.enableCheckpointing(config.checkpointIntervalMs());
             KafkaIO.sinkTo(KafkaIO.pipeline(env, config, OffsetsInitializer.earliest(), null), config);
-            return new EmbeddedJob(kafka, config, env.executeAsync("dsflow (embedded)"));
+            return new EmbeddedJob(kafka, config, env.executeAsync("dsflow (embedded)"), checkpoints);
         } catch (Exception e) {
             kafka.close();
+            if (checkpoints != null) delete(checkpoints);
             throw e;
         }
     }
 
     public JobConfig config() {
         return config;
+    }
+
+    /** Where the job's checkpoints go (removed at close). */
+    public Path checkpointFolder() {
+        return checkpoints;
     }
 
     public String bootstrapServers() {
@@ -127,7 +145,19 @@ public final class EmbeddedJob implements AutoCloseable {
         try {
             job.cancel().get();
         } finally {
-            kafka.close();
+            try {
+                kafka.close();
+            } finally {
+                delete(checkpoints);
+            }
+        }
+    }
+
+    private static void delete(Path dir) {
+        try (var paths = Files.walk(dir)) {
+            for (Path p : paths.sorted(java.util.Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
+        } catch (IOException e) {
+            // a checkpoint still being written as the cluster stops: the temporary folder stays for the system to clear
         }
     }
 }

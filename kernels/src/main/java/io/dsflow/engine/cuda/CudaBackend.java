@@ -642,5 +642,6 @@ public final class CudaBackend implements Backend {
             gpu.destroy(events.even());
             gpu.destroy(events.odd());
         }
+        gpu.close();   // the weights, and the caches still held by conversations
     }
 }

@@ -46,7 +46,12 @@ import static jcuda.driver.JCudaDriver.cuModuleLoadData;
  *       asynchronously on the stream; downloads land in pinned memory and the host waits on an event recorded after
  *       them (not on the whole device).</li>
  * </ul>
- * Calls are made current on the calling thread first, so any one thread at a time may drive it.
+ * Calls are made current on the calling thread first, so any one thread at a time may drive it; blocks may be freed
+ * from any thread (caches are freed by a cleaner too).
+ *
+ * <p>{@link #close} gives the driver every block the runtime took, in use or cached, and unloads its modules: a Flink
+ * task that fails over opens a new engine in the same process, and the old one's weights and caches must not stay on
+ * the device. Frees after that (a cache outliving its engine) are ignored.
  */
 public final class CudaRuntime implements AutoCloseable {
     private static volatile String unavailable;
@@ -57,6 +62,8 @@ public final class CudaRuntime implements AutoCloseable {
     private final CUcontext context = new CUcontext();
     private final Map<String, Integer> sharedAllowed = new HashMap<>(), occupancy = new HashMap<>();
     private final Map<String, CUfunction> functions = new HashMap<>();
+    private final java.util.List<CUmodule> modules = new java.util.ArrayList<>();
+    private volatile boolean closed;
     /** Every launch goes to this stream (a blocking one: it stays ordered with the copies on the legacy stream). */
     private final CUstream stream = new CUstream();
     /** The side stream ({@link #onSide}): work that overlaps the main stream's, joined back by events. */
@@ -72,7 +79,7 @@ public final class CudaRuntime implements AutoCloseable {
         cuMemAlloc(p, size);
         return p;
     }, p -> cuMemFree(p));
-    private final Map<Long, Pointer> hostBlocks = new HashMap<>();
+    private final Map<Long, Pointer> hostBlocks = new java.util.concurrent.ConcurrentHashMap<>();
     private final BlockPool hostPool = new BlockPool(size -> {
         Pointer host = new Pointer();
         JCudaDriver.cuMemHostAlloc(host, size, JCudaDriver.CU_MEMHOSTALLOC_DEVICEMAP | JCudaDriver.CU_MEMHOSTALLOC_PORTABLE);
@@ -181,6 +188,7 @@ public final class CudaRuntime implements AutoCloseable {
             if (module.isBlank()) continue;
             CUmodule m = new CUmodule();
             cuModuleLoadData(m, bytes("/cuda/" + module + ".fatbin"));
+            modules.add(m);
             for (String kernel : resource("/cuda/" + module + ".kernels").split("\\s+")) {
                 if (kernel.isBlank()) continue;
                 String other = moduleOf.put(kernel, module);
@@ -278,6 +286,7 @@ public final class CudaRuntime implements AutoCloseable {
 
     /** Returns a block of {@link #allocHost} to the pool ({@code bytes}: what was asked). */
     public void freeHost(CUdeviceptr p, long bytes) {
+        if (closed) return;
         if (!hostBlocks.containsKey(jcuda.DeviceAddress.of(p))) {
             throw new IllegalArgumentException("not a pinned host block of this runtime");
         }
@@ -292,16 +301,19 @@ public final class CudaRuntime implements AutoCloseable {
     }
 
     public CUdeviceptr alloc(long bytes) {
+        if (closed) throw new DsflowException("the CUDA runtime of " + name + " is closed");
         return pool.take(bytes, this::trim, "GPU memory", name);
     }
 
     /** Returns a block to the pool ({@code bytes}: what was asked of {@link #alloc}). */
     public void free(CUdeviceptr p, long bytes) {
+        if (closed) return;
         pool.give(p, bytes);
     }
 
     /** Frees the cached device and pinned host blocks (after the device is done with them). */
     public void trim() {
+        if (closed) return;
         synchronize();
         pool.release();
         hostPool.release();
@@ -311,6 +323,7 @@ public final class CudaRuntime implements AutoCloseable {
      * Blocks by size class ({@link #sizeClass}): a freed block is kept and handed out again, {@link #release} gives the
      * kept ones back to the driver (cuMemFree synchronises the device, and pinning host memory is slow). inUse: what the
      * blocks handed out and not given back were asked for; held: in use and kept, by size class; peak: the most held.
+     * Synchronized: the cleaner frees caches on its own thread.
      */
     private static final class BlockPool {
         interface Driver {
@@ -318,6 +331,8 @@ public final class CudaRuntime implements AutoCloseable {
         }
 
         final Map<Long, java.util.ArrayDeque<CUdeviceptr>> kept = new HashMap<>();
+        /** The blocks handed out and not given back, by address. */
+        private final Map<Long, CUdeviceptr> out = new HashMap<>();
         private final Driver driver;
         private final java.util.function.Consumer<CUdeviceptr> free;
         long inUse, held, peak;
@@ -328,7 +343,7 @@ public final class CudaRuntime implements AutoCloseable {
         }
 
         /** A block of at least {@code bytes}; where the driver refuses one, makeRoom runs and the driver is asked again. */
-        CUdeviceptr take(long bytes, Runnable makeRoom, String what, String device) {
+        synchronized CUdeviceptr take(long bytes, Runnable makeRoom, String what, String device) {
             long size = sizeClass(bytes);
             java.util.ArrayDeque<CUdeviceptr> q = kept.get(size);
             CUdeviceptr p = q == null ? null : q.poll();
@@ -348,16 +363,20 @@ public final class CudaRuntime implements AutoCloseable {
                 peak = Math.max(peak, held);
             }
             inUse += bytes;
+            out.put(jcuda.DeviceAddress.of(p), p);
             return p;
         }
 
-        void give(CUdeviceptr p, long bytes) {
+        synchronized void give(CUdeviceptr p, long bytes) {
+            if (out.remove(jcuda.DeviceAddress.of(p)) == null) {
+                throw new IllegalArgumentException("not a block this pool handed out, or freed twice");
+            }
             kept.computeIfAbsent(sizeClass(bytes), k -> new java.util.ArrayDeque<>()).add(p);
             inUse -= bytes;
         }
 
         /** Frees the kept blocks (the caller has waited for the device). */
-        void release() {
+        synchronized void release() {
             for (Map.Entry<Long, java.util.ArrayDeque<CUdeviceptr>> e : kept.entrySet()) {
                 for (CUdeviceptr p : e.getValue()) {
                     free.accept(p);
@@ -365,6 +384,15 @@ public final class CudaRuntime implements AutoCloseable {
                 }
             }
             kept.clear();
+        }
+
+        /** Frees every block, kept or handed out (the caller has waited for the device). */
+        synchronized void releaseAll() {
+            release();
+            for (CUdeviceptr p : out.values()) free.accept(p);
+            out.clear();
+            inUse = 0;
+            held = 0;
         }
     }
 
@@ -577,8 +605,28 @@ public final class CudaRuntime implements AutoCloseable {
         cuCtxSynchronize();
     }
 
+    /**
+     * Waits for the device, then frees every device and pinned host block this runtime took (whoever still holds one),
+     * its staging buffers, streams, events and modules. The primary context stays retained by the process (other
+     * runtimes may share it; creating it again costs a second).
+     */
     @Override
-    public void close() {
-        // the primary context stays with the process; allocations are freed by their owners
+    public synchronized void close() {
+        if (closed) return;
+        cuCtxSetCurrent(context);
+        cuCtxSynchronize();
+        closed = true;
+        pool.releaseAll();
+        hostPool.releaseAll();
+        if (staging != null) JCudaDriver.cuMemFreeHost(pinned);
+        if (pinnedDownBytes > 0) JCudaDriver.cuMemFreeHost(pinnedDown);
+        staging = null;
+        pinnedDownBytes = 0;
+        for (CUevent e : java.util.List.of(forked, uploaded, downloaded)) JCudaDriver.cuEventDestroy(e);
+        JCudaDriver.cuStreamDestroy(stream);
+        JCudaDriver.cuStreamDestroy(side);
+        for (CUmodule m : modules) JCudaDriver.cuModuleUnload(m);
+        modules.clear();
+        functions.clear();
     }
 }

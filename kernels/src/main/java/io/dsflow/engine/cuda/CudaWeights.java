@@ -30,7 +30,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
  *   invFreq [headDim / 2] f32 RoPE inverse frequencies (null without RoPE)
  * </pre>
  * Created by {@link #load} or {@link #synthetic}; {@link #placeEmbeddings} moves the table between device and host.
- * The weights live as long as the process's primary context (the backend's close does not free them).
+ * The weights live as long as their runtime: the backend's close frees them with it.
  */
 final class CudaWeights {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(CudaWeights.class);

@@ -224,6 +224,35 @@ class CudaModelTest {
     }
 
     /**
+     * Closing an engine gives the driver back every block its runtime took: the weights, a cache a conversation still
+     * holds, a block nobody freed and one the pool keeps. A Flink task that fails over opens a new engine in the same
+     * process; before, the old engine's 16 GB of weights and its caches stayed, and the restarted job ran out of memory.
+     */
+    @Test
+    void closingAnEngineGivesTheDriverBackItsWeightsAndCaches() {
+        CudaRuntime meter = CudaRuntime.open(0);   // takes nothing: its free memory is the driver's
+        try {
+            long free = meter.freeMemory();
+            for (int round = 0; round < 2; round++) {
+                Engine e = Engine.synthetic("llama-3.1-8b", "cuda", 0);
+                CudaBackend b = (CudaBackend) e.backend();
+                CudaKvCache held = (CudaKvCache) b.newCache(io.dsflow.engine.kv.KvConfig.DENSE, null);
+                held.reserveTotal(8192);
+                b.runtime().alloc(256L << 20);
+                b.runtime().free(b.runtime().alloc(128L << 20), 128L << 20);
+                long used = free - meter.freeMemory();
+                assertTrue(used > 16e9, "round " + round + ": the engine holds " + used + " bytes");
+                e.close();
+                long left = free - meter.freeMemory();
+                assertTrue(left < (64L << 20), "round " + round + ": " + left + " bytes still held after close");
+                held.release();   // a conversation's cache released after its engine closed: nothing to do
+            }
+        } finally {
+            meter.close();
+        }
+    }
+
+    /**
      * ds and dspp on the GPU (labels, top-k and attention over the selection on the device) answer as the CPU
      * reference does: greedy tokens of pass-key and records prompts of about 1600 tokens, where the sparse layers
      * select (k well below the candidates), per query head and from the group's mean, with 16- and 8-bit labels, and
