@@ -15,7 +15,7 @@ import java.util.Map;
  * @param sinks         S: first tokens always attended (dspp)
  * @param window        W: last tokens always attended, kept in a ring of W slots (dspp)
  * @param lambda        decay rate of the per-layer budget with depth (dspp); 0 = uniform
- * @param rho           budget as a share of the context: k_mean = max(kFloor, T * rho) (- S - W for dspp)
+ * @param rho           budget as a share of the context: k_mean = max(kFloor, T * rho, short-context floor) - S - W
  * @param kFloor        smallest total budget per layer
  * @param kMin          smallest budget any sparse layer gets after the decay
  * @param denseLayers   the first this many layers attend densely (both ds and dspp)
@@ -30,11 +30,15 @@ import java.util.Map;
  *                      previous layer's input (that layer's residual stream through this layer's norm and q
  *                      projection), so a GPU selects, and gathers host-placed rows, on a side stream while the previous
  *                      layer computes; the first two layers and the last select from their own query
+ * @param denseUntil    T0 (dspp; 0 = off): contexts up to T0 tokens are attended densely, and beyond them the total
+ *                      budget is at least T0^2 / T, so the share of the context read falls from all at T0 to rho at
+ *                      T0 / sqrt(rho) (4096 for T0 = 1024, rho = 1/16) instead of starving short contexts: at 1024
+ *                      tokens T rho - S - W is 0, and sinks and window alone lost the probe's records (12/20)
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
                        GqaSelection gqaSelection, int capacity, Placement placement,
-                       boolean lookahead) implements java.io.Serializable {
+                       boolean lookahead, int denseUntil) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K, QK_GROUP }
 
@@ -58,6 +62,9 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (kFloor < 1 || kMin < 1) throw new InvalidRequestException("k_floor and k_min must be >= 1");
         if (denseLayers < 0) throw new InvalidRequestException("dense layers must be >= 0, got " + denseLayers);
         if (capacity < 0) throw new InvalidRequestException("capacity must be >= 0 (0 = unbounded), got " + capacity);
+        if (denseUntil < 0 || denseUntil > 1 << 20) {
+            throw new InvalidRequestException("dense-until must be in [0, 1048576] tokens (0 = off), got " + denseUntil);
+        }
         if (placement == null) throw new InvalidRequestException("placement must be device or host");
         if (placement == Placement.HOST && policy == KvPolicy.DENSE) {
             throw new InvalidRequestException("placement host is for the sparse policies (ds, dspp): dense attention reads every row");
@@ -71,11 +78,14 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         }
     }
 
-    /** The defaults of a policy: S = 4, W = 64, lambda = 1 for dspp (none of them for ds), rho = 1/16. */
+    /**
+     * The defaults of a policy: S = 4, W = 64, lambda = 1, dense until 1024 tokens for dspp (none of them for ds, the
+     * published method's uniform budget), rho = 1/16.
+     */
     public static KvConfig defaults(KvPolicy policy) {
         boolean pp = policy == KvPolicy.DSPP;
         return new KvConfig(policy, 0, 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
-                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE, false);
+                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE, false, pp ? 1024 : 0);
     }
 
     /** r for a head dimension. */
@@ -86,7 +96,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
-     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead; "_" works for
+     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead, dense-until; "_"
+     * works for
      * "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
@@ -95,7 +106,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         String policy = options.get("policy");
         if (policy != null) c = defaults(KvPolicy.parse(policy));
         int r = c.labelChannels, bits = c.labelBits, s = c.sinks, w = c.window, kf = c.kFloor, km = c.kMin;
-        int dl = c.denseLayers, cap = c.capacity;
+        int dl = c.denseLayers, cap = c.capacity, du = c.denseUntil;
         double lam = c.lambda, rh = c.rho;
         ChannelSource src = c.channelSource;
         GqaSelection gqa = c.gqaSelection;
@@ -120,15 +131,23 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 case "gqa", "gqa-selection" -> gqa = choice(GqaSelection.class, key, v);
                 case "placement" -> placement = choice(Placement.class, key, v);
                 case "lookahead" -> lookahead = bool(key, v);
+                case "dense-until" -> du = integer(key, v);
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
-        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead);
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du);
     }
 
-    /** The per-sequence token budget of a sparse layer's selection before decay: max(kFloor, T rho) - S - W. */
+    /**
+     * The per-sequence token budget of a sparse layer's selection before decay: max(kFloor, T rho, min(T, T0^2 / T))
+     * - S - W, T0 = {@link #denseUntil} (the last term absent when 0).
+     */
     public int meanBudget(int context) {
-        return Math.max(0, Math.max(kFloor, (int) Math.floor(context * rho)) - sinks - window);
+        long total = Math.max(kFloor, (long) Math.floor(context * rho));
+        if (denseUntil > 0 && context > 0) {
+            total = Math.max(total, Math.min(context, ((long) denseUntil * denseUntil + context - 1) / context));
+        }
+        return (int) Math.max(0, total - sinks - window);
     }
 
     /**
@@ -170,9 +189,10 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     @Override
     public String toString() {
         if (!sparse()) return capacity > 0 ? "dense (capacity " + capacity + ")" : "dense";
-        return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d dense_layers=%d"
-                        + " channels=%s gqa=%s%s%s%s", policy.id(), labelChannels == 0 ? "auto" : labelChannels, labelBits,
-                sinks, window, lambda, rho, kFloor, kMin, denseLayers, channelSource.name().toLowerCase(Locale.ROOT).replace('_', '-'),
+        return String.format(Locale.ROOT, "%s r=%s/%d-bit S=%d W=%d lambda=%.2f rho=%.4f k_floor=%d k_min=%d"
+                        + " dense_until=%d dense_layers=%d channels=%s gqa=%s%s%s%s", policy.id(),
+                labelChannels == 0 ? "auto" : labelChannels, labelBits, sinks, window, lambda, rho, kFloor, kMin,
+                denseUntil, denseLayers, channelSource.name().toLowerCase(Locale.ROOT).replace('_', '-'),
                 gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
                 placement == Placement.HOST ? " placement=host" : "", lookahead ? " lookahead" : "");
     }

@@ -25,6 +25,14 @@ class CudaModelTest {
         assumeTrue(CudaRuntime.available(), "no CUDA: " + CudaRuntime.unavailableReason());
     }
 
+    /**
+     * dspp's defaults without the short-context rule (dense-until): these prompts of 100-1600 tokens are to exercise
+     * the GPU's selection, which the default would skip or widen below 4096 tokens (a rule both backends share).
+     */
+    static io.dsflow.engine.kv.KvConfig selectingDspp() {
+        return io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP).with(java.util.Map.of("dense-until", "0"));
+    }
+
     static List<TestModels.GoldenCase> cases() {
         return TestModels.goldenCases();
     }
@@ -161,7 +169,7 @@ class CudaModelTest {
             for (int i = 0; i < prompt.length; i++) prompt[i] = 3 + (i * 41) % 500;
             GenerationResult onDevice = e.generate(prompt, SamplingParams.greedy(12), KvPolicy.DENSE);
             long deviceBytes = b.runtime().allocated(), tableBytes = 2L * e.config().vocabSize() * e.config().hiddenSize();
-            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+            io.dsflow.engine.kv.KvConfig host = selectingDspp()
                     .with(java.util.Map.of("placement", "host"));
             b.prepare(host);   // as the decode operator does before it sizes its device budget
             assertTrue(b.embeddingsOnHost());
@@ -200,7 +208,7 @@ class CudaModelTest {
             // host placement: the sparse layers' stores pinned in host memory, the device keeps labels and rings (the
             // first such cache moves the embedding table to host memory: moved here, so that it is not counted)
             b.placeEmbeddings(true);
-            io.dsflow.engine.kv.KvConfig host = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+            io.dsflow.engine.kv.KvConfig host = selectingDspp()
                     .with(java.util.Map.of("placement", "host"));
             int[][][] order = new int[c.numLayers()][c.numHeads()][c.headDim()];
             for (int[][] layer : order) for (int[] head : layer) for (int i = 0; i < head.length; i++) head[i] = i;
@@ -273,12 +281,12 @@ class CudaModelTest {
                         io.dsflow.engine.probe.ProbePrompts.records(new java.util.Random(seed), 200))) {
                     int[] prompt = cpu.tokenizer().encode(sample.prompt(), true);
                     for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS),
-                            io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP),
-                            io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP).with(java.util.Map.of("label-bits", "8")),
+                            selectingDspp(),
+                            selectingDspp().with(java.util.Map.of("label-bits", "8")),
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")),
-                            io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP).with(java.util.Map.of("gqa", "mean",
+                            selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group")),
-                            io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP).with(java.util.Map.of("gqa", "mean",
+                            selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group", "label-bits", "8")))) {
                         int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
                         for (io.dsflow.engine.kv.KvConfig placed : List.of(kv, kv.with(java.util.Map.of("placement", "host")))) {
@@ -312,7 +320,7 @@ class CudaModelTest {
                     io.dsflow.engine.probe.ProbePrompts.records(new java.util.Random(2), 200))) {
                 int[] prompt = cpu.tokenizer().encode(sample.prompt(), true);
                 for (String gqa : List.of("per_head", "mean")) {
-                    io.dsflow.engine.kv.KvConfig kv = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+                    io.dsflow.engine.kv.KvConfig kv = selectingDspp()
                             .with(java.util.Map.of("lookahead", "on", "gqa", gqa));
                     int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
                     for (io.dsflow.engine.kv.KvConfig placed : List.of(kv, kv.with(java.util.Map.of("placement", "host")))) {
@@ -341,10 +349,10 @@ class CudaModelTest {
     @Test
     void batchMixingLookaheadAndSynchronousRowsEqualsEachAlone() {
         try (Engine e = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
-            io.dsflow.engine.kv.KvConfig ahead = io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP)
+            io.dsflow.engine.kv.KvConfig ahead = selectingDspp()
                     .with(java.util.Map.of("lookahead", "on", "gqa", "mean"));
             List<io.dsflow.engine.kv.KvConfig> configs = List.of(ahead.with(java.util.Map.of("placement", "host")), ahead,
-                    io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP), io.dsflow.engine.kv.KvConfig.DENSE,
+                    selectingDspp(), io.dsflow.engine.kv.KvConfig.DENSE,
                     ahead.with(java.util.Map.of("placement", "host", "gqa", "per_head")));
             List<int[]> prompts = new ArrayList<>(), alone = new ArrayList<>();
             for (int i = 0; i < configs.size(); i++) {
@@ -367,7 +375,7 @@ class CudaModelTest {
         try (Engine gpu = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
             int[] prompt = gpu.tokenizer().encode(
                     io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(7), 200).prompt(), true);
-            for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DSPP),
+            for (io.dsflow.engine.kv.KvConfig kv : List.of(selectingDspp(),
                     io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")))) {
                 int[] device = prefillInPartsThenDecode(gpu, prompt, kv);
                 int[] host = prefillInPartsThenDecode(gpu, prompt, kv.with(java.util.Map.of("placement", "host")));

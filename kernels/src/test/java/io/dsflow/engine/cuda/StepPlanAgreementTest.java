@@ -118,6 +118,8 @@ class StepPlanAgreementTest {
             o.put("window", String.valueOf(1 + rnd.nextInt(40)));
             o.put("lambda", String.valueOf(rnd.nextDouble() * 2));
             o.put("lookahead", rnd.nextBoolean() ? "on" : "off");
+            // the short-context rule at sizes these contexts reach, or off (the default's 1024 would make most dense)
+            o.put("dense-until", rnd.nextInt(3) == 0 ? String.valueOf(16 + rnd.nextInt(200)) : "0");
         }
         return KvConfig.defaults(policy).with(o);
     }

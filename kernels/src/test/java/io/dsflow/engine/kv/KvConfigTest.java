@@ -47,4 +47,35 @@ class KvConfigTest {
                 () -> KvConfig.defaults(KvPolicy.DSPP).with(Map.of("lookahead", "maybe")));
         assertEquals("kv option lookahead must be on or off, got 'maybe'", e.getMessage());
     }
+
+    /**
+     * Issue 25: dspp never starves a layer at short contexts. Up to dense-until (1024) tokens every sparse layer's
+     * budget covers its candidates (a dense step); beyond, the total budget is max(T rho, T0^2 / T): 512 at 2048,
+     * rho's 256 from 4096 on; no context leaves fewer than 188 selected tokens a layer on average (or all candidates).
+     * ds keeps the published uniform budget.
+     */
+    @Test
+    void dsppAttendsShortContextsDenselyAndNeverStarvesALayer() {
+        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP);
+        assertEquals(1024, dspp.denseUntil());
+        assertTrue(dspp.toString().contains("dense_until=1024"), dspp.toString());
+        for (int t : new int[]{69, 500, 1024}) {
+            int[] k = dspp.layerBudgets(6, t);
+            for (int l = 2; l < 6; l++) assertTrue(k[l] >= dspp.candidates(t), t + " tokens, layer " + l + ": " + k[l]);
+        }
+        assertEquals(512 - 68, dspp.meanBudget(2048));
+        assertEquals((1024 * 1024 + 2999) / 3000 - 68, dspp.meanBudget(3000));
+        assertEquals(256 - 68, dspp.meanBudget(4096));
+        assertEquals(2048 - 68, dspp.meanBudget(32768));
+        for (int t = 69; t <= 100_000; t += 7) {
+            assertTrue(dspp.meanBudget(t) >= Math.min(dspp.candidates(t), 188), t + " tokens: " + dspp.meanBudget(t));
+        }
+        KvConfig off = dspp.with(Map.of("dense_until", "0"));
+        assertEquals(0, off.meanBudget(1024), "without the rule 1024 tokens leave nothing to select");
+        KvConfig ds = KvConfig.defaults(KvPolicy.DS);
+        assertEquals(0, ds.denseUntil());
+        assertEquals(64, ds.meanBudget(1024));
+        InvalidRequestException e = assertThrows(InvalidRequestException.class, () -> dspp.with(Map.of("dense-until", "-1")));
+        assertTrue(e.getMessage().startsWith("dense-until must be in"), e.getMessage());
+    }
 }

@@ -21,6 +21,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The invariants of docs/algorithm.md, on caches filled with random keys, values and queries (odd sizes). */
 class SparseInvariantsTest {
+    /**
+     * dspp's defaults without the short-context rule (dense-until), which would make these few-dozen-token contexts
+     * dense: the invariants are about what a selection does.
+     */
+    private static KvConfig selecting() {
+        return KvConfig.defaults(KvPolicy.DSPP).with(Map.of("dense-until", "0"));
+    }
+
     static final int LAYERS = 4, HEADS = 6, KV_HEADS = 2, D = 18, T = 301;
 
     /** Fills caches with the same random tokens in every layer; returns the last decode step's outputs per layer. */
@@ -99,7 +107,7 @@ class SparseInvariantsTest {
     void fullLabelChannelsWith16BitLabelsAndFullBudgetGiveDense() {
         float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 2);
         // budget = candidate count exactly: rho = 1 makes k_mean = T - S - W, which the decay clips at k_max
-        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("r", String.valueOf(D), "rho", "1",
+        KvConfig cfg = selecting().with(Map.of("r", String.valueOf(D), "rho", "1",
                 "lambda", "0", "window", "8", "dense-layers", "0"));
         SparseKvCache cache = sparse(cfg);
         cache.denseFallback(false);
@@ -125,7 +133,7 @@ class SparseInvariantsTest {
     @Test
     void aSmallBudgetAttendsTheSinksTheTopKByLabelsAndTheWindowOnly() {
         int heads = 2, headDim = 8, tokens = 40;
-        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("r", "2", "sinks", "2", "window", "4",
+        KvConfig cfg = selecting().with(Map.of("r", "2", "sinks", "2", "window", "4",
                 "k-floor", "9", "k-min", "1", "lambda", "0", "dense-layers", "0"));
         assertEquals(3, cfg.layerBudgets(1, tokens)[0], "k = k_floor - S - W");
         // both heads' channel order 0, 1, 2, ...: with r = 2 their labels keep channels 0 and 1
@@ -193,7 +201,7 @@ class SparseInvariantsTest {
     @Test
     void lambdaZeroNoSinksNoWindowIsExactlyDoubleSparsity() {
         KvConfig ds = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "12"));
-        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "12", "lambda", "0", "sinks", "0", "window", "0"));
+        KvConfig dspp = selecting().with(Map.of("k-floor", "12", "lambda", "0", "sinks", "0", "window", "0"));
         float[][] a = run(sparse(ds), 4), b = run(sparse(dspp), 4);
         for (int l = 0; l < LAYERS; l++) assertArrayEquals(a[l], b[l], "layer " + l);
     }
@@ -205,7 +213,7 @@ class SparseInvariantsTest {
      */
     @Test
     void aLayerSelectingAheadRanksByThePredictedQueryAndAttendsWithItsOwn() {
-        KvConfig sync = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8", "dense-layers", "1"));
+        KvConfig sync = selecting().with(Map.of("k-floor", "30", "window", "8", "dense-layers", "1"));
         KvConfig ahead = sync.with(Map.of("lookahead", "on"));
         SparseKvCache own = sparse(ahead), other = sparse(ahead);
         assertTrue(!own.selectsAhead(1) && own.selectsAhead(2) && !own.selectsAhead(3), "layers 2 .. L - 2");
@@ -243,7 +251,7 @@ class SparseInvariantsTest {
     @ParameterizedTest
     @EnumSource(KvConfig.GqaSelection.class)
     void gqaSelectionsRunAndSharedOnesAgreeWithinAGroupSelection(KvConfig.GqaSelection gqa) {
-        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "40", "gqa", gqa.name(), "dense-layers", "0"));
+        KvConfig cfg = selecting().with(Map.of("k-floor", "40", "gqa", gqa.name(), "dense-layers", "0"));
         float[][] out = run(sparse(cfg), 5);
         for (float[] l : out) for (float x : l) assertTrue(Float.isFinite(x));
         float[][] dense = run(new DenseKvCache(LAYERS, KV_HEADS, D), 5);
@@ -340,7 +348,7 @@ class SparseInvariantsTest {
         for (int p = 500 - (cap - sinks); p < 500; p++) expected.add(p);
         assertEquals(expected, held);
         for (int s = 0; s < cap; s++) assertEquals(store.position(0, s), (int) store.keyChannel(0, 0)[s]);
-        KvConfig bounded = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("capacity", "120", "k-floor", "30", "dense-layers", "0"));
+        KvConfig bounded = selecting().with(Map.of("capacity", "120", "k-floor", "30", "dense-layers", "0"));
         SparseKvCache c = sparse(bounded);
         run(c, 8);
         assertEquals(120, c.length());
@@ -357,7 +365,7 @@ class SparseInvariantsTest {
     @org.junit.jupiter.params.provider.CsvSource({"16, max", "8, max", "16, mean", "8, mean"})
     void aLabelRowAKvHeadHoldsWhatRowsAHeadWouldHold(int bits, String gqa) {
         ChannelConfig grouped = randomChannels(7).grouped(KV_HEADS);
-        KvConfig perHead = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "40", "gqa", gqa, "dense-layers", "1",
+        KvConfig perHead = selecting().with(Map.of("k-floor", "40", "gqa", gqa, "dense-layers", "1",
                 "label-bits", Integer.toString(bits)));
         KvConfig perKvHead = perHead.with(Map.of("channels", "qk-group"));
         SparseKvCache a = new SparseKvCache(perHead, LAYERS, HEADS, KV_HEADS, D, grouped);
@@ -378,7 +386,7 @@ class SparseInvariantsTest {
      */
     @Test
     void copyIsIndependent() {
-        KvConfig cfg = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "30", "window", "8", "capacity", "200"));
+        KvConfig cfg = selecting().with(Map.of("k-floor", "30", "window", "8", "capacity", "200"));
         SparseKvCache original = sparse(cfg), originalTwin = sparse(cfg), copyTwin = sparse(cfg);
         for (SparseKvCache c : List.of(original, originalTwin, copyTwin)) run(c, 12);
         assertTrue(original.store().wrapped(LAYERS - 1), "301 tokens in 200 slots");
