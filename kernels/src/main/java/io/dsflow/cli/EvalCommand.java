@@ -81,17 +81,33 @@ public final class EvalCommand {
         return new Eval.Policy(spec, kv);
     }
 
+    /**
+     * One row a cell; the last two columns are per sparse layer (the layers that attended sparsely in that cell, in
+     * order), where a loss shows which layer it comes from.
+     */
     static String table(List<Eval.Cell> cells) {
         StringBuilder b = new StringBuilder();
-        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %10s %9s %9s %11s%n", "task", "length",
-                "policy", "accuracy", "mass", "idx@k", "rel.err", "kv_labels", "kv_window", "kv_sinks", "kv_store"));
+        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %10s %9s %9s %11s  %s  |  %s%n", "task",
+                "length", "policy", "accuracy", "mass", "idx@k", "rel.err", "kv_labels", "kv_window", "kv_sinks",
+                "kv_store", "mass by layer", "idx@k by layer"));
         for (Eval.Cell c : cells) {
             KvBytes k = c.meanBytes();
-            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %10s %9s %9s %11s%n",
+            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %10s %9s %9s %11s  %s  |  %s%n",
                     c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(), c.indexRecall(), c.relError(),
-                    mb(k.labels()), mb(k.window()), mb(k.sinks()), mb(k.store())));
+                    mb(k.labels()), mb(k.window()), mb(k.sinks()), mb(k.store()), byLayer(c, true),
+                    byLayer(c, false)));
         }
         return b.toString();
+    }
+
+    /** "L2 0.477 L3 0.368 ..." over the layers that attended sparsely, "-" where none did. */
+    private static String byLayer(Eval.Cell c, boolean mass) {
+        StringBuilder b = new StringBuilder();
+        for (int l = 0; l < c.headSteps.length; l++) {
+            Double v = mass ? c.massRecall(l) : c.indexRecall(l);
+            if (v != null) b.append(b.isEmpty() ? "" : " ").append(String.format(Locale.ROOT, "L%d %.3f", l, v));
+        }
+        return b.isEmpty() ? "-" : b.toString();
     }
 
     private static String mb(long bytes) {
@@ -113,11 +129,13 @@ public final class EvalCommand {
             putMetric(o, "mass_recall", c.massRecall());
             putMetric(o, "index_recall", c.indexRecall());
             putMetric(o, "relative_error", c.relError());
-            ArrayNode perLayer = o.putArray("mass_recall_per_layer");
+            ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {
-                Double v = c.massRecall(l);
+                Double v = c.massRecall(l), x = c.indexRecall(l);
                 if (v == null) perLayer.addNull();
                 else perLayer.add(v);
+                if (x == null) indexPerLayer.addNull();
+                else indexPerLayer.add(x);
             }
             KvBytes k = c.meanBytes();
             ObjectNode bytes = o.putObject("kv_bytes");

@@ -72,8 +72,14 @@ public final class Eval {
             return unobserved ? Double.NaN : mean(relErrorSum, 0.0);
         }
 
+        /** A layer's mean over its head-steps, null where it never attended sparsely (or was not observed). */
         public Double massRecall(int layer) {
             return headSteps[layer] == 0 ? null : massRecallSum[layer] / headSteps[layer];
+        }
+
+        /** A layer's overlap with the exact top-k, null where it never attended sparsely (or was not observed). */
+        public Double indexRecall(int layer) {
+            return headSteps[layer] == 0 ? null : indexRecallSum[layer] / headSteps[layer];
         }
 
         private double mean(double[] sum, double none) {
