@@ -40,20 +40,23 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * cached key and value / step time) against a device-to-device copy measured in the same run. The token embedding
  * table is in host memory for the host placement rows (as an engine puts it) and in device memory for the others;
  * --embeddings host puts it in host memory for every row (to compare device memory with the table off the device
- * everywhere).
+ * everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths, default 4096,
+ * --quality-samples, default 20) on the GPU for the same policies and prints each policy's tokens/s beside its accuracy
+ * ({@link SpeedAndQuality}).
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
             + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N]"
             + " [--profile]"
-            + " [--embeddings placement|host] [--json FILE]";
+            + " [--embeddings placement|host] [--quality PROBE_DIR [--quality-lengths 4096] [--quality-samples 20]]"
+            + " [--json FILE]";
 
     private BenchCommand() {
     }
 
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
-                "steps", "json", "embeddings"), Set.of("profile"));
+                "steps", "json", "embeddings", "quality", "quality-lengths", "quality-samples"), Set.of("profile"));
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
@@ -61,6 +64,11 @@ public final class BenchCommand {
         List<io.dsflow.engine.probe.Eval.Policy> policies = new ArrayList<>();
         for (String spec : a.get("kv-policy", "dense").split(",")) {
             policies.add(EvalCommand.policy(spec.trim(), Map.of()));
+        }
+        if (a.has("quality")) {
+            ModelFolder.open(Path.of(a.get("quality", null)));   // a bad folder fails now, not after the bench
+            if (a.getInt("quality-samples", 20) < 1) throw new UsageException("bench: --quality-samples must be >= 1");
+            ints(a, "quality-lengths", "4096");
         }
         if (!CudaRuntime.available()) {
             throw new DsflowException("bench: CUDA is not available: " + CudaRuntime.unavailableReason());
@@ -110,9 +118,37 @@ public final class BenchCommand {
         if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompt, policies, out, root);
         root.put("peak_device_bytes_max", gpu.peakAllocated());
         out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
-        if (a.has("json")) Files.writeString(Path.of(a.get("json", null)), root.toPrettyString());
         b.close();
+        if (a.has("quality")) qualityRows(a, policies, decode, out, root);
+        if (a.has("json")) Files.writeString(Path.of(a.get("json", null)), root.toPrettyString());
         return 0;
+    }
+
+    /** The probe's eval of the same policies on the GPU, and the table of speed beside quality. */
+    private static void qualityRows(Args a, List<io.dsflow.engine.probe.Eval.Policy> policies, ArrayNode decode,
+                                    PrintStream out, ObjectNode root) {
+        List<Integer> lengths = new ArrayList<>();
+        for (int l : ints(a, "quality-lengths", "4096")) lengths.add(l);
+        int samples = a.getInt("quality-samples", 20);
+        List<io.dsflow.engine.probe.Eval.Cell> cells;
+        try (io.dsflow.engine.Engine probe = io.dsflow.engine.Engine.load(Path.of(a.get("quality", null)), "cuda")) {
+            for (int len : lengths) {
+                if (len < 64 || len > probe.config().maxPositions() - 64) {
+                    throw new UsageException("bench: --quality-lengths " + len + " must be in [64, "
+                            + (probe.config().maxPositions() - 64) + "] for " + a.get("quality", null));
+                }
+            }
+            cells = io.dsflow.engine.probe.Eval.run(probe, List.of("passkey", "records"), lengths, policies, samples,
+                    1, 0);
+        }
+        out.println("speed (this model) beside quality (" + a.get("quality", null) + ", " + samples + " samples, seed 1):");
+        out.print(SpeedAndQuality.table(decode, cells,
+                policies.stream().map(io.dsflow.engine.probe.Eval.Policy::name).toList()));
+        try {
+            root.set("quality", new ObjectMapper().readTree(EvalCommand.json(cells)));
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
     }
 
     /**
