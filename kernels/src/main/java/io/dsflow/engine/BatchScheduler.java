@@ -18,6 +18,10 @@ import java.util.Map;
  * conversation by one token and fills the rest of the step's prefill budget with chunks of the prompts waiting, oldest
  * first, as many as fit (chunked prefill, as vLLM and SGLang schedule it): new requests join at the next step, several
  * prompts of different lengths are prefilled in one pass, and a long prompt stalls the others for one budget at most.
+ * Where a step's cost grows with its tokens (the CPU), a step in which a prompt's prefill ends adds later prompts only
+ * whole, never a partial chunk: the chunk would delay that prompt's first token by its own cost and serve the later
+ * prompt no sooner overall (the same tokens come before its end either way). Where a step costs about the same up to
+ * thousands of tokens (a GPU reads its weights once a step), the budget is filled.
  * <ul>
  *   <li>A conversation keeps its sequence (KV cache) between requests: a follow-up prompt continues the cache, and only
  *       its new tokens are prefilled. {@link #dropCache} frees an idle conversation's cache; its next request then
@@ -114,6 +118,8 @@ public final class BatchScheduler {
     private final Engine engine;
     private final int prefillTokens;
     private final int maxRunning;
+    /** Whether a step in which a prompt's prefill ends is filled with a partial chunk of the next prompt. */
+    private final boolean partialChunkAfterAnEnd;
     private final Deque<Work> waiting = new ArrayDeque<>();
     private final List<Active> active = new ArrayList<>();
     private final Map<String, Kept> idle = new LinkedHashMap<>(16, 0.75f, true); // least recently used first
@@ -133,11 +139,20 @@ public final class BatchScheduler {
      * @param maxRunning    most requests prefilling or generating at once; the rest wait, in order
      */
     public BatchScheduler(Engine engine, int prefillTokens, int maxRunning) {
+        this(engine, prefillTokens, maxRunning, engine.backend().deviceCacheBudget() >= 0);
+    }
+
+    /**
+     * @param partialChunkAfterAnEnd whether a step in which a prompt's prefill ends takes a partial chunk of the next
+     *                               prompt too (the default: on a backend whose caches are on a device, a GPU)
+     */
+    public BatchScheduler(Engine engine, int prefillTokens, int maxRunning, boolean partialChunkAfterAnEnd) {
         if (prefillTokens < 1) throw new IllegalArgumentException("prefill tokens a step must be >= 1");
         if (maxRunning < 1) throw new IllegalArgumentException("running requests must be >= 1");
         this.engine = engine;
         this.prefillTokens = prefillTokens;
         this.maxRunning = maxRunning;
+        this.partialChunkAfterAnEnd = partialChunkAfterAnEnd;
     }
 
     public Engine engine() {
@@ -199,10 +214,16 @@ public final class BatchScheduler {
         Batch batch = new Batch();
         List<Active> rows = new ArrayList<>();
         int budget = prefillTokens, decodeRows = 0, prompts = 0;
+        boolean aPromptEnds = false;
         for (Active a : active) {
             if (a.pending != null) {
                 if (budget == 0) continue;
                 int n = Math.min(budget, a.pending.length);
+                if (n < a.pending.length && aPromptEnds && !partialChunkAfterAnEnd) {
+                    budget = 0;   // first come, first served: no later prompt's chunk either
+                    continue;
+                }
+                aPromptEnds |= n == a.pending.length;
                 batch.add(a.seq.cache(), Arrays.copyOf(a.pending, n), a.seq.position());
                 a.pending = n == a.pending.length ? null : Arrays.copyOfRange(a.pending, n, a.pending.length);
                 prefilledTokens += n;

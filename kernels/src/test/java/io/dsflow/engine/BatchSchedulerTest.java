@@ -99,7 +99,7 @@ class BatchSchedulerTest {
     @ValueSource(strings = {"llama-tiny", "qwen2-tiny", "opt-tiny", "probe-retrieval"})
     void oneStepPrefillsSeveralPromptsBesideDecodingRows(String model) {
         Engine e = TestModels.engine(model);
-        BatchScheduler s = new BatchScheduler(e, 48);
+        BatchScheduler s = new BatchScheduler(e, 48, Integer.MAX_VALUE, true);   // as on a GPU: the budget filled
         Recorder r = new Recorder();
         Random rnd = new Random(3);
         Map<String, int[]> prompts = new HashMap<>();
@@ -169,6 +169,34 @@ class BatchSchedulerTest {
         assertEquals(0, r.of("long").length);
         s.step(r);
         assertEquals(1, r.of("long").length, "its 40 tokens in two chunks");
+    }
+
+    /**
+     * Issue 23, the demo's first answer: on the CPU, whose step cost grows with its tokens, a step in which a prompt
+     * ends takes later prompts only whole (a short one still shares it), not a partial chunk that would delay that
+     * prompt's first token; a GPU's scheduler fills the budget. Tokens equal each prompt alone either way.
+     */
+    @Test
+    void onTheCpuAStepInWhichAPromptEndsTakesLaterPromptsOnlyWhole() {
+        Engine e = TestModels.engine("probe-retrieval");
+        Random rnd = new Random(5);
+        int[][] prompts = {randomPrompt(rnd, 20), randomPrompt(rnd, 10), randomPrompt(rnd, 40)};
+        for (boolean gpuLike : new boolean[]{false, true}) {
+            BatchScheduler s = gpuLike ? new BatchScheduler(e, 48, Integer.MAX_VALUE, true) : new BatchScheduler(e, 48);
+            Recorder r = new Recorder();
+            for (int i = 0; i < prompts.length; i++) {
+                s.submit(new BatchScheduler.Work("r" + i, "c" + i, new int[0], prompts[i], SamplingParams.greedy(5),
+                        KvConfig.DENSE, 0));
+            }
+            s.step(r);
+            assertEquals(gpuLike ? 3 : 2, s.lastStep().prefillPrompts(), "gpu-like " + gpuLike);
+            assertEquals(gpuLike ? 48 : 30, s.lastStep().tokens(), "20 and 10 end; the 40-token prompt waits on the cpu");
+            drain(s, r);
+            for (int i = 0; i < prompts.length; i++) {
+                assertArrayEquals(e.generate(prompts[i], SamplingParams.greedy(5), KvConfig.DENSE).tokenIds(),
+                        r.of("r" + i), "gpu-like " + gpuLike + " r" + i);
+            }
+        }
     }
 
     @Test

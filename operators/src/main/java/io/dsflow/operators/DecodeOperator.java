@@ -140,8 +140,9 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
         tokens = new TokenStream(engine.folder() == null ? ids -> "" : engine.tokenizer()::decode, registerMetrics());
         int prefillChunk = settings.prefillChunkFor(gpu);
-        LOG.info("decode subtask {}: the engine prefills {} prompt tokens a step over as many prompts as fit, runs at"
-                + " most {} requests", subtask, prefillChunk, maxRunning);
+        LOG.info("decode subtask {}: the engine prefills {} prompt tokens a step over as many prompts as fit{}, runs"
+                + " at most {} requests", subtask, prefillChunk, gpu ? "" : " (after a prompt ends, only whole ones)",
+                maxRunning);
         engineThread = new EngineThread(engine, prefillChunk, maxRunning, mailbox,
                 new EngineResults(), "dsflow-engine-" + subtask);
         engineThread.start();
