@@ -23,7 +23,8 @@ import java.util.Map;
  *                      head, the group's qk lists merged by rank (ChannelConfig#grouped), so the group's heads share
  *                      their labels and a shared selection reads a kv head's labels once instead of once per head
  * @param gqaSelection  per_head: each query head selects its tokens; max / mean: one selection per kv head from the
- *                      group's maximum or mean approximate score (each selected row then serves the whole group)
+ *                      group's maximum or mean approximate score (each selected row then serves the whole group);
+ *                      union (CPU only so far): one selection per kv head taking the heads' own top tokens in turn
  * @param capacity      C: tokens a sequence keeps (0 = unbounded); past C the oldest non-sink tokens are evicted
  * @param placement     where a GPU keeps a sparse cache's full key/value store (the CPU keeps everything on its heap)
  * @param lookahead     dspp: a sparse layer's decode selection ranks the candidates by a query predicted from the
@@ -42,7 +43,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     public enum ChannelSource { QK, Q, K, QK_GROUP }
 
-    public enum GqaSelection { PER_HEAD, MAX, MEAN }
+    public enum GqaSelection { PER_HEAD, MAX, MEAN, UNION }
 
     /**
      * DEVICE: the whole cache in device memory. HOST (ds / dspp): the sparse layers' full key/value store in pinned host
@@ -63,7 +64,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (denseLayers < 0) throw new InvalidRequestException("dense layers must be >= 0, got " + denseLayers);
         if (capacity < 0) throw new InvalidRequestException("capacity must be >= 0 (0 = unbounded), got " + capacity);
         if (denseUntil < 0 || denseUntil > 1 << 20) {
-            throw new InvalidRequestException("dense-until must be in [0, 1048576] tokens (0 = off), got " + denseUntil);
+            throw new InvalidRequestException("dense-until must be in [0, 1048576] tokens (0 = off), got "
+                    + denseUntil);
         }
         if (placement == null) throw new InvalidRequestException("placement must be device or host");
         if (placement == Placement.HOST && policy == KvPolicy.DENSE) {
@@ -96,9 +98,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
-     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead, dense-until; "_"
-     * works for
-     * "-"). Changing the
+     * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead,
+     * dense-until; "_" works for "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
     public KvConfig with(Map<String, String> options) {

@@ -217,6 +217,8 @@ public final class SparseKvCache implements CpuKvCache {
                 for (int h = g * group; h < (g + 1) * group; h++) {
                     for (int i = 0; i < k; i++) selected[h][i] = cand[picked[i]];
                 }
+            } else if (cfg.gqaSelection() == KvConfig.GqaSelection.UNION) {
+                unionOfHeadsTops(approx, g * group, group, cand, k, selected);
             } else if (cfg.gqaSelection() == KvConfig.GqaSelection.PER_HEAD) {
                 for (int h = g * group; h < (g + 1) * group; h++) {
                     TopK.select(approx[h], cand.length, k, picked);
@@ -251,6 +253,41 @@ public final class SparseKvCache implements CpuKvCache {
             SoftmaxPartial.merge(parts, out, h * headDim);
             if (observer != null) observe(layer, q, h, g, cand, selected[h], out, scale);
         }
+    }
+
+    /**
+     * One selection for the heads h0 .. h0 + group - 1 (a kv head's group): each head's candidates ranked by its own
+     * approximate score, then taken in turn, the heads' first choices, then their second ones, ..., skipping tokens
+     * already taken, until k; so every head keeps its strongest tokens whatever the scale of the others' scores (which
+     * the group's max or mean compares). Written to each head's row of selected, in ascending candidate order.
+     */
+    static void unionOfHeadsTops(float[][] approx, int h0, int group, int[] cand, int k, int[][] selected) {
+        int n = cand.length;
+        Integer[][] ranked = new Integer[group][];
+        int[] picked = new int[k];
+        for (int j = 0; j < group; j++) {
+            float[] s = approx[h0 + j];
+            TopK.select(s, n, k, picked);
+            Integer[] r = new Integer[k];
+            for (int i = 0; i < k; i++) r[i] = picked[i];
+            // best first; ties to the lower index, as TopK takes them
+            java.util.Arrays.sort(r, (a, b) -> s[a] != s[b] ? Float.compare(s[b], s[a]) : Integer.compare(a, b));
+            ranked[j] = r;
+        }
+        boolean[] taken = new boolean[n];
+        int m = 0;
+        for (int rank = 0; rank < k && m < k; rank++) {
+            for (int j = 0; j < group && m < k; j++) {
+                int i = ranked[j][rank];
+                if (!taken[i]) {
+                    taken[i] = true;
+                    m++;
+                }
+            }
+        }
+        int[] union = new int[k];
+        for (int i = 0, w = 0; i < n && w < k; i++) if (taken[i]) union[w++] = cand[i];
+        for (int h = h0; h < h0 + group; h++) selected[h] = union.clone();
     }
 
     /** Non-sink store slots holding tokens at positions below {@code limit}. */

@@ -439,4 +439,20 @@ class SparseInvariantsTest {
             if (Math.abs(x) > 1e-4) assertEquals(x, h, Math.abs(x) * 0x1p-11 * 1.0001);
         }
     }
+    /**
+     * gqa=union keeps every head's strongest tokens whatever the scale of the others' scores: head 1's scores are a
+     * hundred times head 0's, so the group's max (or mean) would take head 1's top four; the union takes the two heads'
+     * first and second choices in turn.
+     */
+    @Test
+    void aUnionSelectionTakesEachHeadsTopTokensInTurn() {
+        float[][] approx = {
+                {9, 8, 7, 1, 0, 0, 0, 0},
+                {0, 0, 0, 0, 0, 900, 800, 700}};
+        int[] cand = {10, 11, 12, 13, 14, 15, 16, 17};
+        int[][] selected = new int[2][];
+        SparseKvCache.unionOfHeadsTops(approx, 0, 2, cand, 4, selected);
+        assertArrayEquals(new int[]{10, 11, 15, 16}, selected[0]);
+        assertArrayEquals(selected[0], selected[1], "one selection for the group");
+    }
 }
