@@ -109,6 +109,9 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim()
                     + " on cuda");
         }
+        if (config.lookaheadRerank() > 1) {
+            throw new DsflowException("lookahead-rerank is measured on the cpu backend and not built on cuda yet");
+        }
         if (config.gqaSelection() == KvConfig.GqaSelection.UNION) {
             throw new DsflowException("gqa=union is measured on the cpu backend and not built on cuda yet (per_head, max"
                     + " or mean run on cuda)");

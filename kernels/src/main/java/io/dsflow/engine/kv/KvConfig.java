@@ -35,11 +35,13 @@ import java.util.Map;
  *                      budget is at least T0^2 / T, so the share of the context read falls from all at T0 to rho at
  *                      T0 / sqrt(rho) (4096 for T0 = 1024, rho = 1/16) instead of starving short contexts: at 1024
  *                      tokens T rho - S - W is 0, and sinks and window alone lost the probe's records (12/20)
+ * @param lookaheadRerank F (lookahead; 1 = off; CPU only so far): a layer selecting ahead takes F k candidates by the
+ *                      predicted query, and the true query, once computed, picks its k among them
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
                        GqaSelection gqaSelection, int capacity, Placement placement,
-                       boolean lookahead, int denseUntil) implements java.io.Serializable {
+                       boolean lookahead, int denseUntil, int lookaheadRerank) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K, QK_GROUP }
 
@@ -75,6 +77,12 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
             throw new InvalidRequestException("lookahead is a dspp option and needs window >= 1 (the newest token is read"
                     + " from the window, not selected)");
         }
+        if (lookaheadRerank < 1 || lookaheadRerank > 64) {
+            throw new InvalidRequestException("lookahead-rerank must be in [1, 64] (1 = off), got " + lookaheadRerank);
+        }
+        if (lookaheadRerank > 1 && !lookahead) {
+            throw new InvalidRequestException("lookahead-rerank re-ranks a look-ahead selection: it needs lookahead on");
+        }
         if (capacity > 0 && capacity < sinks + window + 1) {
             throw new InvalidRequestException("capacity " + capacity + " must exceed sinks + window = " + (sinks + window));
         }
@@ -87,7 +95,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     public static KvConfig defaults(KvPolicy policy) {
         boolean pp = policy == KvPolicy.DSPP;
         return new KvConfig(policy, 0, 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
-                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE, false, pp ? 1024 : 0);
+                ChannelSource.QK, GqaSelection.PER_HEAD, 0, Placement.DEVICE, false, pp ? 1024 : 0, 1);
     }
 
     /** r for a head dimension. */
@@ -99,7 +107,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
      * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead,
-     * dense-until; "_" works for "-"). Changing the
+     * dense-until, lookahead-rerank; "_" works for "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
     public KvConfig with(Map<String, String> options) {
@@ -107,7 +115,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         String policy = options.get("policy");
         if (policy != null) c = defaults(KvPolicy.parse(policy));
         int r = c.labelChannels, bits = c.labelBits, s = c.sinks, w = c.window, kf = c.kFloor, km = c.kMin;
-        int dl = c.denseLayers, cap = c.capacity, du = c.denseUntil;
+        int dl = c.denseLayers, cap = c.capacity, du = c.denseUntil, rerank = c.lookaheadRerank;
         double lam = c.lambda, rh = c.rho;
         ChannelSource src = c.channelSource;
         GqaSelection gqa = c.gqaSelection;
@@ -133,10 +141,11 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 case "placement" -> placement = choice(Placement.class, key, v);
                 case "lookahead" -> lookahead = bool(key, v);
                 case "dense-until" -> du = integer(key, v);
+                case "lookahead-rerank" -> rerank = integer(key, v);
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
-        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du);
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du, rerank);
     }
 
     /**
@@ -195,7 +204,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 labelChannels == 0 ? "auto" : labelChannels, labelBits, sinks, window, lambda, rho, kFloor, kMin,
                 denseUntil, denseLayers, channelSource.name().toLowerCase(Locale.ROOT).replace('_', '-'),
                 gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
-                placement == Placement.HOST ? " placement=host" : "", lookahead ? " lookahead" : "");
+                placement == Placement.HOST ? " placement=host" : "",
+                lookahead ? " lookahead" + (lookaheadRerank > 1 ? " rerank=" + lookaheadRerank : "") : "");
     }
 
     private static int integer(String key, String v) {

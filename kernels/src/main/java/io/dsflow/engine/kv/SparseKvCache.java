@@ -185,13 +185,39 @@ public final class SparseKvCache implements CpuKvCache {
                     + "counted " + step.candidates());
         }
         int k = step.kept();
-        // approximate scores of every candidate from the label cache: s~[h][i] = sum_c q[h][C_h[c]] * label[h][c][slot_i],
-        // q the predicted query where the layer selects ahead
-        float[] sq = q;
-        if (step.selectsAhead()) {
+        int[][] selected;
+        if (!step.selectsAhead()) {
+            selected = select(layer, q, cand, k);
+        } else {
             if (ahead == null) throw new IllegalStateException("layer " + layer + " selects ahead but no query was predicted");
-            sq = ahead;
+            int wide = Math.min(cand.length, k * cfg.lookaheadRerank());
+            selected = select(layer, ahead, cand, wide);
+            // re-ranking: the predicted query narrowed the candidates to F k, the true query picks k of them
+            if (wide > k) for (int h = 0; h < numHeads; h++) selected[h] = select(layer, q, selected[h], k)[h];
         }
+        // exact attention over sinks + selected + window, one softmax partial per source, merged by log-sum-exp
+        int sinkCount = Math.min(sinks, store.length(layer));
+        int[] sinkSlots = new int[sinkCount];
+        for (int i = 0; i < sinkCount; i++) sinkSlots[i] = i;
+        SoftmaxPartial[] parts = {new SoftmaxPartial(headDim), new SoftmaxPartial(headDim), new SoftmaxPartial(headDim)};
+        float[] scores = new float[Math.max(k, Math.max(sinkCount, window))];
+        int[] offsets = new int[scores.length];
+        for (int h = 0; h < numHeads; h++) {
+            int g = h / group;
+            storePartial(layer, q, h, g, sinkSlots, scale, scores, offsets, parts[0]);
+            storePartial(layer, q, h, g, selected[h], scale, scores, offsets, parts[1]);
+            windowPartial(layer, q, h, g, scale, scores, offsets, parts[2]);
+            SoftmaxPartial.merge(parts, out, h * headDim);
+            if (observer != null) observe(layer, q, h, g, cand, selected[h], out, scale);
+        }
+    }
+
+    /**
+     * The k candidates (store slots) each query head attends to beyond sinks and window, ranked by approximate scores
+     * from the label cache, s~[h][i] = sum_c sq[h][C_h[c]] * label[h][c][slot_i]: top-k per query head, or one selection
+     * per kv head (the group's max, mean or union). Rows of a group are equal for the shared selections.
+     */
+    private int[][] select(int layer, float[] sq, int[] cand, int k) {
         // A group's mean selection over one shared label row (qk-group) scores once with the group's summed query,
         // qsum[c] = q[h0][C[c]] + q[h0 + 1][C[c]] + ... (heads in order): s~[h0][i] = sum_c qsum[c] * label[c][slot_i],
         // the same sum as the heads' scores added, in a quarter of the products for groups of four.
@@ -238,21 +264,7 @@ public final class SparseKvCache implements CpuKvCache {
                 }
             }
         }
-        // exact attention over sinks + selected + window, one softmax partial per source, merged by log-sum-exp
-        int sinkCount = Math.min(sinks, store.length(layer));
-        int[] sinkSlots = new int[sinkCount];
-        for (int i = 0; i < sinkCount; i++) sinkSlots[i] = i;
-        SoftmaxPartial[] parts = {new SoftmaxPartial(headDim), new SoftmaxPartial(headDim), new SoftmaxPartial(headDim)};
-        float[] scores = new float[Math.max(k, Math.max(sinkCount, window))];
-        int[] offsets = new int[scores.length];
-        for (int h = 0; h < numHeads; h++) {
-            int g = h / group;
-            storePartial(layer, q, h, g, sinkSlots, scale, scores, offsets, parts[0]);
-            storePartial(layer, q, h, g, selected[h], scale, scores, offsets, parts[1]);
-            windowPartial(layer, q, h, g, scale, scores, offsets, parts[2]);
-            SoftmaxPartial.merge(parts, out, h * headDim);
-            if (observer != null) observe(layer, q, h, g, cand, selected[h], out, scale);
-        }
+        return selected;
     }
 
     /**

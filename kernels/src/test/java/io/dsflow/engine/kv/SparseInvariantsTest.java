@@ -239,6 +239,33 @@ class SparseInvariantsTest {
         assertTrue(e.getMessage().contains("no query was predicted"), e.getMessage());
     }
 
+    /**
+     * lookahead-rerank F: the predicted query narrows the candidates to F k and the true query picks k of them. With F k
+     * at least the candidates, any prediction gives the synchronous output exactly; with F = 2 a wrong prediction still
+     * changes what layer 2 selects (it only narrows).
+     */
+    @Test
+    void reRankingALookAheadSelectionByTheTrueQueryUndoesAWrongPrediction() {
+        KvConfig sync = selecting().with(Map.of("k-floor", "30", "window", "8", "dense-layers", "1"));
+        float[][] outSync = run(sparse(sync), 8);
+        for (int f : new int[]{64, 2}) {
+            SparseKvCache other = sparse(sync.with(Map.of("lookahead", "on", "lookahead-rerank", String.valueOf(f))));
+            Random rnd = new Random(8), noise = new Random(10);
+            float[][] out = new float[LAYERS][];
+            float scale = (float) (1 / Math.sqrt(D));
+            for (int t = 0; t < T; t++) {
+                for (int l = 0; l < LAYERS; l++) {
+                    float[] k = gaussian(rnd, KV_HEADS * D), v = gaussian(rnd, KV_HEADS * D), q = gaussian(rnd, HEADS * D);
+                    out[l] = step(other, l, k, v, q, gaussian(noise, HEADS * D), scale);
+                }
+            }
+            if (f == 64) for (int l = 0; l < LAYERS; l++) assertArrayEquals(outSync[l], out[l], "F 64, layer " + l);
+            else assertNotEquals(java.util.Arrays.toString(outSync[2]), java.util.Arrays.toString(out[2]), "F 2");
+        }
+        org.junit.jupiter.api.Assertions.assertThrows(io.dsflow.engine.InvalidRequestException.class,
+                () -> sync.with(Map.of("lookahead-rerank", "4")), "re-ranking needs lookahead");
+    }
+
     private static float[] step(SparseKvCache cache, int layer, float[] k, float[] v, float[] q, float[] predicted,
                                 float scale) {
         cache.append(layer, k, v);
