@@ -144,11 +144,7 @@ public final class BenchCommand {
         out.println("speed (this model) beside quality (" + a.get("quality", null) + ", " + samples + " samples, seed 1):");
         out.print(SpeedAndQuality.table(decode, cells,
                 policies.stream().map(io.dsflow.engine.probe.Eval.Policy::name).toList()));
-        try {
-            root.set("quality", new ObjectMapper().readTree(EvalCommand.json(cells)));
-        } catch (IOException e) {
-            throw new IllegalStateException(e);
-        }
+        root.set("quality", EvalCommand.jsonCells(cells));
     }
 
     /**

@@ -115,8 +115,12 @@ public final class EvalCommand {
     }
 
     static String json(List<Eval.Cell> cells) {
-        ObjectMapper m = new ObjectMapper();
-        ArrayNode arr = m.createArrayNode();
+        return jsonCells(cells).toString();
+    }
+
+    /** The cells as a JSON array (one object a cell), for eval --json and bench --quality's JSON. */
+    static ArrayNode jsonCells(List<Eval.Cell> cells) {
+        ArrayNode arr = new ObjectMapper().createArrayNode();
         for (Eval.Cell c : cells) {
             ObjectNode o = arr.addObject();
             o.put("task", c.task);
@@ -145,7 +149,7 @@ public final class EvalCommand {
             bytes.put("store", k.store());
             bytes.put("total", k.total());
         }
-        return arr.toString();
+        return arr;
     }
 
     /** A fidelity metric, null where it was not measured (sparse policies on the GPU). */

@@ -34,7 +34,6 @@ public final class KvOptions {
         return m;
     }
 
-    /** A policy's configuration with the command line's overrides applied. */
     /**
      * A policy as the command line spells it, "dspp" or "dspp:lambda=0.5:window=16": its name and its own options in
      * order (eval's and loadgen's --policies / --kv-policy, and loadgen --through job's kv.* properties).
@@ -55,6 +54,7 @@ public final class KvOptions {
         }
     }
 
+    /** A policy's configuration with the command line's overrides applied. */
     static KvConfig config(KvPolicy policy, Map<String, String> overrides) {
         return KvConfig.defaults(policy).with(overrides);
     }

@@ -145,7 +145,8 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
-        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du, rerank);
+        return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du,
+                rerank);
     }
 
     /**
