@@ -1,5 +1,6 @@
-// Element-wise kernels. relu: x = max(x, 0) over n values (OPT's MLP; SwiGLU is fused into the products, matmul.cu).
+// Element-wise kernels. relu: x = max(x, 0) over n values (OPT's MLP; SwiGLU is fused into the own products, matmul.cu).
 // Grid: (ceil(n / 256)), block: 256.
+// The epilogues of a product cuBLAS computed (y [M][N] f32, CudaOps.linear): add_bias_rows, swiglu_rows.
 #include "common.cuh"
 
 // interleave_rows: dst row 2i = src row i, dst row 2i + 1 = src row rows + i, for src [2 rows][cols] bf16 (gate stacked
@@ -45,4 +46,25 @@ extern "C" __global__ void f32_to_bf16(bf16* out, const float* x, long n) {
     } else {
         for (; i < n; i++) out[i] = __float2bfloat16(x[i]);
     }
+}
+
+// y[m][n] += bias[n] over y [M][N] f32, bias [N] bf16. Grid: (ceil(M N / 256)), block: 256.
+extern "C" __global__ void add_bias_rows(float* y, const bf16* bias, int M, int N) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)M * N) y[i] += __bfloat162float(bias[i % N]);
+}
+
+// act[m][i] = silu(y[m][2i] + bias[2i]) * (y[m][2i + 1] + bias[2i + 1]) in bf16, over y [M][N] f32 (the row-interleaved
+//   gate/up product, matmul.cu's layout), bias [N] bf16 or null, act [M][N / 2] bf16 (the down product's input).
+//   Grid: (ceil(M N / 2 / 256)), block: 256 (a pair a thread).
+extern "C" __global__ void swiglu_rows(bf16* act, const float* y, const bf16* bias, int M, int N) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x, half = N / 2;
+    if (i >= (long)M * half) return;
+    long m = i / half, j = i % half;
+    float2 gu = *reinterpret_cast<const float2*>(y + m * N + 2 * j);
+    if (bias != nullptr) {
+        gu.x += __bfloat162float(bias[2 * j]);
+        gu.y += __bfloat162float(bias[2 * j + 1]);
+    }
+    act[i] = __float2bfloat16(silu_times(gu.x, gu.y));
 }

@@ -5,6 +5,11 @@
 
 typedef __nv_bfloat16 bf16;
 
+// SwiGLU of one gate/up pair: silu(gate) * up
+__device__ __forceinline__ float silu_times(float gate, float up) {
+    return gate / (1.f + __expf(-gate)) * up;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -15,10 +15,6 @@
 // gemm_bf16 (prefill, many rows): tensor cores, below.
 #include "common.cuh"
 
-__device__ __forceinline__ float silu_times(float gate, float up) {
-    return gate / (1.f + __expf(-gate)) * up;
-}
-
 // 16 bytes of weights, read once: not kept in L1 (ld.global.nc.L1::no_allocate), which then keeps x for the other
 // warps and blocks of the multiprocessor (H100: the decode products 0.5-2% faster, dev/cuda/gemv_bench.cu)
 __device__ __forceinline__ uint4 load_weights16(const bf16* p) {

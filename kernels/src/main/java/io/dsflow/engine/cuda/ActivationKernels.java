@@ -11,6 +11,8 @@ import jcuda.driver.CUdeviceptr;
  *       gate_i, row 2i + 1 = up_i: the fused gate/up layout the SwiGLU epilogues read)</li>
  *   <li>fillRandomBf16: out [n] bf16 (synthetic weights)</li>
  *   <li>f32ToBf16: x [n] f32, out [n] bf16 (the tensor-core GEMM's operand)</li>
+ *   <li>addBiasRows, swigluRows: the epilogues of a product cuBLAS computed, y [m][n] f32, bias [n] bf16; swigluRows
+ *       reads the row-interleaved gate/up product and writes act [m][n / 2] bf16</li>
  * </ul>
  */
 public final class ActivationKernels {
@@ -49,5 +51,18 @@ public final class ActivationKernels {
     /** f32_to_bf16: out = bf16(x), rounding to nearest even, 4 values a thread. */
     public static void f32ToBf16(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr x, long n) {
         gpu.launch("f32_to_bf16", blocks(n, 4), 1, 256, out, x, n);
+    }
+
+    /** add_bias_rows: y[i][j] += bias[j], y [m][n] f32, bias [n] bf16. */
+    public static void addBiasRows(CudaRuntime gpu, CUdeviceptr y, CUdeviceptr bias, int m, int n) {
+        gpu.launch("add_bias_rows", blocks((long) m * n, 1), 1, 256, y, bias, m, n);
+    }
+
+    /**
+     * swiglu_rows: act[i][j] = silu(y[i][2j] + bias[2j]) * (y[i][2j + 1] + bias[2j + 1]), y [m][n] f32 (gate/up rows
+     * interleaved), bias [n] bf16 or null, act [m][n / 2] bf16.
+     */
+    public static void swigluRows(CudaRuntime gpu, CUdeviceptr act, CUdeviceptr y, CUdeviceptr bias, int m, int n) {
+        gpu.launch("swiglu_rows", blocks((long) m * (n / 2), 1), 1, 256, act, y, bias, m, n);
     }
 }

@@ -22,6 +22,7 @@ import jcuda.driver.CUevent;
 
 import java.util.Arrays;
 import java.util.List;
+import java.util.Locale;
 
 /**
  * The forward pass on one NVIDIA GPU, step for step the CPU backend's (which is its specification): weights in bf16
@@ -91,7 +92,9 @@ public final class CudaBackend implements Backend {
 
     @Override
     public String description() {
-        return String.format("cuda:%d %s (%.1f GB, bf16 weights)", gpu.ordinal(), gpu.name(), gpu.totalMemory() / 1e9);
+        return String.format(Locale.ROOT, "cuda:%d %s (%.1f GB, bf16 weights; products of many rows: %s)",
+                gpu.ordinal(), gpu.name(), gpu.totalMemory() / 1e9,
+                gpu.blas() != null ? gpu.blas().description() : "gemm_bf16, cuBLAS " + Cublas.absentReason());
     }
 
     /** Tests: a layer whose candidates all fit its budget selects them all instead of attending densely. */
@@ -296,7 +299,8 @@ public final class CudaBackend implements Backend {
         int rows = p.rows(), hidden = c.hiddenSize(), qDim = c.qDim(), inter = c.intermediateSize();
         boolean pre = c.layerNormBefore();
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL), qkv = workspace.get(Buffer.QKV);
-        CUdeviceptr att = workspace.get(Buffer.ATTENTION), gemmInput = workspace.get(Buffer.GEMM_INPUT);
+        CUdeviceptr att = workspace.get(Buffer.ATTENTION);
+        CudaOps.GemmBuffers gemmInput = new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT), null);
         // many rows (a prefill): products on tensor cores, whose bf16 inputs the pre-norms and SwiGLU write directly
         boolean tc = CudaOps.tensorCores(rows, hidden) && CudaOps.tensorCores(rows, qDim)
                 && CudaOps.tensorCores(rows, inter);
@@ -442,8 +446,10 @@ public final class CudaBackend implements Backend {
     /** Step 6: the MLP sublayer, its down projection added into the residual stream. */
     private void mlp(Layer w, int rows, boolean tc) {
         int hidden = c.hiddenSize(), inter = c.intermediateSize();
-        CUdeviceptr x = workspace.get(Buffer.RESIDUAL), gemmInput = workspace.get(Buffer.GEMM_INPUT);
+        CUdeviceptr x = workspace.get(Buffer.RESIDUAL);
         CUdeviceptr up = workspace.get(Buffer.MLP), actBf16 = workspace.get(Buffer.MLP_BF16);
+        CudaOps.GemmBuffers gemmInput = new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT),
+                tc && gpu.blas() != null ? workspace.get(Buffer.GATE_UP) : null);
         SublayerInput in = sublayerInput(w.mlpNorm(), w.mlpNormBias(), rows, tc);
         if (c.architecture() == Architecture.OPT) {
             CudaOps.linear(gpu, up, in.x(), gemmInput, in.bf16(), rows, w.gateUp().ptr(), ptr(w.gateUpBias()), inter,
@@ -456,7 +462,7 @@ public final class CudaBackend implements Backend {
         CUdeviceptr act = tc ? actBf16 : up;   // [rows][inter]: bf16 for the GEMM, f32 for the GEMV
         CudaOps.linear(gpu, act, in.x(), gemmInput, in.bf16(), rows, w.gateUp().ptr(), ptr(w.gateUpBias()), 2 * inter,
                 hidden, true, in.norm(), false);
-        CudaOps.linear(gpu, x, up, actBf16, tc, rows, w.down().ptr(), ptr(w.downBias()), hidden, inter, false, null,
+        CudaOps.linear(gpu, x, up, new CudaOps.GemmBuffers(actBf16, null), tc, rows, w.down().ptr(), ptr(w.downBias()), hidden, inter, false, null,
                 true);
     }
 
@@ -475,7 +481,7 @@ public final class CudaBackend implements Backend {
             linear(projected, last, nseg, weights.projectOut, c.wordEmbedDim(), hidden);
             last = projected;
         }
-        CudaOps.linear(gpu, p.logits(), last, workspace.get(Buffer.GEMM_INPUT), false, nseg, weights.lmHead.ptr(),
+        CudaOps.linear(gpu, p.logits(), last, gemmInput(), false, nseg, weights.lmHead.ptr(),
                 null, c.vocabSize(), c.wordEmbedDim(), false, headNorm, false);
     }
 
@@ -570,7 +576,7 @@ public final class CudaBackend implements Backend {
 
     /** y[rows][out] = x[rows][in] W^T (CudaOps.linear: tensor cores for many rows, the GEMV for a decode batch). */
     private void linear(CUdeviceptr y, CUdeviceptr x, int rows, Weight w, int out, int in) {
-        CudaOps.linear(gpu, y, x, workspace.get(Buffer.GEMM_INPUT), false, rows, w.ptr(), null, out, in, false, null,
+        CudaOps.linear(gpu, y, x, gemmInput(), false, rows, w.ptr(), null, out, in, false, null,
                 false);
     }
 
@@ -602,6 +608,11 @@ public final class CudaBackend implements Backend {
     /** The RMSNorm a product applies to its input itself, or null where the norm is a kernel of its own. */
     private CudaOps.RmsNorm fusedNorm(Weight w, Weight bias) {
         return bias == null && c.layerNormBefore() ? new CudaOps.RmsNorm(w.ptr(), c.normEps()) : null;
+    }
+
+    /** The bf16 input buffer of a product on tensor cores that is no SwiGLU product. */
+    private CudaOps.GemmBuffers gemmInput() {
+        return new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT), null);
     }
 
     private static CUdeviceptr ptr(Weight w) {

@@ -29,28 +29,54 @@ final class CudaOps {
     }
 
     /**
+     * The buffers of a product on tensor cores: its bf16 input [rows][in], and where cuBLAS computes a SwiGLU product,
+     * that product [rows][out] f32 before swiglu_rows turns its gate/up pairs into the activations (null otherwise).
+     */
+    record GemmBuffers(CUdeviceptr inputBf16, CUdeviceptr gateUp) {
+    }
+
+    /**
      * y[rows][out] = x'[rows][in] W^T + bias (f32 activations, bf16 weights), x' = x or, with {@code norm},
      * rmsnorm(x) * weight row by row; with {@code accumulate} the product is added to y (the residual stream). On
-     * tensor cores ({@link #tensorCores}) the input is bf16 in {@code xBf16}: already there when {@code xInBf16} (its
-     * producer wrote it), else x is rounded (or normalised) into it first; the GEMV (small batches) reads x in f32,
-     * over groups of up to 16 rows, and applies the norm in its prologue: one row through the FMA kernel (gemv_m1),
-     * 2-16 rows on tensor cores (gemv_tc, x split into three bf16 parts so the products keep f32 precision) where
-     * in % 32 == 0. With {@code swiglu}, W is the row-interleaved gate/up matrix and y receives the activations
-     * silu(gate) * up, [rows][out / 2]: bf16 on tensor cores (the next product's input as is), f32 from the GEMV.
+     * tensor cores ({@link #tensorCores}) the input is bf16 in {@code gemm.inputBf16()}: already there when
+     * {@code xInBf16} (its producer wrote it), else x is rounded (or normalised) into it first; the product is cuBLAS's
+     * where the runtime found it ({@link CudaRuntime#blas}, its bias and SwiGLU as kernels after it), else gemm_bf16's
+     * (both in its epilogue). The GEMV (small batches) reads x in f32, over groups of up to 16 rows, and applies the
+     * norm in its prologue: one row through the FMA kernel (gemv_m1), 2-16 rows on tensor cores (gemv_tc, x split into
+     * three bf16 parts so the products keep f32 precision) where in % 32 == 0. With {@code swiglu}, W is the
+     * row-interleaved gate/up matrix and y receives the activations silu(gate) * up, [rows][out / 2]: bf16 on tensor
+     * cores (the next product's input as is), f32 from the GEMV.
      */
-    static void linear(CudaRuntime gpu, CUdeviceptr y, CUdeviceptr x, CUdeviceptr xBf16, boolean xInBf16, int rows,
+    static void linear(CudaRuntime gpu, CUdeviceptr y, CUdeviceptr x, GemmBuffers gemm, boolean xInBf16, int rows,
                        CUdeviceptr w, CUdeviceptr bias, int out, int in, boolean swiglu, RmsNorm norm,
+                       boolean accumulate) {
+        linear(gpu, gpu.blas(), y, x, gemm, xInBf16, rows, w, bias, out, in, swiglu, norm, accumulate);
+    }
+
+    /** {@link #linear} with the products of many rows on {@code blas}, or on gemm_bf16 where it is null (tests: both). */
+    static void linear(CudaRuntime gpu, Cublas blas, CUdeviceptr y, CUdeviceptr x, GemmBuffers gemm, boolean xInBf16,
+                       int rows, CUdeviceptr w, CUdeviceptr bias, int out, int in, boolean swiglu, RmsNorm norm,
                        boolean accumulate) {
         if (swiglu && accumulate) throw new IllegalArgumentException("the SwiGLU epilogue does not accumulate");
         if (norm != null && xInBf16) throw new IllegalArgumentException("a normalised input is read in f32");
         if (tensorCores(rows, in)) {
+            CUdeviceptr xBf16 = gemm.inputBf16();
             if (norm != null) {
                 NormKernels.addRmsNorm(gpu, x, null, null, xBf16, norm.weight(), rows, in, norm.eps());
             } else if (!xInBf16) {
                 ActivationKernels.f32ToBf16(gpu, xBf16, x, (long) rows * in);
             }
-            MatmulKernels.gemmBf16(gpu, swiglu ? null : y, swiglu ? y : null, xBf16, w, bias, accumulate, rows, out,
-                    in);
+            if (blas == null) {
+                MatmulKernels.gemmBf16(gpu, swiglu ? null : y, swiglu ? y : null, xBf16, w, bias, accumulate, rows,
+                        out, in);
+            } else if (swiglu) {
+                if (gemm.gateUp() == null) throw new IllegalArgumentException("cuBLAS's SwiGLU product needs gateUp");
+                blas.gemm(gemm.gateUp(), xBf16, w, false, rows, out, in);
+                ActivationKernels.swigluRows(gpu, y, gemm.gateUp(), bias, rows, out);
+            } else {
+                blas.gemm(y, xBf16, w, accumulate, rows, out, in);
+                if (bias != null) ActivationKernels.addBiasRows(gpu, y, bias, rows, out);
+            }
             return;
         }
         if (xInBf16) throw new IllegalStateException("the GEMV reads f32 inputs");

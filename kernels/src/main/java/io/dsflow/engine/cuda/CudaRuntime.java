@@ -37,7 +37,8 @@ import static jcuda.driver.JCudaDriver.cuModuleLoadData;
 
 /**
  * One GPU through the JCuda driver API (only libcuda.so.1 is needed): the device's primary context, a main stream and
- * a side stream, the kernel modules built by nvcc at package time (cuda/*.fatbin on the classpath), launches, and
+ * a side stream, the kernel modules built by nvcc at package time (cuda/*.fatbin on the classpath), a cuBLAS handle
+ * where the host has the library ({@link #blas}: the products of many rows), launches, and
  * <ul>
  *   <li>a caching memory pool: freed blocks are kept by size class and handed out again (KV caches come and go with
  *       conversations; cuMemFree would synchronise the device each time); on an out-of-memory the cached blocks are
@@ -94,6 +95,7 @@ public final class CudaRuntime implements AutoCloseable {
     private boolean uploadInFlight;
 
     private final int computeMajor, multiprocessors;
+    private final Cublas blas;
 
     /** Streaming multiprocessors of the device (132 on an H100 SXM). */
     public int multiprocessors() {
@@ -131,6 +133,17 @@ public final class CudaRuntime implements AutoCloseable {
         JCudaDriver.cuEventCreate(uploaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         JCudaDriver.cuEventCreate(downloaded, CUevent_flags.CU_EVENT_DISABLE_TIMING);
         loadModules();
+        blas = Cublas.open(this);
+    }
+
+    /** cuBLAS for the products of many rows, or null where the library is absent (the own GEMM runs then). */
+    Cublas blas() {
+        return blas;
+    }
+
+    /** The stream launches go to now (the main one, or the side one within {@link #onSide}). */
+    CUstream currentStream() {
+        return current;
     }
 
     /**
@@ -615,6 +628,7 @@ public final class CudaRuntime implements AutoCloseable {
         if (closed) return;
         cuCtxSetCurrent(context);
         cuCtxSynchronize();
+        if (blas != null) blas.close();
         closed = true;
         pool.releaseAll();
         hostPool.releaseAll();

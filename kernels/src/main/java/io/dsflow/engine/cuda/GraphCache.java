@@ -6,8 +6,8 @@ import java.util.LinkedHashMap;
 import java.util.Map;
 
 /**
- * Decode steps captured as CUDA graphs, one per step shape ({@link StepPlan#graphKey}), the least recently used
- * dropped past {@link #MAX_GRAPHS}: batch sizes and growing contexts would otherwise add up without end. A graph holds
+ * Decode steps captured as CUDA graphs, one per step shape ({@link StepPlan#graphKey}) from its second step on, the
+ * least recently used dropped past {@link #MAX_GRAPHS}: batch sizes and growing contexts would otherwise add up without end. A graph holds
  * the addresses of the buffers and caches it was captured with, so whoever moves one calls {@link #clear} first.
  * Also keeps the host time of the steps it launched ({@link HostTime}, for bench).
  */
@@ -31,7 +31,8 @@ public final class GraphCache implements AutoCloseable {
         @Override
         protected boolean removeEldestEntry(Map.Entry<StepPlan.GraphKey, CUgraphExec> eldest) {
             if (size() <= MAX_GRAPHS) return false;
-            gpu.destroy(eldest.getValue());   // its last replay finished: every step waits for its result
+            // its last replay finished: every step waits for its result
+            if (eldest.getValue() != null) gpu.destroy(eldest.getValue());
             return true;
         }
     };
@@ -44,10 +45,17 @@ public final class GraphCache implements AutoCloseable {
 
     /**
      * Replays the graph of {@code key}, capturing {@code launches} into it first when there is none; {@code
-     * plannedAt} is when the step's planning began (System.nanoTime), for the host time.
+     * plannedAt} is when the step's planning began (System.nanoTime), for the host time. A shape's first step runs
+     * its launches directly and the second captures them: cuBLAS chooses and loads its kernels for a shape at its
+     * first product, which must not happen inside a capture.
      */
     void launch(StepPlan.GraphKey key, Runnable launches, long plannedAt) {
         long t1 = System.nanoTime();
+        if (!graphs.containsKey(key)) {
+            graphs.put(key, null);
+            launches.run();
+            return;
+        }
         CUgraphExec exec = graphs.get(key);
         long captured = 0;
         if (exec == null) {
@@ -67,7 +75,7 @@ public final class GraphCache implements AutoCloseable {
 
     /** Destroys every captured graph (the next steps capture theirs again). */
     void clear() {
-        for (CUgraphExec g : graphs.values()) gpu.destroy(g);
+        for (CUgraphExec g : graphs.values()) if (g != null) gpu.destroy(g);
         graphs.clear();
     }
 

@@ -30,6 +30,8 @@ final class Workspace implements AutoCloseable {
         MLP,
         /** [rows][intermediate] bf16: the SwiGLU activations from the GEMM (tensor cores). */
         MLP_BF16,
+        /** [rows][2 intermediate] f32: cuBLAS's gate/up product, before swiglu_rows (sized only where cuBLAS runs). */
+        GATE_UP,
         /** [rows][wordEmbedDim] f32: embeddings before OPT's input projection. */
         EMBEDDED,
         /** [segments][hidden] f32: each segment's last row. */

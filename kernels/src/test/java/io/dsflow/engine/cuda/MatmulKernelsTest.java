@@ -6,6 +6,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 import java.util.Arrays;
+import java.util.List;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -13,7 +14,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * matmul.cu's products against the CPU backend, launched as the forward pass launches them ({@link CudaOps#linear}:
  * the GEMVs up to 32 rows, tensor cores beyond), with activation.cu's interleave_rows and f32_to_bf16 and norm.cu's
- * bf16 output on the way.
+ * bf16 output on the way. Products on tensor cores run twice where the runtime found cuBLAS: on cuBLAS (with
+ * activation.cu's add_bias_rows and swiglu_rows after it) and on gemm_bf16.
  */
 class MatmulKernelsTest extends KernelTestSupport {
     /**
@@ -65,17 +67,21 @@ class MatmulKernelsTest extends KernelTestSupport {
             db = ib;
         }
         boolean tc = CudaOps.tensorCores(rows, in);
-        float[] start = accumulate ? y0 : new float[rows * out];
-        if (!accumulate) Arrays.fill(start, Float.NaN);
-        CUdeviceptr dy = swiglu && tc ? uploadBf16(start) : upload(start);
-        CudaOps.RmsNorm rms = norm ? new CudaOps.RmsNorm(uploadBf16(g), 1e-5f) : null;
-        CudaOps.linear(gpu, dy, upload(x), gpu.alloc((long) rows * in * 2), false, rows, dw, db, n, in, swiglu, rms,
-                accumulate);
-        float[] got = swiglu && tc ? downloadBf16(dy, rows * out) : download(dy, rows * out);
-        double err = relError(got, ref);
-        // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
-        String what = (norm ? "rmsnorm prologue, " : "") + (accumulate ? "residual epilogue, " : "")
-                + (swiglu ? "swiglu, " : "");
-        assertTrue(err < (tc ? 1e-2 : 1e-5), what + "relative error " + err);
+        List<Cublas> routes = tc && gpu.blas() != null ? Arrays.asList(gpu.blas(), null) : Arrays.asList((Cublas) null);
+        for (Cublas blas : routes) {
+            float[] start = accumulate ? y0 : new float[rows * out];
+            if (!accumulate) Arrays.fill(start, Float.NaN);
+            CUdeviceptr dy = swiglu && tc ? uploadBf16(start) : upload(start);
+            CudaOps.RmsNorm rms = norm ? new CudaOps.RmsNorm(uploadBf16(g), 1e-5f) : null;
+            CudaOps.GemmBuffers buffers = new CudaOps.GemmBuffers(gpu.alloc((long) rows * in * 2),
+                    blas != null && swiglu ? gpu.alloc((long) rows * n * 4) : null);
+            CudaOps.linear(gpu, blas, dy, upload(x), buffers, false, rows, dw, db, n, in, swiglu, rms, accumulate);
+            float[] got = swiglu && tc ? downloadBf16(dy, rows * out) : download(dy, rows * out);
+            double err = relError(got, ref);
+            // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
+            String what = (tc ? blas != null ? "cuBLAS, " : "gemm_bf16, " : "") + (norm ? "rmsnorm prologue, " : "")
+                    + (accumulate ? "residual epilogue, " : "") + (swiglu ? "swiglu, " : "");
+            assertTrue(err < (tc ? 1e-2 : 1e-5), what + "relative error " + err);
+        }
     }
 }
