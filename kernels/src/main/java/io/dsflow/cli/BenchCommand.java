@@ -101,7 +101,8 @@ public final class BenchCommand {
         root.put("weight_bytes", b.weightBytes());
         root.put("copy_bytes_per_s", copy);
         ArrayNode decode = root.putArray("decode");
-        warmUp(b, policies, java.util.Arrays.stream(batches).max().orElse(1));
+        warmUp(b, policies, java.util.Arrays.stream(batches).max().orElse(1),
+                java.util.Arrays.stream(contexts).min().orElse(2048));
         // host us: a step's host time between device work, during which the device idles: its metadata + its graph's
         // launch / the longest step's (cN: N graph captures in the timed steps, their time not counted)
         out.printf(Locale.ROOT, "%-6s %-6s %-8s %12s %10s %12s %10s %12s %12s %12s %12s%n", "policy", "batch",
@@ -162,8 +163,9 @@ public final class BenchCommand {
         }
         int[] ids = new int[prompt];
         for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
+        // a first prefill of the same length: cuBLAS chooses (and loads) its kernels for a shape at its first product
         CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
-        b.forwardGreedy(new Batch().add(warm, java.util.Arrays.copyOf(ids, 64), 0));
+        b.forwardGreedy(new Batch().add(warm, ids, 0));
         warm.release();
         ArrayNode prefillRows = root.putArray("prefill");
         for (KvConfig kv : prefills) {
@@ -299,15 +301,17 @@ public final class BenchCommand {
 
     /**
      * Untimed decode steps before the first row: half a second at batch 1 (1K context, dense), then for each policy a
-     * third of a second at the largest batch (2K context, fresh caches every CACHE_STEPS so none grows). Without the
+     * third of a second at the largest batch (2K context or the shortest asked for, whichever is less: the largest
+     * batch must fit at it; fresh caches every CACHE_STEPS so none grows). Without the
      * first, the first row ran on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the
      * run; without the second, each policy's host path (the step's metadata) ran partly interpreted in its first rows
      * (up to a millisecond a step, against 50-360 us once compiled).
      */
-    private static void warmUp(CudaBackend b, List<io.dsflow.engine.probe.Eval.Policy> policies, int batch) {
+    private static void warmUp(CudaBackend b, List<io.dsflow.engine.probe.Eval.Policy> policies, int batch,
+                               int shortestContext) {
         int ctx = Math.min(1024, b.config().maxPositions() / 2);
         untimedSteps(b, KvConfig.DENSE, 1, ctx, 256, 500_000_000L);
-        ctx = Math.min(2048, b.config().maxPositions() / 2);
+        ctx = Math.min(Math.min(2048, shortestContext), b.config().maxPositions() / 2);
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
             untimedSteps(b, policy.kv(), batch, ctx, 160, 330_000_000L);
         }
