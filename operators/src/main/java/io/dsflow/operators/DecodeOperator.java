@@ -402,21 +402,30 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         admission.enqueue(conv, need, work);
     }
 
-    /** Carries out admission's decisions for the waiting requests, in order, until one has to wait. */
+    /**
+     * Carries out admission's decisions for the waiting requests, in order, until one has to wait. The evictions and
+     * admissions of one round reach the engine thread as one command, so its next step takes them all: handed over
+     * one by one, an idle engine woke at the first and stepped with a few (a wave of requests ending together then
+     * came back as a trickle of small steps).
+     */
     private void admitWaiting() throws Exception {
-        while (admission.hasWaiting()) {
-            Admission.Decision<BatchScheduler.Work> d = admission.admitNext();
-            for (String evicted : d.evicted()) {
-                engineThread.dropCache(evicted);
-                cacheEvictions.add(1);
-            }
-            switch (d.verdict()) {
-                case ADMITTED -> engineThread.submit(d.work());
-                case REFUSED -> refuse(d.conversationId(), d.droppedOwnCache(), d.refusal());
-                case WAIT -> {
-                    return;
+        List<String> drops = new ArrayList<>();
+        List<BatchScheduler.Work> admitted = new ArrayList<>();
+        try {
+            while (admission.hasWaiting()) {
+                Admission.Decision<BatchScheduler.Work> d = admission.admitNext();
+                drops.addAll(d.evicted());
+                cacheEvictions.add(d.evicted().size());
+                switch (d.verdict()) {
+                    case ADMITTED -> admitted.add(d.work());
+                    case REFUSED -> refuse(d.conversationId(), d.droppedOwnCache(), d.refusal());
+                    case WAIT -> {
+                        return;
+                    }
                 }
             }
+        } finally {
+            if (!drops.isEmpty() || !admitted.isEmpty()) engineThread.admit(drops, admitted);
         }
     }
 

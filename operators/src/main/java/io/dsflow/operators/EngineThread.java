@@ -19,7 +19,7 @@ import java.util.concurrent.TimeUnit;
  * {@link Results} applies them in step order (keyed state is updated and records are emitted there, so a checkpoint
  * barrier, which the task thread also processes, falls between two steps' results, never inside one).
  * <ul>
- *   <li>The task thread talks to it only through {@link #submit} and {@link #dropCache}, which queue commands that run
+ *   <li>The task thread talks to it only through {@link #admit} and {@link #dropCache}, which queue commands that run
  *       on this thread before its next step, in the order they were given.</li>
  *   <li>An engine failure fails the task: the exception is rethrown from the mailbox.</li>
  *   <li>Lifecycle: {@link #start} in the operator's open(), {@link #close} in its close() (stops the thread and waits
@@ -72,8 +72,11 @@ final class EngineThread implements AutoCloseable {
     private long lastHistoryPrefills, lastPrefilledTokens;
     /** The steps since the last hand-over (Steps). */
     private long stepsRun, decodeRowsRun, tokensRun;
-    /** The steps since the last log line: how many, their rows and tokens. */
-    private long loggedAt = System.nanoTime(), steps, rows, tokens;
+    /**
+     * The steps since the last log line: how many, their rows and tokens; and the time the thread waited with nothing
+     * to step (a wave of requests that ended together waits for the task thread to admit the next).
+     */
+    private long loggedAt = System.nanoTime(), steps, rows, tokens, idleNanos;
 
     /**
      * @param prefillTokens prompt tokens a step prefills, over as many prompts as fit (the scheduler's budget)
@@ -93,14 +96,19 @@ final class EngineThread implements AutoCloseable {
         thread.start();
     }
 
-    /** Serve this request (it joins the batch at the next step). */
-    void submit(BatchScheduler.Work work) {
-        inbox.add(() -> scheduler.submit(work));
-    }
-
     /** Free an idle conversation's cache (its next request re-prefills the history). */
     void dropCache(String conversationId) {
         inbox.add(() -> scheduler.dropCache(conversationId));
+    }
+
+    /** One round of admission: free these idle caches, then serve this work, all before the same next step. */
+    void admit(List<String> dropCaches, List<BatchScheduler.Work> works) {
+        List<String> drops = List.copyOf(dropCaches);
+        List<BatchScheduler.Work> submits = List.copyOf(works);
+        inbox.add(() -> {
+            for (String c : drops) scheduler.dropCache(c);
+            for (BatchScheduler.Work w : submits) scheduler.submit(w);
+        });
     }
 
     private void run() {
@@ -157,16 +165,24 @@ final class EngineThread implements AutoCloseable {
         tokens += s.tokens();
         long now = System.nanoTime();
         if (now - loggedAt < LOG_NANOS) return;
-        LOG.info(String.format(java.util.Locale.ROOT, "%s: %d steps in %.0f s, %.1f rows and %.1f tokens a step,"
-                        + " %d requests running, %d waiting", thread.getName(), steps, (now - loggedAt) / 1e9,
-                rows / (double) steps, tokens / (double) steps, scheduler.activeCount(), s.waiting()));
+        LOG.info(String.format(java.util.Locale.ROOT, "%s: %d steps in %.0f s (%.1f s idle), %.1f rows and %.1f"
+                        + " tokens a step, %d requests running, %d waiting", thread.getName(), steps,
+                (now - loggedAt) / 1e9, idleNanos / 1e9, rows / (double) steps, tokens / (double) steps,
+                scheduler.activeCount(), s.waiting()));
         loggedAt = now;
-        steps = rows = tokens = 0;
+        steps = rows = tokens = idleNanos = 0;
     }
 
     /** Runs the queued commands; waits a little for one when there is nothing to step. */
     private void runCommands() throws InterruptedException {
-        Runnable command = scheduler.hasWork() ? inbox.poll() : inbox.poll(IDLE_POLL_MS, TimeUnit.MILLISECONDS);
+        Runnable command;
+        if (scheduler.hasWork()) {
+            command = inbox.poll();
+        } else {
+            long t0 = System.nanoTime();
+            command = inbox.poll(IDLE_POLL_MS, TimeUnit.MILLISECONDS);
+            idleNanos += System.nanoTime() - t0;
+        }
         while (command != null) {
             command.run();
             command = inbox.poll();
