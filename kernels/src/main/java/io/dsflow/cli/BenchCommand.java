@@ -233,8 +233,9 @@ public final class BenchCommand {
             for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
             gpu.synchronize();
             // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
-            // ds at every power of two) captures its graph first; the steady state does not, so the capture's
-            // host time, during which the device idles, is left out (and said in the host column)
+            // ds at every power of two) runs uncaptured and the next captures its graph; the steady state does
+            // neither, so the capture's host time, during which the device idles, is left out (and said in the
+            // host column; the uncaptured step's time is counted, its host time is not)
             GraphCache.HostTime host = b.hostTime();
             double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
             double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);

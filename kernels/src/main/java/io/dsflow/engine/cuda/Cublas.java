@@ -25,7 +25,8 @@ import java.util.Set;
  *
  * <p>Where: {@code DSFLOW_CUBLAS} (environment) or {@code -Ddsflow.cublas} naming the library file or its folder,
  * else LD_LIBRARY_PATH, the CUDA toolkit's lib64, the system's library folders, and pip's nvidia-cublas wheels
- * (nvidia/cublas/lib, nvidia/cu13/lib) under the Python site-packages folders; libcublas.so.13 first, then .so.12.
+ * (nvidia/cublas/lib, nvidia/cu13/lib) under the Python site-packages folders; libcublas.so.13 first where the driver
+ * runs CUDA 13, then .so.12.
  * libcublasLt from the same folder is loaded first (libcublas needs it and a wheel's folder is on no search path).
  *
  * <p>One handle per {@link CudaRuntime}, with a 32 MiB workspace of its own (so cuBLAS allocates nothing while a step is
@@ -90,12 +91,18 @@ final class Cublas implements AutoCloseable {
         if (f.file() == null) return null;
         long[] h = new long[1];
         check(Api.cublasCreate_v2(h), "cublasCreate");
-        int[] version = new int[1];
-        check(Api.cublasGetVersion_v2(h[0], version), "cublasGetVersion");
-        CUdeviceptr ws = gpu.alloc(WORKSPACE_BYTES);
-        int v = version[0];
-        String d = String.format(Locale.ROOT, "cuBLAS %d.%d.%d (%s)", v / 10000, v / 100 % 100, v % 100, f.file());
-        return new Cublas(gpu, h[0], ws, d);
+        try {
+            int[] version = new int[1];
+            check(Api.cublasGetVersion_v2(h[0], version), "cublasGetVersion");
+            CUdeviceptr ws = gpu.alloc(WORKSPACE_BYTES);
+            int v = version[0];
+            String d = String.format(Locale.ROOT, "cuBLAS %d.%d.%d (%s)", v / 10000, v / 100 % 100, v % 100,
+                    f.file());
+            return new Cublas(gpu, h[0], ws, d);
+        } catch (RuntimeException e) {
+            Api.cublasDestroy_v2(h[0]);
+            throw e;
+        }
     }
 
     /** Why there is no cuBLAS here (null when there is one). */
@@ -158,7 +165,9 @@ final class Cublas implements AutoCloseable {
     private static synchronized Found find() {
         if (found != null) return found;
         String asked = System.getProperty("dsflow.cublas", System.getenv("DSFLOW_CUBLAS"));
-        Path file = locate(asked, searchFolders());
+        int[] driver = new int[1];
+        jcuda.driver.JCudaDriver.cuDriverGetVersion(driver);
+        Path file = locate(asked, searchFolders(), driver[0]);
         found = file != null ? load(file)
                 : new Found(null, asked != null && asked.equalsIgnoreCase("off") ? "turned off (DSFLOW_CUBLAS=off)"
                         : "no libcublas.so.13 or .so.12 found (LD_LIBRARY_PATH, the CUDA toolkit's, pip's"
@@ -169,9 +178,10 @@ final class Cublas implements AutoCloseable {
 
     /**
      * The library file: {@code asked} (DSFLOW_CUBLAS: a file, a folder to look in, or "off" for none; null: not
-     * set) or else the first of {@code folders} holding libcublas.so.13, else .so.12; null where there is none.
+     * set) or else the first of {@code folders} holding libcublas.so.13 (where the driver runs CUDA 13: {@code
+     * driverVersion} as cuDriverGetVersion gives it, 13000 and up), else .so.12; null where there is none.
      */
-    static Path locate(String asked, List<Path> folders) {
+    static Path locate(String asked, List<Path> folders, int driverVersion) {
         if (asked != null && asked.equalsIgnoreCase("off")) return null;
         List<Path> where = folders;
         if (asked != null && !asked.isBlank()) {
@@ -180,7 +190,9 @@ final class Cublas implements AutoCloseable {
             if (!Files.isDirectory(p)) throw new DsflowException("DSFLOW_CUBLAS: no such file or folder: " + asked);
             where = List.of(p);
         }
-        for (String name : List.of("libcublas.so.13", "libcublas.so.12")) {
+        List<String> names = driverVersion >= 13000 ? List.of("libcublas.so.13", "libcublas.so.12")
+                : List.of("libcublas.so.12");
+        for (String name : names) {
             for (Path d : where) if (Files.isRegularFile(d.resolve(name))) return d.resolve(name);
         }
         return null;

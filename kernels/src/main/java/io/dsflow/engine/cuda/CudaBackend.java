@@ -301,9 +301,9 @@ public final class CudaBackend implements Backend {
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL), qkv = workspace.get(Buffer.QKV);
         CUdeviceptr att = workspace.get(Buffer.ATTENTION);
         CudaOps.GemmBuffers gemmInput = new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT), null);
-        // many rows (a prefill): products on tensor cores, whose bf16 inputs the pre-norms and SwiGLU write directly
-        boolean tc = CudaOps.tensorCores(rows, hidden) && CudaOps.tensorCores(rows, qDim)
-                && CudaOps.tensorCores(rows, inter);
+        // many rows: the products of the hidden state (q/k/v, gate/up) on tensor cores, whose bf16 inputs the pre-norms
+        // and SwiGLU write directly (CudaOps.linear makes the same choice from the same test)
+        boolean tc = CudaOps.tensorCores(rows, hidden);
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
         profiler.mark("embedding");
@@ -462,8 +462,11 @@ public final class CudaBackend implements Backend {
         CUdeviceptr act = tc ? actBf16 : up;   // [rows][inter]: bf16 for the GEMM, f32 for the GEMV
         CudaOps.linear(gpu, act, in.x(), gemmInput, in.bf16(), rows, w.gateUp().ptr(), ptr(w.gateUpBias()), 2 * inter,
                 hidden, true, in.norm(), false);
-        CudaOps.linear(gpu, x, up, new CudaOps.GemmBuffers(actBf16, null), tc, rows, w.down().ptr(), ptr(w.downBias()), hidden, inter, false, null,
-                true);
+        // the down product reads act as the gate/up product wrote it (bf16 on tensor cores); a model whose
+        // intermediate width the tensor-core products cannot take where its hidden width can (not a multiple of 8)
+        // is refused there ("the GEMV reads f32 inputs") rather than read wrongly
+        CudaOps.linear(gpu, x, up, new CudaOps.GemmBuffers(actBf16, null), tc, rows, w.down().ptr(),
+                ptr(w.downBias()), hidden, inter, false, null, true);
     }
 
     /** Step 7: each segment's last row through the final norm (and OPT's projection) and lm_head into the logits. */

@@ -628,19 +628,22 @@ public final class CudaRuntime implements AutoCloseable {
         if (closed) return;
         cuCtxSetCurrent(context);
         cuCtxSynchronize();
-        if (blas != null) blas.close();
-        closed = true;
-        pool.releaseAll();
-        hostPool.releaseAll();
-        if (staging != null) JCudaDriver.cuMemFreeHost(pinned);
-        if (pinnedDownBytes > 0) JCudaDriver.cuMemFreeHost(pinnedDown);
-        staging = null;
-        pinnedDownBytes = 0;
-        for (CUevent e : java.util.List.of(forked, uploaded, downloaded)) JCudaDriver.cuEventDestroy(e);
-        JCudaDriver.cuStreamDestroy(stream);
-        JCudaDriver.cuStreamDestroy(side);
-        for (CUmodule m : modules) JCudaDriver.cuModuleUnload(m);
-        modules.clear();
-        functions.clear();
+        try {
+            if (blas != null) blas.close();   // its workspace goes back to the pool while it still takes frees
+        } finally {
+            closed = true;
+            pool.releaseAll();
+            hostPool.releaseAll();
+            if (staging != null) JCudaDriver.cuMemFreeHost(pinned);
+            if (pinnedDownBytes > 0) JCudaDriver.cuMemFreeHost(pinnedDown);
+            staging = null;
+            pinnedDownBytes = 0;
+            for (CUevent e : java.util.List.of(forked, uploaded, downloaded)) JCudaDriver.cuEventDestroy(e);
+            JCudaDriver.cuStreamDestroy(stream);
+            JCudaDriver.cuStreamDestroy(side);
+            for (CUmodule m : modules) JCudaDriver.cuModuleUnload(m);
+            modules.clear();
+            functions.clear();
+        }
     }
 }

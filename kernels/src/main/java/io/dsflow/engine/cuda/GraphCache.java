@@ -31,9 +31,15 @@ public final class GraphCache implements AutoCloseable {
         @Override
         protected boolean removeEldestEntry(Map.Entry<StepPlan.GraphKey, CUgraphExec> eldest) {
             if (size() <= MAX_GRAPHS) return false;
-            // its last replay finished: every step waits for its result
-            if (eldest.getValue() != null) gpu.destroy(eldest.getValue());
+            gpu.destroy(eldest.getValue());   // its last replay finished: every step waits for its result
             return true;
+        }
+    };
+    /** Shapes met once, whose next step captures (bounded as the graphs are: a one-off shape evicts no graph). */
+    private final Map<StepPlan.GraphKey, Boolean> metOnce = new LinkedHashMap<>(16, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<StepPlan.GraphKey, Boolean> eldest) {
+            return size() > MAX_GRAPHS;
         }
     };
     private long steps, prepareNanos, launchNanos, captureNanos, maxNanos;
@@ -51,14 +57,14 @@ public final class GraphCache implements AutoCloseable {
      */
     void launch(StepPlan.GraphKey key, Runnable launches, long plannedAt) {
         long t1 = System.nanoTime();
-        if (!graphs.containsKey(key)) {
-            graphs.put(key, null);
+        CUgraphExec exec = graphs.get(key);
+        if (exec == null && metOnce.put(key, Boolean.TRUE) == null) {
             launches.run();
             return;
         }
-        CUgraphExec exec = graphs.get(key);
         long captured = 0;
         if (exec == null) {
+            metOnce.remove(key);
             exec = gpu.capture(launches);
             graphs.put(key, exec);
             captured = System.nanoTime() - t1;
@@ -75,8 +81,9 @@ public final class GraphCache implements AutoCloseable {
 
     /** Destroys every captured graph (the next steps capture theirs again). */
     void clear() {
-        for (CUgraphExec g : graphs.values()) if (g != null) gpu.destroy(g);
+        for (CUgraphExec g : graphs.values()) gpu.destroy(g);
         graphs.clear();
+        metOnce.clear();
     }
 
     HostTime hostTime() {

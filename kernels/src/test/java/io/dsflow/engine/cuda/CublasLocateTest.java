@@ -26,23 +26,25 @@ class CublasLocateTest {
     }
 
     @Test
-    void cuda13IsTakenBefore12WhereverEachIs() throws IOException {
+    void cuda13IsTakenBefore12WhereverEachIsWhereTheDriverRunsIt() throws IOException {
         Path old = touch("toolkit/libcublas.so.12");
         Path wheel = touch("wheel/nvidia/cu13/lib/libcublas.so.13");
-        assertEquals(wheel, Cublas.locate(null, List.of(old.getParent(), wheel.getParent())));
-        assertEquals(old, Cublas.locate(null, List.of(old.getParent(), tmp)));
-        assertNull(Cublas.locate(null, List.of(tmp)));
+        assertEquals(wheel, Cublas.locate(null, List.of(old.getParent(), wheel.getParent()), 13000));
+        assertEquals(old, Cublas.locate(null, List.of(old.getParent(), tmp), 13000));
+        assertNull(Cublas.locate(null, List.of(tmp), 13000));
+        // a CUDA 12 driver cannot run cuBLAS 13: the .so.12 is taken even where a .so.13 comes first
+        assertEquals(old, Cublas.locate(null, List.of(wheel.getParent(), old.getParent()), 12080));
     }
 
     @Test
     void dsflowCublasNamesAFileAFolderOrOff() throws IOException {
         Path lib = touch("custom/libcublas.so.13");
         Path elsewhere = touch("other/libcublas.so.13");
-        assertEquals(lib, Cublas.locate(lib.toString(), List.of(elsewhere.getParent())));
-        assertEquals(lib, Cublas.locate(lib.getParent().toString(), List.of(elsewhere.getParent())));
-        assertNull(Cublas.locate("off", List.of(elsewhere.getParent())));
+        assertEquals(lib, Cublas.locate(lib.toString(), List.of(elsewhere.getParent()), 13000));
+        assertEquals(lib, Cublas.locate(lib.getParent().toString(), List.of(elsewhere.getParent()), 13000));
+        assertNull(Cublas.locate("off", List.of(elsewhere.getParent()), 13000));
         DsflowException e = assertThrows(DsflowException.class,
-                () -> Cublas.locate(tmp.resolve("missing").toString(), List.of()));
+                () -> Cublas.locate(tmp.resolve("missing").toString(), List.of(), 13000));
         assertTrue(e.getMessage().contains("DSFLOW_CUBLAS"), e.getMessage());
     }
 
