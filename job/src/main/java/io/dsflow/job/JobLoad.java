@@ -40,8 +40,8 @@ import java.util.function.Consumer;
  *       checkpoint commits, so TTFT and ITL there include the checkpoint interval; throughput does not;</li>
  *   <li>delivery is checked per request: every index from 0 to its length exactly once, in order, and one final
  *       (at-least-once after a failure may repeat records: counted, not hidden);</li>
- *   <li>each conversation has one turn: it is ended (an end_conversation record) once its final arrives, so its cache
- *       is freed as the engine's load generator frees it;</li>
+ *   <li>each conversation has one turn: an end_conversation record follows its request at once, so the operator ends
+ *       it, and frees its cache, as the request ends, as the engine's load generator frees it;</li>
  *   <li>the engine's steps, decode rows and tokens a step come from the decode operator's accumulators.</li>
  * </ul>
  */
@@ -207,6 +207,12 @@ public final class JobLoad {
                 for (; queued < n && t0 + requests.get(queued).arrivalNanos() <= now; queued++) {
                     sent[queued] = System.nanoTime();
                     producer.send(new ProducerRecord<>(topic, prefix + queued, record(queued)));
+                    // one turn each, ended up front (the operator ends the conversation, and drops its cache, as its
+                    // request ends), as the engine's load generator drops each cache when its request ends: an end
+                    // sent on reading the final came a commit interval later under exactly-once, and meanwhile
+                    // admission held the next requests back for the idle caches of the ones just ended
+                    producer.send(new ProducerRecord<>(topic, prefix + queued,
+                            "{\"conversation_id\":\"" + prefix + queued + "\",\"end_conversation\":true}"));
                 }
                 producer.flush();
                 for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(20))) {
@@ -279,9 +285,6 @@ public final class JobLoad {
                         return;
                     }
                     finished.set(i);
-                    // one turn each, as the engine's load generator drops each cache when its request ends
-                    producer.send(new ProducerRecord<>(job.config().promptsTopic(), prefix + i,
-                            "{\"conversation_id\":\"" + prefix + i + "\",\"end_conversation\":true}"));
                     if ("error".equals(n.path("finish_reason").asText())) failed++;
                     else served++;
                     skipped += Math.max(0, requests.get(i).outputTokens() - next[i]);   // a final before its length
