@@ -31,7 +31,10 @@ import java.util.Set;
  *       ends ago, in the order they ended; then (2) those that ended more recently (their next request may be on its
  *       way: a closed-loop client answers at once), then conversations whose next request waits, the cache resident
  *       longest first (so a cache just rebuilt is the last to go). The second kind is a displacement: that
- *       conversation will likely prefill its history again soon.</li>
+ *       conversation will likely prefill its history again soon. Dropping the cache of one whose request waits
+ *       adds that rebuild to the debt below at once; one whose next request has not come owes nothing until it
+ *       comes (then it is a rebuild like any other): a replay of one-turn conversations nobody ends would otherwise
+ *       owe for every cache it displaces and admit one request a wave.</li>
  *   <li>Thrash guard: a cold request that would prefill its history (a rebuild) starts only while the rebuild debt
  *       is paid: it then owes {@value #REBUILD_SHARE} times its history's tokens, and every admitted request pays back
  *       its new tokens (prompt + max_tokens). So rebuilds take at most about one token in {@value #REBUILD_SHARE} of
@@ -349,9 +352,7 @@ public final class Admission<W> {
         String conv = w.conversationId();
         Need need = w.need();
         for (String v : victims) {
-            if (waiting.containsKey(v) || recentlyEnded(v)) {
-                rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
-            }
+            if (waiting.containsKey(v)) rebuildDebt += REBUILD_SHARE * cacheTokens.getOrDefault(v, 0L);
             release(v);
         }
         if (!warm) rebuildDebt += REBUILD_SHARE * need.historyTokens();

@@ -364,6 +364,31 @@ class AdmissionTest {
         assertEquals(List.of("c1"), d.evicted(), "nobody asked for c1 since it ended, 2 ends ago");
     }
 
+    /**
+     * A replay of one-turn conversations that no end record closes (each new conversation's request is cold, with no
+     * history), in waves that end together: once the idle caches of the last wave fill the budget, each new request
+     * displaces one that just ended. That conversation's next turn may never come, so the displacement owes nothing
+     * until it does (then its rebuild is charged): charged at once, as before, the first admission's debt held every
+     * other cold request back while it ran, and the batch fell to one request a wave.
+     */
+    @Test
+    void oneTurnConversationsNeverEndedKeepTheBatchFullOnceTheirIdleCachesFillTheBudget() throws Exception {
+        Admission<String> a = cpu(4000, 8);
+        int next = 0;
+        for (int wave = 0; wave < 4; wave++) {
+            List<String> started = new ArrayList<>();
+            for (int i = 0; i < 4; i++) {
+                String c = "c" + next++;
+                a.enqueue(c, new Need(1000, 0, 0, 100), c);
+                Decision<String> d = a.admitNext();
+                assertEquals(Verdict.ADMITTED, d.verdict(), "wave " + wave + ", request " + i + ": " + d.evicted());
+                assertEquals(wave == 0 ? 0 : 1, d.evicted().size(), "one just-ended cache displaced for each");
+                started.add(c);
+            }
+            for (String c : started) a.ended(c);
+        }
+    }
+
     @Test
     void idleCachesNobodyAsksForGoFirstThenTheLongestResidentOfTheWaitingConversations() throws Exception {
         Admission<String> a = cpu(1000, 8);
