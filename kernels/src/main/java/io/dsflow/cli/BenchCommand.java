@@ -116,7 +116,7 @@ public final class BenchCommand {
                 }
             }
         }
-        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompt, policies, out, root);
+        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompt, policies, profile, out, root);
         root.put("peak_device_bytes_max", gpu.peakAllocated());
         out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
         b.close();
@@ -150,10 +150,11 @@ public final class BenchCommand {
 
     /**
      * Prefill tokens/s of one {@code prompt}-token prompt: dense, and each policy whose prefill reads its store
-     * elsewhere (host placement); adds the rows to json.
+     * elsewhere (host placement); adds the rows to json. With {@code profile}, one more dense prefill with an event at
+     * each stage of each layer (as decode rows' --profile), to say where a prefill's time goes.
      */
     private static void prefillRows(CudaBackend b, int prompt, List<io.dsflow.engine.probe.Eval.Policy> policies,
-                                    PrintStream out, ObjectNode root) {
+                                    boolean profile, PrintStream out, ObjectNode root) {
         CudaRuntime gpu = b.runtime();
         ModelConfig c = b.config();
         // dense, and each policy whose prefill reads its store elsewhere (host placement)
@@ -194,6 +195,19 @@ public final class BenchCommand {
                     row.put("tflops", flops / sec / 1e12);
                 } finally {
                     cache.release();
+                }
+                if (profile && !kv.sparse()) {
+                    CudaKvCache again = CudaBenchCaches.ofLength(b, 0, kv);
+                    try {
+                        StepProfiler.Profile pr = b.profileStep(new Batch().add(again, ids, 0));
+                        ObjectNode prof = root.putObject("prefill_profile_ms");
+                        prof.put("step", pr.stepMs());
+                        out.println(stageLine(String.format(Locale.ROOT, "  timeline prefill %d tokens, dense: %.3f"
+                                + " ms eager; main stream", prompt, pr.stepMs()), pr.mainMs(), pr.stepMs(),
+                                prof.putObject("main")));
+                    } finally {
+                        again.release();
+                    }
                 }
             }
         }
