@@ -5,11 +5,7 @@
 # Usage (repository root): dev/gpu/bench-ab.sh ROUNDS OUTDIR [bench arguments...]
 set -euo pipefail
 rounds=$1; out=$2; shift 2
-root=/opt/dsflow
-if [ ! -x "$root/jre/bin/java" ]; then
-  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
-fi
-export RUST_FLAVOR=cpu
+source "$(dirname "$0")/unpack.sh"
 mkdir -p "$out"
 for r in $(seq 1 "$rounds"); do
   for build in old new; do

@@ -7,11 +7,7 @@
 #   its largest batch and longest context must fit the GPU beside the weights).
 set -euo pipefail
 out=$1; peer=$2; shift 2
-root=/opt/dsflow
-if [ ! -x "$root/jre/bin/java" ]; then
-  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
-fi
-export RUST_FLAVOR=cpu
+source "$(dirname "$0")/unpack.sh"
 mkdir -p "$out"
 i=0
 for run in "$@"; do

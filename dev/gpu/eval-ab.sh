@@ -4,11 +4,7 @@
 # Usage (repository root): dev/gpu/eval-ab.sh OUTDIR [eval arguments...]
 set -euo pipefail
 out=$1; shift
-root=/opt/dsflow
-if [ ! -x "$root/jre/bin/java" ]; then
-  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
-fi
-export RUST_FLAVOR=cpu
+source "$(dirname "$0")/unpack.sh"
 mkdir -p "$out"
 for build in old new; do
   cp=$root/lib/'*'

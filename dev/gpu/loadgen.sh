@@ -5,11 +5,7 @@
 # load through Kafka and the Flink job; with the engine jar alone, the engine's loadgen.
 # Usage (repository root): dev/gpu/loadgen.sh [loadgen arguments...]
 set -euo pipefail
-root=/opt/dsflow
-if [ ! -x "$root/jre/bin/java" ]; then
-  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
-fi
-export RUST_FLAVOR=cpu
+source "$(dirname "$0")/unpack.sh"
 main=io.dsflow.cli.EngineMain
 [ -f "$root/lib/dsflow-gpu.jar" ] && main=io.dsflow.job.cli.Main
 exec "$root/jre/bin/java" -Xmx24g -XX:+UseParallelGC -Dai.djl.offline=true -cp "$root/lib/*" "$main" loadgen "$@"

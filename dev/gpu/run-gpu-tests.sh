@@ -5,14 +5,10 @@
 # tests read models by paths relative to kernels/). The engine jar or the job's GPU jar (which holds the engine) will do.
 # Usage (repository root): dev/gpu/run-gpu-tests.sh [JUnit console selectors, default: the package io.dsflow.engine.cuda]
 set -euo pipefail
-root=/opt/dsflow
-if [ ! -x "$root/jre/bin/java" ]; then
-  mkdir -p "$root" && tar xJf .gpu/runtime.tar.xz -C "$root" && tar xJf .gpu/app.tar.xz -C "$root"
-fi
+source "$(dirname "$0")/unpack.sh"
 if [ ! -d kernels/target/test-classes ] && [ -f .gpu/test-classes.tar.xz ]; then
   mkdir -p kernels/target && tar xJf .gpu/test-classes.tar.xz -C kernels/target
 fi
-export RUST_FLAVOR=cpu   # DJL's tokenizer: the CPU build of its native library, never a download
 cd kernels
 selectors=("$@")
 [ ${#selectors[@]} -gt 0 ] || selectors=(--select-package io.dsflow.engine.cuda)
