@@ -7,6 +7,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.cli.KvOptions;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.load.Latencies;
 import io.dsflow.engine.load.Load;
 import io.dsflow.engine.load.LoadReport;
 import io.dsflow.engine.model.ModelConfig;
@@ -129,8 +130,8 @@ public final class JobLoad {
                     prefillTokens > 0 ? prefillTokens : BatchScheduler.defaultPrefillTokens(gpu),
                     maxRunning > 0 ? maxRunning : BatchScheduler.defaultMaxRunning(gpu), c.served, c.failed,
                     c.seconds, requests.stream().mapToLong(q -> q.prompt().length).sum(), c.outputTokens,
-                    c.ttftMs(), c.itlMs(), c.lastFirstTokenS, (int) steps, steps == 0 ? 0 : rows / steps,
-                    steps == 0 ? 0 : tokens / steps, -1);
+                    c.latencies.ttftMs(), c.latencies.itlMs(), c.lastFirstTokenS, (int) steps,
+                    steps == 0 ? 0 : rows / steps, steps == 0 ? 0 : tokens / steps, -1);
             return new Report(r, exactlyOnce, c.duplicates, c.missing(), c.errors);
         }
     }
@@ -173,12 +174,10 @@ public final class JobLoad {
         final Load load;
         final List<Load.Request> requests;
         final String prefix;
-        final long[] sent, lastToken;
+        final Latencies latencies;
         final int[] next;
         final BitSet finished = new BitSet();
-        final double[] ttft;
-        double[] itl = new double[1024];
-        int itlCount, served, failed;
+        int served, failed;
         long outputTokens, duplicates, errors, skipped;
         double seconds, lastFirstTokenS;
 
@@ -191,11 +190,8 @@ public final class JobLoad {
             this.requests = requests;
             this.prefix = prefix;
             int n = requests.size();
-            sent = new long[n];
-            lastToken = new long[n];
+            latencies = new Latencies(n);
             next = new int[n];
-            ttft = new double[n];
-            Arrays.fill(ttft, Double.NaN);
         }
 
         void serve(Consumer<String> progress) throws Exception {
@@ -205,7 +201,7 @@ public final class JobLoad {
             while (finished.cardinality() < n) {
                 long now = System.nanoTime();
                 for (; queued < n && t0 + requests.get(queued).arrivalNanos() <= now; queued++) {
-                    sent[queued] = System.nanoTime();
+                    latencies.sent(queued, System.nanoTime());
                     producer.send(new ProducerRecord<>(topic, prefix + queued, record(queued)));
                     // one turn each, ended up front (the operator ends the conversation, and drops its cache, as its
                     // request ends), as the engine's load generator drops each cache when its request ends: an end
@@ -217,7 +213,7 @@ public final class JobLoad {
                 producer.flush();
                 for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(20))) {
                     lastRecord = System.nanoTime();
-                    take(JSON.readTree(r.value()), lastRecord, t0);
+                    take(JSON.readTree(r.value()), lastRecord);
                 }
                 now = System.nanoTime();
                 if (now - lastRecord > STALL_NANOS && queued == n) {
@@ -235,6 +231,7 @@ public final class JobLoad {
                 }
             }
             seconds = (lastRecord - t0) / 1e9;
+            lastFirstTokenS = latencies.lastFirstTokenSeconds(t0);
         }
 
         private String record(int i) {
@@ -251,7 +248,7 @@ public final class JobLoad {
             return r.toString();
         }
 
-        private void take(JsonNode n, long now, long t0) {
+        private void take(JsonNode n, long now) {
             String id = n.path("request_id").asText();
             if (!id.startsWith(prefix)) return;   // the warm-up's, read late
             int i;
@@ -270,14 +267,7 @@ public final class JobLoad {
                     skipped += index - next[i];
                     next[i] = index + 1;
                     outputTokens++;
-                    if (index == 0 || Double.isNaN(ttft[i])) {
-                        ttft[i] = (now - sent[i]) / 1e6;
-                        lastFirstTokenS = Math.max(lastFirstTokenS, (now - t0) / 1e9);
-                    } else {
-                        if (itlCount == itl.length) itl = Arrays.copyOf(itl, itlCount * 2);
-                        itl[itlCount++] = (now - lastToken[i]) / 1e6;
-                    }
-                    lastToken[i] = now;
+                    latencies.token(i, index == 0 || !latencies.hasFirstToken(i), now);
                 }
                 case "final" -> {
                     if (finished.get(i)) {
@@ -300,14 +290,6 @@ public final class JobLoad {
                 if (!finished.get(i)) m += Math.max(0, requests.get(i).outputTokens() - next[i]);
             }
             return m;
-        }
-
-        double[] ttftMs() {
-            return Arrays.stream(ttft).filter(d -> !Double.isNaN(d)).toArray();
-        }
-
-        double[] itlMs() {
-            return Arrays.copyOf(itl, itlCount);
         }
     }
 }

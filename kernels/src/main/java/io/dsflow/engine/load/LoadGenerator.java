@@ -64,7 +64,7 @@ public final class LoadGenerator {
             long now = System.nanoTime();
             while (next < n && t0 + requests.get(next).arrivalNanos() <= now) {
                 Request r = requests.get(next);
-                rec.arrival[next] = now;
+                rec.latencies.sent(next, now);
                 SamplingParams sp = new SamplingParams(1.0, 1.0, 0, load.samplingSeed(next), r.outputTokens(),
                         List.of(), true);
                 scheduler.submit(new BatchScheduler.Work(Integer.toString(next), "c" + next, new int[0], r.prompt(),
@@ -96,7 +96,8 @@ public final class LoadGenerator {
         long promptTokens = requests.stream().mapToLong(r -> r.prompt().length).sum();
         long peak = engine.backend() instanceof CudaBackend cb ? cb.runtime().peakAllocated() : -1;
         return new LoadReport(load, prefillTokens, maxRunning, n - rec.failed, rec.failed, seconds, promptTokens,
-                rec.outputTokens, rec.ttftMs(), rec.itlMs(), (rec.lastFirstToken - t0) / 1e9, steps,
+                rec.outputTokens, rec.latencies.ttftMs(), rec.latencies.itlMs(), rec.latencies.lastFirstTokenSeconds(t0),
+                steps,
                 steps == 0 ? 0 : decodeRows / (double) steps, steps == 0 ? 0 : stepTokens / (double) steps, peak);
     }
 
@@ -117,22 +118,15 @@ public final class LoadGenerator {
 
     /** What the scheduler reports, timed at the end of each step. */
     private static final class Recorder implements BatchScheduler.Listener {
-        final long[] arrival;
-        final long[] lastToken;
-        final double[] ttft;
-        double[] itl = new double[1024];
-        int itlCount;
-        long outputTokens, lastFirstToken;
+        final Latencies latencies;
+        long outputTokens;
         int ended, failed;
         /** Tokens of the step in progress, timed when it ends: request index, or -1 - index for a first token. */
         private int[] stepTokens = new int[256];
         private int stepCount;
 
         Recorder(int n) {
-            arrival = new long[n];
-            lastToken = new long[n];
-            ttft = new double[n];
-            Arrays.fill(ttft, Double.NaN);
+            latencies = new Latencies(n);
         }
 
         @Override
@@ -146,15 +140,7 @@ public final class LoadGenerator {
         void stepDone(long now) {
             for (int i = 0; i < stepCount; i++) {
                 int r = stepTokens[i];
-                if (r < 0) {
-                    r = -1 - r;
-                    ttft[r] = (now - arrival[r]) / 1e6;
-                    lastFirstToken = Math.max(lastFirstToken, now);
-                } else {
-                    if (itlCount == itl.length) itl = Arrays.copyOf(itl, itlCount * 2);
-                    itl[itlCount++] = (now - lastToken[r]) / 1e6;
-                }
-                lastToken[r] = now;
+                latencies.token(r < 0 ? -1 - r : r, r < 0, now);
             }
             stepCount = 0;
         }
@@ -179,14 +165,6 @@ public final class LoadGenerator {
         public void failed(BatchScheduler.Work work, DsflowException error) {
             ended++;
             failed++;
-        }
-
-        double[] ttftMs() {
-            return Arrays.stream(ttft).filter(d -> !Double.isNaN(d)).toArray();
-        }
-
-        double[] itlMs() {
-            return Arrays.copyOf(itl, itlCount);
         }
     }
 }
