@@ -33,16 +33,28 @@ public final class LoadgenCommand {
     private LoadgenCommand() {
     }
 
+    /** The load both loadgen commands (the engine's and --through job) take: requests, rate and lengths. */
+    public record Shape(int requests, double rate, Load.Lengths prompt, Load.Lengths output) {
+    }
+
+    /** --requests, --rate, --prompt-tokens and --output-tokens, checked. */
+    public static Shape shape(Args a) {
+        int requests = a.getInt("requests", 1024);
+        double rate = a.getDouble("rate", 0);
+        if (requests < 1) throw new UsageException("loadgen: --requests must be >= 1");
+        if (rate < 0) throw new UsageException("loadgen: --rate must be >= 0 (0: all queued at once)");
+        return new Shape(requests, rate, lengths(a, "prompt-tokens"), lengths(a, "output-tokens"));
+    }
+
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("loadgen", argv, 1, Set.of("model", "backend", "requests", "prompt-tokens",
                 "output-tokens", "rate", "kv-policy", "max-running", "prefill-tokens", "prefill-baseline", "seed",
                 "json"), Set.of());
         String model = a.require("model");
-        Load.Lengths prompt = lengths(a, "prompt-tokens"), output = lengths(a, "output-tokens");
-        int requests = a.getInt("requests", 1024);
-        double rate = a.getDouble("rate", 0);
-        if (requests < 1) throw new UsageException("loadgen: --requests must be >= 1");
-        if (rate < 0) throw new UsageException("loadgen: --rate must be >= 0 (0: all queued at once)");
+        Shape shape = shape(a);
+        Load.Lengths prompt = shape.prompt(), output = shape.output();
+        int requests = shape.requests();
+        double rate = shape.rate();
         List<Eval.Policy> policies = new ArrayList<>();
         for (String spec : a.get("kv-policy", "dense").split(",")) {
             policies.add(EvalCommand.policy(spec.trim(), java.util.Map.of()));
@@ -80,7 +92,7 @@ public final class LoadgenCommand {
     }
 
     /** --prompt-tokens or --output-tokens: N or MIN-MAX (default 1024), else a usage error. */
-    public static Load.Lengths lengths(Args a, String option) {
+    private static Load.Lengths lengths(Args a, String option) {
         String s = a.get(option, "1024");
         try {
             return Load.Lengths.parse(s);

@@ -44,16 +44,11 @@ final class JobLoadgenCommand {
                 "requests", "prompt-tokens", "output-tokens", "rate", "kv-policy", "max-running", "prefill-tokens",
                 "seed", "json"), Set.of());
         String model = a.require("model");
-        int requests = a.getInt("requests", 1024), maxRunning = a.getInt("max-running", 0);
-        int prefillTokens = a.getInt("prefill-tokens", 0);
-        double rate = a.getDouble("rate", 0);
-        if (requests < 1) throw new UsageException("loadgen: --requests must be >= 1");
-        if (rate < 0) throw new UsageException("loadgen: --rate must be >= 0 (0: all queued at once)");
-        if (maxRunning < 0 || prefillTokens < 0) {
+        LoadgenCommand.Shape shape = LoadgenCommand.shape(a);
+        int maxRunning = a.getInt("max-running", 0), prefillTokens = a.getInt("prefill-tokens", 0);
+        if (maxRunning < 0 || prefillTokens < 0) {   // 0: the backend's default
             throw new UsageException("loadgen: --max-running and --prefill-tokens must be >= 1");
         }
-        Load.Lengths prompt = LoadgenCommand.lengths(a, "prompt-tokens"),
-                output = LoadgenCommand.lengths(a, "output-tokens");
         List<Boolean> deliveries = new ArrayList<>();
         for (String d : a.get("delivery", "at-least-once").split(",")) {
             switch (d.trim()) {
@@ -68,7 +63,8 @@ final class JobLoadgenCommand {
         for (String spec : a.get("kv-policy", "dense").split(",")) {
             Load load;
             try {
-                load = new Load(requests, prompt, output, rate, JobLoad.kvConfig(spec.trim()), a.getLong("seed", 1));
+                load = new Load(shape.requests(), shape.prompt(), shape.output(), shape.rate(),
+                        JobLoad.kvConfig(spec.trim()), a.getLong("seed", 1));
             } catch (DsflowException | IllegalArgumentException e) {
                 throw new UsageException("loadgen: --kv-policy '" + spec + "': " + e.getMessage());
             }

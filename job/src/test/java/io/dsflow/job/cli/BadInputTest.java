@@ -42,6 +42,23 @@ class BadInputTest {
         fails(2, "--backend must be cpu or cuda", "generate", "--model", TINY, "--prompt-ids", "1", "--backend", "tpu");
     }
 
+    /** The engine's loadgen and --through job check the load's shape by the same rules (LoadgenCommand.shape). */
+    @Test
+    void badLoadShapesAreRefusedTheSameWayThroughTheEngineAndTheJob() {
+        for (String[] through : new String[][]{{}, {"--through", "job"}}) {
+            fails(2, "--requests must be >= 1", concat(through, "loadgen", "--model", TINY, "--requests", "0"));
+            fails(2, "--rate must be >= 0", concat(through, "loadgen", "--model", TINY, "--rate", "-1"));
+            fails(2, "--prompt-tokens must be N or MIN-MAX", concat(through, "loadgen", "--model", TINY,
+                    "--prompt-tokens", "5-2"));
+        }
+    }
+
+    private static String[] concat(String[] through, String... args) {
+        String[] all = Arrays.copyOf(args, args.length + through.length);
+        System.arraycopy(through, 0, all, args.length, through.length);
+        return all;
+    }
+
     @Test
     void nonsenseSamplingParameters() {
         fails(1, "temperature must be", "generate", "--model", TINY, "--prompt-ids", "1", "--temperature", "-1");
