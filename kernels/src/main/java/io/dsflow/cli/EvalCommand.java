@@ -87,24 +87,24 @@ public final class EvalCommand {
      */
     static String table(List<Eval.Cell> cells) {
         StringBuilder b = new StringBuilder();
-        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %10s %9s %9s %11s  %s  |  %s%n", "task",
-                "length", "policy", "accuracy", "mass", "idx@k", "rel.err", "kv_labels", "kv_window", "kv_sinks",
-                "kv_store", "mass by layer", "idx@k by layer"));
+        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %7s %10s %9s %9s %11s  %s  |  %s  |  %s%n",
+                "task", "length", "policy", "accuracy", "mass", "idx@k", "rel.err", "reused", "kv_labels",
+                "kv_window", "kv_sinks", "kv_store", "mass by layer", "idx@k by layer", "reused by layer"));
         for (Eval.Cell c : cells) {
             KvBytes k = c.meanBytes();
-            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %10s %9s %9s %11s  %s  |  %s%n",
-                    c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(), c.indexRecall(), c.relError(),
-                    mb(k.labels()), mb(k.window()), mb(k.sinks()), mb(k.store()), byLayer(c, true),
-                    byLayer(c, false)));
+            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %7.3f %10s %9s %9s %11s  %s"
+                            + "  |  %s  |  %s%n", c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(),
+                    c.indexRecall(), c.relError(), c.reselected(), mb(k.labels()), mb(k.window()), mb(k.sinks()),
+                    mb(k.store()), byLayer(c, c::massRecall), byLayer(c, c::indexRecall), byLayer(c, c::reselected)));
         }
         return b.toString();
     }
 
-    /** "L2 0.477 L3 0.368 ..." over the layers that attended sparsely, "-" where none did. */
-    private static String byLayer(Eval.Cell c, boolean mass) {
+    /** "L2 0.477 L3 0.368 ..." over the layers that have the figure, "-" where none does. */
+    private static String byLayer(Eval.Cell c, java.util.function.IntFunction<Double> figure) {
         StringBuilder b = new StringBuilder();
         for (int l = 0; l < c.headSteps.length; l++) {
-            Double v = mass ? c.massRecall(l) : c.indexRecall(l);
+            Double v = figure.apply(l);
             if (v != null) b.append(b.isEmpty() ? "" : " ").append(String.format(Locale.ROOT, "L%d %.3f", l, v));
         }
         return b.isEmpty() ? "-" : b.toString();
@@ -133,13 +133,17 @@ public final class EvalCommand {
             putMetric(o, "mass_recall", c.massRecall());
             putMetric(o, "index_recall", c.indexRecall());
             putMetric(o, "relative_error", c.relError());
+            putMetric(o, "reselected", c.reselected());
             ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
+            ArrayNode reselectedPerLayer = o.putArray("reselected_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {
-                Double v = c.massRecall(l), x = c.indexRecall(l);
+                Double v = c.massRecall(l), x = c.indexRecall(l), r = c.reselected(l);
                 if (v == null) perLayer.addNull();
                 else perLayer.add(v);
                 if (x == null) indexPerLayer.addNull();
                 else indexPerLayer.add(x);
+                if (r == null) reselectedPerLayer.addNull();
+                else reselectedPerLayer.add(r);
             }
             KvBytes k = c.meanBytes();
             ObjectNode bytes = o.putObject("kv_bytes");

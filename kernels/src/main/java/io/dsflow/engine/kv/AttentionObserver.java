@@ -15,4 +15,11 @@ public interface AttentionObserver {
     /** The step policy's decision for a layer of a decode step, whether it selects or not (before the attention). */
     default void decided(int layer, SparseStepPolicy.LayerStep step) {
     }
+
+    /**
+     * A head's selection at a decode step against the same head's at the cache's previous decode step: the share of
+     * its selected tokens that were selected then too (what a device cache holding the last selection would hit).
+     */
+    default void reselected(int layer, int head, double share) {
+    }
 }

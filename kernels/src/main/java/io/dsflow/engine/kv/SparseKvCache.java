@@ -30,6 +30,8 @@ public final class SparseKvCache implements CpuKvCache {
     private final float[][][] labels;      // [layer][(head / labelGroup) * r + i][slot]; null for dense layers
     private final float[][] predicted;     // [layer][numHeads * headDim]: lookahead's query for the next decode step
     private AttentionObserver observer;
+    /** Observed only: each layer's selection at the previous decode step, [layer][head][k] (sorted). */
+    private int[][][] lastSelected;
     private SparseStepPolicy policy;
 
     public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig) {
@@ -195,6 +197,7 @@ public final class SparseKvCache implements CpuKvCache {
             // re-ranking: the predicted query narrowed the candidates to F k, the true query picks k of them
             if (wide > k) for (int h = 0; h < numHeads; h++) selected[h] = select(layer, q, selected[h], k)[h];
         }
+        if (observer != null) observeReselection(layer, selected);
         // exact attention over sinks + selected + window, one softmax partial per source, merged by log-sum-exp
         int sinkCount = Math.min(sinks, store.length(layer));
         int[] sinkSlots = new int[sinkCount];
@@ -345,6 +348,21 @@ public final class SparseKvCache implements CpuKvCache {
             offsets[n++] = base;
         }
         part.fill(scores, n, ring.values[layer], offsets);
+    }
+
+    /** Each head's share of selected tokens its previous decode step of this cache selected too (observed only). */
+    private void observeReselection(int layer, int[][] selected) {
+        if (lastSelected == null) lastSelected = new int[layers][][];
+        int[][] last = lastSelected[layer], now = new int[selected.length][];
+        for (int h = 0; h < selected.length; h++) {
+            now[h] = selected[h].clone();
+            Arrays.sort(now[h]);
+            if (last == null || now[h].length == 0) continue;
+            int again = 0;
+            for (int s : now[h]) if (Arrays.binarySearch(last[h], s) >= 0) again++;
+            observer.reselected(layer, h, again / (double) now[h].length);
+        }
+        lastSelected[layer] = now;
     }
 
     /** Fidelity of one head's sparse attention against dense attention over the same store. */

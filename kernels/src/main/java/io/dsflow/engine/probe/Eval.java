@@ -3,6 +3,7 @@ package io.dsflow.engine.probe;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.Sequence;
 import io.dsflow.engine.Tokenizer;
+import io.dsflow.engine.kv.AttentionObserver;
 import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.KvBytes;
@@ -41,6 +42,9 @@ public final class Eval {
         public long contextTokens;
         public double[] massRecallSum, indexRecallSum, relErrorSum;
         public long[] headSteps;
+        /** Per layer: the shares of a head's selection its previous decode step selected too, and how many. */
+        public double[] reselectedSum;
+        public long[] reselectedSteps;
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
         /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
         public boolean unobserved;
@@ -53,6 +57,8 @@ public final class Eval {
             indexRecallSum = new double[layers];
             relErrorSum = new double[layers];
             headSteps = new long[layers];
+            reselectedSum = new double[layers];
+            reselectedSteps = new long[layers];
         }
 
         public double accuracy() {
@@ -80,6 +86,25 @@ public final class Eval {
         /** A layer's overlap with the exact top-k, null where it never attended sparsely (or was not observed). */
         public Double indexRecall(int layer) {
             return headSteps[layer] == 0 ? null : indexRecallSum[layer] / headSteps[layer];
+        }
+
+        /**
+         * A layer's share of selected tokens that the same head selected at the previous decode step (consecutive
+         * selections' overlap), null where it never selected twice in a row (or was not observed).
+         */
+        public Double reselected(int layer) {
+            return reselectedSteps[layer] == 0 ? null : reselectedSum[layer] / reselectedSteps[layer];
+        }
+
+        /** Over all layers' heads and steps; NaN where nothing selected twice in a row. */
+        public double reselected() {
+            double s = 0;
+            long n = 0;
+            for (int l = 0; l < reselectedSum.length; l++) {
+                s += reselectedSum[l];
+                n += reselectedSteps[l];
+            }
+            return n == 0 ? Double.NaN : s / n;
         }
 
         private double mean(double[] sum, double none) {
@@ -158,11 +183,20 @@ public final class Eval {
         }
         if (kv.sparse() && !(seq.cache() instanceof SparseKvCache)) cell.unobserved = true;
         if (seq.cache() instanceof SparseKvCache sparse) {
-            sparse.observe((layer, head, mass, idx, err) -> {
-                cell.massRecallSum[layer] += mass;
-                cell.indexRecallSum[layer] += idx;
-                cell.relErrorSum[layer] += err;
-                cell.headSteps[layer]++;
+            sparse.observe(new AttentionObserver() {
+                @Override
+                public void sparseHead(int layer, int head, double mass, double idx, double err) {
+                    cell.massRecallSum[layer] += mass;
+                    cell.indexRecallSum[layer] += idx;
+                    cell.relErrorSum[layer] += err;
+                    cell.headSteps[layer]++;
+                }
+
+                @Override
+                public void reselected(int layer, int head, double share) {
+                    cell.reselectedSum[layer] += share;
+                    cell.reselectedSteps[layer]++;
+                }
             });
         }
         float[] logits = null;
