@@ -1,4 +1,5 @@
-// Element-wise kernels. relu: x = max(x, 0) over n values (OPT's MLP; SwiGLU is fused into the own products, matmul.cu).
+// Element-wise kernels. relu: x = max(x, 0) over n values (OPT's MLP; SwiGLU is fused into the own products,
+// matmul.cu).
 // Grid: (ceil(n / 256)), block: 256.
 // The epilogues of a product cuBLAS computed (y [M][N] f32, CudaOps.linear): add_bias_rows, swiglu_rows.
 #include "common.cuh"

@@ -1,8 +1,9 @@
 package jcuda;
 
 /**
- * The raw address a JCuda pointer holds (its native pointer plus byte offset), and the handle an object wraps. JCuda keeps them protected; kernels
- * that take tables of device pointers (one cache per sequence) need the numbers, so this shim sits in JCuda's package.
+ * The raw address a JCuda pointer holds (its native pointer plus byte offset), and the handle an object wraps. JCuda
+ * keeps them protected; kernels that take tables of device pointers (one cache per sequence) and libraries called
+ * outside JCuda (cuBLAS) need the numbers, so this shim sits in JCuda's package.
  */
 public final class DeviceAddress {
     private DeviceAddress() {

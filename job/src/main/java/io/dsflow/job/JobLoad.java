@@ -22,7 +22,6 @@ import org.apache.kafka.clients.producer.ProducerRecord;
 import java.io.PrintStream;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.Arrays;
 import java.util.BitSet;
 import java.util.List;
 import java.util.Locale;

@@ -29,8 +29,8 @@ import java.util.Set;
  * runs CUDA 13, then .so.12.
  * libcublasLt from the same folder is loaded first (libcublas needs it and a wheel's folder is on no search path).
  *
- * <p>One handle per {@link CudaRuntime}, with a 32 MiB workspace of its own (so cuBLAS allocates nothing while a step is
- * captured as a graph), bound to the runtime's current stream before each product. Closed by the runtime's close.
+ * <p>One handle per {@link CudaRuntime}, with a 32 MiB workspace of its own (so cuBLAS allocates nothing while a step
+ * is captured as a graph), bound to the runtime's current stream before each product. Closed by the runtime's close.
  * Not thread-safe: the runtime's one forward pass at a time uses it.
  */
 final class Cublas implements AutoCloseable {

@@ -116,8 +116,8 @@ public final class CudaBackend implements Backend {
             throw new DsflowException("lookahead-rerank is measured on the cpu backend and not built on cuda yet");
         }
         if (config.gqaSelection() == KvConfig.GqaSelection.UNION) {
-            throw new DsflowException("gqa=union is measured on the cpu backend and not built on cuda yet (per_head, max"
-                    + " or mean run on cuda)");
+            throw new DsflowException("gqa=union is measured on the cpu backend and not built on cuda yet (per_head,"
+                    + " max or mean run on cuda)");
         }
         if (channels == null) {
             throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
@@ -300,7 +300,7 @@ public final class CudaBackend implements Backend {
         boolean pre = c.layerNormBefore();
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL), qkv = workspace.get(Buffer.QKV);
         CUdeviceptr att = workspace.get(Buffer.ATTENTION);
-        CudaOps.GemmBuffers gemmInput = new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT), null);
+        CudaOps.GemmBuffers gemmInput = gemmInput();
         // many rows: the products of the hidden state (q/k/v, gate/up) on tensor cores, whose bf16 inputs the pre-norms
         // and SwiGLU write directly (CudaOps.linear makes the same choice from the same test)
         boolean tc = CudaOps.tensorCores(rows, hidden);
@@ -449,7 +449,7 @@ public final class CudaBackend implements Backend {
         CUdeviceptr x = workspace.get(Buffer.RESIDUAL);
         CUdeviceptr up = workspace.get(Buffer.MLP), actBf16 = workspace.get(Buffer.MLP_BF16);
         CudaOps.GemmBuffers gemmInput = new CudaOps.GemmBuffers(workspace.get(Buffer.GEMM_INPUT),
-                tc && gpu.blas() != null ? workspace.get(Buffer.GATE_UP) : null);
+                CudaOps.swigluOnCublas(gpu, rows, hidden) ? workspace.get(Buffer.GATE_UP) : null);
         SublayerInput in = sublayerInput(w.mlpNorm(), w.mlpNormBias(), rows, tc);
         if (c.architecture() == Architecture.OPT) {
             CudaOps.linear(gpu, up, in.x(), gemmInput, in.bf16(), rows, w.gateUp().ptr(), ptr(w.gateUpBias()), inter,
@@ -484,8 +484,8 @@ public final class CudaBackend implements Backend {
             linear(projected, last, nseg, weights.projectOut, c.wordEmbedDim(), hidden);
             last = projected;
         }
-        CudaOps.linear(gpu, p.logits(), last, gemmInput(), false, nseg, weights.lmHead.ptr(),
-                null, c.vocabSize(), c.wordEmbedDim(), false, headNorm, false);
+        CudaOps.linear(gpu, p.logits(), last, gemmInput(), false, nseg, weights.lmHead.ptr(), null, c.vocabSize(),
+                c.wordEmbedDim(), false, headNorm, false);
     }
 
     /** Whether layer + 1 has look-ahead rows, whose side-stream work starts with layer {@code layer}. */
@@ -579,8 +579,7 @@ public final class CudaBackend implements Backend {
 
     /** y[rows][out] = x[rows][in] W^T (CudaOps.linear: tensor cores for many rows, the GEMV for a decode batch). */
     private void linear(CUdeviceptr y, CUdeviceptr x, int rows, Weight w, int out, int in) {
-        CudaOps.linear(gpu, y, x, gemmInput(), false, rows, w.ptr(), null, out, in, false, null,
-                false);
+        CudaOps.linear(gpu, y, x, gemmInput(), false, rows, w.ptr(), null, out, in, false, null, false);
     }
 
     /** out = norm(x): RMSNorm, or LayerNorm when there is a bias; into outBf16 (bf16) instead if given. */

@@ -24,6 +24,14 @@ final class CudaOps {
         return rows > 32 && in % 8 == 0;
     }
 
+    /**
+     * Whether a SwiGLU product of this many rows over inputs this wide runs on cuBLAS, and so needs the GATE_UP buffer
+     * for its gate/up pairs before swiglu_rows (the planner sizes it, the forward pass hands it over).
+     */
+    static boolean swigluOnCublas(CudaRuntime gpu, int rows, int in) {
+        return gpu.blas() != null && tensorCores(rows, in);
+    }
+
     /** An RMSNorm a product applies to its input first: weight [in] bf16. */
     record RmsNorm(CUdeviceptr weight, float eps) {
     }
@@ -53,7 +61,10 @@ final class CudaOps {
         linear(gpu, gpu.blas(), y, x, gemm, xInBf16, rows, w, bias, out, in, swiglu, norm, accumulate);
     }
 
-    /** {@link #linear} with the products of many rows on {@code blas}, or on gemm_bf16 where it is null (tests: both). */
+    /**
+     * {@link #linear} with the products of many rows on {@code blas}, or on gemm_bf16 where it is null (tests run
+     * both).
+     */
     static void linear(CudaRuntime gpu, Cublas blas, CUdeviceptr y, CUdeviceptr x, GemmBuffers gemm, boolean xInBf16,
                        int rows, CUdeviceptr w, CUdeviceptr bias, int out, int in, boolean swiglu, RmsNorm norm,
                        boolean accumulate) {

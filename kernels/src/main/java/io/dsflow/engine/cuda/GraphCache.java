@@ -7,8 +7,9 @@ import java.util.Map;
 
 /**
  * Decode steps captured as CUDA graphs, one per step shape ({@link StepPlan#graphKey}) from its second step on, the
- * least recently used dropped past {@link #MAX_GRAPHS}: batch sizes and growing contexts would otherwise add up without end. A graph holds
- * the addresses of the buffers and caches it was captured with, so whoever moves one calls {@link #clear} first.
+ * least recently used dropped past {@link #MAX_GRAPHS}: batch sizes and growing contexts would otherwise add up
+ * without end. A graph holds the addresses of the buffers and caches it was captured with, so whoever moves one calls
+ * {@link #clear} first.
  * Also keeps the host time of the steps it launched ({@link HostTime}, for bench).
  */
 public final class GraphCache implements AutoCloseable {

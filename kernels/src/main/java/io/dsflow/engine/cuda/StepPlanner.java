@@ -240,7 +240,7 @@ final class StepPlanner {
         workspace.ensure(Buffer.POSITIONS, (long) rows * hidden);
         workspace.ensure(Buffer.MLP, (long) rows * c.intermediateSize());
         workspace.ensure(Buffer.MLP_BF16, (long) rows * c.intermediateSize() / 2 + 4);
-        if (gpu.blas() != null && CudaOps.tensorCores(rows, hidden)) {
+        if (CudaOps.swigluOnCublas(gpu, rows, hidden)) {
             workspace.ensure(Buffer.GATE_UP, 2L * rows * c.intermediateSize());
         }
         workspace.ensure(Buffer.EMBEDDED, (long) rows * c.wordEmbedDim());

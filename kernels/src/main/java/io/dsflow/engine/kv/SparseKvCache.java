@@ -286,7 +286,7 @@ public final class SparseKvCache implements CpuKvCache {
             Integer[] r = new Integer[k];
             for (int i = 0; i < k; i++) r[i] = picked[i];
             // best first; ties to the lower index, as TopK takes them
-            java.util.Arrays.sort(r, (a, b) -> s[a] != s[b] ? Float.compare(s[b], s[a]) : Integer.compare(a, b));
+            Arrays.sort(r, (a, b) -> s[a] != s[b] ? Float.compare(s[b], s[a]) : Integer.compare(a, b));
             ranked[j] = r;
         }
         boolean[] taken = new boolean[n];

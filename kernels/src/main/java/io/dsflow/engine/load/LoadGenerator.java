@@ -96,9 +96,8 @@ public final class LoadGenerator {
         long promptTokens = requests.stream().mapToLong(r -> r.prompt().length).sum();
         long peak = engine.backend() instanceof CudaBackend cb ? cb.runtime().peakAllocated() : -1;
         return new LoadReport(load, prefillTokens, maxRunning, n - rec.failed, rec.failed, seconds, promptTokens,
-                rec.outputTokens, rec.latencies.ttftMs(), rec.latencies.itlMs(), rec.latencies.lastFirstTokenSeconds(t0),
-                steps,
-                steps == 0 ? 0 : decodeRows / (double) steps, steps == 0 ? 0 : stepTokens / (double) steps, peak);
+                rec.outputTokens, rec.latencies.ttftMs(), rec.latencies.itlMs(),
+                rec.latencies.lastFirstTokenSeconds(t0), steps, steps == 0 ? 0 : decodeRows / (double) steps, steps == 0 ? 0 : stepTokens / (double) steps, peak);
     }
 
     private static List<Request> requests(Engine engine, Load load) {
