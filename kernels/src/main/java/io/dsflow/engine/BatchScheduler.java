@@ -218,7 +218,7 @@ public final class BatchScheduler {
         for (Active a : active) {
             if (a.pending != null) {
                 if (budget == 0) continue;
-                int n = Math.min(budget, a.pending.length);
+                int n = Math.min(Math.min(budget, a.pending.length), engine.longestStep(a.seq));
                 if (n < a.pending.length && aPromptEnds && !partialChunkAfterAnEnd) {
                     budget = 0;   // first come, first served: no later prompt's chunk either
                     continue;

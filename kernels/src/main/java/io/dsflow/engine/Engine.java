@@ -16,6 +16,7 @@ import org.slf4j.LoggerFactory;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.EnumMap;
 import java.util.List;
 import java.util.Locale;
@@ -196,8 +197,13 @@ public final class Engine implements AutoCloseable {
     /** Feeds tokens (a prompt, or a follow-up turn) to a sequence; returns the logits of the last one. */
     public float[] prefill(Sequence seq, int[] tokens) {
         checkTokens(seq, tokens);
-        float[] logits = backend.forward(new Batch().add(seq.cache(), tokens, seq.position()))[0];
-        seq.advance(tokens);
+        float[] logits = null;
+        for (int at = 0, step = longestStep(seq); at < tokens.length; at += step) {
+            int[] chunk = at == 0 && tokens.length <= step ? tokens
+                    : Arrays.copyOfRange(tokens, at, (int) Math.min(tokens.length, (long) at + step));
+            logits = backend.forward(new Batch().add(seq.cache(), chunk, seq.position()))[0];
+            seq.advance(chunk);
+        }
         return logits;
     }
 
@@ -231,14 +237,25 @@ public final class Engine implements AutoCloseable {
                 throw new InvalidRequestException("token id " + t + " is outside the vocabulary [0, " + c.vocabSize() + ")");
             }
         }
-        if ((long) seq.position() + tokens.length > c.maxPositions()) {
+        // positions that follow the cache never run out; its steps are kept to longestStep
+        if (!seq.cache().positionsWithinCache() && (long) seq.position() + tokens.length > c.maxPositions()) {
             throw new InvalidRequestException("the prompt needs positions up to " + (seq.position() + tokens.length)
                     + " but the model has " + c.maxPositions() + " (max_position_embeddings)");
         }
     }
 
+    /**
+     * The most tokens one forward pass may feed a sequence: unlimited, except where positions follow its cache
+     * (KvCache#positionsWithinCache), whose step must fit in what the capacity leaves of the model's positions.
+     */
+    public int longestStep(Sequence seq) {
+        if (!seq.cache().positionsWithinCache()) return Integer.MAX_VALUE;
+        return config().maxPositions() - seq.cache().tokenLimit();
+    }
+
     public Generation startGeneration(Sequence seq, SamplingParams params) {
-        return new Generation(seq, params, config().eosTokenIds(), config().maxPositions(),
+        int maxPositions = seq.cache().positionsWithinCache() ? Integer.MAX_VALUE : config().maxPositions();
+        return new Generation(seq, params, config().eosTokenIds(), maxPositions,
                 params.stop().isEmpty() ? null : tokenizer());
     }
 

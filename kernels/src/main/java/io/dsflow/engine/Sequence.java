@@ -7,16 +7,22 @@ import io.dsflow.engine.kv.KvStore;
 import java.util.Arrays;
 
 /**
- * One conversation's state in the engine: every token it has seen (prompts and completions) and its KV cache.
- * The next token goes to position {@link #position()}; a new prompt continues the same cache (no re-prefill).
+ * One conversation's state in the engine: the tokens its cache holds (prompts and completions) and the cache.
+ * The next token goes to position {@link #position()}; a new prompt continues the same cache (no re-prefill). An
+ * unbounded cache holds every token seen; a bounded one ({@link KvCache#tokenLimit}) its first sinks and the last
+ * tokens up to the limit, and so does {@link #tokens()}: what a rebuild of the cache prefills.
  */
 public final class Sequence {
     private final KvCache cache;
+    private final int limit, sinks;
     private int[] tokens = new int[64];
-    private int length;
+    private int held;
+    private int position;
 
     public Sequence(KvCache cache) {
         this.cache = cache;
+        this.limit = cache.tokenLimit();
+        this.sinks = Math.min(cache.sinkTokens(), limit);
     }
 
     public KvCache cache() {
@@ -25,20 +31,37 @@ public final class Sequence {
 
     /** Position of the next token (tokens seen so far). */
     public int position() {
-        return length;
+        return position;
     }
 
+    /** The tokens the cache holds, in text order (every token seen, unless the cache is bounded). */
     public int[] tokens() {
-        return Arrays.copyOf(tokens, length);
+        if (limit == 0 || held <= limit) return Arrays.copyOf(tokens, held);
+        int[] kept = Arrays.copyOf(tokens, limit);
+        System.arraycopy(tokens, held - (limit - sinks), kept, sinks, limit - sinks);
+        return kept;
     }
 
     /** Records tokens the model has been fed (their K/V are in the cache). */
     void advance(int[] newTokens) {
-        if (length + newTokens.length > tokens.length) {
-            tokens = Arrays.copyOf(tokens, Math.max(tokens.length * 2, length + newTokens.length));
+        if (held + newTokens.length > tokens.length) {
+            if (limit > 0 && held > limit) {   // forget what the cache evicted: all but the sinks and the last tokens
+                int keep = limit - sinks;
+                System.arraycopy(tokens, held - keep, tokens, sinks, keep);
+                held = limit;
+            }
+            if (held + newTokens.length > tokens.length) {
+                tokens = Arrays.copyOf(tokens, Math.max(tokens.length * 2, held + newTokens.length));
+            }
         }
-        System.arraycopy(newTokens, 0, tokens, length, newTokens.length);
-        length += newTokens.length;
+        System.arraycopy(newTokens, 0, tokens, held, newTokens.length);
+        held += newTokens.length;
+        position = Math.addExact(position, newTokens.length);
+        if (limit > 0 && held > 2 * limit) {   // a long step: keep the record within twice the limit
+            int keep = limit - sinks;
+            System.arraycopy(tokens, held - keep, tokens, sinks, keep);
+            held = limit;
+        }
     }
 
     /**

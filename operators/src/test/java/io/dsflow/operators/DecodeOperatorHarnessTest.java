@@ -239,6 +239,54 @@ class DecodeOperatorHarnessTest {
         }
     }
 
+    /**
+     * Issue 26: a conversation with a capacity (positions within the cache) keeps in its keyed state only what a
+     * rebuild needs, the sinks and the last tokens up to the capacity, so its checkpoints stop growing once the cache
+     * is full, turn after turn; and a restored operator serves its next turn from that state.
+     */
+    @Test
+    void aBoundedConversationsCheckpointStaysFlatAndItsRestoredStateServesTheNextTurn() throws Exception {
+        List<Long> sizes = new ArrayList<>();
+        OperatorSubtaskState snapshot = null;
+        var h = harness(settings(MODEL.toString()));
+        try {
+            h.open();
+            for (int turn = 10; turn < 22; turn++) {
+                h.processElement(request(boundedTurn(turn)), 0);
+                String id = "r" + turn;
+                runMailUntil(h, out -> finalRecord(out, id).isPresent());
+                h.prepareSnapshotPreBarrier(turn);
+                snapshot = h.snapshot(turn, turn);
+                sizes.add(snapshot.getManagedKeyedState().stream()
+                        .mapToLong(org.apache.flink.runtime.state.StateObject::getStateSize).sum());
+            }
+        } finally {
+            h.close();
+        }
+        // 12 turns of 28 tokens: 336 unbounded; the cache holds 64 from the third turn on
+        long growth = sizes.get(sizes.size() - 1) - sizes.get(3);
+        assertTrue(growth < 120, "keyed state by turn " + sizes + ": past the capacity only the request ids it "
+                + "remembers add to it");
+        var restored = harness(settings(MODEL.toString()));
+        try {
+            restored.initializeState(snapshot);
+            restored.open();
+            restored.processElement(request(boundedTurn(22)), 0);
+            runMailUntil(restored, out -> finalRecord(out, "r22").isPresent());
+            assertEquals(8, chunks(records(restored), "r22").size());
+            assertEquals(0, records(restored).stream().filter(OutputRecord::isError).count());
+        } finally {
+            restored.close();
+        }
+    }
+
+    private static String boundedTurn(int turn) {
+        StringBuilder ids = new StringBuilder();
+        for (int i = 0; i < 20; i++) ids.append(i == 0 ? "" : ", ").append(3 + (turn * 31 + i * 7) % 500);
+        return "{\"conversation_id\": \"long\", \"request_id\": \"r" + turn + "\", \"prompt_ids\": [" + ids
+                + "], \"max_tokens\": 8, \"kv\": {\"policy\": \"dense\", \"capacity\": 64, \"sinks\": 4}}";
+    }
+
     /** The records of one request served alone. */
     static List<OutputRecord> alone(String json) throws Exception {
         var h = harness(settings(MODEL.toString()));

@@ -11,6 +11,7 @@ import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.Rotary;
 import io.dsflow.engine.kv.SparseKvCache;
 import io.dsflow.engine.model.Architecture;
 import io.dsflow.engine.model.ModelConfig;
@@ -82,10 +83,13 @@ public final class CpuBackend implements Backend {
 
     @Override
     public KvCache newCache(KvConfig config, ChannelConfig channels) {
+        // a bounded cache of a rotary model keeps positions within it (KvStore): its conversation never runs out
+        Rotary rotary = invFreq == null ? null : new Rotary(invFreq, c.headDim(), c.maxPositions());
         if (!config.sparse()) {
-            return new DenseKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), config.capacity(), config.sinks());
+            return new DenseKvCache(c.numLayers(), c.numKvHeads(), c.headDim(), config.capacity(), config.sinks(),
+                    rotary);
         }
-        return new SparseKvCache(config, c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim(), channels);
+        return new SparseKvCache(config, c.numLayers(), c.numHeads(), c.numKvHeads(), c.headDim(), channels, rotary);
     }
 
     /** The CPU cache sees each token's key in append and its query in attend, so the forward pass needs no hook. */
@@ -106,7 +110,14 @@ public final class CpuBackend implements Backend {
         int[] starts = batch.segmentStarts();
         int hidden = c.hiddenSize();
         CpuKvCache[] caches = new CpuKvCache[segments.size()];
-        for (int s = 0; s < caches.length; s++) caches[s] = cpuCache(segments.get(s).cache());
+        int[] rotaryPositions = positions.clone();   // text positions less each cache's base (KvStore)
+        for (int s = 0; s < caches.length; s++) {
+            caches[s] = cpuCache(segments.get(s).cache());
+            int n = segments.get(s).tokens().length, r0 = batch.segmentStarts()[s];
+            caches[s].beforeStep(positions[r0], n);
+            long base = caches[s].positionBase();
+            for (int r = r0; r < r0 + n; r++) rotaryPositions[r] = Math.toIntExact(positions[r] - base);
+        }
         boolean opt = c.architecture() == Architecture.OPT;
         float scale = (float) (1.0 / Math.sqrt(c.headDim()));
 
@@ -134,7 +145,7 @@ public final class CpuBackend implements Backend {
         for (int l = 0; l < layers.length; l++) {
             Layer w = layers[l];
             // 1b. lookahead: the next layer's query predicted from this layer's input, for its selection
-            if (l + 1 < layers.length) predictNextQueries(l + 1, x, batch, caches);
+            if (l + 1 < layers.length) predictNextQueries(l + 1, x, batch, rotaryPositions, caches);
             // 2. attention sublayer: pre-norm (post-norm for OPT-350m style), q/k/v projections
             for (int r = 0; r < rows; r++) sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[r]);
             CpuOps.matmul(xn, rows, w.q, q);
@@ -143,8 +154,8 @@ public final class CpuBackend implements Backend {
             // 3. rotary positions on q and k
             if (invFreq != null) {
                 for (int r = 0; r < rows; r++) {
-                    CpuOps.rope(q[r], c.numHeads(), c.headDim(), positions[r], invFreq);
-                    CpuOps.rope(k[r], c.numKvHeads(), c.headDim(), positions[r], invFreq);
+                    CpuOps.rope(q[r], c.numHeads(), c.headDim(), rotaryPositions[r], invFreq);
+                    CpuOps.rope(k[r], c.numKvHeads(), c.headDim(), rotaryPositions[r], invFreq);
                 }
             }
             // 4. each sequence appends its new keys/values, then its rows attend through its cache's policy
@@ -199,7 +210,7 @@ public final class CpuBackend implements Backend {
      * For each decode row whose cache selects ahead in {@code layer}: that layer's query computed from x (the previous
      * layer's input) through its norm, q projection and RoPE, handed to the cache for its selection.
      */
-    private void predictNextQueries(int layer, float[][] x, Batch batch, CpuKvCache[] caches) {
+    private void predictNextQueries(int layer, float[][] x, Batch batch, int[] rotaryPositions, CpuKvCache[] caches) {
         Layer w = layers[layer];
         int[] starts = batch.segmentStarts();
         for (int s = 0; s < starts.length; s++) {
@@ -209,7 +220,7 @@ public final class CpuBackend implements Backend {
             float[][] xn = new float[1][c.hiddenSize()], q = new float[1][c.qDim()];
             sublayerInput(x[r], w.attnNorm, w.attnNormBias, xn[0]);
             CpuOps.matmul(xn, 1, w.q, q);
-            if (invFreq != null) CpuOps.rope(q[0], c.numHeads(), c.headDim(), batch.positions()[r], invFreq);
+            if (invFreq != null) CpuOps.rope(q[0], c.numHeads(), c.headDim(), rotaryPositions[r], invFreq);
             caches[s].predictQuery(layer, q[0]);
         }
     }

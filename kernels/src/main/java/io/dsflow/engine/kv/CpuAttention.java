@@ -38,30 +38,55 @@ public final class CpuAttention {
 
     /**
      * Causal attention once a bounded store has evicted tokens: slots are not in position order, so each row attends
-     * to the slots whose position is at most its own (tokens evicted before it are gone).
+     * to the slots whose position is at most its own (tokens evicted before it are gone); where positions follow the
+     * cache, the row's query meets the sinks turned by {@link KvStore#sinkShift}.
      */
     private static void causalByPosition(KvStore store, int layer, float[][] q, int row0, int rows, float[][] out,
                                          int numHeads, float scale) {
-        int d = store.headDim, group = numHeads / store.kvHeads, len = store.length(layer);
+        int kvHeads = store.kvHeads, len = store.length(layer);
         long last = store.appended(layer) - 1;
-        SoftmaxPartial part = new SoftmaxPartial(d);
-        float[] scores = new float[len];
-        int[] offsets = new int[len];
-        for (int i = 0; i < rows; i++) {
-            long pos = last - rows + 1 + i;
-            for (int h = 0; h < numHeads; h++) {
-                int g = h / group, n = 0;
-                for (int j = 0; j < len; j++) {
-                    if (store.position[layer][j] > pos) continue;
-                    float s = 0;
-                    for (int c = 0; c < d; c++) s += q[row0 + i][h * d + c] * store.keys[layer][g * d + c][j];
-                    scores[n] = s * scale;
-                    offsets[n++] = j * store.kvDim + g * d;
+        long work = (long) rows * len * numHeads;
+        CpuOps.forEach(kvHeads * rows, work >= (1 << 16), task -> {
+            int g = task % kvHeads, i = task / kvHeads;
+            attendGroupUpTo(store, layer, g, numHeads / kvHeads, q[row0 + i], out[row0 + i], last - rows + 1 + i,
+                    scale);
+        });
+    }
+
+    /** One query row at text position pos, one GQA group, over the held slots whose tokens are not after it. */
+    private static void attendGroupUpTo(KvStore store, int layer, int g, int group, float[] q, float[] out, long pos,
+                                        float scale) {
+        int d = store.headDim, h0 = g * group, len = store.length(layer);
+        float[][] s = scores(group, len);
+        groupScores(store, layer, g, group, q, s, len);
+        long shift = store.sinkShift(pos);
+        int sinks = Math.min(store.sinks(), len);
+        if (shift > 0 && sinks > 0) {   // the sinks' scores again, with the query turned back by the shift
+            float[] qs = java.util.Arrays.copyOfRange(q, h0 * d, (h0 + group) * d);
+            store.rotary().turn(qs, group, -shift);
+            for (int hh = 0; hh < group; hh++) {
+                for (int j = 0; j < sinks; j++) {
+                    float dot = 0;
+                    for (int c = 0; c < d; c++) dot += qs[hh * d + c] * store.keys[layer][g * d + c][j];
+                    s[hh][j] = dot;
                 }
-                part.fill(scores, n, store.values[layer], offsets);
-                SoftmaxPartial.merge(new SoftmaxPartial[]{part}, out[row0 + i], h * d);
             }
         }
+        int[] position = store.position[layer];
+        for (int hh = 0; hh < group; hh++) {
+            float[] sh = s[hh];
+            float max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < len; j++) if (position[j] <= pos) max = Math.max(max, sh[j]);
+            float sum = 0;
+            for (int j = 0; j < len; j++) {
+                float e = position[j] <= pos ? CpuOps.expf((sh[j] - max) * scale) : 0f;
+                sh[j] = e;
+                sum += e;
+            }
+            float inv = 1f / sum;
+            for (int j = 0; j < len; j++) sh[j] *= inv;
+        }
+        weightedValues(store.values[layer], store.kvDim, g * d, d, s, group, len, out, h0 * d);
     }
 
     /** Tokens scored per block: the group's score tiles stay in L1 while every channel is added in. */
@@ -69,10 +94,24 @@ public final class CpuAttention {
 
     /** One query row, one GQA group: heads g*G .. g*G+G-1 attend to stored tokens [0, n). */
     static void attendGroup(KvStore store, int layer, int g, int group, float[] q, float[] out, int n, float scale) {
+        float[][] s = scores(group, n);
+        groupScores(store, layer, g, group, q, s, n);
+        // softmax weights, then out[h] = sum_j p[h][j] v[j], four heads per pass over the values
+        for (int hh = 0; hh < group; hh++) {
+            float inv = 1f / softmax(s[hh], n, scale);
+            for (int j = 0; j < n; j++) s[hh][j] *= inv;
+        }
+        weightedValues(store.values[layer], store.kvDim, g * store.headDim, store.headDim, s, group, n, out,
+                g * group * store.headDim);
+    }
+
+    /**
+     * s[hh][j] = sum_c q[h0 + hh][c] * k[j][c] for the group's heads h0 = g * group and slots j < n, channel by
+     * channel, four heads per pass over a key block.
+     */
+    private static void groupScores(KvStore store, int layer, int g, int group, float[] q, float[][] s, int n) {
         int d = store.headDim;
         int h0 = g * group;
-        float[][] s = scores(group, n);
-        // scores: s[h][j] = sum_c q[h][c] * k[j][c], channel by channel, four heads per pass over a key block
         for (int j0 = 0; j0 < n; j0 += BLOCK) {
             int j1 = Math.min(n, j0 + BLOCK);
             for (int hh = 0; hh < group; hh++) java.util.Arrays.fill(s[hh], j0, j1, 0f);
@@ -94,12 +133,6 @@ public final class CpuAttention {
                 for (; hh < group; hh++) CpuOps.axpy(s[hh], j0, q[(h0 + hh) * d + c], kc, j0, j1 - j0);
             }
         }
-        // softmax weights, then out[h] = sum_j p[h][j] v[j], four heads per pass over the values
-        for (int hh = 0; hh < group; hh++) {
-            float inv = 1f / softmax(s[hh], n, scale);
-            for (int j = 0; j < n; j++) s[hh][j] *= inv;
-        }
-        weightedValues(store.values[layer], store.kvDim, g * d, d, s, group, n, out, h0 * d);
     }
 
     /**

@@ -12,6 +12,14 @@ package io.dsflow.engine.kv;
  */
 public interface CpuKvCache extends KvCache {
 
+    /**
+     * Before a forward pass feeds tokens at text positions first .. first + rows - 1: a cache whose positions follow it
+     * ({@link #positionsWithinCache}) turns its keys back first where the step would reach the model's positions
+     * ({@link KvStore#rebaseFor}); the pass then rotates the rows to their text position less {@link #positionBase}.
+     */
+    default void beforeStep(long first, int rows) {
+    }
+
     /** Appends one token's key (post-RoPE) and value, each [kvHeads * headDim], to a layer. */
     void append(int layer, float[] key, float[] value);
 

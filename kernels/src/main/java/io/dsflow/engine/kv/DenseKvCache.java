@@ -8,9 +8,12 @@ public final class DenseKvCache implements CpuKvCache {
         this(new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY));
     }
 
-    /** A dense cache that keeps at most {@code capacity} tokens, the first {@code sinks} of them pinned. */
-    public DenseKvCache(int layers, int kvHeads, int headDim, int capacity, int sinks) {
-        this(new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, capacity, sinks));
+    /**
+     * A dense cache that keeps at most {@code capacity} tokens, the first {@code sinks} of them pinned; with a capacity
+     * and {@code rotary} (null for a model without rotary positions), positions follow the cache ({@link KvStore}).
+     */
+    public DenseKvCache(int layers, int kvHeads, int headDim, int capacity, int sinks, Rotary rotary) {
+        this(new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, capacity, sinks, rotary));
     }
 
     DenseKvCache(KvStore store) {
@@ -24,6 +27,31 @@ public final class DenseKvCache implements CpuKvCache {
     @Override
     public int length() {
         return store.length();
+    }
+
+    @Override
+    public int tokenLimit() {
+        return store.limit();
+    }
+
+    @Override
+    public int sinkTokens() {
+        return store.limit() > 0 ? store.sinks() : 0;
+    }
+
+    @Override
+    public boolean positionsWithinCache() {
+        return store.positionsWithinCache();
+    }
+
+    @Override
+    public long positionBase() {
+        return store.rotaryBase();
+    }
+
+    @Override
+    public void beforeStep(long first, int rows) {
+        store.rebaseFor(first, rows);
     }
 
     @Override

@@ -11,6 +11,32 @@ public interface KvCache {
     /** Tokens held (positions appended minus any evicted). */
     int length();
 
+    /**
+     * The most tokens the cache holds ({@code kv.capacity}; 0: unbounded). Past it, each new token evicts the oldest
+     * one after the first {@link #sinkTokens}, which are kept for good.
+     */
+    default int tokenLimit() {
+        return 0;
+    }
+
+    /** The first tokens a bounded cache never evicts (sinks). */
+    default int sinkTokens() {
+        return 0;
+    }
+
+    /**
+     * Whether rotary positions follow the cache rather than the text (a bounded cache of a rotary model, as
+     * StreamingLLM assigns them): the conversation never runs out of positions, however long its text grows.
+     */
+    default boolean positionsWithinCache() {
+        return false;
+    }
+
+    /** What a token's text position less is its rotary position (0 unless {@link #positionsWithinCache}). */
+    default long positionBase() {
+        return 0;
+    }
+
     /** A deep copy on the same backend (eval prefills once and runs each policy on a copy). */
     KvCache copy();
 

@@ -16,7 +16,15 @@ import java.util.Arrays;
  * doubling held up to twice); every layer holds the same number of tokens once a forward pass is over. With a
  * {@code limit} C (bounded memory) the first {@code sinks} slots are pinned and, once C tokens are held, each new
  * token overwrites the oldest non-sink slot in ring order, so a stream of any length runs in constant memory;
- * {@code position[layer][slot]} says which token a slot holds.
+ * {@code position[layer][slot]} says which token a slot holds (its position in the text).
+ * <p>
+ * Positions within the cache ({@link Rotary}, a bounded store of a rotary model): rotary positions follow the cache,
+ * not the text, as StreamingLLM assigns them, so a conversation never runs out of them. A query sees each window token
+ * at its distance in the text and sink i at the distance it would have if the sinks sat just before the oldest window
+ * token ({@link #sinkShift}); every key is stored rotated to its text position minus {@link #rotaryBase}, and when a
+ * step would take a rotary position to the model's limit the store rotates every key back ({@link #rebaseFor}) so
+ * that the oldest window token sits right after the sinks again. Attention depends on rotary positions only through
+ * their differences, so neither changes an attention output beyond float rounding.
  */
 public final class KvStore {
     /** Tokens a store has room for when made (unless made with another initial capacity). */
@@ -34,23 +42,29 @@ public final class KvStore {
     final long[] appended;
     private final int limit;
     private final int pinned;
+    private final Rotary rotary;
     private int capacity;
+    private long rotaryBase;
 
     public KvStore(int layers, int kvHeads, int headDim, int initialCapacity) {
-        this(layers, kvHeads, headDim, initialCapacity, 0, 0);
+        this(layers, kvHeads, headDim, initialCapacity, 0, 0, null);
     }
 
     /**
-     * @param limit  C, the most tokens held (0 = unbounded)
-     * @param sinks  slots never evicted when a limit is set
+     * @param limit   C, the most tokens held (0 = unbounded)
+     * @param sinks   slots never evicted when a limit is set
+     * @param rotary  with a limit below its positions: the model's rotary embedding, whose positions then follow the
+     *                cache; null for a model without one (OPT)
      */
-    public KvStore(int layers, int kvHeads, int headDim, int initialCapacity, int limit, int sinks) {
+    public KvStore(int layers, int kvHeads, int headDim, int initialCapacity, int limit, int sinks, Rotary rotary) {
         this.layers = layers;
         this.kvHeads = kvHeads;
         this.headDim = headDim;
         this.kvDim = kvHeads * headDim;
         this.limit = limit;
         this.pinned = sinks;
+        // a limit the model's positions run out before is never reached: positions stay the text's
+        this.rotary = limit > 0 && rotary != null && limit < rotary.maxPositions() ? rotary : null;
         this.capacity = limit > 0 ? Math.min(limit, Math.max(16, initialCapacity)) : Math.max(16, initialCapacity);
         this.keys = new float[layers][kvDim][capacity];
         this.values = new float[layers][capacity * kvDim];
@@ -66,6 +80,8 @@ public final class KvStore {
         kvDim = o.kvDim;
         limit = o.limit;
         pinned = o.pinned;
+        rotary = o.rotary;
+        rotaryBase = o.rotaryBase;
         int held = Arrays.stream(o.length).max().orElse(0);   // the room a store holding as many has
         capacity = (int) (limit > 0 ? Math.min(limit, capacityFor(held)) : capacityFor(held));
         keys = new float[layers][kvDim][];
@@ -126,6 +142,68 @@ public final class KvStore {
     /** Whether a layer has evicted tokens, so slot order is no longer position order. */
     public boolean wrapped(int layer) {
         return appended[layer] > length[layer];
+    }
+
+    /** The most tokens held (0: unbounded). */
+    public int limit() {
+        return limit;
+    }
+
+    /** Slots never evicted once the limit is reached. */
+    public int sinks() {
+        return pinned;
+    }
+
+    /** Whether rotary positions follow the cache ({@link Rotary}): a bounded store of a rotary model. */
+    public boolean positionsWithinCache() {
+        return rotary != null;
+    }
+
+    /** What a token's text position less is its rotary position (0 unless positions follow the cache). */
+    public long rotaryBase() {
+        return rotaryBase;
+    }
+
+    /**
+     * How much further than its stored rotation a sink key turns for the query at text position {@code position}: 0
+     * until the text passes the limit, then the distance that puts sink i at rotary distance limit - 1 - i from the
+     * query, as if the sinks preceded the oldest window token (positions within the cache only).
+     */
+    public long sinkShift(long position) {
+        return rotary == null || pinned == 0 ? 0 : Math.max(0, position - limit + 1);
+    }
+
+    /**
+     * Before a step feeds tokens at text positions first .. first + rows - 1: where the last would reach the model's
+     * limit in rotary positions, rotates every held key back so the oldest window token sits right after the sinks;
+     * returns by how much (0: nothing to do). The caller turns what it derived from the keys (a ring's copies, labels)
+     * by as much.
+     */
+    public long rebaseFor(long first, int rows) {
+        if (rotary == null || first + rows - 1 - rotaryBase < rotary.maxPositions()) return 0;
+        long oldest = wrapped(layers - 1) ? appended[layers - 1] - (limit - pinned) : pinned;
+        long delta = oldest - pinned - rotaryBase;
+        if (first + rows - 1 - (rotaryBase + delta) >= rotary.maxPositions()) {
+            throw new IllegalArgumentException("a step of " + rows + " tokens over a cache of " + limit
+                    + " needs rotary positions past the model's " + rotary.maxPositions());
+        }
+        if (delta <= 0) return 0;
+        float[] key = new float[headDim];
+        for (int l = 0; l < layers; l++) {
+            for (int j = 0; j < length[l]; j++) {
+                for (int g = 0; g < kvHeads; g++) {
+                    for (int c = 0; c < headDim; c++) key[c] = keys[l][g * headDim + c][j];
+                    rotary.turn(key, 1, -delta);
+                    for (int c = 0; c < headDim; c++) keys[l][g * headDim + c][j] = key[c];
+                }
+            }
+        }
+        rotaryBase += delta;
+        return delta;
+    }
+
+    Rotary rotary() {
+        return rotary;
     }
 
     /** Position of the token held in a slot. */

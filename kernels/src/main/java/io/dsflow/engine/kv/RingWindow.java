@@ -43,6 +43,21 @@ public final class RingWindow {
         return slot;
     }
 
+    /** Turns every held key by {@code delta} positions (KvStore#rebaseFor turns the store's back). */
+    void turn(Rotary rotary, int headDim, long delta) {
+        float[] key = new float[headDim];
+        for (int l = 0; l < keys.length; l++) {
+            for (int slot = 0; slot < size; slot++) {
+                if (position[l][slot] < 0) continue;
+                for (int at = slot * kvDim; at < (slot + 1) * kvDim; at += headDim) {
+                    System.arraycopy(keys[l], at, key, 0, headDim);
+                    rotary.turn(key, 1, delta);
+                    System.arraycopy(key, 0, keys[l], at, headDim);
+                }
+            }
+        }
+    }
+
     public int size() {
         return size;
     }

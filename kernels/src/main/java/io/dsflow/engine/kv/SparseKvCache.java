@@ -35,6 +35,15 @@ public final class SparseKvCache implements CpuKvCache {
     private SparseStepPolicy policy;
 
     public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig) {
+        this(cfg, layers, numHeads, kvHeads, headDim, channelConfig, null);
+    }
+
+    /**
+     * With {@code rotary} (the model's, null without rotary positions) and a capacity, positions follow the cache
+     * ({@link KvStore}).
+     */
+    public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig,
+                         Rotary rotary) {
         if (!cfg.sparse()) throw new IllegalArgumentException("SparseKvCache is for ds and dspp");
         if (channelConfig == null || channelConfig.layers() != layers) {
             throw new IllegalArgumentException("a channel config for all " + layers + " layers is required");
@@ -48,7 +57,7 @@ public final class SparseKvCache implements CpuKvCache {
         this.r = cfg.labelChannels(headDim);
         this.sinks = cfg.sinks();
         this.labelGroup = cfg.labelGroup(numHeads, kvHeads);
-        this.store = new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, cfg.capacity(), sinks);
+        this.store = new KvStore(layers, kvHeads, headDim, KvStore.INITIAL_CAPACITY, cfg.capacity(), sinks, rotary);
         this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
@@ -119,6 +128,42 @@ public final class SparseKvCache implements CpuKvCache {
     }
 
     @Override
+    public int tokenLimit() {
+        return store.limit();
+    }
+
+    @Override
+    public int sinkTokens() {
+        return store.limit() > 0 ? store.sinks() : 0;
+    }
+
+    @Override
+    public boolean positionsWithinCache() {
+        return store.positionsWithinCache();
+    }
+
+    @Override
+    public long positionBase() {
+        return store.rotaryBase();
+    }
+
+    /** A turn of the store's keys (KvStore#rebaseFor) turns the ring's copies and the labels taken from them too. */
+    @Override
+    public void beforeStep(long first, int rows) {
+        long delta = store.rebaseFor(first, rows);
+        if (delta == 0) return;
+        ring.turn(store.rotary(), headDim, -delta);
+        float[] key = new float[kvHeads * headDim];
+        for (int l = 0; l < layers; l++) {
+            if (labels[l] == null) continue;
+            for (int slot = 0; slot < store.length(l); slot++) {
+                for (int c = 0; c < key.length; c++) key[c] = store.keys[l][c][slot];
+                writeLabels(l, slot, key);
+            }
+        }
+    }
+
+    @Override
     public void append(int layer, float[] key, float[] value) {
         int pos = (int) store.appended(layer);
         int slot = store.append(layer, key, value);
@@ -128,6 +173,12 @@ public final class SparseKvCache implements CpuKvCache {
         if (slot >= lab[0].length) {   // the store grew: the labels follow it to the same room
             for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], store.capacity());
         }
+        writeLabels(layer, slot, key);
+    }
+
+    /** The label rows of a store slot from its key ([kvHeads * headDim], post-RoPE). */
+    private void writeLabels(int layer, int slot, float[] key) {
+        float[][] lab = labels[layer];
         for (int h = 0; h < numHeads; h += labelGroup) {   // a label row for each head, or each group sharing one
             int base = (h / group) * headDim, row = h / labelGroup;
             int[] ch = channels[layer][h];
@@ -202,17 +253,30 @@ public final class SparseKvCache implements CpuKvCache {
         int sinkCount = Math.min(sinks, store.length(layer));
         int[] sinkSlots = new int[sinkCount];
         for (int i = 0; i < sinkCount; i++) sinkSlots[i] = i;
+        float[] sinkQuery = sinkQuery(q, context - 1);
         SoftmaxPartial[] parts = {new SoftmaxPartial(headDim), new SoftmaxPartial(headDim), new SoftmaxPartial(headDim)};
         float[] scores = new float[Math.max(k, Math.max(sinkCount, window))];
         int[] offsets = new int[scores.length];
         for (int h = 0; h < numHeads; h++) {
             int g = h / group;
-            storePartial(layer, q, h, g, sinkSlots, scale, scores, offsets, parts[0]);
+            storePartial(layer, sinkQuery, h, g, sinkSlots, scale, scores, offsets, parts[0]);
             storePartial(layer, q, h, g, selected[h], scale, scores, offsets, parts[1]);
             windowPartial(layer, q, h, g, scale, scores, offsets, parts[2]);
             SoftmaxPartial.merge(parts, out, h * headDim);
-            if (observer != null) observe(layer, q, h, g, cand, selected[h], out, scale);
+            if (observer != null) observe(layer, q, sinkQuery, h, g, cand, selected[h], out, scale);
         }
+    }
+
+    /**
+     * The query as the sinks meet it at text position pos: turned back by KvStore#sinkShift where positions follow the
+     * cache (q itself otherwise).
+     */
+    private float[] sinkQuery(float[] q, long pos) {
+        long shift = store.sinkShift(pos);
+        if (shift == 0) return q;
+        float[] turned = q.clone();
+        store.rotary().turn(turned, numHeads, -shift);
+        return turned;
     }
 
     /**
@@ -366,12 +430,13 @@ public final class SparseKvCache implements CpuKvCache {
     }
 
     /** Fidelity of one head's sparse attention against dense attention over the same store. */
-    private void observe(int layer, float[] q, int h, int g, int[] cand, int[] selected, float[] out, float scale) {
+    private void observe(int layer, float[] q, float[] sinkQuery, int h, int g, int[] cand, int[] selected,
+                         float[] out, float scale) {
         int len = store.length(layer);
         double[] p = new double[len];
         double max = Double.NEGATIVE_INFINITY;
         for (int j = 0; j < len; j++) {
-            p[j] = dotKey(layer, q, h, g, j) * scale;
+            p[j] = dotKey(layer, j < sinks ? sinkQuery : q, h, g, j) * scale;
             max = Math.max(max, p[j]);
         }
         double sum = 0;

@@ -365,7 +365,7 @@ class SparseInvariantsTest {
     @Test
     void boundedCapacityKeepsSinksAndTheMostRecentTokensInConstantMemory() {
         int cap = 40, sinks = 3;
-        KvStore store = new KvStore(1, 1, 2, 16, cap, sinks);
+        KvStore store = new KvStore(1, 1, 2, 16, cap, sinks, null);
         for (int t = 0; t < 500; t++) store.append(0, new float[]{t, t}, new float[]{-t, -t});
         assertEquals(cap, store.length(0));
         java.util.Set<Integer> held = new java.util.TreeSet<>();
