@@ -42,6 +42,7 @@ public final class Main {
             case "run" -> RunCommand.run(args, out);
             case "overhead" -> OverheadCommand.run(args, out, err);
             case "soak" -> SoakCommand.run(args, out);
+            case "long-conversation" -> LongConversationCommand.run(args, out);
             case "loadgen" -> JobLoadgenCommand.run(args, out, err);
             default -> {
                 Integer r = EngineMain.dispatch(args, out);
@@ -53,7 +54,7 @@ public final class Main {
 
     static String usage() {
         return "usage: dsflow COMMAND [OPTIONS]\n\ncommands:\n  " + DemoCommand.USAGE + "\n  " + RunCommand.USAGE
-                + "\n  " + OverheadCommand.USAGE + "\n  " + SoakCommand.USAGE + "\n  " + JobLoadgenCommand.USAGE + "\n  "
-                + EngineMain.USAGE + "\n";
+                + "\n  " + OverheadCommand.USAGE + "\n  " + SoakCommand.USAGE + "\n  "
+                + LongConversationCommand.USAGE + "\n  " + JobLoadgenCommand.USAGE + "\n  " + EngineMain.USAGE + "\n";
     }
 }

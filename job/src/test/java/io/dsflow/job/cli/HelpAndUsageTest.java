@@ -25,7 +25,8 @@ class HelpAndUsageTest {
 
     @Test
     void everySubcommandTakesHelp() {
-        for (String command : new String[]{"demo", "run", "soak", "overhead", "generate", "calibrate", "eval", "bench", "loadgen"}) {
+        for (String command : new String[]{"demo", "run", "soak", "long-conversation",
+                "overhead", "generate", "calibrate", "eval", "bench", "loadgen"}) {
             for (String[] args : new String[][]{{command, "--help"}, {command, "-h"},
                     {command, "--model", "/nowhere", "--help"}}) {
                 CliHarness.Result r = CliHarness.run(args);
