@@ -1,7 +1,7 @@
 package io.dsflow.engine.kv;
 
 /** The dense policy: every query attends to every stored token. */
-public final class DenseKvCache implements CpuKvCache {
+public final class DenseKvCache implements StoredKvCache {
     private final KvStore store;
 
     public DenseKvCache(int layers, int kvHeads, int headDim) {
@@ -20,6 +20,7 @@ public final class DenseKvCache implements CpuKvCache {
         this.store = store;
     }
 
+    @Override
     public KvStore store() {
         return store;
     }
@@ -27,31 +28,6 @@ public final class DenseKvCache implements CpuKvCache {
     @Override
     public int length() {
         return store.length();
-    }
-
-    @Override
-    public int tokenLimit() {
-        return store.limit();
-    }
-
-    @Override
-    public int sinkTokens() {
-        return store.limit() > 0 ? store.sinks() : 0;
-    }
-
-    @Override
-    public boolean positionsWithinCache() {
-        return store.positionsWithinCache();
-    }
-
-    @Override
-    public long positionBase() {
-        return store.rotaryBase();
-    }
-
-    @Override
-    public void beforeStep(long first, int rows) {
-        store.rebaseFor(first, rows);
     }
 
     @Override

@@ -21,7 +21,7 @@ import java.util.Arrays;
  *                                                   one label row serves (they have the same channels)
  * </pre>
  */
-public final class SparseKvCache implements CpuKvCache {
+public final class SparseKvCache implements StoredKvCache {
     private final KvConfig cfg;
     private final int layers, numHeads, kvHeads, headDim, group, r, sinks, labelGroup;
     private final KvStore store;
@@ -114,6 +114,7 @@ public final class SparseKvCache implements CpuKvCache {
         return policy;
     }
 
+    @Override
     public KvStore store() {
         return store;
     }
@@ -125,26 +126,6 @@ public final class SparseKvCache implements CpuKvCache {
     @Override
     public int length() {
         return store.length();
-    }
-
-    @Override
-    public int tokenLimit() {
-        return store.limit();
-    }
-
-    @Override
-    public int sinkTokens() {
-        return store.limit() > 0 ? store.sinks() : 0;
-    }
-
-    @Override
-    public boolean positionsWithinCache() {
-        return store.positionsWithinCache();
-    }
-
-    @Override
-    public long positionBase() {
-        return store.rotaryBase();
     }
 
     /** A turn of the store's keys (KvStore#rebaseFor) turns the ring's copies and the labels taken from them too. */
