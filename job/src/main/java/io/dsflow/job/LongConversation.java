@@ -39,13 +39,16 @@ public final class LongConversation {
     /** Tokens each ordinary turn's answer takes. */
     static final int ANSWER_TOKENS = 8;
 
-    /** The state of the run after a turn. */
+    /**
+     * The state of the run after a turn: the text so far, the first checkpoint completed after the turn was served
+     * (bytes on disk), the live heap and the turn's time.
+     */
     public record Mark(int turn, long textTokens, long checkpointBytes, long liveHeapBytes, double turnSeconds) {
     }
 
     /**
-     * What the run saw: turns sent and served (a final each), error records, the text's tokens (prompts and answers),
-     * the marks, the pass key and what the last turn answered.
+     * What the run saw: turns sent and served (a final not in error), error records, the text's tokens (prompts and
+     * answers), the marks, the pass key and what the last turn answered.
      */
     public record Report(int turns, int served, long errors, long textTokens, int capacity, List<Mark> marks,
                          String passKey, String answer, double seconds) {
@@ -53,7 +56,7 @@ public final class LongConversation {
             return answer.strip().startsWith(passKey);
         }
 
-        /** The marks taken once the cache was full (the text past the capacity). */
+        /** The marks taken once the cache was full for good (the text past twice the capacity). */
         public List<Mark> afterTheCacheFilled() {
             return marks.stream().filter(m -> m.textTokens() > 2L * capacity).toList();
         }
@@ -131,7 +134,7 @@ public final class LongConversation {
                 Turn result = await(consumer, id);
                 errors += result.errors;
                 if (result.fin != null) {
-                    served++;
+                    if (!"error".equals(result.fin.path("finish_reason").asText())) served++;
                     JsonNode usage = result.fin.path("usage");
                     textTokens += usage.path("prompt_tokens").asLong() + usage.path("completion_tokens").asLong();
                 } else {
@@ -142,7 +145,7 @@ public final class LongConversation {
                 if (ask) answer = result.text.toString();
                 double seconds = (System.nanoTime() - t0) / 1e9;
                 if (turn % every == 0 || turn == turns) {
-                    Mark m = new Mark(turn, textTokens, newestCheckpointBytes(job.checkpointFolder()), liveHeap(),
+                    Mark m = new Mark(turn, textTokens, nextCheckpoint(job.checkpointFolder()).bytes(), liveHeap(),
                             seconds);
                     marks.add(m);
                     progress.printf(Locale.ROOT, "long conversation: turn %d/%d, %,d tokens of text, checkpoint %.1f"
@@ -211,24 +214,48 @@ public final class LongConversation {
         return filler(rnd, tokenizer, before) + fact + filler(rnd, tokenizer, rest - before);
     }
 
-    /** Bytes on disk of the newest completed checkpoint (a chk-N folder with its _metadata), 0 before the first. */
-    static long newestCheckpointBytes(Path folder) throws IOException {
+    /** A completed checkpoint: its number and its bytes on disk (0 and 0 before the first). */
+    record Checkpoint(long number, long bytes) {
+    }
+
+    /**
+     * The first checkpoint completed after this call (the state as of now: the turn just served), waiting up to 30 s
+     * for it; the newest one if none comes.
+     */
+    static Checkpoint nextCheckpoint(Path folder) throws IOException, InterruptedException {
+        long before = newestCheckpoint(folder).number(), deadline = System.nanoTime() + 30_000_000_000L;
+        Checkpoint c = newestCheckpoint(folder);
+        while (c.number() <= before && System.nanoTime() < deadline) {
+            Thread.sleep(100);
+            c = newestCheckpoint(folder);
+        }
+        return c;
+    }
+
+    /**
+     * The newest completed checkpoint (a chk-N folder with its _metadata): the files of its folder, read again from the
+     * next one where the folder went while it was read (Flink keeps one: a newer one subsumes it).
+     */
+    static Checkpoint newestCheckpoint(Path folder) throws IOException {
         for (int attempt = 0; ; attempt++) {
             try (var paths = Files.walk(folder, 2)) {
                 Optional<Path> newest = paths.filter(d -> d.getFileName().toString().startsWith("chk-")
                                 && Files.exists(d.resolve("_metadata")))
-                        .max(Comparator.comparingLong(d -> Long.parseLong(d.getFileName().toString().substring(4))));
-                if (newest.isEmpty()) return 0;
+                        .max(Comparator.comparingLong(LongConversation::checkpointNumber));
+                if (newest.isEmpty()) return new Checkpoint(0, 0);
+                long bytes = 0;
                 try (var files = Files.walk(newest.get())) {
-                    long bytes = 0;
                     for (Path f : files.filter(Files::isRegularFile).toList()) bytes += Files.size(f);
-                    return bytes;
                 }
+                if (Files.exists(newest.get())) return new Checkpoint(checkpointNumber(newest.get()), bytes);
             } catch (IOException | java.io.UncheckedIOException e) {
-                // the checkpoint went while it was read (the next one subsumed it): read the newer one
-                if (attempt == 3) throw e instanceof IOException io ? io : new IOException(e);
+                if (attempt == 5) throw e instanceof IOException io ? io : new IOException(e);
             }
         }
+    }
+
+    private static long checkpointNumber(Path chk) {
+        return Long.parseLong(chk.getFileName().toString().substring(4));
     }
 
     /** Heap in use after a full collection: what is reachable. */

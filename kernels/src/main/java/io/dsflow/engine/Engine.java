@@ -4,6 +4,7 @@ import io.dsflow.engine.cpu.CpuBackend;
 import io.dsflow.engine.cuda.CudaBackend;
 import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.ChannelConfig;
+import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
 import io.dsflow.engine.model.ModelConfig;
@@ -245,12 +246,18 @@ public final class Engine implements AutoCloseable {
     }
 
     /**
-     * The most tokens one forward pass may feed a sequence: unlimited, except where positions follow its cache
-     * (KvCache#positionsWithinCache), whose step must fit in what the capacity leaves of the model's positions.
+     * The most tokens one forward pass may feed a sequence: unlimited for an unbounded cache. A bounded one takes a
+     * quarter of its window at most: a step's rows are all appended before they attend, so the first row of a step of n
+     * past the capacity sees n - 1 fewer window tokens than it would fed alone (the last sees them all). Where
+     * positions follow the cache (KvCache#positionsWithinCache), a step must also fit in what the capacity leaves of
+     * the model's positions.
      */
     public int longestStep(Sequence seq) {
-        if (!seq.cache().positionsWithinCache()) return Integer.MAX_VALUE;
-        return config().maxPositions() - seq.cache().tokenLimit();
+        KvCache cache = seq.cache();
+        if (cache.tokenLimit() == 0) return Integer.MAX_VALUE;
+        int step = Math.max(1, (cache.tokenLimit() - cache.sinkTokens()) / 4);
+        if (cache.positionsWithinCache()) step = Math.min(step, config().maxPositions() - cache.tokenLimit());
+        return step;
     }
 
     public Generation startGeneration(Sequence seq, SamplingParams params) {

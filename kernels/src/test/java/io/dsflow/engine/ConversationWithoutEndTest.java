@@ -48,6 +48,7 @@ class ConversationWithoutEndTest {
         Engine e = TestModels.engine("llama-tiny");
         Sequence seq = e.newSequence(BOUNDED);
         assertTrue(seq.cache().positionsWithinCache());
+        assertEquals((200 - 4) / 4, e.longestStep(seq), "a step takes a quarter of the window at most");
         int[] text = new int[2_500];
         for (int i = 0; i < text.length; i++) text[i] = 3 + (i * 7) % 500;
         for (int at = 0; at < text.length; at += 300) {

@@ -83,7 +83,8 @@ public final class CpuAttention {
                 sh[j] = e;
                 sum += e;
             }
-            float inv = 1f / sum;
+            // a row of a step longer than the window may see nothing: later rows of its step took every slot
+            float inv = sum > 0 ? 1f / sum : 0f;
             for (int j = 0; j < len; j++) sh[j] *= inv;
         }
         weightedValues(store.values[layer], store.kvDim, g * d, d, s, group, len, out, h0 * d);

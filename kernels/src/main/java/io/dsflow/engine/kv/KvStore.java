@@ -21,10 +21,12 @@ import java.util.Arrays;
  * Positions within the cache ({@link Rotary}, a bounded store of a rotary model): rotary positions follow the cache,
  * not the text, as StreamingLLM assigns them, so a conversation never runs out of them. A query sees each window token
  * at its distance in the text and sink i at the distance it would have if the sinks sat just before the oldest window
- * token ({@link #sinkShift}); every key is stored rotated to its text position minus {@link #rotaryBase}, and when a
- * step would take a rotary position to the model's limit the store rotates every key back ({@link #rebaseFor}) so
- * that the oldest window token sits right after the sinks again. Attention depends on rotary positions only through
- * their differences, so neither changes an attention output beyond float rounding.
+ * token ({@link #sinkShift}); every other key is stored rotated to its text position minus {@link #rotaryBase}, and
+ * when a step would take a rotary position to the model's limit the store turns those keys back ({@link #rebaseFor})
+ * so that the oldest window token sits right after the sinks again. The sinks stay at their own positions (a turn
+ * at each would add its rounding for good), and both turns stay within the model's positions, so their rounding is
+ * that of any rotary position the model has. Attention depends on rotary positions only through their differences,
+ * so neither changes an attention output beyond that rounding.
  */
 public final class KvStore {
     /** Tokens a store has room for when made (unless made with another initial capacity). */
@@ -165,19 +167,20 @@ public final class KvStore {
     }
 
     /**
-     * How much further than its stored rotation a sink key turns for the query at text position {@code position}: 0
-     * until the text passes the limit, then the distance that puts sink i at rotary distance limit - 1 - i from the
-     * query, as if the sinks preceded the oldest window token (positions within the cache only).
+     * How much further than its stored rotation (its own position) a sink key turns for the query at text position
+     * {@code position}: 0 until the text passes the limit, then the distance that puts sink i at rotary distance
+     * limit - 1 - i from the query, as if the sinks preceded the oldest window token (positions within the cache
+     * only): at most the model's positions less the limit.
      */
     public long sinkShift(long position) {
-        return rotary == null || pinned == 0 ? 0 : Math.max(0, position - limit + 1);
+        return rotary == null || pinned == 0 ? 0 : Math.max(0, position - rotaryBase - limit + 1);
     }
 
     /**
      * Before a step feeds tokens at text positions first .. first + rows - 1: where the last would reach the model's
-     * limit in rotary positions, rotates every held key back so the oldest window token sits right after the sinks;
-     * returns by how much (0: nothing to do). The caller turns what it derived from the keys (a ring's copies, labels)
-     * by as much.
+     * limit in rotary positions, turns every held key but the sinks back so the oldest window token sits right after
+     * the sinks; returns by how much (0: nothing to do). The caller turns what it derived from the keys (a ring's
+     * copies, labels) by as much.
      */
     public long rebaseFor(long first, int rows) {
         if (rotary == null || first + rows - 1 - rotaryBase < rotary.maxPositions()) return 0;
@@ -188,12 +191,13 @@ public final class KvStore {
                     + " needs rotary positions past the model's " + rotary.maxPositions());
         }
         if (delta <= 0) return 0;
+        Rotary.Turn back = rotary.by(-delta);
         float[] key = new float[headDim];
         for (int l = 0; l < layers; l++) {
-            for (int j = 0; j < length[l]; j++) {
+            for (int j = pinned; j < length[l]; j++) {
                 for (int g = 0; g < kvHeads; g++) {
                     for (int c = 0; c < headDim; c++) key[c] = keys[l][g * headDim + c][j];
-                    rotary.turn(key, 1, -delta);
+                    back.apply(key, 0);
                     for (int c = 0; c < headDim; c++) keys[l][g * headDim + c][j] = key[c];
                 }
             }

@@ -45,15 +45,11 @@ public final class RingWindow {
 
     /** Turns every held key by {@code delta} positions (KvStore#rebaseFor turns the store's back). */
     void turn(Rotary rotary, int headDim, long delta) {
-        float[] key = new float[headDim];
+        Rotary.Turn turn = rotary.by(delta);
         for (int l = 0; l < keys.length; l++) {
             for (int slot = 0; slot < size; slot++) {
                 if (position[l][slot] < 0) continue;
-                for (int at = slot * kvDim; at < (slot + 1) * kvDim; at += headDim) {
-                    System.arraycopy(keys[l], at, key, 0, headDim);
-                    rotary.turn(key, 1, delta);
-                    System.arraycopy(key, 0, keys[l], at, headDim);
-                }
+                for (int at = slot * kvDim; at < (slot + 1) * kvDim; at += headDim) turn.apply(keys[l], at);
             }
         }
     }

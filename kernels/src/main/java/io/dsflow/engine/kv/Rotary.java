@@ -17,4 +17,29 @@ public record Rotary(float[] invFreq, int headDim, int maxPositions) {
     public void turn(float[] x, int heads, long delta) {
         CpuOps.rope(x, heads, headDim, Math.toIntExact(delta), invFreq);
     }
+
+    /** A turn by {@code delta} positions with its cosines and sines worked out once, for many vectors. */
+    Turn by(long delta) {
+        int half = headDim / 2;
+        float[] cos = new float[half], sin = new float[half];
+        for (int i = 0; i < half; i++) {   // as CpuOps.rope computes them
+            float angle = (float) Math.toIntExact(delta) * invFreq[i];
+            cos[i] = (float) Math.cos(angle);
+            sin[i] = (float) Math.sin(angle);
+        }
+        return new Turn(cos, sin);
+    }
+
+    /** One turn's cosines and sines ([headDim / 2] each), as {@link #turn} applies them. */
+    record Turn(float[] cos, float[] sin) {
+        /** Turns the head of x at [at, at + headDim). */
+        void apply(float[] x, int at) {
+            int half = cos.length;
+            for (int i = 0; i < half; i++) {
+                float x1 = x[at + i], x2 = x[at + i + half];
+                x[at + i] = x1 * cos[i] - x2 * sin[i];
+                x[at + i + half] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
 }

@@ -63,6 +63,29 @@ class PositionsWithinCacheTest {
         assertEquals(false, new DenseKvCache(LAYERS, KV_HEADS, D, CAPACITY, SINKS, null).positionsWithinCache());
     }
 
+    /**
+     * A step of more rows than a bounded cache holds, without sinks: its first rows' own keys are gone by the time they
+     * attend (the later rows took every slot), so they see nothing and get zeros, not NaN.
+     */
+    @Test
+    void aRowWhoseTokensAStepEvictedAttendsToNothingAndGetsZeros() {
+        DenseKvCache cache = new DenseKvCache(1, KV_HEADS, D, 8, 0, ROTARY);
+        Random rnd = new Random(5);
+        float[][] q = new float[20][];
+        for (int r = 0; r < 20; r++) {
+            cache.append(0, gaussian(rnd, KV_HEADS * D), gaussian(rnd, KV_HEADS * D));
+            q[r] = gaussian(rnd, HEADS * D);
+        }
+        float[][] out = new float[20][HEADS * D];
+        cache.attend(0, q, 0, 20, out, HEADS, 0.25f);
+        for (int r = 0; r < 20; r++) {
+            for (float v : out[r]) {
+                assertTrue(!Float.isNaN(v) && (r >= 12 || v == 0), "row " + r + ": " + v);
+            }
+        }
+        assertTrue(out[19][0] != 0);
+    }
+
     /** Feeds TOKENS random tokens as the CPU forward pass does and checks every step against the reference. */
     private static void check(CpuKvCache cache) {
         assertTrue(cache.positionsWithinCache());
