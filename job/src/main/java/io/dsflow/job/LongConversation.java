@@ -145,7 +145,7 @@ public final class LongConversation {
                 if (ask) answer = result.text.toString();
                 double seconds = (System.nanoTime() - t0) / 1e9;
                 if (turn % every == 0 || turn == turns) {
-                    Mark m = new Mark(turn, textTokens, nextCheckpoint(job.checkpointFolder()).bytes(), liveHeap(),
+                    Mark m = new Mark(turn, textTokens, nextCheckpoint(job.checkpointFolder()).bytes(), Soak.liveHeap(),
                             seconds);
                     marks.add(m);
                     progress.printf(Locale.ROOT, "long conversation: turn %d/%d, %,d tokens of text, checkpoint %.1f"
@@ -256,12 +256,5 @@ public final class LongConversation {
 
     private static long checkpointNumber(Path chk) {
         return Long.parseLong(chk.getFileName().toString().substring(4));
-    }
-
-    /** Heap in use after a full collection: what is reachable. */
-    private static long liveHeap() {
-        System.gc();
-        Runtime rt = Runtime.getRuntime();
-        return rt.totalMemory() - rt.freeMemory();
     }
 }

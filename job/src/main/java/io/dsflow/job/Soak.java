@@ -284,7 +284,7 @@ public final class Soak {
     }
 
     /** Heap in use after a full collection: what is reachable. */
-    private static long liveHeap() {
+    static long liveHeap() {
         System.gc();
         Runtime rt = Runtime.getRuntime();
         return rt.totalMemory() - rt.freeMemory();

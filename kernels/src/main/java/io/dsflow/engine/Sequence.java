@@ -45,11 +45,7 @@ public final class Sequence {
     /** Records tokens the model has been fed (their K/V are in the cache). */
     void advance(int[] newTokens) {
         if (held + newTokens.length > tokens.length) {
-            if (limit > 0 && held > limit) {   // forget what the cache evicted: all but the sinks and the last tokens
-                int keep = limit - sinks;
-                System.arraycopy(tokens, held - keep, tokens, sinks, keep);
-                held = limit;
-            }
+            if (limit > 0 && held > limit) forgetEvicted();
             if (held + newTokens.length > tokens.length) {
                 tokens = Arrays.copyOf(tokens, Math.max(tokens.length * 2, held + newTokens.length));
             }
@@ -57,11 +53,14 @@ public final class Sequence {
         System.arraycopy(newTokens, 0, tokens, held, newTokens.length);
         held += newTokens.length;
         position = Math.addExact(position, newTokens.length);
-        if (limit > 0 && held > 2 * limit) {   // a long step: keep the record within twice the limit
-            int keep = limit - sinks;
-            System.arraycopy(tokens, held - keep, tokens, sinks, keep);
-            held = limit;
-        }
+        if (limit > 0 && held > 2 * limit) forgetEvicted();   // a long step: the record stays within twice the limit
+    }
+
+    /** Drops what the cache evicted from the record: all but the sinks and the last tokens up to the limit. */
+    private void forgetEvicted() {
+        int keep = limit - sinks;
+        System.arraycopy(tokens, held - keep, tokens, sinks, keep);
+        held = limit;
     }
 
     /**

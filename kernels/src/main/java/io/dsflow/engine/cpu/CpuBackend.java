@@ -113,7 +113,7 @@ public final class CpuBackend implements Backend {
         int[] rotaryPositions = positions.clone();   // text positions less each cache's base (KvStore)
         for (int s = 0; s < caches.length; s++) {
             caches[s] = cpuCache(segments.get(s).cache());
-            int n = segments.get(s).tokens().length, r0 = batch.segmentStarts()[s];
+            int n = segments.get(s).tokens().length, r0 = starts[s];
             caches[s].beforeStep(positions[r0], n);
             long base = caches[s].positionBase();
             for (int r = r0; r < r0 + n; r++) rotaryPositions[r] = Math.toIntExact(positions[r] - base);

@@ -108,15 +108,22 @@ public final class CpuOps {
     public static void rope(float[] x, int heads, int headDim, int position, float[] invFreq) {
         int half = headDim / 2;
         for (int i = 0; i < half; i++) {
-            float angle = (float) position * invFreq[i];
+            float angle = ropeAngle(position, invFreq[i]);
             float cos = (float) Math.cos(angle), sin = (float) Math.sin(angle);
-            for (int h = 0; h < heads; h++) {
-                int a = h * headDim + i, b = a + half;
-                float x1 = x[a], x2 = x[b];
-                x[a] = x1 * cos - x2 * sin;
-                x[b] = x2 * cos + x1 * sin;
-            }
+            for (int h = 0; h < heads; h++) rotatePair(x, h * headDim + i, half, cos, sin);
         }
+    }
+
+    /** RoPE's angle of a channel pair at a position, in float32. */
+    public static float ropeAngle(int position, float invFreq) {
+        return (float) position * invFreq;
+    }
+
+    /** (x[a], x[a + half]) turned by the angle of cos and sin, as RoPE turns a channel pair. */
+    public static void rotatePair(float[] x, int a, int half, float cos, float sin) {
+        float x1 = x[a], x2 = x[a + half];
+        x[a] = x1 * cos - x2 * sin;
+        x[a + half] = x2 * cos + x1 * sin;
     }
 
     /** gate = silu(gate) * up, in place. */

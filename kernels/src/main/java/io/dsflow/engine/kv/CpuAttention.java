@@ -65,28 +65,10 @@ public final class CpuAttention {
             float[] qs = java.util.Arrays.copyOfRange(q, h0 * d, (h0 + group) * d);
             store.rotary().turn(qs, group, -shift);
             for (int hh = 0; hh < group; hh++) {
-                for (int j = 0; j < sinks; j++) {
-                    float dot = 0;
-                    for (int c = 0; c < d; c++) dot += qs[hh * d + c] * store.keys[layer][g * d + c][j];
-                    s[hh][j] = dot;
-                }
+                for (int j = 0; j < sinks; j++) s[hh][j] = store.score(layer, qs, hh * d, g, j);
             }
         }
-        int[] position = store.position[layer];
-        for (int hh = 0; hh < group; hh++) {
-            float[] sh = s[hh];
-            float max = Float.NEGATIVE_INFINITY;
-            for (int j = 0; j < len; j++) if (position[j] <= pos) max = Math.max(max, sh[j]);
-            float sum = 0;
-            for (int j = 0; j < len; j++) {
-                float e = position[j] <= pos ? CpuOps.expf((sh[j] - max) * scale) : 0f;
-                sh[j] = e;
-                sum += e;
-            }
-            // a row of a step longer than the window may see nothing: later rows of its step took every slot
-            float inv = sum > 0 ? 1f / sum : 0f;
-            for (int j = 0; j < len; j++) sh[j] *= inv;
-        }
+        for (int hh = 0; hh < group; hh++) softmax(s[hh], len, scale, store.position[layer], pos);
         weightedValues(store.values[layer], store.kvDim, g * d, d, s, group, len, out, h0 * d);
     }
 
@@ -98,10 +80,7 @@ public final class CpuAttention {
         float[][] s = scores(group, n);
         groupScores(store, layer, g, group, q, s, n);
         // softmax weights, then out[h] = sum_j p[h][j] v[j], four heads per pass over the values
-        for (int hh = 0; hh < group; hh++) {
-            float inv = 1f / softmax(s[hh], n, scale);
-            for (int j = 0; j < n; j++) s[hh][j] *= inv;
-        }
+        for (int hh = 0; hh < group; hh++) softmax(s[hh], n, scale, null, 0);
         weightedValues(store.values[layer], store.kvDim, g * store.headDim, store.headDim, s, group, n, out,
                 g * group * store.headDim);
     }
@@ -177,17 +156,22 @@ public final class CpuAttention {
         }
     }
 
-    /** s[j] <- exp(scale * (s[j] - max)) for j < n; returns their sum. */
-    static float softmax(float[] s, int n, float scale) {
+    /**
+     * s[j] <- the softmax weight exp(scale * (s[j] - max)) / sum of the slots j < n a row sees, 0 for the others: all
+     * of them where {@code position} is null, else those holding tokens at positions up to {@code upTo} (a bounded
+     * store's row). A row that sees none (a step longer than the window: its later rows took every slot) gets zeros.
+     */
+    static void softmax(float[] s, int n, float scale, int[] position, long upTo) {
         float max = Float.NEGATIVE_INFINITY;
-        for (int j = 0; j < n; j++) max = Math.max(max, s[j]);
+        for (int j = 0; j < n; j++) if (position == null || position[j] <= upTo) max = Math.max(max, s[j]);
         float sum = 0;
         for (int j = 0; j < n; j++) {
-            float e = CpuOps.expf((s[j] - max) * scale);
+            float e = position == null || position[j] <= upTo ? CpuOps.expf((s[j] - max) * scale) : 0f;
             s[j] = e;
             sum += e;
         }
-        return sum;
+        float inv = sum > 0 ? 1f / sum : 0f;
+        for (int j = 0; j < n; j++) s[j] *= inv;
     }
 
     private static float[][] scores(int group, int n) {

@@ -210,6 +210,13 @@ public final class KvStore {
         return rotary;
     }
 
+    /** q[qAt .. qAt + headDim) . the key of kv head g in a slot of a layer (unscaled). */
+    float score(int layer, float[] q, int qAt, int g, int slot) {
+        float s = 0;
+        for (int c = 0; c < headDim; c++) s += q[qAt + c] * keys[layer][g * headDim + c][slot];
+        return s;
+    }
+
     /** Position of the token held in a slot. */
     public int position(int layer, int slot) {
         return position[layer][slot];

@@ -23,7 +23,7 @@ public record Rotary(float[] invFreq, int headDim, int maxPositions) {
         int half = headDim / 2;
         float[] cos = new float[half], sin = new float[half];
         for (int i = 0; i < half; i++) {   // as CpuOps.rope computes them
-            float angle = (float) Math.toIntExact(delta) * invFreq[i];
+            float angle = CpuOps.ropeAngle(Math.toIntExact(delta), invFreq[i]);
             cos[i] = (float) Math.cos(angle);
             sin[i] = (float) Math.sin(angle);
         }
@@ -34,12 +34,7 @@ public record Rotary(float[] invFreq, int headDim, int maxPositions) {
     record Turn(float[] cos, float[] sin) {
         /** Turns the head of x at [at, at + headDim). */
         void apply(float[] x, int at) {
-            int half = cos.length;
-            for (int i = 0; i < half; i++) {
-                float x1 = x[at + i], x2 = x[at + i + half];
-                x[at + i] = x1 * cos[i] - x2 * sin[i];
-                x[at + i + half] = x2 * cos[i] + x1 * sin[i];
-            }
+            for (int i = 0; i < cos.length; i++) CpuOps.rotatePair(x, at + i, cos.length, cos[i], sin[i]);
         }
     }
 }

@@ -366,9 +366,7 @@ public final class SparseKvCache implements StoredKvCache {
     }
 
     private float dotKey(int layer, float[] q, int h, int g, int slot) {
-        float s = 0;
-        for (int c = 0; c < headDim; c++) s += q[h * headDim + c] * store.keys[layer][g * headDim + c][slot];
-        return s;
+        return store.score(layer, q, h * headDim, g, slot);
     }
 
     private void storePartial(int layer, float[] q, int h, int g, int[] slots, float scale, float[] scores,
