@@ -154,8 +154,9 @@ public final class CudaBackend implements Backend {
         long cap = CudaKvCache.capacityFor(tokens);
         int sparseLayers = sparseLayers(kv);
         boolean host = kv.placement() == KvConfig.Placement.HOST;
-        long bytes = 2L * (host ? c.numLayers() - sparseLayers : c.numLayers())
-                * CudaRuntime.sizeClass(cap * c.kvDim() * 2);
+        // the device layers' keys and values: one block a cache (CudaKvCache's storeBlock)
+        long bytes = CudaRuntime.sizeClass(2L * (host ? c.numLayers() - sparseLayers : c.numLayers())
+                * cap * c.kvDim() * 2);
         if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
             int rows = c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads());
             int width = rows * kv.labelChannels(c.headDim());

@@ -42,11 +42,14 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         final CUdeviceptr[] keys, values, labels, scales, channels, ringKeys, ringValues;
         /** Layers whose keys and values are in pinned host memory. */
         final boolean[] onHost;
-        /** The blocks labels[] and scales[] lie in, layer after layer. */
-        CUdeviceptr labelBlock, scaleBlock;
+        /**
+         * The blocks the device layers' keys and values (one allocation, so the pool rounds a cache once, not every
+         * layer's store to its 2 MB size class), labels[] and scales[] lie in, layer after layer.
+         */
+        CUdeviceptr storeBlock, labelBlock, scaleBlock;
         /** A calibrating cache's accumulators (null otherwise): freed with the cache. */
         CudaCalibration calibration;
-        long bytesEach, scaleBytesEach, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
+        long bytesEach, scaleBytesEach, storeBlockBytes, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
         boolean freed;
 
         Buffers(CudaRuntime gpu, int layers) {
@@ -61,9 +64,9 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
             onHost = new boolean[layers];
         }
 
-        void freeStore(CUdeviceptr p, int layer) {
+        /** Frees a host-placed layer's store (the device layers' stores go with their block). */
+        void freeHostStore(CUdeviceptr p, int layer) {
             if (onHost[layer]) gpu.freeHost(p, bytesEach);
-            else gpu.free(p, bytesEach);
         }
 
         @Override
@@ -72,12 +75,13 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
             freed = true;
             gpu.makeCurrent();
             for (int l = 0; l < keys.length; l++) {
-                if (keys[l] != null) freeStore(keys[l], l);
-                if (values[l] != null) freeStore(values[l], l);
+                if (keys[l] != null) freeHostStore(keys[l], l);
+                if (values[l] != null) freeHostStore(values[l], l);
                 if (channels[l] != null) gpu.free(channels[l], channelBytes);
                 if (ringKeys[l] != null) gpu.free(ringKeys[l], ringBytes);
                 if (ringValues[l] != null) gpu.free(ringValues[l], ringBytes);
             }
+            if (storeBlock != null) gpu.free(storeBlock, storeBlockBytes);
             if (labelBlock != null) gpu.free(labelBlock, labelBlockBytes);
             if (scaleBlock != null) gpu.free(scaleBlock, scaleBlockBytes);
             if (calibration != null) calibration.release();
@@ -178,11 +182,13 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     private void allocate(int cap) {
         long bytes = (long) cap * kvDim * 2, labelLayer = (long) cap * labelWidth * labelBytes;
         long scaleLayer = labelBytes == 1 ? (long) labelRows() * cap * 2 : 0;
-        int sparseLayers = 0;
+        int sparseLayers = 0, deviceLayers = 0;
         for (CUdeviceptr ch : buffers.channels) if (ch != null) sparseLayers++;
+        for (boolean host : buffers.onHost) if (!host) deviceLayers++;
+        CUdeviceptr storeBlock = deviceLayers == 0 ? null : gpu.alloc(2L * deviceLayers * bytes);
         CUdeviceptr labelBlock = sparseLayers == 0 ? null : gpu.alloc(sparseLayers * labelLayer);
         CUdeviceptr scaleBlock = sparseLayers == 0 || scaleLayer == 0 ? null : gpu.alloc(sparseLayers * scaleLayer);
-        for (int l = 0, i = 0; l < layers; l++) {
+        for (int l = 0, i = 0, d = 0; l < layers; l++) {
             if (buffers.channels[l] != null) {
                 CUdeviceptr lab = labelBlock.withByteOffset(i * labelLayer);
                 long used = (long) length[l] * labelWidth * labelBytes;
@@ -201,21 +207,26 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
                 i++;
             }
             boolean host = buffers.onHost[l];
-            CUdeviceptr k = host ? gpu.allocHost(bytes) : gpu.alloc(bytes), v = host ? gpu.allocHost(bytes) : gpu.alloc(bytes);
+            CUdeviceptr k = host ? gpu.allocHost(bytes) : storeBlock.withByteOffset(2L * d * bytes);
+            CUdeviceptr v = host ? gpu.allocHost(bytes) : storeBlock.withByteOffset((2L * d + 1) * bytes);
+            if (!host) d++;
             if (buffers.keys[l] != null) {
                 long used = (long) length[l] * kvDim * 2;
                 if (used > 0) {   // unified addressing: one copy call for device and host stores
                     cuMemcpy(k, buffers.keys[l], used);
                     cuMemcpy(v, buffers.values[l], used);
                 }
-                buffers.freeStore(buffers.keys[l], l);
-                buffers.freeStore(buffers.values[l], l);
+                buffers.freeHostStore(buffers.keys[l], l);
+                buffers.freeHostStore(buffers.values[l], l);
             }
             buffers.keys[l] = k;
             buffers.values[l] = v;
         }
+        if (buffers.storeBlock != null) gpu.free(buffers.storeBlock, buffers.storeBlockBytes);
         if (buffers.labelBlock != null) gpu.free(buffers.labelBlock, buffers.labelBlockBytes);
         if (buffers.scaleBlock != null) gpu.free(buffers.scaleBlock, buffers.scaleBlockBytes);
+        buffers.storeBlock = storeBlock;
+        buffers.storeBlockBytes = 2L * deviceLayers * bytes;
         buffers.labelBlock = labelBlock;
         buffers.scaleBlock = scaleBlock;
         buffers.labelBlockBytes = sparseLayers * labelLayer;

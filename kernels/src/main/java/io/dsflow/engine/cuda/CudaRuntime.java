@@ -368,8 +368,9 @@ public final class CudaRuntime implements AutoCloseable {
                     try {
                         p = driver.allocate(size);
                     } catch (jcuda.CudaException again) {
-                        throw new DsflowException(String.format("out of %s: %.1f MB more on %s (%.1f MB in use)", what,
-                                bytes / 1e6, device, inUse / 1e6), again);
+                        // held: the blocks the pool has from the driver, each rounded to its size class
+                        throw new DsflowException(String.format("out of %s: %.1f MB more on %s (%.1f MB in use in"
+                                + " %.1f MB of blocks)", what, bytes / 1e6, device, inUse / 1e6, held / 1e6), again);
                     }
                 }
                 held += size;
