@@ -31,10 +31,10 @@ import java.util.Set;
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
- * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384] [--prompt 4096]
- * [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}:
+ * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384]
+ * [--prompt 4096|16x1024] [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}:
  * decode tokens/s and step latency per batch and context (greedy sampling on the device, each sequence's cache filled
- * to the context), prefill tokens/s, peak device memory (and pinned host memory: host placement's stores), with
+ * to the context), prefill tokens/s (one prompt, or N prompts of M tokens in one forward: NxM), peak device memory (and pinned host memory: host placement's stores), with
  * --profile a timeline of one more step (device time of each stage summed over the layers, from CUDA events, the step
  * run eagerly), and achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every
  * cached key and value / step time) against a device-to-device copy measured in the same run. The token embedding
@@ -46,7 +46,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
-            + " [--context 1024,4096,16384] [--prompt 4096] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N]"
+            + " [--context 1024,4096,16384] [--prompt 4096|16x1024] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N]"
             + " [--profile]"
             + " [--embeddings placement|host] [--quality PROBE_DIR [--quality-lengths 4096] [--quality-samples 20]]"
             + " [--json FILE]";
@@ -75,7 +75,11 @@ public final class BenchCommand {
         }
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
-        int prompt = a.getInt("prompt", 4096), steps = a.getInt("steps", 32);
+        String promptSpec = a.get("prompt", "4096");
+        int prompts = promptSpec.contains("x") ? positive(promptSpec.substring(0, promptSpec.indexOf('x')), "--prompt")
+                : 1;
+        int prompt = positiveOrZero(promptSpec.substring(promptSpec.indexOf('x') + 1), "--prompt");
+        int steps = a.getInt("steps", 32);
         boolean profile = a.has("profile");
         String embeddings = a.get("embeddings", "placement");
         if (!embeddings.equals("placement") && !embeddings.equals("host")) {
@@ -116,7 +120,7 @@ public final class BenchCommand {
                 }
             }
         }
-        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompt, policies, profile, out, root);
+        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompts, prompt, policies, profile, out, root);
         root.put("peak_device_bytes_max", gpu.peakAllocated());
         out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
         b.close();
@@ -149,12 +153,13 @@ public final class BenchCommand {
     }
 
     /**
-     * Prefill tokens/s of one {@code prompt}-token prompt: dense, and each policy whose prefill reads its store
+     * Prefill tokens/s of {@code prompts} prompts of {@code prompt} tokens in one forward: dense, and each policy whose prefill reads its store
      * elsewhere (host placement); adds the rows to json. With {@code profile}, one more dense prefill with an event at
      * each stage of each layer (as decode rows' --profile), to say where a prefill's time goes.
      */
-    private static void prefillRows(CudaBackend b, int prompt, List<io.dsflow.engine.probe.Eval.Policy> policies,
-                                    boolean profile, PrintStream out, ObjectNode root) {
+    private static void prefillRows(CudaBackend b, int prompts, int prompt,
+                                    List<io.dsflow.engine.probe.Eval.Policy> policies, boolean profile,
+                                    PrintStream out, ObjectNode root) {
         CudaRuntime gpu = b.runtime();
         ModelConfig c = b.config();
         // dense, and each policy whose prefill reads its store elsewhere (host placement)
@@ -162,55 +167,72 @@ public final class BenchCommand {
         for (io.dsflow.engine.probe.Eval.Policy p : policies) {
             if (p.kv().placement() == KvConfig.Placement.HOST) prefills.add(p.kv());
         }
-        int[] ids = new int[prompt];
-        for (int i = 0; i < prompt; i++) ids[i] = 100 + (i * 7919) % (c.vocabSize() - 200);
-        // a first prefill of the same length: cuBLAS chooses (and loads) its kernels for a shape at its first product
-        CudaKvCache warm = (CudaKvCache) b.newCache(KvConfig.DENSE, null);
-        b.forwardGreedy(new Batch().add(warm, ids, 0));
-        warm.release();
+        int[][] ids = new int[prompts][prompt];
+        for (int p = 0; p < prompts; p++) {
+            for (int i = 0; i < prompt; i++) ids[p][i] = 100 + (i * 7919 + p * 104729) % (c.vocabSize() - 200);
+        }
+        String shape = prompts == 1 ? prompt + " tokens" : prompts + " x " + prompt + " tokens";
+        // a first prefill of the same shape: cuBLAS chooses (and loads) its kernels for a shape at its first product
+        List<CudaKvCache> warm = caches(b, prompts, KvConfig.DENSE);
+        b.forwardGreedy(batchOf(warm, ids));
+        warm.forEach(CudaKvCache::release);
         ArrayNode prefillRows = root.putArray("prefill");
         for (KvConfig kv : prefills) {
             boolean host = kv.placement() == KvConfig.Placement.HOST;
             // host placement twice: a first cache pins new host memory, a second one reuses the pool's blocks
             for (int run = 0; run < (host ? 2 : 1); run++) {
                 if (host && run == 0) gpu.trim();
-                CudaKvCache cache = CudaBenchCaches.ofLength(b, 0, kv);
+                List<CudaKvCache> caches = caches(b, prompts, kv);
                 try {
                     gpu.synchronize();
                     long start = System.nanoTime();
-                    b.forwardGreedy(new Batch().add(cache, ids, 0));
+                    b.forwardGreedy(batchOf(caches, ids));
                     gpu.synchronize();
                     double sec = (System.nanoTime() - start) / 1e9;
-                    double flops = 2.0 * b.weightBytesPerStep() / 2 * prompt
-                            + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt;
+                    double flops = prompts * (2.0 * b.weightBytesPerStep() / 2 * prompt
+                            + 2.0 * c.numLayers() * c.numHeads() * c.headDim() * (double) prompt * prompt);
                     String name = !kv.sparse() ? "dense" : kv.policy().id() + (!host ? ""
                             : run == 0 ? " (host placement, new pinned memory)" : " (host placement, pooled memory)");
-                    out.printf(Locale.ROOT, "prefill %d tokens, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers"
-                            + " and causal attention)%n", prompt, name, sec, prompt / sec, flops / sec / 1e12);
+                    out.printf(Locale.ROOT, "prefill %s, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers"
+                            + " and causal attention)%n", shape, name, sec, prompts * prompt / sec, flops / sec / 1e12);
                     ObjectNode row = prefillRows.addObject();
                     row.put("kv", kv.toString());
                     row.put("pinned_memory_pooled", host && run == 1);
+                    row.put("prompts", prompts);
                     row.put("tokens", prompt);
-                    row.put("tokens_per_s", prompt / sec);
+                    row.put("tokens_per_s", prompts * prompt / sec);
                     row.put("tflops", flops / sec / 1e12);
                 } finally {
-                    cache.release();
+                    caches.forEach(CudaKvCache::release);
                 }
                 if (profile && !kv.sparse()) {
-                    CudaKvCache again = CudaBenchCaches.ofLength(b, 0, kv);
+                    List<CudaKvCache> again = caches(b, prompts, kv);
                     try {
-                        StepProfiler.Profile pr = b.profileStep(new Batch().add(again, ids, 0));
+                        StepProfiler.Profile pr = b.profileStep(batchOf(again, ids));
                         ObjectNode prof = root.putObject("prefill_profile_ms");
                         prof.put("step", pr.stepMs());
-                        out.println(stageLine(String.format(Locale.ROOT, "  timeline prefill %d tokens, dense: %.3f"
-                                + " ms eager; main stream", prompt, pr.stepMs()), pr.mainMs(), pr.stepMs(),
+                        out.println(stageLine(String.format(Locale.ROOT, "  timeline prefill %s, dense: %.3f"
+                                + " ms eager; main stream", shape, pr.stepMs()), pr.mainMs(), pr.stepMs(),
                                 prof.putObject("main")));
                     } finally {
-                        again.release();
+                        again.forEach(CudaKvCache::release);
                     }
                 }
             }
         }
+    }
+
+    private static List<CudaKvCache> caches(CudaBackend b, int count, KvConfig kv) {
+        List<CudaKvCache> caches = new ArrayList<>();
+        for (int i = 0; i < count; i++) caches.add(CudaBenchCaches.ofLength(b, 0, kv));
+        return caches;
+    }
+
+    /** One forward's batch: prompt i into cache i, every one from position 0. */
+    private static Batch batchOf(List<CudaKvCache> caches, int[][] ids) {
+        Batch batch = new Batch();
+        for (int i = 0; i < caches.size(); i++) batch.add(caches.get(i), ids[i], 0);
+        return batch;
     }
 
     /** Options every decode row shares: timed steps, --profile, --embeddings host, the copy bandwidth measured. */
@@ -380,6 +402,22 @@ public final class BenchCommand {
             gpu.free(src, n);
             gpu.free(dst, n);
         }
+    }
+
+    private static int positive(String value, String option) {
+        int v = positiveOrZero(value, option);
+        if (v == 0) throw new UsageException(option + " needs a positive count, not " + value);
+        return v;
+    }
+
+    private static int positiveOrZero(String value, String option) {
+        try {
+            int v = Integer.parseInt(value.trim());
+            if (v >= 0) return v;
+        } catch (NumberFormatException e) {
+            // the message below says what was expected
+        }
+        throw new UsageException(option + " takes TOKENS or PROMPTSxTOKENS (e.g. 4096 or 16x1024), not " + value);
     }
 
     private static int[] ints(Args a, String name, String fallback) {
