@@ -207,6 +207,18 @@ public final class Admission<W> {
         return host;
     }
 
+    /**
+     * How many conversations needing {@code need} each the budgets hold at once: the fewer that either budget holds
+     * (a budget the need takes nothing of holds any number), at most {@code maxConversations}. What the operator's log
+     * says a subtask holds at a length.
+     */
+    public long held(Need need) {
+        long n = maxConversations;
+        if (need.cacheBytes() > 0) n = Math.min(n, cache.limit() / need.cacheBytes());
+        if (need.hostBytes() > 0) n = Math.min(n, host.limit() / need.hostBytes());
+        return n;
+    }
+
     /** A new conversation wants state on this subtask: false (nothing counted) when it holds its limit already. */
     public boolean openConversation() {
         if (conversations >= maxConversations) return false;

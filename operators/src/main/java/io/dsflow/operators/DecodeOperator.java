@@ -32,6 +32,7 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Locale;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
@@ -183,7 +184,34 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         String memory = cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory";
         LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}", subtask, cache.limit() >> 20,
                 memory, settings.kv());
-        return new Admission<>(cache, host, maxRunning, settings.limits().maxConversations());
+        Admission<BatchScheduler.Work> admission = new Admission<>(cache, host, maxRunning,
+                settings.limits().maxConversations());
+        LOG.info("decode subtask {}: {}", subtask, conversationsHeld(admission, settings.kv()));
+        return admission;
+    }
+
+    /**
+     * How many conversations the budgets hold at once at a few lengths the model's positions reach (any length with
+     * a capacity), under the default policy and, for a sparse one, dense: "holds 412 / 51 conversations of 4,096 /
+     * 32,768 tokens (dense: 148 / 18)".
+     */
+    private String conversationsHeld(Admission<?> admission, KvConfig kv) {
+        List<Long> lengths = new ArrayList<>();
+        for (long tokens : new long[]{4096, 32768, 131072}) {
+            if (kv.capacity() > 0 || tokens <= engine.config().maxPositions()) lengths.add(tokens);
+        }
+        if (lengths.isEmpty()) lengths.add((long) engine.config().maxPositions());
+        StringBuilder line = new StringBuilder("the budgets hold ").append(held(admission, kv, lengths))
+                .append(" conversations of ");
+        line.append(String.join(" / ", lengths.stream().map(t -> String.format(Locale.ROOT, "%,d", t)).toList()))
+                .append(" tokens");
+        if (kv.sparse()) line.append(" (dense: ").append(held(admission, KvConfig.DENSE, lengths)).append(')');
+        return line.toString();
+    }
+
+    private String held(Admission<?> admission, KvConfig kv, List<Long> lengths) {
+        return String.join(" / ", lengths.stream().map(t -> String.valueOf(admission.held(new Admission.Need(
+                engine.estimateCacheBytes(kv, t), engine.backend().hostCacheBytes(kv, t))))).toList());
     }
 
     /** Registers the operator's metrics and accumulators; returns where the token stream reports its timings. */

@@ -285,6 +285,16 @@ class AdmissionTest {
     }
 
     @Test
+    void theConversationsHeldAreTheFewerEitherBudgetHoldsAndNoMoreThanTheConversationLimit() {
+        Admission<String> a = new Admission<>(new Admission.Budget(1000, "device memory", Admission.Reservations.NONE),
+                new Admission.Budget(10_000, "managed memory", Admission.Reservations.NONE), 4, 50);
+        assertEquals(10, a.held(new Admission.Need(100, 0)));      // the device budget alone
+        assertEquals(4, a.held(new Admission.Need(100, 2500)));    // the host budget holds fewer
+        assertEquals(0, a.held(new Admission.Need(1001, 0)));      // one does not fit
+        assertEquals(50, a.held(new Admission.Need(1, 1)));        // the conversation limit
+    }
+
+    @Test
     void admitNextWithNothingWaitingIsAMistake() {
         Admission<String> a = cpu(1000, 4);
         assertFalse(a.hasWaiting());
