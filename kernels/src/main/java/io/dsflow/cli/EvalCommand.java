@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.engine.Engine;
+import io.dsflow.engine.kv.AttentionObserver;
 import io.dsflow.engine.kv.KvBytes;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
@@ -87,14 +88,16 @@ public final class EvalCommand {
      */
     static String table(List<Eval.Cell> cells) {
         StringBuilder b = new StringBuilder();
-        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %7s %10s %9s %9s %11s  %s  |  %s  |  %s%n",
-                "task", "length", "policy", "accuracy", "mass", "idx@k", "rel.err", "reused", "kv_labels",
-                "kv_window", "kv_sinks", "kv_store", "mass by layer", "idx@k by layer", "reused by layer"));
+        b.append(String.format(Locale.ROOT, "%-8s %6s %-28s %9s %7s %7s %8s %7s %14s %10s %9s %9s %11s  %s  |  %s  |"
+                        + "  %s%n", "task", "length", "policy", "accuracy", "mass", "idx@k", "rel.err", "reused",
+                "hits 1x/2x/4x", "kv_labels", "kv_window", "kv_sinks", "kv_store", "mass by layer", "idx@k by layer",
+                "reused by layer"));
         for (Eval.Cell c : cells) {
             KvBytes k = c.meanBytes();
-            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %7.3f %10s %9s %9s %11s  %s"
-                            + "  |  %s  |  %s%n", c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(),
-                    c.indexRecall(), c.relError(), c.reselected(), mb(k.labels()), mb(k.window()), mb(k.sinks()),
+            b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %7.3f %14s %10s %9s %9s %11s"
+                            + "  %s  |  %s  |  %s%n", c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(),
+                    c.indexRecall(), c.relError(), c.reselected(), rowCacheHits(c), mb(k.labels()), mb(k.window()),
+                    mb(k.sinks()),
                     mb(k.store()), byLayer(c, c::massRecall), byLayer(c, c::indexRecall), byLayer(c, c::reselected)));
         }
         return b.toString();
@@ -108,6 +111,17 @@ public final class EvalCommand {
             if (v != null) b.append(b.isEmpty() ? "" : " ").append(String.format(Locale.ROOT, "L%d %.3f", l, v));
         }
         return b.isEmpty() ? "-" : b.toString();
+    }
+
+    /** "0.41/0.58/0.72": the modelled device row cache's hit rate at each size, "-" where nothing selected twice. */
+    private static String rowCacheHits(Eval.Cell c) {
+        StringBuilder b = new StringBuilder();
+        for (int f = 0; f < c.rowCacheAsked.length; f++) {
+            double v = c.rowCacheHitRate(f);
+            if (Double.isNaN(v)) return "-";
+            b.append(f == 0 ? "" : "/").append(String.format(Locale.ROOT, "%.2f", v));
+        }
+        return b.toString();
     }
 
     private static String mb(long bytes) {
@@ -134,6 +148,10 @@ public final class EvalCommand {
             putMetric(o, "index_recall", c.indexRecall());
             putMetric(o, "relative_error", c.relError());
             putMetric(o, "reselected", c.reselected());
+            ObjectNode hits = o.putObject("row_cache_hit_rate");   // by cache size, in rows of a step's budget
+            for (int f = 0; f < c.rowCacheAsked.length; f++) {
+                putMetric(hits, AttentionObserver.ROW_CACHE_FACTORS[f] + "x", c.rowCacheHitRate(f));
+            }
             ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
             ArrayNode reselectedPerLayer = o.putArray("reselected_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {

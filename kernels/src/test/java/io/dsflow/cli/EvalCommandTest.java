@@ -17,7 +17,8 @@ class EvalCommandTest {
      * Issue 25: where a sparse policy loses, the table says which layer: mass recall and idx@k per layer that attended
      * sparsely (layers 2-5 of the probe model), "-" for dense; the JSON has both per layer, null for the dense layers.
      * Issue 26: the same for the share of a head's selection that its previous decode step selected too (what a device
-     * cache of the last selection would hit), measured on the probe model's trained attention.
+     * cache of the last selection would hit), measured on the probe model's trained attention, and the hit rate of a
+     * device cache of selected rows at 1, 2 and 4 times a step's rows (least recently selected evicted first).
      */
     @Test
     void theTableAndTheJsonGiveMassRecallIndexRecallAndReselectionPerSparseLayer() throws Exception {
@@ -41,5 +42,12 @@ class EvalCommandTest {
             assertTrue(x > 0 && x <= 1 && m > 0 && m <= 1, "layer " + l + ": idx@k " + x + ", mass " + m);
             assertTrue(r > 0 && r <= 1, "layer " + l + ": reselected " + r);
         }
+        // the modelled device row cache: a larger cache never hits less, and even the smallest holds some rows
+        JsonNode hits = sparse.get("row_cache_hit_rate");
+        double h1 = hits.get("1x").asDouble(), h2 = hits.get("2x").asDouble(), h4 = hits.get("4x").asDouble();
+        assertTrue(0 < h1 && h1 <= h2 && h2 <= h4 && h4 <= 1, "hit rates 1x/2x/4x " + hits);
+        assertTrue(rows[2].contains(String.format(java.util.Locale.ROOT, " %.2f/%.2f/%.2f ", h1, h2, h4)), rows[2]);
+        assertTrue(sparse.get("row_cache_hit_rate").size() == 3 && cells.get(0).rowCacheAsked[0] == 0,
+                "dense asks no row cache");
     }
 }

@@ -32,6 +32,8 @@ public final class SparseKvCache implements StoredKvCache {
     private AttentionObserver observer;
     /** Observed only: each layer's selection at the previous decode step, [layer][head][k] (sorted). */
     private int[][][] lastSelected;
+    /** Observed only: the device row caches a kv head's selections would fill, [factor][layer][kv head]. */
+    private RowCache[][][] rowCaches;
     private SparseStepPolicy policy;
 
     public SparseKvCache(KvConfig cfg, int layers, int numHeads, int kvHeads, int headDim, ChannelConfig channelConfig) {
@@ -229,7 +231,10 @@ public final class SparseKvCache implements StoredKvCache {
             // re-ranking: the predicted query narrowed the candidates to F k, the true query picks k of them
             if (wide > k) for (int h = 0; h < numHeads; h++) selected[h] = select(layer, q, selected[h], k)[h];
         }
-        if (observer != null) observeReselection(layer, selected);
+        if (observer != null) {
+            observeReselection(layer, selected);
+            observeRowCaches(layer, selected);
+        }
         // exact attention over sinks + selected + window, one softmax partial per source, merged by log-sum-exp
         int sinkCount = Math.min(sinks, store.length(layer));
         int[] sinkSlots = new int[sinkCount];
@@ -406,6 +411,33 @@ public final class SparseKvCache implements StoredKvCache {
             observer.reselected(layer, h, again / (double) now[h].length);
         }
         lastSelected[layer] = now;
+    }
+
+    /**
+     * What a device cache of selected rows would hit (issue 26): for each kv head, the rows its step reads (the union
+     * of its query heads' selections, or the one shared selection) served by a {@link RowCache} of
+     * {@link AttentionObserver#ROW_CACHE_FACTORS} times the rows a step of the budget can read; reported from a
+     * sequence's second selecting step on (the first only fills it).
+     */
+    private void observeRowCaches(int layer, int[][] selected) {
+        int[] factors = AttentionObserver.ROW_CACHE_FACTORS;
+        if (rowCaches == null) rowCaches = new RowCache[factors.length][layers][];
+        boolean shared = cfg.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
+        int stepRows = selected[0].length * (shared ? 1 : group);
+        for (int g = 0; g < kvHeads; g++) {
+            java.util.TreeSet<Integer> rows = new java.util.TreeSet<>();
+            for (int h = g * group; h < (g + 1) * group; h++) for (int t : selected[h]) rows.add(t);
+            int[] asked = rows.stream().mapToInt(Integer::intValue).toArray();
+            for (int f = 0; f < factors.length; f++) {
+                if (rowCaches[f][layer] == null) rowCaches[f][layer] = new RowCache[kvHeads];
+                RowCache cache = rowCaches[f][layer][g];
+                boolean first = cache == null;
+                if (first) cache = rowCaches[f][layer][g] = new RowCache(Math.max(1, factors[f] * stepRows));
+                cache.growTo(factors[f] * stepRows);
+                int hits = cache.serve(asked);
+                if (!first) observer.rowCache(layer, g, f, asked.length, hits);
+            }
+        }
     }
 
     /** Fidelity of one head's sparse attention against dense attention over the same store. */

@@ -45,6 +45,12 @@ public final class Eval {
         /** Per layer: the shares of a head's selection its previous decode step selected too, and how many. */
         public double[] reselectedSum;
         public long[] reselectedSteps;
+        /**
+         * Per size of the modelled device row cache (AttentionObserver.ROW_CACHE_FACTORS): rows its kv heads' steps
+         * asked for and how many it held.
+         */
+        public long[] rowCacheAsked = new long[AttentionObserver.ROW_CACHE_FACTORS.length];
+        public long[] rowCacheHits = new long[AttentionObserver.ROW_CACHE_FACTORS.length];
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
         /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
         public boolean unobserved;
@@ -105,6 +111,11 @@ public final class Eval {
                 n += reselectedSteps[l];
             }
             return n == 0 ? Double.NaN : s / n;
+        }
+
+        /** The modelled row cache's hit rate at size {@code ROW_CACHE_FACTORS[factor]}; NaN where none was asked. */
+        public double rowCacheHitRate(int factor) {
+            return rowCacheAsked[factor] == 0 ? Double.NaN : rowCacheHits[factor] / (double) rowCacheAsked[factor];
         }
 
         private double mean(double[] sum, double none) {
@@ -196,6 +207,12 @@ public final class Eval {
                 public void reselected(int layer, int head, double share) {
                     cell.reselectedSum[layer] += share;
                     cell.reselectedSteps[layer]++;
+                }
+
+                @Override
+                public void rowCache(int layer, int kvHead, int factor, int rows, int hits) {
+                    cell.rowCacheAsked[factor] += rows;
+                    cell.rowCacheHits[factor] += hits;
                 }
             });
         }
