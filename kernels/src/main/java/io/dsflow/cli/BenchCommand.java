@@ -32,9 +32,11 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
 
 /**
  * {@code bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16] [--context 1024,4096,16384]
- * [--prompt 4096|16x1024] [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N] [--embeddings placement|host] [--json FILE]}:
+ * [--prompt 4096|16x1024] [--kv-policy dense,ds,dspp:gqa=mean,dspp:placement=host] [--steps N]
+ * [--embeddings placement|host] [--json FILE]}:
  * decode tokens/s and step latency per batch and context (greedy sampling on the device, each sequence's cache filled
- * to the context), prefill tokens/s (one prompt, or N prompts of M tokens in one forward: NxM), peak device memory (and pinned host memory: host placement's stores), with
+ * to the context), prefill tokens/s (one prompt, or N prompts of M tokens in one forward: NxM; the JSON's "tokens" is
+ * M, its "tokens_per_s" all N x M), peak device memory (and pinned host memory: host placement's stores), with
  * --profile a timeline of one more step (device time of each stage summed over the layers, from CUDA events, the step
  * run eagerly), and achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every
  * cached key and value / step time) against a device-to-device copy measured in the same run. The token embedding
@@ -75,10 +77,8 @@ public final class BenchCommand {
         }
         String model = a.require("model");
         int[] batches = ints(a, "batch", "1,16"), contexts = ints(a, "context", "1024,4096,16384");
-        String promptSpec = a.get("prompt", "4096");
-        int prompts = promptSpec.contains("x") ? positive(promptSpec.substring(0, promptSpec.indexOf('x')), "--prompt")
-                : 1;
-        int prompt = positiveOrZero(promptSpec.substring(promptSpec.indexOf('x') + 1), "--prompt");
+        int[] promptShape = promptShape(a.get("prompt", "4096"));
+        int prompts = promptShape[0], prompt = promptShape[1];
         int steps = a.getInt("steps", 32);
         boolean profile = a.has("profile");
         String embeddings = a.get("embeddings", "placement");
@@ -120,7 +120,12 @@ public final class BenchCommand {
                 }
             }
         }
-        if (prompt > 0 && prompt <= c.maxPositions()) prefillRows(b, prompts, prompt, policies, profile, out, root);
+        if (prompt > c.maxPositions()) {
+            out.printf(Locale.ROOT, "prefill skipped: %d tokens is past the model's %d positions%n", prompt,
+                    c.maxPositions());
+        } else if (prompt > 0) {
+            prefillRows(b, prompts, prompt, policies, profile, out, root);
+        }
         root.put("peak_device_bytes_max", gpu.peakAllocated());
         out.printf(Locale.ROOT, "peak device memory (dsflow's allocations): %.2f GB%n", gpu.peakAllocated() / 1e9);
         b.close();
@@ -153,9 +158,10 @@ public final class BenchCommand {
     }
 
     /**
-     * Prefill tokens/s of {@code prompts} prompts of {@code prompt} tokens in one forward: dense, and each policy whose prefill reads its store
-     * elsewhere (host placement); adds the rows to json. With {@code profile}, one more dense prefill with an event at
-     * each stage of each layer (as decode rows' --profile), to say where a prefill's time goes.
+     * Prefill tokens/s of {@code prompts} prompts of {@code prompt} tokens in one forward: dense, and each policy whose
+     * prefill reads its store elsewhere (host placement); adds the rows to json. With {@code profile}, one more dense
+     * prefill with an event at each stage of each layer (as decode rows' --profile), to say where a prefill's time
+     * goes.
      */
     private static void prefillRows(CudaBackend b, int prompts, int prompt,
                                     List<io.dsflow.engine.probe.Eval.Policy> policies, boolean profile,
@@ -169,13 +175,18 @@ public final class BenchCommand {
         }
         int[][] ids = new int[prompts][prompt];
         for (int p = 0; p < prompts; p++) {
-            for (int i = 0; i < prompt; i++) ids[p][i] = 100 + (i * 7919 + p * 104729) % (c.vocabSize() - 200);
+            for (int i = 0; i < prompt; i++) {
+                ids[p][i] = 100 + (int) Math.floorMod(i * 7919L + p * 104729L, c.vocabSize() - 200L);
+            }
         }
         String shape = prompts == 1 ? prompt + " tokens" : prompts + " x " + prompt + " tokens";
         // a first prefill of the same shape: cuBLAS chooses (and loads) its kernels for a shape at its first product
         List<CudaKvCache> warm = caches(b, prompts, KvConfig.DENSE);
-        b.forwardGreedy(batchOf(warm, ids));
-        warm.forEach(CudaKvCache::release);
+        try {
+            b.forwardGreedy(batchOf(warm, ids));
+        } finally {
+            warm.forEach(CudaKvCache::release);
+        }
         ArrayNode prefillRows = root.putArray("prefill");
         for (KvConfig kv : prefills) {
             boolean host = kv.placement() == KvConfig.Placement.HOST;
@@ -194,13 +205,14 @@ public final class BenchCommand {
                     String name = !kv.sparse() ? "dense" : kv.policy().id() + (!host ? ""
                             : run == 0 ? " (host placement, new pinned memory)" : " (host placement, pooled memory)");
                     out.printf(Locale.ROOT, "prefill %s, %s: %.3f s, %.0f tokens/s, %.1f TFLOP/s (linear layers"
-                            + " and causal attention)%n", shape, name, sec, prompts * prompt / sec, flops / sec / 1e12);
+                            + " and causal attention)%n", shape, name, sec, (double) prompts * prompt / sec,
+                            flops / sec / 1e12);
                     ObjectNode row = prefillRows.addObject();
                     row.put("kv", kv.toString());
                     row.put("pinned_memory_pooled", host && run == 1);
                     row.put("prompts", prompts);
                     row.put("tokens", prompt);
-                    row.put("tokens_per_s", prompts * prompt / sec);
+                    row.put("tokens_per_s", (double) prompts * prompt / sec);
                     row.put("tflops", flops / sec / 1e12);
                 } finally {
                     caches.forEach(CudaKvCache::release);
@@ -222,9 +234,15 @@ public final class BenchCommand {
         }
     }
 
+    /** {@code count} empty caches; those made are released if one cannot be. */
     private static List<CudaKvCache> caches(CudaBackend b, int count, KvConfig kv) {
         List<CudaKvCache> caches = new ArrayList<>();
-        for (int i = 0; i < count; i++) caches.add(CudaBenchCaches.ofLength(b, 0, kv));
+        try {
+            for (int i = 0; i < count; i++) caches.add(CudaBenchCaches.ofLength(b, 0, kv));
+        } catch (RuntimeException e) {
+            caches.forEach(CudaKvCache::release);
+            throw e;
+        }
         return caches;
     }
 
@@ -404,20 +422,23 @@ public final class BenchCommand {
         }
     }
 
-    private static int positive(String value, String option) {
-        int v = positiveOrZero(value, option);
-        if (v == 0) throw new UsageException(option + " needs a positive count, not " + value);
-        return v;
-    }
-
-    private static int positiveOrZero(String value, String option) {
+    /**
+     * --prompt's {prompts, tokens}: "4096" is one prompt (0: no prefill row), "16x1024" sixteen prompts of 1,024 tokens
+     * in one forward (both positive).
+     */
+    static int[] promptShape(String value) {
+        String[] parts = value.trim().toLowerCase(Locale.ROOT).split("x", -1);
         try {
-            int v = Integer.parseInt(value.trim());
-            if (v >= 0) return v;
+            if (parts.length == 1 && Integer.parseInt(parts[0]) >= 0) return new int[]{1, Integer.parseInt(parts[0])};
+            if (parts.length == 2) {
+                int prompts = Integer.parseInt(parts[0]), tokens = Integer.parseInt(parts[1]);
+                if (prompts > 0 && tokens > 0) return new int[]{prompts, tokens};
+            }
         } catch (NumberFormatException e) {
             // the message below says what was expected
         }
-        throw new UsageException(option + " takes TOKENS or PROMPTSxTOKENS (e.g. 4096 or 16x1024), not " + value);
+        throw new UsageException("bench: --prompt takes TOKENS or PROMPTSxTOKENS (e.g. 4096 or 16x1024), not '" + value
+                + "'");
     }
 
     private static int[] ints(Args a, String name, String fallback) {

@@ -150,7 +150,7 @@ public final class EvalCommand {
             putMetric(o, "reselected", c.reselected());
             ObjectNode hits = o.putObject("row_cache_hit_rate");   // by cache size, in rows of a step's budget
             for (int f = 0; f < c.rowCacheAsked.length; f++) {
-                putMetric(hits, AttentionObserver.ROW_CACHE_FACTORS[f] + "x", c.rowCacheHitRate(f));
+                putMetric(hits, AttentionObserver.ROW_CACHE_FACTORS.get(f) + "x", c.rowCacheHitRate(f));
             }
             ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
             ArrayNode reselectedPerLayer = o.putArray("reselected_per_layer");

@@ -192,26 +192,38 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     /**
      * How many conversations the budgets hold at once at a few lengths the model's positions reach (any length with
-     * a capacity), under the default policy and, for a sparse one, dense: "holds 412 / 51 conversations of 4,096 /
-     * 32,768 tokens (dense: 148 / 18)".
+     * a capacity), under the default policy and, for a sparse one, dense ("-" where dense cannot reach a length): "the
+     * budgets hold 412 / 51 conversations of 4,096 / 32,768 tokens (dense: 148 / 18)".
      */
     private String conversationsHeld(Admission<?> admission, KvConfig kv) {
+        int positions = engine.config().maxPositions();
         List<Long> lengths = new ArrayList<>();
         for (long tokens : new long[]{4096, 32768, 131072}) {
-            if (kv.capacity() > 0 || tokens <= engine.config().maxPositions()) lengths.add(tokens);
+            if (kv.capacity() > 0 || tokens <= positions) lengths.add(tokens);
         }
-        if (lengths.isEmpty()) lengths.add((long) engine.config().maxPositions());
-        StringBuilder line = new StringBuilder("the budgets hold ").append(held(admission, kv, lengths))
+        if (lengths.isEmpty()) lengths.add((long) positions);
+        StringBuilder line = new StringBuilder("the budgets hold ").append(held(admission, kv, lengths, Long.MAX_VALUE))
                 .append(" conversations of ");
         line.append(String.join(" / ", lengths.stream().map(t -> String.format(Locale.ROOT, "%,d", t)).toList()))
                 .append(" tokens");
-        if (kv.sparse()) line.append(" (dense: ").append(held(admission, KvConfig.DENSE, lengths)).append(')');
+        if (kv.sparse()) {
+            line.append(" (dense: ").append(held(admission, KvConfig.DENSE, lengths, positions)).append(')');
+        }
         return line.toString();
     }
 
-    private String held(Admission<?> admission, KvConfig kv, List<Long> lengths) {
-        return String.join(" / ", lengths.stream().map(t -> String.valueOf(admission.held(new Admission.Need(
-                engine.estimateCacheBytes(kv, t), engine.backend().hostCacheBytes(kv, t))))).toList());
+    private String held(Admission<?> admission, KvConfig kv, List<Long> lengths, long reach) {
+        return String.join(" / ", lengths.stream().map(t -> t > reach ? "-"
+                : String.valueOf(admission.held(need(kv, t, 0)))).toList());
+    }
+
+    /**
+     * What a conversation's cache of {@code tokens} tokens needs of the budgets (the cache bytes, and the pinned host
+     * stores of host placement), {@code history} of them already in its history (a rebuild's debt).
+     */
+    private Admission.Need need(KvConfig kv, long tokens, long history) {
+        return new Admission.Need(engine.estimateCacheBytes(kv, tokens), engine.backend().hostCacheBytes(kv, tokens),
+                history, tokens - history);
     }
 
     /** Registers the operator's metrics and accumulators; returns where the token stream reports its timings. */
@@ -422,9 +434,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private void enqueue(String conv, ConversationState cs, KvConfig kv) {
         Request r = cs.active;
         long cacheTokens = (long) cs.history.length + cs.activePrompt.length + r.maxTokens + 1;
-        Admission.Need need = new Admission.Need(engine.estimateCacheBytes(kv, cacheTokens),
-                engine.backend().hostCacheBytes(kv, cacheTokens),   // host placement's pinned stores
-                cs.history.length, cacheTokens - cs.history.length);
+        Admission.Need need = need(kv, cacheTokens, cs.history.length);
         BatchScheduler.Work work = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
                 RequestParser.samplingParams(r), kv, tokens.emitted(conv, r.requestId));
         admission.enqueue(conv, need, work);

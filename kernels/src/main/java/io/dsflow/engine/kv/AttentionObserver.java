@@ -24,11 +24,11 @@ public interface AttentionObserver {
     }
 
     /** Sizes of the modelled device row caches, in rows a step of the budget reads (a kv head's k, or group x k). */
-    int[] ROW_CACHE_FACTORS = {1, 2, 4};
+    java.util.List<Integer> ROW_CACHE_FACTORS = java.util.List.of(1, 2, 4);
 
     /**
-     * A kv head's step against a device cache of its selected rows ({@link RowCache}) of {@code ROW_CACHE_FACTORS[
-     * factor]} times a step's rows: {@code rows} asked, {@code hits} of them held (the rest copied over the host
+     * A kv head's step against a device cache of its selected rows ({@link RowCache}) of {@code
+     * ROW_CACHE_FACTORS.get(factor)} times a step's rows: {@code rows} asked, {@code hits} of them held (the rest copied over the host
      * link). Not called at a sequence's first selecting step, which only fills the cache.
      */
     default void rowCache(int layer, int kvHead, int factor, int rows, int hits) {

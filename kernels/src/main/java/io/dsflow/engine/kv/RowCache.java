@@ -49,7 +49,7 @@ public final class RowCache {
         }
         int hits = 0;
         for (int t : tokens) if (rows.get(t) != null) hits++;   // get moves a hit to the most recent end
-        for (int t : tokens) rows.putIfAbsent(t, Boolean.TRUE);
+        for (int t : tokens) rows.putIfAbsent(t, Boolean.TRUE);   // (a present row's recency is refreshed again)
         return hits;
     }
 }

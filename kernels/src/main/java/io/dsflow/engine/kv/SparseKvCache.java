@@ -1,6 +1,7 @@
 package io.dsflow.engine.kv;
 
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * The sparse policies on the CPU: the specification of the GPU kernels (docs/algorithm.md).
@@ -398,13 +399,15 @@ public final class SparseKvCache implements StoredKvCache {
         part.fill(scores, n, ring.values[layer], offsets);
     }
 
-    /** Each head's share of selected tokens its previous decode step of this cache selected too (observed only). */
+    /**
+     * Each head's share of selected tokens its previous decode step of this cache selected too (observed only; tokens
+     * by position, so a slot a bounded store reuses for another token is not the same token).
+     */
     private void observeReselection(int layer, int[][] selected) {
         if (lastSelected == null) lastSelected = new int[layers][][];
         int[][] last = lastSelected[layer], now = new int[selected.length][];
         for (int h = 0; h < selected.length; h++) {
-            now[h] = selected[h].clone();
-            Arrays.sort(now[h]);
+            now[h] = positions(layer, selected[h]);
             if (last == null || now[h].length == 0) continue;
             int again = 0;
             for (int s : now[h]) if (Arrays.binarySearch(last[h], s) >= 0) again++;
@@ -415,29 +418,48 @@ public final class SparseKvCache implements StoredKvCache {
 
     /**
      * What a device cache of selected rows would hit (issue 26): for each kv head, the rows its step reads (the union
-     * of its query heads' selections, or the one shared selection) served by a {@link RowCache} of
-     * {@link AttentionObserver#ROW_CACHE_FACTORS} times the rows a step of the budget can read; reported from a
-     * sequence's second selecting step on (the first only fills it).
+     * of its query heads' selections, or the one shared selection; tokens by position) served by a {@link RowCache} of
+     * {@link AttentionObserver#ROW_CACHE_FACTORS} times the most rows a step of the budget can read (k shared, group x
+     * k per head, however much the heads' selections overlap); reported from a sequence's second selecting step on
+     * (the first only fills it).
      */
     private void observeRowCaches(int layer, int[][] selected) {
-        int[] factors = AttentionObserver.ROW_CACHE_FACTORS;
-        if (rowCaches == null) rowCaches = new RowCache[factors.length][layers][];
+        List<Integer> factors = AttentionObserver.ROW_CACHE_FACTORS;
+        if (rowCaches == null) rowCaches = new RowCache[factors.size()][layers][];
         boolean shared = cfg.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
         int stepRows = selected[0].length * (shared ? 1 : group);
         for (int g = 0; g < kvHeads; g++) {
-            java.util.TreeSet<Integer> rows = new java.util.TreeSet<>();
-            for (int h = g * group; h < (g + 1) * group; h++) for (int t : selected[h]) rows.add(t);
-            int[] asked = rows.stream().mapToInt(Integer::intValue).toArray();
-            for (int f = 0; f < factors.length; f++) {
+            int[] asked;
+            if (shared) {
+                asked = positions(layer, selected[g * group]);
+            } else {   // the group's selections, each token once
+                int[] all = new int[0];
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    int at = all.length;
+                    all = Arrays.copyOf(all, at + selected[h].length);
+                    System.arraycopy(selected[h], 0, all, at, selected[h].length);
+                }
+                asked = Arrays.stream(positions(layer, all)).distinct().toArray();
+            }
+            for (int f = 0; f < factors.size(); f++) {
                 if (rowCaches[f][layer] == null) rowCaches[f][layer] = new RowCache[kvHeads];
                 RowCache cache = rowCaches[f][layer][g];
                 boolean first = cache == null;
-                if (first) cache = rowCaches[f][layer][g] = new RowCache(Math.max(1, factors[f] * stepRows));
-                cache.growTo(factors[f] * stepRows);
+                int slots = Math.max(1, factors.get(f) * stepRows);
+                if (first) cache = rowCaches[f][layer][g] = new RowCache(slots);
+                cache.growTo(slots);
                 int hits = cache.serve(asked);
                 if (!first) observer.rowCache(layer, g, f, asked.length, hits);
             }
         }
+    }
+
+    /** The positions of the tokens in {@code slots}, sorted. */
+    private int[] positions(int layer, int[] slots) {
+        int[] p = new int[slots.length];
+        for (int i = 0; i < slots.length; i++) p[i] = store.position(layer, slots[i]);
+        Arrays.sort(p);
+        return p;
     }
 
     /** Fidelity of one head's sparse attention against dense attention over the same store. */

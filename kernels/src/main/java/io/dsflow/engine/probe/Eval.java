@@ -49,8 +49,8 @@ public final class Eval {
          * Per size of the modelled device row cache (AttentionObserver.ROW_CACHE_FACTORS): rows its kv heads' steps
          * asked for and how many it held.
          */
-        public long[] rowCacheAsked = new long[AttentionObserver.ROW_CACHE_FACTORS.length];
-        public long[] rowCacheHits = new long[AttentionObserver.ROW_CACHE_FACTORS.length];
+        public long[] rowCacheAsked = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
+        public long[] rowCacheHits = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
         /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
         public boolean unobserved;
@@ -113,7 +113,7 @@ public final class Eval {
             return n == 0 ? Double.NaN : s / n;
         }
 
-        /** The modelled row cache's hit rate at size {@code ROW_CACHE_FACTORS[factor]}; NaN where none was asked. */
+        /** The modelled row cache's hit rate at size {@code ROW_CACHE_FACTORS.get(factor)}; NaN where none was asked. */
         public double rowCacheHitRate(int factor) {
             return rowCacheAsked[factor] == 0 ? Double.NaN : rowCacheHits[factor] / (double) rowCacheAsked[factor];
         }
