@@ -75,8 +75,8 @@ public final class LongConversation {
         }
 
         public String summary() {
-            StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "long conversation: %d turns sent, %d served,"
-                    + " %d errors, %,d tokens of text over a cache of %d, in %.0f s; pass key %s, answered \"%s\" (%s);"
+            StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "long conversation: %d turns sent,"
+                    + " %d served, %d errors, %,d tokens of text over a cache of %d, in %.0f s; pass key %s, answered \"%s\" (%s);"
                     + " checkpoint and live heap %s once the cache was full%n", turns, served, errors, textTokens,
                     capacity, seconds, passKey, answer.strip(), answered() ? "right" : "WRONG", flat() ? "flat"
                             : "NOT flat"));

@@ -97,8 +97,7 @@ public final class EvalCommand {
             b.append(String.format(Locale.ROOT, "%-8s %6d %-28s %4d/%-4d %7.3f %7.3f %8.4f %7.3f %14s %10s %9s %9s %11s"
                             + "  %s  |  %s  |  %s%n", c.task, c.length, c.policy, c.correct, c.samples, c.massRecall(),
                     c.indexRecall(), c.relError(), c.reselected(), rowCacheHits(c), mb(k.labels()), mb(k.window()),
-                    mb(k.sinks()),
-                    mb(k.store()), byLayer(c, c::massRecall), byLayer(c, c::indexRecall), byLayer(c, c::reselected)));
+                    mb(k.sinks()), mb(k.store()), byLayer(c, c::massRecall), byLayer(c, c::indexRecall), byLayer(c, c::reselected)));
         }
         return b.toString();
     }

@@ -185,7 +185,8 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         int sparseLayers = 0, deviceLayers = 0;
         for (CUdeviceptr ch : buffers.channels) if (ch != null) sparseLayers++;
         for (boolean host : buffers.onHost) if (!host) deviceLayers++;
-        CUdeviceptr storeBlock = deviceLayers == 0 ? null : gpu.alloc(2L * deviceLayers * bytes);
+        long storeBlockBytes = 2L * deviceLayers * bytes;
+        CUdeviceptr storeBlock = deviceLayers == 0 ? null : gpu.alloc(storeBlockBytes);
         CUdeviceptr labelBlock = sparseLayers == 0 ? null : gpu.alloc(sparseLayers * labelLayer);
         CUdeviceptr scaleBlock = sparseLayers == 0 || scaleLayer == 0 ? null : gpu.alloc(sparseLayers * scaleLayer);
         for (int l = 0, i = 0, d = 0; l < layers; l++) {
@@ -226,7 +227,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         if (buffers.labelBlock != null) gpu.free(buffers.labelBlock, buffers.labelBlockBytes);
         if (buffers.scaleBlock != null) gpu.free(buffers.scaleBlock, buffers.scaleBlockBytes);
         buffers.storeBlock = storeBlock;
-        buffers.storeBlockBytes = 2L * deviceLayers * bytes;
+        buffers.storeBlockBytes = storeBlockBytes;
         buffers.labelBlock = labelBlock;
         buffers.scaleBlock = scaleBlock;
         buffers.labelBlockBytes = sparseLayers * labelLayer;

@@ -28,8 +28,8 @@ public interface AttentionObserver {
 
     /**
      * A kv head's step against a device cache of its selected rows ({@link RowCache}) of {@code
-     * ROW_CACHE_FACTORS.get(factor)} times a step's rows: {@code rows} asked, {@code hits} of them held (the rest copied over the host
-     * link). Not called at a sequence's first selecting step, which only fills the cache.
+     * ROW_CACHE_FACTORS.get(factor)} times a step's rows: {@code rows} asked, {@code hits} of them held (the rest
+     * copied over the host link). Not called at a sequence's first selecting step, which only fills the cache.
      */
     default void rowCache(int layer, int kvHead, int factor, int rows, int hits) {
     }

@@ -429,18 +429,10 @@ public final class SparseKvCache implements StoredKvCache {
         boolean shared = cfg.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
         int stepRows = selected[0].length * (shared ? 1 : group);
         for (int g = 0; g < kvHeads; g++) {
-            int[] asked;
-            if (shared) {
-                asked = positions(layer, selected[g * group]);
-            } else {   // the group's selections, each token once
-                int[] all = new int[0];
-                for (int h = g * group; h < (g + 1) * group; h++) {
-                    int at = all.length;
-                    all = Arrays.copyOf(all, at + selected[h].length);
-                    System.arraycopy(selected[h], 0, all, at, selected[h].length);
-                }
-                asked = Arrays.stream(positions(layer, all)).distinct().toArray();
-            }
+            // the shared selection, or the group's selections with each token once
+            int[] asked = shared ? positions(layer, selected[g * group])
+                    : Arrays.stream(positions(layer, Arrays.stream(selected, g * group, (g + 1) * group)
+                    .flatMapToInt(Arrays::stream).toArray())).distinct().toArray();
             for (int f = 0; f < factors.size(); f++) {
                 if (rowCaches[f][layer] == null) rowCaches[f][layer] = new RowCache[kvHeads];
                 RowCache cache = rowCaches[f][layer][g];

@@ -113,7 +113,7 @@ public final class Eval {
             return n == 0 ? Double.NaN : s / n;
         }
 
-        /** The modelled row cache's hit rate at size {@code ROW_CACHE_FACTORS.get(factor)}; NaN where none was asked. */
+        /** The modelled row cache's hit rate at size ROW_CACHE_FACTORS.get(factor); NaN where none was asked. */
         public double rowCacheHitRate(int factor) {
             return rowCacheAsked[factor] == 0 ? Double.NaN : rowCacheHits[factor] / (double) rowCacheAsked[factor];
         }
