@@ -11,14 +11,15 @@ import jcuda.driver.CUdeviceptr;
  *   <li>q: rows of qStride floats whose first H * D are the heads (after RoPE)</li>
  *   <li>kTable, vTable: [segments] device pointers to each sequence's cache of this layer, [cap][KVH][D] bf16 (the
  *       tile's own keys already appended); head h reads kv head h / (H / KVH)</li>
- *   <li>tiles: [T][3] ints (segment, first row, row count &lt;= 64), rows of a tile at consecutive positions</li>
+ *   <li>tiles: [T][3] ints (segment, first row, row count &lt;= {@value #TILE_ROWS}), rows of a tile at consecutive
+ *       positions; listed with the most keys first (the longest blocks start first, so the grid's tail is short)</li>
  *   <li>rowLen: [rows] row r attends slots [0, rowLen[r])</li>
  * </ul>
  * Built for D = 32, 64 and 128 ({@link #hasAttentionPrefill}).
  */
 public final class PrefillAttentionKernels {
     /** Rows of a prefill tile. */
-    static final int TILE_ROWS = 64;
+    static final int TILE_ROWS = 128;
 
     private PrefillAttentionKernels() {
     }
@@ -33,13 +34,14 @@ public final class PrefillAttentionKernels {
     }
 
     /**
-     * attention_prefill_dD. Grid (tileCount, H), block 128 (4 warps of 16 rows), dynamic shared memory 5 * 64 * D * 2
-     * bytes (Q, and two buffers of K and V: the next key tile lands while this one computes).
+     * attention_prefill_dD. Grid (H, tileCount): a tile's heads start together, block 128 (4 warps of 32 rows),
+     * dynamic shared memory (128 + 4 * 64) * D * 2 bytes (Q, and two buffers of 64 keys and values: the next key tile
+     * lands while this one computes).
      */
     public static void attentionPrefill(CudaRuntime gpu, int headDim, int tileCount, CUdeviceptr out, CUdeviceptr q,
                                         CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr tiles, CUdeviceptr rowLen,
                                         int heads, int kvHeads, float scale, int qStride) {
-        gpu.launchWithSharedMemory(name(headDim), tileCount, heads, 128, 5 * TILE_ROWS * headDim * 2, out, q, kTable,
-                vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
+        gpu.launchWithSharedMemory(name(headDim), heads, tileCount, 128, (TILE_ROWS + 4 * 64) * headDim * 2, out, q,
+                kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
     }
 }

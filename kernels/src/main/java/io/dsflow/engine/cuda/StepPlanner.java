@@ -11,6 +11,7 @@ import jcuda.driver.CUdeviceptr;
 
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -155,7 +156,7 @@ final class StepPlanner {
         int[] segmentOf = new int[rows], slot = new int[rows], attended = new int[rows], lastRows = new int[nseg];
         int[] rowsOf = new int[rows];
         boolean tensorCorePrefill = CudaOps.hasPrefillAttention(gpu, c.headDim());
-        List<Integer> tiles = new ArrayList<>();
+        List<int[]> tiles = new ArrayList<>();
         int decodeRows = 0, span = 0;
         for (int s = 0; s < nseg; s++) {
             int n = batch.segments().get(s).tokens().length, start = caches[s].length(0);
@@ -166,7 +167,8 @@ final class StepPlanner {
             }
             if (tensorCorePrefill && n >= CudaOps.PREFILL_TILE_MIN_ROWS) {
                 for (int i = 0; i < n; i += CudaOps.PREFILL_TILE_ROWS) {
-                    tiles.addAll(List.of(s, starts[s] + i, Math.min(CudaOps.PREFILL_TILE_ROWS, n - i)));
+                    int count = Math.min(CudaOps.PREFILL_TILE_ROWS, n - i);
+                    tiles.add(new int[]{s, starts[s] + i, count, start + i + count});   // + the keys its last row sees
                 }
             } else {
                 for (int i = 0; i < n; i++) rowsOf[decodeRows++] = starts[s] + i;
@@ -175,7 +177,18 @@ final class StepPlanner {
             lastRows[s] = starts[s] + n - 1;
         }
         return new RowLayout(segmentOf, slot, attended, lastRows, rowsOf, decodeRows,
-                tiles.stream().mapToInt(Integer::intValue).toArray(), span);
+                prefillTiles(tiles), span);
+    }
+
+    /**
+     * The tiles as the prefill kernel reads them ([T][3]: segment, first row, rows), the ones whose last row sees the
+     * most keys first: a tile's time grows with its keys, so the longest start first and the grid ends on short ones.
+     */
+    private static int[] prefillTiles(List<int[]> tiles) {
+        tiles.sort(Comparator.comparingInt((int[] t) -> t[3]).reversed());
+        int[] flat = new int[tiles.size() * 3];
+        for (int t = 0; t < tiles.size(); t++) System.arraycopy(tiles.get(t), 0, flat, 3 * t, 3);
+        return flat;
     }
 
     /**
