@@ -26,7 +26,7 @@ class BenchBytesTest {
 
     @Test
     void perHeadSelectionWith16BitLabels() {
-        KvConfig kv = KvConfig.defaults(KvPolicy.DSPP);
+        KvConfig kv = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("gqa", "per_head", "label-bits", "16"));
         double labels = 30.0 * 32700 * 32 * 16 * 2;
         double rows = 32.0 * 128 * 2 * 2 * 30 * (4 + 1980 + 64);   // each query head its own rows
         assertEquals(2 * DENSE_LAYER + labels + rows, BenchCommand.cacheBytesPerStep(LLAMA, kv, 32768));

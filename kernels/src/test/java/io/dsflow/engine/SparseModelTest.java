@@ -28,8 +28,8 @@ class SparseModelTest {
         Engine e = TestModels.engine("probe-retrieval");
         int[] p = prompt(e, 150, 3);
         KvConfig ds = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "16"));
-        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "16", "lambda", "0", "sinks", "0", "window", "0",
-                "dense-until", "0"));
+        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("k-floor", "16", "lambda", "0", "sinks", "0",
+                "window", "0", "dense-until", "0", "gqa", "per_head", "label-bits", "16"));   // ds's selection
         SamplingParams sampled = new SamplingParams(0.9, 0.95, 0, 17, 20, List.of());
         GenerationResult a = e.generate(p, sampled, ds), b = e.generate(p, sampled, dspp);
         assertArrayEquals(a.tokenIds(), b.tokenIds());

@@ -281,8 +281,9 @@ class CudaModelTest {
                         io.dsflow.engine.probe.ProbePrompts.records(new java.util.Random(seed), 200))) {
                     int[] prompt = cpu.tokenizer().encode(sample.prompt(), true);
                     for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS),
-                            selectingDspp(),
-                            selectingDspp().with(java.util.Map.of("label-bits", "8")),
+                            selectingDspp().with(java.util.Map.of("gqa", "per_head", "label-bits", "16")),
+                            selectingDspp().with(java.util.Map.of("gqa", "per_head")),
+                            selectingDspp(),   // the default: shared by the group (max), 8-bit labels
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")),
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group")),

@@ -133,8 +133,8 @@ class SparseInvariantsTest {
     @Test
     void aSmallBudgetAttendsTheSinksTheTopKByLabelsAndTheWindowOnly() {
         int heads = 2, headDim = 8, tokens = 40;
-        KvConfig cfg = selecting().with(Map.of("r", "2", "sinks", "2", "window", "4",
-                "k-floor", "9", "k-min", "1", "lambda", "0", "dense-layers", "0"));
+        KvConfig cfg = selecting().with(Map.of("r", "2", "sinks", "2", "window", "4", "k-floor", "9", "k-min", "1",
+                "lambda", "0", "dense-layers", "0", "gqa", "per_head", "label-bits", "16"));
         assertEquals(3, cfg.layerBudgets(1, tokens)[0], "k = k_floor - S - W");
         // both heads' channel order 0, 1, 2, ...: with r = 2 their labels keep channels 0 and 1
         int[][][] labelChannelsFirst = {{IntStream.range(0, headDim).toArray(), IntStream.range(0, headDim).toArray()}};
@@ -201,7 +201,8 @@ class SparseInvariantsTest {
     @Test
     void lambdaZeroNoSinksNoWindowIsExactlyDoubleSparsity() {
         KvConfig ds = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "12"));
-        KvConfig dspp = selecting().with(Map.of("k-floor", "12", "lambda", "0", "sinks", "0", "window", "0"));
+        KvConfig dspp = selecting().with(Map.of("k-floor", "12", "lambda", "0", "sinks", "0", "window", "0",
+                "gqa", "per_head", "label-bits", "16"));   // ds's selection
         float[][] a = run(sparse(ds), 4), b = run(sparse(dspp), 4);
         for (int l = 0; l < LAYERS; l++) assertArrayEquals(a[l], b[l], "layer " + l);
     }
