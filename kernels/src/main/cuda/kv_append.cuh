@@ -6,23 +6,28 @@
 //     on the host; null for models without rotary positions)
 //   k heads: rotated (in place as well), then appended, rounded to bf16, to the cache of segment seg[r] at slot slot[r];
 //   v heads: appended likewise. Each cache: [cap][KVH * D] bf16 at kptr[seg[r]], vptr[seg[r]] (this layer's tables).
-// Block: at least D / 2 threads, one rotation pair (or two values of v) each (the rest do nothing here).
 #pragma once
 #include "common.cuh"
 
-// Thread i's pair (i, i + D / 2) of head h (0 <= h < H + 2 KVH) of row r, rotated for q and k heads; returns the pair
-// in *a, *b (threads i >= D / 2 return false and do nothing).
-__device__ __forceinline__ bool kv_append_pair(float* qkv, const int* positions, const float* inv_freq,
+// cos and sin of pair i's RoPE angle at row r (1 and 0 without rotary positions, or for i >= D / 2)
+__device__ __forceinline__ void rope_angle(const int* positions, const float* inv_freq, int r, int i, int D, float* c,
+                                           float* s) {
+    *c = 1.f;
+    *s = 0.f;
+    if (inv_freq && i < D / 2) sincosf((float)positions[r] * inv_freq[i], s, c);
+}
+
+// Pair (i, i + D / 2) of head h (0 <= h < H + 2 KVH) of row r, rotated by (c, s) for q and k heads when rotary; returns
+// the pair in *a, *b (i >= D / 2 returns false and does nothing).
+__device__ __forceinline__ bool kv_append_pair(float* qkv, float c, float s, bool rotary,
                                                const unsigned long long* kptr, const unsigned long long* vptr,
-                                               const int* seg, const int* slot, int r, int h, int H, int KVH, int D,
-                                               int row_stride, float* a_out, float* b_out) {
-    int i = threadIdx.x, half = D / 2;
+                                               const int* seg, const int* slot, int r, int h, int i, int H, int KVH,
+                                               int D, int row_stride, float* a_out, float* b_out) {
+    int half = D / 2;
     if (i >= half) return false;
     float* x = qkv + (size_t)r * row_stride + h * D;
     float a = x[i], b = x[i + half];
-    if (inv_freq && h < H + KVH) {
-        float s, c;
-        sincosf((float)positions[r] * inv_freq[i], &s, &c);
+    if (rotary && h < H + KVH) {
         float ra = a * c - b * s, rb = b * c + a * s;
         a = ra;
         b = rb;

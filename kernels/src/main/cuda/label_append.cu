@@ -92,8 +92,10 @@ extern "C" __global__ void kv_label_append_rope(float* qkv, const int* positions
                                                 int row_stride) {
     __shared__ float key[256], red[32];
     int row = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = D / 2;
-    float a, b;
-    bool pair = kv_append_pair(qkv, positions, inv_freq, kptr, vptr, seg, slot, row, h, H, KVH, D, row_stride, &a, &b);
+    float a, b, c, s;
+    rope_angle(positions, inv_freq, row, i, D, &c, &s);
+    bool pair = kv_append_pair(qkv, c, s, inv_freq != nullptr, kptr, vptr, seg, slot, row, h, i, H, KVH, D, row_stride,
+                               &a, &b);
     int sg = seg[row];
     if (h < H || lptr[sg] == 0) return;   // q heads; dense segments and layers
     const int* info = seg_info + sg * SEG_FIELDS;

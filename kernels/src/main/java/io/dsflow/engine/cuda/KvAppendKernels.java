@@ -20,11 +20,15 @@ public final class KvAppendKernels {
     private KvAppendKernels() {
     }
 
-    /** kv_append_rope. Grid (rows, H + 2 KVH), block D / 2 threads (a rotation pair, or two values of v, each). */
+    /**
+     * kv_append_rope. Grid rows, block the most whole groups of D / 2 threads within 256 (at least one group): each
+     * group a head of the row at a time, a rotation pair (or two values of v) a thread.
+     */
     public static void kvAppendRope(CudaRuntime gpu, int rows, CUdeviceptr qkv, CUdeviceptr positions,
                                     CUdeviceptr invFreq, CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr seg,
                                     CUdeviceptr slot, int heads, int kvHeads, int headDim, int rowStride) {
-        gpu.launch("kv_append_rope", rows, heads + 2 * kvHeads, headDim / 2, qkv, positions, invFreq, kTable, vTable,
-                seg, slot, heads, kvHeads, headDim, rowStride);
+        int half = headDim / 2, block = Math.max(1, 256 / half) * half;
+        gpu.launch("kv_append_rope", rows, 1, block, qkv, positions, invFreq, kTable, vTable, seg, slot, heads, kvHeads,
+                headDim, rowStride);
     }
 }
