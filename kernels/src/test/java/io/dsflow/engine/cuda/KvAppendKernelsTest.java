@@ -3,7 +3,8 @@ package io.dsflow.engine.cuda;
 import io.dsflow.engine.cpu.CpuOps;
 import io.dsflow.engine.model.RopeConfig;
 import jcuda.driver.CUdeviceptr;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import java.util.Arrays;
 import java.util.Random;
@@ -12,11 +13,15 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** kvcache.cu's kv_append_rope against the CPU backend's RoPE and cache rows. */
 class KvAppendKernelsTest extends KernelTestSupport {
-    /** q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16. */
-    @Test
-    void ropeAndCacheAppendMatchCpu() {
+    /**
+     * q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16; a block a row, its groups
+     * of D / 2 threads taking the row's heads in turn (fewer heads than groups, and several heads a group).
+     */
+    @ParameterizedTest(name = "heads {0}/{1} x {2}")
+    @CsvSource({"3, 2, 32", "10, 2, 128", "7, 1, 64"})
+    void ropeAndCacheAppendMatchCpu(int heads, int kvHeads, int d) {
         Random r = new Random(6);
-        int rows = 5, heads = 3, kvHeads = 2, d = 32, kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5;
+        int rows = 5, kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5;
         float[] x = random(r, rows * stride, 1);
         int[] pos = {0, 1, 17, 4095, 131000}, slot = {3, 0, 7, 1, 2};
         float[] inv = RopeConfig.defaults(500000).inverseFrequencies(d);

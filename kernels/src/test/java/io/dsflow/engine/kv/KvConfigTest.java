@@ -11,6 +11,19 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 class KvConfigTest {
+    /**
+     * dspp's default (issue 25): one selection a kv head from the maximum of its heads' label scores, over 8-bit labels
+     * on per-head channels; ds keeps Double Sparsity's per-head selections over 16-bit labels.
+     */
+    @Test
+    void dsppSelectsOnceAKvHeadOverEightBitLabelsAndDsPerHeadOverSixteen() {
+        KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP), ds = KvConfig.defaults(KvPolicy.DS);
+        assertEquals(KvConfig.GqaSelection.MAX, dspp.gqaSelection());
+        assertEquals(8, dspp.labelBits());
+        assertEquals(KvConfig.GqaSelection.PER_HEAD, ds.gqaSelection());
+        assertEquals(16, ds.labelBits());
+    }
+
     @Test
     void placementIsAnOptionOfTheSparsePolicies() {
         KvConfig host = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("placement", "host", "gqa", "mean"));
