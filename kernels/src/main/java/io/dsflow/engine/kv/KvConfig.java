@@ -58,7 +58,9 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     public KvConfig {
         if (labelChannels < 0) throw new InvalidRequestException("label channels r must be >= 0 (0 = default), got " + labelChannels);
-        if (labelBits != 16 && labelBits != 8) throw new InvalidRequestException("label bits must be 16 or 8, got " + labelBits);
+        if (labelBits != 16 && labelBits != 8 && labelBits != 4) {
+            throw new InvalidRequestException("label bits must be 16, 8 or 4, got " + labelBits);
+        }
         if (sinks < 0 || window < 0) throw new InvalidRequestException("sinks and window must be >= 0");
         if (!Double.isFinite(lambda) || lambda < 0 || lambda > 20) throw new InvalidRequestException("lambda must be in [0, 20], got " + lambda);
         if (!Double.isFinite(rho) || rho <= 0 || rho > 1) throw new InvalidRequestException("rho must be in (0, 1], got " + rho);
