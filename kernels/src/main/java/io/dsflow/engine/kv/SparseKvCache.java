@@ -176,12 +176,15 @@ public final class SparseKvCache implements StoredKvCache {
     }
 
     /**
-     * A label value as stored: fp16 (16-bit) or int8 times a per-token, per-head fp16 scale (8-bit; the value rounded
-     * half up and clamped to +-127, since the scale's fp16 rounding can put the largest just past 127).
+     * A label value as stored: fp16 (16-bit), or an integer times a per-token, per-head fp16 scale (8-bit: int8, 4-bit:
+     * int4; the value rounded half up and clamped to +-127 or +-7, since the scale's fp16 rounding can put the largest
+     * just past it).
      */
     private float quantise(float x, float scale) {
         int q = levels();
-        if (cfg.labelBits() < 16) return scale == 0 ? 0 : Math.max(-q, Math.min(q, (float) Math.floor(x / scale + 0.5f))) * scale;
+        if (cfg.labelBits() < 16) {
+            return scale == 0 ? 0 : Math.max(-q, Math.min(q, (float) Math.floor(x / scale + 0.5f))) * scale;
+        }
         return io.dsflow.engine.model.DType.roundToHalf(x);
     }
 
