@@ -19,8 +19,8 @@ public final class KvOptions {
     static final Set<String> NAMES = Set.of("r", "label-bits", "sinks", "window", "lambda", "rho", "k-floor", "k-min",
             "dense-layers", "channels", "gqa", "capacity", "placement", "lookahead", "dense-until", "lookahead-rerank",
             "channel-file");
-    public static final String USAGE = "[--r R] [--label-bits 16|8] [--sinks S] [--window W] [--lambda L] [--rho 1/16]"
-            + " [--k-floor K] [--k-min K] [--dense-layers N] [--channels qk|q|k|qk-group]"
+    public static final String USAGE = "[--r R] [--label-bits 16|8|4] [--sinks S] [--window W] [--lambda L]"
+            + " [--rho 1/16] [--k-floor K] [--k-min K] [--dense-layers N] [--channels qk|q|k|qk-group]"
             + " [--gqa per_head|max|mean|union] [--capacity C] [--placement device|host] [--lookahead on|off]"
             + " [--lookahead-rerank F] [--dense-until T] [--channel-file FILE]";
 

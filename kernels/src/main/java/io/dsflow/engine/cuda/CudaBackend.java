@@ -115,6 +115,10 @@ public final class CudaBackend implements Backend {
         if (config.lookaheadRerank() > 1) {
             throw new DsflowException("lookahead-rerank is measured on the cpu backend and not built on cuda yet");
         }
+        if (config.labelBits() == 4) {
+            throw new DsflowException("label-bits=4 is measured on the cpu backend and not built on cuda yet (16 and 8"
+                    + " run on cuda)");
+        }
         if (config.gqaSelection() == KvConfig.GqaSelection.UNION) {
             throw new DsflowException("gqa=union is measured on the cpu backend and not built on cuda yet (per_head,"
                     + " max or mean run on cuda)");

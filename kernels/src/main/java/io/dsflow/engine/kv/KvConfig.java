@@ -11,7 +11,8 @@ import java.util.Map;
  *
  * @param policy        dense, ds (Double Sparsity) or dspp (DoubleSparse++)
  * @param labelChannels r: label channels per head; 0 means max(16, headDim / 8), capped at headDim
- * @param labelBits     16 (fp16 labels) or 8 (int8 labels with a per-token, per-head scale)
+ * @param labelBits     16 (fp16 labels), 8 (int8 labels with a per-token, per-head scale) or 4 (int4 labels with such a
+ *                      scale; an experiment, CPU only so far)
  * @param sinks         S: first tokens always attended (dspp)
  * @param window        W: last tokens always attended, kept in a ring of W slots (dspp)
  * @param lambda        decay rate of the per-layer budget with depth (dspp); 0 = uniform
@@ -58,7 +59,9 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
 
     public KvConfig {
         if (labelChannels < 0) throw new InvalidRequestException("label channels r must be >= 0 (0 = default), got " + labelChannels);
-        if (labelBits != 16 && labelBits != 8) throw new InvalidRequestException("label bits must be 16 or 8, got " + labelBits);
+        if (labelBits != 16 && labelBits != 8 && labelBits != 4) {
+            throw new InvalidRequestException("label bits must be 16, 8 or 4, got " + labelBits);
+        }
         if (sinks < 0 || window < 0) throw new InvalidRequestException("sinks and window must be >= 0");
         if (!Double.isFinite(lambda) || lambda < 0 || lambda > 20) throw new InvalidRequestException("lambda must be in [0, 20], got " + lambda);
         if (!Double.isFinite(rho) || rho <= 0 || rho > 1) throw new InvalidRequestException("rho must be in (0, 1], got " + rho);

@@ -167,21 +167,30 @@ public final class SparseKvCache implements StoredKvCache {
             int base = (h / group) * headDim, row = h / labelGroup;
             int[] ch = channels[layer][h];
             float scale = 0;
-            if (cfg.labelBits() == 8) {   // the scale as a GPU keeps it, in fp16
+            if (cfg.labelBits() < 16) {   // the scale as a GPU keeps it, in fp16
                 for (int i = 0; i < r; i++) scale = Math.max(scale, Math.abs(key[base + ch[i]]));
-                scale = io.dsflow.engine.model.DType.roundToHalf(scale / 127f);
+                scale = io.dsflow.engine.model.DType.roundToHalf(scale / levels());
             }
             for (int i = 0; i < r; i++) lab[row * r + i][slot] = quantise(key[base + ch[i]], scale);
         }
     }
 
     /**
-     * A label value as stored: fp16 (16-bit) or int8 times a per-token, per-head fp16 scale (8-bit; the value rounded
-     * half up and clamped to +-127, since the scale's fp16 rounding can put the largest just past 127).
+     * A label value as stored: fp16 (16-bit), or an integer times a per-token, per-head fp16 scale (8-bit: int8, 4-bit:
+     * int4; the value rounded half up and clamped to +-127 or +-7, since the scale's fp16 rounding can put the largest
+     * just past it).
      */
     private float quantise(float x, float scale) {
-        if (cfg.labelBits() == 8) return scale == 0 ? 0 : Math.max(-127, Math.min(127, (float) Math.floor(x / scale + 0.5f))) * scale;
+        int q = levels();
+        if (cfg.labelBits() < 16) {
+            return scale == 0 ? 0 : Math.max(-q, Math.min(q, (float) Math.floor(x / scale + 0.5f))) * scale;
+        }
         return io.dsflow.engine.model.DType.roundToHalf(x);
+    }
+
+    /** The largest integer label: 127 for 8-bit labels, 7 for 4-bit ones (an experiment, CPU only). */
+    private int levels() {
+        return cfg.labelBits() == 4 ? 7 : 127;
     }
 
     @Override
@@ -513,7 +522,7 @@ public final class SparseKvCache implements StoredKvCache {
         for (int l = 0; l < layers; l++) {
             if (labels[l] == null) continue;
             long rows = numHeads / labelGroup;
-            long perToken = rows * r * cfg.labelBits() / 8 + (cfg.labelBits() == 8 ? rows * 2L : 0);
+            long perToken = rows * r * cfg.labelBits() / 8 + (cfg.labelBits() < 16 ? rows * 2L : 0);
             labelBytes += perToken * store.length(l);
         }
         long windowBytes = 2L * layers * ring.size() * ring.kvDim * KvBytes.VALUE_BYTES;
