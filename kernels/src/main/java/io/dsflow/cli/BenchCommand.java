@@ -459,7 +459,7 @@ public final class BenchCommand {
         if (!kv.sparse()) return c.numLayers() * full;
         int cand = kv.candidates(context), r = kv.labelChannels(c.headDim());
         int[] k = kv.layerBudgets(c.numLayers(), context);
-        double labelBytes = kv.labelBits() == 16 ? 2.0 * r : r * kv.labelBits() / 8.0 + 2;
+        double labelBytes = kv.labelRowBytes(r);
         int readers = kv.gqaSelection() == KvConfig.GqaSelection.PER_HEAD ? c.numHeads() : c.numKvHeads();
         double bytes = 0;
         for (int l = 0; l < c.numLayers(); l++) {

@@ -183,7 +183,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Admission.Budget host = new Admission.Budget(cachesOnDevice ? managed : 0, "managed memory", managedMemory);
         String memory = cachesOnDevice ? "device memory on " + engine.backend().description() : "managed memory";
         LOG.info("decode subtask {}: {} MB of {} for KV caches, default kv policy {}", subtask,
-                String.format(java.util.Locale.ROOT, "%.1f", cache.limit() / 1048576.0), memory, settings.kv());
+                String.format(Locale.ROOT, "%.1f", cache.limit() / 1048576.0), memory, settings.kv());
         Admission<BatchScheduler.Work> admission = new Admission<>(cache, host, maxRunning,
                 settings.limits().maxConversations());
         LOG.info("decode subtask {}: {}", subtask, conversationsHeld(admission, settings.kv()));

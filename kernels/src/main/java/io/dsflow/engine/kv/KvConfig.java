@@ -106,6 +106,14 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 pp ? 1024 : 0, 1);
     }
 
+    /**
+     * Bytes of one label row of {@code r} labels as a label cache holds it: fp16 values, or int8 / int4 values (packed,
+     * rounded up to a whole byte) and the row's fp16 scale.
+     */
+    public long labelRowBytes(int r) {
+        return labelBits == 16 ? 2L * r : ((long) r * labelBits + 7) / 8 + 2;
+    }
+
     /** r for a head dimension. */
     public int labelChannels(int headDim) {
         int r = labelChannels > 0 ? labelChannels : Math.max(16, headDim / 8);

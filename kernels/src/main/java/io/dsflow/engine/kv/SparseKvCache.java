@@ -522,8 +522,7 @@ public final class SparseKvCache implements StoredKvCache {
         for (int l = 0; l < layers; l++) {
             if (labels[l] == null) continue;
             long rows = numHeads / labelGroup;
-            long perToken = rows * r * cfg.labelBits() / 8 + (cfg.labelBits() < 16 ? rows * 2L : 0);
-            labelBytes += perToken * store.length(l);
+            labelBytes += rows * cfg.labelRowBytes(r) * store.length(l);
         }
         long windowBytes = 2L * layers * ring.size() * ring.kvDim * KvBytes.VALUE_BYTES;
         return new KvBytes(store.bytes(KvBytes.VALUE_BYTES), labelBytes, windowBytes, 0);

@@ -288,38 +288,26 @@ class SparseInvariantsTest {
         assertTrue(err > 0, "a 40-token budget of 300 is sparse");
     }
 
-    /** 4-bit labels (int4 times the row's scale, max / 7): the attention mass of 16-bit ones in half 8-bit's bytes. */
-    @Test
-    void fourBitLabelsSelectAlmostAsWellAsSixteen() {
+    /**
+     * 8-bit labels (int8 times the row's scale, max / 127) and 4-bit ones (int4, max / 7): the attention mass of 16-bit
+     * labels in fewer bytes than the next wider width's.
+     */
+    @ParameterizedTest(name = "{0}-bit against 16-bit, fewer bytes than {1}-bit")
+    @org.junit.jupiter.params.provider.CsvSource({"8, 16", "4, 8"})
+    void narrowLabelsSelectAlmostAsWellAsSixteen(int bits, int widerBits) {
         KvConfig c16 = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "60", "dense-layers", "0"));
-        SparseKvCache a = sparse(c16), b = sparse(c16.with(Map.of("label-bits", "4"))),
-                c = sparse(c16.with(Map.of("label-bits", "8")));
+        SparseKvCache a = sparse(c16), b = sparse(c16.with(Map.of("label-bits", Integer.toString(bits)))),
+                wider = sparse(c16.with(Map.of("label-bits", Integer.toString(widerBits))));
         double[] recall = new double[2];
         int[] n = new int[2];
         a.observe((layer, head, mass, idx, err) -> { recall[0] += mass; n[0]++; });
         b.observe((layer, head, mass, idx, err) -> { recall[1] += mass; n[1]++; });
         run(a, 6);
         run(b, 6);
-        run(c, 6);
+        run(wider, 6);
         assertTrue(n[0] > 0 && n[0] == n[1]);
         assertEquals(recall[0] / n[0], recall[1] / n[1], 0.05);
-        assertTrue(c.bytes().labels() > b.bytes().labels(), c.bytes().labels() + " vs " + b.bytes().labels());
-    }
-
-    @Test
-    void eightBitLabelsSelectAlmostAsWellAsSixteen() {
-        KvConfig c16 = KvConfig.defaults(KvPolicy.DS).with(Map.of("k-floor", "60", "dense-layers", "0"));
-        KvConfig c8 = c16.with(Map.of("label-bits", "8"));
-        SparseKvCache a = sparse(c16), b = sparse(c8);
-        double[] recall = new double[2];
-        int[] n = new int[2];
-        a.observe((layer, head, mass, idx, err) -> { recall[0] += mass; n[0]++; });
-        b.observe((layer, head, mass, idx, err) -> { recall[1] += mass; n[1]++; });
-        run(a, 6);
-        run(b, 6);
-        assertTrue(n[0] > 0 && n[0] == n[1]);
-        assertEquals(recall[0] / n[0], recall[1] / n[1], 0.05);
-        assertTrue(a.bytes().labels() > b.bytes().labels());
+        assertTrue(wider.bytes().labels() > b.bytes().labels(), wider.bytes().labels() + " vs " + b.bytes().labels());
     }
 
     @Test
