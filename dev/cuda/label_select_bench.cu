@@ -9,7 +9,8 @@
 //   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, select.cu's score_candidates)
 // Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
 //   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
-//   head (channels=qk-group, the group's heads sharing their channels)]
+//   head (channels=qk-group, the group's heads sharing their channels)] [candidates = 32700] [k = 1980]
+// (s20_two_launch_select.patch: a two-launch selection measured against these in session 20, not kept)
 #ifndef SELECT_CU
 #define SELECT_CU "../../kernels/src/main/cuda/select.cu"
 #endif
@@ -23,8 +24,10 @@ int main(int argc, char** argv) {
     int bits = argc > 1 ? atoi(argv[1]) : 8, mode = argc > 2 ? atoi(argv[2]) : 2, P = argc > 3 ? atoi(argv[3]) : 8;
     int cluster = argc > 4 ? atoi(argv[4]) : 1, threads = argc > 5 ? atoi(argv[5]) : 1024;
     int lgroup = argc > 6 ? atoi(argv[6]) : 1;   // query heads a label row serves (4: channels=qk-group)
-    const int H = 32, KVH = 8, D = 128, r = 16, sinks = 4, window = 64, n = 32700, k = 1980;
-    const int cap = n + sinks + window + 4, maxCand = 32768, maxK = 2048, qStride = (H + 2 * KVH) * D;
+    int n = argc > 7 ? atoi(argv[7]) : 32700, k = argc > 8 ? atoi(argv[8]) : 1980;
+    const int H = 32, KVH = 8, D = 128, r = 16, sinks = 4, window = 64;
+    const int cap = n + sinks + window + 4, maxCand = (n + 255) / 256 * 256, maxK = (k + 31) / 32 * 32;
+    const int qStride = (H + 2 * KVH) * D;
     std::mt19937 rng(3);
     std::normal_distribution<float> g(0.f, 1.f);
     std::vector<float> q((size_t)P * qStride);
@@ -72,19 +75,19 @@ int main(int argc, char** argv) {
     cudaMemcpy(dseg, seg.data(), P * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(dsp, sp.data(), sp.size() * 4, cudaMemcpyHostToDevice);
     cudaMemset(dsel, 0, (size_t)P * H * maxK * 4);
-    int tile = ((maxCand + cluster - 1) / cluster + 31) / 32 * 32;
+    int cl = cluster > 1 ? cluster : 1, ctile = ((maxCand + cl - 1) / cl + 31) / 32 * 32;
     cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * maxCand);
-    cudaFuncSetAttribute(sparse_select_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * tile);
-    cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * tile);
+    cudaFuncSetAttribute(sparse_select_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
+    cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
     auto launch = [&] {
         if (cluster == 1) {
             sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
         } else if (cluster == 8) {
-            sparse_select_cluster<<<P * H * 8, 256, 4 * tile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
-                                                                maxK, tile);
+            sparse_select_cluster<<<P * H * 8, 256, 4 * ctile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                                maxK, ctile);
         } else {
-            sparse_select_cluster2<<<P * H * 2, 1024, 4 * tile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
-                                                                  maxK, tile);
+            sparse_select_cluster2<<<P * H * 2, 1024, 4 * ctile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                                  maxK, ctile);
         }
     };
     launch();
@@ -101,7 +104,8 @@ int main(int argc, char** argv) {
     cudaEventRecord(e1); cudaEventSynchronize(e1);
     float ms; cudaEventElapsedTime(&ms, e0, e1);
     double bytes = (double)P * (H / lgroup) * n * r * (bits / 8) + (bits == 8 ? (double)P * (H / lgroup) * n * 2 : 0);
-    printf("sparse_select (cluster %d, %d threads) %d-bit labels, a row for %d heads, mode %d, %d rows: %.1f us a launch, %.2f TB/s of labels, checksum %016llx\n",
-           cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, 1e3 * ms / reps, bytes / (ms / reps * 1e-3) / 1e12, sum);
+    printf("sparse_select (cluster %d, %d threads) %d-bit labels, a row for %d heads, mode %d, %d rows x %d candidates, k %d: "
+           "%.1f us a launch, %.2f TB/s of labels, checksum %016llx\n", cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
+           bytes / (ms / reps * 1e-3) / 1e12, sum);
     return 0;
 }

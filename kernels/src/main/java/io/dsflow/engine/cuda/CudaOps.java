@@ -277,6 +277,14 @@ final class CudaOps {
      */
     static final int SELECT_SIDE_THREADS = 512;
 
+    /**
+     * Fewest candidates for which clusters of two beat one block a selection: the second block halves a long
+     * selection's scoring, but its cluster barriers cost more than that saves on short ones (H100, gqa=max over 8-bit
+     * label rows a head, dev/cuda/label_select_bench.cu: 8 rows x 32,700 candidates 111.3 us in clusters of two
+     * against 133.1 in single blocks; 8 rows x 4,028 35.0 against 24.7).
+     */
+    static final int SELECT_CLUSTER2_MIN_CANDIDATES = 16384;
+
     /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
     static final int SELECT_MAX_QUERY_CHANNELS = SelectKernels.MAX_QUERY_CHANNELS;
 
@@ -292,7 +300,9 @@ final class CudaOps {
      * x kv heads selections, not rows x heads. On Hopper clusters where the selections would leave multiprocessors
      * idle: of {@link #SELECT_CLUSTER} blocks where a per-head launch has fewer selections than multiprocessors, or a
      * shared launch 16 or fewer, or the candidates are more than a block holds; of two blocks where a shared
-     * launch on the main stream has no more selections than multiprocessors; else one block a selection. Measured on
+     * launch on the main stream fits its clusters in one wave and has {@link #SELECT_CLUSTER2_MIN_CANDIDATES} or more
+     * candidates (a second wave of clusters, or short selections, are faster in single blocks: 16 rows x 16,316
+     * candidates, gqa=max, 102.0 us against 126.3); else one block a selection. Measured on
      * the H100 at 32K context (a layer; dev/cuda/README.md): per head, batch 1, 47 us in clusters of 8 against 91 us in
      * single blocks, batch 8, 256 us against 205 us; shared (gqa=mean), 8-bit labels, batch 4: 95.1 us in clusters of
      * 8, 82.9 us in clusters of 2, 133.3 us in single blocks; batch 8: 113.4 us in clusters of 2, 134.4 us in single
@@ -307,7 +317,8 @@ final class CudaOps {
         if (gpu.computeMajor() >= 9) {
             if (maxCand > SELECT_MAX_CANDIDATES || (shared ? selections <= 16 : selections < sms)) {
                 cluster = SELECT_CLUSTER;
-            } else if (shared && selections <= sms && !gpu.onSideStream()) {
+            } else if (shared && 2 * selections <= sms && maxCand >= SELECT_CLUSTER2_MIN_CANDIDATES
+                    && !gpu.onSideStream()) {
                 cluster = 2;
             }
         }
