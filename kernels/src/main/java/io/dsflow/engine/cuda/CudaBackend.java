@@ -168,7 +168,8 @@ public final class CudaBackend implements Backend {
                     ? CudaRuntime.sizeClass(sparseLayers * cap * width)
                     + CudaRuntime.sizeClass(sparseLayers * cap * rows * 2L)
                     : CudaRuntime.sizeClass(sparseLayers * cap * width * 2L);
-            bytes += sparseLayers * CudaRuntime.sizeClass(width * 4L);
+            // a head's r channels (channels=qk-group shares a label row, not the table)
+            bytes += sparseLayers * CudaRuntime.sizeClass((long) c.numHeads() * kv.labelChannels(c.headDim()) * 4);
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
         }
