@@ -13,7 +13,9 @@
 //   owner: [segments] pointers to [KVH][C] ints (the store slot at a place, -1: empty); hand: [segments] -> [KVH] ints
 //   rows p < P of the step: sp[p][SP_FIELDS] (sparse_rows.cuh: SP_ROW, SP_K, SP_CAND, SP_CAP), seg[row] its segment;
 //   places: C; stats: [2] unsigned long long, rows asked and rows missed, added to
-// Grid: (P * KVH), block: ROW_CACHE_THREADS. Shared memory: C bytes of flags + (k + 1) ints of ranks.
+//   At most one sparse row a segment in a launch (a decode step's); k <= C, k <= ROW_CACHE_MAX_K, C <=
+//   ROW_CACHE_MAX_PLACES (else the kernel traps); a selection's slots distinct (top-k's are).
+// Grid: (P * KVH), block: ROW_CACHE_THREADS; static shared memory: 40 KB (flags a place, ranks a selected row).
 #include "../../kernels/src/main/cuda/common.cuh"
 #include "../../kernels/src/main/cuda/sparse_rows.cuh"
 
@@ -59,6 +61,8 @@ extern "C" __global__ void __launch_bounds__(ROW_CACHE_THREADS) row_cache_serve(
     int* place_of = reinterpret_cast<int*>(place_of_ptr[s]) + (size_t)g * cap;
     int* owner = reinterpret_cast<int*>(owner_ptr[s]) + (size_t)g * C;
     int* hand_at = reinterpret_cast<int*>(hand_ptr[s]) + g;
+    if (k > C || k > ROW_CACHE_MAX_K || C > ROW_CACHE_MAX_PLACES || blockDim.x != ROW_CACHE_THREADS) __trap();
+    k = max(k, 0);
     int hand = *hand_at;
     for (int c = threadIdx.x; c < C; c += blockDim.x) asked[c] = 0;
     __syncthreads();
