@@ -282,16 +282,19 @@ public final class BenchCommand {
             int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBenchCaches.SPARE_SLOTS - 8 - steps));
             for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
             gpu.synchronize();
+            b.takeRowCacheStats();   // the timed steps' own
             b.resetHostTime();
             long start = System.nanoTime();
             for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
             gpu.synchronize();
+            long end = System.nanoTime();
+            CudaBackend.RowCacheStats rows = b.takeRowCacheStats();
             // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
             // ds at every power of two) runs uncaptured and the next captures its graph; the steady state does
             // neither, so the capture's host time, during which the device idles, is left out (and said in the
             // host column; the uncaptured step's time is counted, its host time is not)
             GraphCache.HostTime host = b.hostTime();
-            double sec = (System.nanoTime() - start - host.captureNanos()) / 1e9 / steps;
+            double sec = (end - start - host.captureNanos()) / 1e9 / steps;
             double bytes = b.weightBytesPerStep() + batch * cacheBytesPerStep(c, kv, ctx + untimed + steps / 2);
             String hostUs = host.steps() == 0 ? "-" : String.format(Locale.ROOT, "%.0f+%.0f/%.0f%s",
                     host.prepareNanos() / 1e3 / host.steps(), host.launchNanos() / 1e3 / host.steps(),
@@ -300,6 +303,15 @@ public final class BenchCommand {
                     policy.name(), batch, ctx, batch / sec, sec * 1e3, bytes / 1e9, bytes / sec / 1e12,
                     100 * bytes / sec / copy, gpu.peakAllocated() / 1e9, gpu.peakHostAllocated() / 1e9, hostUs);
             ObjectNode row = decode.addObject();
+            if (rows.asked() > 0) {   // a row a kv head: its key and value in bf16 over the link for each miss
+                double linkBytes = (double) rows.missed() * 4 * c.headDim() / steps;
+                out.printf(Locale.ROOT, "  row cache: %.1f%% of %d rows a step held (natural selections of this"
+                        + " model), %.1f MB a step over the host link%n", 100 * rows.hitRate(), rows.asked() / steps,
+                        linkBytes / 1e6);
+                row.put("row_cache_hit_rate", rows.hitRate());
+                row.put("row_cache_rows_per_step", (double) rows.asked() / steps);
+                row.put("row_cache_link_bytes_per_step", linkBytes);
+            }
             row.put("policy", policy.name());
             row.put("batch", batch);
             row.put("context", ctx);

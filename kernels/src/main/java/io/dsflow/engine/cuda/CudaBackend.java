@@ -13,6 +13,8 @@ import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.RowCache;
+import io.dsflow.engine.kv.SparseStepPolicy;
 import io.dsflow.engine.model.Architecture;
 import io.dsflow.engine.model.ModelConfig;
 import io.dsflow.engine.model.ModelWeights;
@@ -135,8 +137,8 @@ public final class CudaBackend implements Backend {
             ch[l] = new int[c.numHeads()][];
             for (int h = 0; h < c.numHeads(); h++) ch[l][h] = channels.top(l, h, r);
         }
-        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(), ch,
-                labelGroup);
+        return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY, config, c.numHeads(),
+                c.numKvHeads(), ch, labelGroup);
     }
 
     /** A dense cache whose prefills add their rows' channel statistics to {@code stats} on the device. */
@@ -172,8 +174,28 @@ public final class CudaBackend implements Backend {
             bytes += sparseLayers * CudaRuntime.sizeClass((long) c.numHeads() * kv.labelChannels(c.headDim()) * 4);
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
+            if (host && kv.rowCache() > 0) bytes += rowCacheBytes(kv, tokens, cap);
         }
         return bytes;
+    }
+
+    /**
+     * Device bytes of a host-placed cache's row cache (CudaRowCache) at {@code tokens} tokens: each sparse layer's
+     * places for F times the rows a step of that length selects (a budget that fell since, as the dense-until floor's
+     * does past T0, leaves the places it grew to: the shortest selecting contexts may hold more) and its slots' places.
+     */
+    private long rowCacheBytes(KvConfig kv, long tokens, long cap) {
+        SparseStepPolicy.LayerStep[] steps = new SparseStepPolicy(kv, c.numLayers()).step(1, tokens);
+        long bytes = 0;
+        for (int l = 0; l < c.numLayers(); l++) {
+            if (!steps[l].selects()) continue;
+            int places = RowCache.places(kv.rowCache(), steps[l].kept());
+            places = Math.min(RowCacheKernels.MAX_PLACES, (places + CudaRowCache.GRANULE - 1) / CudaRowCache.GRANULE
+                    * CudaRowCache.GRANULE);
+            bytes += 2 * CudaRuntime.sizeClass((long) places * c.kvDim() * 2)
+                    + CudaRuntime.sizeClass(4 * RowCacheKernels.indexInts(c.numKvHeads(), places));
+        }
+        return bytes + (long) sparseLayers(kv) * CudaRuntime.sizeClass(4 * cap * c.numKvHeads());
     }
 
     /** Pinned host bytes a cache of {@code tokens} tokens holds: host placement's sparse-layer keys and values. */
@@ -435,15 +457,20 @@ public final class CudaBackend implements Backend {
                         la.stagedKinds());
             }
             if (ahead > staged) {
-                attendSelected(p, layer, staged, ahead - staged, kt, vt,
+                attendSelected(p, layer, staged, ahead - staged, selectedKeys(p, layer), selectedValues(p, layer),
                         sel.withByteOffset(4L * staged * heads * sp.maxK()), la.aheadKinds());
             }
         }
         if (n > ahead) {
             profiler.mark(sp.fusedSelect() ? "selection (fused)" : "selection (scores, top-k)");
             select(p, layer, ahead, n - ahead, q, qkvDim, sp.sharedOnly(), sp.selected(), sp.scores());
+            if (sp.servedMain()[layer] > 0) {
+                profiler.mark("row cache (misses over the link)");
+                serveRows(p, layer, ahead, n - ahead, sp.selected());
+            }
             profiler.mark("attention (selected rows)");
-            attendSelected(p, layer, ahead, n - ahead, kt, vt, sp.selected(), sp.mainKinds());
+            attendSelected(p, layer, ahead, n - ahead, selectedKeys(p, layer), selectedValues(p, layer),
+                    sp.selected(), sp.mainKinds());
         }
         AttentionKernels.attentionMerge(gpu, n, att, sp.partials(), sp.selectRows(layer), heads, hd,
                 sp.splits());
@@ -526,6 +553,11 @@ public final class CudaBackend implements Backend {
             gpu.record(lookaheadRead.of(layer));
             profiler.mark("look-ahead selection");
             select(p, layer, 0, n, la.queries(), c.qDim(), la.sharedOnly(), la.selected().of(layer), la.scores());
+            if (sp.servedAhead()[layer] > 0) {
+                profiler.mark("look-ahead row cache (misses over the link)");
+                serveRows(p, layer, staged, n - staged,
+                        la.selected().of(layer).withByteOffset(4L * staged * heads * sp.maxK()));
+            }
             if (staged > 0) {
                 profiler.mark("look-ahead gather (host rows)");
                 // about 64 blocks (a few MB in flight): the link is the limit. Fewer blocks, or blocks holding whole
@@ -564,6 +596,30 @@ public final class CudaBackend implements Backend {
                     p.inputs().segmentOf(), desc, heads, hd, qStride, sp.maxCand());
             SelectKernels.sparseTopk(gpu, n, selected, scores, desc, heads, kvHeads, sp.maxCand(), sp.maxK());
         }
+    }
+
+    /**
+     * The shared selections of {@code n} of a layer's selecting rows from row {@code from} on ({@code selected}: [n * H]
+     * [maxK] store slots) served from their sequences' device row caches: rewritten to places, the misses copied in
+     * from host memory; rows of sequences without one are left as they are.
+     */
+    private void serveRows(StepPlan p, int layer, int from, int n, CUdeviceptr selected) {
+        SparseStep sp = p.sparse();
+        CacheTables t = p.caches();
+        long at = CacheTables.layerOffset(layer, p.segments());
+        RowCacheKernels.serve(gpu, n, selected, t.keys().withByteOffset(at), t.values().withByteOffset(at),
+                t.selectedKeys().withByteOffset(at), t.selectedValues().withByteOffset(at),
+                t.rowIndex().withByteOffset(at), p.inputs().segmentOf(), sp.descriptors(layer, from), c.numHeads(),
+                c.numKvHeads(), c.headDim(), sp.maxK(), sp.rowCacheStats());
+    }
+
+    /** This layer's table of where the selected keys are read (StepPlan.CacheTables#selectedKeys). */
+    private static CUdeviceptr selectedKeys(StepPlan p, int layer) {
+        return p.caches().selectedKeys().withByteOffset(CacheTables.layerOffset(layer, p.segments()));
+    }
+
+    private static CUdeviceptr selectedValues(StepPlan p, int layer) {
+        return p.caches().selectedValues().withByteOffset(CacheTables.layerOffset(layer, p.segments()));
     }
 
     /**
@@ -630,6 +686,34 @@ public final class CudaBackend implements Backend {
     /** Bytes of the model's weights (in device memory, but for the embedding table after placeEmbeddings(true)). */
     public long weightBytes() {
         return weights.bytes();
+    }
+
+    /**
+     * Rows asked of the sequences' device row caches (KvConfig#rowCache) since the last call, and rows they missed
+     * (copied over the host link): a kv head's row each; the counters start again at zero. Waits for the device.
+     */
+    public RowCacheStats takeRowCacheStats() {
+        gpu.makeCurrent();
+        CUdeviceptr stats = workspace.getIfSized(Buffer.ROW_CACHE_STATS);
+        if (stats == null) return new RowCacheStats(0, 0);
+        gpu.synchronize();
+        long[] v = new long[2];
+        jcuda.driver.JCudaDriver.cuMemcpyDtoH(jcuda.Pointer.to(v), stats, 16);
+        jcuda.driver.JCudaDriver.cuMemsetD32(stats, 0, 4);
+        return new RowCacheStats(v[0], v[1]);
+    }
+
+    /**
+     * Rows (a kv head's key and value each) a step's row caches were asked for and missed.
+     *
+     * @param asked  rows the selections read
+     * @param missed rows copied over the host link
+     */
+    public record RowCacheStats(long asked, long missed) {
+        /** Share of the rows asked that were held, NaN when none was asked. */
+        public double hitRate() {
+            return asked == 0 ? Double.NaN : 1 - (double) missed / asked;
+        }
     }
 
     /** Bytes of weights a decode step reads: all of them but the embedding table, of which it gathers a few rows. */

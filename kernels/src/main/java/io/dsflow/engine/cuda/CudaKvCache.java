@@ -29,7 +29,8 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * so that growing (capacity doubles) is one contiguous copy per layer. Device placement keeps everything in device
  * memory. Host placement keeps the sparse layers' keys and values in pinned host memory mapped into the device (the
  * kernels read and write it in place), and their sinks and window also in device rings, which the sparse attention
- * reads instead of the host copy; the labels and the dense layers stay on the device. A calibrating cache
+ * reads instead of the host copy; the labels and the dense layers stay on the device; with a row cache
+ * (KvConfig#rowCache) also the rows its steps selected lately ({@link CudaRowCache}). A calibrating cache
  * ({@link #calibrating}) is dense and also holds calibration's device accumulators. Freed by {@link #release()}, or
  * when it becomes unreachable.
  */
@@ -49,6 +50,8 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         CUdeviceptr storeBlock, labelBlock, scaleBlock;
         /** A calibrating cache's accumulators (null otherwise): freed with the cache. */
         CudaCalibration calibration;
+        /** Host placement with a row cache (KvConfig#rowCache): the device cache of selected rows, else null. */
+        CudaRowCache rowCache;
         long bytesEach, scaleBytesEach, storeBlockBytes, labelBlockBytes, scaleBlockBytes, channelBytes, ringBytes;
         boolean freed;
 
@@ -85,6 +88,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
             if (labelBlock != null) gpu.free(labelBlock, labelBlockBytes);
             if (scaleBlock != null) gpu.free(scaleBlock, scaleBlockBytes);
             if (calibration != null) calibration.release();
+            if (rowCache != null) rowCache.run();
         }
     }
 
@@ -105,7 +109,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     private final int layers, kvDim;
     /** The sparse policy (null: dense), its label width labelRows() * r, and bytes a label (2: fp16, 1: int8 and a scale). */
     private final KvConfig sparse;
-    private final int labelWidth, labelR, heads, labelBytes, labelGroup;
+    private final int labelWidth, labelR, heads, kvHeads, labelBytes, labelGroup;
     private final int[][][] channelsHost;
     private final int[] length;
     private final Buffers buffers;
@@ -113,7 +117,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     private int capacity;
 
     CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity) {
-        this(gpu, layers, kvDim, initialCapacity, null, 0, null, 1);
+        this(gpu, layers, kvDim, initialCapacity, null, 0, 0, null, 1);
     }
 
     /**
@@ -137,15 +141,16 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     /**
      * A cache for a sparse policy: {@code channels[layer][head]} the r channels of each head's labels, null for the
      * dense layers (which keep no labels); a label row for each {@code labelGroup} query heads (whose channels must be
-     * the same: CudaBackend#newCache checks).
+     * the same: CudaBackend#newCache checks), of {@code kvHeads} kv heads.
      */
-    CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity, KvConfig sparse, int heads,
+    CudaKvCache(CudaRuntime gpu, int layers, int kvDim, int initialCapacity, KvConfig sparse, int heads, int kvHeads,
                 int[][][] channels, int labelGroup) {
         this.gpu = gpu;
         this.layers = layers;
         this.kvDim = kvDim;
         this.sparse = sparse;
         this.heads = heads;
+        this.kvHeads = kvHeads;
         this.labelGroup = Math.max(1, labelGroup);
         this.channelsHost = channels;
         this.length = new int[layers];
@@ -177,6 +182,9 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         this.labelR = rr;
         this.labelBytes = sparse != null && sparse.labelBits() == 8 ? 1 : 2;
         allocate(Math.max(16, initialCapacity));
+        if (sparse != null && sparse.rowCache() > 0 && anyOnHost()) {
+            buffers.rowCache = new CudaRowCache(gpu, buffers.onHost, kvHeads, kvDim, sparse.rowCache(), capacity);
+        }
     }
 
     private void allocate(int cap) {
@@ -235,6 +243,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         buffers.bytesEach = bytes;
         buffers.scaleBytesEach = scaleLayer;
         capacity = cap;
+        if (buffers.rowCache != null) buffers.rowCache.storeGrew(cap);
     }
 
     @Override
@@ -278,6 +287,21 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     @Override
     public boolean onHost(int layer) {
         return buffers.onHost[layer];
+    }
+
+    /**
+     * Whether layer {@code layer}'s selection of {@code rows} rows this step is served from the device cache of selected
+     * rows (host placement with a row cache; its places made to hold the step), else read from host memory.
+     */
+    @Override
+    public boolean servesRows(int layer, int rows) {
+        CudaRowCache rc = buffers.rowCache;
+        return rc != null && rc.has(layer) && rc.ensurePlaces(layer, rows);
+    }
+
+    /** The device cache of selected rows (host placement with a row cache), else null. */
+    CudaRowCache rowCache() {
+        return buffers.rowCache;
     }
 
     /** The accumulators of a calibrating cache ({@link #calibrating}), else null. */
@@ -363,7 +387,9 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     @Override
     public KvCache copy() {
         gpu.makeCurrent();
-        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity, sparse, heads, channelsHost, labelGroup);
+        // (the copy's row cache starts empty: it changes where rows are read from, never what a step attends)
+        CudaKvCache c = new CudaKvCache(gpu, layers, kvDim, capacity, sparse, heads, kvHeads, channelsHost,
+                labelGroup);
         for (int l = 0; l < layers; l++) {
             long used = (long) length[l] * kvDim * 2;
             if (used > 0) {

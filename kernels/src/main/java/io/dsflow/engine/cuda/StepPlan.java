@@ -51,9 +51,15 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
      * @param ringKeys   host placement's device rings of sinks and window
      * @param ringValues likewise for values
      * @param segmentInfo [segments][SegmentDescriptor.FIELDS] ints, what the append kernels read of a sparse cache
+     * @param selectedKeys where the attention reads a selecting row's selected keys: its device row cache where the
+     *                     step serves it from one (StepPlanner.SelectionRuns#served), else its key store (the keys
+     *                     table itself where no row of the step is served)
+     * @param selectedValues likewise for values
+     * @param rowIndex     the served rows' row-cache indices (RowCacheKernels), 0 for others; null where none is served
      */
     record CacheTables(CUdeviceptr keys, CUdeviceptr values, CUdeviceptr labels, CUdeviceptr channels,
-                       CUdeviceptr scales, CUdeviceptr ringKeys, CUdeviceptr ringValues, CUdeviceptr segmentInfo) {
+                       CUdeviceptr scales, CUdeviceptr ringKeys, CUdeviceptr ringValues, CUdeviceptr segmentInfo,
+                       CUdeviceptr selectedKeys, CUdeviceptr selectedValues, CUdeviceptr rowIndex) {
         /** Bytes from a table's start to layer {@code layer}'s row of {@code segments} addresses. */
         static long layerOffset(int layer, int segments) {
             return 8L * layer * segments;
@@ -123,11 +129,15 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
      * @param selected    [maxSparse * H][maxK] ints
      * @param partials    [maxSparse * H][splits][headDim + 2] f32
      * @param ahead       the look-ahead rows, or null when the step has none
+     * @param servedAhead [L] look-ahead rows (not staged) served from a device row cache
+     * @param servedMain  [L] main-stream rows served from a device row cache
+     * @param rowCacheStats [2] u64 the row caches add to (Workspace ROW_CACHE_STATS), or null where none is served
      */
     record SparseStep(int[] denseCount, CUdeviceptr denseRows, int[] selectCount, CUdeviceptr descriptors,
                       CUdeviceptr selectRows, int stride, int maxR, int maxCand, int maxK, int maxSlots, int splits,
                       boolean fusedSelect, boolean fusedAppend, boolean sharedOnly, RowKinds mainKinds,
-                      CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead) {
+                      CUdeviceptr scores, CUdeviceptr selected, CUdeviceptr partials, Lookahead ahead,
+                      int[] servedAhead, int[] servedMain, CUdeviceptr rowCacheStats) {
 
         /** The descriptors of a layer's selecting rows from row {@code from} on. */
         CUdeviceptr descriptors(int layer, int from) {
@@ -201,7 +211,7 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
     record GraphKey(int rows, int chunk, int splits, boolean densePipelined, int[] selectCount, int maxCand,
                     int maxK, int maxSlots, int sparseSplits, int maxR, boolean fusedSelect, boolean fusedAppend,
                     boolean sharedOnly, int mainKinds, int[] aheadCount, int[] stagedCount, int stagedKinds,
-                    int aheadKinds, boolean aheadSharedOnly) {
+                    int aheadKinds, boolean aheadSharedOnly, int[] servedAhead, int[] servedMain) {
         @Override
         public boolean equals(Object o) {
             return o instanceof GraphKey k && rows == k.rows && chunk == k.chunk && splits == k.splits
@@ -211,7 +221,8 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
                     && fusedAppend == k.fusedAppend && sharedOnly == k.sharedOnly && mainKinds == k.mainKinds
                     && Arrays.equals(aheadCount, k.aheadCount) && Arrays.equals(stagedCount, k.stagedCount)
                     && stagedKinds == k.stagedKinds && aheadKinds == k.aheadKinds
-                    && aheadSharedOnly == k.aheadSharedOnly;
+                    && aheadSharedOnly == k.aheadSharedOnly && Arrays.equals(servedAhead, k.servedAhead)
+                    && Arrays.equals(servedMain, k.servedMain);
         }
 
         @Override
@@ -236,7 +247,8 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
                 s != null && s.fusedSelect(), s != null && s.fusedAppend(), s != null && s.sharedOnly(),
                 s == null ? -1 : bits(s.mainKinds()), a == null ? null : a.aheadCount(),
                 a == null ? null : a.stagedCount(), a == null ? -1 : bits(a.stagedKinds()),
-                a == null ? -1 : bits(a.aheadKinds()), a != null && a.sharedOnly());
+                a == null ? -1 : bits(a.aheadKinds()), a != null && a.sharedOnly(), s == null ? null : s.servedAhead(),
+                s == null ? null : s.servedMain());
     }
 
     private static int bits(RowKinds kinds) {

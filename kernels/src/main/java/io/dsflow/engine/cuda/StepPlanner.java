@@ -102,12 +102,18 @@ final class StepPlanner {
         // the pipelined attention's chunk counters, a pair a (row, kv head): zero when made, each launch leaves them 0
         CUdeviceptr claims = workspace.ensureZeroed(Buffer.CLAIMS, 2L * Math.max(1, decodeRows) * kvHeads);
         CUdeviceptr logits = workspace.ensure(Buffer.LOGITS, (long) nseg * c.vocabSize());
-        SparseTables sparse = anySparse ? new SparseTables(batch, caches, layout) : null;
+        SparseTables sparse = anySparse ? new SparseTables(batch, caches, layout, keyTable, valueTable) : null;
 
         MetadataUpload up = new MetadataUpload();
         MetadataUpload.Slot keys = up.add(keyTable), values = up.add(valueTable);
         MetadataUpload.Slot labels = null, channels = null, scales = null, ringKeys = null, ringValues = null;
-        MetadataUpload.Slot stageKeys = null, stageValues = null;
+        MetadataUpload.Slot stageKeys = null, stageValues = null, selectedKeys = keys, selectedValues = values;
+        MetadataUpload.Slot rowIndex = null;
+        if (sparse != null && sparse.rowIndex != null) {
+            selectedKeys = up.add(sparse.selectedKeys);
+            selectedValues = up.add(sparse.selectedValues);
+            rowIndex = up.add(sparse.rowIndex);
+        }
         if (sparse != null) {
             labels = up.add(sparse.labels);
             channels = up.add(sparse.channels);
@@ -133,7 +139,8 @@ final class StepPlanner {
         StepPlan.Inputs inputs = new StepPlan.Inputs(tokens.address(), positions.address(), segmentOf.address(),
                 slot.address(), attended.address(), lastRows.address());
         StepPlan.CacheTables tables = new StepPlan.CacheTables(keys.address(), values.address(), addr(labels),
-                addr(channels), addr(scales), addr(ringKeys), addr(ringValues), addr(segmentInfo));
+                addr(channels), addr(scales), addr(ringKeys), addr(ringValues), addr(segmentInfo),
+                selectedKeys.address(), selectedValues.address(), addr(rowIndex));
         StepPlan.DenseAttention dense = new StepPlan.DenseAttention(layout.tiles().length / 3, tiles.address(),
                 decodeRows, rowsOf.address(), splits, chunkAndSplits[0], partials, pipelined ? claims : null);
         StepPlan.SparseStep sparseStep = sparse == null ? null
@@ -282,10 +289,15 @@ final class StepPlanner {
      * @param maxK         the largest budget (not bucketed)
      * @param maxSinksWindow the most sinks + window slots
      * @param allDspp      every selecting row is dspp
+     * @param served       [L][segments] whether the segment's selecting row in the layer is served from its device
+     *                     row cache (PlannedCache#servesRows)
+     * @param servedAhead  [L] such rows among the look-ahead rows of run 1
+     * @param servedMain   [L] such rows among the rows of run 2
      */
     record SelectionRuns(int[] denseCount, int[] denseRows, int[] selectCount, int[] descriptors, int[] selectRows,
                          int[] stagedCount, int[] aheadCount, RowKinds stagedKinds, RowKinds aheadKinds,
-                         RowKinds mainKinds, int maxR, int maxCand, int maxK, int maxSinksWindow, boolean allDspp) {
+                         RowKinds mainKinds, int maxR, int maxCand, int maxK, int maxSinksWindow, boolean allDspp,
+                         boolean[] served, int[] servedAhead, int[] servedMain) {
     }
 
     /** What the selection runs need of a segment's cache (CudaKvCache gives it; tests make their own). */
@@ -305,6 +317,14 @@ final class StepPlanner {
         int capacity();
 
         int labelGroup();
+
+        /**
+         * Whether layer {@code layer}'s shared selection of {@code rows} rows this step is served from a device cache
+         * of selected rows (CudaRowCache, made to hold them), instead of read from host memory.
+         */
+        default boolean servesRows(int layer, int rows) {
+            return false;
+        }
     }
 
     /**
@@ -320,6 +340,8 @@ final class StepPlanner {
         int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS];
         int[] selectRows = new int[layers * stride];
         int[] stagedCount = new int[layers], aheadCount = new int[layers];
+        boolean[] served = new boolean[layers * nseg];
+        int[] servedAhead = new int[layers], servedMain = new int[layers];
         // per run: any per-head, shared, device-read, host-read rows (RowKinds at the end)
         boolean[][] kinds = new boolean[3][4];
         int maxR = 0, maxCand = 1, maxK = 1, maxSinksWindow = 0;
@@ -344,8 +366,16 @@ final class StepPlanner {
                 }
                 KvConfig kv = cache.sparse();
                 boolean host = cache.onHost(l), shared = kv.gqaSelection() != KvConfig.GqaSelection.PER_HEAD;
-                int run = !step.selectsAhead() ? 2 : host && shared ? 0 : 1;
-                boolean readsHost = host && run != 0;   // a staged row's selected rows are read from the device
+                // a host store's shared selection is served from the device row cache where the sequence keeps one
+                // (and its places hold the step), else staged on the side stream (look-ahead) or read over the link
+                boolean serves = host && shared && cache.servesRows(l, step.kept());
+                int run = !step.selectsAhead() ? 2 : host && shared && !serves ? 0 : 1;
+                boolean readsHost = host && !serves && run != 0;   // a staged row's are read from the device
+                if (serves) {
+                    served[l * nseg + s] = true;
+                    if (run == 1) servedAhead[l]++;
+                    else servedMain[l]++;
+                }
                 runs.get(run).add(new SparseRowDescriptor(row, step.candidates(), step.budget(), kv.sinks(),
                         kv.window(), kv.gqaSelection().ordinal(), cache.labelChannels(), cache.labelBits(),
                         cache.capacity(), readsHost, cache.labelGroup()));
@@ -367,7 +397,8 @@ final class StepPlanner {
             }
         }
         return new SelectionRuns(denseCount, denseRows, selectCount, descriptors, selectRows, stagedCount, aheadCount,
-                kinds(kinds[0]), kinds(kinds[1]), kinds(kinds[2]), maxR, maxCand, maxK, maxSinksWindow, allDspp);
+                kinds(kinds[0]), kinds(kinds[1]), kinds(kinds[2]), maxR, maxCand, maxK, maxSinksWindow, allDspp,
+                served, servedAhead, servedMain);
     }
 
     private static RowKinds kinds(boolean[] any) {
@@ -377,13 +408,15 @@ final class StepPlanner {
     /** A sparse step's host tables and sized buffers, before the upload gives their addresses. */
     private final class SparseTables {
         final long[] labels, channels, scales, ringKeys, ringValues, stageKeys, stageValues;
+        /** [L][segments]: where the selected rows are read (a served row's row cache, else the store), row caches. */
+        final long[] selectedKeys, selectedValues, rowIndex;
         final int[] segmentInfo;
         final SelectionRuns runs;
         final int maxCand, maxK, maxSlots, splits, maxSparse, maxAhead;
         final boolean fusedSelect, fusedAppend, groupAttention;
-        final CUdeviceptr scores, selected, partials, aheadSelected, aheadQueries, aheadScores;
+        final CUdeviceptr scores, selected, partials, aheadSelected, aheadQueries, aheadScores, rowCacheStats;
 
-        SparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout) {
+        SparseTables(Batch batch, CudaKvCache[] caches, RowLayout layout, long[] keyTable, long[] valueTable) {
             int layers = c.numLayers(), nseg = caches.length, heads = c.numHeads(), hd = c.headDim();
             int group = heads / c.numKvHeads();
             labels = new long[layers * nseg];
@@ -410,6 +443,18 @@ final class StepPlanner {
             }
             runs = selectionRuns(Arrays.asList(caches), segmentRows, layout.rowsOf(), layout.decodeRows(),
                     layout.segmentOf());
+            boolean anyServed = max(runs.servedAhead()) + max(runs.servedMain()) > 0;
+            selectedKeys = anyServed ? keyTable.clone() : null;
+            selectedValues = anyServed ? valueTable.clone() : null;
+            rowIndex = anyServed ? new long[layers * nseg] : null;
+            for (int i = 0; anyServed && i < rowIndex.length; i++) {
+                if (!runs.served()[i]) continue;
+                CudaRowCache rc = caches[i % nseg].rowCache();
+                int l = i / nseg;
+                selectedKeys[i] = address(rc.keys(l));
+                selectedValues[i] = address(rc.values(l));
+                rowIndex[i] = address(rc.index(l));
+            }
             RowKinds all = runs.stagedKinds().or(runs.aheadKinds()).or(runs.mainKinds());
             maxSparse = max(runs.selectCount());
             // bucketed, so that a captured graph serves many steps: candidates to 1024s, budgets to powers of two
@@ -463,6 +508,7 @@ final class StepPlanner {
                 aQ = workspace.ensure(Buffer.AHEAD_QUERIES, (long) batch.rows() * c.qDim());
                 if (!fusedSelect) aSc = workspace.ensure(Buffer.AHEAD_SCORES, (long) maxAhead * heads * maxCand);
             }
+            rowCacheStats = anyServed ? workspace.ensureZeroed(Buffer.ROW_CACHE_STATS, 4) : null;
             aheadSelected = aSel;
             aheadQueries = aQ;
             aheadScores = aSc;
@@ -491,7 +537,7 @@ final class StepPlanner {
             return new StepPlan.SparseStep(runs.denseCount(), denseRows, runs.selectCount(), descriptors, selectRows,
                     Math.max(1, decodeRows), runs.maxR(), maxCand, maxK, maxSlots, splits, fusedSelect, fusedAppend,
                     !runs.mainKinds().perHead(), groupAttention ? runs.mainKinds() : null, scores, selected,
-                    partials, ahead);
+                    partials, ahead, runs.servedAhead(), runs.servedMain(), rowCacheStats);
         }
     }
 

@@ -67,7 +67,9 @@ final class Workspace implements AutoCloseable {
         /** [2][segments][maxK][kvDim] bf16: the look-ahead rows' staged keys and values (host placement). */
         AHEAD_STAGE_KEYS, AHEAD_STAGE_VALUES,
         /** [history + rows][kvDim] bf16 per host-placed prefill: its layer's keys and values on the device. */
-        PREFILL_STAGE_KEYS, PREFILL_STAGE_VALUES
+        PREFILL_STAGE_KEYS, PREFILL_STAGE_VALUES,
+        /** [2] u64: rows the device row caches were asked for and rows they missed (CudaBackend#rowCacheStats). */
+        ROW_CACHE_STATS
     }
 
     private final CudaRuntime gpu;
@@ -109,6 +111,11 @@ final class Workspace implements AutoCloseable {
         CUdeviceptr p = pointers.get(b);
         if (p == null) throw new IllegalStateException("workspace buffer " + b + " was not sized for this step");
         return p;
+    }
+
+    /** The buffer as last sized, or null where no step has sized it. */
+    CUdeviceptr getIfSized(Buffer b) {
+        return pointers.get(b);
     }
 
     @Override

@@ -38,11 +38,14 @@ import java.util.Map;
  *                      tokens T rho - S - W is 0, and sinks and window alone lost the probe's records (12/20)
  * @param lookaheadRerank F (lookahead; 1 = off; CPU only so far): a layer selecting ahead takes F k candidates by the
  *                      predicted query, and the true query, once computed, picks its k among them
+ * @param rowCache      F (placement host, a shared selection; 0 = off): a GPU keeps each sparse layer's recently
+ *                      selected rows in device memory, F times the rows a step selects a kv head (RowCache's ring), and
+ *                      copies only the rows a step misses over the host link; where rows are read from, never which
  */
 public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int sinks, int window, double lambda,
                        double rho, int kFloor, int kMin, int denseLayers, ChannelSource channelSource,
                        GqaSelection gqaSelection, int capacity, Placement placement,
-                       boolean lookahead, int denseUntil, int lookaheadRerank) implements java.io.Serializable {
+                       boolean lookahead, int denseUntil, int lookaheadRerank, double rowCache) implements java.io.Serializable {
 
     public enum ChannelSource { QK, Q, K, QK_GROUP }
 
@@ -86,6 +89,15 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (lookaheadRerank > 1 && !lookahead) {
             throw new InvalidRequestException("lookahead-rerank re-ranks a look-ahead selection: it needs lookahead on");
         }
+        if (!Double.isFinite(rowCache) || rowCache != 0 && (rowCache < 1 || rowCache > 64)) {
+            throw new InvalidRequestException("row-cache must be 0 (off) or in [1, 64] times a step's selected rows, got "
+                    + rowCache);
+        }
+        if (rowCache > 0 && (placement != Placement.HOST || gqaSelection == GqaSelection.PER_HEAD
+                || gqaSelection == GqaSelection.UNION)) {
+            throw new InvalidRequestException("row-cache keeps host-placed rows on the device: it needs placement=host"
+                    + " and a shared selection (gqa=max or mean)");
+        }
         if (capacity > 0 && capacity < sinks + window + 1) {
             throw new InvalidRequestException("capacity " + capacity + " must exceed sinks + window = " + (sinks + window));
         }
@@ -103,7 +115,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         // eval-cpu-2026-12-07-s18.txt, bench-h100-2026-12-07-s18.txt)
         return new KvConfig(policy, 0, pp ? 8 : 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
                 ChannelSource.QK, pp ? GqaSelection.MAX : GqaSelection.PER_HEAD, 0, Placement.DEVICE, false,
-                pp ? 1024 : 0, 1);
+                pp ? 1024 : 0, 1, 0);
     }
 
     /**
@@ -123,7 +135,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
     /**
      * This configuration with options applied; keys as on the command line without "--" (r, label-bits, sinks,
      * window, lambda, rho, k-floor, k-min, dense-layers, channels, gqa, capacity, placement, lookahead,
-     * dense-until, lookahead-rerank; "_" works for "-"). Changing the
+     * dense-until, lookahead-rerank, row-cache; "_" works for "-"). Changing the
      * policy first resets to that policy's defaults, so {"policy": "dspp", "window": 16} means dspp with W = 16.
      */
     public KvConfig with(Map<String, String> options) {
@@ -132,7 +144,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         if (policy != null) c = defaults(KvPolicy.parse(policy));
         int r = c.labelChannels, bits = c.labelBits, s = c.sinks, w = c.window, kf = c.kFloor, km = c.kMin;
         int dl = c.denseLayers, cap = c.capacity, du = c.denseUntil, rerank = c.lookaheadRerank;
-        double lam = c.lambda, rh = c.rho;
+        double lam = c.lambda, rh = c.rho, rows = c.rowCache;
         ChannelSource src = c.channelSource;
         GqaSelection gqa = c.gqaSelection;
         Placement placement = c.placement;
@@ -158,11 +170,12 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 case "lookahead" -> lookahead = bool(key, v);
                 case "dense-until" -> du = integer(key, v);
                 case "lookahead-rerank" -> rerank = integer(key, v);
+                case "row-cache" -> rows = number(key, v);
                 default -> throw new InvalidRequestException("unknown kv option '" + e.getKey() + "'");
             }
         }
         return new KvConfig(c.policy, r, bits, s, w, lam, rh, kf, km, dl, src, gqa, cap, placement, lookahead, du,
-                rerank);
+                rerank, rows);
     }
 
     /**
@@ -221,7 +234,7 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
                 labelChannels == 0 ? "auto" : labelChannels, labelBits, sinks, window, lambda, rho, kFloor, kMin,
                 denseUntil, denseLayers, channelSource.name().toLowerCase(Locale.ROOT).replace('_', '-'),
                 gqaSelection.name().toLowerCase(Locale.ROOT), capacity > 0 ? " capacity=" + capacity : "",
-                placement == Placement.HOST ? " placement=host" : "",
+                placement == Placement.HOST ? " placement=host" + (rowCache > 0 ? " row-cache=" + rowCache : "") : "",
                 lookahead ? " lookahead" + (lookaheadRerank > 1 ? " rerank=" + lookaheadRerank : "") : "");
     }
 

@@ -26,6 +26,15 @@ public final class RowCache {
         Arrays.fill(owner, -1);
     }
 
+    /**
+     * Places a cache of {@code factor} times a step's {@code rows} rows holds (KvConfig#rowCache): the factor in 256ths,
+     * rounded up, as the GPU's row_cache_serve computes it in integers.
+     */
+    public static int places(double factor, int rows) {
+        long f = Math.round(factor * 256);
+        return (int) ((f * rows + 255) / 256);
+    }
+
     public int slots() {
         return owner.length;
     }

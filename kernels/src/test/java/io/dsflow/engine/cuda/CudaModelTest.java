@@ -378,6 +378,52 @@ class CudaModelTest {
     }
 
     /**
+     * The device cache of selected rows (issue 26, row-cache) changes where a host-placed layer's selected rows are read
+     * from, never which rows are attended: with it, greedy decoding generates exactly what host placement without it
+     * generates (same rows, same values; the ring wraps and evicts over 24 steps at F = 1 and 1.5), on the main stream
+     * and on the look-ahead's side stream, alone and in one batch with a cache that keeps none; and it is used: rows
+     * asked, some held and some missed.
+     */
+    @Test
+    void rowCacheGeneratesWhatHostPlacementGenerates() {
+        try (Engine e = Engine.load(TestModels.dir("probe-retrieval"), "cuda")) {
+            CudaBackend b = (CudaBackend) e.backend();
+            io.dsflow.engine.kv.KvConfig host = selectingDspp().with(java.util.Map.of("placement", "host"));
+            List<io.dsflow.engine.kv.KvConfig> configs = List.of(host,
+                    host.with(java.util.Map.of("lookahead", "on", "gqa", "mean")),
+                    io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean",
+                            "placement", "host")));
+            for (int i = 0; i < configs.size(); i++) {
+                int[] prompt = e.tokenizer().encode(
+                        io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(40 + i), 220).prompt(), true);
+                io.dsflow.engine.kv.KvConfig kv = configs.get(i);
+                int[] want = e.generate(prompt, SamplingParams.greedy(24), kv).tokenIds();
+                for (String factor : List.of("1", "1.5")) {
+                    io.dsflow.engine.kv.KvConfig cached = kv.with(java.util.Map.of("row-cache", factor));
+                    b.takeRowCacheStats();
+                    int[] got = e.generate(prompt, SamplingParams.greedy(24), cached).tokenIds();
+                    CudaBackend.RowCacheStats stats = b.takeRowCacheStats();
+                    assertArrayEquals(want, got, cached.toString());
+                    assertTrue(stats.asked() > 0 && stats.missed() > 0 && stats.missed() < stats.asked(),
+                            cached + ": " + stats);
+                }
+            }
+            // one batch: a row-cached sequence beside one reading host memory and a device-placed one
+            List<io.dsflow.engine.kv.KvConfig> mixed = List.of(host.with(java.util.Map.of("row-cache", "1.25")), host,
+                    selectingDspp(), host.with(java.util.Map.of("row-cache", "2", "lookahead", "on")));
+            List<int[]> prompts = new ArrayList<>(), alone = new ArrayList<>();
+            for (int i = 0; i < mixed.size(); i++) {
+                prompts.add(e.tokenizer().encode(
+                        io.dsflow.engine.probe.ProbePrompts.passKey(new java.util.Random(50 + i), 160 + 30 * i)
+                                .prompt(), true));
+                alone.add(e.generate(prompts.get(i), SamplingParams.greedy(8), mixed.get(i)).tokenIds());
+            }
+            int[][] got = decodeTogether(e, prompts, mixed);
+            for (int i = 0; i < mixed.size(); i++) assertArrayEquals(alone.get(i), got[i], mixed.get(i).toString());
+        }
+    }
+
+    /**
      * A host-placed cache prefilled in two parts (the second part's attention reads the first part's rows from the
      * device stage the host store is copied to) and then decoded generates exactly what the same cache on the device
      * generates: same values, same arithmetic.

@@ -42,6 +42,28 @@ class KvConfigTest {
     }
 
     @Test
+    void rowCacheIsAHostPlacementOptionForSharedSelections() {
+        KvConfig host = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("placement", "host"));
+        assertEquals(0, host.rowCache());
+        KvConfig cached = host.with(Map.of("row_cache", "1.5"));
+        assertEquals(1.5, cached.rowCache());
+        assertTrue(cached.toString().contains("placement=host row-cache=1.5"), cached.toString());
+        // places for F times a step's rows, rounded up as the kernel rounds F in 256ths
+        assertEquals(2970, RowCache.places(1.5, 1980));
+        assertEquals(1980, RowCache.places(1, 1980));
+        assertEquals(7, RowCache.places(1.1, 6));
+        InvalidRequestException device = assertThrows(InvalidRequestException.class,
+                () -> KvConfig.defaults(KvPolicy.DSPP).with(Map.of("row-cache", "2")));
+        assertTrue(device.getMessage().contains("placement=host"), device.getMessage());
+        InvalidRequestException perHead = assertThrows(InvalidRequestException.class,
+                () -> host.with(Map.of("row-cache", "2", "gqa", "per_head")));
+        assertTrue(perHead.getMessage().contains("shared selection"), perHead.getMessage());
+        for (String bad : new String[]{"0.5", "65", "NaN", "lots"}) {
+            assertThrows(InvalidRequestException.class, () -> host.with(Map.of("row-cache", bad)), bad);
+        }
+    }
+
+    @Test
     void lookaheadIsADsppOptionThatSelectsAheadFromTheThirdLayerToTheLastButOne() {
         KvConfig on = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("lookahead", "on", "placement", "host"));
         assertTrue(on.lookahead() && on.toString().endsWith("placement=host lookahead"), on.toString());
