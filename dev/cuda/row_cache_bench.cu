@@ -1,12 +1,18 @@
-// Check-then-time harness for row_cache.cu (issue 26's device cache of selected rows): S decode steps of P rows, each
-// row's shared selection of k slots a kv head drawn so that a share of it repeats the step before's, served by
-// row_cache_serve from a host store in mapped pinned memory; every step checked against a CPU model of kv/RowCache's
-// ring (the places each selected row lands in, the owners, the hand, the rows copied), then the steps timed.
+// Check-then-time harness for the production row_cache_serve (kernels/src/main/cuda/row_cache.cu, issue 26's device
+// cache of selected rows): S decode steps of P rows (a segment each), each row's shared selection of k slots a kv
+// head drawn so that a share of it repeats the step before's, served by row_cache_serve from a host store in mapped
+// pinned memory through each segment's row-cache index (CudaRowCache's layout: the header of places allocated A, ring
+// size, F in 256ths, the place_of pointer and the hands, then owner [A][KVH]); every step checked against a CPU model
+// of kv/RowCache's ring (the places each selected row lands in, the owners, place_of, the hands, the ring's size, the
+// rows copied), then the steps timed.
+// The ring: the kernel grows it from 0 places to ceil(F k / 256) on the first step; F = floor(256 C / k), the largest
+// factor whose ring is at most the asked C places (exactly C where 256 C is a multiple of k, or k <= 256). The
+// allocation A is that ring rounded up to CudaRowCache.GRANULE (256) places: the owners past the ring stay empty.
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a row_cache_bench.cu -o rcb
 // Run: ./rcb [rows P = 8] [k = 2048] [places C = 4096] [context = 32768] [reuse = 0.6] [steps = 20]; also k == C
 //   (./rcb 8 2048 2048), every row reused (./rcb 8 2048 4096 32768 1.0) and a small ring that wraps often
 //   (./rcb 2 100 101 1000 0.5 200)
-#include "row_cache.cu"
+#include "../../kernels/src/main/cuda/row_cache.cu"
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,19 +22,24 @@
 #include <set>
 
 int main(int argc, char** argv) {
-    int P = argc > 1 ? atoi(argv[1]) : 8, k = argc > 2 ? atoi(argv[2]) : 2048, C = argc > 3 ? atoi(argv[3]) : 4096;
+    int P = argc > 1 ? atoi(argv[1]) : 8, k = argc > 2 ? atoi(argv[2]) : 2048, askedC = argc > 3 ? atoi(argv[3]) : 4096;
     int cap = argc > 4 ? atoi(argv[4]) : 32768, steps = argc > 6 ? atoi(argv[6]) : 20;
     double reuse = argc > 5 ? atof(argv[5]) : 0.6;
     const int H = 32, KVH = 8, D = 128, maxK = (k + 31) / 32 * 32;
-    if (P < 1 || C < 1 || cap <= 68 || k > cap - 68 || C > ROW_CACHE_MAX_PLACES || k > ROW_CACHE_MAX_K || k > C) {
-        printf("bad sizes: rows >= 1, 1 <= places <= %d, k <= places, k <= %d, k <= context - 68\n",
-               ROW_CACHE_MAX_PLACES, ROW_CACHE_MAX_K);
+    if (P < 1 || k < 1 || askedC < 1 || cap <= 68 || k > cap - 68 || askedC > ROW_CACHE_MAX_PLACES
+        || k > ROW_CACHE_MAX_K || k > askedC) {
+        printf("bad sizes: rows >= 1, 1 <= k <= places <= %d, k <= %d, k <= context - 68\n", ROW_CACHE_MAX_PLACES,
+               ROW_CACHE_MAX_K);
         return 2;
     }
+    // F in 256ths: the largest whose ring ceil(F k / 256) is at most the asked places (F >= 256 since k <= C)
+    const int F = (int)(256LL * askedC / k), C = (int)(((long long)F * k + 255) / 256);
+    const int A = std::min(ROW_CACHE_MAX_PLACES, (C + 255) / 256 * 256), header = row_cache_header_ints(KVH);
+    if (C != askedC) printf("a ring of %d places asked: F = %d/256 gives %d\n", askedC, F, C);
     size_t rowElems = (size_t)cap * KVH * D;
     // host stores (mapped pinned): a hash of (row, element, key or value), so a row read from the wrong store, slot or
     // head, or a value written as a key, shows
-    std::vector<unsigned long long> hk(P), hv(P), ck(P), cv(P), po(P), ow(P), hd(P);
+    std::vector<unsigned long long> hk(P), hv(P), ck(P), cv(P), ix(P), po(P);
     std::vector<unsigned short*> hostK(P), hostV(P);
     for (int p = 0; p < P; p++) {
         if (cudaHostAlloc((void**)&hostK[p], rowElems * 2, cudaHostAllocMapped) != cudaSuccess
@@ -46,19 +57,28 @@ int main(int argc, char** argv) {
         cudaHostGetDevicePointer(&dv, hostV[p], 0);
         hk[p] = (unsigned long long)dk;
         hv[p] = (unsigned long long)dv;
-        void *a, *b, *c, *o, *h;
-        cudaMalloc(&a, (size_t)C * KVH * D * 2); cudaMalloc(&b, (size_t)C * KVH * D * 2);
-        cudaMalloc(&c, (size_t)KVH * cap * 4); cudaMalloc(&o, (size_t)KVH * C * 4); cudaMalloc(&h, KVH * 4);
-        cudaMemset(c, 0xff, (size_t)KVH * cap * 4); cudaMemset(o, 0xff, (size_t)KVH * C * 4); cudaMemset(h, 0, KVH * 4);
-        ck[p] = (unsigned long long)a; cv[p] = (unsigned long long)b; po[p] = (unsigned long long)c;
-        ow[p] = (unsigned long long)o; hd[p] = (unsigned long long)h;
+        // the row cache of segment p: rows [A][KVH][D], place_of [cap][KVH], the index (header, owner [A][KVH])
+        void *a, *b, *c, *o;
+        cudaMalloc(&a, (size_t)A * KVH * D * 2); cudaMalloc(&b, (size_t)A * KVH * D * 2);
+        cudaMemset(a, 0xff, (size_t)A * KVH * D * 2); cudaMemset(b, 0xff, (size_t)A * KVH * D * 2);   // poisoned
+        cudaMalloc(&c, (size_t)cap * KVH * 4); cudaMemset(c, 0xff, (size_t)cap * KVH * 4);
+        std::vector<int> index(header + (size_t)A * KVH, -1);
+        std::fill(index.begin(), index.begin() + header, 0);   // no places in use yet, hands at 0
+        index[RC_ALLOCATED] = A;
+        index[RC_PLACES] = 0;
+        index[RC_FACTOR] = F;
+        unsigned long long placeOf = (unsigned long long)c;
+        memcpy(&index[RC_PLACE_OF], &placeOf, 8);
+        cudaMalloc(&o, index.size() * 4);
+        cudaMemcpy(o, index.data(), index.size() * 4, cudaMemcpyHostToDevice);
+        ck[p] = (unsigned long long)a; cv[p] = (unsigned long long)b; po[p] = placeOf; ix[p] = (unsigned long long)o;
     }
     auto upload = [](const std::vector<unsigned long long>& v) {
         void* d; cudaMalloc(&d, v.size() * 8); cudaMemcpy(d, v.data(), v.size() * 8, cudaMemcpyHostToDevice);
         return (unsigned long long*)d;
     };
-    unsigned long long *dhk = upload(hk), *dhv = upload(hv), *dck = upload(ck), *dcv = upload(cv), *dpo = upload(po),
-                       *dow = upload(ow), *dhd = upload(hd), *dstats;
+    unsigned long long *dhk = upload(hk), *dhv = upload(hv), *dck = upload(ck), *dcv = upload(cv), *dix = upload(ix),
+                       *dstats;
     cudaMalloc(&dstats, 16); cudaMemset(dstats, 0, 16);
     std::vector<int> seg(P), sp((size_t)P * SP_FIELDS, 0);
     for (int p = 0; p < P; p++) {
@@ -71,7 +91,7 @@ int main(int argc, char** argv) {
     cudaMalloc(&dseg, P * 4); cudaMalloc(&dsp, sp.size() * 4); cudaMalloc(&dsel, (size_t)P * H * maxK * 4);
     cudaMemcpy(dseg, seg.data(), P * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(dsp, sp.data(), sp.size() * 4, cudaMemcpyHostToDevice);
-    // the CPU model: kv/RowCache's ring per (row, kv head)
+    // the CPU model: kv/RowCache's ring per (row, kv head), of C places from the first step (grown from 0 empty ones)
     struct Ring { std::vector<int> owner, placeOf; int hand = 0; };
     std::vector<Ring> ring(P * KVH);
     for (auto& r : ring) { r.owner.assign(C, -1); r.placeOf.assign(cap, -1); }
@@ -96,16 +116,17 @@ int main(int argc, char** argv) {
             std::vector<int> s = draw(p * KVH + g);
             std::copy(s.begin(), s.end(), sel.begin() + (size_t)(p * H + g * (H / KVH)) * maxK);
             Ring& r = ring[p * KVH + g];   // RowCache.serve
-            std::vector<char> a(C, 0);
+            std::vector<char> a(C, 0), hit(k, 0);
             std::vector<int> places(k);
             for (int i = 0; i < k; i++) {
                 if (r.placeOf[s[i]] >= 0) {
                     a[r.placeOf[s[i]]] = 1;
                     places[i] = r.placeOf[s[i]];
+                    hit[i] = 1;
                 }
             }
             for (int i = 0; i < k; i++) {
-                if (r.placeOf[s[i]] >= 0 && a[r.placeOf[s[i]]]) { places[i] = r.placeOf[s[i]]; continue; }
+                if (hit[i]) continue;
                 while (a[r.hand]) r.hand = (r.hand + 1) % C;
                 if (r.owner[r.hand] >= 0) r.placeOf[r.owner[r.hand]] = -1;
                 r.owner[r.hand] = s[i]; r.placeOf[s[i]] = r.hand; a[r.hand] = 1; places[i] = r.hand;
@@ -116,19 +137,23 @@ int main(int argc, char** argv) {
             want[p * KVH + g] = places;
         }
         cudaMemcpy(dsel, sel.data(), sel.size() * 4, cudaMemcpyHostToDevice);
-        row_cache_serve<<<P * KVH, ROW_CACHE_THREADS>>>(dsel, dhk, dhv, dck, dcv, dpo, dow, dhd, dseg, dsp, H, KVH, D,
-                                                         maxK, C, dstats);
+        row_cache_serve<<<P * KVH, ROW_CACHE_THREADS>>>(dsel, dhk, dhv, dck, dcv, dix, dseg, dsp, H, KVH, D, maxK,
+                                                         dstats);
         cudaError_t err = cudaDeviceSynchronize();
         if (err != cudaSuccess) { printf("error %s\n", cudaGetErrorString(err)); return 1; }
         std::vector<int> got(sel.size());
         cudaMemcpy(got.data(), dsel, got.size() * 4, cudaMemcpyDeviceToHost);
         for (int p = 0; p < P && bad < 10; p++) {
-            std::vector<int> owner((size_t)KVH * C), hand(KVH);
-            cudaMemcpy(owner.data(), (void*)ow[p], owner.size() * 4, cudaMemcpyDeviceToHost);
-            cudaMemcpy(hand.data(), (void*)hd[p], KVH * 4, cudaMemcpyDeviceToHost);
-            std::vector<unsigned short> cacheK((size_t)C * KVH * D), cacheV(cacheK.size());
+            std::vector<int> index(header + (size_t)A * KVH), placeOf((size_t)cap * KVH);
+            cudaMemcpy(index.data(), (void*)ix[p], index.size() * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(placeOf.data(), (void*)po[p], placeOf.size() * 4, cudaMemcpyDeviceToHost);
+            const int* owner = &index[header];
+            std::vector<unsigned short> cacheK((size_t)A * KVH * D), cacheV(cacheK.size());
             cudaMemcpy(cacheK.data(), (void*)ck[p], cacheK.size() * 2, cudaMemcpyDeviceToHost);
             cudaMemcpy(cacheV.data(), (void*)cv[p], cacheV.size() * 2, cudaMemcpyDeviceToHost);
+            if (index[RC_PLACES] != C && bad++ < 10) {
+                printf("step %d row %d: a ring of %d places, want %d\n", step, p, index[RC_PLACES], C);
+            }
             for (int g = 0; g < KVH; g++) {
                 Ring& r = ring[p * KVH + g];
                 const std::vector<int>& w = want[p * KVH + g];
@@ -149,12 +174,18 @@ int main(int argc, char** argv) {
                         }
                     }
                 }
-                if (hand[g] != r.hand && bad++ < 10) {
-                    printf("step %d row %d head %d: hand %d, want %d\n", step, p, g, hand[g], r.hand);
+                if (index[RC_HAND + g] != r.hand && bad++ < 10) {
+                    printf("step %d row %d head %d: hand %d, want %d\n", step, p, g, index[RC_HAND + g], r.hand);
                 }
-                for (int c = 0; c < C; c++) {
-                    if (owner[(size_t)g * C + c] != r.owner[c]) {
+                for (int c = 0; c < A; c++) {   // place-major [A][KVH]; the places past the ring stay empty
+                    if (owner[(size_t)c * KVH + g] != (c < C ? r.owner[c] : -1)) {
                         if (bad++ < 10) printf("step %d row %d head %d: owner differs at place %d\n", step, p, g, c);
+                        break;
+                    }
+                }
+                for (int t = 0; t < cap; t++) {   // slot-major [cap][KVH]
+                    if (placeOf[(size_t)t * KVH + g] != r.placeOf[t]) {
+                        if (bad++ < 10) printf("step %d row %d head %d: place_of differs at slot %d\n", step, p, g, t);
                         break;
                     }
                 }
@@ -179,8 +210,8 @@ int main(int argc, char** argv) {
         }
         cudaMemcpy(dsel, sel.data(), sel.size() * 4, cudaMemcpyHostToDevice);
         cudaEventRecord(e0);
-        row_cache_serve<<<P * KVH, ROW_CACHE_THREADS>>>(dsel, dhk, dhv, dck, dcv, dpo, dow, dhd, dseg, dsp, H, KVH, D,
-                                                         maxK, C, dstats);
+        row_cache_serve<<<P * KVH, ROW_CACHE_THREADS>>>(dsel, dhk, dhv, dck, dcv, dix, dseg, dsp, H, KVH, D, maxK,
+                                                         dstats);
         cudaEventRecord(e1); cudaEventSynchronize(e1);
         float ms; cudaEventElapsedTime(&ms, e0, e1); total += ms;
     }
@@ -188,8 +219,9 @@ int main(int argc, char** argv) {
     cudaMemcpy(st, dstats, 16, cudaMemcpyDeviceToHost);
     double missBytes = (double)(st[1] - missedBefore) * 2 * D * 2 / reps;
     double hitRate = 1.0 - (double)(st[1] - missedBefore) / ((double)reps * P * KVH * k);
-    printf("row_cache_serve, %d rows x %d kv heads, k %d, %d places, reuse %.2f: %s; %.1f us a layer, %.2f MB of "
-           "misses (%.1f GB/s over the link), hit rate %.3f\n", P, KVH, k, C, reuse, bad ? "WRONG" : "exact",
-           1e3 * total / reps, missBytes / 1e6, missBytes / (total / reps * 1e-3) / 1e9, hitRate);
+    printf("row_cache_serve, %d rows x %d kv heads, k %d, a ring of %d places (F %d/256, %d allocated), reuse %.2f: "
+           "%s; %.1f us a layer, %.2f MB of misses (%.1f GB/s over the link), hit rate %.3f\n", P, KVH, k, C, F, A,
+           reuse, bad ? "WRONG" : "exact", 1e3 * total / reps, missBytes / 1e6,
+           missBytes / (total / reps * 1e-3) / 1e9, hitRate);
     return bad != 0;
 }
