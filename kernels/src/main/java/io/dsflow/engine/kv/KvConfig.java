@@ -12,7 +12,7 @@ import java.util.Map;
  * @param policy        dense, ds (Double Sparsity) or dspp (DoubleSparse++)
  * @param labelChannels r: label channels per head; 0 means max(16, headDim / 8), capped at headDim
  * @param labelBits     16 (fp16 labels), 8 (int8 labels with a per-token, per-head scale) or 4 (int4 labels with such a
- *                      scale; an experiment, CPU only so far)
+ *                      scale, two a byte)
  * @param sinks         S: first tokens always attended (dspp)
  * @param window        W: last tokens always attended, kept in a ring of W slots (dspp)
  * @param lambda        decay rate of the per-layer budget with depth (dspp); 0 = uniform
