@@ -162,7 +162,7 @@ public final class CudaBackend implements Backend {
             // one block of every sparse layer's labels (and one of their scales)
             bytes += CudaRuntime.sizeClass(sparseLayers * cap * rows * kv.labelValueBytes(r));
             if (kv.labelBits() < 16) bytes += CudaRuntime.sizeClass(sparseLayers * cap * rows * 2L);
-            bytes += sparseLayers * CudaRuntime.sizeClass(rows * r * 4L);
+            bytes += sparseLayers * CudaRuntime.sizeClass((long) c.numHeads() * r * 4);   // a head's r channels
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
         }
