@@ -313,17 +313,22 @@ final class CudaOps {
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
                        CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads,
                        boolean shared, int hd, int qStride, int maxCand, int maxK) {
-        int selections = rows * (shared ? kvHeads : heads), sms = gpu.multiprocessors(), cluster = 1;
-        if (gpu.computeMajor() >= 9) {
-            if (maxCand > SELECT_MAX_CANDIDATES || (shared ? selections <= 16 : selections < sms)) {
-                cluster = SELECT_CLUSTER;
-            } else if (shared && 2 * selections <= sms && maxCand >= SELECT_CLUSTER2_MIN_CANDIDATES
-                    && !gpu.onSideStream()) {
-                cluster = 2;
-            }
-        }
+        int cluster = selectCluster(gpu.computeMajor() >= 9, gpu.multiprocessors(),
+                rows * (shared ? kvHeads : heads), shared, maxCand, gpu.onSideStream());
         launchSelect(gpu, cluster, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads, hd, qStride,
                 maxCand, maxK);
+    }
+
+    /**
+     * {@link #select}'s choice: blocks a selection (1, 2 or {@link #SELECT_CLUSTER}) for {@code selections}
+     * selections of {@code maxCand} candidates on a device of {@code sms} multiprocessors ({@code hopper}: clusters
+     * exist), shared or per head, on the side stream or the main one.
+     */
+    static int selectCluster(boolean hopper, int sms, int selections, boolean shared, int maxCand, boolean side) {
+        if (!hopper) return 1;
+        if (maxCand > SELECT_MAX_CANDIDATES || (shared ? selections <= 16 : selections < sms)) return SELECT_CLUSTER;
+        if (shared && 2 * selections <= sms && maxCand >= SELECT_CLUSTER2_MIN_CANDIDATES && !side) return 2;
+        return 1;
     }
 
     /** {@link #select} by one block a selection ({@code cluster} 1), or clusters of 2 or {@link #SELECT_CLUSTER}. */
