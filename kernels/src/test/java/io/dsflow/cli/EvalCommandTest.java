@@ -18,7 +18,8 @@ class EvalCommandTest {
      * sparsely (layers 2-5 of the probe model), "-" for dense; the JSON has both per layer, null for the dense layers.
      * Issue 26: the same for the share of a head's selection that its previous decode step selected too (what a device
      * cache of the last selection would hit), measured on the probe model's trained attention, and the hit rate of a
-     * device cache of selected rows at 1, 2 and 4 times a step's rows (least recently selected evicted first).
+     * device cache of selected rows at 1, 2 and 4 times a step's rows (RowCache's ring: first in, first out, a row asked
+     * again passed over).
      */
     @Test
     void theTableAndTheJsonGiveMassRecallIndexRecallAndReselectionPerSparseLayer() throws Exception {

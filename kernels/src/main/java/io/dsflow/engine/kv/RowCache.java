@@ -1,55 +1,77 @@
 package io.dsflow.engine.kv;
 
-import java.util.LinkedHashMap;
+import java.util.Arrays;
+import java.util.HashMap;
 import java.util.Map;
 
 /**
- * A cache of one sequence's selected key/value rows for one layer and kv head, as a GPU would keep them in device
- * memory while the full store lives in host memory (issue 26): it holds up to {@link #slots()} rows; a decode step asks
- * for the rows its selection attends, the rows present are hits and the others are copied in (misses), and when it is
- * full the row selected least recently makes room. The CPU's model of that cache: eval measures its hit rate on the
- * probe model's trained attention. Not thread-safe.
+ * A cache of one sequence's selected key/value rows for one layer and kv head, as a GPU keeps them in device memory
+ * while the full store lives in host memory (issue 26): {@link #slots()} places for rows in a ring with a hand. A
+ * decode step asks for the rows its selection attends; the rows present are hits; each miss, in the order asked, takes
+ * the next place at or past the hand that this step does not read (empty, or holding a row it evicts), and the hand
+ * moves past it. So rows leave in the order they came in, except that a row asked again is passed over for that step.
+ * This is the policy a GPU can run in one scan a step (the misses take the free places in ring order by a prefix
+ * sum), and measured on the probe model it hits within two points of exact least-recently-selected eviction
+ * (docs/results/row-cache-policy-cpu-2026-12-07-s20.txt). The CPU's model of the device cache, and its specification:
+ * eval reports its hit rate on the probe model's trained attention. Not thread-safe.
  */
 public final class RowCache {
-    private int slots;
-    private final LinkedHashMap<Integer, Boolean> rows = new LinkedHashMap<>(16, 0.75f, true) {
-        @Override
-        protected boolean removeEldestEntry(Map.Entry<Integer, Boolean> eldest) {
-            return size() > slots;
-        }
-    };
+    private int[] owner;   // the row (token position) at each place, -1 for none
+    private final Map<Integer, Integer> placeOf = new HashMap<>();
+    private int hand;
 
     public RowCache(int slots) {
         if (slots < 1) throw new IllegalArgumentException("a row cache needs at least one slot, got " + slots);
-        this.slots = slots;
+        owner = new int[slots];
+        Arrays.fill(owner, -1);
     }
 
     public int slots() {
-        return slots;
+        return owner.length;
     }
 
     /** Rows held now. */
     public int size() {
-        return rows.size();
-    }
-
-    /** Grows the cache to {@code slots} rows (a budget that grew with the context); never shrinks it. */
-    public void growTo(int slots) {
-        this.slots = Math.max(this.slots, slots);
+        return placeOf.size();
     }
 
     /**
-     * Serves one step: {@code tokens} (distinct, at most {@link #slots()}) become the most recently selected rows;
-     * returns how many of them the cache held (hits). The misses are copied in, evicting the least recently selected
-     * rows of earlier steps, never one this step asks for.
+     * Grows the cache to {@code slots} places (a budget that grew with the context), the new ones empty at the end of
+     * the ring; never shrinks it.
+     */
+    public void growTo(int slots) {
+        if (slots <= owner.length) return;
+        int old = owner.length;
+        owner = Arrays.copyOf(owner, slots);
+        Arrays.fill(owner, old, slots, -1);
+    }
+
+    /**
+     * Serves one step: {@code tokens} (distinct, at most {@link #slots()}) are read; returns how many of them the
+     * cache held (hits). The misses are copied in as the class says, never evicting a row this step asks for.
      */
     public int serve(int[] tokens) {
-        if (tokens.length > slots) {
-            throw new IllegalArgumentException(tokens.length + " rows asked of a cache of " + slots);
+        if (tokens.length > owner.length) {
+            throw new IllegalArgumentException(tokens.length + " rows asked of a cache of " + owner.length);
         }
+        boolean[] asked = new boolean[owner.length];
         int hits = 0;
-        for (int t : tokens) if (rows.get(t) != null) hits++;   // get moves a hit to the most recent end
-        for (int t : tokens) rows.putIfAbsent(t, Boolean.TRUE);   // (a present row's recency is refreshed again)
+        for (int t : tokens) {
+            Integer at = placeOf.get(t);
+            if (at != null) {
+                asked[at] = true;
+                hits++;
+            }
+        }
+        for (int t : tokens) {
+            if (placeOf.containsKey(t)) continue;
+            while (asked[hand]) hand = (hand + 1) % owner.length;
+            if (owner[hand] >= 0) placeOf.remove(owner[hand]);
+            owner[hand] = t;
+            placeOf.put(t, hand);
+            asked[hand] = true;
+            hand = (hand + 1) % owner.length;
+        }
         return hits;
     }
 }
