@@ -7,7 +7,8 @@
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a label_select_bench.cu -o lsb
 //   (-DSELECT_CU='"path"' for another version of select.cu, one with sparse_select_cluster2)
 //   (-DSEL_LOADS=N: 16-byte label loads a thread issues before its products, select.cu's score_candidates)
-// Run: ./lsb [bits = 8] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8: sparse_select_cluster(2)]
+// Run: ./lsb [bits = 8 (16, 8 or 4)] [mode = 2] [rows = 8] [cluster = 1: one block a selection; 2 or 8:
+//   sparse_select_cluster(2)]
 //   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
 //   head (channels=qk-group, the group's heads sharing their channels)] [candidates = 32700] [k = 1980]
 // (s20_two_launch_select.patch: a two-launch selection measured against these in session 20, not kept)
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
     std::vector<int> channels(H * r);
     for (int i = 0; i < H * r; i++) channels[i] = (i / r) % lgroup == 0 ? rng() % D : channels[i - (i / r) % lgroup * r];
     size_t labelCount = (size_t)cap * (H / lgroup) * r;
-    std::vector<unsigned char> labels(labelCount * (bits / 8));
+    std::vector<unsigned char> labels(labelCount * bits / 8);   // 4-bit: two a byte (r even)
     std::vector<__half> scales((size_t)(H / lgroup) * cap);
     if (bits == 16) {
         __half* l = reinterpret_cast<__half*>(labels.data());
@@ -103,9 +104,10 @@ int main(int argc, char** argv) {
     for (int i = 0; i < reps; i++) launch();
     cudaEventRecord(e1); cudaEventSynchronize(e1);
     float ms; cudaEventElapsedTime(&ms, e0, e1);
-    double bytes = (double)P * (H / lgroup) * n * r * (bits / 8) + (bits == 8 ? (double)P * (H / lgroup) * n * 2 : 0);
+    double bytes = (double)P * (H / lgroup) * n * r * bits / 8 + (bits < 16 ? (double)P * (H / lgroup) * n * 2 : 0);
     printf("sparse_select (cluster %d, %d threads) %d-bit labels, a row for %d heads, mode %d, %d rows x %d candidates, k %d: "
-           "%.1f us a launch, %.2f TB/s of labels, checksum %016llx\n", cluster, cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
+           "%.1f us a launch, %.2f TB/s of labels, checksum %016llx\n", cluster,
+           cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
            bytes / (ms / reps * 1e-3) / 1e12, sum);
     return 0;
 }

@@ -11,28 +11,45 @@
 #include "kv_append.cuh"
 #include <cuda_fp16.h>
 
+// A label's integer q of k_c at a row's scale (8- and 4-bit labels): round half up of k_c / scale clamped to +-levels,
+//   0 where the scale is 0, as kv/SparseKvCache#quantise
+__device__ __forceinline__ int quantise_label(float kc, float scale, float levels) {
+    return scale == 0.f ? 0 : (int)fminf(levels, fmaxf(-levels, floorf(kc / scale + 0.5f)));
+}
+
 // A slot's label row from a head's (rotated) key k ([D] f32, global or shared memory): label[t] = k[ch[t]] for t < r,
-//   at row lrow of the slot's lrows (H / lg) rows: fp16 (16-bit), or int8 times the row's fp16 scale (8-bit: scale =
-//   fp16(max |k_c| / 127), value = round half up of k_c / scale clamped to +-127, as kv/SparseKvCache quantises) with the
-//   scale into the segment's [lrows][cap] scales. Call with the whole block (whole warps; red: 32 floats of shared
-//   memory for the 8-bit row's maximum).
+//   at row lrow of the slot's lrows (H / lg) rows: fp16 (16-bit), or an integer times the row's fp16 scale with the
+//   scale into the segment's [lrows][cap] scales (8-bit: int8, scale = fp16(max |k_c| / 127), value = round half up of
+//   k_c / scale clamped to +-127, as kv/SparseKvCache quantises; 4-bit: int4, max / 7 and +-7, two labels a byte,
+//   sparse_rows.cuh's layout: thread b packs the row's byte b, labels 2b and 2b + 1, so every byte has one writer and
+//   a row's bytes are its own). Call with the whole block (whole warps; red: 32 floats of shared memory for the
+//   row's maximum).
 __device__ void write_label_row(void* labels, unsigned long long scales_ptr, const int* info, int p, int lrow,
                                 int lrows, const int* ch, const float* k, float* red) {
-    int r = info[SEG_R];
-    size_t at = (size_t)p * lrows * r + (size_t)lrow * r;
-    if (info[SEG_BITS] == 16) {
+    int r = info[SEG_R], bits = info[SEG_BITS];
+    size_t row_at = (size_t)p * lrows + lrow;   // the row's place among the layer's [cap][lrows] rows
+    if (bits == 16) {
         for (int t = threadIdx.x; t < r; t += blockDim.x)
-            reinterpret_cast<__half*>(labels)[at + t] = __float2half_rn(k[ch[t]]);
+            reinterpret_cast<__half*>(labels)[row_at * r + t] = __float2half_rn(k[ch[t]]);
         return;
     }
     float m = 0.f;
     for (int t = threadIdx.x; t < r; t += blockDim.x) m = fmaxf(m, fabsf(k[ch[t]]));
     m = block_max_nonneg(m, red);
-    __half sc = __float2half_rn(m / 127.f);
+    float levels = bits == 8 ? 127.f : 7.f;
+    __half sc = __float2half_rn(m / levels);
     float scale = __half2float(sc);
-    for (int t = threadIdx.x; t < r; t += blockDim.x) {
-        float qv = scale == 0.f ? 0.f : fminf(127.f, fmaxf(-127.f, floorf(k[ch[t]] / scale + 0.5f)));
-        reinterpret_cast<signed char*>(labels)[at + t] = (signed char)qv;
+    if (bits == 8) {
+        signed char* row = reinterpret_cast<signed char*>(labels) + row_at * r;
+        for (int t = threadIdx.x; t < r; t += blockDim.x) row[t] = (signed char)quantise_label(k[ch[t]], scale, levels);
+    } else {
+        int rb = (r + 1) / 2;
+        unsigned char* row = reinterpret_cast<unsigned char*>(labels) + row_at * rb;
+        for (int b = threadIdx.x; b < rb; b += blockDim.x) {
+            int lo = quantise_label(k[ch[2 * b]], scale, levels);
+            int hi = 2 * b + 1 < r ? quantise_label(k[ch[2 * b + 1]], scale, levels) : 0;
+            row[b] = (unsigned char)((lo & 15) | ((hi & 15) << 4));
+        }
     }
     if (threadIdx.x == 0) reinterpret_cast<__half*>(scales_ptr)[(size_t)lrow * info[SEG_CAP] + p] = sc;
 }
@@ -82,7 +99,8 @@ extern "C" __global__ void label_append(const float* qkv, const unsigned long lo
 //   sparse segments (lptr[seg] != 0), label_append's writes: a key block writes the label rows of its kv head's query
 //   heads (G / lg rows) from its rotated key in shared memory, key and value blocks their ring slots. Same labels,
 //   scales, ring and stores as kv_append_rope then label_append, bit for bit.
-//   Grid: (rows, H + 2 KVH), block: max(32, D / 2) threads (whole warps for the 8-bit rows' maximum), D <= 256.
+//   Grid: (rows, H + 2 KVH), block: max(32, D / 2) threads (whole warps for the 8- and 4-bit rows' maximum),
+//   D <= 256.
 extern "C" __global__ void kv_label_append_rope(float* qkv, const int* positions, const float* inv_freq,
                                                 const unsigned long long* kptr, const unsigned long long* vptr,
                                                 const unsigned long long* lptr, const unsigned long long* chptr,

@@ -36,16 +36,37 @@ __device__ __forceinline__ float label_chunk8(float s, uint4 raw, const float* q
     return s;
 }
 
-// A layer's label cache as one sparse row reads it (sparse_rows.cuh's header): element offsets count labels, not bytes.
+// Label e (0 .. 7) of a 32-bit word of 4-bit labels (sparse_rows.cuh: bits 4e .. 4e + 3, two's complement)
+__device__ __forceinline__ int label_nibble(unsigned w, int e) {
+    return (int)(w << (28 - 4 * e)) >> 28;
+}
+
+// label_chunk for 8 int4 labels in a word (4-bit; label_chunk8's arithmetic: value * scale exact in f32, then the
+// product, each rounded), and for the 16 of a uint2 and the 32 of a uint4, word after word
+__device__ __forceinline__ float label_chunk4(float s, unsigned w, const float* qc, float scale) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn((float)label_nibble(w, e), scale)));
+    return s;
+}
+__device__ __forceinline__ float label_chunk4(float s, uint2 raw, const float* qc, float scale) {
+    return label_chunk4(label_chunk4(s, raw.x, qc, scale), raw.y, qc + 8, scale);
+}
+__device__ __forceinline__ float label_chunk4(float s, uint4 raw, const float* qc, float scale) {
+    s = label_chunk4(label_chunk4(s, raw.x, qc, scale), raw.y, qc + 8, scale);
+    return label_chunk4(label_chunk4(s, raw.z, qc + 16, scale), raw.w, qc + 24, scale);
+}
+
+// A layer's label cache as one sparse row reads it (sparse_rows.cuh's header): element offsets count labels, not bytes
+// (4-bit rows: (r + 1) / 2 bytes, rows * of them a slot).
 struct LabelCache {
     const void* values;
-    const __half* scales;   // 8-bit only
-    int stride, bits, cap, group;   // stride: (H / group) * r labels a slot; group: query heads a label row serves
+    const __half* scales;   // 8- and 4-bit only
+    int stride, bits, cap, group, rows;   // stride: rows * r labels a slot; group: query heads a label row serves
 
     __device__ LabelCache(unsigned long long values_ptr, unsigned long long scales_ptr, int H, int r, int bits_,
                           int cap_, int group_)
         : values(reinterpret_cast<const void*>(values_ptr)), scales(reinterpret_cast<const __half*>(scales_ptr)),
-          stride(H / group_ * r), bits(bits_), cap(cap_), group(group_) {}
+          stride(H / group_ * r), bits(bits_), cap(cap_), group(group_), rows(H / group_) {}
 
     // q's label channels times the labels of head h at a slot (r of them): sum_i qc[i] * label[i]
     __device__ __forceinline__ float score(const float* qc, int slot, int h, int r) const {
@@ -59,13 +80,32 @@ struct LabelCache {
             } else {
                 for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __half2float(lab[i])));
             }
-        } else {
+        } else if (bits == 8) {
             const signed char* lab = reinterpret_cast<const signed char*>(values) + at;
             float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
             if ((r & 15) == 0) {
                 for (int i = 0; i < r; i += 16) s = label_chunk8(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i, scale);
             } else {
                 for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __fmul_rn((float)lab[i], scale)));
+            }
+        } else {   // 4-bit: a row of (r + 1) / 2 bytes, in loads as wide as its size allows (and so aligned)
+            const unsigned char* lab = reinterpret_cast<const unsigned char*>(values)
+                                       + ((size_t)slot * rows + h) * ((r + 1) >> 1);
+            float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
+            if ((r & 31) == 0) {
+                const uint4* w = reinterpret_cast<const uint4*>(lab);
+                for (int i = 0; i < r; i += 32) s = label_chunk4(s, __ldg(w + i / 32), qc + i, scale);
+            } else if ((r & 15) == 0) {
+                const uint2* w = reinterpret_cast<const uint2*>(lab);
+                for (int i = 0; i < r; i += 16) s = label_chunk4(s, __ldg(w + i / 16), qc + i, scale);
+            } else if ((r & 7) == 0) {
+                const unsigned* w = reinterpret_cast<const unsigned*>(lab);
+                for (int i = 0; i < r; i += 8) s = label_chunk4(s, __ldg(w + i / 8), qc + i, scale);
+            } else {
+                for (int i = 0; i < r; i++) {
+                    int v = label_nibble(__ldg(lab + i / 2), i & 1);   // a byte's two labels are a word's first two
+                    s = __fadd_rn(s, __fmul_rn(qc[i], __fmul_rn((float)v, scale)));
+                }
             }
         }
         return s;
@@ -321,26 +361,31 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
 
 // The selection's scores, as order keys, into keys[0, n): the candidates are slots first, first + 1, ... of the label
 //   cache; head h0 + j's score LabelCache::score's, the heads' combined (mode), j in order. R (labels a head) a
-//   multiple of 8 for 16-bit labels, of 16 for 8-bit ones. All 16-byte label loads (and 8-bit scales) of a step are
-//   issued before its products, so enough bytes are in flight for one block to stream the labels of a long context:
-//   HEADS > 0 (a selection of that many heads) a step scores SEL_LOADS / HEADS candidates (at least one) with all their
-//   heads' labels, contiguous in a slot; HEADS = 0 (any count, `heads`) a step scores SEL_LOADS candidates of one head,
-//   head after head. Head h's labels are its label row's, h / labels.group (a group's mean selection over rows a kv
-//   head scores once, with the summed query: summed_query). A variant loading a row shared by the step's heads once
-//   (for max selections over rows a kv head) took sparse_select from 64 registers and 148 bytes of spills to 1776
-//   bytes, and the per-head rows' selection from 151 to 179 us (batch 8, 32K, H100): not kept.
+//   multiple of 8 for 16-bit labels, of 16 for 8-bit ones, 16 or a multiple of 32 for 4-bit ones (a head's 8 bytes at
+//   r = 16 in one 8-byte load). All label loads (and scales) of a step are issued before its products, so enough bytes
+//   are in flight for one block to stream the labels of a long context: HEADS > 0 (a selection of that many heads) a
+//   step scores SEL_LOADS / HEADS candidates (at least one) with all their heads' labels, contiguous in a slot;
+//   HEADS = 0 (any count, `heads`) a step scores SEL_LOADS candidates of one head, head after head. Head h's labels
+//   are its label row's, h / labels.group (a group's mean selection over rows a kv head scores once, with the summed
+//   query: summed_query). A variant loading a row shared by the step's heads once (for max selections over rows a kv
+//   head) took sparse_select from 64 registers and 148 bytes of spills to 1776 bytes, and the per-head rows' selection
+//   from 151 to 179 us (batch 8, 32K, H100): not kept.
 #ifndef SEL_LOADS
 #define SEL_LOADS 4
 #endif
-template <int R, bool EIGHT, int HEADS>
+template <int R, int BITS, int HEADS>
 __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc,
                                  int heads, int mode, int n) {
-    constexpr int PER = EIGHT ? 16 : 8, LOADS = R / PER;   // labels a 16-byte load, loads a head
+    constexpr int ROW_BYTES = R * BITS / 8;   // a head's labels
+    constexpr bool NARROW = ROW_BYTES < 16;   // 4-bit, R = 16: one 8-byte load a head (in a uint4's x and y)
+    constexpr int LOADS = NARROW ? 1 : ROW_BYTES / 16, PER = R / LOADS;   // loads a head, labels a load
     constexpr int U = HEADS == 0 ? SEL_LOADS : (SEL_LOADS / HEADS > 0 ? SEL_LOADS / HEADS : 1);   // candidates a step
     constexpr int HS = HEADS == 0 ? 1 : HEADS;   // heads a step
+    static_assert(R % 8 == 0 && (NARROW ? ROW_BYTES == 8 : ROW_BYTES % 16 == 0), "a head's labels in whole loads");
     // head h0 + j's label row: h0 + j, or (labels.group > 1: the selection's heads lie in one group) h0 / group; as a
     // multiply-add rather than a division per load (which cost about 3 of 178 us at batch 8, 32K)
     int row0 = labels.group == 1 ? h0 : h0 / labels.group, row_step = labels.group == 1 ? 1 : 0;
+    const char* values = reinterpret_cast<const char*>(labels.values);
     for (int c0 = threadIdx.x; c0 < n; c0 += U * blockDim.x) {
         float v[U];
         for (int j0 = 0; j0 < (HEADS == 0 ? heads : HEADS); j0 += HS) {
@@ -352,12 +397,17 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
 #pragma unroll
                 for (int j = 0; j < HS; j++) {
                     int row = row0 + (j0 + j) * row_step;
-                    size_t at = (size_t)slot * labels.stride + row * R;
-                    const uint4* lab = EIGHT ? reinterpret_cast<const uint4*>(reinterpret_cast<const signed char*>(labels.values) + at)
-                                             : reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(labels.values) + at);
+                    // the head's first byte: its first label's (R * BITS / 8 a whole number of bytes)
+                    const char* lab = values + ((size_t)slot * labels.stride + row * R) * BITS / 8;
+                    if constexpr (NARROW) {
+                        uint2 w = __ldg(reinterpret_cast<const uint2*>(lab));
+                        raw[u][j][0] = make_uint4(w.x, w.y, 0u, 0u);
+                    } else {
 #pragma unroll
-                    for (int i = 0; i < LOADS; i++) raw[u][j][i] = __ldg(lab + i);
-                    scale[u][j] = EIGHT ? __half2float(__ldg(labels.scales + (size_t)row * labels.cap + slot)) : 1.f;
+                        for (int i = 0; i < LOADS; i++) raw[u][j][i] = __ldg(reinterpret_cast<const uint4*>(lab) + i);
+                    }
+                    const __half* sc = labels.scales + (size_t)row * labels.cap + slot;
+                    scale[u][j] = BITS < 16 ? __half2float(__ldg(sc)) : 1.f;
                 }
             }
 #pragma unroll
@@ -367,8 +417,12 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
                     float t = 0.f;
 #pragma unroll
                     for (int i = 0; i < LOADS; i++) {
-                        t = EIGHT ? label_chunk8(t, raw[u][j][i], qc + (j0 + j) * R + i * PER, scale[u][j])
-                                  : label_chunk(t, raw[u][j][i], qc + (j0 + j) * R + i * PER);
+                        const float* q = qc + (j0 + j) * R + i * PER;
+                        if constexpr (BITS == 16) t = label_chunk(t, raw[u][j][i], q);
+                        else if constexpr (BITS == 8) t = label_chunk8(t, raw[u][j][i], q, scale[u][j]);
+                        else if constexpr (NARROW) t = label_chunk4(t, make_uint2(raw[u][j][i].x, raw[u][j][i].y), q,
+                                                                    scale[u][j]);
+                        else t = label_chunk4(t, raw[u][j][i], q, scale[u][j]);
                     }
                     v[u] = j0 + j == 0 ? t : combine_scores(mode, v[u], t);
                 }
@@ -383,25 +437,29 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
 }
 
 // score_candidates for a label width it unrolls: one head, a group of four (llama-3's GQA), or any count
-template <int R, bool EIGHT>
+template <int R, int BITS>
 __device__ void score_group(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
                             int mode, int n) {
-    if (heads == 1) score_candidates<R, EIGHT, 1>(keys, labels, first, h0, qc, 1, mode, n);
-    else if (heads == 4) score_candidates<R, EIGHT, 4>(keys, labels, first, h0, qc, 4, mode, n);
-    else score_candidates<R, EIGHT, 0>(keys, labels, first, h0, qc, heads, mode, n);
+    if (heads == 1) score_candidates<R, BITS, 1>(keys, labels, first, h0, qc, 1, mode, n);
+    else if (heads == 4) score_candidates<R, BITS, 4>(keys, labels, first, h0, qc, 4, mode, n);
+    else score_candidates<R, BITS, 0>(keys, labels, first, h0, qc, heads, mode, n);
 }
 
 // score_candidates for the label widths it unrolls, else one candidate at a time through LabelCache::score
 __device__ void score_selection(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
                                 int mode, int r, int n) {
     if (labels.bits == 16 && r == 16) {
-        score_group<16, false>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, 16>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 16 && r == 8) {
-        score_group<8, false>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<8, 16>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 8 && r == 16) {
-        score_group<16, true>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, 8>(keys, labels, first, h0, qc, heads, mode, n);
     } else if (labels.bits == 8 && r == 32) {
-        score_group<32, true>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<32, 8>(keys, labels, first, h0, qc, heads, mode, n);
+    } else if (labels.bits == 4 && r == 16) {
+        score_group<16, 4>(keys, labels, first, h0, qc, heads, mode, n);
+    } else if (labels.bits == 4 && r == 32) {
+        score_group<32, 4>(keys, labels, first, h0, qc, heads, mode, n);
     } else {
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
             float v = labels.score(qc, first + c, h0, r);

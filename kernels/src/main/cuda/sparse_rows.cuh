@@ -12,12 +12,17 @@
 //     times a per-token, per-row scale (8-bit: value = q * scale, scale = fp16(max |k_c| / 127) over the row's r
 //     channels, q = round(k_c / scale) clamped to +-127, as kv/SparseKvCache quantises); scales of a segment's layer:
 //     [LH][cap] fp16 (row-major: a row's scales of consecutive candidates read together)
+//   4-bit labels of a segment's layer: [cap][LH][(r + 1) / 2] bytes ([cap][LH * r / 2] for even r), two labels a byte:
+//     label 2i of a row in the low nibble of the row's byte i, 2i + 1 in the high nibble, each a two's complement
+//     int4 (a row of odd r ends in a byte whose high nibble is 0, so no two rows share a byte); value = q * scale,
+//     scale = fp16(max |k_c| / 7) over the row's r channels, q = round(k_c / scale) clamped to +-7 (scale 0: all 0);
+//     scales as for 8-bit, [LH][cap] fp16. Read as a little-endian word, label e of the word's 8 is bits 4e .. 4e + 3.
 //   channels of a segment's layer: [H * r] ints; lptr / chptr: this layer's pointer tables by segment (0: dense)
 // The layouts of the two descriptors below are defined once more in Java, as named records (SparseRowDescriptor,
 // SegmentDescriptor); SparseDescriptorLayoutTest holds each enum to its record's fields, in order.
 // sp[p][SP_FIELDS] ints, the descriptor of sparse decode row p of a layer: its batch row, its candidates count (slots
 // [sinks, sinks + cand)), its budget k, sinks S, window W, GQA selection mode (0 per head, 1 max, 2 mean), label
-// channels r, label bits (16 or 8), cache capacity, 1 if the attention reads its selected rows from host memory, the
+// channels r, label bits (16, 8 or 4), cache capacity, 1 if the attention reads its selected rows from host memory, the
 // query heads a label row serves (1, or G where the group's heads share their label channels: lg above).
 #pragma once
 

@@ -39,4 +39,12 @@ class BenchBytesTest {
         double rows = 8.0 * 128 * 2 * 2 * 30 * (4 + 1980 + 64);   // a kv head's rows read once for its group
         assertEquals(2 * DENSE_LAYER + labels + rows, BenchCommand.cacheBytesPerStep(LLAMA, kv, 32768));
     }
+
+    @Test
+    void fourBitLabelsAreHalfABytePerChannelAndTheirScale() {
+        KvConfig kv = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("gqa", "mean", "label-bits", "4"));
+        double labels = 30.0 * 32700 * 32 * (8 + 2);   // int4 values two a byte and an fp16 scale per token and head
+        double rows = 8.0 * 128 * 2 * 2 * 30 * (4 + 1980 + 64);
+        assertEquals(2 * DENSE_LAYER + labels + rows, BenchCommand.cacheBytesPerStep(LLAMA, kv, 32768));
+    }
 }

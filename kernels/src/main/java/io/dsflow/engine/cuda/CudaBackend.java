@@ -109,17 +109,13 @@ public final class CudaBackend implements Backend {
         if (config.capacity() > 0) throw new DsflowException("a bounded cache (capacity) is not available on cuda yet");
         gpu.makeCurrent();
         if (!config.sparse()) return new CudaKvCache(gpu, c.numLayers(), c.kvDim(), CudaKvCache.INITIAL_CAPACITY);
-        // ds / dspp: labels of 16 or 8 bits on the device; the store on the device or (placement=host) in host memory
+        // ds / dspp: 16-, 8- or 4-bit labels on the device; the store on the device or (placement=host) in host memory
         if (!SparseAttentionKernels.hasSparseAttention(gpu, c.headDim())) {
             throw new DsflowException("kv policy " + config.policy().id() + " is not built for head_dim " + c.headDim()
                     + " on cuda");
         }
         if (config.lookaheadRerank() > 1) {
             throw new DsflowException("lookahead-rerank is measured on the cpu backend and not built on cuda yet");
-        }
-        if (config.labelBits() == 4) {
-            throw new DsflowException("label-bits=4 is measured on the cpu backend and not built on cuda yet (16 and 8"
-                    + " run on cuda)");
         }
         if (config.gqaSelection() == KvConfig.GqaSelection.UNION) {
             throw new DsflowException("gqa=union is measured on the cpu backend and not built on cuda yet (per_head,"
@@ -163,15 +159,12 @@ public final class CudaBackend implements Backend {
         // the device layers' keys and values: one block a cache (CudaKvCache's storeBlock)
         long bytes = CudaRuntime.sizeClass(2L * (host ? c.numLayers() - sparseLayers : c.numLayers())
                 * cap * c.kvDim() * 2);
-        if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 and fp16 scales) and their channel tables
-            int rows = c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads());
-            int width = rows * kv.labelChannels(c.headDim());
-            bytes += kv.labelBits() == 8   // one block of every sparse layer's labels (and one of their scales)
-                    ? CudaRuntime.sizeClass(sparseLayers * cap * width)
-                    + CudaRuntime.sizeClass(sparseLayers * cap * rows * 2L)
-                    : CudaRuntime.sizeClass(sparseLayers * cap * width * 2L);
-            // a head's r channels (channels=qk-group shares a label row, not the table)
-            bytes += sparseLayers * CudaRuntime.sizeClass((long) c.numHeads() * kv.labelChannels(c.headDim()) * 4);
+        if (kv.sparse()) {   // labels of the sparse layers (fp16, or int8 / int4 and fp16 scales), channel tables
+            int rows = c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads()), r = kv.labelChannels(c.headDim());
+            // one block of every sparse layer's labels (and one of their scales)
+            bytes += CudaRuntime.sizeClass(sparseLayers * cap * rows * kv.labelValueBytes(r));
+            if (kv.labelBits() < 16) bytes += CudaRuntime.sizeClass(sparseLayers * cap * rows * 2L);
+            bytes += sparseLayers * CudaRuntime.sizeClass((long) c.numHeads() * r * 4);   // a head's r channels
             long ring = (long) (kv.sinks() + kv.window()) * c.kvDim() * 2;
             if (host && ring > 0) bytes += 2L * sparseLayers * CudaRuntime.sizeClass(ring);
             if (host && kv.rowCache() > 0) bytes += rowCacheBytes(kv, tokens, cap);

@@ -36,9 +36,9 @@ public final class CudaBenchCaches {
             long n = cap * c.kvDim();
             ActivationKernels.fillRandomBf16(gpu, cache.keys(l), n, 7L * l, 1f);
             ActivationKernels.fillRandomBf16(gpu, cache.values(l), n, 7L * l + 3, 1f);
-            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs): finite values
-                ActivationKernels.fillRandomBf16(gpu, cache.labels(l),
-                        cap * cache.labelRows() * cache.labelChannels() * cache.labelBits() / 16, 7L * l + 5, 1f);
+            if (cache.labels(l) != null) {   // random bf16 bit patterns read as fp16 (or int8 pairs, int4 quads): finite
+                long bytes = cap * cache.labelRows() * kv.labelValueBytes(cache.labelChannels());
+                ActivationKernels.fillRandomBf16(gpu, cache.labels(l), bytes / 2, 7L * l + 5, 1f);
             }
             if (cache.scales(l) != null) {
                 ActivationKernels.fillRandomBf16(gpu, cache.scales(l), cap * cache.labelRows(), 7L * l + 6, 1f);

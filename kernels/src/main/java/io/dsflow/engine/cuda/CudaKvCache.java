@@ -16,10 +16,13 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * A sequence's KV cache for the CUDA backend's forward pass:
  * <pre>
  *   keys[layer], values[layer]: [capacity][kvHeads * headDim] bf16, token-major
- *   labels[layer]:              [capacity][labelRows * r] fp16, or int8 with 8-bit labels (ds / dspp, sparse layers
- *                               only; null otherwise); labelRows = heads / labelGroup (KvConfig#labelGroup: a row a
- *                               query head, or a kv head where the group's heads share their channels)
- *   scales[layer]:              [labelRows][capacity] fp16, 8-bit labels only: label = int8 value * scale of (row, token)
+ *   labels[layer]:              [capacity][labelRows * r] fp16, or int8 with 8-bit labels, or [capacity][labelRows]
+ *                               [(r + 1) / 2] bytes of two int4 each with 4-bit labels (sparse_rows.cuh; ds / dspp,
+ *                               sparse layers only; null otherwise); labelRows = heads / labelGroup
+ *                               (KvConfig#labelGroup: a row a query head, or a kv head where the group's heads share
+ *                               their channels); a slot's labelRows * KvConfig#labelValueBytes(r) bytes
+ *   scales[layer]:              [labelRows][capacity] fp16, 8- and 4-bit labels only: label = integer value * scale of
+ *                               (row, token)
  *   (the sparse layers' labels are one device block, their scales another: blocks of a few MB a layer would each lose
  *   up to 2 MB to the memory pool's size classes)
  *   channels[layer]:            [heads * r] ints, the calibrated channels each head's labels keep
@@ -107,9 +110,14 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
 
     private final CudaRuntime gpu;
     private final int layers, kvDim;
-    /** The sparse policy (null: dense), its label width labelRows() * r, and bytes a label (2: fp16, 1: int8 and a scale). */
+    /**
+     * The sparse policy (null: dense), r, the label bytes of a slot (labelRows() rows of KvConfig#labelValueBytes), and
+     * whether the labels have scales (8- and 4-bit).
+     */
     private final KvConfig sparse;
-    private final int labelWidth, labelR, heads, kvHeads, labelBytes, labelGroup;
+    private final int labelR, heads, kvHeads, labelGroup;
+    private final long labelSlotBytes;
+    private final boolean scaled;
     private final int[][][] channelsHost;
     private final int[] length;
     private final Buffers buffers;
@@ -156,13 +164,12 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         this.length = new int[layers];
         this.buffers = new Buffers(gpu, layers);
         this.cleanable = CLEANER.register(this, buffers);
-        int width = 0, rr = 0;
+        int rr = 0;
         if (sparse != null) {
             for (int l = 0; l < layers; l++) {
                 if (channels[l] == null) continue;
                 int r = channels[l][0].length;
                 rr = r;
-                width = labelRows() * r;
                 int[] flat = new int[heads * r];
                 for (int h = 0; h < heads; h++) System.arraycopy(channels[l][h], 0, flat, h * r, r);
                 buffers.channelBytes = flat.length * 4L;
@@ -178,9 +185,9 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
                 }
             }
         }
-        this.labelWidth = width;
         this.labelR = rr;
-        this.labelBytes = sparse != null && sparse.labelBits() == 8 ? 1 : 2;
+        this.labelSlotBytes = sparse == null ? 0 : labelRows() * sparse.labelValueBytes(rr);
+        this.scaled = sparse != null && sparse.labelBits() < 16;
         allocate(Math.max(16, initialCapacity));
         if (sparse != null && sparse.rowCache() > 0 && anyOnHost()) {
             buffers.rowCache = new CudaRowCache(gpu, buffers.onHost, kvHeads, kvDim, sparse.rowCache(), capacity);
@@ -188,8 +195,8 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
     }
 
     private void allocate(int cap) {
-        long bytes = (long) cap * kvDim * 2, labelLayer = (long) cap * labelWidth * labelBytes;
-        long scaleLayer = labelBytes == 1 ? (long) labelRows() * cap * 2 : 0;
+        long bytes = (long) cap * kvDim * 2, labelLayer = cap * labelSlotBytes;
+        long scaleLayer = scaled ? (long) labelRows() * cap * 2 : 0;
         int sparseLayers = 0, deviceLayers = 0;
         for (CUdeviceptr ch : buffers.channels) if (ch != null) sparseLayers++;
         for (boolean host : buffers.onHost) if (!host) deviceLayers++;
@@ -200,7 +207,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         for (int l = 0, i = 0, d = 0; l < layers; l++) {
             if (buffers.channels[l] != null) {
                 CUdeviceptr lab = labelBlock.withByteOffset(i * labelLayer);
-                long used = (long) length[l] * labelWidth * labelBytes;
+                long used = length[l] * labelSlotBytes;
                 if (buffers.labels[l] != null && used > 0) cuMemcpyDtoD(lab, buffers.labels[l], used);
                 buffers.labels[l] = lab;
                 if (scaleBlock != null) {   // row-major: each label row's scales move to their place at the new capacity
@@ -320,15 +327,15 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         return buffers.labels[layer];
     }
 
-    /** This layer's label scales (8-bit labels), else null. */
+    /** This layer's label scales (8- and 4-bit labels), else null. */
     CUdeviceptr scales(int layer) {
         return buffers.scales[layer];
     }
 
-    /** 16 or 8 (0 for a dense cache). */
+    /** 16, 8 or 4 (0 for a dense cache). */
     @Override
     public int labelBits() {
-        return sparse == null ? 0 : labelBytes * 8;
+        return sparse == null ? 0 : sparse.labelBits();
     }
 
     CUdeviceptr channels(int layer) {
@@ -395,7 +402,9 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
             if (used > 0) {
                 cuMemcpy(c.buffers.keys[l], buffers.keys[l], used);
                 cuMemcpy(c.buffers.values[l], buffers.values[l], used);
-                if (buffers.labels[l] != null) cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], (long) length[l] * labelWidth * labelBytes);
+                if (buffers.labels[l] != null) {
+                    cuMemcpyDtoD(c.buffers.labels[l], buffers.labels[l], length[l] * labelSlotBytes);
+                }
                 if (buffers.scales[l] != null) cuMemcpyDtoD(c.buffers.scales[l], buffers.scales[l], buffers.scaleBytesEach);
                 if (buffers.ringKeys[l] != null) {
                     cuMemcpyDtoD(c.buffers.ringKeys[l], buffers.ringKeys[l], buffers.ringBytes);
@@ -412,7 +421,7 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         long b = 0, labels = 0, rings = 0;
         for (int l = 0; l < layers; l++) {
             b += 2L * length[l] * kvDim * 2;
-            if (buffers.labels[l] != null) labels += (long) length[l] * (labelWidth * labelBytes + (labelBytes == 1 ? labelRows() * 2 : 0));
+            if (buffers.labels[l] != null) labels += length[l] * (labelSlotBytes + (scaled ? labelRows() * 2L : 0));
             if (buffers.ringKeys[l] != null) rings += 2 * buffers.ringBytes;
         }
         int window = sparse == null ? 0 : sparse.window(), sinkSlots = sparse == null ? 0 : sparse.sinks();

@@ -9,10 +9,11 @@ import jcuda.driver.CUdeviceptr;
  * step).
  * <ul>
  *   <li>qkv: [rows][rowStride] f32, rows [q: H x D | k: KVH x D | v: KVH x D] after RoPE</li>
- *   <li>labelTable: [segments] pointers to this layer's labels, [cap][H / lg * r]: fp16 (16-bit) or int8 (8-bit), lg
- *       the query heads a label row serves; 0 for a dense segment</li>
+ *   <li>labelTable: [segments] pointers to this layer's labels, [cap][H / lg * r]: fp16 (16-bit) or int8 (8-bit), or
+ *       [cap][H / lg][(r + 1) / 2] bytes of two int4 each (4-bit, sparse_rows.cuh), lg the query heads a label row
+ *       serves; 0 for a dense segment</li>
  *   <li>channelTable: [segments] pointers to this layer's label channels, [H * r] ints</li>
- *   <li>scaleTable: [segments] pointers to the 8-bit labels' scales, [H / lg][cap] fp16</li>
+ *   <li>scaleTable: [segments] pointers to the 8- and 4-bit labels' scales, [H / lg][cap] fp16</li>
  *   <li>ringKTable, ringVTable: [segments] pointers to the device rings, [S + W][KVH][D] bf16; 0: none</li>
  *   <li>seg, slot: [rows] ints; lastRows: [segments] each segment's last batch row</li>
  *   <li>segInfo: [segments][{@link SegmentDescriptor#FIELDS}] ints ({@link SegmentDescriptor})</li>
@@ -40,7 +41,7 @@ public final class LabelAppendKernels {
     /**
      * kv_label_append_rope (dspp: a token's appends in one launch): kv_append_rope, then for the rows of sparse
      * segments label_append's writes, bit for bit. Grid (rows, H + 2 KVH), block max(32, D / 2) threads (whole warps
-     * for the 8-bit rows' maximum), D &lt;= 256.
+     * for the 8- and 4-bit rows' maximum), D &lt;= 256.
      */
     public static void kvLabelAppendRope(CudaRuntime gpu, int rows, CUdeviceptr qkv, CUdeviceptr positions,
                                          CUdeviceptr invFreq, CUdeviceptr kTable, CUdeviceptr vTable,

@@ -6,7 +6,7 @@ package io.dsflow.engine.cuda;
  * to the same fields).
  *
  * @param labelChannels r: label channels a head
- * @param labelBits     16 or 8
+ * @param labelBits     16, 8 or 4
  * @param sinks         S
  * @param window        W: the ring's slots
  * @param capacity      the cache's slots (the stride of its label scales)

@@ -11,7 +11,8 @@ import jcuda.driver.CUdeviceptr;
  * <ul>
  *   <li>q: rows of qStride floats whose first H * D are the heads (after RoPE)</li>
  *   <li>labelTable, channelTable, scaleTable: [segments] pointers to this layer's labels [cap][H / lg * r] (fp16, or
- *       int8 times a per-token, per-row fp16 scale), channels [H * r] ints and scales [H / lg][cap] fp16</li>
+ *       int8 times a per-token, per-row fp16 scale; 4-bit: [cap][H / lg][(r + 1) / 2] bytes of two int4 each times
+ *       such a scale, sparse_rows.cuh), channels [H * r] ints and scales [H / lg][cap] fp16</li>
  *   <li>seg: [rows] the batch row's segment</li>
  *   <li>desc: [P][{@link SparseRowDescriptor#FIELDS}] ints ({@link SparseRowDescriptor}), a selecting row's candidates
  *       are slots [sinks, sinks + candidates)</li>

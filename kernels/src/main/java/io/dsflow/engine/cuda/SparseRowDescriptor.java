@@ -11,7 +11,7 @@ package io.dsflow.engine.cuda;
  * @param window        W: the ring window's slots, always attended
  * @param gqaMode       GQA selection: 0 per head, 1 max, 2 mean (KvConfig.GqaSelection's ordinal)
  * @param labelChannels r: label channels a head
- * @param labelBits     16 or 8
+ * @param labelBits     16, 8 or 4
  * @param capacity      the cache's slots (the stride of its label scales)
  * @param readsHost     whether the attention reads the selected rows from host memory
  * @param labelGroup    query heads one label row serves (1, or the GQA group for qk-group / k channels)

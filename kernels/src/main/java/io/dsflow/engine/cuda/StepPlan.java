@@ -47,7 +47,7 @@ record StepPlan(int rows, int segments, boolean graph, Inputs inputs, CacheTable
      * @param values     value stores
      * @param labels     label caches (sparse layers; sparse steps only, else null)
      * @param channels   label channels [H * r] ints
-     * @param scales     8-bit labels' scales
+     * @param scales     8- and 4-bit labels' scales
      * @param ringKeys   host placement's device rings of sinks and window
      * @param ringValues likewise for values
      * @param segmentInfo [segments][SegmentDescriptor.FIELDS] ints, what the append kernels read of a sparse cache

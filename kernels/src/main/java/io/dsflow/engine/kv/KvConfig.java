@@ -12,7 +12,7 @@ import java.util.Map;
  * @param policy        dense, ds (Double Sparsity) or dspp (DoubleSparse++)
  * @param labelChannels r: label channels per head; 0 means max(16, headDim / 8), capped at headDim
  * @param labelBits     16 (fp16 labels), 8 (int8 labels with a per-token, per-head scale) or 4 (int4 labels with such a
- *                      scale; an experiment, CPU only so far)
+ *                      scale, two a byte)
  * @param sinks         S: first tokens always attended (dspp)
  * @param window        W: last tokens always attended, kept in a ring of W slots (dspp)
  * @param lambda        decay rate of the per-layer budget with depth (dspp); 0 = uniform
@@ -123,7 +123,15 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
      * rounded up to a whole byte) and the row's fp16 scale.
      */
     public long labelRowBytes(int r) {
-        return labelBits == 16 ? 2L * r : ((long) r * labelBits + 7) / 8 + 2;
+        return labelValueBytes(r) + (labelBits == 16 ? 0 : 2);
+    }
+
+    /**
+     * Bytes of one label row's {@code r} values alone (a CUDA cache keeps them in one block and the scales of 8- and
+     * 4-bit rows in another): 2 r, r, or (r + 1) / 2 (4-bit: two a byte, a row of odd r padded to a whole byte).
+     */
+    public long labelValueBytes(int r) {
+        return ((long) r * labelBits + 7) / 8;
     }
 
     /** r for a head dimension. */

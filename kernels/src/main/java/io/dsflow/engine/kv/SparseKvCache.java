@@ -18,7 +18,8 @@ import java.util.List;
  * always uses the layer's own query.
  * <pre>
  *   labels[layer][(h / labelGroup) * r + i][slot]   channel channels[layer][h][i] of the key in that store slot,
- *                                                   16-bit (or 8-bit); labelGroup: KvConfig#labelGroup, the query heads
+ *                                                   16-, 8- or 4-bit values as stored (#quantise), in floats;
+ *                                                   labelGroup: KvConfig#labelGroup, the query heads
  *                                                   one label row serves (they have the same channels)
  * </pre>
  */
@@ -188,7 +189,7 @@ public final class SparseKvCache implements StoredKvCache {
         return io.dsflow.engine.model.DType.roundToHalf(x);
     }
 
-    /** The largest integer label: 127 for 8-bit labels, 7 for 4-bit ones (an experiment, CPU only). */
+    /** The largest integer label: 127 for 8-bit labels, 7 for 4-bit ones. */
     private int levels() {
         return cfg.labelBits() == 4 ? 7 : 127;
     }

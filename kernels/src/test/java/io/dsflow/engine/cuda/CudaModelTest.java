@@ -274,8 +274,8 @@ class CudaModelTest {
     /**
      * ds and dspp on the GPU (labels, top-k and attention over the selection on the device) answer as the CPU
      * reference does: greedy tokens of pass-key and records prompts of about 1600 tokens, where the sparse layers
-     * select (k well below the candidates), per query head and from the group's mean, with 16- and 8-bit labels, and
-     * with a label row a kv head (channels=qk-group, scored by the group's summed query).
+     * select (k well below the candidates), per query head and from the group's mean, with 16-, 8- and 4-bit labels,
+     * and with a label row a kv head (channels=qk-group, scored by the group's summed query).
      * (Selection from the group's max is held to the CPU at kernel level, sparseTopKMatchesCpuTopK: over a whole model
      * one of four prompts diverged at its fourth answer token, a near-tie of the combined scores, whose products the
      * GPU fuses.) Host
@@ -299,7 +299,10 @@ class CudaModelTest {
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group")),
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
-                                    "channels", "qk-group", "label-bits", "8")))) {
+                                    "channels", "qk-group", "label-bits", "8")),
+                            selectingDspp().with(java.util.Map.of("label-bits", "4")),   // max over 4-bit labels
+                            selectingDspp().with(java.util.Map.of("gqa", "mean",
+                                    "channels", "qk-group", "label-bits", "4")))) {
                         int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();
                         for (io.dsflow.engine.kv.KvConfig placed : List.of(kv, kv.with(java.util.Map.of("placement", "host")))) {
                             int[] got = gpu.generate(prompt, SamplingParams.greedy(8), placed).tokenIds();

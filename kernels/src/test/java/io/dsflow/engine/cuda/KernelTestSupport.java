@@ -1,11 +1,14 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvPolicy;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
 import org.junit.jupiter.api.BeforeAll;
 
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
 
 import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
@@ -77,6 +80,12 @@ abstract class KernelTestSupport {
     static CUdeviceptr upload(double[] x) {
         CUdeviceptr p = gpu.alloc(x.length * 8L);
         cuMemcpyHtoD(p, Pointer.to(x), x.length * 8L);
+        return p;
+    }
+
+    static CUdeviceptr uploadBytes(byte[] x) {
+        CUdeviceptr p = gpu.alloc(Math.max(1, x.length));
+        if (x.length > 0) cuMemcpyHtoD(p, Pointer.to(x), x.length);
         return p;
     }
 
@@ -162,6 +171,16 @@ abstract class KernelTestSupport {
         float[] out = new float[rows.length * width];
         for (int i = 0; i < rows.length; i++) System.arraycopy(x, rows[i] * width, out, i * width, width);
         return out;
+    }
+
+    /** Bytes of a label row's r values at a label width (KvConfig#labelValueBytes: 4-bit rows of odd r padded). */
+    static long labelValueBytes(int bits, int r) {
+        return KvConfig.defaults(KvPolicy.DSPP).with(Map.of("label-bits", Integer.toString(bits))).labelValueBytes(r);
+    }
+
+    /** Label {@code which} (0: the low nibble, 1: the high one) of a byte of 4-bit labels, sign-extended. */
+    static int nibble(byte b, int which) {
+        return (b << (28 - 4 * which)) >> 28;
     }
 
     /** Random label channels [heads * r] of [0, hd), the same for the heads of each label row (labelGroup heads). */

@@ -3,7 +3,8 @@ package io.dsflow.engine.cuda;
 import io.dsflow.engine.model.DType;
 import io.dsflow.engine.model.RopeConfig;
 import jcuda.driver.CUdeviceptr;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import java.util.Random;
 import java.util.stream.IntStream;
@@ -19,15 +20,17 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class LabelAppendKernelsTest extends KernelTestSupport {
     /**
      * label_append writes what kv/SparseKvCache stores: fp16 labels, or int8 values with the row's fp16 scale
-     * (fp16(max |k_c| / 127), values rounded half up and clamped), bit for bit, a label row a query head (segment 1)
-     * or a kv head (segment 0: the group's heads share their channels); and with host placement the ring of
-     * sinks and window: a prefill of 150 rows (S = 4, W = 16, so the window wrapped around) leaves the sinks and the
-     * last 16 keys and values in their ring slots, whichever rows' blocks ran last.
+     * (fp16(max |k_c| / 127), values rounded half up and clamped), or int4 values two a byte (low nibble first, a row
+     * of odd r padded with a 0 nibble) with the row's scale (max / 7, clamped to +-7), bit for bit, a label row a query
+     * head (segment 1) or a kv head (segment 0: the group's heads share their channels); and with host placement the
+     * ring of sinks and window: a prefill of 150 rows (S = 4, W = 16, so the window wrapped around) leaves the sinks
+     * and the last 16 keys and values in their ring slots, whichever rows' blocks ran last.
      */
-    @Test
-    void labelAppendWritesLabelsScalesAndRingAsTheCpuStoresThem() {
-        Random rnd = new Random(31);
-        int heads = 8, kvHeads = 2, hd = 32, r = 16, stride = (heads + 2 * kvHeads) * hd, sinks = 4, window = 16;
+    @ParameterizedTest(name = "{0}-bit labels of {1} channels")
+    @CsvSource({"8, 16", "4, 16", "8, 13", "4, 13", "4, 32"})
+    void labelAppendWritesLabelsScalesAndRingAsTheCpuStoresThem(int bits, int r) {
+        Random rnd = new Random(31 + bits + r);
+        int heads = 8, kvHeads = 2, hd = 32, stride = (heads + 2 * kvHeads) * hd, sinks = 4, window = 16;
         int prefill = 150, rows = prefill + 1, cap0 = 160, cap1 = 64, decodeSlot = 40;
         float[] qkv = random(rnd, rows * stride, 2);
         int[] seg = new int[rows], slot = new int[rows];
@@ -38,19 +41,19 @@ class LabelAppendKernelsTest extends KernelTestSupport {
         int[] labelGroup = {group, 1};
         int[][] channels = new int[2][];
         for (int sg = 0; sg < 2; sg++) channels[sg] = labelRowChannels(rnd, heads, r, hd, labelGroup[sg]);
-        // segment 0: 8-bit labels a kv head and a ring; segment 1: 16-bit labels a query head, no ring
-        int rows0 = heads / group;
-        CUdeviceptr lab0 = upload(new int[cap0 * rows0 * r / 4]), scales0 = upload(new int[rows0 * cap0 / 2]);
-        CUdeviceptr lab1 = upload(new int[cap1 * heads * r / 2]);
+        // segment 0: 8- or 4-bit labels a kv head and a ring; segment 1: 16-bit labels a query head, no ring
+        int rows0 = heads / group, rowBytes0 = (int) labelValueBytes(bits, r);
+        CUdeviceptr lab0 = uploadBytes(new byte[cap0 * rows0 * rowBytes0]), scales0 = upload(new int[rows0 * cap0 / 2]);
+        CUdeviceptr lab1 = uploadBytes(new byte[cap1 * heads * r * 2]);
         CUdeviceptr ringK = upload(new int[(sinks + window) * kvHeads * hd / 2]);
         CUdeviceptr ringV = upload(new int[(sinks + window) * kvHeads * hd / 2]);
-        CUdeviceptr segInfo = uploadSegments(new SegmentDescriptor(r, 8, sinks, window, cap0, labelGroup[0]),
+        CUdeviceptr segInfo = uploadSegments(new SegmentDescriptor(r, bits, sinks, window, cap0, labelGroup[0]),
                 new SegmentDescriptor(r, 16, 0, 0, cap1, labelGroup[1]));
         LabelAppendKernels.labelAppend(gpu, rows, r, upload(qkv), pointerTable(lab0, lab1),
                 pointerTable(upload(channels[0]), upload(channels[1])), pointerTable(scales0, null),
                 pointerTable(ringK, null), pointerTable(ringV, null), upload(seg), upload(slot),
                 upload(new int[]{prefill - 1, prefill}), segInfo, heads, kvHeads, hd, stride);
-        byte[] int8 = downloadBytes(lab0, (long) cap0 * rows0 * r);
+        byte[] narrow = downloadBytes(lab0, (long) cap0 * rows0 * rowBytes0);
         short[] scales = downloadShorts(scales0, rows0 * cap0), half = downloadShorts(lab1, cap1 * heads * r);
         for (int row = 0; row < rows; row++) {
             for (int h = 0; h < heads; h++) {
@@ -68,14 +71,18 @@ class LabelAppendKernelsTest extends KernelTestSupport {
                     }
                     continue;
                 }
-                int lr = h / group;   // the head's label row: its kv head's
-                short scale = DType.floatToHalf(max / 127f);
+                int lr = h / group, levels = bits == 8 ? 127 : 7;   // the head's label row: its kv head's
+                short scale = DType.floatToHalf(max / levels);
                 assertEquals(scale, scales[lr * cap0 + slot[row]], "scale of slot " + slot[row] + " head " + h);
                 float sc = DType.halfToFloat(scale);
+                int at = (slot[row] * rows0 + lr) * rowBytes0;   // the row's first byte
                 for (int i = 0; i < r; i++) {
-                    int want = sc == 0 ? 0 : (int) Math.max(-127, Math.min(127, Math.floor(k[i] / sc + 0.5f)));
-                    assertEquals(want, int8[slot[row] * rows0 * r + lr * r + i],
-                            "int8 label of slot " + slot[row] + " head " + h);
+                    int want = sc == 0 ? 0 : (int) Math.max(-levels, Math.min(levels, Math.floor(k[i] / sc + 0.5f)));
+                    int got = bits == 8 ? narrow[at + i] : nibble(narrow[at + i / 2], i % 2);
+                    assertEquals(want, got, bits + "-bit label " + i + " of slot " + slot[row] + " head " + h);
+                }
+                if (bits == 4 && r % 2 == 1) {
+                    assertEquals(0, nibble(narrow[at + r / 2], 1), "the padding nibble of slot " + slot[row]);
                 }
             }
         }
@@ -95,15 +102,17 @@ class LabelAppendKernelsTest extends KernelTestSupport {
 
     /**
      * dspp's one append kernel (kv_label_append_rope) writes what kv_append_rope then label_append write (the latter
-     * checked against the CPU above), byte for byte: rotated q and k, the stores, labels, 8-bit scales and ring slots,
-     * for three segments (8-bit labels a kv head with a ring, a prefill whose window wrapped around; 16-bit labels a
-     * query head; a dense cache, whose rows get no labels), at head sizes 32 (a block of 16 pairs in a warp) and 128.
+     * checked against the CPU above), byte for byte: rotated q and k, the stores, labels, 8- or 4-bit scales and ring
+     * slots, for three segments (8- or 4-bit labels a kv head with a ring, a prefill whose window wrapped around;
+     * 16-bit labels a query head; a dense cache, whose rows get no labels), at head sizes 32 (a block of 16 pairs in a
+     * warp) and 128, with 16 label channels and 13 (4-bit rows of odd r: a padding nibble a row).
      */
-    @Test
-    void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite() {
+    @ParameterizedTest(name = "{0}-bit labels of {1} channels")
+    @CsvSource({"8, 16", "4, 16", "4, 13"})
+    void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite(int bits, int r) {
         for (int hd : new int[]{32, 128}) {
-            Random rnd = new Random(37 + hd);
-            int heads = 8, kvHeads = 2, group = heads / kvHeads, r = 16, stride = (heads + 2 * kvHeads) * hd;
+            Random rnd = new Random(37 + hd + bits + r);
+            int heads = 8, kvHeads = 2, group = heads / kvHeads, stride = (heads + 2 * kvHeads) * hd;
             int kvDim = kvHeads * hd, sinks = 4, window = 16, prefill = 150, rows = prefill + 2, cap = 160;
             float[] qkv = random(rnd, rows * stride, 2);
             int[] seg = new int[rows], slot = new int[rows], pos = new int[rows];
@@ -113,10 +122,11 @@ class LabelAppendKernelsTest extends KernelTestSupport {
             seg[prefill + 1] = 2;
             slot[prefill + 1] = pos[prefill + 1] = 77;
             int[][] channels = {labelRowChannels(rnd, heads, r, hd, group), labelRowChannels(rnd, heads, r, hd, 1)};
-            SegmentDescriptor[] segments = {new SegmentDescriptor(r, 8, sinks, window, cap, group),
+            SegmentDescriptor[] segments = {new SegmentDescriptor(r, bits, sinks, window, cap, group),
                     new SegmentDescriptor(r, 16, 0, 0, cap, 1), new SegmentDescriptor(0, 0, 0, 0, cap, 1)};
             float[] inv = RopeConfig.defaults(500000).inverseFrequencies(hd);
-            long labelBytes0 = (long) cap * (heads / group) * r, labelBytes1 = (long) cap * heads * r * 2;
+            long labelBytes0 = cap * (heads / group) * labelValueBytes(bits, r);
+            long labelBytes1 = (long) cap * heads * r * 2;
             long scaleBytes = (long) (heads / group) * cap * 2, ringBytes = (long) (sinks + window) * kvDim * 2;
             long storeBytes = (long) cap * kvDim * 2;
             byte[][][] outputs = new byte[2][][];
@@ -127,8 +137,8 @@ class LabelAppendKernelsTest extends KernelTestSupport {
                     k[sg] = upload(new int[(int) (storeBytes / 4)]);
                     v[sg] = upload(new int[(int) (storeBytes / 4)]);
                 }
-                CUdeviceptr lab0 = upload(new int[(int) (labelBytes0 / 4)]);
-                CUdeviceptr lab1 = upload(new int[(int) (labelBytes1 / 4)]);
+                CUdeviceptr lab0 = uploadBytes(new byte[(int) labelBytes0]);
+                CUdeviceptr lab1 = uploadBytes(new byte[(int) labelBytes1]);
                 CUdeviceptr scales0 = upload(new int[(int) (scaleBytes / 4)]);
                 CUdeviceptr ringK = upload(new int[(int) (ringBytes / 4)]);
                 CUdeviceptr ringV = upload(new int[(int) (ringBytes / 4)]);
@@ -155,11 +165,14 @@ class LabelAppendKernelsTest extends KernelTestSupport {
                 for (int b = 0; b < bufs.length; b++) outputs[fused][b] = downloadBytes(bufs[b], sizes[b]);
             }
             String[] names = {"q/k/v rows", "keys 0", "values 0", "keys 1", "values 1", "keys 2 (dense)",
-                    "values 2 (dense)", "8-bit labels", "16-bit labels", "8-bit scales", "ring keys", "ring values"};
+                    "values 2 (dense)", bits + "-bit labels", "16-bit labels", bits + "-bit scales", "ring keys",
+                    "ring values"};
             for (int b = 0; b < names.length; b++) {
                 assertArrayEquals(outputs[0][b], outputs[1][b], "head size " + hd + ": " + names[b]);
             }
             // and they were written: the decode rows' keys, labels and the ring hold numbers
+            assertTrue(IntStream.range(0, outputs[1][7].length).anyMatch(i -> outputs[1][7][i] != 0),
+                    bits + "-bit labels written");
             assertTrue(IntStream.range(0, outputs[1][8].length).anyMatch(i -> outputs[1][8][i] != 0),
                     "16-bit labels written");
             assertTrue(IntStream.range(0, outputs[1][10].length).anyMatch(i -> outputs[1][10][i] != 0),

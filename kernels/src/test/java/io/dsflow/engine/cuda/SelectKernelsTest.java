@@ -15,6 +15,7 @@ import java.util.Random;
 import static jcuda.driver.JCudaDriver.cuMemcpyHtoD;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 
 /**
  * select.cu's selections against kv/TopK and scores computed on the CPU: ds's scores then top-k, dspp's one-block
@@ -65,61 +66,80 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /**
-     * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
-     * (ds) select, per head and per kv head (max, sum), with 16 label channels (the unrolled path) and 12 (the general
-     * one), budgets below and above the candidates; and the selection is the top of the scores computed on the CPU
-     * (every selected candidate scores at least every other one, within float rounding). 16-bit labels and 8-bit ones
-     * (int8 values times a per-token, per-row fp16 scale, kept row-major); a label row a query head, or one a kv head
-     * serving its group (whose heads then share their channels: channels=qk-group).
+     * A layer's label caches of segments with {@code segR[s]} label channels at one label width, random: values (as
+     * the CPU keeps them: fp16, or the integer times its row's fp16 scale) and the device's buffers. 16-bit: multiples
+     * of 1/256 in [-4, 4), exact in fp16, with ties among the scores; 8- and 4-bit: integers in +-127 or +-7 times
+     * scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]; 4-bit values two a byte, label 2i of a row in the
+     * low nibble of the row's byte i, rows of (r + 1) / 2 bytes (sparse_rows.cuh).
      */
-    @ParameterizedTest(name = "{0}-bit labels, a label row for {1} heads")
-    @CsvSource({"16, 1", "8, 1", "16, 4", "8, 4"})
-    void fusedSelectionEqualsScoresThenTopK(int bits, int labelGroup) {
-        Random rnd = new Random(21);
-        int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
-        int rowsOfLabels = heads / labelGroup;
-        int[] segR = {16, 12};
-        int[][] rowsSpec = {{0, 1000, 7, 0}, {1, 37, 40, 1}, {0, 5000, 300, 2}, {1, 2049, 64, 0}, {0, 3001, 1000, 1}};
-        int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
-        float[][] labels = new float[2][];
-        int[][] channels = new int[2][];
-        CUdeviceptr[] labelBuffers = new CUdeviceptr[2], channelBuffers = new CUdeviceptr[2];
-        CUdeviceptr[] scaleBuffers = new CUdeviceptr[2];
-        for (int sgm = 0; sgm < 2; sgm++) {
-            int r = segR[sgm];
-            labels[sgm] = new float[cap * rowsOfLabels * r];
-            if (bits == 16) {
-                short[] half = new short[labels[sgm].length];
-                for (int i = 0; i < half.length; i++) {
-                    // multiples of 1/256 in [-4, 4): exact in fp16, and ties among the scores
-                    labels[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
-                    half[i] = fp16(labels[sgm][i]);
-                }
-                labelBuffers[sgm] = gpu.alloc(half.length * 2L);
-                cuMemcpyHtoD(labelBuffers[sgm], Pointer.to(half), half.length * 2L);
-            } else {
-                // int8 values times scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]
-                byte[] values = new byte[labels[sgm].length];
-                short[] scales = new short[rowsOfLabels * cap];
-                for (int t = 0; t < cap; t++) {
-                    for (int h = 0; h < rowsOfLabels; h++) {
-                        float scale = 1f / (4 << rnd.nextInt(4));
-                        scales[h * cap + t] = fp16(scale);
-                        for (int i = 0; i < r; i++) {
-                            int at = t * rowsOfLabels * r + h * r + i;
-                            values[at] = (byte) (rnd.nextInt(255) - 127);
-                            labels[sgm][at] = values[at] * scale;
+    private record LabelCaches(float[][] values, int[][] channels, CUdeviceptr labelTable, CUdeviceptr channelTable,
+                               CUdeviceptr scaleTable) {
+        static LabelCaches random(Random rnd, int bits, int[] segR, int cap, int heads, int hd, int labelGroup) {
+            int rowsOfLabels = heads / labelGroup, nseg = segR.length;
+            float[][] values = new float[nseg][];
+            int[][] channels = new int[nseg][];
+            CUdeviceptr[] labelBuffers = new CUdeviceptr[nseg], channelBuffers = new CUdeviceptr[nseg];
+            CUdeviceptr[] scaleBuffers = new CUdeviceptr[nseg];
+            for (int sgm = 0; sgm < nseg; sgm++) {
+                int r = segR[sgm];
+                values[sgm] = new float[cap * rowsOfLabels * r];
+                if (bits == 16) {
+                    short[] half = new short[values[sgm].length];
+                    for (int i = 0; i < half.length; i++) {
+                        values[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
+                        half[i] = fp16(values[sgm][i]);
+                    }
+                    labelBuffers[sgm] = gpu.alloc(half.length * 2L);
+                    cuMemcpyHtoD(labelBuffers[sgm], Pointer.to(half), half.length * 2L);
+                } else {
+                    int levels = bits == 8 ? 127 : 7, rowBytes = (int) labelValueBytes(bits, r);
+                    byte[] packed = new byte[cap * rowsOfLabels * rowBytes];
+                    short[] scales = new short[rowsOfLabels * cap];
+                    for (int t = 0; t < cap; t++) {
+                        for (int h = 0; h < rowsOfLabels; h++) {
+                            float scale = 1f / (4 << rnd.nextInt(4));
+                            scales[h * cap + t] = fp16(scale);
+                            int row = (t * rowsOfLabels + h) * rowBytes;
+                            for (int i = 0; i < r; i++) {
+                                int v = rnd.nextInt(2 * levels + 1) - levels;
+                                values[sgm][t * rowsOfLabels * r + h * r + i] = v * scale;
+                                if (bits == 8) packed[row + i] = (byte) v;
+                                else packed[row + i / 2] |= (byte) ((v & 15) << (4 * (i % 2)));
+                            }
                         }
                     }
+                    labelBuffers[sgm] = uploadBytes(packed);
+                    scaleBuffers[sgm] = gpu.alloc(scales.length * 2L);
+                    cuMemcpyHtoD(scaleBuffers[sgm], Pointer.to(scales), scales.length * 2L);
                 }
-                labelBuffers[sgm] = gpu.alloc(values.length);
-                scaleBuffers[sgm] = gpu.alloc(scales.length * 2L);
-                cuMemcpyHtoD(labelBuffers[sgm], Pointer.to(values), values.length);
-                cuMemcpyHtoD(scaleBuffers[sgm], Pointer.to(scales), scales.length * 2L);
+                channels[sgm] = labelRowChannels(rnd, heads, r, hd, labelGroup);
+                channelBuffers[sgm] = upload(channels[sgm]);
             }
-            channels[sgm] = labelRowChannels(rnd, heads, r, hd, labelGroup);
-            channelBuffers[sgm] = upload(channels[sgm]);
+            return new LabelCaches(values, channels, pointerTable(labelBuffers), pointerTable(channelBuffers),
+                    pointerTable(scaleBuffers));
         }
+    }
+
+    /**
+     * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
+     * (ds) select, per head and per kv head (max, sum), with 16 and 32 label channels (the unrolled paths where the
+     * width has one: 16- and 8-bit at 16, 8-bit at 32, 4-bit at both), 12 and 13 (the general one; 4-bit rows of odd
+     * r padded to a byte), budgets below and above the candidates; and the selection is the top of the scores
+     * computed on the CPU (every selected candidate scores at least every other one, within float rounding). 16-bit
+     * labels, 8-bit ones (int8 values times a per-token, per-row fp16 scale, kept row-major) and 4-bit ones (int4, two
+     * a byte, times such a scale); a label row a query head, or one a kv head serving its group (whose heads then share
+     * their channels: channels=qk-group).
+     */
+    @ParameterizedTest(name = "{0}-bit labels, a label row for {1} heads")
+    @CsvSource({"16, 1", "8, 1", "4, 1", "16, 4", "8, 4", "4, 4"})
+    void fusedSelectionEqualsScoresThenTopK(int bits, int labelGroup) {
+        Random rnd = new Random(21 + bits);
+        int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
+        int[] segR = {16, 12, 32, 13};
+        int[][] rowsSpec = {{0, 1000, 7, 0}, {1, 37, 40, 1}, {0, 5000, 300, 2}, {1, 2049, 64, 0}, {0, 3001, 1000, 1},
+                {2, 1500, 100, 0}, {3, 777, 50, 1}, {2, 4097, 256, 2}, {3, 2500, 300, 2}, {2, 999, 2000, 1}};
+        int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, labelGroup);
         float[] q = random(rnd, rows * qStride, 1);
         int[] seg = new int[rows];
         List<SparseRowDescriptor> desc = new ArrayList<>();
@@ -128,8 +148,8 @@ class SelectKernelsTest extends KernelTestSupport {
             desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], rowsSpec[p][2], sinks, 0, rowsSpec[p][3], segR[seg[p]],
                     bits, cap, false, labelGroup));
         }
-        CUdeviceptr dq = upload(q), dl = pointerTable(labelBuffers), dch = pointerTable(channelBuffers);
-        CUdeviceptr dsc = pointerTable(scaleBuffers), dseg = upload(seg), dsp = uploadRows(desc);
+        CUdeviceptr dq = upload(q), dl = caches.labelTable(), dch = caches.channelTable();
+        CUdeviceptr dsc = caches.scaleTable(), dseg = upload(seg), dsp = uploadRows(desc);
         CUdeviceptr unfused = upload(new int[rows * heads * maxK]), fused = upload(new int[rows * heads * maxK]);
         CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
         SelectKernels.sparseScores(gpu, rows, scores, dq, dl, dch, dsc, dseg, dsp, heads, hd, qStride, maxCand);
@@ -139,6 +159,8 @@ class SelectKernelsTest extends KernelTestSupport {
         SelectKernels.sparseSelect(gpu, rows, 1024, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads, hd,
                 qStride, maxK);
         int[] b = downloadInts(fused, rows * heads * maxK);
+        float[][] labels = caches.values();
+        int[][] channels = caches.channels();
         checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks,
                 maxK, "one block a selection");
         // on Hopper the cluster kernels, of 8 blocks and of 2
@@ -149,6 +171,63 @@ class SelectKernelsTest extends KernelTestSupport {
             b = downloadInts(clustered, rows * heads * maxK);
             checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks,
                     maxK, "clusters of " + cluster + " blocks");
+        }
+    }
+
+    /**
+     * sparse_scores' scores are the CPU reference's floats, bit for bit (kv/SparseKvCache#select: per channel in order,
+     * s += q_c * label, each product and sum rounded to float, no fused multiply-add; a mean selection over label rows
+     * a kv head scores its group's summed query, q_c of the heads added in order, on the group's first head and 0 on
+     * the others): 16-, 8- and 4-bit labels, label channels 16, 32, 12, 13 and 24 (every load width of
+     * LabelCache::score), a label row a query head or a kv head.
+     */
+    @ParameterizedTest(name = "{0}-bit labels, a label row for {1} heads")
+    @CsvSource({"16, 1", "8, 1", "4, 1", "16, 4", "8, 4", "4, 4"})
+    void labelScoresEqualTheCpusBitForBit(int bits, int labelGroup) {
+        Random rnd = new Random(23 + bits + labelGroup);
+        int heads = 8, group = 4, hd = 64, qStride = heads * hd + 3, sinks = 3, cap = 700;
+        int[] segR = {16, 32, 12, 13, 24};
+        int[][] rowsSpec = {{0, 600, 0}, {1, 333, 2}, {2, 697, 1}, {3, 1, 2}, {4, 250, 0}, {3, 511, 0}, {1, 64, 1}};
+        int rows = rowsSpec.length, maxCand = 697;
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, labelGroup);
+        float[] q = random(rnd, rows * qStride, 1);
+        int[] seg = new int[rows];
+        List<SparseRowDescriptor> desc = new ArrayList<>();
+        for (int p = 0; p < rows; p++) {
+            seg[p] = rowsSpec[p][0];
+            desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], 1, sinks, 0, rowsSpec[p][2], segR[seg[p]], bits, cap,
+                    false, labelGroup));
+        }
+        CUdeviceptr scores = poisoned(rows * heads * maxCand);
+        SelectKernels.sparseScores(gpu, rows, scores, upload(q), caches.labelTable(), caches.channelTable(),
+                caches.scaleTable(), upload(seg), uploadRows(desc), heads, hd, qStride, maxCand);
+        float[] got = download(scores, rows * heads * maxCand);
+        int rowsOfLabels = heads / labelGroup;
+        for (int p = 0; p < rows; p++) {
+            int sgm = seg[p], r = segR[sgm], n = rowsSpec[p][1], mode = rowsSpec[p][2];
+            boolean summed = mode == 2 && labelGroup > 1;
+            int[] ch = caches.channels()[sgm];
+            float[] lab = caches.values()[sgm];
+            for (int h = 0; h < heads; h++) {
+                boolean scored = !summed || h % group == 0;   // a summed query's score is its group's first head's
+                float[] qc = new float[r];
+                for (int i = 0; scored && i < r; i++) {
+                    qc[i] = q[p * qStride + h * hd + ch[h * r + i]];
+                    if (summed) for (int j = 1; j < group; j++) qc[i] += q[p * qStride + (h + j) * hd + ch[h * r + i]];
+                }
+                for (int c = 0; c < n; c++) {
+                    float want = 0;
+                    if (scored) {
+                        int at = (sinks + c) * rowsOfLabels * r + h / labelGroup * r;
+                        for (int i = 0; i < r; i++) want += qc[i] * lab[at + i];
+                    }
+                    float g = got[(p * heads + h) * maxCand + c];
+                    if (Float.floatToIntBits(want) != Float.floatToIntBits(g)) {
+                        fail("row " + p + " head " + h + " candidate " + c + " r " + r
+                                + " mode " + mode + ": GPU " + g + ", CPU " + want);
+                    }
+                }
+            }
         }
     }
 

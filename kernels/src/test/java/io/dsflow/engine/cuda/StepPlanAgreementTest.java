@@ -111,7 +111,7 @@ class StepPlanAgreementTest {
         o.put("k-min", String.valueOf(1 + rnd.nextInt(8)));
         o.put("dense-layers", String.valueOf(rnd.nextInt(3)));
         o.put("gqa", List.of("per_head", "max", "mean").get(rnd.nextInt(3)));
-        o.put("label-bits", rnd.nextBoolean() ? "16" : "8");
+        o.put("label-bits", List.of("16", "8", "4").get(rnd.nextInt(3)));
         o.put("placement", rnd.nextBoolean() ? "device" : "host");
         if (policy == KvPolicy.DSPP) {
             o.put("sinks", String.valueOf(rnd.nextInt(5)));

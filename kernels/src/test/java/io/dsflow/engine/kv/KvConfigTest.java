@@ -24,6 +24,21 @@ class KvConfigTest {
         assertEquals(16, ds.labelBits());
     }
 
+    /**
+     * A label row's bytes at each width: its values (fp16; int8; int4 two a byte, a row of odd r padded to a whole
+     * byte, as the CUDA cache lays them out) and, for 8- and 4-bit, the row's fp16 scale.
+     */
+    @Test
+    void labelRowBytesCountValuesPackedAndTheScale() {
+        int[][] want = {{16, 13, 26, 26}, {16, 16, 32, 32}, {8, 13, 13, 15}, {8, 16, 16, 18}, {4, 13, 7, 9},
+                {4, 16, 8, 10}, {4, 1, 1, 3}};   // bits, r, value bytes, row bytes
+        for (int[] w : want) {
+            KvConfig kv = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("label-bits", Integer.toString(w[0])));
+            assertEquals(w[2], kv.labelValueBytes(w[1]), w[0] + "-bit values of r = " + w[1]);
+            assertEquals(w[3], kv.labelRowBytes(w[1]), w[0] + "-bit row of r = " + w[1]);
+        }
+    }
+
     @Test
     void placementIsAnOptionOfTheSparsePolicies() {
         KvConfig host = KvConfig.defaults(KvPolicy.DSPP).with(Map.of("placement", "host", "gqa", "mean"));
