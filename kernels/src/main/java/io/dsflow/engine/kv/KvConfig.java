@@ -109,11 +109,12 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
      */
     public static KvConfig defaults(KvPolicy policy) {
         boolean pp = policy == KvPolicy.DSPP;
-        // dspp: one selection a kv head (the maximum of its heads' label scores) over 8-bit labels, so a step reads a
-        // sixteenth of a kv head's rows and labels at 18 bytes a row; on the probe models it answers within one sample
+        // dspp: one selection a kv head (the maximum of its heads' label scores) over 4-bit labels, so a step reads a
+        // sixteenth of a kv head's rows and labels at 10 bytes a row; on the probe models it answers within one sample
         // of dense where per-head selections over 16-bit labels read four times the rows (docs/results/
-        // eval-cpu-2026-12-07-s18.txt, bench-h100-2026-12-07-s18.txt)
-        return new KvConfig(policy, 0, pp ? 8 : 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
+        // eval-cpu-2026-12-07-s18.txt), and as 8-bit labels do (eval-cpu-2026-12-07-s19.txt; the GPU eval,
+        // bench-h100-2026-12-07-s21.txt), 3-6% faster at 8-64 rows a step than 8-bit ones (the same calls)
+        return new KvConfig(policy, 0, pp ? 4 : 16, pp ? 4 : 0, pp ? 64 : 0, pp ? 1.0 : 0.0, 1.0 / 16, 64, 8, 2,
                 ChannelSource.QK, pp ? GqaSelection.MAX : GqaSelection.PER_HEAD, 0, Placement.DEVICE, false,
                 pp ? 1024 : 0, 1, 0);
     }

@@ -294,13 +294,13 @@ class CudaModelTest {
                     for (io.dsflow.engine.kv.KvConfig kv : List.of(io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS),
                             selectingDspp().with(java.util.Map.of("gqa", "per_head", "label-bits", "16")),
                             selectingDspp().with(java.util.Map.of("gqa", "per_head")),
-                            selectingDspp(),   // the default: shared by the group (max), 8-bit labels
+                            selectingDspp(),   // the default: shared by the group (max), 4-bit labels
+                            selectingDspp().with(java.util.Map.of("label-bits", "8")),
                             io.dsflow.engine.kv.KvConfig.defaults(KvPolicy.DS).with(java.util.Map.of("gqa", "mean")),
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group")),
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group", "label-bits", "8")),
-                            selectingDspp().with(java.util.Map.of("label-bits", "4")),   // max over 4-bit labels
                             selectingDspp().with(java.util.Map.of("gqa", "mean",
                                     "channels", "qk-group", "label-bits", "4")))) {
                         int[] want = cpu.generate(prompt, SamplingParams.greedy(8), kv).tokenIds();

@@ -12,14 +12,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 class KvConfigTest {
     /**
-     * dspp's default (issue 25): one selection a kv head from the maximum of its heads' label scores, over 8-bit labels
+     * dspp's default (issue 25): one selection a kv head from the maximum of its heads' label scores, over 4-bit labels
      * on per-head channels; ds keeps Double Sparsity's per-head selections over 16-bit labels.
      */
     @Test
-    void dsppSelectsOnceAKvHeadOverEightBitLabelsAndDsPerHeadOverSixteen() {
+    void dsppSelectsOnceAKvHeadOverFourBitLabelsAndDsPerHeadOverSixteen() {
         KvConfig dspp = KvConfig.defaults(KvPolicy.DSPP), ds = KvConfig.defaults(KvPolicy.DS);
         assertEquals(KvConfig.GqaSelection.MAX, dspp.gqaSelection());
-        assertEquals(8, dspp.labelBits());
+        assertEquals(4, dspp.labelBits());
         assertEquals(KvConfig.GqaSelection.PER_HEAD, ds.gqaSelection());
         assertEquals(16, ds.labelBits());
     }
