@@ -368,11 +368,13 @@ public final class BenchCommand {
 
     /**
      * Untimed decode steps before the first row: half a second at batch 1 (1K context, dense), then for each policy a
-     * third of a second at the largest batch (2K context or the shortest asked for, whichever is less: the largest
-     * batch must fit at it; fresh caches every CACHE_STEPS so none grows). Without the
+     * second and a half at the largest batch, up to 480 steps (2K context or the shortest asked for, whichever is less:
+     * the largest batch must fit at it; fresh caches every CACHE_STEPS so none grows). Without the
      * first, the first row ran on a cold GPU clock and JIT and measured 2-4% below the same configuration later in the
      * run; without the second, each policy's host path (the step's metadata) ran partly interpreted in its first rows
-     * (up to a millisecond a step, against 50-360 us once compiled).
+     * (up to a millisecond a step, against 50-360 us once compiled); a third of a second left dspp's host path at 64
+     * rows 1.9-2.2 ms a step in its first row against 0.6-0.7 in the rows after (H100, session 21: about a hundred
+     * steps of 64 rows compile it).
      */
     private static void warmUp(CudaBackend b, List<io.dsflow.engine.probe.Eval.Policy> policies, int batch,
                                int shortestContext) {
@@ -380,7 +382,7 @@ public final class BenchCommand {
         untimedSteps(b, KvConfig.DENSE, 1, ctx, 256, 500_000_000L);
         ctx = Math.min(Math.min(2048, shortestContext), b.config().maxPositions() / 2);
         for (io.dsflow.engine.probe.Eval.Policy policy : policies) {
-            untimedSteps(b, policy.kv(), batch, ctx, 160, 330_000_000L);
+            untimedSteps(b, policy.kv(), batch, ctx, 480, 1_500_000_000L);
         }
     }
 
