@@ -112,8 +112,12 @@ public final class EvalCommand {
         return b.isEmpty() ? "-" : b.toString();
     }
 
-    /** "0.41/0.58/0.72": the modelled device row cache's hit rate at each size, "-" where nothing selected twice. */
+    /**
+     * "0.41/0.58/0.72": the modelled device row cache's hit rate at each size, "-" where nothing selected twice; "gpu
+     * 0.52": a GPU's own row cache (the policy's row-cache F), measured.
+     */
     private static String rowCacheHits(Eval.Cell c) {
+        if (c.deviceRowsAsked > 0) return String.format(Locale.ROOT, "gpu %.2f", c.deviceRowCacheHitRate());
         StringBuilder b = new StringBuilder();
         for (int f = 0; f < c.rowCacheAsked.length; f++) {
             double v = c.rowCacheHitRate(f);
@@ -151,6 +155,7 @@ public final class EvalCommand {
             for (int f = 0; f < c.rowCacheAsked.length; f++) {
                 putMetric(hits, AttentionObserver.ROW_CACHE_FACTORS.get(f) + "x", c.rowCacheHitRate(f));
             }
+            putMetric(o, "device_row_cache_hit_rate", c.deviceRowCacheHitRate());
             ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
             ArrayNode reselectedPerLayer = o.putArray("reselected_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {

@@ -99,6 +99,15 @@ public interface Backend extends AutoCloseable {
         return -1;
     }
 
+    /**
+     * Rows the device row caches (KvConfig#rowCache) were asked for since the last call and rows they missed, {asked,
+     * missed} (the counters start again at zero); null where the backend keeps none (the CPU keeps every row where it
+     * reads it).
+     */
+    default long[] takeRowCacheCounts() {
+        return null;
+    }
+
     @Override
     void close();
 }

@@ -696,6 +696,12 @@ public final class CudaBackend implements Backend {
         return new RowCacheStats(v[0], v[1]);
     }
 
+    @Override
+    public long[] takeRowCacheCounts() {
+        RowCacheStats s = takeRowCacheStats();
+        return new long[]{s.asked(), s.missed()};
+    }
+
     /**
      * Rows (a kv head's key and value each) a step's row caches were asked for and missed.
      *

@@ -51,6 +51,8 @@ public final class Eval {
          */
         public long[] rowCacheAsked = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
         public long[] rowCacheHits = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
+        /** A policy with a device row cache (KvConfig#rowCache) on a GPU: the rows its steps asked of it and missed. */
+        public long deviceRowsAsked, deviceRowsMissed;
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
         /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
         public boolean unobserved;
@@ -114,6 +116,10 @@ public final class Eval {
         }
 
         /** The modelled row cache's hit rate at size ROW_CACHE_FACTORS.get(factor); NaN where none was asked. */
+        public double deviceRowCacheHitRate() {
+            return deviceRowsAsked == 0 ? Double.NaN : 1 - deviceRowsMissed / (double) deviceRowsAsked;
+        }
+
         public double rowCacheHitRate(int factor) {
             return rowCacheAsked[factor] == 0 ? Double.NaN : rowCacheHits[factor] / (double) rowCacheAsked[factor];
         }
@@ -216,6 +222,7 @@ public final class Eval {
                 }
             });
         }
+        boolean rowCache = kv.rowCache() > 0 && engine.backend().takeRowCacheCounts() != null;   // (from zero)
         float[] logits = null;
         for (int t : question) logits = engine.decode(List.of(seq), new int[]{t})[0];
         // " 58213." is a space, one token per digit and a period: read the digits greedily
@@ -226,6 +233,11 @@ public final class Eval {
         }
         String text = engine.tokenizer().decode(out).trim();
         boolean ok = text.startsWith(expected) && (text.length() == expected.length() || !Character.isDigit(text.charAt(expected.length())));
+        if (rowCache) {
+            long[] counts = engine.backend().takeRowCacheCounts();
+            cell.deviceRowsAsked += counts[0];
+            cell.deviceRowsMissed += counts[1];
+        }
         cell.samples++;
         if (ok) cell.correct++;
         cell.bytes = cell.bytes.plus(seq.cache().bytes());
