@@ -245,6 +245,11 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         Admission.Budget cache = admission.cacheBudget();
         g.gauge("kv_cache_bytes", cache::total);
         g.gauge("kv_cache_usage", () -> cache.limit() == 0 ? 0.0 : cache.total() / (double) cache.limit());
+        // the device row caches of host-placed conversations (row-cache=F): rows asked, missed (each over the host
+        // link), and the share held since the subtask started (NaN before any was asked, or on the CPU)
+        g.gauge("row_cache_rows_asked", () -> rowCaches().asked());
+        g.gauge("row_cache_rows_missed", () -> rowCaches().missed());
+        g.gauge("row_cache_hit_rate", () -> rowCaches().hitRate());
         historyPrefills = getRuntimeContext().getLongCounter(HISTORY_PREFILLS);
         prefilledTokens = getRuntimeContext().getLongCounter(PREFILLED_TOKENS);
         cacheEvictions = getRuntimeContext().getLongCounter(CACHE_EVICTIONS);
@@ -267,6 +272,10 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
                 tokensPerSecond.markEvent();
             }
         };
+    }
+
+    private RowCacheMeter.Totals rowCaches() {
+        return engineThread == null ? RowCacheMeter.Totals.NONE : engineThread.rowCaches();
     }
 
     /** What the engine's latest step fed the model (nothing before the engine thread exists). */

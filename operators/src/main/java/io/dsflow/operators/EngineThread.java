@@ -69,6 +69,8 @@ final class EngineThread implements AutoCloseable {
     private final Thread thread;
     private volatile boolean running;
     private volatile BatchScheduler.StepStats lastStep = BatchScheduler.StepStats.NONE;
+    private final RowCacheMeter rowCaches;
+    private RowCacheMeter.Totals loggedRowCaches = RowCacheMeter.Totals.NONE;
     private long lastHistoryPrefills, lastPrefilledTokens;
     /** The steps since the last hand-over (Steps). */
     private long stepsRun, decodeRowsRun, tokensRun;
@@ -85,6 +87,7 @@ final class EngineThread implements AutoCloseable {
     EngineThread(Engine engine, int prefillTokens, int maxRunning, MailboxExecutor mailbox, Results results,
                  String name) {
         this.scheduler = new BatchScheduler(engine, prefillTokens, maxRunning);
+        this.rowCaches = new RowCacheMeter(engine.backend());
         this.mailbox = mailbox;
         this.results = results;
         this.thread = new Thread(this::run, name);
@@ -154,21 +157,31 @@ final class EngineThread implements AutoCloseable {
         return lastStep;
     }
 
+    /** The subtask's device row caches (the operator's metrics read them from the task thread). */
+    RowCacheMeter.Totals rowCaches() {
+        return rowCaches.totals();
+    }
+
     /** Keeps the step's figures; once a minute, one log line of the batches the engine ran. */
     private void stepped(BatchScheduler.StepStats s) {
         lastStep = s;
+        long now = System.nanoTime();
+        rowCaches.afterStep(now);
         stepsRun++;
         decodeRowsRun += s.decodeRows();
         tokensRun += s.tokens();
         steps++;
         rows += s.decodeRows() + s.prefillPrompts();
         tokens += s.tokens();
-        long now = System.nanoTime();
         if (now - loggedAt < LOG_NANOS) return;
+        RowCacheMeter.Totals rc = rowCaches.totals();
+        long asked = rc.asked() - loggedRowCaches.asked(), missed = rc.missed() - loggedRowCaches.missed();
+        loggedRowCaches = rc;
         LOG.info(String.format(java.util.Locale.ROOT, "%s: %d steps in %.0f s (%.1f s idle), %.1f rows and %.1f"
-                        + " tokens a step, %d requests running, %d waiting", thread.getName(), steps,
+                        + " tokens a step, %d requests running, %d waiting%s", thread.getName(), steps,
                 (now - loggedAt) / 1e9, idleNanos / 1e9, rows / (double) steps, tokens / (double) steps,
-                scheduler.activeCount(), s.waiting()));
+                scheduler.activeCount(), s.waiting(), asked == 0 ? "" : String.format(java.util.Locale.ROOT,
+                        "; row caches held %.1f%% of %d rows asked", 100 - 100.0 * missed / asked, asked)));
         loggedAt = now;
         steps = rows = tokens = idleNanos = 0;
     }
