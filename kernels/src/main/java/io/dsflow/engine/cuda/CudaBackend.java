@@ -124,6 +124,13 @@ public final class CudaBackend implements Backend {
         if (channels == null) {
             throw new DsflowException("kv policy " + config.policy().id() + " needs calibrated channels");
         }
+        int group = c.numHeads() / c.numKvHeads();
+        if (config.rowCache() > 0 && !(CudaOps.hasSparseGroupAttention(gpu, c.headDim(), 1)
+                && CudaOps.hasSparseGroupAttention(gpu, c.headDim(), group))) {
+            // row_cache_serve gives the group's first head the places, which the group kernels read for the group
+            throw new DsflowException("row-cache is not built on cuda for head_dim " + c.headDim() + " with " + group
+                    + " query heads a kv head (its grouped sparse attention is not in this build)");
+        }
         prepare(config);
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
@@ -174,15 +181,21 @@ public final class CudaBackend implements Backend {
 
     /**
      * Device bytes of a host-placed cache's row cache (CudaRowCache) at {@code tokens} tokens: each sparse layer's
-     * places for F times the rows a step of that length selects (a budget that fell since, as the dense-until floor's
-     * does past T0, leaves the places it grew to: the shortest selecting contexts may hold more) and its slots' places.
+     * places for F times the most rows a step selects, at that length or at the dense-until edge (the ring keeps the
+     * places it grew to while the floor T0^2 / T fell), and its slots' places.
      */
     private long rowCacheBytes(KvConfig kv, long tokens, long cap) {
-        SparseStepPolicy.LayerStep[] steps = new SparseStepPolicy(kv, c.numLayers()).step(1, tokens);
+        SparseStepPolicy policy = new SparseStepPolicy(kv, c.numLayers());
+        int[] rows = new int[c.numLayers()];
+        // the rows a step selects at this length, and at the dense-until edge, where the floor T0^2 / T peaks
+        for (long t : new long[]{tokens, Math.min(tokens, kv.denseUntil() + 1L)}) {
+            SparseStepPolicy.LayerStep[] steps = policy.step(1, t);
+            for (int l = 0; l < rows.length; l++) if (steps[l].selects()) rows[l] = Math.max(rows[l], steps[l].kept());
+        }
         long bytes = 0;
         for (int l = 0; l < c.numLayers(); l++) {
-            if (!steps[l].selects()) continue;
-            int places = RowCache.places(kv.rowCache(), steps[l].kept());
+            if (rows[l] == 0) continue;
+            int places = RowCache.places(kv.rowCache(), rows[l]);
             places = Math.min(RowCacheKernels.MAX_PLACES, (places + CudaRowCache.GRANULE - 1) / CudaRowCache.GRANULE
                     * CudaRowCache.GRANULE);
             bytes += 2 * CudaRuntime.sizeClass((long) places * c.kvDim() * 2)

@@ -20,7 +20,9 @@ import static jcuda.driver.JCudaDriver.cuMemsetD32;
  * </pre>
  * The kernel grows each ring to F times the rows a step selects within the places allocated; before each step the
  * planner has the allocation hold that many ({@link #ensurePlaces}), growing it by whole {@link #GRANULE}s (a copy:
- * places keep their indices, the new ones empty). Made empty; freed by {@link #run()} (its cache's cleaner).
+ * places keep their indices, the new ones empty). Made empty; freed by {@link #run()} (its cache's cleaner). Its
+ * copies and fills run on the legacy default stream between steps, ordered after the step before because the runtime's
+ * streams are blocking ones (CudaRuntime), as the cache's own growth is.
  */
 final class CudaRowCache implements Runnable {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(CudaRowCache.class);
@@ -54,10 +56,15 @@ final class CudaRowCache implements Runnable {
         placeOf = new CUdeviceptr[layers];
         places = new int[layers];
         slots = capacity;
-        for (int l = 0; l < layers; l++) {
-            if (!hostLayers[l]) continue;
-            placeOf[l] = gpu.alloc(placeOfBytes(capacity));
-            cuMemsetD32(placeOf[l], -1, (long) capacity * kvHeads);
+        try {
+            for (int l = 0; l < layers; l++) {
+                if (!hostLayers[l]) continue;
+                placeOf[l] = gpu.alloc(placeOfBytes(capacity));
+                cuMemsetD32(placeOf[l], -1, (long) capacity * kvHeads);
+            }
+        } catch (RuntimeException e) {   // (out of device memory) the tables made so far go back
+            run();
+            throw e;
         }
     }
 
@@ -95,7 +102,16 @@ final class CudaRowCache implements Runnable {
         }
         if (need <= places[layer]) return true;
         int n = Math.min(RowCacheKernels.MAX_PLACES, (need + GRANULE - 1) / GRANULE * GRANULE), old = places[layer];
-        CUdeviceptr k = gpu.alloc(rowBytes(n)), v = gpu.alloc(rowBytes(n)), ix = gpu.alloc(indexBytes(n));
+        CUdeviceptr k = null, v = null, ix;
+        try {
+            k = gpu.alloc(rowBytes(n));
+            v = gpu.alloc(rowBytes(n));
+            ix = gpu.alloc(indexBytes(n));
+        } catch (RuntimeException e) {   // (out of device memory) the blocks made so far go back; the cache is as it was
+            if (k != null) gpu.free(k, rowBytes(n));
+            if (v != null) gpu.free(v, rowBytes(n));
+            throw e;
+        }
         int header = RowCacheKernels.headerInts(kvHeads);
         if (old == 0) {
             int[] h = new int[header];

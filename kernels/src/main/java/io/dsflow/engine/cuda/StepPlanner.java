@@ -331,7 +331,8 @@ final class StepPlanner {
      * The selection runs of a step: each decode row ({@code rowsOf[0 .. decodeRows)}, its segment {@code
      * segmentOf[row]} feeding {@code segmentRows[s]} rows) in each layer, dense or selecting as its cache's step
      * policy says, and the selecting rows of a layer in three runs: look-ahead rows staged from host memory (shared
-     * selections of host-placed stores), other look-ahead rows, rows selecting on the main stream.
+     * selections of host-placed stores that no device row cache serves), other look-ahead rows, rows selecting on the
+     * main stream.
      */
     SelectionRuns selectionRuns(List<? extends PlannedCache> caches, int[] segmentRows, int[] rowsOf, int decodeRows,
                                 int[] segmentOf) {
@@ -463,6 +464,11 @@ final class StepPlanner {
             // the selected rows' attention in blocks of GQA_WARPS warps where this build has the kernels for the step
             groupAttention = CudaOps.hasSparseGroupAttention(gpu, hd, 1)
                     && (!all.shared() || CudaOps.hasSparseGroupAttention(gpu, hd, group));
+            // row_cache_serve rewrites a shared selection at the group's first head, which only the group kernels read
+            // for every head of the group (CudaBackend#newCache refuses a row cache where they are not built)
+            if (anyServed && !groupAttention) {
+                throw new IllegalStateException("rows served from a row cache need the grouped sparse attention");
+            }
             int splitSlots = (groupAttention ? CudaOps.GQA_WARPS : 1) * 32;
             maxSlots = runs.maxSinksWindow() + maxK;
             int sparseSplits = (maxSlots + splitSlots - 1) / splitSlots;

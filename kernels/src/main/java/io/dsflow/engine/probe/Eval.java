@@ -115,11 +115,12 @@ public final class Eval {
             return n == 0 ? Double.NaN : s / n;
         }
 
-        /** The modelled row cache's hit rate at size ROW_CACHE_FACTORS.get(factor); NaN where none was asked. */
+        /** The GPU's own row cache's hit rate (a row-cache policy on a GPU); NaN where none was asked. */
         public double deviceRowCacheHitRate() {
             return deviceRowsAsked == 0 ? Double.NaN : 1 - deviceRowsMissed / (double) deviceRowsAsked;
         }
 
+        /** The modelled row cache's hit rate at size ROW_CACHE_FACTORS.get(factor); NaN where none was asked. */
         public double rowCacheHitRate(int factor) {
             return rowCacheAsked[factor] == 0 ? Double.NaN : rowCacheHits[factor] / (double) rowCacheAsked[factor];
         }
