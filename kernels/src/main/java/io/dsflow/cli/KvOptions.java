@@ -12,16 +12,17 @@ import java.util.Set;
 /**
  * The KV cache options every engine command takes (docs/algorithm.md): {@code --r --label-bits --sinks --window
  * --lambda --rho --k-floor --k-min --dense-layers --channels qk|q|k|qk-group --gqa per_head|max|mean|union --capacity
- * --placement device|host --lookahead on|off --lookahead-rerank F --dense-until T} and
+ * --placement device|host --row-cache F --lookahead on|off --lookahead-rerank F --dense-until T} and
  * {@code --channel-file FILE}. A request's {@code kv} field takes the same names.
  */
 public final class KvOptions {
     static final Set<String> NAMES = Set.of("r", "label-bits", "sinks", "window", "lambda", "rho", "k-floor", "k-min",
-            "dense-layers", "channels", "gqa", "capacity", "placement", "lookahead", "dense-until", "lookahead-rerank",
-            "channel-file");
+            "dense-layers", "channels", "gqa", "capacity", "placement", "row-cache", "lookahead", "dense-until",
+            "lookahead-rerank", "channel-file");
     public static final String USAGE = "[--r R] [--label-bits 16|8|4] [--sinks S] [--window W] [--lambda L]"
             + " [--rho 1/16] [--k-floor K] [--k-min K] [--dense-layers N] [--channels qk|q|k|qk-group]"
-            + " [--gqa per_head|max|mean|union] [--capacity C] [--placement device|host] [--lookahead on|off]"
+            + " [--gqa per_head|max|mean|union] [--capacity C] [--placement device|host] [--row-cache F]"
+            + " [--lookahead on|off]"
             + " [--lookahead-rerank F] [--dense-until T] [--channel-file FILE]";
 
     private KvOptions() {
