@@ -696,17 +696,20 @@ public final class CudaBackend implements Backend {
 
     /**
      * Rows asked of the sequences' device row caches (KvConfig#rowCache) since the last call, and rows they missed
-     * (copied over the host link): a kv head's row each; the counters start again at zero. Waits for the device.
+     * (copied over the host link): a kv head's row each, a step too large for the kernel's rows all missed (read from
+     * host memory); the counters start again at zero. Waits for the device.
      */
     public RowCacheStats takeRowCacheStats() {
         gpu.makeCurrent();
+        long unserved = planner.takeUnservedRows();
         CUdeviceptr stats = workspace.getIfSized(Buffer.ROW_CACHE_STATS);
-        if (stats == null) return new RowCacheStats(0, 0);
-        gpu.synchronize();
         long[] v = new long[2];
-        jcuda.driver.JCudaDriver.cuMemcpyDtoH(jcuda.Pointer.to(v), stats, 16);
-        jcuda.driver.JCudaDriver.cuMemsetD32(stats, 0, 4);
-        return new RowCacheStats(v[0], v[1]);
+        if (stats != null) {
+            gpu.synchronize();
+            jcuda.driver.JCudaDriver.cuMemcpyDtoH(jcuda.Pointer.to(v), stats, 16);
+            jcuda.driver.JCudaDriver.cuMemsetD32(stats, 0, 4);
+        }
+        return new RowCacheStats(v[0] + unserved, v[1] + unserved);
     }
 
     @Override

@@ -306,6 +306,11 @@ public final class CudaKvCache implements KvCache, StepPlanner.PlannedCache {
         return rc != null && rc.has(layer) && rc.ensurePlaces(layer, rows);
     }
 
+    @Override
+    public boolean keepsRowCache() {
+        return buffers.rowCache != null;
+    }
+
     /** The device cache of selected rows (host placement with a row cache), else null. */
     CudaRowCache rowCache() {
         return buffers.rowCache;

@@ -38,11 +38,20 @@ final class StepPlanner {
         }
     };
     private boolean denseFallback = true;
+    /** Rows (a kv head's each) of row-cached sequences read from host memory since the last take: steps too large. */
+    private long unservedRows;
 
     StepPlanner(CudaRuntime gpu, ModelConfig c, Workspace workspace) {
         this.gpu = gpu;
         this.c = c;
         this.workspace = workspace;
+    }
+
+    /** Rows of row-cached sequences' steps read from host memory since the last call (too large to serve). */
+    long takeUnservedRows() {
+        long n = unservedRows;
+        unservedRows = 0;
+        return n;
     }
 
     /** Tests: a layer whose candidates all fit its budget selects them all instead of attending densely. */
@@ -325,6 +334,11 @@ final class StepPlanner {
         default boolean servesRows(int layer, int rows) {
             return false;
         }
+
+        /** Whether this cache keeps a device row cache (whether or not it can serve a given step). */
+        default boolean keepsRowCache() {
+            return false;
+        }
     }
 
     /**
@@ -336,7 +350,7 @@ final class StepPlanner {
      */
     SelectionRuns selectionRuns(List<? extends PlannedCache> caches, int[] segmentRows, int[] rowsOf, int decodeRows,
                                 int[] segmentOf) {
-        int layers = c.numLayers(), stride = Math.max(1, decodeRows), nseg = caches.size();
+        int layers = c.numLayers(), stride = Math.max(1, decodeRows), nseg = caches.size(), kvHeads = c.numKvHeads();
         int[] denseCount = new int[layers], selectCount = new int[layers], denseRows = new int[layers * stride];
         int[] descriptors = new int[layers * stride * SparseRowDescriptor.FIELDS];
         int[] selectRows = new int[layers * stride];
@@ -370,6 +384,8 @@ final class StepPlanner {
                 // a host store's shared selection is served from the device row cache where the sequence keeps one
                 // (and its places hold the step), else staged on the side stream (look-ahead) or read over the link
                 boolean serves = host && shared && cache.servesRows(l, step.kept());
+                // a row cache's step too large for its kernel reads its rows over the link: all of them misses
+                if (!serves && host && shared && cache.keepsRowCache()) unservedRows += (long) step.kept() * kvHeads;
                 int run = !step.selectsAhead() ? 2 : host && shared && !serves ? 0 : 1;
                 boolean readsHost = host && !serves && run != 0;   // a staged row's are read from the device
                 if (serves) {
