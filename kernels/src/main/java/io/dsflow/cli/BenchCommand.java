@@ -282,13 +282,13 @@ public final class BenchCommand {
             int untimed = Math.max(3, Math.min(UNTIMED_STEPS, CudaBenchCaches.SPARE_SLOTS - 8 - steps));
             for (int s = 0; s < untimed; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + s));
             gpu.synchronize();
-            b.takeRowCacheStats();   // the timed steps' own
+            b.takeRowCacheCounts();   // the timed steps' own
             b.resetHostTime();
             long start = System.nanoTime();
             for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
             gpu.synchronize();
             long end = System.nanoTime();
-            CudaBackend.RowCacheStats rows = b.takeRowCacheStats();
+            io.dsflow.engine.RowCacheCounts rows = b.takeRowCacheCounts();
             // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
             // ds at every power of two) runs uncaptured and the next captures its graph; the steady state does
             // neither, so the capture's host time, during which the device idles, is left out (and said in the

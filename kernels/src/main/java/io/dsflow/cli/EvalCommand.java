@@ -117,7 +117,9 @@ public final class EvalCommand {
      * 0.52": a GPU's own row cache (the policy's row-cache F), measured.
      */
     private static String rowCacheHits(Eval.Cell c) {
-        if (c.deviceRowsAsked > 0) return String.format(Locale.ROOT, "gpu %.2f", c.deviceRowCacheHitRate());
+        if (c.deviceRowCache.asked() > 0) {
+            return String.format(Locale.ROOT, "gpu %.2f", c.deviceRowCache.hitRate());
+        }
         StringBuilder b = new StringBuilder();
         for (int f = 0; f < c.rowCacheAsked.length; f++) {
             double v = c.rowCacheHitRate(f);
@@ -155,7 +157,7 @@ public final class EvalCommand {
             for (int f = 0; f < c.rowCacheAsked.length; f++) {
                 putMetric(hits, AttentionObserver.ROW_CACHE_FACTORS.get(f) + "x", c.rowCacheHitRate(f));
             }
-            putMetric(o, "device_row_cache_hit_rate", c.deviceRowCacheHitRate());
+            putMetric(o, "device_row_cache_hit_rate", c.deviceRowCache.hitRate());
             ArrayNode perLayer = o.putArray("mass_recall_per_layer"), indexPerLayer = o.putArray("index_recall_per_layer");
             ArrayNode reselectedPerLayer = o.putArray("reselected_per_layer");
             for (int l = 0; l < c.headSteps.length; l++) {

@@ -100,11 +100,10 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
-     * Rows the device row caches (KvConfig#rowCache) were asked for since the last call and rows they missed, {asked,
-     * missed} (the counters start again at zero); null where the backend keeps none (the CPU keeps every row where it
-     * reads it).
+     * Rows the device row caches (KvConfig#rowCache) were asked for since the last call and rows they missed (the
+     * counters start again at zero); null where the backend keeps none (the CPU keeps every row where it reads it).
      */
-    default long[] takeRowCacheCounts() {
+    default RowCacheCounts takeRowCacheCounts() {
         return null;
     }
 

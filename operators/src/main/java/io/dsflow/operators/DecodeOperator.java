@@ -5,6 +5,7 @@ import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.FinishReason;
 import io.dsflow.engine.InvalidRequestException;
+import io.dsflow.engine.RowCacheCounts;
 import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.KvConfig;
 import org.apache.flink.api.common.accumulators.LongCounter;
@@ -274,8 +275,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         };
     }
 
-    private RowCacheMeter.Totals rowCaches() {
-        return engineThread == null ? RowCacheMeter.Totals.NONE : engineThread.rowCaches();
+    private RowCacheCounts rowCaches() {
+        return engineThread == null ? RowCacheCounts.NONE : engineThread.rowCaches();
     }
 
     /** What the engine's latest step fed the model (nothing before the engine thread exists). */

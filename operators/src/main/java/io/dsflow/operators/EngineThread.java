@@ -4,6 +4,7 @@ import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
 import io.dsflow.engine.FinishReason;
+import io.dsflow.engine.RowCacheCounts;
 import org.apache.flink.api.common.operators.MailboxExecutor;
 import org.apache.flink.util.function.ThrowingRunnable;
 
@@ -70,7 +71,7 @@ final class EngineThread implements AutoCloseable {
     private volatile boolean running;
     private volatile BatchScheduler.StepStats lastStep = BatchScheduler.StepStats.NONE;
     private final RowCacheMeter rowCaches;
-    private RowCacheMeter.Totals loggedRowCaches = RowCacheMeter.Totals.NONE;
+    private RowCacheCounts loggedRowCaches = RowCacheCounts.NONE;
     private long lastHistoryPrefills, lastPrefilledTokens;
     /** The steps since the last hand-over (Steps). */
     private long stepsRun, decodeRowsRun, tokensRun;
@@ -158,7 +159,7 @@ final class EngineThread implements AutoCloseable {
     }
 
     /** The subtask's device row caches (the operator's metrics read them from the task thread). */
-    RowCacheMeter.Totals rowCaches() {
+    RowCacheCounts rowCaches() {
         return rowCaches.totals();
     }
 
@@ -174,14 +175,13 @@ final class EngineThread implements AutoCloseable {
         rows += s.decodeRows() + s.prefillPrompts();
         tokens += s.tokens();
         if (now - loggedAt < LOG_NANOS) return;
-        RowCacheMeter.Totals rc = rowCaches.totals();
-        long asked = rc.asked() - loggedRowCaches.asked(), missed = rc.missed() - loggedRowCaches.missed();
+        RowCacheCounts rc = rowCaches.totals(), minute = rc.minus(loggedRowCaches);
         loggedRowCaches = rc;
         LOG.info(String.format(java.util.Locale.ROOT, "%s: %d steps in %.0f s (%.1f s idle), %.1f rows and %.1f"
                         + " tokens a step, %d requests running, %d waiting%s", thread.getName(), steps,
                 (now - loggedAt) / 1e9, idleNanos / 1e9, rows / (double) steps, tokens / (double) steps,
-                scheduler.activeCount(), s.waiting(), asked == 0 ? "" : String.format(java.util.Locale.ROOT,
-                        "; row caches held %.1f%% of %d rows asked", 100 - 100.0 * missed / asked, asked)));
+                scheduler.activeCount(), s.waiting(), minute.asked() == 0 ? "" : String.format(java.util.Locale.ROOT,
+                        "; row caches held %.1f%% of %d rows asked", 100 * minute.hitRate(), minute.asked())));
         loggedAt = now;
         steps = rows = tokens = idleNanos = 0;
     }

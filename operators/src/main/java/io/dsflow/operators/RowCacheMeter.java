@@ -1,6 +1,7 @@
 package io.dsflow.operators;
 
 import io.dsflow.engine.Backend;
+import io.dsflow.engine.RowCacheCounts;
 
 /**
  * A decode subtask's tally of its device row caches (KvConfig#rowCache, issue 26): the rows their selections asked for
@@ -12,18 +13,9 @@ final class RowCacheMeter {
     /** How often the engine thread reads the backend's counters. */
     static final long READ_NANOS = 1_000_000_000L;
 
-    /** Totals since the subtask started. */
-    record Totals(long asked, long missed) {
-        static final Totals NONE = new Totals(0, 0);
-
-        /** Share of the rows asked that the caches held, NaN before any was asked. */
-        double hitRate() {
-            return asked == 0 ? Double.NaN : 1 - missed / (double) asked;
-        }
-    }
-
     private final Backend backend;
-    private volatile Totals totals = Totals.NONE;
+    /** Totals since the subtask started. */
+    private volatile RowCacheCounts totals = RowCacheCounts.NONE;
     private long readAt;
     private boolean read, none;
 
@@ -36,15 +28,15 @@ final class RowCacheMeter {
         if (none || read && now - readAt < READ_NANOS) return;
         read = true;
         readAt = now;
-        long[] counts = backend.takeRowCacheCounts();
+        RowCacheCounts counts = backend.takeRowCacheCounts();
         if (counts == null) {
             none = true;
             return;
         }
-        if (counts[0] > 0) totals = new Totals(totals.asked() + counts[0], totals.missed() + counts[1]);
+        if (counts.asked() > 0) totals = totals.plus(counts);
     }
 
-    Totals totals() {
+    RowCacheCounts totals() {
         return totals;
     }
 }

@@ -2,6 +2,7 @@ package io.dsflow.operators;
 
 import io.dsflow.engine.Backend;
 import io.dsflow.engine.Batch;
+import io.dsflow.engine.RowCacheCounts;
 import io.dsflow.engine.kv.CalibrationStatistics;
 import io.dsflow.engine.kv.ChannelConfig;
 import io.dsflow.engine.kv.KvCache;
@@ -23,14 +24,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class RowCacheMeterTest {
     /** A backend whose row caches report the queued counts, one set a read. */
     private static final class Counting implements Backend {
-        final Deque<long[]> counts = new ArrayDeque<>();
+        final Deque<RowCacheCounts> counts = new ArrayDeque<>();
         int reads;
         boolean keepsNone;
 
         @Override
-        public long[] takeRowCacheCounts() {
+        public RowCacheCounts takeRowCacheCounts() {
             reads++;
-            return keepsNone ? null : counts.isEmpty() ? new long[2] : counts.poll();
+            return keepsNone ? null : counts.isEmpty() ? RowCacheCounts.NONE : counts.poll();
         }
 
         @Override
@@ -66,20 +67,20 @@ class RowCacheMeterTest {
     @Test
     void sumsTheBackendsCountsAtMostOnceASecond() {
         Counting backend = new Counting();
-        backend.counts.add(new long[]{1000, 400});
-        backend.counts.add(new long[]{3000, 600});
+        backend.counts.add(new RowCacheCounts(1000, 400));
+        backend.counts.add(new RowCacheCounts(3000, 600));
         RowCacheMeter meter = new RowCacheMeter(backend);
         assertTrue(Double.isNaN(meter.totals().hitRate()));
         long t = 5_000_000_000L;
         meter.afterStep(t);
         meter.afterStep(t + RowCacheMeter.READ_NANOS / 2);   // too soon: not read
         assertEquals(1, backend.reads);
-        assertEquals(new RowCacheMeter.Totals(1000, 400), meter.totals());
+        assertEquals(new RowCacheCounts(1000, 400), meter.totals());
         meter.afterStep(t + RowCacheMeter.READ_NANOS);
-        assertEquals(new RowCacheMeter.Totals(4000, 1000), meter.totals());
+        assertEquals(new RowCacheCounts(4000, 1000), meter.totals());
         assertEquals(0.75, meter.totals().hitRate(), 1e-12);
         meter.afterStep(t + 2 * RowCacheMeter.READ_NANOS);   // nothing asked since: unchanged
-        assertEquals(new RowCacheMeter.Totals(4000, 1000), meter.totals());
+        assertEquals(new RowCacheCounts(4000, 1000), meter.totals());
     }
 
     @Test
@@ -89,6 +90,6 @@ class RowCacheMeterTest {
         RowCacheMeter meter = new RowCacheMeter(cpu);
         for (int i = 0; i < 5; i++) meter.afterStep(i * 2 * RowCacheMeter.READ_NANOS);
         assertEquals(1, cpu.reads);
-        assertEquals(RowCacheMeter.Totals.NONE, meter.totals());
+        assertEquals(RowCacheCounts.NONE, meter.totals());
     }
 }

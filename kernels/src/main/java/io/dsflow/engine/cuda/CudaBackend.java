@@ -3,6 +3,7 @@ package io.dsflow.engine.cuda;
 import io.dsflow.engine.Backend;
 import io.dsflow.engine.Batch;
 import io.dsflow.engine.DsflowException;
+import io.dsflow.engine.RowCacheCounts;
 import io.dsflow.engine.cuda.CudaWeights.Layer;
 import io.dsflow.engine.cuda.CudaWeights.Weight;
 import io.dsflow.engine.cuda.StepPlan.CacheTables;
@@ -195,9 +196,7 @@ public final class CudaBackend implements Backend {
         long bytes = 0;
         for (int l = 0; l < c.numLayers(); l++) {
             if (rows[l] == 0) continue;
-            int places = RowCache.places(kv.rowCache(), rows[l]);
-            places = Math.min(RowCacheKernels.MAX_PLACES, (places + CudaRowCache.GRANULE - 1) / CudaRowCache.GRANULE
-                    * CudaRowCache.GRANULE);
+            int places = CudaRowCache.allocation(RowCache.places(kv.rowCache(), rows[l]));
             bytes += 2 * CudaRuntime.sizeClass((long) places * c.kvDim() * 2)
                     + CudaRuntime.sizeClass(4 * RowCacheKernels.indexInts(c.numKvHeads(), places));
         }
@@ -699,7 +698,8 @@ public final class CudaBackend implements Backend {
      * (copied over the host link): a kv head's row each, a step too large for the kernel's rows all missed (read from
      * host memory); the counters start again at zero. Waits for the device.
      */
-    public RowCacheStats takeRowCacheStats() {
+    @Override
+    public RowCacheCounts takeRowCacheCounts() {
         gpu.makeCurrent();
         long unserved = planner.takeUnservedRows();
         CUdeviceptr stats = workspace.getIfSized(Buffer.ROW_CACHE_STATS);
@@ -709,26 +709,7 @@ public final class CudaBackend implements Backend {
             jcuda.driver.JCudaDriver.cuMemcpyDtoH(jcuda.Pointer.to(v), stats, 16);
             jcuda.driver.JCudaDriver.cuMemsetD32(stats, 0, 4);
         }
-        return new RowCacheStats(v[0] + unserved, v[1] + unserved);
-    }
-
-    @Override
-    public long[] takeRowCacheCounts() {
-        RowCacheStats s = takeRowCacheStats();
-        return new long[]{s.asked(), s.missed()};
-    }
-
-    /**
-     * Rows (a kv head's key and value each) a step's row caches were asked for and missed.
-     *
-     * @param asked  rows the selections read
-     * @param missed rows copied over the host link
-     */
-    public record RowCacheStats(long asked, long missed) {
-        /** Share of the rows asked that were held, NaN when none was asked. */
-        public double hitRate() {
-            return asked == 0 ? Double.NaN : 1 - (double) missed / asked;
-        }
+        return new RowCacheCounts(v[0] + unserved, v[1] + unserved);
     }
 
     /** Bytes of weights a decode step reads: all of them but the embedding table, of which it gathers a few rows. */

@@ -80,6 +80,11 @@ final class CudaRowCache implements Runnable {
         return 4 * RowCacheKernels.indexInts(kvHeads, n);
     }
 
+    /** Places allocated for a ring of {@code need} places: whole {@link #GRANULE}s, at most the kernel's. */
+    static int allocation(int need) {
+        return Math.min(RowCacheKernels.MAX_PLACES, (need + GRANULE - 1) / GRANULE * GRANULE);
+    }
+
     /** Whether layer {@code layer} keeps a row cache (its store is in host memory). */
     boolean has(int layer) {
         return placeOf[layer] != null;
@@ -101,7 +106,7 @@ final class CudaRowCache implements Runnable {
             return false;
         }
         if (need <= places[layer]) return true;
-        int n = Math.min(RowCacheKernels.MAX_PLACES, (need + GRANULE - 1) / GRANULE * GRANULE), old = places[layer];
+        int n = allocation(need), old = places[layer];
         CUdeviceptr k = null, v = null, ix;
         try {
             k = gpu.alloc(rowBytes(n));
@@ -172,17 +177,6 @@ final class CudaRowCache implements Runnable {
     /** Places allocated at layer {@code layer}. */
     int places(int layer) {
         return places[layer];
-    }
-
-    /** Device bytes held now. */
-    long deviceBytes() {
-        long b = 0;
-        for (int l = 0; l < placeOf.length; l++) {
-            if (placeOf[l] == null) continue;
-            b += placeOfBytes(slots);
-            if (places[l] > 0) b += 2 * rowBytes(places[l]) + indexBytes(places[l]);
-        }
-        return b;
     }
 
     private void free(int layer) {

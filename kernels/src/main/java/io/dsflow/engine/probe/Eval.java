@@ -1,6 +1,7 @@
 package io.dsflow.engine.probe;
 
 import io.dsflow.engine.Engine;
+import io.dsflow.engine.RowCacheCounts;
 import io.dsflow.engine.Sequence;
 import io.dsflow.engine.Tokenizer;
 import io.dsflow.engine.kv.AttentionObserver;
@@ -52,7 +53,7 @@ public final class Eval {
         public long[] rowCacheAsked = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
         public long[] rowCacheHits = new long[AttentionObserver.ROW_CACHE_FACTORS.size()];
         /** A policy with a device row cache (KvConfig#rowCache) on a GPU: the rows its steps asked of it and missed. */
-        public long deviceRowsAsked, deviceRowsMissed;
+        public RowCacheCounts deviceRowCache = RowCacheCounts.NONE;
         public KvBytes bytes = new KvBytes(0, 0, 0, 0);
         /** A sparse policy on a backend whose caches cannot report fidelity (the GPU): the metrics are unknown. */
         public boolean unobserved;
@@ -113,11 +114,6 @@ public final class Eval {
                 n += reselectedSteps[l];
             }
             return n == 0 ? Double.NaN : s / n;
-        }
-
-        /** The GPU's own row cache's hit rate (a row-cache policy on a GPU); NaN where none was asked. */
-        public double deviceRowCacheHitRate() {
-            return deviceRowsAsked == 0 ? Double.NaN : 1 - deviceRowsMissed / (double) deviceRowsAsked;
         }
 
         /** The modelled row cache's hit rate at size ROW_CACHE_FACTORS.get(factor); NaN where none was asked. */
@@ -235,9 +231,7 @@ public final class Eval {
         String text = engine.tokenizer().decode(out).trim();
         boolean ok = text.startsWith(expected) && (text.length() == expected.length() || !Character.isDigit(text.charAt(expected.length())));
         if (rowCache) {
-            long[] counts = engine.backend().takeRowCacheCounts();
-            cell.deviceRowsAsked += counts[0];
-            cell.deviceRowsMissed += counts[1];
+            cell.deviceRowCache = cell.deviceRowCache.plus(engine.backend().takeRowCacheCounts());
         }
         cell.samples++;
         if (ok) cell.correct++;

@@ -403,9 +403,9 @@ class CudaModelTest {
                 int[] want = e.generate(prompt, SamplingParams.greedy(24), kv).tokenIds();
                 for (String factor : List.of("1", "1.5")) {
                     io.dsflow.engine.kv.KvConfig cached = kv.with(java.util.Map.of("row-cache", factor));
-                    b.takeRowCacheStats();
+                    b.takeRowCacheCounts();
                     int[] got = e.generate(prompt, SamplingParams.greedy(24), cached).tokenIds();
-                    CudaBackend.RowCacheStats stats = b.takeRowCacheStats();
+                    io.dsflow.engine.RowCacheCounts stats = b.takeRowCacheCounts();
                     assertArrayEquals(want, got, cached.toString());
                     assertTrue(stats.asked() > 0 && stats.missed() > 0 && stats.missed() < stats.asked(),
                             cached + ": " + stats);
