@@ -48,7 +48,7 @@ final class CudaRowCache implements Runnable {
         this.kvHeads = kvHeads;
         this.kvDim = kvDim;
         this.factor = factor;
-        this.factor256 = (int) Math.round(factor * 256);
+        this.factor256 = RowCache.factor256(factor);
         int layers = hostLayers.length;
         keys = new CUdeviceptr[layers];
         values = new CUdeviceptr[layers];

@@ -31,8 +31,12 @@ public final class RowCache {
      * rounded up, as the GPU's row_cache_serve computes it in integers.
      */
     public static int places(double factor, int rows) {
-        long f = Math.round(factor * 256);
-        return (int) ((f * rows + 255) / 256);
+        return (int) (((long) factor256(factor) * rows + 255) / 256);
+    }
+
+    /** The factor F in 256ths, as both sides keep it (row_cache_serve reads it from the cache's index). */
+    public static int factor256(double factor) {
+        return (int) Math.round(factor * 256);
     }
 
     public int slots() {
