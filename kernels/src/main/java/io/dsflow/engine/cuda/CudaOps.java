@@ -271,11 +271,14 @@ final class CudaOps {
     static final int SELECT_MAX_CANDIDATES = 38 * 1024;
 
     /**
-     * Threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's
+     * Most threads of a sparse_select block on the side stream (lookahead): 1024 would take a whole multiprocessor's
      * registers from the main stream's products for the selection's length; with 512 they share it (H100, gqa=mean
      * 8-bit lookahead, batch 8 at 32K: 627.8 / 620.1 tokens/s against 604.6 / 604.6 with 1024, 521.7 with 256).
      */
     static final int SELECT_SIDE_THREADS = 512;
+
+    /** Threads a sparse_select block may run, most first; {@link #selectThreads} picks one. */
+    private static final int[] SELECT_THREADS = {1024, 512, 256};
 
     /**
      * Fewest candidates for which clusters of two beat one block a selection: the second block halves a long
@@ -313,9 +316,10 @@ final class CudaOps {
     static void select(CudaRuntime gpu, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels, CUdeviceptr channels,
                        CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows, int heads, int kvHeads,
                        boolean shared, int hd, int qStride, int maxCand, int maxK) {
-        int cluster = selectCluster(gpu.computeMajor() >= 9, gpu.multiprocessors(),
-                rows * (shared ? kvHeads : heads), shared, maxCand, gpu.onSideStream());
-        launchSelect(gpu, cluster, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads, hd, qStride,
+        int selections = rows * (shared ? kvHeads : heads);
+        int cluster = selectCluster(gpu.computeMajor() >= 9, gpu.multiprocessors(), selections, shared, maxCand,
+                gpu.onSideStream());
+        launchSelect(gpu, cluster, selections, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads, hd, qStride,
                 maxCand, maxK);
     }
 
@@ -331,18 +335,46 @@ final class CudaOps {
         return 1;
     }
 
-    /** {@link #select} by one block a selection ({@code cluster} 1), or clusters of 2 or {@link #SELECT_CLUSTER}. */
-    static void launchSelect(CudaRuntime gpu, int cluster, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels,
+    /**
+     * {@link #select} by one block a selection ({@code cluster} 1, threads by {@link #selectThreads}), or clusters of
+     * 2 or {@link #SELECT_CLUSTER}; {@code selections}: the blocks that select (rows x kv heads where shared).
+     */
+    static void launchSelect(CudaRuntime gpu, int cluster, int selections, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels,
                              CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
                              int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
         if (cluster > 1) {
             SelectKernels.sparseSelectCluster(gpu, cluster, rows, selected, q, labels, channels, scales, seg, desc,
                     heads, kvHeads, hd, qStride, maxK, SelectKernels.clusterTile(maxCand, cluster));
         } else {
-            int threads = gpu.onSideStream() ? SELECT_SIDE_THREADS : 1024;
+            int threads = selectThreads(gpu.multiprocessors(), selections, gpu.onSideStream(),
+                    t -> SelectKernels.sparseSelectBlocksPerMultiprocessor(gpu, t, maxCand));
             SelectKernels.sparseSelect(gpu, rows, threads, maxCand, selected, q, labels, channels, scales, seg, desc,
                     heads, kvHeads, hd, qStride, maxK);
         }
+    }
+
+    /**
+     * Threads a block of a single-block selection: the most (up to {@link #SELECT_SIDE_THREADS} on the side stream)
+     * whose blocks take the fewest waves over {@code sms} multiprocessors, {@code blocksAt} giving the blocks of that
+     * many threads a multiprocessor holds at once (registers: 64 a thread leave one block of 1,024; shared memory:
+     * the candidates' keys). A selection's top-k passes are serial, so a second wave costs nearly a whole selection
+     * again, while a quarter of the threads costs less (H100, 4-bit labels, a selection a kv head, a layer: 64 rows x
+     * 4,028 candidates 109.4 us at 1,024 threads, 84.6 at 512, 75.9 at 256; 32 x 8,124 90.2, 77.9, 135.2; 16 x 16,316
+     * 79.4, 134.2, 259.7; dev/cuda/label_select_bench.cu).
+     */
+    static int selectThreads(int sms, int selections, boolean side, java.util.function.IntUnaryOperator blocksAt) {
+        int best = 0;
+        long bestWaves = Long.MAX_VALUE;
+        for (int threads : SELECT_THREADS) {
+            if (side && threads > SELECT_SIDE_THREADS) continue;
+            long resident = (long) sms * Math.max(1, blocksAt.applyAsInt(threads));
+            long waves = (selections + resident - 1) / resident;
+            if (waves < bestWaves) {
+                best = threads;
+                bestWaves = waves;
+            }
+        }
+        return best;
     }
 
     /**

@@ -56,7 +56,8 @@ public final class SelectKernels {
     /**
      * sparse_select: sparse_scores and sparse_topk in one block per (row, head; a shared selection: the group's first
      * head), the candidates' order keys in dynamic shared memory (maxCand of them, within what a block may have).
-     * Grid (P * H), block {@code threads} (1024, fewer beside other work), dynamic shared memory 4 maxCand bytes.
+     * Grid (P * H), block {@code threads} (256, 512 or 1024: CudaOps.selectThreads), dynamic shared memory 4 maxCand
+     * bytes.
      */
     public static void sparseSelect(CudaRuntime gpu, int rows, int threads, int maxCand, CUdeviceptr selected,
                                     CUdeviceptr q, CUdeviceptr labelTable, CUdeviceptr channelTable,
@@ -64,6 +65,11 @@ public final class SelectKernels {
                                     int headDim, int qStride, int maxK) {
         gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, 4 * maxCand, selected, q, labelTable,
                 channelTable, scaleTable, seg, desc, heads, kvHeads, headDim, qStride, maxK);
+    }
+
+    /** Blocks of sparse_select of {@code threads} threads a multiprocessor holds at once (the driver's occupancy). */
+    static int sparseSelectBlocksPerMultiprocessor(CudaRuntime gpu, int threads, int maxCand) {
+        return gpu.blocksPerMultiprocessor("sparse_select", threads, 4 * maxCand);
     }
 
     /** The candidates each block of a cluster of {@code cluster} scores: its share rounded up to 32. */

@@ -150,27 +150,28 @@ class SelectKernelsTest extends KernelTestSupport {
         }
         CUdeviceptr dq = upload(q), dl = caches.labelTable(), dch = caches.channelTable();
         CUdeviceptr dsc = caches.scaleTable(), dseg = upload(seg), dsp = uploadRows(desc);
-        CUdeviceptr unfused = upload(new int[rows * heads * maxK]), fused = upload(new int[rows * heads * maxK]);
+        CUdeviceptr unfused = upload(new int[rows * heads * maxK]);
         CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
         SelectKernels.sparseScores(gpu, rows, scores, dq, dl, dch, dsc, dseg, dsp, heads, hd, qStride, maxCand);
         SelectKernels.sparseTopk(gpu, rows, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
         int[] a = downloadInts(unfused, rows * heads * maxK);
-        // the one-block kernel
-        SelectKernels.sparseSelect(gpu, rows, 1024, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads, hd,
-                qStride, maxK);
-        int[] b = downloadInts(fused, rows * heads * maxK);
         float[][] labels = caches.values();
         int[][] channels = caches.channels();
-        checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks,
-                maxK, "one block a selection");
+        // the one-block kernel at each block size CudaOps.selectThreads may choose
+        for (int threads : new int[]{1024, 512, 256}) {
+            CUdeviceptr fused = upload(new int[rows * heads * maxK]);
+            SelectKernels.sparseSelect(gpu, rows, threads, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads,
+                    hd, qStride, maxK);
+            checkSelection(a, downloadInts(fused, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q, heads,
+                    group, labelGroup, hd, qStride, sinks, maxK, "one block of " + threads + " threads a selection");
+        }
         // on Hopper the cluster kernels, of 8 blocks and of 2
         for (int cluster : gpu.computeMajor() >= 9 ? new int[]{8, 2} : new int[0]) {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
-            CudaOps.launchSelect(gpu, cluster, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads, kvHeads, hd,
-                    qStride, maxCand, maxK);
-            b = downloadInts(clustered, rows * heads * maxK);
-            checkSelection(a, b, rowsSpec, seg, segR, labels, channels, q, heads, group, labelGroup, hd, qStride, sinks,
-                    maxK, "clusters of " + cluster + " blocks");
+            CudaOps.launchSelect(gpu, cluster, rows * heads, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads,
+                    kvHeads, hd, qStride, maxCand, maxK);
+            checkSelection(a, downloadInts(clustered, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q,
+                    heads, group, labelGroup, hd, qStride, sinks, maxK, "clusters of " + cluster + " blocks");
         }
     }
 

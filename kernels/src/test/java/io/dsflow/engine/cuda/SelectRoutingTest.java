@@ -5,9 +5,9 @@ import org.junit.jupiter.api.Test;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
 /**
- * Which selection kernel CudaOps.select launches at the decode shapes the bench measures (no GPU needed): the choices
- * measured fastest on the H100 (132 multiprocessors; dev/cuda/README.md, sessions 6, 12 and 20), gqa=max or mean
- * (shared, a selection a kv head: 8 a row) and per query head (32 a row).
+ * Which selection kernel CudaOps.select launches, and with how many threads a block, at the decode shapes the bench
+ * measures (no GPU needed): the choices measured fastest on the H100 (132 multiprocessors; dev/cuda/README.md,
+ * sessions 6, 12, 20 and 22), gqa=max or mean (shared, a selection a kv head: 8 a row) and per query head (32 a row).
  */
 class SelectRoutingTest {
     static final int SMS = 132;
@@ -36,6 +36,31 @@ class SelectRoutingTest {
     void sideStreamAndOlderDevicesTakeSingleBlocks() {
         assertEquals(1, CudaOps.selectCluster(true, SMS, 64, true, 32768, true));
         assertEquals(1, CudaOps.selectCluster(false, 108, 8, true, 32768, false));
+    }
+
+    /**
+     * The H100's occupancy of sparse_select: 64 registers a thread of 65,536 a multiprocessor, and 228 KB of shared
+     * memory a multiprocessor for the candidates' keys, the static arrays and the 1 KB the driver reserves a block.
+     */
+    static int threads(int rows, int maxCand, boolean side) {
+        return CudaOps.selectThreads(SMS, rows * 8, side,
+                t -> Math.min(65536 / (64 * t), 228 * 1024 / (4 * maxCand + 3344 + 1024)));
+    }
+
+    @Test
+    void singleBlocksTakeTheMostThreadsThatFitTheSelectionsInTheFewestWaves() {
+        assertEquals(1024, threads(16, 16384, false));   // 128 selections: one wave of 1,024
+        assertEquals(512, threads(32, 8192, false));     // 256: one wave of 512, two of 1,024
+        assertEquals(256, threads(64, 4096, false));     // 512: one wave of 256
+        assertEquals(256, threads(128, 2048, false));    // 1,024: two waves of 256, four of 512
+        assertEquals(1024, threads(1, 4096, false));
+        assertEquals(1024, threads(32, 32768, false));   // the keys leave one block whatever its threads
+    }
+
+    @Test
+    void theSideStreamLeavesHalfAMultiprocessor() {
+        assertEquals(CudaOps.SELECT_SIDE_THREADS, threads(8, 32768, true));
+        assertEquals(256, threads(64, 4096, true));
     }
 
     @Test
