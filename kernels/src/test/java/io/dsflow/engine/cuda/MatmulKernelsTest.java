@@ -26,7 +26,8 @@ class MatmulKernelsTest extends KernelTestSupport {
     @ParameterizedTest(name = "rows {0}, out {1}, in {2}")
     @CsvSource({"1,97,200", "2,64,130", "3,129,256", "5,77,96", "8,200,1000", "9,61,160", "11,33,40", "13,300,2048",
             "16,45,88", "27,99,1024",
-            "33,97,200", "97,129,136", "200,70,333", "300,260,520", "513,384,1032"})
+            "33,97,200", "97,129,136", "200,70,333", "300,260,520", "513,384,1032",
+            "40,2100,64"})   // swiglu_rows: three blocks a row
     void linearMatchesCpu(int rows, int out, int in) {
         for (boolean fused : new boolean[]{false, true}) {
             for (boolean swiglu : new boolean[]{false, true}) {

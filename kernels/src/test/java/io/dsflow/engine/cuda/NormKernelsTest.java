@@ -5,14 +5,19 @@ import jcuda.driver.CUdeviceptr;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
+import java.util.Arrays;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** norm.cu's norms fused with the residual add against the CPU backend, to f32 and to bf16 outputs. */
 class NormKernelsTest extends KernelTestSupport {
+    /**
+     * Odd widths take the one-float path, widths in whole float4 the 16-byte one (32: one warp; 4,096: a prefill's;
+     * 20,000: wider than the values a block keeps in registers, either path).
+     */
     @ParameterizedTest(name = "dim {0}")
-    @CsvSource({"333", "9001"})   // 9001: wider than the values a thread keeps in registers
+    @CsvSource({"333", "9001", "32", "4096", "20000"})
     void normsMatchCpu(int dim) {
         Random r = new Random(5);
         int rows = 7;
@@ -24,13 +29,22 @@ class NormKernelsTest extends KernelTestSupport {
         }
         for (boolean layerNorm : new boolean[]{false, true}) {
             CUdeviceptr dx = upload(x), dy = upload(y), out = poisoned(rows * dim);
-            CUdeviceptr outBf = uploadBf16(new float[rows * dim]), dx2 = upload(x);
+            CUdeviceptr outBf = uploadBf16(new float[rows * dim]), dx2 = upload(x), dx3 = upload(x);
+            CUdeviceptr outNoAdd = poisoned(rows * dim);
             if (layerNorm) {
                 NormKernels.addLayerNorm(gpu, dx, dy, out, null, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
                 NormKernels.addLayerNorm(gpu, dx2, dy, null, outBf, uploadBf16(w), uploadBf16(b), rows, dim, 1e-5f);
             } else {
                 NormKernels.addRmsNorm(gpu, dx, dy, out, null, uploadBf16(w), rows, dim, 1e-5f);
                 NormKernels.addRmsNorm(gpu, dx2, dy, null, outBf, uploadBf16(w), rows, dim, 1e-5f);
+                NormKernels.addRmsNorm(gpu, dx3, null, outNoAdd, null, uploadBf16(w), rows, dim, 1e-5f);
+                float[] refNoAdd = new float[rows * dim], o = new float[dim];
+                for (int m = 0; m < rows; m++) {
+                    CpuOps.rmsNorm(Arrays.copyOfRange(x, m * dim, (m + 1) * dim), w, 1e-5f, o);
+                    System.arraycopy(o, 0, refNoAdd, m * dim, dim);
+                }
+                assertTrue(relError(download(outNoAdd, rows * dim), refNoAdd) < 1e-5, "norm without the residual add");
+                assertTrue(relError(download(dx3, rows * dim), x) == 0, "x untouched without a residual");
             }
             float[] ref = new float[rows * dim], sum = new float[rows * dim];
             for (int m = 0; m < rows; m++) {
