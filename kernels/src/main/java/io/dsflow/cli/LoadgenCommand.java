@@ -61,7 +61,7 @@ public final class LoadgenCommand {
         }
         ArrayNode json = new ObjectMapper().createArrayNode();
         try (Engine engine = Engine.open(model, a.get("backend", "auto"), 0)) {
-            boolean gpu = engine.backend().deviceCacheBudget() >= 0;
+            boolean gpu = engine.backend().gpu();
             int prefillTokens = a.getInt("prefill-tokens", BatchScheduler.defaultPrefillTokens(gpu));
             if (prefillTokens < 1) throw new UsageException("loadgen: --prefill-tokens must be >= 1");
             if (prompt.max() + output.max() + 1 > engine.config().maxPositions()) {

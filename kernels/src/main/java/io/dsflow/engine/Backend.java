@@ -100,6 +100,16 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Whether the forward pass runs on a GPU: steps are then shaped for one (BatchScheduler's defaults: running
+     * requests, prefill tokens a step, a partial chunk after a prompt's end). Asked apart from
+     * {@link #deviceCacheBudget}, so that a backend may count its caches against a device budget without its steps
+     * being a GPU's.
+     */
+    default boolean gpu() {
+        return false;
+    }
+
+    /**
      * Rows the device row caches (KvConfig#rowCache) were asked for since the last call and rows they missed (the
      * counters start again at zero); null where the backend keeps none (the CPU keeps every row where it reads it).
      */

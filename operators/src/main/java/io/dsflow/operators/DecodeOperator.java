@@ -136,7 +136,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
             LOG.info("decode subtask {} bound to GPU {} ({})", subtask, device, engine.backend().description());
         }
         memoryManager = getContainingTask().getEnvironment().getMemoryManager();
-        boolean gpu = engine.backend().deviceCacheBudget() >= 0;
+        boolean gpu = engine.backend().gpu();
         int maxRunning = settings.limits().maxRunningFor(gpu);
         admission = newAdmission(subtask, maxRunning);
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
