@@ -1,5 +1,6 @@
 package io.dsflow.operators;
 
+import io.dsflow.engine.BackendName;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
@@ -129,7 +130,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         super.open();
         mailbox = getContainingTask().getMailboxExecutorFactory().createExecutor(getOperatorConfig().getChainIndex());
         int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
-        device = "cpu".equalsIgnoreCase(settings.backend()) ? -1 : GpuBinding.claim(subtask,
+        device = BackendName.parse(settings.backend()).isCpu() ? -1 : GpuBinding.claim(subtask,
                 getRuntimeContext().getExternalResourceInfos(GpuBinding.RESOURCE), CudaRuntime.deviceCount());
         engine = Engine.open(settings.modelDir(), settings.backend(), Math.max(0, device));
         if (device >= 0) {
@@ -155,8 +156,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     /**
      * The subtask's admission with its budgets: on the CPU the caches' bytes come from this operator's share of the
-     * slot's managed memory; on a GPU from the device's free memory, and the pinned host stores of placement=host
-     * from managed memory.
+     * slot's managed memory; on a GPU from the device's free memory (on the CPU modelling one, cpu:device-memory, from
+     * that), and the pinned host stores of placement=host from managed memory.
      */
     private Admission<BatchScheduler.Work> newAdmission(int subtask, int maxRunning) {
         var environment = getContainingTask().getEnvironment();
