@@ -1,5 +1,6 @@
 package io.dsflow.job;
 
+import io.dsflow.engine.BackendName;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.kv.KvPolicy;
@@ -58,8 +59,10 @@ public record JobConfig(String bootstrapServers, String promptsTopic, String com
             throw new DsflowException("delivery must be at_least_once or exactly_once, got '" + delivery + "'");
         }
         String backend = p.getProperty("backend", "auto");
-        if (!backend.equals("cpu") && !backend.equals("cuda") && !backend.equals("auto")) {
-            throw new DsflowException("config backend must be cpu, cuda or auto, got '" + backend + "'");
+        try {
+            BackendName.parse(backend);
+        } catch (DsflowException e) {
+            throw new DsflowException("config " + e.getMessage());   // "config backend must be cpu, cuda, ..."
         }
         return new JobConfig(p.getProperty("kafka.bootstrap.servers", "localhost:9092"),
                 p.getProperty("topic.prompts", "prompts"), p.getProperty("topic.completions", "completions"),

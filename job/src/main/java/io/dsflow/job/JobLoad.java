@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.dsflow.cli.KvOptions;
+import io.dsflow.engine.BackendName;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.kv.KvConfig;
 import io.dsflow.engine.load.Latencies;
@@ -124,7 +125,7 @@ public final class JobLoad {
             long steps = delta(before, after, DecodeOperator.ENGINE_STEPS);
             double rows = delta(before, after, DecodeOperator.ENGINE_DECODE_ROWS);
             double tokens = delta(before, after, DecodeOperator.ENGINE_STEP_TOKENS);
-            boolean gpu = !"cpu".equals(backend) && CudaRuntime.deviceCount() > 0;
+            boolean gpu = !BackendName.parse(backend).isCpu() && CudaRuntime.deviceCount() > 0;
             LoadReport r = new LoadReport(load,
                     prefillTokens > 0 ? prefillTokens : BatchScheduler.defaultPrefillTokens(gpu),
                     maxRunning > 0 ? maxRunning : BatchScheduler.defaultMaxRunning(gpu), c.served, c.failed,

@@ -36,7 +36,18 @@ final class Conversations {
         return reference;
     }
 
-    record Req(String conversationId, String requestId, int turn, int[] prompt, SamplingParams params) {
+    /** A request; {@code kv} its kv object's options, as the request sends them (the dense policy unless given). */
+    record Req(String conversationId, String requestId, int turn, int[] prompt, SamplingParams params,
+               Map<String, String> kv) {
+        Req(String conversationId, String requestId, int turn, int[] prompt, SamplingParams params) {
+            this(conversationId, requestId, turn, prompt, params, Map.of("policy", "dense"));
+        }
+
+        /** The configuration the decode operator serves it with (a request's policy resets the job's defaults). */
+        KvConfig kvConfig() {
+            return KvConfig.DENSE.with(kv);
+        }
+
         String json() {
             ObjectNode o = JSON.createObjectNode();
             o.put("conversation_id", conversationId);
@@ -48,7 +59,8 @@ final class Conversations {
             o.put("top_p", params.topP());
             o.put("top_k", params.topK());
             o.put("seed", params.seed());
-            o.putObject("kv").put("policy", "dense");
+            ObjectNode options = o.putObject("kv");
+            kv.forEach(options::put);
             return o.toString();
         }
     }
@@ -124,7 +136,7 @@ final class Conversations {
             assertEquals(got.length, last.completionTokens);
             int[] history = historyOf.getOrDefault(q.conversationId(), new int[0]);
             int[] input = concat(history, q.prompt());
-            int[] expected = engine.generate(input, q.params(), KvConfig.DENSE).tokenIds();
+            int[] expected = engine.generate(input, q.params(), q.kvConfig()).tokenIds();
             assertArrayEquals(expected, got, q.requestId() + " equals generate on the same inputs");
             // the chunks' texts add up to the completion's text (unless it ends inside a multi-byte character)
             String whole = engine.tokenizer().decode(got);

@@ -13,7 +13,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 /**
- * The job config's scheduler keys (issue 23): prefill.chunk and limits.max-running sized for the backend unless given.
+ * The job config's scheduler keys (issue 23): prefill.chunk and limits.max-running sized for the backend unless given;
+ * and its backend name, checked when the config is read (issue 26: cpu:device-memory=SIZE).
  */
 class JobConfigTest {
 
@@ -56,6 +57,15 @@ class JobConfigTest {
                     () -> JobConfig.from(with("limits.max-running", bad)));
             assertEquals(true, e.getMessage().contains("limits.max-running"), e.getMessage());
         }
+    }
+
+    @Test
+    void theCpuBackendMayModelAGpusMemoryAndABadSizeIsOneClearError() {
+        assertEquals("cpu:device-memory=64MiB", JobConfig.from(with("backend", "cpu:device-memory=64MiB")).decode()
+                .backend(), "passed on as given: the decode operator's engine parses it");
+        DsflowException e = assertThrows(DsflowException.class,
+                () -> JobConfig.from(with("backend", "cpu:device-memory=lots")));
+        assertEquals("config backend cpu:device-memory must be a size such as 64MiB, got 'lots'", e.getMessage());
     }
 
     @Test

@@ -1,5 +1,8 @@
 package io.dsflow.cli;
 
+import io.dsflow.engine.BackendName;
+import io.dsflow.engine.DsflowException;
+
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -12,6 +15,8 @@ import java.util.Set;
  */
 public final class Args {
     private final Map<String, List<String>> values = new LinkedHashMap<>();
+    /** The subcommand, for messages. */
+    private final String command;
 
     public static Set<String> union(Set<String> a, Set<String> b) {
         java.util.Set<String> u = new java.util.HashSet<>(a);
@@ -19,7 +24,8 @@ public final class Args {
         return u;
     }
 
-    private Args() {
+    private Args(String command) {
+        this.command = command;
     }
 
     /**
@@ -33,7 +39,7 @@ public final class Args {
             if (argv[i].equals("--help") || argv[i].equals("-h")) throw new HelpRequested(command);
             if (argv[i].startsWith("--") && valued.contains(argv[i].substring(2))) i++; // its value, whatever it reads
         }
-        Args a = new Args();
+        Args a = new Args(command);
         for (int i = from; i < argv.length; i++) {
             String arg = argv[i];
             if (!arg.startsWith("--")) throw new UsageException(command + ": unexpected argument '" + arg + "'");
@@ -70,6 +76,20 @@ public final class Args {
         if (v == null) return fallback;
         if (v.size() > 1) throw new UsageException("--" + name + " given " + v.size() + " times");
         return v.get(0);
+    }
+
+    /**
+     * --backend as given, else {@code fallback}, checked ({@link BackendName}): a bad name is a usage error before
+     * anything loads.
+     */
+    public String getBackend(String fallback) {
+        String v = get("backend", fallback);
+        try {
+            BackendName.parse(v);
+        } catch (DsflowException e) {
+            throw new UsageException(command + ": --" + e.getMessage());   // "run: --backend must be cpu, cuda, ..."
+        }
+        return v;
     }
 
     public String require(String name) {

@@ -42,10 +42,7 @@ public final class GenerateCommand {
         SamplingParams params = new SamplingParams(a.getDouble("temperature", 1.0), a.getDouble("top-p", 1.0),
                 a.getInt("top-k", 0), a.getLong("seed", 0), a.getInt("max-new-tokens", 64), a.all("stop"));
         KvConfig kv = KvOptions.config(KvPolicy.parse(a.get("kv-policy", "dense")), KvOptions.overrides(a));
-        String backend = a.get("backend", "auto");
-        if (!Set.of("cpu", "cuda", "auto").contains(backend)) {
-            throw new UsageException("generate: --backend must be cpu or cuda, got '" + backend + "'");
-        }
+        String backend = a.getBackend("auto");
         try (Engine engine = Engine.load(model, backend)) {
             KvOptions.applyChannelFile(a, engine);
             int[] prompt = a.has("prompt-ids") ? a.getIntList("prompt-ids")

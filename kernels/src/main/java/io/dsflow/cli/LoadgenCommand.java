@@ -61,7 +61,7 @@ public final class LoadgenCommand {
         }
         ArrayNode json = new ObjectMapper().createArrayNode();
         try (Engine engine = Engine.open(model, a.get("backend", "auto"), 0)) {
-            boolean gpu = engine.backend().deviceCacheBudget() >= 0;
+            boolean gpu = engine.backend().gpu();
             int prefillTokens = a.getInt("prefill-tokens", BatchScheduler.defaultPrefillTokens(gpu));
             if (prefillTokens < 1) throw new UsageException("loadgen: --prefill-tokens must be >= 1");
             if (prompt.max() + output.max() + 1 > engine.config().maxPositions()) {
@@ -102,17 +102,21 @@ public final class LoadgenCommand {
         }
     }
 
-    /** As asked, else as many as the device memory holds at their longest, at most the backend's default. */
+    /**
+     * As asked, else as many as the device memory (a GPU's, or the CPU's cpu:device-memory) holds at their longest, at
+     * most the backend's default.
+     */
     private static int maxRunning(Args a, Engine engine, KvConfig kv, long tokens, boolean gpu) {
         if (a.has("max-running")) {
             int n = a.getInt("max-running", 1);
             if (n < 1) throw new UsageException("loadgen: --max-running must be >= 1");
             return n;
         }
-        if (!gpu) return BatchScheduler.CPU_MAX_RUNNING;
         engine.backend().prepare(kv);
-        long fit = engine.backend().deviceCacheBudget() / Math.max(1, engine.estimateCacheBytes(kv, tokens));
+        long budget = engine.backend().deviceCacheBudget();
+        if (budget < 0) return BatchScheduler.defaultMaxRunning(gpu);
+        long fit = budget / Math.max(1, engine.estimateCacheBytes(kv, tokens));
         if (fit < 1) throw new UsageException("loadgen: one request's cache does not fit the device memory");
-        return (int) Math.min(BatchScheduler.GPU_MAX_RUNNING, fit);
+        return (int) Math.min(BatchScheduler.defaultMaxRunning(gpu), fit);
     }
 }

@@ -15,7 +15,11 @@ import io.dsflow.engine.sample.SamplingParams;
  * makes the KV caches its forward pass can use.
  * <ul>
  *   <li>created with the weights loaded; {@link #close()} frees them (device memory, native handles);</li>
- *   <li>{@link #forward} is called by one thread at a time.</li>
+ *   <li>{@link #forward} is called by one thread at a time;</li>
+ *   <li>its caches' memory, for admission: {@link #cacheBytes} against {@link #deviceCacheBudget} where the backend
+ *       has memory of its own (else against the caller's budget), and {@link #hostCacheBytes} of pinned host memory.
+ *       The CPU backend may model a GPU's split ({@link BackendName}: cpu:device-memory=SIZE) without being one, so
+ *       whether steps are shaped for a GPU is {@link #gpu}'s answer, not the budget's.</li>
  * </ul>
  */
 public interface Backend extends AutoCloseable {
@@ -59,11 +63,11 @@ public interface Backend extends AutoCloseable {
      * caller budgets per conversation. The CPU's caches hold exactly this much heap once they hold that many tokens
      * ({@code CpuKvCache#heapBytes}): float32 keys and values with their slot positions for the room a store has for
      * them ({@link KvStore#capacityFor}), float32 labels of the sparse layers for the same room, and the ring window.
+     * Where the backend keeps part of a cache in pinned host memory, that part is {@link #hostCacheBytes}, not here.
      */
     default long cacheBytes(KvConfig kv, long tokens) {
         ModelConfig c = config();
-        long room = KvStore.capacityFor(tokens);
-        if (kv.capacity() > 0) room = Math.min(kv.capacity(), room);
+        long room = KvStore.capacityFor(tokens, kv.capacity());
         long bytes = KvStore.heapBytes(c.numLayers(), c.kvDim(), room);
         if (kv.sparse()) {
             int labelledLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
@@ -92,11 +96,21 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
-     * Bytes this backend's own memory has for KV caches (a GPU's free memory less its working buffers), or -1 when
-     * the caches live in the JVM's memory and the caller's budget (Flink managed memory) applies.
+     * Bytes this backend's own memory has for KV caches (a GPU's free memory less its working buffers; the CPU's
+     * cpu:device-memory), or -1 when the caches live in the JVM's memory and the caller's budget (Flink managed
+     * memory) applies.
      */
     default long deviceCacheBudget() {
         return -1;
+    }
+
+    /**
+     * Whether the forward pass runs on a GPU: steps are then shaped for one (BatchScheduler's defaults: running
+     * requests, prefill tokens a step, a partial chunk after a prompt's end). False for the CPU also where it models a
+     * GPU's memory ({@link #deviceCacheBudget} not -1): its steps stay the CPU's.
+     */
+    default boolean gpu() {
+        return false;
     }
 
     /**

@@ -139,7 +139,7 @@ public final class BatchScheduler {
      * @param maxRunning    most requests prefilling or generating at once; the rest wait, in order
      */
     public BatchScheduler(Engine engine, int prefillTokens, int maxRunning) {
-        this(engine, prefillTokens, maxRunning, engine.backend().deviceCacheBudget() >= 0);
+        this(engine, prefillTokens, maxRunning, engine.backend().gpu());
     }
 
     /**

@@ -69,7 +69,7 @@ public final class Engine implements AutoCloseable {
      */
     public static Engine synthetic(String name, String backendName, int device) {
         ModelConfig c = SyntheticModels.get(name);
-        if (backendName.equalsIgnoreCase("cpu") || !CudaRuntime.available()) {
+        if (BackendName.parse(backendName).isCpu() || !CudaRuntime.available()) {
             throw new DsflowException("synthetic:" + name + " needs the cuda backend"
                     + (CudaRuntime.available() ? "" : " (" + CudaRuntime.unavailableReason() + ")"));
         }
@@ -81,30 +81,33 @@ public final class Engine implements AutoCloseable {
         return new Engine(null, backend);
     }
 
-    /** Loads a model folder onto a backend: "cpu", "cuda", or "auto" (cuda where it is available, else cpu); GPU 0. */
+    /**
+     * Loads a model folder onto a backend ({@link BackendName}: "cpu", "cuda", "auto": cuda where it is available, else
+     * cpu; or "cpu:device-memory=SIZE"); GPU 0.
+     */
     public static Engine load(Path modelDir, String backendName) {
         return load(modelDir, backendName, 0);
     }
 
     /** Loads a model folder onto a backend, on CUDA device {@code device} where the backend is a GPU. */
     public static Engine load(Path modelDir, String backendName, int device) {
+        BackendName name = BackendName.parse(backendName);   // a bad name fails before the weights are read
         long t0 = System.nanoTime();
         ModelFolder folder = ModelFolder.open(modelDir);
         ModelWeights weights = new ModelWeights(folder);
-        Backend backend = switch (backendName.toLowerCase(Locale.ROOT)) {
-            case "cpu" -> new CpuBackend(weights);
-            case "cuda" -> {
+        Backend backend = switch (name.kind()) {
+            case CPU -> new CpuBackend(weights, name.deviceMemory());
+            case CUDA -> {
                 if (!CudaRuntime.available()) {
                     throw new DsflowException("the cuda backend is not available: " + CudaRuntime.unavailableReason());
                 }
                 yield CudaBackend.load(weights, device);
             }
-            case "auto" -> {
+            case AUTO -> {
                 if (CudaRuntime.available()) yield CudaBackend.load(weights, device);
                 LOG.info("backend auto: using the cpu ({})", CudaRuntime.unavailableReason());
                 yield new CpuBackend(weights);
             }
-            default -> throw new DsflowException("unknown backend '" + backendName + "' (cpu, cuda, auto)");
         };
         ModelConfig c = folder.config();
         LOG.info(String.format(Locale.ROOT, "model loaded: %s from %s, %.1f MB %s weights, backend %s, in %.2f s",

@@ -171,7 +171,7 @@ public final class Admission<W> {
      */
     static final int REBUILD_SHARE = 4;
     /** Requests that may wait per running slot before the input is held back (see {@link #mustBackpressure}). */
-    static final int WAITING_PER_SLOT = 4;
+    public static final int WAITING_PER_SLOT = 4;
 
     private final Budget cache, host;
     private final int maxRunning, maxConversations;

@@ -1,5 +1,6 @@
 package io.dsflow.operators;
 
+import io.dsflow.engine.BackendName;
 import io.dsflow.engine.BatchScheduler;
 import io.dsflow.engine.DsflowException;
 import io.dsflow.engine.Engine;
@@ -9,6 +10,7 @@ import io.dsflow.engine.RowCacheCounts;
 import io.dsflow.engine.cuda.CudaRuntime;
 import io.dsflow.engine.kv.KvConfig;
 import org.apache.flink.api.common.accumulators.LongCounter;
+import org.apache.flink.api.common.accumulators.LongMaximum;
 import org.apache.flink.api.common.operators.MailboxExecutor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
@@ -87,6 +89,11 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     public static final String ENGINE_STEP_TOKENS = "dsflow-engine-step-tokens";
     /** Requests in progress at a restored checkpoint, resumed by this attempt (their caches rebuilt by prefill). */
     public static final String RESUMED_REQUESTS = "dsflow-resumed-requests";
+    /**
+     * The most requests that waited for admission at once on a subtask: past {@link Admission#WAITING_PER_SLOT} times
+     * limits.max-running the operator holds its input back (backpressure), so this is at most one more than that.
+     */
+    public static final String MOST_WAITING = "dsflow-most-waiting";
     private static final AtomicLong RESUMED_IN_PROCESS = new AtomicLong();
 
     /**
@@ -112,6 +119,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient Counter historyPrefillCounter, conversationsEnded, conversationsExpired;
     private transient LongCounter historyPrefills, prefilledTokens, cacheEvictions;
     private transient LongCounter engineSteps, engineDecodeRows, engineStepTokens;
+    private transient LongMaximum mostWaiting;
     private transient Counter engineStepsMetric, engineDecodeRowsMetric, engineStepTokensMetric;
 
     public DecodeOperator(DecodeSettings settings) {
@@ -129,14 +137,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         super.open();
         mailbox = getContainingTask().getMailboxExecutorFactory().createExecutor(getOperatorConfig().getChainIndex());
         int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
-        device = "cpu".equalsIgnoreCase(settings.backend()) ? -1 : GpuBinding.claim(subtask,
+        device = BackendName.parse(settings.backend()).isCpu() ? -1 : GpuBinding.claim(subtask,
                 getRuntimeContext().getExternalResourceInfos(GpuBinding.RESOURCE), CudaRuntime.deviceCount());
         engine = Engine.open(settings.modelDir(), settings.backend(), Math.max(0, device));
         if (device >= 0) {
             LOG.info("decode subtask {} bound to GPU {} ({})", subtask, device, engine.backend().description());
         }
         memoryManager = getContainingTask().getEnvironment().getMemoryManager();
-        boolean gpu = engine.backend().deviceCacheBudget() >= 0;
+        boolean gpu = engine.backend().gpu();
         int maxRunning = settings.limits().maxRunningFor(gpu);
         admission = newAdmission(subtask, maxRunning);
         // a synthetic model has no tokenizer: its chunks carry token ids and no text
@@ -155,8 +163,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
 
     /**
      * The subtask's admission with its budgets: on the CPU the caches' bytes come from this operator's share of the
-     * slot's managed memory; on a GPU from the device's free memory, and the pinned host stores of placement=host
-     * from managed memory.
+     * slot's managed memory; on a GPU from the device's free memory (on the CPU modelling one, cpu:device-memory, from
+     * that), and the pinned host stores of placement=host from managed memory.
      */
     private Admission<BatchScheduler.Work> newAdmission(int subtask, int maxRunning) {
         var environment = getContainingTask().getEnvironment();
@@ -257,6 +265,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         engineSteps = getRuntimeContext().getLongCounter(ENGINE_STEPS);
         engineDecodeRows = getRuntimeContext().getLongCounter(ENGINE_DECODE_ROWS);
         engineStepTokens = getRuntimeContext().getLongCounter(ENGINE_STEP_TOKENS);
+        mostWaiting = new LongMaximum();
+        getRuntimeContext().addAccumulator(MOST_WAITING, mostWaiting);
         engineStepsMetric = g.counter("engine_steps");
         engineDecodeRowsMetric = g.counter("engine_decode_rows");
         engineStepTokensMetric = g.counter("engine_step_tokens");
@@ -448,6 +458,7 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         BatchScheduler.Work work = new BatchScheduler.Work(r.requestId, conv, cs.history, cs.activePrompt,
                 RequestParser.samplingParams(r), kv, tokens.emitted(conv, r.requestId));
         admission.enqueue(conv, need, work);
+        mostWaiting.add(admission.waitingCount());
     }
 
     /**

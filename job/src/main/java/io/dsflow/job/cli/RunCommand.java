@@ -57,9 +57,7 @@ public final class RunCommand {
             // the sink truncates its file when the job starts, before the source has read it
             throw new UsageException("run: --output-file is the --replay-file; the replay would overwrite its input");
         }
-        if (a.has("backend") && !Set.of("cpu", "cuda", "auto").contains(a.get("backend", null))) {
-            throw new UsageException("run: --backend must be cpu, cuda or auto, got '" + a.get("backend", null) + "'");
-        }
+        if (a.has("backend")) a.getBackend(null);   // a bad name is refused before the job starts
         JobConfig config = a.has("config") ? JobConfig.load(Path.of(a.get("config", null))) : JobConfig.from(new Properties());
         if (a.has("model") || a.has("backend")) {
             DecodeSettings d = config.decode();

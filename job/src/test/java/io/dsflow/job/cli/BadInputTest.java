@@ -39,7 +39,8 @@ class BadInputTest {
         fails(2, "exactly one of --prompt and --prompt-ids", "generate", "--model", TINY);
         fails(2, "exactly one of --prompt and --prompt-ids", "generate", "--model", TINY, "--prompt", "a", "--prompt-ids", "1");
         fails(2, "comma-separated integers", "generate", "--model", TINY, "--prompt-ids", "1,x,3");
-        fails(2, "--backend must be cpu or cuda", "generate", "--model", TINY, "--prompt-ids", "1", "--backend", "tpu");
+        fails(2, "--backend must be cpu, cuda, auto or cpu:device-memory=SIZE, got 'tpu'", "generate", "--model", TINY,
+                "--prompt-ids", "1", "--backend", "tpu");
     }
 
     /** The engine's loadgen and --through job check the load's shape by the same rules (LoadgenCommand.shape). */

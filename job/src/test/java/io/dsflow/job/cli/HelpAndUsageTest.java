@@ -58,8 +58,10 @@ class HelpAndUsageTest {
         Path in = tmp.resolve("requests.jsonl");
         Files.writeString(in, "{\"conversation_id\":\"c\",\"request_id\":\"r\",\"prompt_ids\":[1,2],\"max_tokens\":1}\n");
         Path out = tmp.resolve("out.jsonl");
-        oneLineExit2("--backend must be cpu, cuda or auto, got 'tpu'", "run", "--replay-file", in.toString(),
-                "--output-file", out.toString(), "--model", TINY, "--backend", "tpu");
+        oneLineExit2("--backend must be cpu, cuda, auto or cpu:device-memory=SIZE, got 'tpu'", "run", "--replay-file",
+                in.toString(), "--output-file", out.toString(), "--model", TINY, "--backend", "tpu");
+        oneLineExit2("--backend cpu:device-memory must be a size such as 64MiB, got 'lots'", "run", "--replay-file",
+                in.toString(), "--output-file", out.toString(), "--model", TINY, "--backend", "cpu:device-memory=lots");
         oneLineExit2("its folder does not exist", "run", "--replay-file", in.toString(), "--output-file",
                 tmp.resolve("no-such-folder").resolve("out.jsonl").toString(), "--model", TINY);
         oneLineExit2("is a directory", "run", "--replay-file", in.toString(), "--output-file", tmp.toString(),
@@ -73,6 +75,7 @@ class HelpAndUsageTest {
         Files.writeString(config, "backend=tpu\n");
         CliHarness.Result r = CliHarness.run("run", "--config", config.toString());
         assertEquals(1, r.exit(), r.err());
-        assertEquals("dsflow: error: config backend must be cpu, cuda or auto, got 'tpu'", r.err().strip());
+        assertEquals("dsflow: error: config backend must be cpu, cuda, auto or cpu:device-memory=SIZE, got 'tpu'",
+                r.err().strip());
     }
 }

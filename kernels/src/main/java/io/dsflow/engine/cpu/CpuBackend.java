@@ -11,6 +11,7 @@ import io.dsflow.engine.kv.DenseKvCache;
 import io.dsflow.engine.kv.CpuKvCache;
 import io.dsflow.engine.kv.KvCache;
 import io.dsflow.engine.kv.KvConfig;
+import io.dsflow.engine.kv.KvStore;
 import io.dsflow.engine.kv.Rotary;
 import io.dsflow.engine.kv.SparseKvCache;
 import io.dsflow.engine.model.Architecture;
@@ -19,6 +20,7 @@ import io.dsflow.engine.model.ModelWeights;
 import io.dsflow.engine.model.SafeTensors;
 
 import java.util.List;
+import java.util.Locale;
 
 /**
  * The CPU backend: the specification every other backend is held against. float32 weights and activations,
@@ -26,6 +28,13 @@ import java.util.List;
  * Weights are converted from the memory-mapped files into float32 arrays in the layout the loops want
  * (linear layers transposed), so a model must fit the heap at 4 bytes a parameter: this backend is for
  * small models, tests and laptops.
+ * <p>
+ * Made with a device memory ({@code cpu:device-memory=SIZE}, {@link io.dsflow.engine.BackendName}), it is the CPU
+ * backend with a GPU's memory budget, for testing admission and capacity planning: the forward pass and the caches are
+ * the same (every cache on the heap), but it counts them as the CUDA backend keeps them: {@link #deviceCacheBudget}
+ * is that device memory, and under placement=host the sparse layers' keys and values are {@link #hostCacheBytes}
+ * (pinned host memory on a GPU) while the rest (dense layers, labels, window) stays in {@link #cacheBytes}. The bytes
+ * are the CPU's (float32, its rooms), split where a GPU splits them; their sum is the heap a cache holds.
  */
 public final class CpuBackend implements Backend {
 
@@ -41,8 +50,21 @@ public final class CpuBackend implements Backend {
     private final float[] finalNorm, finalNormBias;
     private final Layer[] layers;
     private final float[] invFreq;     // RoPE: [headDim / 2]
+    /** The modelled GPU's memory for caches, or -1: the caches count as the heap's (see the class comment). */
+    private final long deviceMemory;
 
     public CpuBackend(ModelWeights w) {
+        this(w, -1);
+    }
+
+    /**
+     * @param deviceMemory bytes of a modelled GPU's memory to count caches against (the class comment), or -1 for none
+     */
+    public CpuBackend(ModelWeights w, long deviceMemory) {
+        if (deviceMemory == 0 || deviceMemory < -1) {
+            throw new IllegalArgumentException("device memory must be positive, or -1 for none: " + deviceMemory);
+        }
+        this.deviceMemory = deviceMemory;
         this.c = w.config;
         long params = w.config.vocabSize() * (long) w.config.wordEmbedDim() * 2;
         for (ModelWeights.Layer l : w.layers) params += l.q().elements() + l.k().elements() + l.v().elements()
@@ -78,7 +100,40 @@ public final class CpuBackend implements Backend {
 
     @Override
     public String description() {
-        return "cpu (" + CpuOps.THREADS + " threads, float32)";
+        String threads = "cpu (" + CpuOps.THREADS + " threads, float32";
+        if (deviceMemory < 0) return threads + ")";
+        return threads + String.format(Locale.ROOT, "; a GPU's memory modelled: %.1f MiB for caches)",
+                deviceMemory / 1048576.0);
+    }
+
+    /**
+     * The heap a cache holds ({@link Backend#cacheBytes}); where a GPU's memory is modelled, the part a GPU keeps on
+     * the device: all but {@link #hostCacheBytes}.
+     */
+    @Override
+    public long cacheBytes(KvConfig kv, long tokens) {
+        return Backend.super.cacheBytes(kv, tokens) - hostCacheBytes(kv, tokens);
+    }
+
+    /**
+     * Where a GPU's memory is modelled and the placement is host: the sparse layers' keys and values (with their slots'
+     * positions), the part the CUDA backend pins in host memory; else 0 (nothing is counted apart from the heap).
+     */
+    @Override
+    public long hostCacheBytes(KvConfig kv, long tokens) {
+        if (deviceMemory < 0 || !kv.sparse() || kv.placement() != KvConfig.Placement.HOST) return 0;
+        int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+        return KvStore.heapBytes(sparseLayers, c.kvDim(), KvStore.capacityFor(tokens, kv.capacity()));
+    }
+
+    /**
+     * The modelled device memory (-1 where none is): all of it, at any time, as a GPU's free memory before its first
+     * cache. Unlike a GPU's, it does not shrink as caches are made (they are on the heap); the decode operator reads it
+     * once, before any cache exists, and counts what its caches hold itself.
+     */
+    @Override
+    public long deviceCacheBudget() {
+        return deviceMemory;
     }
 
     @Override

@@ -227,6 +227,11 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public boolean gpu() {
+        return true;
+    }
+
+    @Override
     public float[][] forward(Batch batch) {
         float[][] logits = new float[batch.segments().size()][c.vocabSize()];
         CUdeviceptr d = forwardToDevice(batch);

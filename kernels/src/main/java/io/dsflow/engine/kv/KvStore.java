@@ -261,6 +261,12 @@ public final class KvStore {
         return c;
     }
 
+    /** {@link #capacityFor(long)} in a store whose room stops at {@code limit} tokens (0: none). */
+    public static long capacityFor(long tokens, int limit) {
+        long room = capacityFor(tokens);
+        return limit > 0 ? Math.min(limit, room) : room;
+    }
+
     private void grow() {
         int next = limit > 0 ? Math.min(limit, nextCapacity(capacity)) : nextCapacity(capacity);
         for (int l = 0; l < layers; l++) {
