@@ -310,7 +310,7 @@ public final class Admission<W> {
             Need need = w.need();
             if (need.cacheBytes() > cache.limit || need.hostBytes() > host.limit) {
                 waiting.remove(conv);
-                boolean heldCache = cache.of(conv) > 0;
+                boolean heldCache = isResident(conv);   // bytes in either budget
                 if (heldCache) release(conv);
                 return new Decision<>(Verdict.REFUSED, conv, w.work(), List.of(), heldCache, refusal(need));
             }
