@@ -114,7 +114,8 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     private transient MemoryManager memoryManager;
     private transient Admission<BatchScheduler.Work> admission;
     private transient TokenStream tokens;
-    private transient EngineThread engineThread;
+    /** Volatile: the metric reporters' threads read it through the gauges. */
+    private transient volatile EngineThread engineThread;
     private transient ConversationLifetime lifetime;
     private transient Counter historyPrefillCounter, conversationsEnded, conversationsExpired;
     private transient LongCounter historyPrefills, prefilledTokens, cacheEvictions;
@@ -248,7 +249,10 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
         g.gauge("num_requests_waiting", () -> admission.waitingCount());
         g.gauge("num_conversations", () -> admission.conversations());
         // the engine's batches: rows (decoding requests and prompts prefilling) and tokens of the latest step
-        g.gauge("batch_rows", () -> lastStep().decodeRows() + lastStep().prefillPrompts());
+        g.gauge("batch_rows", () -> {
+            BatchScheduler.StepStats step = lastStep();   // one step's figures, not two steps'
+            return step.decodeRows() + step.prefillPrompts();
+        });
         g.gauge("batch_tokens", () -> lastStep().tokens());
         g.gauge("num_requests_scheduler_waiting", () -> lastStep().waiting());
         Admission.Budget cache = admission.cacheBudget();
@@ -286,12 +290,14 @@ public final class DecodeOperator extends AbstractStreamOperator<OutputRecord>
     }
 
     private RowCacheCounts rowCaches() {
-        return engineThread == null ? RowCacheCounts.NONE : engineThread.rowCaches();
+        EngineThread thread = engineThread;
+        return thread == null ? RowCacheCounts.NONE : thread.rowCaches();
     }
 
     /** What the engine's latest step fed the model (nothing before the engine thread exists). */
     private BatchScheduler.StepStats lastStep() {
-        return engineThread == null ? BatchScheduler.StepStats.NONE : engineThread.lastStep();
+        EngineThread thread = engineThread;
+        return thread == null ? BatchScheduler.StepStats.NONE : thread.lastStep();
     }
 
     /** Requests in progress at the checkpoint restored: their caches are gone, so they prefill their history again. */

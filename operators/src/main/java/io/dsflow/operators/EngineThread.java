@@ -153,7 +153,7 @@ final class EngineThread implements AutoCloseable {
         }
     }
 
-    /** What the latest step fed the model (the operator's gauges read it from the task thread). */
+    /** What the latest step fed the model (the operator's gauges read it from the metric reporters' threads). */
     BatchScheduler.StepStats lastStep() {
         return lastStep;
     }
