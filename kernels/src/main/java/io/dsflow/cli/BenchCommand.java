@@ -23,6 +23,7 @@ import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Locale;
@@ -38,11 +39,12 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * to the context), prefill tokens/s (one prompt, or N prompts of M tokens in one forward: NxM; the JSON's "tokens" is
  * M, its "tokens_per_s" all N x M), peak device memory (and pinned host memory: host placement's stores), with
  * --profile a timeline of one more step (device time of each stage summed over the layers, from CUDA events, the step
- * run eagerly), and achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every
- * cached key and value / step time) against a device-to-device copy measured in the same run. The token embedding
- * table is in host memory for the host placement rows (as an engine puts it) and in device memory for the others;
- * --embeddings host puts it in host memory for every row (to compare device memory with the table off the device
- * everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths, default 4096,
+ * run eagerly), achieved bandwidth (bytes a decode step must read: weights but the embedding table, plus every
+ * cached key and value / step time) against a device-to-device copy measured in the same run, and under the decode
+ * table each shape's ratios within the run (every policy's tokens/s over dense's and ds's where they ran). The token
+ * embedding table is in host memory for the host placement rows (as an engine puts it) and in device memory for the
+ * others; --embeddings host puts it in host memory for every row (to compare device memory with the table off the
+ * device everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths, default 4096,
  * --quality-samples, default 20) on the GPU for the same policies and prints each policy's tokens/s beside its accuracy
  * ({@link SpeedAndQuality}).
  */
@@ -120,6 +122,7 @@ public final class BenchCommand {
                 }
             }
         }
+        for (String line : ratioLines(decode)) out.println(line);
         if (prompt > c.maxPositions()) {
             out.printf(Locale.ROOT, "prefill skipped: %d tokens is past the model's %d positions%n", prompt,
                     c.maxPositions());
@@ -251,6 +254,34 @@ public final class BenchCommand {
         Batch batch = new Batch();
         for (int i = 0; i < caches.size(); i++) batch.add(caches.get(i), ids[i], 0);
         return batch;
+    }
+
+    /**
+     * The decode table's ratios within this run, a line a shape where a baseline ran beside other policies: each
+     * policy's tokens/s over dense's, and over ds's where ds ran ("64 x 4096: ds 0.81x dense, dspp 1.63x dense, dspp
+     * 2.02x ds"). Rows in {@code decode} as decodeRow writes them.
+     */
+    static List<String> ratioLines(ArrayNode decode) {
+        Map<String, Map<String, Double>> shapes = new LinkedHashMap<>();   // "64 x 4096" -> policy -> tokens/s
+        for (var row : decode) {
+            String shape = row.get("batch").asInt() + " x " + row.get("context").asInt();
+            shapes.computeIfAbsent(shape, k -> new LinkedHashMap<>()).put(row.get("policy").asText(),
+                    row.get("tokens_per_s").asDouble());
+        }
+        List<String> lines = new ArrayList<>();
+        for (var shape : shapes.entrySet()) {
+            List<String> ratios = new ArrayList<>();
+            for (String baseline : List.of("dense", "ds")) {
+                Double base = shape.getValue().get(baseline);
+                if (base == null || base <= 0) continue;
+                for (var p : shape.getValue().entrySet()) {
+                    if (p.getKey().equals(baseline) || (baseline.equals("ds") && p.getKey().equals("dense"))) continue;
+                    ratios.add(String.format(Locale.ROOT, "%s %.2fx %s", p.getKey(), p.getValue() / base, baseline));
+                }
+            }
+            if (!ratios.isEmpty()) lines.add("  " + shape.getKey() + ": " + String.join(", ", ratios));
+        }
+        return lines;
     }
 
     /** Options every decode row shares: timed steps, --profile, --embeddings host, the copy bandwidth measured. */
