@@ -44,9 +44,9 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * table each shape's ratios within the run (every policy's tokens/s over dense's and ds's where they ran). The token
  * embedding table is in host memory for the host placement rows (as an engine puts it) and in device memory for the
  * others; --embeddings host puts it in host memory for every row (to compare device memory with the table off the
- * device everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths, default 4096,
- * --quality-samples, default 20) on the GPU for the same policies and prints each policy's tokens/s beside its accuracy
- * ({@link SpeedAndQuality}).
+ * device everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths,
+ * default 4096, --quality-samples, default 20) on the GPU for the same policies and prints each policy's tokens/s
+ * beside its accuracy ({@link SpeedAndQuality}).
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
