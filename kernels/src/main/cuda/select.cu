@@ -471,7 +471,7 @@ __device__ void score_selection(unsigned* keys, const LabelCache& labels, int fi
 
 // sparse_select (dspp): sparse_scores and sparse_topk in one block per (row, head; mode != 0: the group's first
 //   head), the candidates' order keys in dynamic shared memory: [max_cand] (the host keeps max_cand within it).
-//   Grid: (P * H), block: 1024.
+//   Grid: (P * H), block: 256, 512 or 1024 threads (CudaOps.selectThreads: the fewest waves of blocks).
 extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, const float* q,
                                                                  const unsigned long long* lptr,
                                                                  const unsigned long long* chptr,

@@ -58,15 +58,15 @@ public final class ActivationKernels {
         gpu.launch("add_bias_rows", blocks((long) m * n, 1), 1, 256, y, bias, m, n);
     }
 
+    /** Pairs a thread of swiglu_rows computes (activation.cu's SWIGLU_PAIRS). */
+    private static final int SWIGLU_PAIRS = 4;
+
     /**
      * swiglu_rows: act[i][j] = silu(y[i][2j] + bias[2j]) * (y[i][2j + 1] + bias[2j + 1]), y [m][n] f32 (gate/up rows
      * interleaved), bias [n] bf16 or null, act [m][n / 2] bf16.
      */
-    /** Pairs a thread of swiglu_rows computes (activation.cu's SWIGLU_PAIRS). */
-    private static final int SWIGLU_PAIRS = 4;
-
     public static void swigluRows(CudaRuntime gpu, CUdeviceptr act, CUdeviceptr y, CUdeviceptr bias, int m, int n) {
         int blocksPerRow = (n / 2 + 256 * SWIGLU_PAIRS - 1) / (256 * SWIGLU_PAIRS);
-        gpu.launch("swiglu_rows", m * blocksPerRow, 1, 256, act, y, bias, m, n, blocksPerRow);
+        gpu.launch("swiglu_rows", Math.multiplyExact(m, blocksPerRow), 1, 256, act, y, bias, m, n, blocksPerRow);
     }
 }

@@ -31,19 +31,24 @@ class MatmulKernelsTest extends KernelTestSupport {
     void linearMatchesCpu(int rows, int out, int in) {
         for (boolean fused : new boolean[]{false, true}) {
             for (boolean swiglu : new boolean[]{false, true}) {
-                linearCase(rows, out, in, swiglu, fused, fused && !swiglu);
+                linearCase(rows, out, in, swiglu, fused, fused && !swiglu, true);
             }
         }
+        linearCase(rows, out, in, true, true, false, false);   // Llama's MLP: no bias (swiglu_rows' 16-byte path)
     }
 
-    /** One product against the CPU: plain, or with the RMSNorm prologue ({@code norm}) and the residual epilogue. */
-    private void linearCase(int rows, int out, int in, boolean swiglu, boolean norm, boolean accumulate) {
+    /**
+     * One product against the CPU: plain, or with the RMSNorm prologue ({@code norm}) and the residual epilogue; with a
+     * bias or ({@code biased} false) none.
+     */
+    private void linearCase(int rows, int out, int in, boolean swiglu, boolean norm, boolean accumulate,
+                            boolean biased) {
         int n = swiglu ? 2 * out : out;   // rows of W: [gate; up] stacked for SwiGLU
         Random r = new Random(rows * 31L + out + (norm ? 7 : 0));
         float[] x = random(r, rows * in, 1), w = random(r, n * in, 0.05f), b = random(r, n, 0.1f);
         float[] g = random(r, in, 1), y0 = random(r, rows * out, 1);
         for (int i = 0; i < w.length; i++) w[i] = bf(w[i]);
-        for (int i = 0; i < b.length; i++) b[i] = bf(b[i]);
+        for (int i = 0; i < b.length; i++) b[i] = biased ? bf(b[i]) : 0f;
         for (int i = 0; i < g.length; i++) g[i] = bf(g[i]);
         float[] wt = new float[w.length];
         for (int o = 0; o < n; o++) for (int i = 0; i < in; i++) wt[i * n + o] = w[o * in + i];
@@ -67,6 +72,7 @@ class MatmulKernelsTest extends KernelTestSupport {
             dw = iw;
             db = ib;
         }
+        if (!biased) db = null;
         boolean tc = CudaOps.tensorCores(rows, in);
         List<Cublas> routes = tc && gpu.blas() != null ? Arrays.asList(gpu.blas(), null) : Arrays.asList((Cublas) null);
         for (Cublas blas : routes) {
@@ -81,7 +87,8 @@ class MatmulKernelsTest extends KernelTestSupport {
             double err = relError(got, ref);
             // the tensor-core path rounds x (and a SwiGLU output) to bf16 (about 3e-3); the GEMV reads x in f32
             String what = (tc ? blas != null ? "cuBLAS, " : "gemm_bf16, " : "") + (norm ? "rmsnorm prologue, " : "")
-                    + (accumulate ? "residual epilogue, " : "") + (swiglu ? "swiglu, " : "");
+                    + (accumulate ? "residual epilogue, " : "") + (swiglu ? "swiglu, " : "")
+                    + (biased ? "" : "no bias, ");
             assertTrue(err < (tc ? 1e-2 : 1e-5), what + "relative error " + err);
         }
     }

@@ -12,12 +12,23 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** norm.cu's norms fused with the residual add against the CPU backend, to f32 and to bf16 outputs. */
 class NormKernelsTest extends KernelTestSupport {
+    /** The CPU's rmsnorm(x + y) * w, row by row. */
+    private static float[] ref(float[] x, float[] y, float[] w, int rows, int dim) {
+        float[] out = new float[rows * dim], row = new float[dim], o = new float[dim];
+        for (int m = 0; m < rows; m++) {
+            for (int i = 0; i < dim; i++) row[i] = x[m * dim + i] + y[m * dim + i];
+            CpuOps.rmsNorm(row, w, 1e-5f, o);
+            System.arraycopy(o, 0, out, m * dim, dim);
+        }
+        return out;
+    }
+
     /**
      * Odd widths take the one-float path, widths in whole float4 the 16-byte one (32: one warp; 4,096: a prefill's;
      * 20,000: wider than the values a block keeps in registers, either path).
      */
     @ParameterizedTest(name = "dim {0}")
-    @CsvSource({"333", "9001", "32", "4096", "20000"})
+    @CsvSource({"333", "9001", "4", "36", "32", "4096", "20000"})
     void normsMatchCpu(int dim) {
         Random r = new Random(5);
         int rows = 7;
@@ -45,6 +56,16 @@ class NormKernelsTest extends KernelTestSupport {
                 }
                 assertTrue(relError(download(outNoAdd, rows * dim), refNoAdd) < 1e-5, "norm without the residual add");
                 assertTrue(relError(download(dx3, rows * dim), x) == 0, "x untouched without a residual");
+                // in place (out == x), as a post-norm model normalises its residual stream
+                CUdeviceptr dx4 = upload(x);
+                NormKernels.addRmsNorm(gpu, dx4, dy, dx4, null, uploadBf16(w), rows, dim, 1e-5f);
+                assertTrue(relError(download(dx4, rows * dim), ref(x, y, w, rows, dim)) < 1e-5, "norm in place");
+                // x 4 bytes past a 16-byte boundary: the one-float path, whatever the width
+                float[] shifted = new float[rows * dim + 1];
+                System.arraycopy(x, 0, shifted, 1, rows * dim);
+                CUdeviceptr dx5 = upload(shifted).withByteOffset(4), out5 = poisoned(rows * dim);
+                NormKernels.addRmsNorm(gpu, dx5, dy, out5, null, uploadBf16(w), rows, dim, 1e-5f);
+                assertTrue(relError(download(out5, rows * dim), ref(x, y, w, rows, dim)) < 1e-5, "misaligned rows");
             }
             float[] ref = new float[rows * dim], sum = new float[rows * dim];
             for (int m = 0; m < rows; m++) {
