@@ -12,10 +12,14 @@
 //   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
 //   head (channels=qk-group, the group's heads sharing their channels)] [candidates = 32700] [k = 1980]
 // (s20_two_launch_select.patch: a two-launch selection measured against these in session 20, not kept)
+// cluster = -1: sparse_select_guess (select_guess.cuh) with each selection's own z (a calibration launch first: the
+//   guess holds wherever k to 2k keys reach it), its selections checked against sparse_select's; -2: the same kernel
+//   with a guess no key reaches (every selection falls back: the guess's cost when it fails)
 #ifndef SELECT_CU
 #define SELECT_CU "../../kernels/src/main/cuda/select.cu"
 #endif
 #include SELECT_CU
+#include "select_guess.cuh"
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -80,8 +84,30 @@ int main(int argc, char** argv) {
     cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * maxCand);
     cudaFuncSetAttribute(sparse_select_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
     cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
+    int listCap = 2 * k;
+    float* dz; int* dfall;
+    cudaMalloc(&dz, (size_t)P * H * 4); cudaMalloc(&dfall, 4);
+    cudaMemset(dfall, 0, 4);
+    int guessShared = 4 * maxCand + 8 * listCap;
+    cudaFuncSetAttribute(sparse_select_guess, cudaFuncAttributeMaxDynamicSharedMemorySize, guessShared);
+    std::vector<int> reference;
+    if (cluster < 0) {   // sparse_select's selections, then the z the guess starts from
+        sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
+        reference.resize((size_t)P * H * maxK);
+        cudaMemcpy(reference.data(), dsel, reference.size() * 4, cudaMemcpyDeviceToHost);
+        sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                             maxK, maxCand, listCap, nullptr, dz, dfall);
+        if (cluster == -2) {
+            std::vector<float> never((size_t)P * H, 1e30f);
+            cudaMemcpy(dz, never.data(), never.size() * 4, cudaMemcpyHostToDevice);
+        }
+        cudaMemset(dsel, 0, (size_t)P * H * maxK * 4);
+    }
     auto launch = [&] {
-        if (cluster == 1) {
+        if (cluster < 0) {
+            sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D,
+                                                                 qStride, maxK, maxCand, listCap, dz, nullptr, dfall);
+        } else if (cluster == 1) {
             sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
         } else if (cluster == 8) {
             sparse_select_cluster<<<P * H * 8, 256, 4 * ctile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
@@ -98,6 +124,16 @@ int main(int argc, char** argv) {
     cudaMemcpy(sel.data(), dsel, sel.size() * 4, cudaMemcpyDeviceToHost);
     unsigned long long sum = 0;
     for (int i = 0; i < P * H; i++) for (int j = 0; j < k; j++) sum = sum * 1000003ull + sel[(size_t)i * maxK + j];
+    if (cluster < 0) {
+        size_t differ = 0;
+        for (int i = 0; i < P * H; i++) {
+            if (mode != 0 && i % (H / KVH) != 0) continue;   // a shared selection is written from its group's first head
+            for (int j = 0; j < k; j++) differ += sel[(size_t)i * maxK + j] != reference[(size_t)i * maxK + j];
+        }
+        int fell; cudaMemcpy(&fell, dfall, 4, cudaMemcpyDeviceToHost);
+        printf("guess (%s): %zu slots differ from sparse_select's, %d selections fell back in the first launch\n",
+               cluster == -1 ? "each selection's own z" : "never reached", differ, fell);
+    }
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
     int reps = 20;
     cudaEventRecord(e0);
@@ -107,7 +143,7 @@ int main(int argc, char** argv) {
     double bytes = (double)P * (H / lgroup) * n * r * bits / 8 + (bits < 16 ? (double)P * (H / lgroup) * n * 2 : 0);
     printf("sparse_select (cluster %d, %d threads) %d-bit labels, a row for %d heads, mode %d, %d rows x %d candidates, k %d: "
            "%.1f us a launch, %.2f TB/s of labels, checksum %016llx\n", cluster,
-           cluster == 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
+           cluster <= 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
            bytes / (ms / reps * 1e-3) / 1e12, sum);
     return 0;
 }
