@@ -37,7 +37,7 @@ import java.util.Set;
  */
 public final class RunCommand {
     static final String USAGE = "run --config FILE [--replay] | run --replay-file IN --output-file OUT [--config FILE]"
-            + " [--model DIR] [--backend cpu|cuda|auto]";
+            + " [--model DIR] [--backend cpu|cuda|auto|cpu:device-memory=SIZE]";
 
     private RunCommand() {
     }
