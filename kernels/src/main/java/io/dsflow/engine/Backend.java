@@ -70,7 +70,7 @@ public interface Backend extends AutoCloseable {
         long room = KvStore.capacityFor(tokens, kv.capacity());
         long bytes = KvStore.heapBytes(c.numLayers(), c.kvDim(), room);
         if (kv.sparse()) {
-            int labelledLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
+            int labelledLayers = kv.sparseLayers(c.numLayers());
             long labelRows = (long) c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads())
                     * kv.labelChannels(c.headDim());
             bytes += labelledLayers * labelRows * room * Float.BYTES;

@@ -158,7 +158,7 @@ final class EngineThread implements AutoCloseable {
         return lastStep;
     }
 
-    /** The subtask's device row caches (the operator's metrics read them from the task thread). */
+    /** The subtask's device row caches (the operator's gauges read them from the metric reporters' threads). */
     RowCacheCounts rowCaches() {
         return rowCaches.totals();
     }

@@ -6,8 +6,9 @@ import io.dsflow.engine.RowCacheCounts;
 /**
  * A decode subtask's tally of its device row caches (KvConfig#rowCache, issue 26): the rows their selections asked for
  * and the rows they missed (each copied over the host link), read from the backend by the engine thread at most once
- * a {@link #READ_NANOS} (the read waits for the device, which the step just finished with), and read by the metrics
- * from the task thread. A backend that keeps no row caches (the CPU) leaves it at zero.
+ * a {@link #READ_NANOS} (the read waits for the device, which the step just finished with), and read by the gauges
+ * from the metric reporters' threads (the totals are volatile). A backend that keeps no row caches (the CPU) leaves it
+ * at zero.
  */
 final class RowCacheMeter {
     /** How often the engine thread reads the backend's counters. */

@@ -122,8 +122,8 @@ public final class CpuBackend implements Backend {
     @Override
     public long hostCacheBytes(KvConfig kv, long tokens) {
         if (deviceMemory < 0 || !kv.sparse() || kv.placement() != KvConfig.Placement.HOST) return 0;
-        int sparseLayers = c.numLayers() - Math.min(kv.denseLayers(), c.numLayers());
-        return KvStore.heapBytes(sparseLayers, c.kvDim(), KvStore.capacityFor(tokens, kv.capacity()));
+        return KvStore.heapBytes(kv.sparseLayers(c.numLayers()), c.kvDim(),
+                KvStore.capacityFor(tokens, kv.capacity()));
     }
 
     /**

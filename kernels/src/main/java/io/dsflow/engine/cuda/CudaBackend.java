@@ -162,7 +162,7 @@ public final class CudaBackend implements Backend {
     @Override
     public long cacheBytes(KvConfig kv, long tokens) {
         long cap = CudaKvCache.capacityFor(tokens);
-        int sparseLayers = sparseLayers(kv);
+        int sparseLayers = kv.sparseLayers(c.numLayers());
         boolean host = kv.placement() == KvConfig.Placement.HOST;
         // the device layers' keys and values: one block a cache (CudaKvCache's storeBlock)
         long bytes = CudaRuntime.sizeClass(2L * (host ? c.numLayers() - sparseLayers : c.numLayers())
@@ -200,19 +200,14 @@ public final class CudaBackend implements Backend {
             bytes += 2 * CudaRuntime.sizeClass((long) places * c.kvDim() * 2)
                     + CudaRuntime.sizeClass(4 * RowCacheKernels.indexInts(c.numKvHeads(), places));
         }
-        return bytes + (long) sparseLayers(kv) * CudaRuntime.sizeClass(4 * cap * c.numKvHeads());
+        return bytes + (long) kv.sparseLayers(c.numLayers()) * CudaRuntime.sizeClass(4 * cap * c.numKvHeads());
     }
 
     /** Pinned host bytes a cache of {@code tokens} tokens holds: host placement's sparse-layer keys and values. */
     @Override
     public long hostCacheBytes(KvConfig kv, long tokens) {
         if (kv.placement() != KvConfig.Placement.HOST) return 0;
-        return 2L * sparseLayers(kv) * CudaKvCache.capacityFor(tokens) * c.kvDim() * 2;
-    }
-
-    /** Layers with labels under a policy (none for dense). */
-    private int sparseLayers(KvConfig kv) {
-        return kv.sparse() ? c.numLayers() - Math.min(kv.denseLayers(), c.numLayers()) : 0;
+        return 2L * kv.sparseLayers(c.numLayers()) * CudaKvCache.capacityFor(tokens) * c.kvDim() * 2;
     }
 
     /**

@@ -226,6 +226,11 @@ public record KvConfig(KvPolicy policy, int labelChannels, int labelBits, int si
         return policy != KvPolicy.DENSE;
     }
 
+    /** Layers of a {@code numLayers}-layer model that select (and keep labels): none for dense. */
+    public int sparseLayers(int numLayers) {
+        return sparse() ? numLayers - Math.min(denseLayers, numLayers) : 0;
+    }
+
     /**
      * Query heads one label row serves: the GQA group ({@code heads / kvHeads}) where the channel source gives the
      * group's heads one channel list (k, qk-group), so their labels are the same numbers and are stored once a kv head;

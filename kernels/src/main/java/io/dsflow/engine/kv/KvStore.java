@@ -85,7 +85,7 @@ public final class KvStore {
         rotary = o.rotary;
         rotaryBase = o.rotaryBase;
         int held = Arrays.stream(o.length).max().orElse(0);   // the room a store holding as many has
-        capacity = (int) (limit > 0 ? Math.min(limit, capacityFor(held)) : capacityFor(held));
+        capacity = (int) capacityFor(held, limit);
         keys = new float[layers][kvDim][];
         values = new float[layers][];
         length = o.length.clone();
