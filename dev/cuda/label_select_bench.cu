@@ -127,7 +127,8 @@ int main(int argc, char** argv) {
     if (cluster < 0) {
         size_t differ = 0;
         for (int i = 0; i < P * H; i++) {
-            if (mode != 0 && i % (H / KVH) != 0) continue;   // a shared selection is written from its group's first head
+            // a shared selection is written from its group's first head
+            if (mode != 0 && i % (H / KVH) != 0) continue;
             for (int j = 0; j < k; j++) differ += sel[(size_t)i * maxK + j] != reference[(size_t)i * maxK + j];
         }
         int fell; cudaMemcpy(&fell, dfall, 4, cudaMemcpyDeviceToHost);

@@ -2,7 +2,8 @@ package io.dsflow.engine;
 
 /**
  * Rows asked of device row caches (KvConfig#rowCache) and rows they missed, a kv head's key and value each; a miss
- * crossed the host link ({@link Backend#takeRowCacheCounts}; bench, eval and the decode operator's metrics add them up).
+ * crossed the host link ({@link Backend#takeRowCacheCounts}; bench, eval and the decode operator's metrics add them
+ * up).
  *
  * @param asked  rows the selections read
  * @param missed rows copied over the host link

@@ -319,8 +319,8 @@ final class CudaOps {
         int selections = rows * (shared ? kvHeads : heads);
         int cluster = selectCluster(gpu.computeMajor() >= 9, gpu.multiprocessors(), selections, shared, maxCand,
                 gpu.onSideStream());
-        launchSelect(gpu, cluster, selections, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads, hd, qStride,
-                maxCand, maxK);
+        launchSelect(gpu, cluster, selections, selected, q, labels, channels, scales, seg, desc, rows, heads, kvHeads,
+                hd, qStride, maxCand, maxK);
     }
 
     /**
@@ -339,9 +339,10 @@ final class CudaOps {
      * {@link #select} by one block a selection ({@code cluster} 1, threads by {@link #selectThreads}), or clusters of
      * 2 or {@link #SELECT_CLUSTER}; {@code selections}: the blocks that select (rows x kv heads where shared).
      */
-    static void launchSelect(CudaRuntime gpu, int cluster, int selections, CUdeviceptr selected, CUdeviceptr q, CUdeviceptr labels,
-                             CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg, CUdeviceptr desc, int rows,
-                             int heads, int kvHeads, int hd, int qStride, int maxCand, int maxK) {
+    static void launchSelect(CudaRuntime gpu, int cluster, int selections, CUdeviceptr selected, CUdeviceptr q,
+                             CUdeviceptr labels, CUdeviceptr channels, CUdeviceptr scales, CUdeviceptr seg,
+                             CUdeviceptr desc, int rows, int heads, int kvHeads, int hd, int qStride, int maxCand,
+                             int maxK) {
         if (cluster > 1) {
             SelectKernels.sparseSelectCluster(gpu, cluster, rows, selected, q, labels, channels, scales, seg, desc,
                     heads, kvHeads, hd, qStride, maxK, SelectKernels.clusterTile(maxCand, cluster));

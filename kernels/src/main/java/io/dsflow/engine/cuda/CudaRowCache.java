@@ -112,7 +112,7 @@ final class CudaRowCache implements Runnable {
             k = gpu.alloc(rowBytes(n));
             v = gpu.alloc(rowBytes(n));
             ix = gpu.alloc(indexBytes(n));
-        } catch (RuntimeException e) {   // (out of device memory) the blocks made so far go back; the cache is as it was
+        } catch (RuntimeException e) {   // (out of device memory) the blocks so far go back; the cache is as it was
             if (k != null) gpu.free(k, rowBytes(n));
             if (v != null) gpu.free(v, rowBytes(n));
             throw e;
