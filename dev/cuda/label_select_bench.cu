@@ -14,7 +14,8 @@
 // (s20_two_launch_select.patch: a two-launch selection measured against these in session 20, not kept)
 // cluster = -1: sparse_select_guess (select_guess.cuh) with each selection's own z (a calibration launch first: the
 //   guess holds wherever k to 2k keys reach it), its selections checked against sparse_select's; -2: the same kernel
-//   with a guess no key reaches (every selection falls back: the guess's cost when it fails)
+//   with a guess no key reaches (every selection falls back: the guess's cost when it fails); 0: sparse_select without
+//   its guess (list_cap 0: the radix select over every candidate); 1 prints how many selections its guess served
 #ifndef SELECT_CU
 #define SELECT_CU "../../kernels/src/main/cuda/select.cu"
 #endif
@@ -90,11 +91,20 @@ int main(int argc, char** argv) {
     cudaMemset(dfall, 0, 4);
     int guessShared = 4 * maxCand + 8 * listCap;
     cudaFuncSetAttribute(sparse_select_guess, cudaFuncAttributeMaxDynamicSharedMemorySize, guessShared);
+    // sparse_select's list (select_top_k_guessed): cluster 1 with one as SelectKernels sizes it, 0 without (no guess)
+    int selectList = cluster == 1 ? std::min(std::min(4 * maxK, maxCand), (227 * 1024 - 4096 - 4 * maxCand) / 8) : 0;
+    int selectShared = 4 * maxCand + 8 * selectList, *dpaths;
+    cudaMalloc(&dpaths, 8); cudaMemset(dpaths, 0, 8);
+    cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, selectShared);
     std::vector<int> reference;
-    if (cluster < 0) {   // sparse_select's selections, then the z the guess starts from
-        sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
+    bool first = true, checked = cluster < 0 || cluster == 1;
+    if (checked) {   // sparse_select's selections without a guess, then the z the carried guess starts from
+        sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK,
+                                                       maxCand, 0, nullptr);
         reference.resize((size_t)P * H * maxK);
         cudaMemcpy(reference.data(), dsel, reference.size() * 4, cudaMemcpyDeviceToHost);
+    }
+    if (cluster < 0) {
         sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
                                                              maxK, maxCand, listCap, nullptr, dz, dfall);
         if (cluster == -2) {
@@ -107,8 +117,9 @@ int main(int argc, char** argv) {
         if (cluster < 0) {
             sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D,
                                                                  qStride, maxK, maxCand, listCap, dz, nullptr, dfall);
-        } else if (cluster == 1) {
-            sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK);
+        } else if (cluster <= 1) {
+            sparse_select<<<P * H, threads, selectShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK,
+                                                           maxCand, selectList, first ? dpaths : nullptr);
         } else if (cluster == 8) {
             sparse_select_cluster<<<P * H * 8, 256, 4 * ctile>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
                                                                 maxK, ctile);
@@ -118,22 +129,30 @@ int main(int argc, char** argv) {
         }
     };
     launch();
+    first = false;
     cudaError_t err = cudaDeviceSynchronize();
     if (err != cudaSuccess) { printf("error %s\n", cudaGetErrorString(err)); return 1; }
     std::vector<int> sel((size_t)P * H * maxK);
     cudaMemcpy(sel.data(), dsel, sel.size() * 4, cudaMemcpyDeviceToHost);
     unsigned long long sum = 0;
     for (int i = 0; i < P * H; i++) for (int j = 0; j < k; j++) sum = sum * 1000003ull + sel[(size_t)i * maxK + j];
-    if (cluster < 0) {
+    if (checked) {
         size_t differ = 0;
         for (int i = 0; i < P * H; i++) {
             // a shared selection is written from its group's first head
             if (mode != 0 && i % (H / KVH) != 0) continue;
             for (int j = 0; j < k; j++) differ += sel[(size_t)i * maxK + j] != reference[(size_t)i * maxK + j];
         }
-        int fell; cudaMemcpy(&fell, dfall, 4, cudaMemcpyDeviceToHost);
-        printf("guess (%s): %zu slots differ from sparse_select's, %d selections fell back in the first launch\n",
-               cluster == -1 ? "each selection's own z" : "never reached", differ, fell);
+        int fell, paths[2];
+        cudaMemcpy(&fell, dfall, 4, cudaMemcpyDeviceToHost);
+        cudaMemcpy(paths, dpaths, 8, cudaMemcpyDeviceToHost);
+        if (cluster == 1) {
+            printf("guess (normal quantile, list of %d): %zu slots differ from the radix select's; the first launch: "
+                   "%d selections from a list, %d fell back\n", selectList, differ, paths[0], paths[1]);
+        } else {
+            printf("guess (%s): %zu slots differ from sparse_select's, %d selections fell back in the first launch\n",
+                   cluster == -1 ? "each selection's own z" : "never reached", differ, fell);
+        }
     }
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
     int reps = 20;

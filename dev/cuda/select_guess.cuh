@@ -1,4 +1,5 @@
-// Experiment (session 22, not measured yet): sparse_select whose top-k starts from a guessed threshold. The scores'
+// Experiment (session 22, measured in session 23; select.cu's sparse_select now guesses without carried state,
+// select_top_k_guessed): sparse_select whose top-k starts from a guessed threshold. The scores'
 // mean and spread are summed after the scoring; the guess is mean + z sd, z carried from the selection's previous step
 // (on the CPU, z of the previous step's 1.25 k-th score left between k and 2k candidates above the guess in 84-88% of
 // the probe's selections: docs/results/bench-h100-2026-12-07-s22.txt). Where k to list_cap keys reach the guess, they
@@ -10,11 +11,6 @@
 //   fallbacks: how many selections took the full select (one int, added to)
 // Dynamic shared memory: 4 max_cand + 8 list_cap bytes (the keys, the list's candidates and their keys).
 // Included by label_select_bench.cu after select.cu.
-
-// a score from its order key (order_key's inverse)
-__device__ __forceinline__ float key_score(unsigned key) {
-    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
 
 // the kk-th largest key of s[0, n) by select_top_k's radix passes (1 <= kk <= n)
 __device__ unsigned kth_key(const unsigned* s, int n, int kk) {
@@ -99,3 +95,4 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select_guess(int* sele
         if (threadIdx.x == 0) z_out[sel] = (key_score(t) - mean) / sd;
     }
 }
+

@@ -174,6 +174,8 @@ extern "C" __global__ void sparse_scores(float* scores, const float* q, const un
 //   2. The picks in index order: each warp owns a contiguous range of candidates (read in coalesced chunks of 32) and
 //      counts its keys above the k-th and its ties by ballot; a scan over the warps gives each its first output
 //      position and how many ties it takes; a second sweep writes them.
+//   (sparse_select first tries a guessed threshold that leaves a short list of candidates for these parts:
+//   select_top_k_guessed.)
 
 // A candidate's order key: from a score, or as stored (the fused kernels keep keys, not scores, in shared memory)
 __device__ __forceinline__ unsigned key_of(const float* s, int c) { return order_key(s[c]); }
@@ -336,6 +338,64 @@ __device__ void select_top_k(int* out, int heads, int max_k, const T* s, int n, 
     write_picks(out, heads, max_k, s, n, 0, prefix, 0, need, sinks, warp_above, warp_ties);
 }
 
+// A score from its order key (order_key's inverse, but for the zeros' sign)
+__device__ __forceinline__ float key_score(unsigned key) {
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// The candidates a guessed threshold aims to keep, in multiples of k: the guess is the scores' mean + z sd with z the
+// normal quantile of 1 - GUESS_TAIL k / n. On the probes' trained attention (CPU, gqa=max, 1,440 selections a model
+// and length) it left between k and 4k candidates above it in 97.2-99.4% of selections (1.5 k: 92.6-96.7%).
+#define GUESS_TAIL 2.0f
+
+// select_top_k's picks from a short list where a guess allows: the scores' mean and spread (one pass over the keys)
+// give a threshold expected to leave about GUESS_TAIL k candidates above it (most score distributions are near normal
+// in their bulk). Where between k and list_cap keys reach it they are listed in candidate order (one counting and one
+// listing sweep) and select_top_k runs over the list alone; else over all n (the guess's cost then is the two sweeps).
+// Exact either way: k or more keys at or above the guess put the k-th largest at or above it, so the list holds every
+// pick and every tie of the k-th key, in candidate order (ties still go to the lower candidate).
+//   list: 2 list_cap words of shared memory (the listed candidates, then their keys); paths: null, or [2] ints counting
+//   the selections served from a list ([0]) and those that fell back after a guess ([1]).
+__device__ void select_top_k_guessed(int* out, int heads, int max_k, const unsigned* s, int n, int k, int sinks,
+                                     unsigned* list, int list_cap, int* paths) {
+    __shared__ float red[32];
+    __shared__ int warp_above[32], warp_ties[32];
+    float tail = GUESS_TAIL * k / n;
+    if (k <= 0 || k > list_cap || !(tail < 0.5f)) {   // no list could hold it, or too many would pass a guess
+        select_top_k(out, heads, max_k, s, n, k, sinks);
+        return;
+    }
+    float sum = 0.f, sq = 0.f;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+        float v = key_score(s[c]);
+        sum += v;
+        sq += v * v;
+    }
+    sum = block_sum(sum, red);
+    sq = block_sum(sq, red);
+    float mean = sum / n, sd = sqrtf(fmaxf(sq / n - mean * mean, 0.f));
+    unsigned guess = order_key(mean + normcdfinvf(1.f - tail) * sd);
+    int above = 0, ties = 0;
+    if (guess > 0u) count_picks(s, n, guess - 1u, warp_above, warp_ties, &above, &ties);   // keys >= guess
+    if (above < k || above > list_cap) {
+        if (paths != nullptr && threadIdx.x == 0) atomicAdd(&paths[1], 1);
+        select_top_k(out, heads, max_k, s, n, k, sinks);
+        return;
+    }
+    unsigned* list_keys = list + list_cap;
+    write_picks(reinterpret_cast<int*>(list), 1, 0, s, n, 0, guess - 1u, 0, 0, 0, warp_above, warp_ties);
+    __syncthreads();
+    for (int i = threadIdx.x; i < above; i += blockDim.x) list_keys[i] = s[list[i]];
+    __syncthreads();
+    select_top_k(out, 1, max_k, list_keys, above, k, 0);   // places in the list, ascending
+    __syncthreads();
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        int slot = sinks + (int)list[out[i]];
+        for (int j = 0; j < heads; j++) out[(size_t)j * max_k + i] = slot;
+    }
+    if (paths != nullptr && threadIdx.x == 0) atomicAdd(&paths[0], 1);
+}
+
 // sparse_topk: the k = min(budget[p], cand[p]) largest scores of a (row, head) as select_top_k picks them. mode 0:
 //   per query head; 1 / 2: one selection per kv head from the group's max / sum of scores, by the block of the
 //   group's first head (combined into its scores row), written for each head of the group. Grid: (P * H), block: 1024.
@@ -470,15 +530,17 @@ __device__ void score_selection(unsigned* keys, const LabelCache& labels, int fi
 }
 
 // sparse_select (dspp): sparse_scores and sparse_topk in one block per (row, head; mode != 0: the group's first
-//   head), the candidates' order keys in dynamic shared memory: [max_cand] (the host keeps max_cand within it).
+//   head), the candidates' order keys in dynamic shared memory, then the top-k from a guessed threshold's list where
+//   one holds it (select_top_k_guessed). Dynamic shared memory: [max_cand] keys, then the list's 2 list_cap words (the
+//   host keeps both within a block's; list_cap 0: no guess). paths: null, or select_top_k_guessed's two counters.
 //   Grid: (P * H), block: 256, 512 or 1024 threads (CudaOps.selectThreads: the fewest waves of blocks).
 extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, const float* q,
                                                                  const unsigned long long* lptr,
                                                                  const unsigned long long* chptr,
                                                                  const unsigned long long* sptr, const int* seg,
                                                                  const int* sp, int H, int KVH, int D, int q_stride,
-                                                                 int max_k) {
-    extern __shared__ unsigned s[];   // the candidates' order keys
+                                                                 int max_k, int max_cand, int list_cap, int* paths) {
+    extern __shared__ unsigned s[];   // the candidates' order keys, then the list
     __shared__ float qc[8 * 64];   // the selection's heads (up to 8) x r (up to 64) label channels of q
     int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
     const int* d = sp + p * SP_FIELDS;
@@ -491,7 +553,8 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
     bool summed = summed_query(qc, labels.group, mode, heads, r);
     score_selection(s, labels, d[SP_SINKS], h0, qc, summed ? 1 : heads, mode, r, n);
     __syncthreads();
-    select_top_k(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS]);
+    select_top_k_guessed(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS],
+                         s + max_cand, list_cap, paths);
 }
 
 // sparse_select_cluster (dspp on sm_90): sparse_select spread over a cluster of CLUSTER blocks per selection, so that

@@ -62,6 +62,7 @@ public final class CudaRuntime implements AutoCloseable {
     private final int ordinal;
     private final CUcontext context = new CUcontext();
     private final Map<String, Integer> sharedAllowed = new HashMap<>(), occupancy = new HashMap<>();
+    private final Map<String, Integer> dynamicShared = new HashMap<>();
     private final Map<String, CUfunction> functions = new HashMap<>();
     private final java.util.List<CUmodule> modules = new java.util.ArrayList<>();
     private volatile boolean closed;
@@ -94,7 +95,7 @@ public final class CudaRuntime implements AutoCloseable {
     private java.nio.ByteBuffer staging;
     private boolean uploadInFlight;
 
-    private final int computeMajor, multiprocessors;
+    private final int computeMajor, multiprocessors, sharedPerBlockOptIn;
     private final Cublas blas;
 
     /** Streaming multiprocessors of the device (132 on an H100 SXM). */
@@ -127,6 +128,9 @@ public final class CudaRuntime implements AutoCloseable {
         JCudaDriver.cuDeviceGetAttribute(major, jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
                 device);
         multiprocessors = major[0];
+        JCudaDriver.cuDeviceGetAttribute(major,
+                jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device);
+        sharedPerBlockOptIn = major[0];
         JCudaDriver.cuStreamCreate(stream, 0);
         JCudaDriver.cuStreamCreate(side, 0);
         JCudaDriver.cuEventCreate(forked, CUevent_flags.CU_EVENT_DISABLE_TIMING);
@@ -577,6 +581,21 @@ public final class CudaRuntime implements AutoCloseable {
             sharedAllowed.put(kernel, sharedBytes);
         }
         return f;
+    }
+
+    /**
+     * Dynamic shared memory a block of {@code kernel} may have: the device's opt-in limit a block (227 KB on an H100,
+     * 163 KB on an A100) less the kernel's static shared memory.
+     */
+    public int dynamicSharedLimit(String kernel) {
+        return dynamicShared.computeIfAbsent(kernel, key -> {
+            CUfunction f = functions.get(kernel);
+            if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+            int[] bytes = new int[1];
+            JCudaDriver.cuFuncGetAttribute(bytes, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                    f);
+            return sharedPerBlockOptIn - bytes[0];
+        });
     }
 
     /**

@@ -55,21 +55,46 @@ public final class SelectKernels {
 
     /**
      * sparse_select: sparse_scores and sparse_topk in one block per (row, head; a shared selection: the group's first
-     * head), the candidates' order keys in dynamic shared memory (maxCand of them, within what a block may have).
-     * Grid (P * H), block {@code threads} (256, 512 or 1024: CudaOps.selectThreads), dynamic shared memory 4 maxCand
-     * bytes.
+     * head), the candidates' order keys in dynamic shared memory (maxCand of them, within what a block may have), the
+     * top-k from a guessed threshold's short list where one holds it (select_top_k_guessed; exact either way). Grid
+     * (P * H), block {@code threads} (256, 512 or 1024: CudaOps.selectThreads), dynamic shared memory
+     * {@link #sparseSelectSharedBytes}. {@code paths}: null, or [2] ints that count the selections served from a list
+     * and those that fell back after a guess (tests).
      */
     public static void sparseSelect(CudaRuntime gpu, int rows, int threads, int maxCand, CUdeviceptr selected,
                                     CUdeviceptr q, CUdeviceptr labelTable, CUdeviceptr channelTable,
                                     CUdeviceptr scaleTable, CUdeviceptr seg, CUdeviceptr desc, int heads, int kvHeads,
-                                    int headDim, int qStride, int maxK) {
-        gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, 4 * maxCand, selected, q, labelTable,
-                channelTable, scaleTable, seg, desc, heads, kvHeads, headDim, qStride, maxK);
+                                    int headDim, int qStride, int maxK, CUdeviceptr paths) {
+        int listCap = guessListCapacity(gpu, maxCand, maxK);
+        gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, sparseSelectSharedBytes(maxCand, listCap),
+                selected, q, labelTable, channelTable, scaleTable, seg, desc, heads, kvHeads, headDim, qStride, maxK,
+                maxCand, listCap, paths);
+    }
+
+    /**
+     * Candidates a guessed threshold's list holds, in budgets: select.cu's guess aims at twice the budget (GUESS_TAIL),
+     * which left between one and four budgets above it in 97.2-99.4% of the probes' selections.
+     */
+    static final int GUESS_LIST_BUDGETS = 4;
+
+    /**
+     * The guess's list for budgets up to {@code maxK}: {@link #GUESS_LIST_BUDGETS} budgets, at most the candidates,
+     * within the shared memory a block has beside its 4 maxCand bytes of keys (0: no room, no guess).
+     */
+    static int guessListCapacity(CudaRuntime gpu, int maxCand, int maxK) {
+        int room = (gpu.dynamicSharedLimit("sparse_select") - 4 * maxCand) / 8;
+        return Math.max(0, Math.min(Math.min(GUESS_LIST_BUDGETS * maxK, maxCand), room));
+    }
+
+    /** Dynamic shared memory of a sparse_select block: the candidates' keys, then the list's candidates and keys. */
+    static int sparseSelectSharedBytes(int maxCand, int listCap) {
+        return 4 * maxCand + 8 * listCap;
     }
 
     /** Blocks of sparse_select of {@code threads} threads a multiprocessor holds at once (the driver's occupancy). */
-    static int sparseSelectBlocksPerMultiprocessor(CudaRuntime gpu, int threads, int maxCand) {
-        return gpu.blocksPerMultiprocessor("sparse_select", threads, 4 * maxCand);
+    static int sparseSelectBlocksPerMultiprocessor(CudaRuntime gpu, int threads, int maxCand, int maxK) {
+        return gpu.blocksPerMultiprocessor("sparse_select", threads,
+                sparseSelectSharedBytes(maxCand, guessListCapacity(gpu, maxCand, maxK)));
     }
 
     /** The candidates each block of a cluster of {@code cluster} scores: its share rounded up to 32. */

@@ -70,11 +70,17 @@ class SelectKernelsTest extends KernelTestSupport {
      * the CPU keeps them: fp16, or the integer times its row's fp16 scale) and the device's buffers. 16-bit: multiples
      * of 1/256 in [-4, 4), exact in fp16, with ties among the scores; 8- and 4-bit: integers in +-127 or +-7 times
      * scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]; 4-bit values two a byte, label 2i of a row in the
-     * low nibble of the row's byte i, rows of (r + 1) / 2 bytes (sparse_rows.cuh).
+     * low nibble of the row's byte i, rows of (r + 1) / 2 bytes (sparse_rows.cuh). {@code zeroShare}: the share of
+     * labels that are 0 (skewed scores: most candidates tie at 0, a few stand out).
      */
     private record LabelCaches(float[][] values, int[][] channels, CUdeviceptr labelTable, CUdeviceptr channelTable,
                                CUdeviceptr scaleTable) {
         static LabelCaches random(Random rnd, int bits, int[] segR, int cap, int heads, int hd, int labelGroup) {
+            return random(rnd, bits, segR, cap, heads, hd, labelGroup, 0);
+        }
+
+        static LabelCaches random(Random rnd, int bits, int[] segR, int cap, int heads, int hd, int labelGroup,
+                                  double zeroShare) {
             int rowsOfLabels = heads / labelGroup, nseg = segR.length;
             float[][] values = new float[nseg][];
             int[][] channels = new int[nseg][];
@@ -86,7 +92,7 @@ class SelectKernelsTest extends KernelTestSupport {
                 if (bits == 16) {
                     short[] half = new short[values[sgm].length];
                     for (int i = 0; i < half.length; i++) {
-                        values[sgm][i] = (rnd.nextInt(2048) - 1024) / 256f;
+                        values[sgm][i] = rnd.nextDouble() < zeroShare ? 0f : (rnd.nextInt(2048) - 1024) / 256f;
                         half[i] = fp16(values[sgm][i]);
                     }
                     labelBuffers[sgm] = gpu.alloc(half.length * 2L);
@@ -101,7 +107,7 @@ class SelectKernelsTest extends KernelTestSupport {
                             scales[h * cap + t] = fp16(scale);
                             int row = (t * rowsOfLabels + h) * rowBytes;
                             for (int i = 0; i < r; i++) {
-                                int v = rnd.nextInt(2 * levels + 1) - levels;
+                                int v = rnd.nextDouble() < zeroShare ? 0 : rnd.nextInt(2 * levels + 1) - levels;
                                 values[sgm][t * rowsOfLabels * r + h * r + i] = v * scale;
                                 if (bits == 8) packed[row + i] = (byte) v;
                                 else packed[row + i / 2] |= (byte) ((v & 15) << (4 * (i % 2)));
@@ -157,14 +163,18 @@ class SelectKernelsTest extends KernelTestSupport {
         int[] a = downloadInts(unfused, rows * heads * maxK);
         float[][] labels = caches.values();
         int[][] channels = caches.channels();
-        // the one-block kernel at each block size CudaOps.selectThreads may choose
+        // the one-block kernel at each block size CudaOps.selectThreads may choose; near-normal scores: most
+        // selections that guess are served from the guess's list
+        CUdeviceptr paths = upload(new int[2]);
         for (int threads : new int[]{1024, 512, 256}) {
             CUdeviceptr fused = upload(new int[rows * heads * maxK]);
             SelectKernels.sparseSelect(gpu, rows, threads, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads,
-                    hd, qStride, maxK);
+                    hd, qStride, maxK, paths);
             checkSelection(a, downloadInts(fused, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q, heads,
                     group, labelGroup, hd, qStride, sinks, maxK, "one block of " + threads + " threads a selection");
         }
+        int[] taken = downloadInts(paths, 2);
+        assertTrue(taken[0] > taken[1], "selections from a guess's list " + taken[0] + ", fell back " + taken[1]);
         // on Hopper the cluster kernels, of 8 blocks and of 2
         for (int cluster : gpu.computeMajor() >= 9 ? new int[]{8, 2} : new int[0]) {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
@@ -173,6 +183,47 @@ class SelectKernelsTest extends KernelTestSupport {
             checkSelection(a, downloadInts(clustered, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q,
                     heads, group, labelGroup, hd, qStride, sinks, maxK, "clusters of " + cluster + " blocks");
         }
+    }
+
+    /**
+     * sparse_select's guessed threshold where it misses: labels mostly 0, so most candidates tie at a score of 0 and a
+     * few stand out, and the normal quantile's guess leaves fewer than k candidates above it (the selection falls back
+     * to the radix select over every candidate) or a list holding ties; either way the selection is sparse_topk's
+     * (ties to the lower candidate) and the top of the CPU's scores.
+     */
+    @ParameterizedTest(name = "{0}-bit labels")
+    @CsvSource({"16", "8", "4"})
+    void selectionWhoseGuessMissesIsExact(int bits) {
+        Random rnd = new Random(31 + bits);
+        int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
+        int[] segR = {16, 16};
+        int[][] rowsSpec = {{0, 5000, 300, 1}, {1, 1000, 7, 0}, {0, 4097, 200, 2}, {1, 3001, 100, 1},
+                {0, 2049, 64, 0}, {1, 5000, 600, 1}};
+        int rows = rowsSpec.length, maxCand = 5120, maxK = 640;
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1, 0.98);
+        float[] q = random(rnd, rows * qStride, 1);
+        int[] seg = new int[rows];
+        List<SparseRowDescriptor> desc = new ArrayList<>();
+        for (int p = 0; p < rows; p++) {
+            seg[p] = rowsSpec[p][0];
+            desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], rowsSpec[p][2], sinks, 0, rowsSpec[p][3], segR[seg[p]],
+                    bits, cap, false, 1));
+        }
+        CUdeviceptr dq = upload(q), dl = caches.labelTable(), dch = caches.channelTable();
+        CUdeviceptr dsc = caches.scaleTable(), dseg = upload(seg), dsp = uploadRows(desc);
+        CUdeviceptr unfused = upload(new int[rows * heads * maxK]);
+        CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
+        SelectKernels.sparseScores(gpu, rows, scores, dq, dl, dch, dsc, dseg, dsp, heads, hd, qStride, maxCand);
+        SelectKernels.sparseTopk(gpu, rows, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
+        CUdeviceptr fused = upload(new int[rows * heads * maxK]), paths = upload(new int[2]);
+        SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads, hd,
+                qStride, maxK, paths);
+        checkSelection(downloadInts(unfused, rows * heads * maxK), downloadInts(fused, rows * heads * maxK), rowsSpec,
+                seg, segR, caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK,
+                "skewed scores");
+        int[] taken = downloadInts(paths, 2);
+        assertTrue(taken[1] > 0, "selections that fell back after a guess: " + taken[1] + " (from a list " + taken[0]
+                + ")");
     }
 
     /**
