@@ -41,11 +41,22 @@ __device__ __forceinline__ int label_nibble(unsigned w, int e) {
     return (int)(w << (28 - 4 * e)) >> 28;
 }
 
+// label_nibble as a float without a conversion instruction (those run at a quarter of the multiplies' rate, and the
+// scoring of many rows is bound by its arithmetic): the nibble plus 8 in the mantissa of 2^23, less 2^23 + 8, which is
+// exact. -DLABEL_I2F: the conversion (dev/cuda/label_select_bench.cu's A/B).
+__device__ __forceinline__ float label_nibble_float(unsigned w, int e) {
+#ifdef LABEL_I2F
+    return (float)label_nibble(w, e);
+#else
+    return __fsub_rn(__uint_as_float(0x4B000000u | (((w >> (4 * e)) & 15u) ^ 8u)), 8388616.f);
+#endif
+}
+
 // label_chunk for 8 int4 labels in a word (4-bit; label_chunk8's arithmetic: value * scale exact in f32, then the
 // product, each rounded), and for the 16 of a uint2 and the 32 of a uint4, word after word
 __device__ __forceinline__ float label_chunk4(float s, unsigned w, const float* qc, float scale) {
 #pragma unroll
-    for (int e = 0; e < 8; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn((float)label_nibble(w, e), scale)));
+    for (int e = 0; e < 8; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn(label_nibble_float(w, e), scale)));
     return s;
 }
 __device__ __forceinline__ float label_chunk4(float s, uint2 raw, const float* qc, float scale) {
