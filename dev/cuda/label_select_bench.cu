@@ -12,15 +12,13 @@
 //   [threads = 1024: of a single block; the side stream's are 512] [label group = 1: a label row a query head; 4: a kv
 //   head (channels=qk-group, the group's heads sharing their channels)] [candidates = 32700] [k = 1980]
 // (s20_two_launch_select.patch: a two-launch selection measured against these in session 20, not kept)
-// cluster = -1: sparse_select_guess (select_guess.cuh) with each selection's own z (a calibration launch first: the
-//   guess holds wherever k to 2k keys reach it), its selections checked against sparse_select's; -2: the same kernel
-//   with a guess no key reaches (every selection falls back: the guess's cost when it fails); 0: sparse_select without
-//   its guess (list_cap 0: the radix select over every candidate); 1 prints how many selections its guess served
+// cluster = 0: sparse_select without its guess (list_cap 0: the radix select over every candidate); 1 checks its
+//   selections slot by slot against those and prints how many its guess's list served. (Session 22's carried-z guess,
+//   cluster -1 / -2 with select_guess.cuh, measured in session 23 and removed: git show dd66dc1:dev/cuda/.)
 #ifndef SELECT_CU
 #define SELECT_CU "../../kernels/src/main/cuda/select.cu"
 #endif
 #include SELECT_CU
-#include "select_guess.cuh"
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -82,42 +80,24 @@ int main(int argc, char** argv) {
     cudaMemcpy(dsp, sp.data(), sp.size() * 4, cudaMemcpyHostToDevice);
     cudaMemset(dsel, 0, (size_t)P * H * maxK * 4);
     int cl = cluster > 1 ? cluster : 1, ctile = ((maxCand + cl - 1) / cl + 31) / 32 * 32;
-    cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * maxCand);
     cudaFuncSetAttribute(sparse_select_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
     cudaFuncSetAttribute(sparse_select_cluster2, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * ctile);
-    int listCap = 2 * k;
-    float* dz; int* dfall;
-    cudaMalloc(&dz, (size_t)P * H * 4); cudaMalloc(&dfall, 4);
-    cudaMemset(dfall, 0, 4);
-    int guessShared = 4 * maxCand + 8 * listCap;
-    cudaFuncSetAttribute(sparse_select_guess, cudaFuncAttributeMaxDynamicSharedMemorySize, guessShared);
     // sparse_select's list (select_top_k_guessed): cluster 1 with one as SelectKernels sizes it, 0 without (no guess)
     int selectList = cluster == 1 ? std::min(std::min(4 * maxK, maxCand), (227 * 1024 - 4096 - 4 * maxCand) / 8) : 0;
     int selectShared = 4 * maxCand + 8 * selectList, *dpaths;
     cudaMalloc(&dpaths, 8); cudaMemset(dpaths, 0, 8);
     cudaFuncSetAttribute(sparse_select, cudaFuncAttributeMaxDynamicSharedMemorySize, selectShared);
     std::vector<int> reference;
-    bool first = true, checked = cluster < 0 || cluster == 1;
-    if (checked) {   // sparse_select's selections without a guess, then the z the carried guess starts from
+    bool first = true, checked = cluster == 1;
+    if (checked) {   // sparse_select's selections without a guess
         sparse_select<<<P * H, threads, 4 * maxCand>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK,
                                                        maxCand, 0, nullptr);
         reference.resize((size_t)P * H * maxK);
         cudaMemcpy(reference.data(), dsel, reference.size() * 4, cudaMemcpyDeviceToHost);
-    }
-    if (cluster < 0) {
-        sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
-                                                             maxK, maxCand, listCap, nullptr, dz, dfall);
-        if (cluster == -2) {
-            std::vector<float> never((size_t)P * H, 1e30f);
-            cudaMemcpy(dz, never.data(), never.size() * 4, cudaMemcpyHostToDevice);
-        }
         cudaMemset(dsel, 0, (size_t)P * H * maxK * 4);
     }
     auto launch = [&] {
-        if (cluster < 0) {
-            sparse_select_guess<<<P * H, threads, guessShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D,
-                                                                 qStride, maxK, maxCand, listCap, dz, nullptr, dfall);
-        } else if (cluster <= 1) {
+        if (cluster <= 1) {
             sparse_select<<<P * H, threads, selectShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride, maxK,
                                                            maxCand, selectList, first ? dpaths : nullptr);
         } else if (cluster == 8) {
@@ -143,16 +123,10 @@ int main(int argc, char** argv) {
             if (mode != 0 && i % (H / KVH) != 0) continue;
             for (int j = 0; j < k; j++) differ += sel[(size_t)i * maxK + j] != reference[(size_t)i * maxK + j];
         }
-        int fell, paths[2];
-        cudaMemcpy(&fell, dfall, 4, cudaMemcpyDeviceToHost);
+        int paths[2];
         cudaMemcpy(paths, dpaths, 8, cudaMemcpyDeviceToHost);
-        if (cluster == 1) {
-            printf("guess (normal quantile, list of %d): %zu slots differ from the radix select's; the first launch: "
-                   "%d selections from a list, %d fell back\n", selectList, differ, paths[0], paths[1]);
-        } else {
-            printf("guess (%s): %zu slots differ from sparse_select's, %d selections fell back in the first launch\n",
-                   cluster == -1 ? "each selection's own z" : "never reached", differ, fell);
-        }
+        printf("guess (normal quantile, list of %d): %zu slots differ from the radix select's; the first launch: "
+               "%d selections from a list, %d fell back\n", selectList, differ, paths[0], paths[1]);
     }
     cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
     int reps = 20;
