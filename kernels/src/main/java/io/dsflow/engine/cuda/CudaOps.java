@@ -348,7 +348,7 @@ final class CudaOps {
                     heads, kvHeads, hd, qStride, maxK, SelectKernels.clusterTile(maxCand, cluster));
         } else {
             int threads = selectThreads(gpu.multiprocessors(), selections, gpu.onSideStream(),
-                    t -> SelectKernels.sparseSelectBlocksPerMultiprocessor(gpu, t, maxCand, maxK));
+                    t -> SelectKernels.sparseSelectBlocksPerMultiprocessor(gpu, t, maxCand));
             SelectKernels.sparseSelect(gpu, rows, threads, maxCand, selected, q, labels, channels, scales, seg, desc,
                     heads, kvHeads, hd, qStride, maxK, null);
         }

@@ -62,7 +62,7 @@ public final class CudaRuntime implements AutoCloseable {
     private final int ordinal;
     private final CUcontext context = new CUcontext();
     private final Map<String, Integer> sharedAllowed = new HashMap<>(), occupancy = new HashMap<>();
-    private final Map<String, Integer> dynamicShared = new HashMap<>();
+    private final Map<String, Integer> staticShared = new HashMap<>();
     private final Map<String, CUfunction> functions = new HashMap<>();
     private final java.util.List<CUmodule> modules = new java.util.ArrayList<>();
     private volatile boolean closed;
@@ -95,7 +95,8 @@ public final class CudaRuntime implements AutoCloseable {
     private java.nio.ByteBuffer staging;
     private boolean uploadInFlight;
 
-    private final int computeMajor, multiprocessors, sharedPerBlockOptIn;
+    private final int computeMajor, multiprocessors;
+    private final int sharedPerBlockOptIn, sharedPerMultiprocessor, sharedReservedPerBlock;
     private final Cublas blas;
 
     /** Streaming multiprocessors of the device (132 on an H100 SXM). */
@@ -131,6 +132,12 @@ public final class CudaRuntime implements AutoCloseable {
         JCudaDriver.cuDeviceGetAttribute(major,
                 jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device);
         sharedPerBlockOptIn = major[0];
+        JCudaDriver.cuDeviceGetAttribute(major,
+                jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, device);
+        sharedPerMultiprocessor = major[0];
+        JCudaDriver.cuDeviceGetAttribute(major,
+                jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, device);
+        sharedReservedPerBlock = major[0];
         JCudaDriver.cuStreamCreate(stream, 0);
         JCudaDriver.cuStreamCreate(side, 0);
         JCudaDriver.cuEventCreate(forked, CUevent_flags.CU_EVENT_DISABLE_TIMING);
@@ -584,17 +591,20 @@ public final class CudaRuntime implements AutoCloseable {
     }
 
     /**
-     * Dynamic shared memory a block of {@code kernel} may have: the device's opt-in limit a block (227 KB on an H100,
-     * 163 KB on an A100) less the kernel's static shared memory.
+     * Dynamic shared memory a block of {@code kernel} may have while {@code blocks} of its blocks share a
+     * multiprocessor: the multiprocessor's shared memory a block less what the driver reserves a block, within the
+     * opt-in limit a block (227 KB on an H100, 163 KB on an A100), less the kernel's static shared memory.
      */
-    public int dynamicSharedLimit(String kernel) {
-        return dynamicShared.computeIfAbsent(kernel, key -> {
+    public int dynamicSharedLimit(String kernel, int blocks) {
+        int perBlock = Math.min(sharedPerBlockOptIn,
+                sharedPerMultiprocessor / Math.max(1, blocks) - sharedReservedPerBlock);
+        return perBlock - staticShared.computeIfAbsent(kernel, key -> {
             CUfunction f = functions.get(kernel);
             if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
             int[] bytes = new int[1];
             JCudaDriver.cuFuncGetAttribute(bytes, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
                     f);
-            return sharedPerBlockOptIn - bytes[0];
+            return bytes[0];
         });
     }
 

@@ -65,7 +65,7 @@ public final class SelectKernels {
                                     CUdeviceptr q, CUdeviceptr labelTable, CUdeviceptr channelTable,
                                     CUdeviceptr scaleTable, CUdeviceptr seg, CUdeviceptr desc, int heads, int kvHeads,
                                     int headDim, int qStride, int maxK, CUdeviceptr paths) {
-        int listCap = guessListCapacity(gpu, maxCand, maxK);
+        int listCap = guessListCapacity(gpu, threads, maxCand, maxK);
         gpu.launchWithSharedMemory("sparse_select", rows * heads, 1, threads, sparseSelectSharedBytes(maxCand, listCap),
                 selected, q, labelTable, channelTable, scaleTable, seg, desc, heads, kvHeads, headDim, qStride, maxK,
                 maxCand, listCap, paths);
@@ -78,12 +78,17 @@ public final class SelectKernels {
     static final int GUESS_LIST_BUDGETS = 4;
 
     /**
-     * The guess's list for budgets up to {@code maxK}: {@link #GUESS_LIST_BUDGETS} budgets, at most the candidates,
-     * within the shared memory a block has beside its 4 maxCand bytes of keys (0: no room, no guess).
+     * The guess's list for budgets up to {@code maxK} in blocks of {@code threads}: {@link #GUESS_LIST_BUDGETS}
+     * budgets, at most the candidates, within the shared memory a block has beside its 4 maxCand bytes of keys while
+     * as many blocks share a multiprocessor as without a list (the guess never costs occupancy); 0: no room, no guess.
      */
-    static int guessListCapacity(CudaRuntime gpu, int maxCand, int maxK) {
-        int room = (gpu.dynamicSharedLimit("sparse_select") - 4 * maxCand) / 8;
-        return Math.max(0, Math.min(Math.min(GUESS_LIST_BUDGETS * maxK, maxCand), room));
+    static int guessListCapacity(CudaRuntime gpu, int threads, int maxCand, int maxK) {
+        int blocks = sparseSelectBlocksPerMultiprocessor(gpu, threads, maxCand);
+        int room = (gpu.dynamicSharedLimit("sparse_select", blocks) - 4 * maxCand) / 8;
+        int cap = Math.max(0, Math.min(Math.min(GUESS_LIST_BUDGETS * maxK, maxCand), room));
+        boolean keepsOccupancy = cap == 0 || gpu.blocksPerMultiprocessor("sparse_select", threads,
+                sparseSelectSharedBytes(maxCand, cap)) >= blocks;
+        return keepsOccupancy ? cap : 0;
     }
 
     /** Dynamic shared memory of a sparse_select block: the candidates' keys, then the list's candidates and keys. */
@@ -91,10 +96,12 @@ public final class SelectKernels {
         return 4 * maxCand + 8 * listCap;
     }
 
-    /** Blocks of sparse_select of {@code threads} threads a multiprocessor holds at once (the driver's occupancy). */
-    static int sparseSelectBlocksPerMultiprocessor(CudaRuntime gpu, int threads, int maxCand, int maxK) {
-        return gpu.blocksPerMultiprocessor("sparse_select", threads,
-                sparseSelectSharedBytes(maxCand, guessListCapacity(gpu, maxCand, maxK)));
+    /**
+     * Blocks of sparse_select of {@code threads} threads a multiprocessor holds at once (the driver's occupancy) with
+     * its candidates' keys; the guess's list fits beside them ({@link #guessListCapacity}).
+     */
+    static int sparseSelectBlocksPerMultiprocessor(CudaRuntime gpu, int threads, int maxCand) {
+        return gpu.blocksPerMultiprocessor("sparse_select", threads, 4 * maxCand);
     }
 
     /** The candidates each block of a cluster of {@code cluster} scores: its share rounded up to 32. */

@@ -197,14 +197,36 @@ class SelectKernelsTest extends KernelTestSupport {
     @ParameterizedTest(name = "{0}-bit labels")
     @CsvSource({"16", "8", "4"})
     void selectionWhoseGuessMissesIsExact(int bits) {
-        Random rnd = new Random(31 + bits);
+        int[] taken = guessedSelection(new Random(31 + bits), bits, 0.98, false, "skewed scores");
+        assertTrue(taken[1] > 0, "selections that fell back after a guess: " + taken[1] + " (from a list " + taken[0]
+                + ")");
+    }
+
+    /**
+     * sparse_select's list where the scores tie often: 4-bit labels and a query of ones make every score a sum of 16
+     * integers in +-7 times one of four scales (a few hundred values over thousands of candidates), so the k-th key
+     * and the guess fall among ties; the list keeps them in candidate order and the selection is sparse_topk's.
+     */
+    @Test
+    void guessedListKeepsTiesInCandidateOrder() {
+        int[] taken = guessedSelection(new Random(37), 4, 0, true, "tied scores");
+        assertTrue(taken[0] > 0, "selections from a guess's list: " + taken[0] + " (fell back " + taken[1] + ")");
+    }
+
+    /**
+     * Selections of 4-bit, 8-bit or 16-bit label caches ({@code zeroShare} of their tokens' labels 0; a query of ones
+     * where {@code unitQuery}) by sparse_select at 256 threads, checked against sparse_scores then sparse_topk and the
+     * CPU's scores; returns sparse_select's counts of selections served from a guess's list and fallen back after one.
+     */
+    private static int[] guessedSelection(Random rnd, int bits, double zeroShare, boolean unitQuery, String what) {
         int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
         int[] segR = {16, 16};
         int[][] rowsSpec = {{0, 5000, 300, 1}, {1, 1000, 7, 0}, {0, 4097, 200, 2}, {1, 3001, 100, 1},
                 {0, 2049, 64, 0}, {1, 5000, 600, 1}};
         int rows = rowsSpec.length, maxCand = 5120, maxK = 640;
-        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1, 0.98);
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1, zeroShare);
         float[] q = random(rnd, rows * qStride, 1);
+        if (unitQuery) Arrays.fill(q, 1f);
         int[] seg = new int[rows];
         List<SparseRowDescriptor> desc = new ArrayList<>();
         for (int p = 0; p < rows; p++) {
@@ -222,11 +244,8 @@ class SelectKernelsTest extends KernelTestSupport {
         SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads, hd,
                 qStride, maxK, paths);
         checkSelection(downloadInts(unfused, rows * heads * maxK), downloadInts(fused, rows * heads * maxK), rowsSpec,
-                seg, segR, caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK,
-                "skewed scores");
-        int[] taken = downloadInts(paths, 2);
-        assertTrue(taken[1] > 0, "selections that fell back after a guess: " + taken[1] + " (from a list " + taken[0]
-                + ")");
+                seg, segR, caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK, what);
+        return downloadInts(paths, 2);
     }
 
     /**
