@@ -291,10 +291,14 @@ final class CudaOps {
     /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
     static final int SELECT_MAX_QUERY_CHANNELS = SelectKernels.MAX_QUERY_CHANNELS;
 
-    /** Whether dspp's fused selection takes this many candidates (bucketed) on this device. */
+    /**
+     * Whether dspp's fused selection takes this many candidates (bucketed) on this device: on Hopper a cluster's tiles
+     * of them, elsewhere all of them in one block's shared memory (99 KB a block on sm_86 / sm_89 GPUs holds fewer
+     * than {@link #SELECT_MAX_CANDIDATES}).
+     */
     static boolean canSelect(CudaRuntime gpu, int maxCand) {
-        return (gpu.computeMajor() >= 9 ? SelectKernels.clusterTile(maxCand, SELECT_CLUSTER) : maxCand)
-                <= SELECT_MAX_CANDIDATES;
+        if (gpu.computeMajor() >= 9) return SelectKernels.clusterTile(maxCand, SELECT_CLUSTER) <= SELECT_MAX_CANDIDATES;
+        return maxCand <= SELECT_MAX_CANDIDATES && 4L * maxCand <= gpu.dynamicSharedLimit("sparse_select", 1);
     }
 
     /**
