@@ -129,6 +129,33 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /**
+     * A launch's rows (rowsSpec[p] = segment, candidates, budget, mode; no window) on the device, and ds's selection of
+     * them (sparse_scores then sparse_topk: [rows * heads][maxK] slots), which the fused kernels must equal.
+     */
+    private record SelectionCase(int[] seg, CUdeviceptr q, CUdeviceptr segments, CUdeviceptr descriptors,
+                                 int[] reference) {
+        static SelectionCase of(int[][] rowsSpec, int[] segR, LabelCaches caches, float[] q, int bits, int cap,
+                                int labelGroup, int heads, int kvHeads, int hd, int qStride, int sinks, int maxCand,
+                                int maxK) {
+            int rows = rowsSpec.length;
+            int[] seg = new int[rows];
+            List<SparseRowDescriptor> desc = new ArrayList<>();
+            for (int p = 0; p < rows; p++) {
+                seg[p] = rowsSpec[p][0];
+                desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], rowsSpec[p][2], sinks, 0, rowsSpec[p][3],
+                        segR[seg[p]], bits, cap, false, labelGroup));
+            }
+            CUdeviceptr dq = upload(q), dseg = upload(seg), dsp = uploadRows(desc);
+            CUdeviceptr unfused = upload(new int[rows * heads * maxK]);
+            CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
+            SelectKernels.sparseScores(gpu, rows, scores, dq, caches.labelTable(), caches.channelTable(),
+                    caches.scaleTable(), dseg, dsp, heads, hd, qStride, maxCand);
+            SelectKernels.sparseTopk(gpu, rows, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
+            return new SelectionCase(seg, dq, dseg, dsp, downloadInts(unfused, rows * heads * maxK));
+        }
+    }
+
+    /**
      * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
      * (ds) select, per head and per kv head (max, sum), with 16 and 32 label channels (the unrolled paths where the
      * width has one: 16- and 8-bit at 16, 8-bit at 32, 4-bit at both), 12 and 13 (the general one; 4-bit rows of odd
@@ -149,20 +176,11 @@ class SelectKernelsTest extends KernelTestSupport {
         int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
         LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, labelGroup);
         float[] q = random(rnd, rows * qStride, 1);
-        int[] seg = new int[rows];
-        List<SparseRowDescriptor> desc = new ArrayList<>();
-        for (int p = 0; p < rows; p++) {   // no window: the selection reads none
-            seg[p] = rowsSpec[p][0];
-            desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], rowsSpec[p][2], sinks, 0, rowsSpec[p][3], segR[seg[p]],
-                    bits, cap, false, labelGroup));
-        }
-        CUdeviceptr dq = upload(q), dl = caches.labelTable(), dch = caches.channelTable();
-        CUdeviceptr dsc = caches.scaleTable(), dseg = upload(seg), dsp = uploadRows(desc);
-        CUdeviceptr unfused = upload(new int[rows * heads * maxK]);
-        CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
-        SelectKernels.sparseScores(gpu, rows, scores, dq, dl, dch, dsc, dseg, dsp, heads, hd, qStride, maxCand);
-        SelectKernels.sparseTopk(gpu, rows, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
-        int[] a = downloadInts(unfused, rows * heads * maxK);
+        SelectionCase sc = SelectionCase.of(rowsSpec, segR, caches, q, bits, cap, labelGroup, heads, kvHeads, hd,
+                qStride, sinks, maxCand, maxK);
+        CUdeviceptr dq = sc.q(), dl = caches.labelTable(), dch = caches.channelTable();
+        CUdeviceptr dsc = caches.scaleTable(), dseg = sc.segments(), dsp = sc.descriptors();
+        int[] seg = sc.seg(), a = sc.reference();
         float[][] labels = caches.values();
         int[][] channels = caches.channels();
         // the one-block kernel at each block size CudaOps.selectThreads may choose; near-normal scores: selections
@@ -227,24 +245,13 @@ class SelectKernelsTest extends KernelTestSupport {
         LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1, zeroShare);
         float[] q = random(rnd, rows * qStride, 1);
         if (unitQuery) Arrays.fill(q, 1f);
-        int[] seg = new int[rows];
-        List<SparseRowDescriptor> desc = new ArrayList<>();
-        for (int p = 0; p < rows; p++) {
-            seg[p] = rowsSpec[p][0];
-            desc.add(new SparseRowDescriptor(p, rowsSpec[p][1], rowsSpec[p][2], sinks, 0, rowsSpec[p][3], segR[seg[p]],
-                    bits, cap, false, 1));
-        }
-        CUdeviceptr dq = upload(q), dl = caches.labelTable(), dch = caches.channelTable();
-        CUdeviceptr dsc = caches.scaleTable(), dseg = upload(seg), dsp = uploadRows(desc);
-        CUdeviceptr unfused = upload(new int[rows * heads * maxK]);
-        CUdeviceptr scores = gpu.alloc(4L * rows * heads * maxCand);
-        SelectKernels.sparseScores(gpu, rows, scores, dq, dl, dch, dsc, dseg, dsp, heads, hd, qStride, maxCand);
-        SelectKernels.sparseTopk(gpu, rows, unfused, scores, dsp, heads, kvHeads, maxCand, maxK);
+        SelectionCase sc = SelectionCase.of(rowsSpec, segR, caches, q, bits, cap, 1, heads, kvHeads, hd, qStride, sinks,
+                maxCand, maxK);
         CUdeviceptr fused = upload(new int[rows * heads * maxK]), paths = upload(new int[2]);
-        SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads, hd,
-                qStride, maxK, paths);
-        checkSelection(downloadInts(unfused, rows * heads * maxK), downloadInts(fused, rows * heads * maxK), rowsSpec,
-                seg, segR, caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK, what);
+        SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, sc.q(), caches.labelTable(), caches.channelTable(),
+                caches.scaleTable(), sc.segments(), sc.descriptors(), heads, kvHeads, hd, qStride, maxK, paths);
+        checkSelection(sc.reference(), downloadInts(fused, rows * heads * maxK), rowsSpec, sc.seg(), segR,
+                caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK, what);
         return downloadInts(paths, 2);
     }
 
