@@ -221,6 +221,40 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /**
+     * sparse_select on rows of random shapes (candidates 1 to 5,000, budgets 1 to past the candidates, every mode, both
+     * label widths it unrolls at 16 channels and the 8-bit one), at each block size: the guess's list and its fall-back
+     * meet odd sizes, budgets near a quarter of the candidates (where the guess stops) and budgets past the list; the
+     * selection is sparse_topk's and the top of the CPU's scores.
+     */
+    @ParameterizedTest(name = "{0}-bit labels")
+    @CsvSource({"4", "8", "16"})
+    void randomShapesSelectAsTheRadixSelect(int bits) {
+        Random rnd = new Random(41 + bits);
+        int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
+        int[] segR = {16, 16, 16};
+        int rows = 24, maxCand = 5120, maxK = 1056;
+        int[][] rowsSpec = new int[rows][];
+        for (int p = 0; p < rows; p++) {
+            int n = 1 + rnd.nextInt(5000);
+            int k = 1 + rnd.nextInt(Math.min(maxK, p % 3 == 0 ? n / 4 + 2 : n + 40));
+            rowsSpec[p] = new int[]{p % segR.length, n, k, rnd.nextInt(3)};
+        }
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1);
+        float[] q = random(rnd, rows * qStride, 1);
+        SelectionCase sc = SelectionCase.of(rowsSpec, segR, caches, q, bits, cap, 1, heads, kvHeads, hd, qStride, sinks,
+                maxCand, maxK);
+        for (int threads : new int[]{1024, 512, 256}) {
+            CUdeviceptr fused = upload(new int[rows * heads * maxK]);
+            SelectKernels.sparseSelect(gpu, rows, threads, maxCand, fused, sc.q(), caches.labelTable(),
+                    caches.channelTable(), caches.scaleTable(), sc.segments(), sc.descriptors(), heads, kvHeads, hd,
+                    qStride, maxK, null);
+            checkSelection(sc.reference(), downloadInts(fused, rows * heads * maxK), rowsSpec, sc.seg(), segR,
+                    caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK,
+                    "random shapes, " + threads + " threads");
+        }
+    }
+
+    /**
      * sparse_select's list where the scores tie often: 4-bit labels and a query of ones make every score a sum of 16
      * integers in +-7 times one of four scales (a few hundred values over thousands of candidates), so the k-th key
      * and the guess fall among ties; the list keeps them in candidate order and the selection is sparse_topk's.
