@@ -221,10 +221,10 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /**
-     * sparse_select on rows of random shapes (candidates 1 to 5,000, budgets 1 to past the candidates, every mode, both
-     * label widths it unrolls at 16 channels and the 8-bit one), at each block size: the guess's list and its fall-back
-     * meet odd sizes, budgets near a quarter of the candidates (where the guess stops) and budgets past the list; the
-     * selection is sparse_topk's and the top of the CPU's scores.
+     * sparse_select on rows of random shapes (candidates 1 to 5,000, budgets 1 to past the candidates, every mode;
+     * 4-, 8- and 16-bit labels of 16 channels), at each block size: the guess's list and its fall-back meet odd sizes
+     * and budgets near a quarter of the candidates (where the guess stops); the selection is sparse_topk's and the top
+     * of the CPU's scores.
      */
     @ParameterizedTest(name = "{0}-bit labels")
     @CsvSource({"4", "8", "16"})
