@@ -46,12 +46,14 @@ import static jcuda.driver.JCudaDriver.cuMemcpyDtoD;
  * others; --embeddings host puts it in host memory for every row (to compare device memory with the table off the
  * device everywhere). --quality PROBE_DIR then runs the probe's eval (pass key and records, --quality-lengths,
  * default 4096, --quality-samples, default 20) on the GPU for the same policies and prints each policy's tokens/s
- * beside its accuracy ({@link SpeedAndQuality}).
+ * beside its accuracy ({@link SpeedAndQuality}). --profiler-range brackets each decode row's timed steps with
+ * cuProfilerStart / cuProfilerStop, so that a profiler started with its range off (ncu --profile-from-start off) sees
+ * those steps' kernels alone, not the weights' set-up, the warm-up or the graph captures.
  */
 public final class BenchCommand {
     public static final String USAGE = "bench --backend cuda --model DIR|synthetic:NAME [--batch 1,16]"
             + " [--context 1024,4096,16384] [--prompt 4096|16x1024] [--kv-policy dense,ds,dspp:gqa=mean] [--steps N]"
-            + " [--profile]"
+            + " [--profile] [--profiler-range]"
             + " [--embeddings placement|host] [--quality PROBE_DIR [--quality-lengths 4096] [--quality-samples 20]]"
             + " [--json FILE]";
 
@@ -60,7 +62,7 @@ public final class BenchCommand {
 
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
-                "steps", "json", "embeddings", "quality", "quality-lengths", "quality-samples"), Set.of("profile"));
+                "steps", "json", "embeddings", "quality", "quality-lengths", "quality-samples"), Set.of("profile", "profiler-range"));
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
@@ -82,7 +84,7 @@ public final class BenchCommand {
         int[] promptShape = promptShape(a.get("prompt", "4096"));
         int prompts = promptShape[0], prompt = promptShape[1];
         int steps = a.getInt("steps", 32);
-        boolean profile = a.has("profile");
+        boolean profile = a.has("profile"), profilerRange = a.has("profiler-range");
         String embeddings = a.get("embeddings", "placement");
         if (!embeddings.equals("placement") && !embeddings.equals("host")) {
             throw new UsageException("--embeddings must be placement or host, not " + embeddings);
@@ -117,7 +119,8 @@ public final class BenchCommand {
             for (int ctx : contexts) {
                 for (int batch : batches) {
                     if (ctx + steps + 8 > c.maxPositions()) continue;
-                    decodeRow(b, policy, batch, ctx, new RowOptions(steps, profile, embeddings.equals("host"), copy),
+                    decodeRow(b, policy, batch, ctx, new RowOptions(steps, profile, profilerRange,
+                            embeddings.equals("host"), copy),
                             out, decode);
                 }
             }
@@ -284,8 +287,12 @@ public final class BenchCommand {
         return lines;
     }
 
-    /** Options every decode row shares: timed steps, --profile, --embeddings host, the copy bandwidth measured. */
-    private record RowOptions(int steps, boolean profile, boolean embeddingsOnHost, double copy) {
+    /**
+     * Options every decode row shares: timed steps, --profile, --profiler-range, --embeddings host, the copy bandwidth
+     * measured.
+     */
+    private record RowOptions(int steps, boolean profile, boolean profilerRange, boolean embeddingsOnHost,
+                              double copy) {
     }
 
     /**
@@ -315,10 +322,12 @@ public final class BenchCommand {
             gpu.synchronize();
             b.takeRowCacheCounts();   // the timed steps' own
             b.resetHostTime();
+            if (o.profilerRange()) gpu.profilerStart();
             long start = System.nanoTime();
             for (int s = 0; s < steps; s++) tokens = b.forwardGreedy(step(caches, tokens, ctx + untimed + s));
             gpu.synchronize();
             long end = System.nanoTime();
+            if (o.profilerRange()) gpu.profilerStop();
             io.dsflow.engine.RowCacheCounts rows = b.takeRowCacheCounts();
             // a step that meets a new shape (its budgets' or candidates' bucket: every few hundred tokens, for
             // ds at every power of two) runs uncaptured and the next captures its graph; the steady state does

@@ -648,6 +648,16 @@ public final class CudaRuntime implements AutoCloseable {
         cuCtxSynchronize();
     }
 
+    /** Starts an external profiler's range (a profiler started with its range off records from here). */
+    public void profilerStart() {
+        JCudaDriver.cuProfilerStart();
+    }
+
+    /** Ends the range {@link #profilerStart()} began. */
+    public void profilerStop() {
+        JCudaDriver.cuProfilerStop();
+    }
+
     /**
      * Waits for the device, then frees every device and pinned host block this runtime took (whoever still holds one),
      * its staging buffers, streams, events and modules. The primary context stays retained by the process (other
