@@ -62,7 +62,8 @@ public final class BenchCommand {
 
     public static int run(String[] argv, PrintStream out) throws IOException {
         Args a = Args.parse("bench", argv, 1, Set.of("backend", "model", "batch", "context", "prompt", "kv-policy",
-                "steps", "json", "embeddings", "quality", "quality-lengths", "quality-samples"), Set.of("profile", "profiler-range"));
+                "steps", "json", "embeddings", "quality", "quality-lengths", "quality-samples"),
+                Set.of("profile", "profiler-range"));
         if (!a.get("backend", "cuda").equals("cuda")) {
             throw new UsageException("bench: runs on --backend cuda (on the cpu, generate --json gives the timings)");
         }
