@@ -12,11 +12,20 @@
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
 
+// q's label channels of a selection's heads (up to 8 heads of up to 64 channels) as the scorers read them. 16-bit
+// labels score in floats: s += q_c * label_c channel after channel, each product rounded before its addition (no
+// fused multiply-add). 8- and 4-bit labels score in integers: each head's channels quantised to int8 (scale max|q_c| /
+// 127, q_c * (127 / max) rounded to the nearest, ties to even), the score (float) sum_c qi_c v_c (exact) * (q's scale *
+// the label's). Both are kv/SparseKvCache#select's arithmetic, so ds, dspp and the CPU rank the same floats.
+struct LabelQuery {
+    float f[8 * 64];         // [heads][r] (a group's summed query in the first head's place: summed_query)
+    signed char i[8 * 64];   // [heads][r]: f quantised (read for 8- and 4-bit labels)
+    float scale[8];          // a head's quantisation scale, max|f| / 127
+    int sum[8];              // sum of a head's i (4-bit labels are dotted as label + 8, then 8 sum taken off)
+};
+
 // s plus 8 of q's label channels times 8 fp16 labels of a candidate (one 16-byte read-only load: ld.global.nc, the
-// labels reached through a pointer table would otherwise be read by generic loads). Every score kernel adds in this
-// order, channel after channel, each product rounded before its addition (no fused multiply-add), which is the CPU
-// reference's arithmetic (kv/SparseKvCache): the same labels and q give the same scores, so ds, dspp and the CPU rank
-// the same floats.
+// labels reached through a pointer table would otherwise be read by generic loads)
 __device__ __forceinline__ float label_chunk(float s, uint4 raw, const float* qc) {
     const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
@@ -28,12 +37,9 @@ __device__ __forceinline__ float label_chunk(float s, uint4 raw, const float* qc
     return s;
 }
 
-// label_chunk for 16 int8 labels, each dequantised first (value * scale, exact in f32) as the CPU reference keeps them
-__device__ __forceinline__ float label_chunk8(float s, uint4 raw, const float* qc, float scale) {
-    const signed char* b = reinterpret_cast<const signed char*>(&raw);
-#pragma unroll
-    for (int e = 0; e < 16; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn((float)b[e], scale)));
-    return s;
+// d plus 4 int8 labels (a word) dotted with 4 int8 query channels
+__device__ __forceinline__ int label_dot8(int d, unsigned w, int q4) {
+    return __dp4a((int)w, q4, d);
 }
 
 // Label e (0 .. 7) of a 32-bit word of 4-bit labels (sparse_rows.cuh: bits 4e .. 4e + 3, two's complement)
@@ -41,30 +47,25 @@ __device__ __forceinline__ int label_nibble(unsigned w, int e) {
     return (int)(w << (28 - 4 * e)) >> 28;
 }
 
-// label_nibble as a float without a conversion instruction (those run at a quarter of the multiplies' rate, and the
-// scoring of many rows is bound by its arithmetic): the nibble plus 8 in the mantissa of 2^23, less 2^23 + 8, which is
-// exact. -DLABEL_I2F: the conversion (dev/cuda/label_select_bench.cu's A/B).
-__device__ __forceinline__ float label_nibble_float(unsigned w, int e) {
-#ifdef LABEL_I2F
-    return (float)label_nibble(w, e);
-#else
-    return __fsub_rn(__uint_as_float(0x4B000000u | (((w >> (4 * e)) & 15u) ^ 8u)), 8388616.f);
-#endif
+// d plus 8 4-bit labels (a word) plus 8 each, dotted with 8 int8 query channels (qe: channels 0, 2, 4, 6 in its bytes,
+// qo: 1, 3, 5, 7; nibble_query): the labels' even and odd nibbles as bytes in two logic operations, two dp4a
+__device__ __forceinline__ int label_dot4(int d, unsigned w, int qe, int qo) {
+    unsigned lo = (w & 0x0F0F0F0Fu) ^ 0x08080808u, hi = ((w >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u;
+    asm("dp4a.u32.s32 %0, %1, %2, %0;" : "+r"(d) : "r"(lo), "r"(qe));
+    asm("dp4a.u32.s32 %0, %1, %2, %0;" : "+r"(d) : "r"(hi), "r"(qo));
+    return d;
 }
 
-// label_chunk for 8 int4 labels in a word (4-bit; label_chunk8's arithmetic: value * scale exact in f32, then the
-// product, each rounded), and for the 16 of a uint2 and the 32 of a uint4, word after word
-__device__ __forceinline__ float label_chunk4(float s, unsigned w, const float* qc, float scale) {
-#pragma unroll
-    for (int e = 0; e < 8; e++) s = __fadd_rn(s, __fmul_rn(qc[e], __fmul_rn(label_nibble_float(w, e), scale)));
-    return s;
+// The int8 channels 8 w .. 8 w + 7 of a head's quantised query (qi, 4-byte aligned) as label_dot4 takes them
+__device__ __forceinline__ void nibble_query(const signed char* qi, int w, int* qe, int* qo) {
+    int a = reinterpret_cast<const int*>(qi)[2 * w], b = reinterpret_cast<const int*>(qi)[2 * w + 1];
+    *qe = (int)__byte_perm(a, b, 0x6420);
+    *qo = (int)__byte_perm(a, b, 0x7531);
 }
-__device__ __forceinline__ float label_chunk4(float s, uint2 raw, const float* qc, float scale) {
-    return label_chunk4(label_chunk4(s, raw.x, qc, scale), raw.y, qc + 8, scale);
-}
-__device__ __forceinline__ float label_chunk4(float s, uint4 raw, const float* qc, float scale) {
-    s = label_chunk4(label_chunk4(s, raw.x, qc, scale), raw.y, qc + 8, scale);
-    return label_chunk4(label_chunk4(s, raw.z, qc + 16, scale), raw.w, qc + 24, scale);
+
+// An integer label score as a float: (float) d * (q's scale * the label's), each product rounded
+__device__ __forceinline__ float label_int_score(int d, float q_scale, float label_scale) {
+    return __fmul_rn((float)d, __fmul_rn(q_scale, label_scale));
 }
 
 // A layer's label cache as one sparse row reads it (sparse_rows.cuh's header): element offsets count labels, not bytes
@@ -79,47 +80,51 @@ struct LabelCache {
         : values(reinterpret_cast<const void*>(values_ptr)), scales(reinterpret_cast<const __half*>(scales_ptr)),
           stride(H / group_ * r), bits(bits_), cap(cap_), group(group_), rows(H / group_) {}
 
-    // q's label channels times the labels of head h at a slot (r of them): sum_i qc[i] * label[i]
-    __device__ __forceinline__ float score(const float* qc, int slot, int h, int r) const {
+    // query head j of lq (its label channels) times the labels of head h at a slot (r of them): sum_i q_i * label_i
+    __device__ __forceinline__ float score(const LabelQuery& lq, int j, int slot, int h, int r) const {
         if (group > 1) h /= group;   // its label row
         size_t at = (size_t)slot * stride + h * r;
-        float s = 0.f;
         if (bits == 16) {
             const __half* lab = reinterpret_cast<const __half*>(values) + at;
+            const float* qc = lq.f + j * r;
+            float s = 0.f;
             if ((r & 7) == 0) {   // 16-byte loads: every label of the head in flight at once
                 for (int i = 0; i < r; i += 8) s = label_chunk(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i);
             } else {
                 for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __half2float(lab[i])));
             }
-        } else if (bits == 8) {
+            return s;
+        }
+        const signed char* qi = lq.i + j * r;
+        float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
+        int d = 0;
+        if (bits == 8) {
             const signed char* lab = reinterpret_cast<const signed char*>(values) + at;
-            float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
             if ((r & 15) == 0) {
-                for (int i = 0; i < r; i += 16) s = label_chunk8(s, __ldg(reinterpret_cast<const uint4*>(lab + i)), qc + i, scale);
+                for (int i = 0; i < r; i += 16) {
+                    uint4 w = __ldg(reinterpret_cast<const uint4*>(lab + i));
+                    const int* q4 = reinterpret_cast<const int*>(qi + i);
+                    d = label_dot8(label_dot8(d, w.x, q4[0]), w.y, q4[1]);
+                    d = label_dot8(label_dot8(d, w.z, q4[2]), w.w, q4[3]);
+                }
             } else {
-                for (int i = 0; i < r; i++) s = __fadd_rn(s, __fmul_rn(qc[i], __fmul_rn((float)lab[i], scale)));
+                for (int i = 0; i < r; i++) d += qi[i] * lab[i];
             }
-        } else {   // 4-bit: a row of (r + 1) / 2 bytes, in loads as wide as its size allows (and so aligned)
+        } else {   // 4-bit: a row of (r + 1) / 2 bytes
             const unsigned char* lab = reinterpret_cast<const unsigned char*>(values)
                                        + ((size_t)slot * rows + h) * ((r + 1) >> 1);
-            float scale = __half2float(__ldg(scales + (size_t)h * cap + slot));
-            if ((r & 31) == 0) {
-                const uint4* w = reinterpret_cast<const uint4*>(lab);
-                for (int i = 0; i < r; i += 32) s = label_chunk4(s, __ldg(w + i / 32), qc + i, scale);
-            } else if ((r & 15) == 0) {
-                const uint2* w = reinterpret_cast<const uint2*>(lab);
-                for (int i = 0; i < r; i += 16) s = label_chunk4(s, __ldg(w + i / 16), qc + i, scale);
-            } else if ((r & 7) == 0) {
-                const unsigned* w = reinterpret_cast<const unsigned*>(lab);
-                for (int i = 0; i < r; i += 8) s = label_chunk4(s, __ldg(w + i / 8), qc + i, scale);
-            } else {
-                for (int i = 0; i < r; i++) {
-                    int v = label_nibble(__ldg(lab + i / 2), i & 1);   // a byte's two labels are a word's first two
-                    s = __fadd_rn(s, __fmul_rn(qc[i], __fmul_rn((float)v, scale)));
+            if ((r & 7) == 0) {   // words of 8 labels
+                for (int i = 0; i < r; i += 8) {
+                    int qe, qo;
+                    nibble_query(qi, i / 8, &qe, &qo);
+                    d = label_dot4(d, __ldg(reinterpret_cast<const unsigned*>(lab) + i / 8), qe, qo);
                 }
+                d -= 8 * lq.sum[j];
+            } else {
+                for (int i = 0; i < r; i++) d += qi[i] * label_nibble(__ldg(lab + i / 2), i & 1);   // a byte's two
             }
         }
-        return s;
+        return label_int_score(d, lq.scale[j], scale);
     }
 };
 
@@ -134,11 +139,11 @@ __device__ void label_queries(float* qc, const float* qrow, const int* channels,
 
 // Whether a selection scores with its group's summed query: a shared mean selection (mode 2) whose heads share one
 // label row (qk-group: labels.group == heads) does, qc[i] = ((qc[i] + qc[r + i]) + ...) + qc[(heads - 1) r + i] in
-// place of its first head's channels, then scored as one head: the same sum as the heads' scores added, in
-// kv/SparseKvCache's order, with a quarter of the products for groups of four. Call with the whole block after
-// label_queries and a barrier. (In place, so the score loops keep reading the shared array at fixed offsets: with the
-// sum elsewhere and the query picked by pointer, the per-head rows' selection slowed from 151 to 178 us at batch 8,
-// 32K on the H100.)
+// place of its first head's channels, then scored as one head: the same sum as the heads' scores added (16-bit
+// labels; quantised labels score the summed query's quantisation), in kv/SparseKvCache's order, with a quarter of the
+// products for groups of four. Call with the whole block after label_queries and a barrier. (In place, so the score
+// loops keep reading the shared array at fixed offsets: with the sum elsewhere and the query picked by pointer, the
+// per-head rows' selection slowed from 151 to 178 us at batch 8, 32K on the H100.)
 __device__ bool summed_query(float* qc, int label_group, int mode, int heads, int r) {
     if (mode != 2 || heads < 2 || label_group != heads) return false;
     for (int i = threadIdx.x; i < r; i += blockDim.x) {   // thread i alone reads and writes channel i
@@ -148,6 +153,44 @@ __device__ bool summed_query(float* qc, int label_group, int mode, int heads, in
     }
     __syncthreads();
     return true;
+}
+
+// lq.i, lq.scale and lq.sum of heads 0 .. heads - 1 from lq.f (LabelQuery's quantisation), a warp a head (the block
+// has at least 8 warps, or loops)
+__device__ void quantise_label_queries(LabelQuery& lq, int heads, int r) {
+    int lane = threadIdx.x & 31;
+    for (int j = threadIdx.x >> 5; j < heads; j += blockDim.x >> 5) {
+        const float* f = lq.f + j * r;
+        float m = 0.f;
+        for (int i = lane; i < r; i += 32) m = fmaxf(m, fabsf(f[i]));
+        m = warp_max(m);
+        float inv = m > 0.f ? 127.f / m : 0.f;
+        int sum = 0;
+        for (int i = lane; i < r; i += 32) {
+            int v = __float2int_rn(__fmul_rn(f[i], inv));
+            lq.i[j * r + i] = (signed char)v;
+            sum += v;
+        }
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0) {
+            lq.scale[j] = m / 127.f;
+            lq.sum[j] = sum;
+        }
+    }
+}
+
+// A selection's LabelQuery from its row of q: label_queries, summed_query, and for labels of 8 and 4 bits the
+// quantisation; returns whether the group's summed query stands in for its heads. Call with the whole block.
+__device__ bool load_label_query(LabelQuery& lq, const float* qrow, const int* channels, int h0, int heads, int r,
+                                 int D, int label_group, int mode, int bits) {
+    label_queries(lq.f, qrow, channels, h0, heads, r, D);
+    __syncthreads();
+    bool summed = summed_query(lq.f, label_group, mode, heads, r);
+    if (bits < 16) {
+        quantise_label_queries(lq, summed ? 1 : heads, r);
+        __syncthreads();
+    }
+    return summed;
 }
 
 // the group's heads' scores combined for a shared selection: mode 1 max, mode 2 sum (the mean's order)
@@ -162,19 +205,18 @@ __device__ __forceinline__ float combine_scores(int mode, float a, float b) {
 extern "C" __global__ void sparse_scores(float* scores, const float* q, const unsigned long long* lptr,
                                          const unsigned long long* chptr, const unsigned long long* sptr,
                                          const int* seg, const int* sp, int H, int D, int q_stride, int max_cand) {
-    __shared__ float qc[8 * 64];
+    __shared__ LabelQuery lq;
     int ph = blockIdx.x, p = ph / H, h = ph % H;
     const int* d = sp + p * SP_FIELDS;
     int row = d[SP_ROW], r = d[SP_R], lg = d[SP_LGROUP];
     bool summed = d[SP_MODE] == 2 && lg > 1;
     int h0 = summed ? h - h % lg : h, heads = summed ? lg : 1;
-    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
-    __syncthreads();
-    summed_query(qc, lg, d[SP_MODE], heads, r);   // true exactly when `summed`
+    load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D,
+                     lg, d[SP_MODE], d[SP_BITS]);   // summed exactly when `summed`
     int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= d[SP_CAND]) return;
     LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], lg);
-    scores[(size_t)ph * max_cand + c] = h != h0 ? 0.f : labels.score(qc, d[SP_SINKS] + c, h0, r);
+    scores[(size_t)ph * max_cand + c] = h != h0 ? 0.f : labels.score(lq, 0, d[SP_SINKS] + c, h0, r);
 }
 
 // Top-k by radix select, in parts that one block (select_top_k) or a cluster of blocks (sparse_select_cluster)
@@ -445,18 +487,29 @@ extern "C" __global__ void sparse_topk(int* selected, float* scores, const int* 
 #define SEL_LOADS 4
 #endif
 template <int R, int BITS, int HEADS>
-__device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc,
+__device__ void score_candidates(unsigned* keys, const LabelCache& labels, int first, int h0, const LabelQuery& lq,
                                  int heads, int mode, int n) {
     constexpr int ROW_BYTES = R * BITS / 8;   // a head's labels
     constexpr bool NARROW = ROW_BYTES < 16;   // 4-bit, R = 16: one 8-byte load a head (in a uint4's x and y)
     constexpr int LOADS = NARROW ? 1 : ROW_BYTES / 16, PER = R / LOADS;   // loads a head, labels a load
     constexpr int U = HEADS == 0 ? SEL_LOADS : (SEL_LOADS / HEADS > 0 ? SEL_LOADS / HEADS : 1);   // candidates a step
     constexpr int HS = HEADS == 0 ? 1 : HEADS;   // heads a step
+    constexpr int WORDS = BITS == 4 ? R / 8 : 1;   // 4-bit: words of 8 labels a head
     static_assert(R % 8 == 0 && (NARROW ? ROW_BYTES == 8 : ROW_BYTES % 16 == 0), "a head's labels in whole loads");
     // head h0 + j's label row: h0 + j, or (labels.group > 1: the selection's heads lie in one group) h0 / group; as a
     // multiply-add rather than a division per load (which cost about 3 of 178 us at batch 8, 32K)
     int row0 = labels.group == 1 ? h0 : h0 / labels.group, row_step = labels.group == 1 ? 1 : 0;
     const char* values = reinterpret_cast<const char*>(labels.values);
+    // 4-bit labels, a head count it unrolls: the heads' quantised channels in registers, as label_dot4 takes them
+    // (shared memory could hold the keys' stores' aliases, so the compiler would read them again each candidate)
+    int qe[HS][WORDS], qo[HS][WORDS];
+    if constexpr (BITS == 4 && HEADS > 0) {
+#pragma unroll
+        for (int j = 0; j < HS; j++) {
+#pragma unroll
+            for (int w = 0; w < WORDS; w++) nibble_query(lq.i + j * R, w, &qe[j][w], &qo[j][w]);
+        }
+    }
     for (int c0 = threadIdx.x; c0 < n; c0 += U * blockDim.x) {
         float v[U];
         for (int j0 = 0; j0 < (HEADS == 0 ? heads : HEADS); j0 += HS) {
@@ -485,17 +538,41 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
             for (int u = 0; u < U; u++) {
 #pragma unroll
                 for (int j = 0; j < HS; j++) {
-                    float t = 0.f;
+                    int h = j0 + j;   // the head in lq
+                    float t;
+                    if constexpr (BITS == 16) {
+                        t = 0.f;
 #pragma unroll
-                    for (int i = 0; i < LOADS; i++) {
-                        const float* q = qc + (j0 + j) * R + i * PER;
-                        if constexpr (BITS == 16) t = label_chunk(t, raw[u][j][i], q);
-                        else if constexpr (BITS == 8) t = label_chunk8(t, raw[u][j][i], q, scale[u][j]);
-                        else if constexpr (NARROW) t = label_chunk4(t, make_uint2(raw[u][j][i].x, raw[u][j][i].y), q,
-                                                                    scale[u][j]);
-                        else t = label_chunk4(t, raw[u][j][i], q, scale[u][j]);
+                        for (int i = 0; i < LOADS; i++) t = label_chunk(t, raw[u][j][i], lq.f + h * R + i * PER);
+                    } else if constexpr (BITS == 8) {
+                        int d = 0;
+                        const int* q4 = reinterpret_cast<const int*>(lq.i + h * R);
+#pragma unroll
+                        for (int i = 0; i < LOADS; i++) {
+                            d = label_dot8(d, raw[u][j][i].x, q4[4 * i]);
+                            d = label_dot8(d, raw[u][j][i].y, q4[4 * i + 1]);
+                            d = label_dot8(d, raw[u][j][i].z, q4[4 * i + 2]);
+                            d = label_dot8(d, raw[u][j][i].w, q4[4 * i + 3]);
+                        }
+                        t = label_int_score(d, lq.scale[h], scale[u][j]);
+                    } else {
+                        int d = -8 * lq.sum[h];
+#pragma unroll
+                        for (int w = 0; w < WORDS; w++) {
+                            const uint4& r4 = raw[u][j][w / 4];
+                            unsigned word = (w & 3) == 0 ? r4.x : (w & 3) == 1 ? r4.y : (w & 3) == 2 ? r4.z : r4.w;
+                            int e, o;
+                            if constexpr (HEADS > 0) {
+                                e = qe[j][w];
+                                o = qo[j][w];
+                            } else {
+                                nibble_query(lq.i + h * R, w, &e, &o);
+                            }
+                            d = label_dot4(d, word, e, o);
+                        }
+                        t = label_int_score(d, lq.scale[h], scale[u][j]);
                     }
-                    v[u] = j0 + j == 0 ? t : combine_scores(mode, v[u], t);
+                    v[u] = h == 0 ? t : combine_scores(mode, v[u], t);
                 }
             }
         }
@@ -509,32 +586,32 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
 
 // score_candidates for a label width it unrolls: one head, a group of four (llama-3's GQA), or any count
 template <int R, int BITS>
-__device__ void score_group(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
-                            int mode, int n) {
-    if (heads == 1) score_candidates<R, BITS, 1>(keys, labels, first, h0, qc, 1, mode, n);
-    else if (heads == 4) score_candidates<R, BITS, 4>(keys, labels, first, h0, qc, 4, mode, n);
-    else score_candidates<R, BITS, 0>(keys, labels, first, h0, qc, heads, mode, n);
+__device__ void score_group(unsigned* keys, const LabelCache& labels, int first, int h0, const LabelQuery& lq,
+                            int heads, int mode, int n) {
+    if (heads == 1) score_candidates<R, BITS, 1>(keys, labels, first, h0, lq, 1, mode, n);
+    else if (heads == 4) score_candidates<R, BITS, 4>(keys, labels, first, h0, lq, 4, mode, n);
+    else score_candidates<R, BITS, 0>(keys, labels, first, h0, lq, heads, mode, n);
 }
 
 // score_candidates for the label widths it unrolls, else one candidate at a time through LabelCache::score
-__device__ void score_selection(unsigned* keys, const LabelCache& labels, int first, int h0, const float* qc, int heads,
-                                int mode, int r, int n) {
+__device__ void score_selection(unsigned* keys, const LabelCache& labels, int first, int h0, const LabelQuery& lq,
+                                int heads, int mode, int r, int n) {
     if (labels.bits == 16 && r == 16) {
-        score_group<16, 16>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, 16>(keys, labels, first, h0, lq, heads, mode, n);
     } else if (labels.bits == 16 && r == 8) {
-        score_group<8, 16>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<8, 16>(keys, labels, first, h0, lq, heads, mode, n);
     } else if (labels.bits == 8 && r == 16) {
-        score_group<16, 8>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, 8>(keys, labels, first, h0, lq, heads, mode, n);
     } else if (labels.bits == 8 && r == 32) {
-        score_group<32, 8>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<32, 8>(keys, labels, first, h0, lq, heads, mode, n);
     } else if (labels.bits == 4 && r == 16) {
-        score_group<16, 4>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<16, 4>(keys, labels, first, h0, lq, heads, mode, n);
     } else if (labels.bits == 4 && r == 32) {
-        score_group<32, 4>(keys, labels, first, h0, qc, heads, mode, n);
+        score_group<32, 4>(keys, labels, first, h0, lq, heads, mode, n);
     } else {
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
-            float v = labels.score(qc, first + c, h0, r);
-            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, labels.score(qc + j * r, first + c, h0 + j, r));
+            float v = labels.score(lq, 0, first + c, h0, r);
+            for (int j = 1; j < heads; j++) v = combine_scores(mode, v, labels.score(lq, j, first + c, h0 + j, r));
             keys[c] = order_key(v);
         }
     }
@@ -552,17 +629,16 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
                                                                  const int* sp, int H, int KVH, int D, int q_stride,
                                                                  int max_k, int max_cand, int list_cap, int* paths) {
     extern __shared__ unsigned s[];   // the candidates' order keys, then the list
-    __shared__ float qc[8 * 64];   // the selection's heads (up to 8) x r (up to 64) label channels of q
+    __shared__ LabelQuery lq;   // the selection's heads (up to 8) x r (up to 64) label channels of q
     int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
     const int* d = sp + p * SP_FIELDS;
     int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
     if (mode != 0 && h0 % G != 0) return;
     int heads = mode == 0 ? 1 : G;
-    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
-    __syncthreads();
     LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
-    bool summed = summed_query(qc, labels.group, mode, heads, r);
-    score_selection(s, labels, d[SP_SINKS], h0, qc, summed ? 1 : heads, mode, r, n);
+    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
+                                   heads, r, D, labels.group, mode, labels.bits);
+    score_selection(s, labels, d[SP_SINKS], h0, lq, summed ? 1 : heads, mode, r, n);
     __syncthreads();
     select_top_k_guessed(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS],
                          s + max_cand, list_cap, paths);
@@ -587,7 +663,7 @@ __device__ void select_cluster_body(int* selected, const float* q, const unsigne
     cg::cluster_group cluster = cg::this_cluster();
     extern __shared__ unsigned tile_keys[];   // the tile's candidates' order keys
     unsigned* s = tile_keys;
-    __shared__ float qc[8 * 64];
+    __shared__ LabelQuery lq;
     __shared__ int hist[256], warp_above[32], warp_ties[32];
     // read in the first block only: the cluster's histograms (two, one cleared while the other fills), the picked
     // prefix and need, and each block's counts of picks
@@ -600,16 +676,15 @@ __device__ void select_cluster_body(int* selected, const float* q, const unsigne
     int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND], k = min(d[SP_K], n);
     if (mode != 0 && h0 % G != 0) return;   // the whole cluster: its blocks share sel
     int heads = mode == 0 ? 1 : G;
-    label_queries(qc, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0, heads, r, D);
     if (rank == 0) {
         for (int b = threadIdx.x; b < 512; b += blockDim.x) cl_hist[b >> 8][b & 255] = 0;
     }
-    __syncthreads();
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
+    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
+                                   heads, r, D, labels.group, mode, labels.bits);   // its barriers order the clearing
     // 1. this block's tile of scores
     int from = rank * tile, m = max(0, min(n - from, tile));
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
-    bool summed = summed_query(qc, labels.group, mode, heads, r);
-    score_selection(s, labels, d[SP_SINKS] + from, h0, qc, summed ? 1 : heads, mode, r, m);
+    score_selection(s, labels, d[SP_SINKS] + from, h0, lq, summed ? 1 : heads, mode, r, m);
     cluster.sync();   // scores in place, the first block's histograms cleared
     // 2. radix passes over the cluster
     unsigned* root_prefix = cluster.map_shared_rank(&cl_prefix, 0);

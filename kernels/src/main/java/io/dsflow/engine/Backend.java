@@ -62,7 +62,8 @@ public interface Backend extends AutoCloseable {
      * Bytes a cache of {@code tokens} tokens takes on this backend under a policy (at least what it allocates): what a
      * caller budgets per conversation. The CPU's caches hold exactly this much heap once they hold that many tokens
      * ({@code CpuKvCache#heapBytes}): float32 keys and values with their slot positions for the room a store has for
-     * them ({@link KvStore#capacityFor}), float32 labels of the sparse layers for the same room, and the ring window.
+     * them ({@link KvStore#capacityFor}), float32 labels of the sparse layers (and a float32 scale a label row for 8- and
+     * 4-bit ones) for the same room, and the ring window.
      * Where the backend keeps part of a cache in pinned host memory, that part is {@link #hostCacheBytes}, not here.
      */
     default long cacheBytes(KvConfig kv, long tokens) {
@@ -71,8 +72,9 @@ public interface Backend extends AutoCloseable {
         long bytes = KvStore.heapBytes(c.numLayers(), c.kvDim(), room);
         if (kv.sparse()) {
             int labelledLayers = kv.sparseLayers(c.numLayers());
-            long labelRows = (long) c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads())
-                    * kv.labelChannels(c.headDim());
+            long rows = (long) c.numHeads() / kv.labelGroup(c.numHeads(), c.numKvHeads());
+            long labelRows = rows * kv.labelChannels(c.headDim());
+            if (kv.labelBits() < 16) labelRows += rows;   // a scale a label row and token
             bytes += labelledLayers * labelRows * room * Float.BYTES;
             bytes += RingWindow.heapBytes(c.numLayers(), kv.window(), c.kvDim());
         }

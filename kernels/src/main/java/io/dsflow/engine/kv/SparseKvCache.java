@@ -17,11 +17,17 @@ import java.util.List;
  * rank their candidates by the query the forward pass predicted from the previous layer's input; attention itself
  * always uses the layer's own query.
  * <pre>
- *   labels[layer][(h / labelGroup) * r + i][slot]   channel channels[layer][h][i] of the key in that store slot,
- *                                                   16-, 8- or 4-bit values as stored (#quantise), in floats;
- *                                                   labelGroup: KvConfig#labelGroup, the query heads
- *                                                   one label row serves (they have the same channels)
+ *   labels[layer][(h / labelGroup) * r + i][slot]   channel channels[layer][h][i] of the key in that store slot:
+ *                                                   16-bit labels as fp16 values, 8- and 4-bit ones as the
+ *                                                   integers stored (#writeLabels), in floats; labelGroup:
+ *                                                   KvConfig#labelGroup, the query heads one label row serves
+ *                                                   (they have the same channels)
+ *   labelScales[layer][h / labelGroup][slot]        8- and 4-bit labels: the row's fp16 scale (label = integer *
+ *                                                   scale); null for 16-bit labels
  * </pre>
+ * Scores ({@link #select}): 16-bit labels in floats, s += q_c * label_c channel after channel; 8- and 4-bit labels in
+ * integers, each head's q channels quantised to int8 ({@link LabelQueries}), s = (float) sum_c qi_c label_c * (q's
+ * scale * the label's). The GPU's selection kernels compute the same floats.
  */
 public final class SparseKvCache implements StoredKvCache {
     private final KvConfig cfg;
@@ -30,6 +36,7 @@ public final class SparseKvCache implements StoredKvCache {
     private final RingWindow ring;
     private final int[][][] channels;      // [layer][head][r]
     private final float[][][] labels;      // [layer][(head / labelGroup) * r + i][slot]; null for dense layers
+    private final float[][][] labelScales; // [layer][head / labelGroup][slot]; null for dense layers, 16-bit labels
     private final float[][] predicted;     // [layer][numHeads * headDim]: lookahead's query for the next decode step
     private AttentionObserver observer;
     /** Observed only: each layer's selection at the previous decode step, [layer][head][k] (sorted). */
@@ -65,12 +72,15 @@ public final class SparseKvCache implements StoredKvCache {
         this.ring = new RingWindow(layers, cfg.window(), kvHeads * headDim);
         this.channels = new int[layers][numHeads][];
         this.labels = new float[layers][][];
+        this.labelScales = new float[layers][][];
         this.predicted = new float[layers][];
         this.policy = new SparseStepPolicy(cfg, layers);
         channelConfig.requireLabelRows(cfg, numHeads, kvHeads, headDim);
         for (int l = 0; l < layers; l++) {
             for (int h = 0; h < numHeads; h++) channels[l][h] = channelConfig.top(l, h, r);
-            if (policy.hasLabels(l)) labels[l] = new float[numHeads / labelGroup * r][store.capacity()];
+            if (!policy.hasLabels(l)) continue;
+            labels[l] = new float[numHeads / labelGroup * r][store.capacity()];
+            if (cfg.labelBits() < 16) labelScales[l] = new float[numHeads / labelGroup][store.capacity()];
         }
     }
 
@@ -89,12 +99,19 @@ public final class SparseKvCache implements StoredKvCache {
         channels = o.channels;
         policy = new SparseStepPolicy(cfg, layers);
         predicted = new float[layers][];
-        labels = new float[layers][][];
-        for (int l = 0; l < layers; l++) {
-            if (o.labels[l] == null) continue;
-            labels[l] = new float[o.labels[l].length][];
-            for (int i = 0; i < labels[l].length; i++) labels[l][i] = Arrays.copyOf(o.labels[l][i], store.capacity());
+        labels = copyRows(o.labels, store.capacity());
+        labelScales = copyRows(o.labelScales, store.capacity());
+    }
+
+    /** Each layer's rows copied at a length ({@code null} layers stay null). */
+    private static float[][][] copyRows(float[][][] rows, int length) {
+        float[][][] copy = new float[rows.length][][];
+        for (int l = 0; l < rows.length; l++) {
+            if (rows[l] == null) continue;
+            copy[l] = new float[rows[l].length][];
+            for (int i = 0; i < copy[l].length; i++) copy[l][i] = Arrays.copyOf(rows[l][i], length);
         }
+        return copy;
     }
 
     public KvConfig config() {
@@ -157,6 +174,10 @@ public final class SparseKvCache implements StoredKvCache {
         if (lab == null) return;
         if (slot >= lab[0].length) {   // the store grew: the labels follow it to the same room
             for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], store.capacity());
+            float[][] scales = labelScales[layer];
+            for (int i = 0; scales != null && i < scales.length; i++) {
+                scales[i] = Arrays.copyOf(scales[i], store.capacity());
+            }
         }
         writeLabels(layer, slot, key);
     }
@@ -172,19 +193,20 @@ public final class SparseKvCache implements StoredKvCache {
                 for (int i = 0; i < r; i++) scale = Math.max(scale, Math.abs(key[base + ch[i]]));
                 scale = io.dsflow.engine.model.DType.roundToHalf(scale / levels());
             }
+            if (labelScales[layer] != null) labelScales[layer][row][slot] = scale;
             for (int i = 0; i < r; i++) lab[row * r + i][slot] = quantise(key[base + ch[i]], scale);
         }
     }
 
     /**
-     * A label value as stored: fp16 (16-bit), or an integer times a per-token, per-head fp16 scale (8-bit: int8, 4-bit:
-     * int4; the value rounded half up and clamped to +-127 or +-7, since the scale's fp16 rounding can put the largest
+     * A label as stored: fp16 (16-bit), or the integer that times the row's fp16 scale approximates it (8-bit: int8,
+     * 4-bit: int4; rounded half up and clamped to +-127 or +-7, since the scale's fp16 rounding can put the largest
      * just past it).
      */
     private float quantise(float x, float scale) {
         int q = levels();
         if (cfg.labelBits() < 16) {
-            return scale == 0 ? 0 : Math.max(-q, Math.min(q, (float) Math.floor(x / scale + 0.5f))) * scale;
+            return scale == 0 ? 0 : Math.max(-q, Math.min(q, (float) Math.floor(x / scale + 0.5f)));
         }
         return io.dsflow.engine.model.DType.roundToHalf(x);
     }
@@ -288,14 +310,28 @@ public final class SparseKvCache implements StoredKvCache {
         boolean groupQuery = cfg.gqaSelection() == KvConfig.GqaSelection.MEAN && labelGroup == group && group > 1;
         float[][] approx = new float[numHeads][];
         float[][] lab = labels[layer];
+        float[] qc = new float[r];
+        int[] qi = new int[r];
         for (int h = 0; h < numHeads; h += groupQuery ? group : 1) {
             int[] ch = channels[layer][h];
-            float[] s = approx[h] = new float[cand.length];
             for (int c = 0; c < r; c++) {
-                float qc = sq[h * headDim + ch[c]];
-                if (groupQuery) for (int j = 1; j < group; j++) qc += sq[(h + j) * headDim + ch[c]];
-                float[] row = lab[(h / labelGroup) * r + c];
-                for (int i = 0; i < cand.length; i++) s[i] += qc * row[cand[i]];
+                qc[c] = sq[h * headDim + ch[c]];
+                if (groupQuery) for (int j = 1; j < group; j++) qc[c] += sq[(h + j) * headDim + ch[c]];
+            }
+            float[] s = approx[h] = new float[cand.length];
+            if (labelScales[layer] == null) {   // 16-bit labels: in floats, channel after channel
+                for (int c = 0; c < r; c++) {
+                    float[] row = lab[(h / labelGroup) * r + c];
+                    for (int i = 0; i < cand.length; i++) s[i] += qc[c] * row[cand[i]];
+                }
+            } else {   // integer labels: the quantised query's dot products, then the scales (LabelQueries)
+                float queryScale = LabelQueries.quantise(qc, qi);
+                float[] scales = labelScales[layer][h / labelGroup];
+                for (int i = 0; i < cand.length; i++) {
+                    int dot = 0;
+                    for (int c = 0; c < r; c++) dot += qi[c] * (int) lab[(h / labelGroup) * r + c][cand[i]];
+                    s[i] = LabelQueries.score(dot, queryScale, scales[cand[i]]);
+                }
             }
         }
         // selection: top-k per query head, or one per kv head from the group's max or mean score (summed query above)
@@ -514,6 +550,7 @@ public final class SparseKvCache implements StoredKvCache {
     public long heapBytes() {
         long b = store.heapBytes() + ring.heapBytes();
         for (float[][] lab : labels) if (lab != null) b += (long) lab.length * lab[0].length * Float.BYTES;
+        for (float[][] sc : labelScales) if (sc != null) b += (long) sc.length * sc[0].length * Float.BYTES;
         return b;
     }
 

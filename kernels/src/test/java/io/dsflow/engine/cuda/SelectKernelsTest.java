@@ -1,5 +1,6 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.kv.LabelQueries;
 import io.dsflow.engine.kv.TopK;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
@@ -67,14 +68,14 @@ class SelectKernelsTest extends KernelTestSupport {
 
     /**
      * A layer's label caches of segments with {@code segR[s]} label channels at one label width, random: values (as
-     * the CPU keeps them: fp16, or the integer times its row's fp16 scale) and the device's buffers. 16-bit: multiples
-     * of 1/256 in [-4, 4), exact in fp16, with ties among the scores; 8- and 4-bit: integers in +-127 or +-7 times
-     * scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]; 4-bit values two a byte, label 2i of a row in the
-     * low nibble of the row's byte i, rows of (r + 1) / 2 bytes (sparse_rows.cuh). {@code zeroShare}: the share of
+     * the CPU keeps them: fp16, or the integer, with its row's fp16 scale in scales) and the device's buffers. 16-bit:
+     * multiples of 1/256 in [-4, 4), exact in fp16, with ties among the scores; 8- and 4-bit: integers in +-127 or +-7
+     * with scales of 2^-2 .. 2^-5 (fp16-exact), scales [label rows][cap]; 4-bit values two a byte, label 2i of a row in
+     * the low nibble of the row's byte i, rows of (r + 1) / 2 bytes (sparse_rows.cuh). {@code zeroShare}: the share of
      * tokens whose labels are all 0 (skewed scores: most candidates tie at 0, a few stand out).
      */
-    private record LabelCaches(float[][] values, int[][] channels, CUdeviceptr labelTable, CUdeviceptr channelTable,
-                               CUdeviceptr scaleTable) {
+    private record LabelCaches(int bits, float[][] values, float[][] scales, int[][] channels, CUdeviceptr labelTable,
+                               CUdeviceptr channelTable, CUdeviceptr scaleTable) {
         static LabelCaches random(Random rnd, int bits, int[] segR, int cap, int heads, int hd, int labelGroup) {
             return random(rnd, bits, segR, cap, heads, hd, labelGroup, 0);
         }
@@ -82,7 +83,7 @@ class SelectKernelsTest extends KernelTestSupport {
         static LabelCaches random(Random rnd, int bits, int[] segR, int cap, int heads, int hd, int labelGroup,
                                   double zeroShare) {
             int rowsOfLabels = heads / labelGroup, nseg = segR.length;
-            float[][] values = new float[nseg][];
+            float[][] values = new float[nseg][], scaleValues = new float[nseg][];
             int[][] channels = new int[nseg][];
             CUdeviceptr[] labelBuffers = new CUdeviceptr[nseg], channelBuffers = new CUdeviceptr[nseg];
             CUdeviceptr[] scaleBuffers = new CUdeviceptr[nseg];
@@ -103,14 +104,16 @@ class SelectKernelsTest extends KernelTestSupport {
                     int levels = bits == 8 ? 127 : 7, rowBytes = (int) labelValueBytes(bits, r);
                     byte[] packed = new byte[cap * rowsOfLabels * rowBytes];
                     short[] scales = new short[rowsOfLabels * cap];
+                    scaleValues[sgm] = new float[rowsOfLabels * cap];
                     for (int t = 0; t < cap; t++) {
                         for (int h = 0; h < rowsOfLabels; h++) {
                             float scale = 1f / (4 << rnd.nextInt(4));
                             scales[h * cap + t] = fp16(scale);
+                            scaleValues[sgm][h * cap + t] = scale;
                             int row = (t * rowsOfLabels + h) * rowBytes;
                             for (int i = 0; i < r; i++) {
                                 int v = zero[t] ? 0 : rnd.nextInt(2 * levels + 1) - levels;
-                                values[sgm][t * rowsOfLabels * r + h * r + i] = v * scale;
+                                values[sgm][t * rowsOfLabels * r + h * r + i] = v;
                                 if (bits == 8) packed[row + i] = (byte) v;
                                 else packed[row + i / 2] |= (byte) ((v & 15) << (4 * (i % 2)));
                             }
@@ -123,8 +126,50 @@ class SelectKernelsTest extends KernelTestSupport {
                 channels[sgm] = labelRowChannels(rnd, heads, r, hd, labelGroup);
                 channelBuffers[sgm] = upload(channels[sgm]);
             }
-            return new LabelCaches(values, channels, pointerTable(labelBuffers), pointerTable(channelBuffers),
-                    pointerTable(scaleBuffers));
+            return new LabelCaches(bits, values, scaleValues, channels, pointerTable(labelBuffers),
+                    pointerTable(channelBuffers), pointerTable(scaleBuffers));
+        }
+
+        /**
+         * The CPU specification's score (kv/SparseKvCache#select) of label row {@code row} (of {@code rows}) of
+         * segment sgm at a slot, for a head's r label channels of q: in floats (16-bit), or LabelQueries' integers.
+         */
+        float score(int sgm, int r, int rows, int row, int slot, float[] qc) {
+            int at = (slot * rows + row) * r, cap = scales[sgm] == null ? 0 : scales[sgm].length / rows;
+            if (bits == 16) {
+                float s = 0;
+                for (int i = 0; i < r; i++) s += qc[i] * values[sgm][at + i];
+                return s;
+            }
+            int[] qi = new int[r];
+            float queryScale = LabelQueries.quantise(qc, qi);
+            int dot = 0;
+            for (int i = 0; i < r; i++) dot += qi[i] * (int) values[sgm][at + i];
+            return LabelQueries.score(dot, queryScale, scales[sgm][row * cap + slot]);
+        }
+
+        /**
+         * The score of candidate c of a row (q at qRow) by selection head h under a mode: the head's own (0), the
+         * group's max (1), or its sum (2; the group's summed query where its heads share a label row), as the CPU
+         * combines them, in floats.
+         */
+        float selectionScore(int sgm, int r, float[] q, int qRow, int h, int mode, int heads, int group,
+                             int labelGroup, int hd, int sinks, int c) {
+            int rows = heads / labelGroup, h0 = mode == 0 ? h : h / group * group, nh = mode == 0 ? 1 : group;
+            boolean summed = mode == 2 && labelGroup == group && group > 1;
+            float v = 0;
+            for (int j = 0; j < (summed ? 1 : nh); j++) {
+                float[] qc = new float[r];
+                for (int i = 0; i < r; i++) {
+                    qc[i] = q[qRow + (h0 + j) * hd + channels[sgm][(h0 + j) * r + i]];
+                    for (int o = 1; summed && o < nh; o++) {
+                        qc[i] += q[qRow + (h0 + o) * hd + channels[sgm][(h0 + o) * r + i]];
+                    }
+                }
+                float t = score(sgm, r, rows, (h0 + j) / labelGroup, sinks + c, qc);
+                v = j == 0 ? t : mode == 1 ? Math.max(v, t) : v + t;
+            }
+            return v;
         }
     }
 
@@ -181,8 +226,6 @@ class SelectKernelsTest extends KernelTestSupport {
         CUdeviceptr dq = sc.q(), dl = caches.labelTable(), dch = caches.channelTable();
         CUdeviceptr dsc = caches.scaleTable(), dseg = sc.segments(), dsp = sc.descriptors();
         int[] seg = sc.seg(), a = sc.reference();
-        float[][] labels = caches.values();
-        int[][] channels = caches.channels();
         // the one-block kernel at each block size CudaOps.selectThreads may choose; near-normal scores: selections
         // that guess are served from the guess's list
         CUdeviceptr paths = upload(new int[2]);
@@ -190,7 +233,7 @@ class SelectKernelsTest extends KernelTestSupport {
             CUdeviceptr fused = upload(new int[rows * heads * maxK]);
             SelectKernels.sparseSelect(gpu, rows, threads, maxCand, fused, dq, dl, dch, dsc, dseg, dsp, heads, kvHeads,
                     hd, qStride, maxK, paths);
-            checkSelection(a, downloadInts(fused, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q, heads,
+            checkSelection(a, downloadInts(fused, rows * heads * maxK), rowsSpec, seg, segR, caches, q, heads,
                     group, labelGroup, hd, qStride, sinks, maxK, "one block of " + threads + " threads a selection");
         }
         int[] taken = downloadInts(paths, 2);
@@ -200,7 +243,7 @@ class SelectKernelsTest extends KernelTestSupport {
             CUdeviceptr clustered = upload(new int[rows * heads * maxK]);
             CudaOps.launchSelect(gpu, cluster, rows * heads, clustered, dq, dl, dch, dsc, dseg, dsp, rows, heads,
                     kvHeads, hd, qStride, maxCand, maxK);
-            checkSelection(a, downloadInts(clustered, rows * heads * maxK), rowsSpec, seg, segR, labels, channels, q,
+            checkSelection(a, downloadInts(clustered, rows * heads * maxK), rowsSpec, seg, segR, caches, q,
                     heads, group, labelGroup, hd, qStride, sinks, maxK, "clusters of " + cluster + " blocks");
         }
     }
@@ -249,7 +292,7 @@ class SelectKernelsTest extends KernelTestSupport {
                     caches.channelTable(), caches.scaleTable(), sc.segments(), sc.descriptors(), heads, kvHeads, hd,
                     qStride, maxK, null);
             checkSelection(sc.reference(), downloadInts(fused, rows * heads * maxK), rowsSpec, sc.seg(), segR,
-                    caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK,
+                    caches, q, heads, group, 1, hd, qStride, sinks, maxK,
                     "random shapes, " + threads + " threads");
         }
     }
@@ -285,16 +328,17 @@ class SelectKernelsTest extends KernelTestSupport {
         SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, sc.q(), caches.labelTable(), caches.channelTable(),
                 caches.scaleTable(), sc.segments(), sc.descriptors(), heads, kvHeads, hd, qStride, maxK, paths);
         checkSelection(sc.reference(), downloadInts(fused, rows * heads * maxK), rowsSpec, sc.seg(), segR,
-                caches.values(), caches.channels(), q, heads, group, 1, hd, qStride, sinks, maxK, what);
+                caches, q, heads, group, 1, hd, qStride, sinks, maxK, what);
         return downloadInts(paths, 2);
     }
 
     /**
-     * sparse_scores' scores are the CPU reference's floats, bit for bit (kv/SparseKvCache#select: per channel in order,
-     * s += q_c * label, each product and sum rounded to float, no fused multiply-add; a mean selection over label rows
-     * a kv head scores its group's summed query, q_c of the heads added in order, on the group's first head and 0 on
-     * the others): 16-, 8- and 4-bit labels, label channels 16, 32, 12, 13 and 24 (every load width of
-     * LabelCache::score), a label row a query head or a kv head.
+     * sparse_scores' scores are the CPU reference's floats, bit for bit (kv/SparseKvCache#select: 16-bit labels per
+     * channel in order, s += q_c * label, each product and sum rounded to float, no fused multiply-add; 8- and 4-bit
+     * labels as kv/LabelQueries scores them, the integer dot product with the int8 query times the two scales; a mean
+     * selection over label rows a kv head scores its group's summed query, q_c of the heads added in order, on the
+     * group's first head and 0 on the others): 16-, 8- and 4-bit labels, label channels 16, 32, 12, 13 and 24 (every
+     * load width of LabelCache::score), a label row a query head or a kv head.
      */
     @ParameterizedTest(name = "{0}-bit labels, a label row for {1} heads")
     @CsvSource({"16, 1", "8, 1", "4, 1", "16, 4", "8, 4", "4, 4"})
@@ -322,7 +366,6 @@ class SelectKernelsTest extends KernelTestSupport {
             int sgm = seg[p], r = segR[sgm], n = rowsSpec[p][1], mode = rowsSpec[p][2];
             boolean summed = mode == 2 && labelGroup > 1;
             int[] ch = caches.channels()[sgm];
-            float[] lab = caches.values()[sgm];
             for (int h = 0; h < heads; h++) {
                 boolean scored = !summed || h % group == 0;   // a summed query's score is its group's first head's
                 float[] qc = new float[r];
@@ -331,11 +374,7 @@ class SelectKernelsTest extends KernelTestSupport {
                     if (summed) for (int j = 1; j < group; j++) qc[i] += q[p * qStride + (h + j) * hd + ch[h * r + i]];
                 }
                 for (int c = 0; c < n; c++) {
-                    float want = 0;
-                    if (scored) {
-                        int at = (sinks + c) * rowsOfLabels * r + h / labelGroup * r;
-                        for (int i = 0; i < r; i++) want += qc[i] * lab[at + i];
-                    }
+                    float want = scored ? caches.score(sgm, r, rowsOfLabels, h / labelGroup, sinks + c, qc) : 0f;
                     float g = got[(p * heads + h) * maxCand + c];
                     if (Float.floatToIntBits(want) != Float.floatToIntBits(g)) {
                         fail("row " + p + " head " + h + " candidate " + c + " r " + r
@@ -347,9 +386,9 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /** b (a fused selection) equals a (scores then top-k) and is the top of the scores computed on the CPU. */
-    private static void checkSelection(int[] a, int[] b, int[][] rowsSpec, int[] seg, int[] segR, float[][] labels,
-                                       int[][] channels, float[] q, int heads, int group, int labelGroup, int hd,
-                                       int qStride, int sinks, int maxK, String kernel) {
+    private static void checkSelection(int[] a, int[] b, int[][] rowsSpec, int[] seg, int[] segR, LabelCaches caches,
+                                       float[] q, int heads, int group, int labelGroup, int hd, int qStride, int sinks,
+                                       int maxK, String kernel) {
         for (int p = 0; p < rowsSpec.length; p++) {
             int sgm = seg[p], r = segR[sgm], n = rowsSpec[p][1], k = Math.min(rowsSpec[p][2], n), mode = rowsSpec[p][3];
             for (int h = 0; h < heads; h++) {
@@ -357,21 +396,13 @@ class SelectKernelsTest extends KernelTestSupport {
                 String what = kernel + ": row " + p + " head " + h + " mode " + mode + " r " + r;
                 assertArrayEquals(Arrays.copyOfRange(a, from, from + k), Arrays.copyOfRange(b, from, from + k), what);
                 // the CPU's scores of the selection's heads (one head, or the group's combined)
-                double[] cpu = new double[n];
-                int h0 = mode == 0 ? h : h / group * group, nh = mode == 0 ? 1 : group;
+                float[] cpu = new float[n];
                 for (int c = 0; c < n; c++) {
-                    for (int j = 0; j < nh; j++) {
-                        double t = 0;
-                        for (int i = 0; i < r; i++) {
-                            int hh = h0 + j;
-                            t += q[p * qStride + hh * hd + channels[sgm][hh * r + i]]
-                                    * labels[sgm][(sinks + c) * (heads / labelGroup) * r + hh / labelGroup * r + i];
-                        }
-                        cpu[c] = j == 0 ? t : mode == 1 ? Math.max(cpu[c], t) : cpu[c] + t;
-                    }
+                    cpu[c] = caches.selectionScore(sgm, r, q, p * qStride, h, mode, heads, group, labelGroup, hd, sinks,
+                            c);
                 }
                 boolean[] picked = new boolean[n];
-                double lowestPicked = Double.MAX_VALUE, highestLeft = -Double.MAX_VALUE;
+                float lowestPicked = Float.MAX_VALUE, highestLeft = -Float.MAX_VALUE;
                 for (int i = 0; i < k; i++) {
                     int c = b[from + i] - sinks;
                     assertTrue(c >= 0 && c < n && !picked[c] && (i == 0 || b[from + i] > b[from + i - 1]),
@@ -380,7 +411,7 @@ class SelectKernelsTest extends KernelTestSupport {
                     lowestPicked = Math.min(lowestPicked, cpu[c]);
                 }
                 for (int c = 0; c < n; c++) if (!picked[c]) highestLeft = Math.max(highestLeft, cpu[c]);
-                assertTrue(lowestPicked >= highestLeft - 1e-4,
+                assertTrue(lowestPicked >= highestLeft,
                         what + ": picked down to " + lowestPicked + ", left " + highestLeft);
             }
         }

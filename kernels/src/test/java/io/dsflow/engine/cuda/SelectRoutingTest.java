@@ -40,12 +40,12 @@ class SelectRoutingTest {
 
     /**
      * The H100's occupancy of sparse_select: 64 registers a thread of 65,536 a multiprocessor, and 228 KB of shared
-     * memory a multiprocessor for the candidates' keys, the static arrays (3,728 bytes) and the 1 KB the driver
+     * memory a multiprocessor for the candidates' keys, the static arrays (4,304 bytes) and the 1 KB the driver
      * reserves a block (the guess's list takes only what that occupancy leaves: SelectKernels.guessListCapacity).
      */
     static int threads(int rows, int maxCand, boolean side) {
         return CudaOps.selectThreads(SMS, rows * 8, side,
-                t -> Math.min(65536 / (64 * t), 228 * 1024 / (4 * maxCand + 3728 + 1024)));
+                t -> Math.min(65536 / (64 * t), 228 * 1024 / (4 * maxCand + 4304 + 1024)));
     }
 
     @Test
