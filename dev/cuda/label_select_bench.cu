@@ -2,7 +2,7 @@
 // the top-k there) at the shape of llama-3.1-8b's decode at batch 8 and 32K context: 8 rows, 32 query heads in 8 kv
 // groups, r = 16 label channels, 32700 candidates, k = 1980; per query head or one selection a group (gqa=mean),
 // 16- or 8-bit labels. Prints the time a launch and a checksum of the selections (equal across builds that must select
-// the same, e.g. the label conversions of select.cu).
+// the same, e.g. its load depths, -DSEL_LOADS).
 // Every row has its own label cache (as each sequence does), so the labels come from device memory, not the L2.
 // Build (in dev/cuda): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a label_select_bench.cu -o lsb
 //   (-DSELECT_CU='"path"' for another version of select.cu, one with sparse_select_cluster2)
