@@ -155,8 +155,8 @@ __device__ bool summed_query(float* qc, int label_group, int mode, int heads, in
     return true;
 }
 
-// lq.i, lq.scale and lq.sum of heads 0 .. heads - 1 from lq.f (LabelQuery's quantisation), a warp a head (the block
-// has at least 8 warps, or loops)
+// lq.i, lq.scale and lq.sum of heads 0 .. heads - 1 (at most 8: the host routes larger groups to sparse_scores, which
+// quantises one head) from lq.f (LabelQuery's quantisation, kv/LabelQueries), a warp a head (or loops)
 __device__ void quantise_label_queries(LabelQuery& lq, int heads, int r) {
     int lane = threadIdx.x & 31;
     for (int j = threadIdx.x >> 5; j < heads; j += blockDim.x >> 5) {
@@ -167,7 +167,7 @@ __device__ void quantise_label_queries(LabelQuery& lq, int heads, int r) {
         float inv = m > 0.f ? 127.f / m : 0.f;
         int sum = 0;
         for (int i = lane; i < r; i += 32) {
-            int v = __float2int_rn(__fmul_rn(f[i], inv));
+            int v = max(-127, min(127, __float2int_rn(__fmul_rn(f[i], inv))));   // NaN: 0; inv infinite: +-127
             lq.i[j * r + i] = (signed char)v;
             sum += v;
         }

@@ -135,6 +135,10 @@ public final class CudaBackend implements Backend {
         prepare(config);
         int r = config.labelChannels(c.headDim()), labelGroup = config.labelGroup(c.numHeads(), c.numKvHeads());
         if (r > 64) throw new DsflowException("at most 64 label channels on cuda, not " + r);
+        if (labelGroup > 1 && labelGroup * r > SelectKernels.MAX_QUERY_CHANNELS) {   // a summed query's channels
+            throw new DsflowException("at most " + SelectKernels.MAX_QUERY_CHANNELS + " label channels over a label"
+                    + " row's heads on cuda, not " + labelGroup + " x " + r);
+        }
         channels.requireLabelRows(config, c.numHeads(), c.numKvHeads(), c.headDim());
         int[][][] ch = new int[c.numLayers()][][];
         for (int l = Math.min(config.denseLayers(), c.numLayers()); l < c.numLayers(); l++) {

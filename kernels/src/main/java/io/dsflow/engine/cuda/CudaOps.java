@@ -290,6 +290,7 @@ final class CudaOps {
 
     /** Label channels of q, over the heads of a selection, that sparse_select holds (its qc array). */
     static final int SELECT_MAX_QUERY_CHANNELS = SelectKernels.MAX_QUERY_CHANNELS;
+    static final int SELECT_MAX_QUERY_HEADS = SelectKernels.MAX_QUERY_HEADS;
 
     /**
      * Whether dspp's fused selection takes this many candidates (bucketed) on this device: on Hopper a cluster's tiles

@@ -26,6 +26,8 @@ public final class SelectKernels {
     static final int CLUSTER_BLOCKS = 8;
     /** Label channels of q, over the heads of a selection, that the selection kernels hold (their qc array). */
     static final int MAX_QUERY_CHANNELS = 8 * 64;
+    /** Query heads a fused selection holds (their quantisation scales and sums, select.cu's LabelQuery). */
+    static final int MAX_QUERY_HEADS = 8;
 
     private SelectKernels() {
     }

@@ -497,9 +497,12 @@ final class StepPlanner {
             boolean allDsppCaches = true;
             for (CudaKvCache x : caches) allDsppCaches &= x.sparse() == null || x.sparse().policy() == KvPolicy.DSPP;
             fusedAppend = allDsppCaches;
-            // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64
+            // sparse_select keeps the selection's heads x label channels of q in shared memory: at most 8 x 64, and
+            // at most 8 heads' quantisation scales (larger groups select by scores then top-k)
+            int selectionHeads = all.shared() ? group : 1;
             fusedSelect = runs.allDspp() && CudaOps.canSelect(gpu, maxCand)
-                    && (all.shared() ? group : 1) * runs.maxR() <= CudaOps.SELECT_MAX_QUERY_CHANNELS;
+                    && selectionHeads * runs.maxR() <= CudaOps.SELECT_MAX_QUERY_CHANNELS
+                    && selectionHeads <= CudaOps.SELECT_MAX_QUERY_HEADS;
             CUdeviceptr sc = null, sel = null, part = null;
             if (maxSparse > 0) {
                 if (!fusedSelect) sc = workspace.ensure(Buffer.SCORES, (long) maxSparse * heads * maxCand);

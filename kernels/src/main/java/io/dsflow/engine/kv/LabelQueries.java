@@ -13,12 +13,16 @@ public final class LabelQueries {
     private LabelQueries() {
     }
 
-    /** Quantises {@code q[0 .. qi.length)} into {@code qi}; returns the scale (0 where every channel is 0). */
+    /**
+     * Quantises {@code q[0 .. qi.length)} into {@code qi}; returns the scale (0 where every channel is 0). A NaN
+     * channel counts as 0 and sets no maximum (as the GPU's fmaxf), and every integer is clamped to +-127 (a maximum
+     * below 127 / Float.MAX_VALUE makes 127 / max infinite).
+     */
     public static float quantise(float[] q, int[] qi) {
         float max = 0;
-        for (int c = 0; c < qi.length; c++) max = Math.max(max, Math.abs(q[c]));
+        for (int c = 0; c < qi.length; c++) if (Math.abs(q[c]) > max) max = Math.abs(q[c]);
         float inverse = max > 0 ? 127f / max : 0f;
-        for (int c = 0; c < qi.length; c++) qi[c] = (int) Math.rint(q[c] * inverse);
+        for (int c = 0; c < qi.length; c++) qi[c] = Math.max(-127, Math.min(127, (int) Math.rint(q[c] * inverse)));
         return max / 127f;
     }
 

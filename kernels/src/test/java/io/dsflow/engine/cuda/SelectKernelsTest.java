@@ -298,6 +298,32 @@ class SelectKernelsTest extends KernelTestSupport {
     }
 
     /**
+     * Groups other than four (two query heads a kv head, and eight) take score_candidates' path for any head count, and
+     * label channels 24, 48 and 64 LabelCache::score's general loops for each head of a group (8-bit: 16-byte loads or
+     * byte by byte; 4-bit: words of eight); 8- and 4-bit labels, every mode: sparse_select's selection is sparse_topk's
+     * and the top of the CPU's integer scores.
+     */
+    @ParameterizedTest(name = "{0}-bit labels, groups of {1}")
+    @CsvSource({"4, 2", "4, 8", "8, 2", "8, 8"})
+    void otherGroupsAndLabelWidthsSelectAsTheRadixSelect(int bits, int group) {
+        Random rnd = new Random(51 + bits + group);
+        int heads = 8, kvHeads = heads / group, hd = 64, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 3400;
+        int[] segR = {24, 48, 64, 16};
+        int[][] rowsSpec = {{0, 3000, 200, 1}, {1, 1500, 100, 2}, {2, 777, 60, 0}, {3, 2049, 300, 1},
+                {1, 999, 1200, 1}, {2, 3100, 64, 2}, {3, 1234, 77, 2}, {0, 640, 33, 0}};
+        int rows = rowsSpec.length, maxCand = 3328, maxK = 1216;
+        LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, 1);
+        float[] q = random(rnd, rows * qStride, 1);
+        SelectionCase sc = SelectionCase.of(rowsSpec, segR, caches, q, bits, cap, 1, heads, kvHeads, hd, qStride, sinks,
+                maxCand, maxK);
+        CUdeviceptr fused = upload(new int[rows * heads * maxK]);
+        SelectKernels.sparseSelect(gpu, rows, 256, maxCand, fused, sc.q(), caches.labelTable(), caches.channelTable(),
+                caches.scaleTable(), sc.segments(), sc.descriptors(), heads, kvHeads, hd, qStride, maxK, null);
+        checkSelection(sc.reference(), downloadInts(fused, rows * heads * maxK), rowsSpec, sc.seg(), segR, caches, q,
+                heads, group, 1, hd, qStride, sinks, maxK, "groups of " + group);
+    }
+
+    /**
      * sparse_select's list where the scores tie often: 4-bit labels and a query of ones make every score a sum of 16
      * integers in +-7 times one of four scales (a few hundred values over thousands of candidates), so the k-th key
      * and the guess fall among ties; the list keeps them in candidate order and the selection is sparse_topk's.
