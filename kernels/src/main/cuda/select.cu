@@ -42,6 +42,12 @@ __device__ __forceinline__ int label_dot8(int d, unsigned w, int q4) {
     return __dp4a((int)w, q4, d);
 }
 
+// d plus 16 int8 labels (a 16-byte load) dotted with 16 int8 query channels (q4: four words of them), word after word
+__device__ __forceinline__ int label_dot8(int d, uint4 w, const int* q4) {
+    d = label_dot8(label_dot8(d, w.x, q4[0]), w.y, q4[1]);
+    return label_dot8(label_dot8(d, w.z, q4[2]), w.w, q4[3]);
+}
+
 // Label e (0 .. 7) of a 32-bit word of 4-bit labels (sparse_rows.cuh: bits 4e .. 4e + 3, two's complement)
 __device__ __forceinline__ int label_nibble(unsigned w, int e) {
     return (int)(w << (28 - 4 * e)) >> 28;
@@ -102,10 +108,8 @@ struct LabelCache {
             const signed char* lab = reinterpret_cast<const signed char*>(values) + at;
             if ((r & 15) == 0) {
                 for (int i = 0; i < r; i += 16) {
-                    uint4 w = __ldg(reinterpret_cast<const uint4*>(lab + i));
-                    const int* q4 = reinterpret_cast<const int*>(qi + i);
-                    d = label_dot8(label_dot8(d, w.x, q4[0]), w.y, q4[1]);
-                    d = label_dot8(label_dot8(d, w.z, q4[2]), w.w, q4[3]);
+                    d = label_dot8(d, __ldg(reinterpret_cast<const uint4*>(lab + i)),
+                                   reinterpret_cast<const int*>(qi + i));
                 }
             } else {
                 for (int i = 0; i < r; i++) d += qi[i] * lab[i];
@@ -548,12 +552,7 @@ __device__ void score_candidates(unsigned* keys, const LabelCache& labels, int f
                         int d = 0;
                         const int* q4 = reinterpret_cast<const int*>(lq.i + h * R);
 #pragma unroll
-                        for (int i = 0; i < LOADS; i++) {
-                            d = label_dot8(d, raw[u][j][i].x, q4[4 * i]);
-                            d = label_dot8(d, raw[u][j][i].y, q4[4 * i + 1]);
-                            d = label_dot8(d, raw[u][j][i].z, q4[4 * i + 2]);
-                            d = label_dot8(d, raw[u][j][i].w, q4[4 * i + 3]);
-                        }
+                        for (int i = 0; i < LOADS; i++) d = label_dot8(d, raw[u][j][i], q4 + 4 * i);
                         t = label_int_score(d, lq.scale[h], scale[u][j]);
                     } else {
                         int d = -8 * lq.sum[h];
