@@ -580,8 +580,7 @@ public final class CudaRuntime implements AutoCloseable {
 
     /** The kernel, allowed {@code sharedBytes} of dynamic shared memory first where that is past the default 48 KB. */
     private CUfunction allowShared(String kernel, int sharedBytes) {
-        CUfunction f = functions.get(kernel);
-        if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+        CUfunction f = function(kernel);
         if (sharedBytes > 48 * 1024 && sharedAllowed.getOrDefault(kernel, 0) < sharedBytes) {
             JCudaDriver.cuFuncSetAttribute(f, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     sharedBytes);
@@ -599,13 +598,18 @@ public final class CudaRuntime implements AutoCloseable {
         int perBlock = Math.min(sharedPerBlockOptIn,
                 sharedPerMultiprocessor / Math.max(1, blocks) - sharedReservedPerBlock);
         return perBlock - staticShared.computeIfAbsent(kernel, key -> {
-            CUfunction f = functions.get(kernel);
-            if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
             int[] bytes = new int[1];
             JCudaDriver.cuFuncGetAttribute(bytes, jcuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
-                    f);
+                    function(kernel));
             return bytes[0];
         });
+    }
+
+    /** The kernel of that name in this build's modules. */
+    private CUfunction function(String kernel) {
+        CUfunction f = functions.get(kernel);
+        if (f == null) throw new DsflowException("no CUDA kernel " + kernel + " in this build");
+        return f;
     }
 
     /**
