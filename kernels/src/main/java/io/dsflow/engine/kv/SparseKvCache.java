@@ -108,10 +108,15 @@ public final class SparseKvCache implements StoredKvCache {
         float[][][] copy = new float[rows.length][][];
         for (int l = 0; l < rows.length; l++) {
             if (rows[l] == null) continue;
-            copy[l] = new float[rows[l].length][];
-            for (int i = 0; i < copy[l].length; i++) copy[l][i] = Arrays.copyOf(rows[l][i], length);
+            copy[l] = rows[l].clone();
+            growRows(copy[l], length);
         }
         return copy;
+    }
+
+    /** Each row replaced by its copy at a length. */
+    private static void growRows(float[][] rows, int length) {
+        for (int i = 0; i < rows.length; i++) rows[i] = Arrays.copyOf(rows[i], length);
     }
 
     public KvConfig config() {
@@ -172,12 +177,9 @@ public final class SparseKvCache implements StoredKvCache {
         ring.append(layer, pos, key, value);
         float[][] lab = labels[layer];
         if (lab == null) return;
-        if (slot >= lab[0].length) {   // the store grew: the labels follow it to the same room
-            for (int i = 0; i < lab.length; i++) lab[i] = Arrays.copyOf(lab[i], store.capacity());
-            float[][] scales = labelScales[layer];
-            for (int i = 0; scales != null && i < scales.length; i++) {
-                scales[i] = Arrays.copyOf(scales[i], store.capacity());
-            }
+        if (slot >= lab[0].length) {   // the store grew: the labels and their scales follow it to the same room
+            growRows(lab, store.capacity());
+            if (labelScales[layer] != null) growRows(labelScales[layer], store.capacity());
         }
         writeLabels(layer, slot, key);
     }
@@ -324,14 +326,15 @@ public final class SparseKvCache implements StoredKvCache {
                     float[] row = lab[(h / labelGroup) * r + c];
                     for (int i = 0; i < cand.length; i++) s[i] += qc[c] * row[cand[i]];
                 }
-            } else {   // integer labels: the quantised query's dot products, then the scales (LabelQueries)
+            } else {   // integer labels: the quantised query's dot products (exact), then the scales (LabelQueries)
                 float queryScale = LabelQueries.quantise(qc, qi);
-                float[] scales = labelScales[layer][h / labelGroup];
-                for (int i = 0; i < cand.length; i++) {
-                    int dot = 0;
-                    for (int c = 0; c < r; c++) dot += qi[c] * (int) lab[(h / labelGroup) * r + c][cand[i]];
-                    s[i] = LabelQueries.score(dot, queryScale, scales[cand[i]]);
+                int[] dot = new int[cand.length];
+                for (int c = 0; c < r; c++) {
+                    float[] row = lab[(h / labelGroup) * r + c];
+                    for (int i = 0; i < cand.length; i++) dot[i] += qi[c] * (int) row[cand[i]];
                 }
+                float[] scales = labelScales[layer][h / labelGroup];
+                for (int i = 0; i < cand.length; i++) s[i] = LabelQueries.score(dot[i], queryScale, scales[cand[i]]);
             }
         }
         // selection: top-k per query head, or one per kv head from the group's max or mean score (summed query above)
