@@ -174,9 +174,17 @@ int main(int argc, char** argv) {
                         KVH, splits, scale, qStride, maxK, on, claims);
             }
         };
+        // as AttentionKernels.attentionMerge launches it: a block's warps share a pair's splits where pairs are few
+        int sms = 0;
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+        int wpp = splits >= MERGE_WARPS && P * H < MERGE_WARPS * sms ? MERGE_WARPS : 1, ppb = MERGE_WARPS / wpp;
+        auto merge = [&]() {
+            attention_merge<<<(P * H + ppb - 1) / ppb, 32 * MERGE_WARPS>>>(out, nullptr, partials, drows, P * H, H, D,
+                                                                           splits, wpp);
+        };
         cudaMemset(out, 0, (size_t)P * H * D * 4);
         attend(0);
-        attention_merge<<<P * H, 512>>>(out, partials, drows, H, D, splits);
+        merge();
         cudaError_t err = cudaDeviceSynchronize();
         if (err != cudaSuccess) { printf("splits %d: %s\n", splits, cudaGetErrorString(err)); return 1; }
         cudaMemcpy(got.data(), out, got.size() * 4, cudaMemcpyDeviceToHost);
@@ -188,7 +196,7 @@ int main(int argc, char** argv) {
             cudaEventRecord(e0);
             for (int i = 0; i < reps; i++) {
                 attend(0);
-                if (withMerge) attention_merge<<<P * H, 512>>>(out, partials, drows, H, D, splits);
+                if (withMerge) merge();
             }
             cudaEventRecord(e1); cudaEventSynchronize(e1);
             cudaEventElapsedTime(&ms[withMerge], e0, e1);

@@ -7,8 +7,8 @@
 //   lanes own 32 slots at a time for the scores (16-byte key loads) and D / 32 contiguous channels each for the output.
 // attention_gqa_dD_gG: one warp per (decode row, kv head, split) for the G query heads of the group (below).
 // attention_pipelined_dD_gG: the same, the rows staged in shared memory by a producer warp (below).
-// attention_merge: out[rows_of[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M).
-//   Grid: (P * H), block: a multiple of D, at most 1024.
+// attention_merge: out[rows_of[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M), in f32 or bf16.
+//   Grid: P * H / (MERGE_WARPS / wpp) blocks, rounded up; block: 32 * MERGE_WARPS (below).
 #include "common.cuh"
 #include "split_attention.cuh"
 #include "pipelined_attention.cuh"
@@ -98,47 +98,83 @@ PIPELINED_KERNEL(64, 4)
 PIPELINED_KERNEL(128, 2)
 PIPELINED_KERNEL(128, 4)
 
-// A (row, head) has at most MAX_SPLITS splits (the host checks).
-#define MAX_SPLITS 2048
-
-extern "C" __global__ void attention_merge(float* out, const float* partials, const int* rows_of, int H, int D,
-                                           int splits) {
-    __shared__ float weight[MAX_SPLITS];
-    __shared__ float scratch[32];
-    __shared__ float sums[1024];
-    int rh = blockIdx.x, c = threadIdx.x;
-    const float* base = partials + (size_t)rh * splits * (D + 2);
-    // the splits' maxima and sums, reduced by the whole block at once instead of walked by each thread
+// attention_merge: a (row p, head h) pair's splits merged by `wpp` warps (1 or MERGE_WARPS) of a block of MERGE_WARPS
+// warps (so a block merges MERGE_WARPS / wpp pairs): warp w of a pair takes splits w, w + wpp, ...; each lane owns
+// channels lane, lane + 32, ... (coalesced 128-byte loads of a split's o). Each warp sums relative to its own splits'
+// maximum; the pair's warps are then combined in shared memory, rescaled by e^(M_w - M). out (f32) or out_bf (bf16,
+// when not null: the output product's operand, so no conversion follows) at [rows_of[p]][h * D + c]; D <= MERGE_MAX_D.
+// One warp a pair where there are enough pairs to fill the device (a block of 4 D threads a pair took 15 us a layer at
+// 64 rows x 32 heads and one split on the H100: four waves of 512-thread blocks that each merged one pair).
+#define MERGE_WARPS 4
+#define MERGE_MAX_D 256
+extern "C" __global__ void attention_merge(float* out, bf16* out_bf, const float* partials, const int* rows_of,
+                                           int pairs, int H, int D, int splits, int wpp) {
+    constexpr int PER = MERGE_MAX_D / 32;
+    __shared__ float wo[MERGE_WARPS][MERGE_MAX_D], wm[MERGE_WARPS], wl[MERGE_WARPS];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, w = warp % wpp;
+    int rh = blockIdx.x * (MERGE_WARPS / wpp) + warp / wpp;
+    bool live = rh < pairs;
+    const float* base = partials + (size_t)(live ? rh : 0) * splits * (D + 2);
+    // this warp's splits' maximum, over the splits that saw a slot (l > 0)
     float m = -INFINITY;
-    for (int s = c; s < splits; s += blockDim.x) {
-        const float* p = base + (size_t)s * (D + 2);
-        if (p[D + 1] > 0.f) m = fmaxf(m, p[D]);
+    for (int s = w + wpp * lane; live && s < splits; s += 32 * wpp) {
+        const float* part = base + (size_t)s * (D + 2);
+        if (part[D + 1] > 0.f) m = fmaxf(m, part[D]);
     }
     m = warp_max(m);
-    if ((c & 31) == 0) scratch[c >> 5] = m;
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, scratch[w]);
-    __syncthreads();
-    float l = 0.f;
-    for (int s = c; s < splits; s += blockDim.x) {
-        const float* p = base + (size_t)s * (D + 2);
-        float w = p[D + 1] > 0.f ? __expf(p[D] - M) : 0.f;
-        weight[s] = w;
-        l += p[D + 1] * w;
-    }
-    float L = block_sum(l, scratch);
-    // blockDim / D groups of D threads each sum every groups-th split, then group 0 adds the others' sums
-    int groups = blockDim.x / D, grp = c / D, ch = c % D;
-    float o = 0.f;
-    if (grp < groups) {
+    float l = 0.f, o[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) o[i] = 0.f;
+    for (int j0 = w; live && j0 < splits; j0 += 32 * wpp) {
+        int s = j0 + wpp * lane;
+        float weight = 0.f;
+        if (s < splits) {
+            const float* part = base + (size_t)s * (D + 2);
+            weight = part[D + 1] > 0.f ? __expf(part[D] - m) : 0.f;
+            l += part[D + 1] * weight;
+        }
+        int count = min(32, (splits - j0 + wpp - 1) / wpp);
 #pragma unroll 4
-        for (int s = grp; s < splits; s += groups) o += base[(size_t)s * (D + 2) + ch] * weight[s];
-        sums[c] = o;
+        for (int t = 0; t < count; t++) {
+            float wt = __shfl_sync(0xffffffffu, weight, t);
+            const float* part = base + (size_t)(j0 + wpp * t) * (D + 2);
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                int c = lane + 32 * i;
+                if (c < D) o[i] += part[c] * wt;
+            }
+        }
     }
-    __syncthreads();
-    if (grp != 0) return;
-    for (int k = 1; k < groups; k++) o += sums[k * D + ch];
+    l = warp_sum(l);
+    if (wpp > 1) {   // the pair's warps combined: every warp's (m, l, o) to shared memory, warp 0 of the pair sums
+        if (lane == 0) {
+            wm[warp] = m;
+            wl[warp] = l;
+        }
+#pragma unroll
+        for (int i = 0; i < PER; i++) if (lane + 32 * i < D) wo[warp][lane + 32 * i] = o[i];
+        __syncthreads();
+        if (w != 0) return;
+        float M = -INFINITY;
+        for (int v = 0; v < wpp; v++) if (wl[warp + v] > 0.f) M = fmaxf(M, wm[warp + v]);
+        l = 0.f;
+#pragma unroll
+        for (int i = 0; i < PER; i++) o[i] = 0.f;
+        for (int v = 0; v < wpp; v++) {
+            float e = wl[warp + v] > 0.f ? __expf(wm[warp + v] - M) : 0.f;
+            l += wl[warp + v] * e;
+#pragma unroll
+            for (int i = 0; i < PER; i++) if (lane + 32 * i < D) o[i] += wo[warp + v][lane + 32 * i] * e;
+        }
+    }
+    if (!live) return;
     int r = rows_of[rh / H], h = rh % H;
-    out[(size_t)r * H * D + h * D + ch] = o / L;
+    size_t at = (size_t)r * H * D + h * D;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int c = lane + 32 * i;
+        if (c >= D) continue;
+        if (out_bf) out_bf[at + c] = __float2bfloat16(o[i] / l);
+        else out[at + c] = o[i] / l;
+    }
 }

@@ -1,7 +1,8 @@
 // Causal attention for the rows of a prefill (flash-attention style, tensor cores): a block takes a tile of up to 128
 // consecutive rows of one sequence and one query head, and walks that sequence's cache 64 keys at a time with an
 // online softmax (base 2), so scores never leave registers.
-//   out: [rows][H * D] f32 (attention output of every row and head)
+//   out: [rows][H * D] f32 (attention output of every row and head), or out_bf: the same in bf16 where not null (the
+//     output product's operand on tensor cores; out is then unused)
 //   q: rows of q_stride floats whose first H * D are the heads (after RoPE)
 //   each sequence's cache: [cap][KVH][D] bf16 (token-major, the tile's own keys already appended); head h reads kv
 //     head h / (H / KVH); row r attends slots [0, row_len[r])
@@ -27,7 +28,7 @@ constexpr int PREFILL_ROWS = 4 * 16 * PREFILL_MT; // rows of a block's tile
 constexpr int PREFILL_KEYS = 64;                  // keys of a K/V tile
 
 template <int D>
-__device__ void prefill_body(float* out, const float* q, const unsigned long long* kptr,
+__device__ void prefill_body(float* out, bf16* out_bf, const float* q, const unsigned long long* kptr,
                              const unsigned long long* vptr, const int* tiles, const int* row_len, int H, int KVH,
                              float scale, int q_stride) {
     constexpr int CH = D / 8, MT = PREFILL_MT, BM = PREFILL_ROWS, BN = PREFILL_KEYS;
@@ -204,18 +205,22 @@ __device__ void prefill_body(float* out, const float* q, const unsigned long lon
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             int r = w0 + m * 16 + (lane >> 2) + 8 * half;
             if (r >= count) continue;
-            float* dst = out + (size_t)(row0 + r) * H * D + h * D + (lane & 3) * 2;
+            size_t at = (size_t)(row0 + r) * H * D + h * D + (lane & 3) * 2;
 #pragma unroll
             for (int n = 0; n < D / 8; n++) {
-                *reinterpret_cast<float2*>(dst + n * 8) = make_float2(o[m][n][2 * half] / sum, o[m][n][2 * half + 1] / sum);
+                float2 v = make_float2(o[m][n][2 * half] / sum, o[m][n][2 * half + 1] / sum);
+                if (out_bf) *reinterpret_cast<__nv_bfloat162*>(out_bf + at + n * 8) = __float22bfloat162_rn(v);
+                else *reinterpret_cast<float2*>(out + at + n * 8) = v;
             }
         }
     }
 }
 
 #define PREFILL_KERNEL(d) extern "C" __global__ void __launch_bounds__(128, 2) attention_prefill_d##d(float* out, \
-        const float* q, const unsigned long long* kp, const unsigned long long* vp, const int* tiles, const int* len, \
-        int H, int KVH, float scale, int q_stride) { prefill_body<d>(out, q, kp, vp, tiles, len, H, KVH, scale, q_stride); }
+        bf16* out_bf, const float* q, const unsigned long long* kp, const unsigned long long* vp, const int* tiles, \
+        const int* len, int H, int KVH, float scale, int q_stride) { \
+    prefill_body<d>(out, out_bf, q, kp, vp, tiles, len, H, KVH, scale, q_stride); \
+}
 PREFILL_KERNEL(32)
 PREFILL_KERNEL(64)
 PREFILL_KERNEL(128)

@@ -15,8 +15,8 @@ import jcuda.driver.CUdeviceptr;
  *   <li>partials: [P * H][splits][D + 2] f32 (o[D], max m, sum l)</li>
  *   <li>claims: [P * KVH][2] ints, zero before the first launch of attention_pipelined, each launch leaves them
  *       zero</li>
- *   <li>out: [rows][H * D] f32 (attention_merge: out[rowsOf[p]][h * D + c] = sum_s o_s[c] e^(m_s - M) / sum_s l_s
- *       e^(m_s - M))</li>
+ *   <li>out: [rows][H * D] f32, or outBf16 the same in bf16 (attention_merge: out[rowsOf[p]][h * D + c] =
+ *       sum_s o_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M))</li>
  * </ul>
  * Variants: attention_rows_dD at D = 32, 64, 96, 128, 256; attention_gqa_dD_gG and attention_pipelined_dD_gG for the
  * common (D, G = H / KVH) pairs (ask {@link #hasAttentionGqa}, {@link #hasAttentionPipelined}).
@@ -109,13 +109,25 @@ public final class AttentionKernels {
                 rowsOf, heads, kvHeads, splits, scale, qStride, claims);
     }
 
+    /** Warps of an attention_merge block, and the widest head it merges (attention.cu's MERGE_WARPS, MERGE_MAX_D). */
+    static final int MERGE_WARPS = 4, MERGE_MAX_HEAD_DIM = 256;
+
     /**
-     * attention_merge: the splits' partials of each (row p, head) into out[rowsOf[p]]. Grid (rows * H), block 4 D
-     * threads (at most 1024: groups of D threads sum every few splits). At most 2048 splits.
+     * attention_merge: the splits' partials of each (row p, head) into out[rowsOf[p]], f32, or bf16 into
+     * {@code outBf16} where it is not null (the output product's operand on tensor cores). A pair's splits are
+     * merged by one warp, or by the MERGE_WARPS warps of a block where the pairs are too few to fill the device and
+     * the splits many (batch 1 at long contexts). Grid pairs / (MERGE_WARPS / warps a pair), block 32 MERGE_WARPS.
      */
-    public static void attentionMerge(CudaRuntime gpu, int rows, CUdeviceptr out, CUdeviceptr partials,
-                                      CUdeviceptr rowsOf, int heads, int headDim, int splits) {
-        gpu.launch("attention_merge", rows * heads, 1, Math.min(1024, 4 * headDim), out, partials, rowsOf, heads,
-                headDim, splits);
+    public static void attentionMerge(CudaRuntime gpu, int rows, CUdeviceptr out, CUdeviceptr outBf16,
+                                      CUdeviceptr partials, CUdeviceptr rowsOf, int heads, int headDim, int splits) {
+        if (headDim > MERGE_MAX_HEAD_DIM) {
+            throw new IllegalArgumentException("attention_merge takes heads of up to " + MERGE_MAX_HEAD_DIM
+                    + " channels, not " + headDim);
+        }
+        int pairs = rows * heads;
+        int warpsAPair = splits >= MERGE_WARPS && pairs < MERGE_WARPS * gpu.multiprocessors() ? MERGE_WARPS : 1;
+        int pairsABlock = MERGE_WARPS / warpsAPair;
+        gpu.launch("attention_merge", (pairs + pairsABlock - 1) / pairsABlock, 1, 32 * MERGE_WARPS, out, outBf16,
+                partials, rowsOf, pairs, heads, headDim, splits, warpsAPair);
     }
 }

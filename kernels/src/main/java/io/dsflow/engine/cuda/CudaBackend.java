@@ -339,8 +339,10 @@ public final class CudaBackend implements Backend {
         CUdeviceptr att = workspace.get(Buffer.ATTENTION);
         CudaOps.GemmBuffers gemmInput = gemmInput();
         // many rows: the products of the hidden state (q/k/v, gate/up) on tensor cores, whose bf16 inputs the pre-norms
-        // and SwiGLU write directly (CudaOps.linear makes the same choice from the same test)
+        // and SwiGLU write directly (CudaOps.linear makes the same choice from the same test); the attention writes
+        // the output product's bf16 input likewise
         boolean tc = CudaOps.tensorCores(rows, hidden);
+        CUdeviceptr attBf16 = CudaOps.tensorCores(rows, qDim) ? gemmInput.inputBf16() : null;
 
         // 1. token embedding (OPT: plus the learned position, after the projection when there is one)
         profiler.mark("embedding");
@@ -365,14 +367,14 @@ public final class CudaBackend implements Backend {
                 cal.cache().calibration().add(layer, qkv, cal.firstRow(), cal.rows(), qDim + 2 * c.kvDim());
             }
             // 4. each row attends over its cache: prefill tiles and dense decode rows, then the selecting rows
-            attention(p, layer);
+            attention(p, layer, attBf16);
             for (StepPlan.HostPrefill hp : p.hostPrefills()) if (hp.cache().onHost(layer)) hp.writeBack(gpu, layer);
             // 5. output projection, added into the residual stream by its epilogue (post-norm: then the norm), once the
             //    side stream's prediction for the next layer has read the residual stream
             profiler.mark("output product");
             if (aheadNext(p, layer)) gpu.await(lookaheadRead.of(layer + 1));
-            CudaOps.linear(gpu, x, att, gemmInput, false, rows, w.o().ptr(), ptr(w.oBias()), hidden, qDim, false, null,
-                    true);
+            CudaOps.linear(gpu, x, att, gemmInput, attBf16 != null, rows, w.o().ptr(), ptr(w.oBias()), hidden, qDim,
+                    false, null, true);
             if (!pre) norm(x, x, null, w.attnNorm(), w.attnNormBias(), rows);
             // 6. MLP: SwiGLU (in the gate/up product's epilogue) or OPT's ReLU; the down projection adds into x
             profiler.mark("mlp");
@@ -439,8 +441,9 @@ public final class CudaBackend implements Backend {
      * Step 4: prefill tiles on tensor cores and the dense decode rows split and merged; with sparse caches this layer's
      * selecting rows: the look-ahead rows first (selected on the side stream, staged ones from their device stage),
      * then the rows selecting here (labels, top-k), each run's attention over sinks, selection and window, one merge.
+     * Into the ATTENTION buffer (f32), or into {@code outBf16} where that is not null.
      */
-    private void attention(StepPlan p, int layer) {
+    private void attention(StepPlan p, int layer, CUdeviceptr outBf16) {
         SparseStep sp = p.sparse();
         StepPlan.DenseAttention d = p.dense();
         long at = CacheTables.layerOffset(layer, p.segments());
@@ -448,7 +451,7 @@ public final class CudaBackend implements Backend {
         CUdeviceptr kt = p.caches().keys().withByteOffset(at), vt = p.caches().values().withByteOffset(at);
         int heads = c.numHeads(), kvHeads = c.numKvHeads(), hd = c.headDim(), qkvDim = c.qDim() + 2 * c.kvDim();
         profiler.mark("attention (dense)");
-        CudaOps.attention(gpu, att, q, qkvDim, kt, vt, p.inputs().segmentOf(), p.inputs().attendedLength(),
+        CudaOps.attention(gpu, att, outBf16, q, qkvDim, kt, vt, p.inputs().segmentOf(), p.inputs().attendedLength(),
                 d.tileCount(), d.tiles(), sp == null ? d.decodeRows() : sp.denseCount()[layer],
                 sp == null ? d.rowsOf() : sp.denseRows(layer), d.partials(), d.splits(), d.chunk(), d.claims(),
                 heads, kvHeads, hd);
@@ -481,7 +484,7 @@ public final class CudaBackend implements Backend {
             attendSelected(p, layer, ahead, n - ahead, selectedKeys(p, layer), selectedValues(p, layer),
                     sp.selected(), sp.mainKinds());
         }
-        AttentionKernels.attentionMerge(gpu, n, att, sp.partials(), sp.selectRows(layer), heads, hd,
+        AttentionKernels.attentionMerge(gpu, n, att, outBf16, sp.partials(), sp.selectRows(layer), heads, hd,
                 sp.splits());
     }
 

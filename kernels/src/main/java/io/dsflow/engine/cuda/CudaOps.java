@@ -133,20 +133,21 @@ final class CudaOps {
      * The attention of one layer for every row of a step. Rows in prefill tiles ({@code tiles}: [tileCount][3] =
      * segment, first row, row count) go through the tensor-core kernel; the {@code decodeRows} rows listed in
      * {@code rowsOf} go through the split (flash-decoding) kernels into {@code partials}
-     * ([decodeRows * heads][splits][hd + 2] f32) and the merge. Either kernel writes out[row][heads * hd]. With
+     * ([decodeRows * heads][splits][hd + 2] f32) and the merge. Either kernel writes out[row][heads * hd] f32, or
+     * the same in bf16 into {@code outBf16} where it is not null (the output product's operand on tensor cores). With
      * {@code claims} (caches in device memory, {@link #densePipelined}; [decodeRows * kvHeads][2] ints, zero before the
      * first launch and after each) the decode rows take attention_pipelined, whose {@code splits} blocks a (row, kv
      * head) share its chunks ({@link #densePipelinedSplits}); else attention_gqa / attention_rows, splits of
      * {@code chunk} slots a warp.
      */
-    static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr q, int qStride, CUdeviceptr kTable,
-                          CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount, CUdeviceptr tiles,
+    static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr outBf16, CUdeviceptr q, int qStride,
+                          CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount, CUdeviceptr tiles,
                           int decodeRows, CUdeviceptr rowsOf, CUdeviceptr partials, int splits, int chunk,
                           CUdeviceptr claims, int heads, int kvHeads, int hd) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (tileCount > 0) {
-            PrefillAttentionKernels.attentionPrefill(gpu, hd, tileCount, out, q, kTable, vTable, tiles, rowLen, heads,
-                    kvHeads, scale, qStride);
+            PrefillAttentionKernels.attentionPrefill(gpu, hd, tileCount, out, outBf16, q, kTable, vTable, tiles, rowLen,
+                    heads, kvHeads, scale, qStride);
         }
         if (decodeRows == 0) return;
         if (claims != null) {
@@ -159,7 +160,7 @@ final class CudaOps {
             AttentionKernels.attentionRows(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
                     kvHeads, splits, scale, qStride, chunk);
         }
-        AttentionKernels.attentionMerge(gpu, decodeRows, out, partials, rowsOf, heads, hd, splits);
+        AttentionKernels.attentionMerge(gpu, decodeRows, out, outBf16, partials, rowsOf, heads, hd, splits);
     }
 
     /**

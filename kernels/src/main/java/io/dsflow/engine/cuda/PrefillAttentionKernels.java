@@ -7,7 +7,7 @@ import jcuda.driver.CUdeviceptr;
  * style): a block takes a tile of up to {@link #TILE_ROWS} consecutive rows of one sequence and one query head and
  * walks its cache 64 keys at a time with an online softmax.
  * <ul>
- *   <li>out: [rows][H * D] f32</li>
+ *   <li>out: [rows][H * D] f32, or outBf16 the same in bf16 where not null</li>
  *   <li>q: rows of qStride floats whose first H * D are the heads (after RoPE)</li>
  *   <li>kTable, vTable: [segments] device pointers to each sequence's cache of this layer, [cap][KVH][D] bf16 (the
  *       tile's own keys already appended); head h reads kv head h / (H / KVH)</li>
@@ -38,10 +38,11 @@ public final class PrefillAttentionKernels {
      * dynamic shared memory (128 + 4 * 64) * D * 2 bytes (Q, and two buffers of 64 keys and values: the next key tile
      * lands while this one computes).
      */
-    public static void attentionPrefill(CudaRuntime gpu, int headDim, int tileCount, CUdeviceptr out, CUdeviceptr q,
-                                        CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr tiles, CUdeviceptr rowLen,
-                                        int heads, int kvHeads, float scale, int qStride) {
-        gpu.launchWithSharedMemory(name(headDim), heads, tileCount, 128, (TILE_ROWS + 4 * 64) * headDim * 2, out, q,
-                kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
+    public static void attentionPrefill(CudaRuntime gpu, int headDim, int tileCount, CUdeviceptr out,
+                                        CUdeviceptr outBf16, CUdeviceptr q, CUdeviceptr kTable, CUdeviceptr vTable,
+                                        CUdeviceptr tiles, CUdeviceptr rowLen, int heads, int kvHeads, float scale,
+                                        int qStride) {
+        gpu.launchWithSharedMemory(name(headDim), heads, tileCount, 128, (TILE_ROWS + 4 * 64) * headDim * 2, out,
+                outBf16, q, kTable, vTable, tiles, rowLen, heads, kvHeads, scale, qStride);
     }
 }

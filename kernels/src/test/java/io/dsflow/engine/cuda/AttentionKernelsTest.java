@@ -11,6 +11,7 @@ import java.util.List;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -102,12 +103,20 @@ class AttentionKernelsTest extends KernelTestSupport {
         CUdeviceptr dq = upload(q), dTiles = upload(tiles.stream().mapToInt(Integer::intValue).toArray());
         CUdeviceptr dRowsOf = upload(rowsOf);
         CUdeviceptr partials = gpu.alloc((long) decodeRows * heads * splits * (d + 2) * 4);
-        CUdeviceptr out = poisoned(totalRows * heads * d);
-        CudaOps.attention(gpu, out, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles, decodeRows,
-                dRowsOf, partials, splits, chunk, null, heads, kvHeads, d);
-        double err = relError(download(out, totalRows * heads * d), ref);
+        int n = totalRows * heads * d;
+        CUdeviceptr out = poisoned(n);
+        CudaOps.attention(gpu, out, null, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles,
+                decodeRows, dRowsOf, partials, splits, chunk, null, heads, kvHeads, d);
+        float[] got = download(out, n);
+        double err = relError(got, ref);
         // the tensor-core path rounds q and the probabilities to bf16; the split kernels keep them in f32
         assertTrue(err < (tiled ? 1e-2 : 1e-4), "relative error " + err + (tiled ? " (prefill tiles)" : ""));
+        // the output product's bf16 operand instead: the same values, each rounded to bf16
+        CUdeviceptr outBf16 = poisonedBf16(n);
+        CudaOps.attention(gpu, null, outBf16, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles,
+                decodeRows, dRowsOf, partials, splits, chunk, null, heads, kvHeads, d);
+        float[] gotBf16 = downloadBf16(outBf16, n);
+        for (int i = 0; i < n; i++) assertEquals(bf(got[i]), gotBf16[i], "bf16 output " + i);
         if (!CudaOps.densePipelined(gpu, heads, kvHeads, d)) return;
         // the decode rows through attention_pipelined: one split, a few, the backend's wave; each launch twice (the
         // chunk counters it shares between a row's splits must be left zero for the next)
@@ -116,16 +125,68 @@ class AttentionKernelsTest extends KernelTestSupport {
         int wave = CudaOps.densePipelinedSplits(gpu, heads, kvHeads, d, decodeRows, context);
         for (int pipeSplits : new int[]{1, 3, wave}) {
             CUdeviceptr pipeParts = gpu.alloc((long) decodeRows * heads * pipeSplits * (d + 2) * 4);
-            for (int run = 0; run < 2; run++) {
-                out = poisoned(totalRows * heads * d);
-                CudaOps.attention(gpu, out, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3, dTiles,
-                        decodeRows, dRowsOf, pipeParts, pipeSplits, chunk, claims, heads, kvHeads, d);
-                double pipeErr = relError(download(out, totalRows * heads * d), ref);
-                // tensor cores again, with q and the probabilities in three bf16 parts: f32 precision
-                assertTrue(pipeErr < (tiled ? 1e-2 : 1e-4), "pipelined, " + pipeSplits + " splits, run " + run
-                        + ": relative error " + pipeErr);
+            for (int run = 0; run < 2; run++) {   // the second run writes bf16
+                out = run == 0 ? poisoned(n) : null;
+                outBf16 = run == 0 ? null : poisonedBf16(n);
+                CudaOps.attention(gpu, out, outBf16, dq, heads * d, kTable, vTable, dSeg, dLen, tiles.size() / 3,
+                        dTiles, decodeRows, dRowsOf, pipeParts, pipeSplits, chunk, claims, heads, kvHeads, d);
+                double pipeErr = relError(run == 0 ? download(out, n) : downloadBf16(outBf16, n), ref);
+                // tensor cores again, with q and the probabilities in three bf16 parts: f32 precision (and the bf16
+                // output's rounding, 2^-9 relative)
+                assertTrue(pipeErr < (tiled ? 1e-2 : run == 0 ? 1e-4 : 4e-3), "pipelined, " + pipeSplits
+                        + " splits, run " + run + ": relative error " + pipeErr);
                 assertArrayEquals(new int[claimInts], downloadInts(claims, claimInts), "counters left zero");
             }
         }
+    }
+
+    /**
+     * attention_merge alone, against a double-precision merge of random partials with empty splits (l = 0) among
+     * them: pairs few enough that a block's warps share a pair's splits (the first rows) and many enough for a warp a
+     * pair (the last), head sizes that are not multiples of 32, f32 and bf16 outputs, rows scattered by rowsOf.
+     */
+    @ParameterizedTest(name = "rows {0}, heads {1}, head_dim {2}, splits {3}")
+    @CsvSource({"1,32,128,33", "1,8,64,2048", "3,5,96,7", "2,6,80,40", "1,4,256,5", "300,8,128,1", "300,8,128,3",
+            "97,17,64,9", "200,12,256,2", "150,5,40,70"})
+    void mergeMatchesCpu(int rows, int heads, int d, int splits) {
+        Random r = new Random(rows * 31L + heads * 7L + d + splits);
+        int pairs = rows * heads, n = rows * heads * d;
+        float[] partials = new float[pairs * splits * (d + 2)];
+        for (int pair = 0; pair < pairs; pair++) {
+            for (int s = 0; s < splits; s++) {
+                int at = (pair * splits + s) * (d + 2);
+                boolean empty = s > 0 && r.nextInt(5) == 0;   // a split past a row's slots (never all of a pair's)
+                for (int c = 0; c < d; c++) partials[at + c] = empty ? 0f : (float) r.nextGaussian();
+                partials[at + d] = empty ? Float.NEGATIVE_INFINITY : (float) (4 * r.nextGaussian());
+                partials[at + d + 1] = empty ? 0f : 0.5f + 10 * r.nextFloat();
+            }
+        }
+        int[] rowsOf = new int[rows];
+        for (int p = 0; p < rows; p++) rowsOf[p] = rows - 1 - p;
+        float[] ref = new float[n];
+        for (int pair = 0; pair < pairs; pair++) {
+            double m = Double.NEGATIVE_INFINITY, l = 0;
+            double[] o = new double[d];
+            for (int s = 0; s < splits; s++) {
+                int at = (pair * splits + s) * (d + 2);
+                if (partials[at + d + 1] > 0) m = Math.max(m, partials[at + d]);
+            }
+            for (int s = 0; s < splits; s++) {
+                int at = (pair * splits + s) * (d + 2);
+                if (partials[at + d + 1] == 0) continue;
+                double w = Math.exp(partials[at + d] - m);
+                l += partials[at + d + 1] * w;
+                for (int c = 0; c < d; c++) o[c] += partials[at + c] * w;
+            }
+            int row = rowsOf[pair / heads], h = pair % heads;
+            for (int c = 0; c < d; c++) ref[row * heads * d + h * d + c] = (float) (o[c] / l);
+        }
+        CUdeviceptr dPartials = upload(partials), dRowsOf = upload(rowsOf);
+        CUdeviceptr out = poisoned(n), outBf16 = poisonedBf16(n);
+        AttentionKernels.attentionMerge(gpu, rows, out, null, dPartials, dRowsOf, heads, d, splits);
+        AttentionKernels.attentionMerge(gpu, rows, null, outBf16, dPartials, dRowsOf, heads, d, splits);
+        double err = relError(download(out, n), ref), errBf16 = relError(downloadBf16(outBf16, n), ref);
+        assertTrue(err < 1e-5, "f32: relative error " + err);
+        assertTrue(errBf16 < 4e-3, "bf16: relative error " + errBf16);
     }
 }

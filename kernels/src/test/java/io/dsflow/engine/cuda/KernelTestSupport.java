@@ -120,6 +120,13 @@ abstract class KernelTestSupport {
         return upload(nan);
     }
 
+    /** n bf16 NaNs on the device, as {@link #poisoned}. */
+    static CUdeviceptr poisonedBf16(int n) {
+        float[] nan = new float[n];
+        Arrays.fill(nan, Float.NaN);
+        return uploadBf16(nan);
+    }
+
     static float[] download(CUdeviceptr p, int n) {
         gpu.synchronize();
         float[] x = new float[n];
