@@ -21,14 +21,17 @@ public final class KvAppendKernels {
     }
 
     /**
-     * kv_append_rope. Grid rows, block the most whole groups of D / 2 threads within 256 (at least one group): each
-     * group a head of the row at a time, a rotation pair (or two values of v) a thread.
+     * kv_append_rope. Grid (rows, Y), block the most whole groups of D / 2 threads within 256 (at least one group):
+     * each group a head of the row at a time, a rotation pair (or two values of v) a thread; Y blocks share a row's
+     * heads, as many as give about four blocks a multiprocessor (one for a prefill's thousands of rows).
      */
     public static void kvAppendRope(CudaRuntime gpu, int rows, CUdeviceptr qkv, CUdeviceptr positions,
                                     CUdeviceptr invFreq, CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr seg,
                                     CUdeviceptr slot, int heads, int kvHeads, int headDim, int rowStride) {
-        int half = headDim / 2, block = Math.max(1, 256 / half) * half;
-        gpu.launch("kv_append_rope", rows, 1, block, qkv, positions, invFreq, kTable, vTable, seg, slot, heads, kvHeads,
+        int half = headDim / 2, groups = Math.max(1, 256 / half), block = groups * half;
+        int headBlocks = (heads + 2 * kvHeads + groups - 1) / groups;
+        int rowBlocks = Math.max(1, Math.min(headBlocks, (4 * gpu.multiprocessors() + rows - 1) / rows));
+        gpu.launch("kv_append_rope", rows, rowBlocks, block, qkv, positions, invFreq, kTable, vTable, seg, slot, heads, kvHeads,
                 headDim, rowStride);
     }
 }

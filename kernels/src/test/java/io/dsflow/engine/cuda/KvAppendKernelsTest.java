@@ -14,21 +14,27 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** kvcache.cu's kv_append_rope against the CPU backend's RoPE and cache rows. */
 class KvAppendKernelsTest extends KernelTestSupport {
     /**
-     * q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16; a block a row, its groups
-     * of D / 2 threads taking the row's heads in turn (fewer heads than groups, and several heads a group).
+     * q rotated in place, k rotated and v copied into the cache at each row's slot, as bf16; a row's heads shared by
+     * a few blocks whose groups of D / 2 threads take them in turn: fewer heads than groups, a head a group (few rows),
+     * several heads a group (many rows: a prefill's one block a row).
      */
-    @ParameterizedTest(name = "heads {0}/{1} x {2}")
-    @CsvSource({"3, 2, 32", "10, 2, 128", "7, 1, 64"})
-    void ropeAndCacheAppendMatchCpu(int heads, int kvHeads, int d) {
+    @ParameterizedTest(name = "heads {0}/{1} x {2}, rows {3}")
+    @CsvSource({"3, 2, 32, 5", "10, 2, 128, 5", "7, 1, 64, 5", "32, 8, 128, 64", "10, 2, 128, 700", "7, 1, 64, 300"})
+    void ropeAndCacheAppendMatchCpu(int heads, int kvHeads, int d, int rows) {
         Random r = new Random(6);
-        int rows = 5, kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5;
+        int kvDim = kvHeads * d, stride = (heads + 2 * kvHeads) * d + 5, cap = rows + 3;
         float[] x = random(r, rows * stride, 1);
-        int[] pos = {0, 1, 17, 4095, 131000}, slot = {3, 0, 7, 1, 2};
+        int[] pos = new int[rows], slot = new int[rows];
+        int[] somePositions = {0, 1, 17, 4095, 131000};
+        for (int m = 0; m < rows; m++) {
+            pos[m] = m < somePositions.length ? somePositions[m] : r.nextInt(200000);
+            slot[m] = (m * 7 + 3) % cap;
+        }
         float[] inv = RopeConfig.defaults(500000).inverseFrequencies(d);
-        CUdeviceptr dx = upload(x), kc = uploadBf16(new float[8 * kvDim]), vc = uploadBf16(new float[8 * kvDim]);
+        CUdeviceptr dx = upload(x), kc = uploadBf16(new float[cap * kvDim]), vc = uploadBf16(new float[cap * kvDim]);
         KvAppendKernels.kvAppendRope(gpu, rows, dx, upload(pos), upload(inv), pointerTable(kc), pointerTable(vc),
                 upload(new int[rows]), upload(slot), heads, kvHeads, d, stride);
-        float[] ref = x.clone(), kRef = new float[8 * kvDim], vRef = new float[8 * kvDim];
+        float[] ref = x.clone(), kRef = new float[cap * kvDim], vRef = new float[cap * kvDim];
         for (int m = 0; m < rows; m++) {
             float[] q = Arrays.copyOfRange(ref, m * stride, m * stride + heads * d);
             CpuOps.rope(q, heads, d, pos[m], inv);
@@ -47,7 +53,7 @@ class KvAppendKernelsTest extends KernelTestSupport {
             System.arraycopy(ref, m * stride, qRef, m * heads * d, heads * d);
         }
         assertTrue(relError(q, qRef) < 1e-5, "q");
-        assertTrue(relError(downloadBf16(kc, 8 * kvDim), kRef) < 1e-3, "keys in the cache");
-        assertTrue(relError(downloadBf16(vc, 8 * kvDim), vRef) == 0, "values in the cache");
+        assertTrue(relError(downloadBf16(kc, cap * kvDim), kRef) < 1e-3, "keys in the cache");
+        assertTrue(relError(downloadBf16(vc, cap * kvDim), vRef) == 0, "values in the cache");
     }
 }
