@@ -47,11 +47,13 @@ __device__ void add_rms_norm_vec(float* x, const float* y, float* out, bf16* out
     const float4* yr = y ? reinterpret_cast<const float4*>(y + (size_t)r * dim) : nullptr;
     const uint2* w4 = reinterpret_cast<const uint2*>(w);
     float4 v[NORM_VECS];
+    uint2 wv[NORM_VECS];
     float ss = 0.f;
 #pragma unroll
-    for (int u = 0; u < NORM_VECS; u++) {   // all loads of a thread in flight at once
+    for (int u = 0; u < NORM_VECS; u++) {   // all loads of a thread in flight at once, the weights' too
         int i = threadIdx.x + u * blockDim.x;
         v[u] = i < n4 ? xr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        wv[u] = i < n4 ? w4[i] : make_uint2(0u, 0u);
         if (yr && i < n4) v[u] = add4(v[u], yr[i]);
     }
 #pragma unroll
@@ -72,7 +74,7 @@ __device__ void add_rms_norm_vec(float* x, const float* y, float* out, bf16* out
 #pragma unroll
     for (int u = 0; u < NORM_VECS; u++) {
         int i = threadIdx.x + u * blockDim.x;
-        if (i < n4) store4(out, out_bf, (size_t)r * dim + 4 * i, v[u], inv, w4[i]);
+        if (i < n4) store4(out, out_bf, (size_t)r * dim + 4 * i, v[u], inv, wv[u]);
     }
     for (int i = threadIdx.x + NORM_VECS * blockDim.x; i < n4; i += blockDim.x) {
         store4(out, out_bf, (size_t)r * dim + 4 * i, xr[i], inv, w4[i]);
