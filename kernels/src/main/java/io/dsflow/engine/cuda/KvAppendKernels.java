@@ -31,7 +31,7 @@ public final class KvAppendKernels {
         int half = headDim / 2, groups = Math.max(1, 256 / half), block = groups * half;
         int headBlocks = (heads + 2 * kvHeads + groups - 1) / groups;
         int rowBlocks = Math.max(1, Math.min(headBlocks, (4 * gpu.multiprocessors() + rows - 1) / rows));
-        gpu.launch("kv_append_rope", rows, rowBlocks, block, qkv, positions, invFreq, kTable, vTable, seg, slot, heads, kvHeads,
-                headDim, rowStride);
+        gpu.launch("kv_append_rope", rows, rowBlocks, block, qkv, positions, invFreq, kTable, vTable, seg, slot, heads,
+                kvHeads, headDim, rowStride);
     }
 }

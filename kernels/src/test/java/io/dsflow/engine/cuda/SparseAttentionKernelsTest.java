@@ -106,7 +106,8 @@ class SparseAttentionKernelsTest extends KernelTestSupport {
             CudaOps.sparseAttention(gpu, partials, upload(q), pointerTable(kStores), pointerTable(vStores),
                     pointerTable(kRings), pointerTable(vRings), upload(seg), upload(len), uploadRows(desc), upload(sel),
                     claims, rows, heads, kvHeads, hd, splits, qStride, maxK, kinds);
-            AttentionKernels.attentionMerge(gpu, rows, out, null, partials, upload(new int[]{0, 1, 2}), heads, hd, splits);
+            AttentionKernels.attentionMerge(gpu, rows, out, null, partials, upload(new int[]{0, 1, 2}), heads, hd,
+                    splits);
             runs[run] = download(out, rows * qStride);
         }
         assertArrayEquals(new int[2 * rows * kvHeads], downloadInts(claims, 2 * rows * kvHeads), "counters left zero");
