@@ -143,8 +143,7 @@ final class CudaOps {
     static void attention(CudaRuntime gpu, CUdeviceptr out, CUdeviceptr outBf16, CUdeviceptr q, int qStride,
                           CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr seg, CUdeviceptr rowLen, int tileCount,
                           CUdeviceptr tiles, int decodeRows, CUdeviceptr rowsOf, CUdeviceptr partials, int splits,
-                          int chunk,
-                          CUdeviceptr claims, int heads, int kvHeads, int hd) {
+                          int chunk, CUdeviceptr claims, int heads, int kvHeads, int hd) {
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (tileCount > 0) {
             PrefillAttentionKernels.attentionPrefill(gpu, hd, tileCount, out, outBf16, q, kTable, vTable, tiles, rowLen,
