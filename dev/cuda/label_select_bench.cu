@@ -24,6 +24,29 @@
 #include <vector>
 #include <random>
 
+// sparse_select's first half alone (the label query, the loads and scores into shared memory; no top-k): with
+// sparse_select's time, how a selection's time divides between its scores and its top-k
+extern "C" __global__ void __launch_bounds__(1024) select_scores_only(int* selected, const float* q,
+                                                                      const unsigned long long* lptr,
+                                                                      const unsigned long long* chptr,
+                                                                      const unsigned long long* sptr, const int* seg,
+                                                                      const int* sp, int H, int KVH, int D,
+                                                                      int q_stride, int max_k) {
+    extern __shared__ unsigned s[];
+    __shared__ LabelQuery lq;
+    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
+    if (mode != 0 && h0 % G != 0) return;
+    int heads = mode == 0 ? 1 : G;
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
+    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
+                                   heads, r, D, labels.group, mode, labels.bits);
+    score_selection(s, labels, d[SP_SINKS], h0, lq, summed ? 1 : heads, mode, r, n);
+    __syncthreads();
+    if (threadIdx.x < 32) selected[(size_t)(p * H + h0) * max_k + threadIdx.x] = (int)s[threadIdx.x * (n / 32)];
+}
+
 int main(int argc, char** argv) {
     int bits = argc > 1 ? atoi(argv[1]) : 8, mode = argc > 2 ? atoi(argv[2]) : 2, P = argc > 3 ? atoi(argv[3]) : 8;
     int cluster = argc > 4 ? atoi(argv[4]) : 1, threads = argc > 5 ? atoi(argv[5]) : 1024;
@@ -139,5 +162,17 @@ int main(int argc, char** argv) {
            "%.1f us a launch, %.2f TB/s of labels, checksum %016llx\n", cluster,
            cluster <= 1 ? threads : cluster == 2 ? 1024 : 256, bits, lgroup, mode, P, n, k, 1e3 * ms / reps,
            bytes / (ms / reps * 1e-3) / 1e12, sum);
+    if (cluster <= 1) {
+        cudaFuncSetAttribute(select_scores_only, cudaFuncAttributeMaxDynamicSharedMemorySize, selectShared);
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; i++) {
+            select_scores_only<<<P * H, threads, selectShared>>>(dsel, dq, dlp, dchp, dsp_, dseg, dsp, H, KVH, D, qStride,
+                                                                 maxK);
+        }
+        cudaEventRecord(e1); cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&ms, e0, e1);
+        printf("  its scores alone (no top-k): %.1f us a launch, %.2f TB/s of labels\n", 1e3 * ms / reps,
+               bytes / (ms / reps * 1e-3) / 1e12);
+    }
     return 0;
 }
