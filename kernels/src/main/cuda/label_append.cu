@@ -54,6 +54,38 @@ __device__ void write_label_row(void* labels, unsigned long long scales_ptr, con
     if (threadIdx.x == 0) reinterpret_cast<__half*>(scales_ptr)[(size_t)lrow * info[SEG_CAP] + p] = sc;
 }
 
+// write_label_row for `count` label rows at once, rows first_head / lg, (first_head + lg) / lg, ... (their channels
+//   ch + (first_head + j lg) * r): `lanes` threads a row (a power of two within a warp, at least r), each a label, the
+//   row's maximum over its lanes by shuffles; the same labels, scales and bytes as write_label_row row after row (the
+//   maximum's order does not change it). count * lanes <= blockDim.x; call with whole warps (every lane shuffles).
+__device__ void write_label_rows(void* labels, unsigned long long scales_ptr, const int* info, int p, int first_head,
+                                 int lg, int lrows, int count, int lanes, const int* ch, const float* k) {
+    int r = info[SEG_R], bits = info[SEG_BITS];
+    int j = threadIdx.x / lanes, t = threadIdx.x % lanes, head = first_head + j * lg;
+    bool mine = j < count && t < r;
+    size_t row_at = (size_t)p * lrows + head / lg;
+    float v = mine ? k[ch[head * r + t]] : 0.f;
+    if (bits == 16) {
+        if (mine) reinterpret_cast<__half*>(labels)[row_at * r + t] = __float2half_rn(v);
+        return;
+    }
+    float m = fabsf(v);
+    for (int o = lanes / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float levels = bits == 8 ? 127.f : 7.f;
+    __half sc = __float2half_rn(m / levels);
+    int qv = mine ? quantise_label(v, __half2float(sc), levels) : 0;
+    int next = __shfl_down_sync(0xffffffffu, qv, 1);   // the odd label of a 4-bit byte (0 past r: t + 1 >= r)
+    if (j < count && t == 0) reinterpret_cast<__half*>(scales_ptr)[(size_t)(head / lg) * info[SEG_CAP] + p] = sc;
+    if (!mine) return;
+    if (bits == 8) {
+        reinterpret_cast<signed char*>(labels)[row_at * r + t] = (signed char)qv;
+    } else if ((t & 1) == 0) {
+        int hi = t + 1 < r ? next : 0;
+        reinterpret_cast<unsigned char*>(labels)[row_at * ((r + 1) / 2) + t / 2] =
+            (unsigned char)((qv & 15) | ((hi & 15) << 4));
+    }
+}
+
 // The device ring slot (host placement) that row `row`'s key and value go to: slot p < S to ring slot p, else to
 //   S + (p - S) mod W, written only by the last W rows of a segment in this step (several rows of a prefill would race
 //   for a ring slot; last_rows: [segments] each segment's last batch row); -1: none (no ring, or not such a row).
@@ -131,8 +163,14 @@ extern "C" __global__ void kv_label_append_rope(float* qkv, const int* positions
         key[i + half] = b;
     }
     __syncthreads();
-    int r = info[SEG_R], lg = info[SEG_LGROUP], G = H / KVH;
+    int r = info[SEG_R], lg = info[SEG_LGROUP], G = H / KVH, count = (G + lg - 1) / lg;
     const int* ch = reinterpret_cast<const int*>(chptr[sg]);
+    int lanes = r <= 8 ? 8 : r <= 16 ? 16 : 32;
+    if (r <= 32 && count * lanes <= (int)blockDim.x) {   // the kv head's label rows at once (the dspp default: 4 x 16)
+        write_label_rows(reinterpret_cast<void*>(lptr[sg]), sptr[sg], info, slot[row], g * G, lg, H / lg, count, lanes,
+                         ch, key);
+        return;
+    }
     for (int hh = g * G; hh < (g + 1) * G; hh += lg) {   // the first head of each of the kv head's label rows
         write_label_row(reinterpret_cast<void*>(lptr[sg]), sptr[sg], info, slot[row], hh / lg, H / lg, ch + hh * r,
                         key, red);

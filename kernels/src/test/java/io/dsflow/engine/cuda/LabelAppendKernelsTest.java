@@ -105,14 +105,16 @@ class LabelAppendKernelsTest extends KernelTestSupport {
      * checked against the CPU above), byte for byte: rotated q and k, the stores, labels, 8- or 4-bit scales and ring
      * slots, for three segments (8- or 4-bit labels a kv head with a ring, a prefill whose window wrapped around;
      * 16-bit labels a query head; a dense cache, whose rows get no labels), at head sizes 32 (a block of 16 pairs in a
-     * warp) and 128, with 16 label channels and 13 (4-bit rows of odd r: a padding nibble a row).
+     * warp) and 128, with 16 label channels and 13 (4-bit rows of odd r: a padding nibble a row); the first segment's
+     * label rows a kv head or a query head (the dspp default: a key block writes its four rows at once where they fit
+     * its threads, at head size 128, else one after another).
      */
-    @ParameterizedTest(name = "{0}-bit labels of {1} channels")
-    @CsvSource({"8, 16", "4, 16", "4, 13"})
-    void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite(int bits, int r) {
+    @ParameterizedTest(name = "{0}-bit labels of {1} channels, a label row for {2} heads")
+    @CsvSource({"8, 16, 4", "4, 16, 4", "4, 13, 4", "8, 16, 1", "4, 16, 1", "4, 13, 1"})
+    void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite(int bits, int r, int group) {
         for (int hd : new int[]{32, 128}) {
-            Random rnd = new Random(37 + hd + bits + r);
-            int heads = 8, kvHeads = 2, group = heads / kvHeads, stride = (heads + 2 * kvHeads) * hd;
+            Random rnd = new Random(37 + hd + bits + r + group);
+            int heads = 8, kvHeads = 2, stride = (heads + 2 * kvHeads) * hd;
             int kvDim = kvHeads * hd, sinks = 4, window = 16, prefill = 150, rows = prefill + 2, cap = 160;
             float[] qkv = random(rnd, rows * stride, 2);
             int[] seg = new int[rows], slot = new int[rows], pos = new int[rows];
