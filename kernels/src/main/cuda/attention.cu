@@ -46,7 +46,8 @@ ROWS_KERNEL(256)
 template <int D, int G, bool PIPELINED = false>
 __device__ void gqa_body(float* partials, const float* q, const unsigned long long* kptr, const unsigned long long* vptr,
                          const int* seg, const int* row_len, const int* rows_of, int H, int KVH, int splits,
-                         float scale, int q_stride, int chunk, int* claims = nullptr) {
+                         float scale, int q_stride, int chunk, int* claims = nullptr, float* out = nullptr,
+                         bf16* out_bf = nullptr) {
     int rg = blockIdx.x, s = blockIdx.y;
     int pr = rg / KVH, r = rows_of[pr], g = rg % KVH;
     float* part = partials + ((size_t)(pr * H + g * G) * splits + s) * (D + 2);
@@ -54,8 +55,9 @@ __device__ void gqa_body(float* partials, const float* q, const unsigned long lo
     const bf16 *kc = reinterpret_cast<const bf16*>(kptr[seg[r]]), *vc = reinterpret_cast<const bf16*>(vptr[seg[r]]);
     auto slot_of = [](int t) { return t; };
     if constexpr (PIPELINED) {   // the row's slots in chunks that its splits' blocks claim (attention_pipelined)
+        size_t at = (size_t)r * H * D + g * G * D;   // the group's heads in the row's output (one split)
         group_attend_pipelined<D, G>(part, qrow, kc, vc, nullptr, nullptr, g, KVH, row_len[r], claims + 2 * rg, splits,
-                                     scale, slot_of);
+                                     scale, slot_of, out ? out + at : nullptr, out_bf ? out_bf + at : nullptr);
     } else {
         group_attend_slots<D, G, true, false>(part, qrow, kc, vc, nullptr, nullptr, g, KVH, row_len[r], s, splits, chunk,
                                               scale, slot_of);
@@ -83,14 +85,16 @@ GQA_KERNEL(128, 8)
 //   once, whatever the rows' lengths. Caches in device memory only (cp.async). Same partials layout.
 //   Grid: (P * KVH, splits), block: 32 (G + 1), dynamic shared memory pipelined_shared_bytes(D). Built for G = 2, 4
 //   (3 G <= 16) at D = 32, 64, 128: (32, 2) is the tiny test models' shape, so their golden decodes run it. The rows
-//   are decoded as for attention_gqa_dD_gG (gqa_body, PIPELINED).
+//   are decoded as for attention_gqa_dD_gG (gqa_body, PIPELINED). With one split and out or out_bf given, the
+//   outputs go there as attention_merge would write them (no merge launch: at 64 rows and more a wave of blocks holds
+//   every (row, kv head) with one split, and the merge of 64 rows took 5 us a layer).
 // Why: attention_gqa's warps hold one chunk's loads in registers; at batch 8 and 4K (H100) it read the caches at
 //   about half the copy bandwidth, where the pipelined kernel reads selected rows at 72-85%.
 #define PIPELINED_KERNEL(d, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
         attention_pipelined_d##d##_g##g(float* p, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const int* seg, const int* len, const int* rows_of, int H, int KVH, int splits, \
-        float scale, int q_stride, int* claims) { \
-    gqa_body<d, g, true>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, 0, claims); }
+        float scale, int q_stride, int* claims, float* out, bf16* out_bf) { \
+    gqa_body<d, g, true>(p, q, kp, vp, seg, len, rows_of, H, KVH, splits, scale, q_stride, 0, claims, out, out_bf); }
 PIPELINED_KERNEL(32, 2)
 PIPELINED_KERNEL(32, 4)
 PIPELINED_KERNEL(64, 2)

@@ -9,7 +9,9 @@
 //   Each key and value row is read from memory once for the group's heads.
 //   part0: this block's partial of the group's first head; head h's at part0 + h * splits * (D + 2) (partials
 //   [heads][splits][D + 2] f32: o[D], max m, sum l, as split_attention.cuh writes them; a block that got no chunk writes
-//   weight 0); qrow: [G][D] f32. Slots as split_attention.cuh's (a negative slot -1 - i: row i of the ring). Dynamic
+//   weight 0); or, with one split and out (f32) or out_bf (bf16) given, the heads' outputs o / l themselves into
+//   out[h * D + c] (the row's G heads of [H * D]): the merge of one split, bit for bit, without a merge launch.
+//   qrow: [G][D] f32. Slots as split_attention.cuh's (a negative slot -1 - i: row i of the ring). Dynamic
 //   shared memory: pipelined_shared_bytes(D). Call with the whole block (32 * (G + 1) threads). Built for 3 G <= 16, D
 //   a multiple of 32.
 // Per chunk, with mma.sync m16n8k16 (bf16 in, f32 accumulate):
@@ -79,7 +81,8 @@ __device__ __forceinline__ void consumers_sync(int threads) {
 template <int D, int G, typename SlotOf>
 __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf16* kc, const bf16* vc,
                                        const bf16* kring, const bf16* vring, int g, int KVH, int rows, int* claim,
-                                       int splits, float scale, SlotOf slot_of) {
+                                       int splits, float scale, SlotOf slot_of, float* out = nullptr,
+                                       bf16* out_bf = nullptr) {
     constexpr int PIECES = D / 8, CONSUMERS = 32 * G, CH = PIPE_ROWS, AP = CH + 8, S = PIPE_STAGES;
     constexpr int OT = D / 8 / G;   // O's 8-channel tiles a warp
     static_assert(D % 32 == 0 && 3 * G <= 16 && CH == 32 && (CH / 8) % G == 0 && (OT % 2 == 0 || OT == 1)
@@ -255,7 +258,14 @@ __device__ void group_attend_pipelined(float* part0, const float* qrow, const bf
         }
     }
     __syncthreads();
-    if (warp < G) {
+    if (warp < G && splits == 1 && (out != nullptr || out_bf != nullptr)) {
+        int h = warp;
+        for (int c = lane; c < D; c += 32) {
+            float o = (of[h][c] + of[G + h][c] + of[2 * G + h][c]) / l;
+            if (out_bf != nullptr) out_bf[h * D + c] = __float2bfloat16(o);
+            else out[h * D + c] = o;
+        }
+    } else if (warp < G) {
         int h = warp;
         float* part = part0 + (size_t)h * splits * (D + 2);
         for (int c = lane; c < D; c += 32) part[c] = of[h][c] + of[G + h][c] + of[2 * G + h][c];

@@ -97,16 +97,22 @@ public final class AttentionKernels {
      * attention_pipelined_dD_gG (G = heads / kvHeads, caches in device memory): attention_gqa's result, a block of G
      * consumer warps and a producer warp per (decode row, kv head, split) streaming the row's slots in chunks staged by
      * cp.async, which its splits share through {@code claims}. Grid (decodeRows * KVH, splits), block 32 (G + 1),
-     * dynamic shared memory {@link #pipelinedSharedBytes}.
+     * dynamic shared memory {@link #pipelinedSharedBytes}. With one split and {@code out} (f32) or {@code outBf16}
+     * given, the outputs themselves go there, as attention_merge would write them (no partials, no merge); else both
+     * null.
      */
     public static void attentionPipelined(CudaRuntime gpu, int headDim, int decodeRows, CUdeviceptr partials,
                                           CUdeviceptr q, CUdeviceptr kTable, CUdeviceptr vTable, CUdeviceptr seg,
                                           CUdeviceptr rowLen, CUdeviceptr rowsOf, int heads, int kvHeads, int splits,
-                                          float scale, int qStride, CUdeviceptr claims) {
+                                          float scale, int qStride, CUdeviceptr claims, CUdeviceptr out,
+                                          CUdeviceptr outBf16) {
+        if (splits != 1 && (out != null || outBf16 != null)) {
+            throw new IllegalArgumentException("attention_pipelined writes outputs with one split only, not " + splits);
+        }
         int group = heads / kvHeads;
         gpu.launchWithSharedMemory(pipelinedName(headDim, group), decodeRows * kvHeads, splits,
                 pipelinedThreads(group), pipelinedSharedBytes(headDim), partials, q, kTable, vTable, seg, rowLen,
-                rowsOf, heads, kvHeads, splits, scale, qStride, claims);
+                rowsOf, heads, kvHeads, splits, scale, qStride, claims, out, outBf16);
     }
 
     /** Warps of an attention_merge block, and the widest head it merges (attention.cu's MERGE_WARPS, MERGE_MAX_D). */

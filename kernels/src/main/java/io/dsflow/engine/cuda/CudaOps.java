@@ -150,9 +150,13 @@ final class CudaOps {
                     heads, kvHeads, scale, qStride);
         }
         if (decodeRows == 0) return;
-        if (claims != null) {
+        if (claims != null && splits == 1) {   // a block a (row, kv head) writes its heads' outputs: no merge
             AttentionKernels.attentionPipelined(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf,
-                    heads, kvHeads, splits, scale, qStride, claims);
+                    heads, kvHeads, splits, scale, qStride, claims, outBf16 == null ? out : null, outBf16);
+            return;
+        } else if (claims != null) {
+            AttentionKernels.attentionPipelined(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf,
+                    heads, kvHeads, splits, scale, qStride, claims, null, null);
         } else if (groupKernel(gpu, heads, kvHeads, hd)) {   // each key/value row read once for its group's heads
             AttentionKernels.attentionGqa(gpu, hd, decodeRows, partials, q, kTable, vTable, seg, rowLen, rowsOf, heads,
                     kvHeads, splits, scale, qStride, chunk);
