@@ -69,7 +69,7 @@ __device__ void write_label_rows(void* labels, unsigned long long scales_ptr, co
         if (mine) reinterpret_cast<__half*>(labels)[row_at * r + t] = __float2half_rn(v);
         return;
     }
-    float m = fabsf(v);
+    float m = fmaxf(0.f, fabsf(v));   // a NaN channel counts as 0, as block_max_nonneg's start at 0 makes it
     for (int o = lanes / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float levels = bits == 8 ? 127.f : 7.f;
     __half sc = __float2half_rn(m / levels);
