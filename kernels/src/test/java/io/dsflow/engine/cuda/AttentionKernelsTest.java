@@ -7,6 +7,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 
@@ -136,6 +137,21 @@ class AttentionKernelsTest extends KernelTestSupport {
                 assertTrue(pipeErr < (tiled ? 1e-2 : run == 0 ? 1e-4 : 4e-3), "pipelined, " + pipeSplits
                         + " splits, run " + run + ": relative error " + pipeErr);
                 assertArrayEquals(new int[claimInts], downloadInts(claims, claimInts), "counters left zero");
+            }
+            if (pipeSplits != 1) continue;
+            // one split writes the outputs itself (no merge): what its partial merged would be, bit for bit (a
+            // single block a (row, kv head) takes its chunks in order, so both runs sum alike)
+            CUdeviceptr direct = poisoned(n), merged = poisoned(n);
+            AttentionKernels.attentionPipelined(gpu, d, decodeRows, pipeParts, dq, kTable, vTable, dSeg, dLen, dRowsOf,
+                    heads, kvHeads, 1, scale, heads * d, claims, direct, null);
+            AttentionKernels.attentionPipelined(gpu, d, decodeRows, pipeParts, dq, kTable, vTable, dSeg, dLen, dRowsOf,
+                    heads, kvHeads, 1, scale, heads * d, claims, null, null);
+            AttentionKernels.attentionMerge(gpu, decodeRows, merged, null, pipeParts, dRowsOf, heads, d, 1);
+            float[] a = download(direct, n), b = download(merged, n);
+            for (int m = 0; m < decodeRows; m++) {
+                int at = rowsOf[m] * heads * d;
+                assertArrayEquals(Arrays.copyOfRange(b, at, at + heads * d), Arrays.copyOfRange(a, at, at + heads * d),
+                        "one split's outputs against its partial merged, decode row " + m);
             }
         }
     }

@@ -107,10 +107,10 @@ class LabelAppendKernelsTest extends KernelTestSupport {
      * 16-bit labels a query head; a dense cache, whose rows get no labels), at head sizes 32 (a block of 16 pairs in a
      * warp) and 128, with 16 label channels and 13 (4-bit rows of odd r: a padding nibble a row); the first segment's
      * label rows a kv head or a query head (the dspp default: a key block writes its four rows at once where they fit
-     * its threads, at head size 128, else one after another).
+     * its threads, at head size 128, else one after another; 8, 16 or 32 lanes a row by its width).
      */
     @ParameterizedTest(name = "{0}-bit labels of {1} channels, a label row for {2} heads")
-    @CsvSource({"8, 16, 4", "4, 16, 4", "4, 13, 4", "8, 16, 1", "4, 16, 1", "4, 13, 1"})
+    @CsvSource({"8, 16, 4", "4, 16, 4", "4, 13, 4", "8, 16, 1", "4, 16, 1", "4, 13, 1", "4, 32, 4", "8, 8, 1"})
     void fusedAppendWritesWhatRopeAppendThenLabelAppendWrite(int bits, int r, int group) {
         for (int hd : new int[]{32, 128}) {
             Random rnd = new Random(37 + hd + bits + r + group);

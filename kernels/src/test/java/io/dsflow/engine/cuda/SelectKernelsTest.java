@@ -202,9 +202,10 @@ class SelectKernelsTest extends KernelTestSupport {
 
     /**
      * sparse_select (dspp: scores in shared memory, one kernel) selects exactly what sparse_scores then sparse_topk
-     * (ds) select, per head and per kv head (max, sum), with 16 and 32 label channels (the unrolled paths where the
-     * width has one: 16- and 8-bit at 16, 8-bit at 32, 4-bit at both), 12 and 13 (the general one; 4-bit rows of odd
-     * r padded to a byte), budgets below and above the candidates; and the selection is the top of the scores
+     * (ds) select, per head and per kv head (max, sum), with 8, 16 and 32 label channels (the unrolled paths where
+     * the width has one: 16-bit at 8 and 16, 8-bit at 16 and 32, 4-bit at 16 and 32; a kv head's four rows of a
+     * label row a head coalesced), 12 and 13 (the general one; 4-bit rows of odd r padded to a byte), budgets below
+     * and above the candidates; and the selection is the top of the scores
      * computed on the CPU (every selected candidate scores at least every other one, within float rounding). 16-bit
      * labels, 8-bit ones (int8 values times a per-token, per-row fp16 scale, kept row-major) and 4-bit ones (int4, two
      * a byte, times such a scale); a label row a query head, or one a kv head serving its group (whose heads then share
@@ -215,9 +216,10 @@ class SelectKernelsTest extends KernelTestSupport {
     void fusedSelectionEqualsScoresThenTopK(int bits, int labelGroup) {
         Random rnd = new Random(21 + bits);
         int heads = 8, kvHeads = 2, group = 4, hd = 32, qStride = (heads + 2 * kvHeads) * hd, sinks = 4, cap = 5200;
-        int[] segR = {16, 12, 32, 13};
+        int[] segR = {16, 12, 32, 13, 8};
         int[][] rowsSpec = {{0, 1000, 7, 0}, {1, 37, 40, 1}, {0, 5000, 300, 2}, {1, 2049, 64, 0}, {0, 3001, 1000, 1},
-                {2, 1500, 100, 0}, {3, 777, 50, 1}, {2, 4097, 256, 2}, {3, 2500, 300, 2}, {2, 999, 2000, 1}};
+                {2, 1500, 100, 0}, {3, 777, 50, 1}, {2, 4097, 256, 2}, {3, 2500, 300, 2}, {2, 999, 2000, 1},
+                {4, 1800, 120, 1}, {4, 901, 60, 2}};
         int rows = rowsSpec.length, maxCand = 5120, maxK = 1024;
         LabelCaches caches = LabelCaches.random(rnd, bits, segR, cap, heads, hd, labelGroup);
         float[] q = random(rnd, rows * qStride, 1);
