@@ -257,9 +257,12 @@ public final class CudaBackend implements Backend {
             drawParams = workspace.ensure(Buffer.DRAW_PARAMS, 8L * n);
             scratch = workspace.ensure(Buffer.SAMPLE_SCRATCH, 2L * n * vocab);
         }
-        CUdeviceptr logits = forwardToDevice(batch);
         CUdeviceptr ids = workspace.ensure(Buffer.ARGMAX, n);
-        SampleKernels.argmax(gpu, n, ids, logits, vocab);
+        CUdeviceptr argmaxPartials = workspace.ensure(Buffer.ARGMAX_PARTIALS,
+                2L * n * SampleKernels.argmaxSplits(gpu, n, vocab));
+        CUdeviceptr argmaxDone = workspace.ensureZeroed(Buffer.ARGMAX_DONE, n);
+        CUdeviceptr logits = forwardToDevice(batch);
+        SampleKernels.argmax(gpu, n, ids, logits, vocab, argmaxPartials, argmaxDone);
         int[] out = new int[n];
         if (!sampling) {
             gpu.download(out, ids, n);

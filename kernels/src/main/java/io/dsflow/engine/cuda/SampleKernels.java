@@ -5,7 +5,8 @@ import jcuda.driver.CUdeviceptr;
 /**
  * Launchers of sample.cu: sampling on the device, only the chosen ids cross to the host.
  * <ul>
- *   <li>logits: [rows][vocab] f32; out: [rows] ints (the chosen token ids)</li>
+ *   <li>logits: [rows][vocab] f32; out: [rows] ints (the chosen token ids); argmax's partials [2 rows splits] words
+ *       and done [rows] ints (zero between launches)</li>
  *   <li>params: [rows][4] doubles {temperature, top_p, top_k (0: all), u in [0, 1)} ({@link CudaOps#drawParams})</li>
  *   <li>probs: [rows][vocab] doubles, scratch</li>
  *   <li>gatherRows: src [.][dim] f32, index [count] ints, dst [count][dim] f32</li>
@@ -15,9 +16,23 @@ public final class SampleKernels {
     private SampleKernels() {
     }
 
-    /** argmax: out[r] = argmax_i logits[r][i], the lowest index on ties. Grid (rows), block 1024. */
-    public static void argmax(CudaRuntime gpu, int rows, CUdeviceptr out, CUdeviceptr logits, int vocab) {
-        gpu.launch("argmax", rows, 1, 1024, out, logits, vocab);
+    /**
+     * Blocks argmax gives a row: enough for about four blocks a multiprocessor over the rows, each a chunk of at least
+     * 4,096 logits.
+     */
+    public static int argmaxSplits(CudaRuntime gpu, int rows, int vocab) {
+        int wanted = (4 * gpu.multiprocessors() + rows - 1) / Math.max(1, rows);
+        return Math.max(1, Math.min(wanted, vocab / 4096));
+    }
+
+    /**
+     * argmax: out[r] = argmax_i logits[r][i], the lowest index on ties. Grid (rows, {@link #argmaxSplits}), block
+     * 256; partials: [2 rows splits] words of scratch, done: [rows] ints, zero before the first launch and left zero
+     * by each.
+     */
+    public static void argmax(CudaRuntime gpu, int rows, CUdeviceptr out, CUdeviceptr logits, int vocab,
+                              CUdeviceptr partials, CUdeviceptr done) {
+        gpu.launch("argmax", rows, argmaxSplits(gpu, rows, vocab), 256, out, logits, vocab, partials, done);
     }
 
     /**

@@ -44,6 +44,8 @@ final class Workspace implements AutoCloseable {
         LOGITS,
         /** [segments] ints: greedy tokens. */
         ARGMAX,
+        /** [2 segments splits] words, [segments] ints (zero between launches): argmax's partials and counters. */
+        ARGMAX_PARTIALS, ARGMAX_DONE,
         /** [segments] ints, [segments][4] doubles, [segments][2 vocab] doubles: sample_rows' tokens, draws, scratch. */
         SAMPLED, DRAW_PARAMS, SAMPLE_SCRATCH,
         /** The step's metadata (StepMetadata's tables and arrays, end to end). */

@@ -11,6 +11,7 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -54,20 +55,40 @@ class SampleKernelsTest extends KernelTestSupport {
         }
     }
 
-    @Test
-    void argmaxAndGatherMatchCpu() {
-        Random r = new Random(8);
-        int rows = 3, vocab = 50001;
+    /**
+     * argmax against the CPU's, the lowest index on ties (within a block's chunk and across chunks), a NaN ignored:
+     * rows split over many blocks (few rows) or one (many rows), rows in whole float4s or not; each launch twice (its
+     * counters are left zero for the next).
+     */
+    @ParameterizedTest(name = "rows {0}, vocab {1}")
+    @CsvSource({"3, 50001", "1, 128256", "200, 128256", "600, 32000", "2, 4099"})
+    void argmaxMatchesCpu(int rows, int vocab) {
+        Random r = new Random(8 + rows);
         float[] logits = random(r, rows * vocab, 1);
-        logits[vocab + 777] = 10f;
-        logits[vocab + 999] = 10f; // tie: the lower index wins
-        CUdeviceptr ids = gpu.alloc(rows * 4L);
-        SampleKernels.argmax(gpu, rows, ids, upload(logits), vocab);
-        int[] got = downloadInts(ids, rows);
-        for (int m = 0; m < rows; m++) {
-            assertEquals(Sampler.argmax(Arrays.copyOfRange(logits, m * vocab, (m + 1) * vocab)), got[m]);
+        logits[777] = 10f;
+        logits[vocab - 3] = 10f;   // a tie in another block's chunk: the lower index wins
+        logits[(rows - 1) * vocab + 5] = Float.NaN;
+        logits[(rows - 1) * vocab + 11] = 9f;
+        logits[(rows - 1) * vocab + 12] = 9f;
+        CUdeviceptr ids = gpu.alloc(rows * 4L), dLogits = upload(logits);
+        CUdeviceptr partials = gpu.alloc(8L * rows * SampleKernels.argmaxSplits(gpu, rows, vocab));
+        CUdeviceptr done = upload(new int[rows]);
+        for (int run = 0; run < 2; run++) {
+            SampleKernels.argmax(gpu, rows, ids, dLogits, vocab, partials, done);
+            int[] got = downloadInts(ids, rows);
+            for (int m = 0; m < rows; m++) {
+                assertEquals(Sampler.argmax(Arrays.copyOfRange(logits, m * vocab, (m + 1) * vocab)), got[m],
+                        "row " + m + ", run " + run);
+            }
+            assertEquals(777, got[0]);
+            if (rows > 1) assertEquals(11, got[rows - 1]);
+            assertArrayEquals(new int[rows], downloadInts(done, rows), "counters left zero");
         }
-        assertEquals(777, got[1]);
+    }
+
+    @Test
+    void gatherMatchesCpu() {
+        Random r = new Random(8);
         // gather_rows: the last row of each segment, in segment order
         int dim = 129;
         float[] hidden = random(r, 7 * dim, 1);
