@@ -119,6 +119,21 @@ extern "C" __global__ void attention_merge(float* out, bf16* out_bf, const float
     int rh = blockIdx.x * (MERGE_WARPS / wpp) + warp / wpp;
     bool live = rh < pairs;
     const float* base = partials + (size_t)(live ? rh : 0) * splits * (D + 2);
+    if (splits == 1) {   // o / l, read at once (the general path's weight e^(m - m) is 1): one round trip, not three
+        if (!live) return;
+        float o[PER], l = base[D + 1];
+#pragma unroll
+        for (int i = 0; i < PER; i++) o[i] = lane + 32 * i < D ? base[lane + 32 * i] : 0.f;
+        size_t at = (size_t)rows_of[rh / H] * H * D + (rh % H) * D;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int c = lane + 32 * i;
+            if (c >= D) continue;
+            if (out_bf) out_bf[at + c] = __float2bfloat16(o[i] / l);
+            else out[at + c] = o[i] / l;
+        }
+        return;
+    }
     // this warp's splits' maximum, over the splits that saw a slot (l > 0)
     float m = -INFINITY;
     for (int s = w + wpp * lane; live && s < splits; s += 32 * wpp) {
