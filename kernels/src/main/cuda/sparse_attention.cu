@@ -68,7 +68,8 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
                                   const unsigned long long* vptr, const unsigned long long* rkptr,
                                   const unsigned long long* rvptr, const int* seg, const int* row_len, const int* sp,
                                   const int* selected, int H, int KVH, int splits, float scale, int q_stride, int chunk,
-                                  int max_k, int shared, int* claims = nullptr) {
+                                  int max_k, int shared, int* claims = nullptr, float* out = nullptr,
+                                  bf16* out_bf = nullptr) {
     int units = H / G, p = blockIdx.x / units, h0 = (blockIdx.x % units) * G;
     const int* d = sp + p * SP_FIELDS;
     if ((d[SP_MODE] != 0) != (shared != 0) || (d[SP_HOST] != 0) != HOST) return;
@@ -83,8 +84,9 @@ __device__ void sparse_group_body(float* partials, const float* q, const unsigne
     const bf16* vring = reinterpret_cast<const bf16*>(rvptr[seg[row]]);
     auto slot_of = [=](int t) { return sparse_slot(t, sinks, k, window, n, sel, ring); };
     if constexpr (PIPELINED) {   // the row's m slots in chunks that its splits' blocks claim
+        size_t at = (size_t)row * H * D + h0 * D;   // the group's heads in the row's output (one split)
         group_attend_pipelined<D, G>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, claims + 2 * blockIdx.x,
-                                     splits, scale, slot_of);
+                                     splits, scale, slot_of, out ? out + at : nullptr, out_bf ? out_bf + at : nullptr);
     } else {
         group_attend_slots<D, G, false, HOST>(part, qrow, kc, vc, kring, vring, h0 / (H / KVH), KVH, m, blockIdx.y,
                                               splits, chunk, scale, slot_of);
@@ -116,16 +118,18 @@ SPARSE_GROUP_KERNEL(128, 8)
 //   measures it against sparse_attention_dD_g1, which is faster with its four warps a block). A row's m slots go in
 //   chunks to whichever of its splits' blocks claims them first (claims: [P * H / G][2] ints, zero before the first
 //   launch; each launch leaves them zero), so the host can size the grid to what the device holds at once whatever
-//   each layer's budget. Other rows return at once. Same partials as sparse_attention_dD. Grid: (P * H / G, splits),
-//   block: 32 * (G + 1), dynamic shared memory pipelined_shared_bytes(D). The rows are decoded as for
+//   each layer's budget. Other rows return at once. Same partials as sparse_attention_dD; or, with one split and out
+//   (f32) or out_bf (bf16) given, the outputs themselves at the rows' batch rows, as attention_merge would write them
+//   (the host gives them only where every selecting row of the layer is of this kernel's kind). Grid: (P * H / G,
+//   splits), block: 32 * (G + 1), dynamic shared memory pipelined_shared_bytes(D). The rows are decoded as for
 //   sparse_attention_dD_gG (sparse_group_body, PIPELINED).
 #define SPARSE_PIPELINED_KERNEL(dim, g) extern "C" __global__ void __launch_bounds__(32 * (g + 1)) \
         sparse_attention_pipelined_d##dim##_g##g(float* partials, const float* q, const unsigned long long* kp, \
         const unsigned long long* vp, const unsigned long long* rkp, const unsigned long long* rvp, const int* seg, \
         const int* len, const int* sp, const int* selected, int H, int KVH, int splits, float scale, int q_stride, \
-        int max_k, int shared, int* claims) { \
+        int max_k, int shared, int* claims, float* out, bf16* out_bf) { \
     sparse_group_body<dim, g, false, true>(partials, q, kp, vp, rkp, rvp, seg, len, sp, selected, H, KVH, splits, \
-                                           scale, q_stride, 0, max_k, shared, claims); }
+                                           scale, q_stride, 0, max_k, shared, claims, out, out_bf); }
 SPARSE_PIPELINED_KERNEL(32, 4)
 SPARSE_PIPELINED_KERNEL(64, 2)
 SPARSE_PIPELINED_KERNEL(64, 4)

@@ -462,6 +462,12 @@ public final class CudaBackend implements Backend {
         if (n == 0) return;
         Lookahead la = sp.ahead();
         int ahead = sp.aheadCount(layer), staged = la == null ? 0 : la.stagedCount()[layer];
+        // every run written by the attention itself (one split, shared selections on the device): nothing to merge
+        int splits = sp.splits();
+        boolean direct = (staged == 0 || writesOutputs(la.stagedKinds(), splits))
+                && (ahead <= staged || writesOutputs(la.aheadKinds(), splits))
+                && (n <= ahead || writesOutputs(sp.mainKinds(), splits));
+        Output o = direct ? new Output(outBf16 == null ? att : null, outBf16) : new Output(null, null);
         if (ahead > 0) {
             profiler.mark("wait for the side stream");
             gpu.await(lookaheadDone.of(layer));
@@ -469,11 +475,11 @@ public final class CudaBackend implements Backend {
             CUdeviceptr sel = la.selected().of(layer);
             if (staged > 0) {
                 attendSelected(p, layer, 0, staged, la.stageKeys().of(layer), la.stageValues().of(layer), sel,
-                        la.stagedKinds());
+                        la.stagedKinds(), o);
             }
             if (ahead > staged) {
                 attendSelected(p, layer, staged, ahead - staged, selectedKeys(p, layer), selectedValues(p, layer),
-                        sel.withByteOffset(4L * staged * heads * sp.maxK()), la.aheadKinds());
+                        sel.withByteOffset(4L * staged * heads * sp.maxK()), la.aheadKinds(), o);
             }
         }
         if (n > ahead) {
@@ -485,10 +491,21 @@ public final class CudaBackend implements Backend {
             }
             profiler.mark("attention (selected rows)");
             attendSelected(p, layer, ahead, n - ahead, selectedKeys(p, layer), selectedValues(p, layer),
-                    sp.selected(), sp.mainKinds());
+                    sp.selected(), sp.mainKinds(), o);
         }
+        if (direct) return;
         AttentionKernels.attentionMerge(gpu, n, att, outBf16, sp.partials(), sp.selectRows(layer), heads, hd,
                 sp.splits());
+    }
+
+    /** Where a run's attention writes its outputs itself (f32 or bf16), or neither (partials, then the merge). */
+    private record Output(CUdeviceptr f32, CUdeviceptr bf16) {
+    }
+
+    /** Whether a run of selecting rows of these kinds has its outputs written by its attention (no merge). */
+    private boolean writesOutputs(StepPlan.RowKinds kinds, int splits) {
+        int group = c.numHeads() / c.numKvHeads();
+        return kinds != null && CudaOps.writesSparseOutputs(gpu, c.headDim(), group, splits, kinds.kernelBits());
     }
 
     /** Step 6: the MLP sublayer, its down projection added into the residual stream. */
@@ -643,7 +660,7 @@ public final class CudaBackend implements Backend {
      * those rows; {@code kinds} choose the kernels (null: one warp a split).
      */
     private void attendSelected(StepPlan p, int layer, int from, int n, CUdeviceptr kTable, CUdeviceptr vTable,
-                                CUdeviceptr selected, StepPlan.RowKinds kinds) {
+                                CUdeviceptr selected, StepPlan.RowKinds kinds, Output out) {
         SparseStep sp = p.sparse();
         int heads = c.numHeads(), hd = c.headDim();
         long at = CacheTables.layerOffset(layer, p.segments());
@@ -651,7 +668,8 @@ public final class CudaBackend implements Backend {
                 workspace.get(Buffer.QKV), kTable, vTable, p.caches().ringKeys().withByteOffset(at),
                 p.caches().ringValues().withByteOffset(at), p.inputs().segmentOf(), p.inputs().attendedLength(),
                 sp.descriptors(layer, from), selected, workspace.get(Buffer.CLAIMS), n, heads, c.numKvHeads(), hd,
-                sp.splits(), c.qDim() + 2 * c.kvDim(), sp.maxK(), kinds == null ? 0 : kinds.kernelBits());
+                sp.splits(), c.qDim() + 2 * c.kvDim(), sp.maxK(), kinds == null ? 0 : kinds.kernelBits(), out.f32(),
+                out.bf16());
     }
 
     /** y[rows][out] = x[rows][in] W^T (CudaOps.linear: tensor cores for many rows, the GEMV for a decode batch). */

@@ -233,12 +233,20 @@ final class CudaOps {
      * other kinds.
      * {@code ringKTable} / {@code ringVTable}: the segments' device rings of sinks and window (host placement; 0 for a
      * segment without one).
+     * {@code out} (f32) or {@code outBf16}: where the rows are all shared selections on the device
+     * ({@link #writesSparseOutputs}), the pipelined kernel writes their outputs there instead of partials (no merge
+     * follows); else both null.
      */
     static void sparseAttention(CudaRuntime gpu, CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
                                 CUdeviceptr vTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable, CUdeviceptr seg,
                                 CUdeviceptr rowLen, CUdeviceptr desc, CUdeviceptr selected, CUdeviceptr claims,
                                 int rows, int heads, int kvHeads, int hd, int splits, int qStride, int maxK,
-                                int groupKinds) {
+                                int groupKinds, CUdeviceptr out, CUdeviceptr outBf16) {
+        boolean direct = out != null || outBf16 != null;
+        if (direct && !writesSparseOutputs(gpu, hd, heads / kvHeads, splits, groupKinds)) {
+            throw new IllegalArgumentException("only the pipelined kernel of one split over shared selections on the "
+                    + "device writes outputs, not kinds " + groupKinds + " in " + splits + " splits");
+        }
         float scale = (float) (1.0 / Math.sqrt(hd));
         if (groupKinds == 0) {
             SparseAttentionKernels.sparseAttention(gpu, hd, rows, partials, q, kTable, vTable, ringKTable, ringVTable,
@@ -254,7 +262,7 @@ final class CudaOps {
                 if (!hostStore && shared && pipelined(gpu, hd, group)) {
                     SparseAttentionKernels.sparseAttentionPipelined(gpu, hd, group, rows, partials, q, kTable, vTable,
                             ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale, qStride,
-                            maxK, true, claims);
+                            maxK, true, claims, outBf16 == null ? out : null, outBf16);
                 } else {
                     SparseAttentionKernels.sparseAttentionGrouped(gpu, hd, group, hostStore, rows, partials, q, kTable,
                             vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale,
@@ -262,6 +270,15 @@ final class CudaOps {
                 }
             }
         }
+    }
+
+    /**
+     * Whether a run of selecting rows of these kinds ({@link #sparseAttention}'s bits) in this many splits has its
+     * outputs written by the attention itself: one split, shared selections on the device only, the pipelined kernel
+     * built for the group (then nothing of the run is left to merge).
+     */
+    static boolean writesSparseOutputs(CudaRuntime gpu, int hd, int group, int splits, int groupKinds) {
+        return splits == 1 && groupKinds == (2 | 4) && pipelined(gpu, hd, group);
     }
 
     /** Label channels of a head that a block of predict_label_queries (lookahead.cu) computes. */

@@ -100,17 +100,24 @@ public final class SparseAttentionKernels {
      * producer warp's asynchronous copies, the products on tensor cores; a row's chunks go to whichever of its splits'
      * blocks claims them first ({@code claims}). {@code shared}: as {@link #sparseAttentionGrouped}'s (built for shared
      * selections). Grid (P * H / G, splits), block 32 (G + 1), dynamic shared memory
-     * {@link AttentionKernels#pipelinedSharedBytes}.
+     * {@link AttentionKernels#pipelinedSharedBytes}. With one split and {@code out} (f32) or {@code outBf16} given,
+     * the rows' outputs themselves go there at their batch rows, as attention_merge would write them (for a layer
+     * whose selecting rows are all of this kernel's kind: nothing is left to merge); else both null.
      */
     public static void sparseAttentionPipelined(CudaRuntime gpu, int headDim, int group, int rows,
                                                 CUdeviceptr partials, CUdeviceptr q, CUdeviceptr kTable,
                                                 CUdeviceptr vTable, CUdeviceptr ringKTable, CUdeviceptr ringVTable,
                                                 CUdeviceptr seg, CUdeviceptr rowLen, CUdeviceptr desc,
                                                 CUdeviceptr selected, int heads, int kvHeads, int splits, float scale,
-                                                int qStride, int maxK, boolean shared, CUdeviceptr claims) {
+                                                int qStride, int maxK, boolean shared, CUdeviceptr claims,
+                                                CUdeviceptr out, CUdeviceptr outBf16) {
+        if (splits != 1 && (out != null || outBf16 != null)) {
+            throw new IllegalArgumentException("sparse_attention_pipelined writes outputs with one split only, not "
+                    + splits);
+        }
         gpu.launchWithSharedMemory(pipelinedName(headDim, group), rows * heads / group, splits,
                 AttentionKernels.pipelinedThreads(group), AttentionKernels.pipelinedSharedBytes(headDim), partials, q,
                 kTable, vTable, ringKTable, ringVTable, seg, rowLen, desc, selected, heads, kvHeads, splits, scale,
-                qStride, maxK, shared ? 1 : 0, claims);
+                qStride, maxK, shared ? 1 : 0, claims, out, outBf16);
     }
 }

@@ -12,6 +12,7 @@ import java.util.Random;
 import java.util.stream.IntStream;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -28,11 +29,13 @@ class SparseAttentionKernelsTest extends KernelTestSupport {
      * multiples of W); staged: the same store and ring on the device (a look-ahead row's device stage). The shared rows
      * on the device take sparse_attention_pipelined; {@code splits} > 0: only they, over that many splits (one split
      * for all; two, so that a row's splits own its first chunks and claim the last four; more splits than a small row
-     * has chunks). Run twice: the pipelined kernel's chunk counters are left zero for the next launch.
+     * has chunks). Run twice: the pipelined kernel's chunk counters are left zero for the next launch. With one split
+     * over shared rows on the device, the kernel's own outputs (no merge) equal the merged ones bit for bit.
      */
     @ParameterizedTest(name = "head_dim {0}, {1} placement, splits {2}")
     @CsvSource({"32, device, 0", "64, device, 0", "128, device, 0", "128, device, 1", "128, device, 2",
-            "128, device, 37", "64, host, 0", "128, host, 0", "32, staged, 37", "128, staged, 0", "64, staged, 37"})
+            "128, device, 37", "64, host, 0", "128, host, 0", "32, staged, 37", "128, staged, 0", "64, staged, 37",
+            "64, staged, 1"})
     void groupedSparseAttentionMatchesCpu(int hd, String placement, int splitsAsked) {
         boolean host = placement.equals("host"), ring = !placement.equals("device");
         Random rnd = new Random(hd);
@@ -105,7 +108,7 @@ class SparseAttentionKernelsTest extends KernelTestSupport {
         for (int run = 0; run < 2; run++) {
             CudaOps.sparseAttention(gpu, partials, upload(q), pointerTable(kStores), pointerTable(vStores),
                     pointerTable(kRings), pointerTable(vRings), upload(seg), upload(len), uploadRows(desc), upload(sel),
-                    claims, rows, heads, kvHeads, hd, splits, qStride, maxK, kinds);
+                    claims, rows, heads, kvHeads, hd, splits, qStride, maxK, kinds, null, null);
             AttentionKernels.attentionMerge(gpu, rows, out, null, partials, upload(new int[]{0, 1, 2}), heads, hd,
                     splits);
             runs[run] = download(out, rows * qStride);
@@ -145,5 +148,22 @@ class SparseAttentionKernelsTest extends KernelTestSupport {
         // the second launch's blocks may claim other chunks: the same up to the merge's rounding
         double again = relError(rowsOf(runs[1], compared, qStride), rowsOf(runs[0], compared, qStride));
         assertTrue(again < 1e-6, "a second launch: relative difference " + again);
+        if (!CudaOps.writesSparseOutputs(gpu, hd, group, splits, kinds)) return;
+        // one split over shared selections on the device: the kernel writes the outputs itself, f32 or bf16, as the
+        // merge of its one split does (a block a (row, kv head) takes its chunks in order: bit for bit)
+        CUdeviceptr direct = poisoned(rows * qStride), directBf16 = poisonedBf16(rows * qStride);
+        for (CUdeviceptr[] target : new CUdeviceptr[][]{{direct, null}, {null, directBf16}}) {
+            CudaOps.sparseAttention(gpu, partials, upload(q), pointerTable(kStores), pointerTable(vStores),
+                    pointerTable(kRings), pointerTable(vRings), upload(seg), upload(len), uploadRows(desc), upload(sel),
+                    claims, rows, heads, kvHeads, hd, splits, qStride, maxK, kinds, target[0], target[1]);
+        }
+        float[] f32 = download(direct, rows * qStride), bf16 = downloadBf16(directBf16, rows * qStride);
+        for (int p : compared) {
+            for (int i = p * qStride; i < (p + 1) * qStride; i++) {
+                assertEquals(runs[0][i], f32[i], "row " + p + ", f32 output " + i);
+                assertEquals(bf(runs[0][i]), bf16[i], "row " + p + ", bf16 output " + i);
+            }
+        }
+        assertArrayEquals(new int[2 * rows * kvHeads], downloadInts(claims, 2 * rows * kvHeads), "counters left zero");
     }
 }
