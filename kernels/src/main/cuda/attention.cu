@@ -102,6 +102,19 @@ PIPELINED_KERNEL(64, 4)
 PIPELINED_KERNEL(128, 2)
 PIPELINED_KERNEL(128, 4)
 
+// a lane's channels lane, lane + 32, ... (below D) of a merged head, o / l, at out[at + c] (f32) or out_bf (bf16)
+template <int PER>
+__device__ __forceinline__ void store_merged(float* out, bf16* out_bf, size_t at, const float* o, float l, int D,
+                                             int lane) {
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int c = lane + 32 * i;
+        if (c >= D) continue;
+        if (out_bf) out_bf[at + c] = __float2bfloat16(o[i] / l);
+        else out[at + c] = o[i] / l;
+    }
+}
+
 // attention_merge: a (row p, head h) pair's splits merged by `wpp` warps (1 or MERGE_WARPS) of a block of MERGE_WARPS
 // warps (so a block merges MERGE_WARPS / wpp pairs): warp w of a pair takes splits w, w + wpp, ...; each lane owns
 // channels lane, lane + 32, ... (coalesced 128-byte loads of a split's o). Each warp sums relative to its own splits'
@@ -124,14 +137,7 @@ extern "C" __global__ void attention_merge(float* out, bf16* out_bf, const float
         float o[PER], l = base[D + 1];
 #pragma unroll
         for (int i = 0; i < PER; i++) o[i] = lane + 32 * i < D ? base[lane + 32 * i] : 0.f;
-        size_t at = (size_t)rows_of[rh / H] * H * D + (rh % H) * D;
-#pragma unroll
-        for (int i = 0; i < PER; i++) {
-            int c = lane + 32 * i;
-            if (c >= D) continue;
-            if (out_bf) out_bf[at + c] = __float2bfloat16(o[i] / l);
-            else out[at + c] = o[i] / l;
-        }
+        store_merged<PER>(out, out_bf, (size_t)rows_of[rh / H] * H * D + (rh % H) * D, o, l, D, lane);
         return;
     }
     // this warp's splits' maximum, over the splits that saw a slot (l > 0)
@@ -186,14 +192,5 @@ extern "C" __global__ void attention_merge(float* out, bf16* out_bf, const float
             for (int i = 0; i < PER; i++) if (lane + 32 * i < D) o[i] += wo[warp + v][lane + 32 * i] * e;
         }
     }
-    if (!live) return;
-    int r = rows_of[rh / H], h = rh % H;
-    size_t at = (size_t)r * H * D + h * D;
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-        int c = lane + 32 * i;
-        if (c >= D) continue;
-        if (out_bf) out_bf[at + c] = __float2bfloat16(o[i] / l);
-        else out[at + c] = o[i] / l;
-    }
+    if (live) store_merged<PER>(out, out_bf, (size_t)rows_of[rh / H] * H * D + (rh % H) * D, o, l, D, lane);
 }
