@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
             } else {
                 (mode ? sparse_attention_pipelined_d128_g4 : sparse_attention_pipelined_d128_g1)<<<dim3(units, splits),
                         32 * (G + 1), shared, stream>>>(partials, dq, dkp, dvp, dring, dring, dseg, dlen, dsp, dsel, H,
-                        KVH, splits, scale, qStride, maxK, on, claims);
+                        KVH, splits, scale, qStride, maxK, on, claims, nullptr, nullptr);
             }
         };
         // as AttentionKernels.attentionMerge launches it: a block's warps share a pair's splits where pairs are few

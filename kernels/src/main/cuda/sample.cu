@@ -83,6 +83,7 @@ extern "C" __global__ void argmax(int* out, const float* logits, int vocab, floa
         part_i[r * S + s] = bi;
         __threadfence();
         last = atomicAdd(done + r, 1) == S - 1;
+        __threadfence();   // the other blocks' partials, seen through the counter, before any lane reads them
     }
     __syncwarp();
     if (!last) return;
