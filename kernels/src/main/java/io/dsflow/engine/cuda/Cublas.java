@@ -30,8 +30,10 @@ import java.util.Set;
  * libcublasLt from the same folder is loaded first (libcublas needs it and a wheel's folder is on no search path).
  *
  * <p>One handle per {@link CudaRuntime}, with a 32 MiB workspace of its own (so cuBLAS allocates nothing while a step
- * is captured as a graph), bound to the runtime's current stream before each product. Closed by the runtime's close.
- * Not thread-safe: the runtime's one forward pass at a time uses it.
+ * is captured as a graph), bound to the runtime's current stream before each product. The products of decode batches
+ * ({@link LtProducts#covers}) go through cuBLASLt with the algorithm tuned for their shape on this GPU ({@link
+ * LtProducts}; {@code DSFLOW_CUBLAS_TUNE=off} or {@code -Ddsflow.cublasTune=off} keeps cublasGemmEx for all).
+ * Closed by the runtime's close. Not thread-safe: the runtime's one forward pass at a time uses it.
  */
 final class Cublas implements AutoCloseable {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(Cublas.class);
@@ -61,8 +63,8 @@ final class Cublas implements AutoCloseable {
                                        int ldc, int computeType, int algo);
     }
 
-    /** The library as found (once a process): its file, or why there is none. */
-    private record Found(Path file, String absent) {
+    /** The library as found (once a process): its file and cuBLASLt's (null where not beside it), or why none. */
+    private record Found(Path file, NativeLibrary lt, String absent) {
     }
 
     private static Found found;
@@ -70,15 +72,17 @@ final class Cublas implements AutoCloseable {
     private final CudaRuntime gpu;
     private final long handle;
     private final CUdeviceptr workspace;
+    private final LtProducts lt;
     private final String description;
     private final float[] one = {1f}, zero = {0f};
     private long boundStream;
     private boolean closed;
 
-    private Cublas(CudaRuntime gpu, long handle, CUdeviceptr workspace, String description) {
+    private Cublas(CudaRuntime gpu, long handle, CUdeviceptr workspace, LtProducts lt, String description) {
         this.gpu = gpu;
         this.handle = handle;
         this.workspace = workspace;
+        this.lt = lt;
         this.description = description;
     }
 
@@ -91,15 +95,22 @@ final class Cublas implements AutoCloseable {
         if (f.file() == null) return null;
         long[] h = new long[1];
         check(Api.cublasCreate_v2(h), "cublasCreate");
+        CUdeviceptr ws = null;
         try {
             int[] version = new int[1];
             check(Api.cublasGetVersion_v2(h[0], version), "cublasGetVersion");
-            CUdeviceptr ws = gpu.alloc(WORKSPACE_BYTES);
+            ws = gpu.alloc(WORKSPACE_BYTES);
+            String tune = System.getProperty("dsflow.cublasTune", System.getenv("DSFLOW_CUBLAS_TUNE"));
+            boolean off = tune != null && tune.equalsIgnoreCase("off");
+            LtProducts lt = off || f.lt() == null ? null : LtProducts.open(gpu, f.lt(), ws, WORKSPACE_BYTES);
             int v = version[0];
-            String d = String.format(Locale.ROOT, "cuBLAS %d.%d.%d (%s)", v / 10000, v / 100 % 100, v % 100,
-                    f.file());
-            return new Cublas(gpu, h[0], ws, d);
+            String d = String.format(Locale.ROOT, "cuBLAS %d.%d.%d (%s), products of %d-%d rows %s",
+                    v / 10000, v / 100 % 100, v % 100, f.file(), LtProducts.MIN_ROWS, LtProducts.MAX_ROWS,
+                    lt != null ? "on cuBLASLt's algorithms tuned here" : off ? "on cublasGemmEx (DSFLOW_CUBLAS_TUNE"
+                            + "=off)" : "on cublasGemmEx (no libcublasLt beside it)");
+            return new Cublas(gpu, h[0], ws, lt, d);
         } catch (RuntimeException e) {
+            if (ws != null) gpu.free(ws, WORKSPACE_BYTES);
             Api.cublasDestroy_v2(h[0]);
             throw e;
         }
@@ -123,6 +134,28 @@ final class Cublas implements AutoCloseable {
     void gemm(CUdeviceptr c, CUdeviceptr xBf16, CUdeviceptr w, boolean accumulate, int m, int n, int k) {
         if (closed) throw new IllegalStateException("cuBLAS handle closed");
         bind(gpu.currentStream());
+        if (lt != null && LtProducts.covers(m) && lt.gemm(c, xBf16, w, accumulate, m, n, k,
+                (out, wi) -> gemmEx(out, xBf16, wi, false, m, n, k))) {
+            return;
+        }
+        gemmEx(c, xBf16, w, accumulate, m, n, k);
+    }
+
+    /**
+     * Registers the weights [n][k] of one product shape (a model's layers), over which a tuning of that shape's
+     * products times its candidates (see {@link LtProducts}).
+     */
+    void rotateOver(int n, int k, List<CUdeviceptr> weights) {
+        if (lt != null) lt.rotateOver(n, k, weights);
+    }
+
+    /** cuBLASLt's tuning (null where the products run on cublasGemmEx only): tests and bench read its choices. */
+    LtProducts tuned() {
+        return lt;
+    }
+
+    /** {@link #gemm}'s product by cublasGemmEx (cuBLAS's own choice of algorithm). */
+    private void gemmEx(CUdeviceptr c, CUdeviceptr xBf16, CUdeviceptr w, boolean accumulate, int m, int n, int k) {
         check(Api.cublasGemmEx(handle, OP_T, OP_N, n, m, k, one, DeviceAddress.of(w), R_16BF, k,
                 DeviceAddress.of(xBf16), R_16BF, k, accumulate ? one : zero, DeviceAddress.of(c), R_32F, n,
                 COMPUTE_32F, GEMM_DEFAULT), "cublasGemmEx");
@@ -141,6 +174,7 @@ final class Cublas implements AutoCloseable {
     public void close() {
         if (closed) return;
         closed = true;
+        if (lt != null) lt.close();
         check(Api.cublasDestroy_v2(handle), "cublasDestroy");
         gpu.free(workspace, WORKSPACE_BYTES);
     }
@@ -169,7 +203,8 @@ final class Cublas implements AutoCloseable {
         jcuda.driver.JCudaDriver.cuDriverGetVersion(driver);
         Path file = locate(asked, searchFolders(), driver[0]);
         found = file != null ? load(file)
-                : new Found(null, asked != null && asked.equalsIgnoreCase("off") ? "turned off (DSFLOW_CUBLAS=off)"
+                : new Found(null, null, asked != null && asked.equalsIgnoreCase("off")
+                        ? "turned off (DSFLOW_CUBLAS=off)"
                         : "no libcublas.so.13 or .so.12 found (LD_LIBRARY_PATH, the CUDA toolkit's, pip's"
                         + " nvidia-cublas; DSFLOW_CUBLAS names one)");
         if (found.file() == null) LOG.info("cuBLAS: {}; products of many rows on the own kernel", found.absent());
@@ -203,13 +238,14 @@ final class Cublas implements AutoCloseable {
         String name = file.getFileName().toString();
         Path lt = file.resolveSibling(name.replace("libcublas.", "libcublasLt."));
         try {
-            if (Files.isRegularFile(lt)) NativeLibrary.getInstance(lt.toAbsolutePath().toString());
+            NativeLibrary ltLibrary = Files.isRegularFile(lt) ? NativeLibrary.getInstance(lt.toAbsolutePath()
+                    .toString()) : null;
             Native.register(Api.class, NativeLibrary.getInstance(file.toAbsolutePath().toString()));
+            return new Found(file.toAbsolutePath(), ltLibrary, null);
         } catch (UnsatisfiedLinkError e) {
             throw new DsflowException("cuBLAS at " + file + " cannot be loaded: " + e.getMessage()
                     + " (DSFLOW_CUBLAS=off runs without it)");
         }
-        return new Found(file.toAbsolutePath(), null);
     }
 
     /** Where cuBLAS may be, in order: LD_LIBRARY_PATH, the CUDA toolkit, the system, pip's wheels. */

@@ -68,6 +68,25 @@ public final class CudaBackend implements Backend {
         this.profiler = new StepProfiler(gpu);
         lookaheadDone = new ByParity<>(gpu.newEvent(), gpu.newEvent());
         lookaheadRead = new ByParity<>(gpu.newEvent(), gpu.newEvent());
+        if (gpu.blas() != null) rotateProducts(gpu.blas());
+    }
+
+    /**
+     * Gives cuBLAS's tuning each product shape's weights, every layer's: a tuning times its candidates over them, so
+     * that each product reads its weights from memory as a step does, not from the L2.
+     */
+    private void rotateProducts(Cublas blas) {
+        int hidden = c.hiddenSize(), inter = c.intermediateSize();
+        int gateUpRows = c.architecture() == Architecture.OPT ? inter : 2 * inter;
+        blas.rotateOver(c.qDim() + 2 * c.kvDim(), hidden, layerWeights(Layer::qkv));
+        blas.rotateOver(hidden, c.qDim(), layerWeights(Layer::o));
+        blas.rotateOver(gateUpRows, hidden, layerWeights(Layer::gateUp));
+        blas.rotateOver(hidden, inter, layerWeights(Layer::down));
+        blas.rotateOver(c.vocabSize(), c.wordEmbedDim(), List.of(weights.lmHead.ptr()));
+    }
+
+    private List<CUdeviceptr> layerWeights(java.util.function.Function<Layer, Weight> which) {
+        return Arrays.stream(weights.layers).map(l -> which.apply(l).ptr()).toList();
     }
 
     /** Uploads a model's weights to a GPU. */
