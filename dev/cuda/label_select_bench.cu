@@ -25,7 +25,8 @@
 #include <random>
 
 // sparse_select's first half alone (the label query, the loads and scores into shared memory; no top-k): with
-// sparse_select's time, how a selection's time divides between its scores and its top-k
+// sparse_select's time, how a selection's time divides between its scores and its top-k. It calls select.cu's own
+// score_block_selection (session 26): for an older select.cu, build this harness as of that select.cu's commit.
 extern "C" __global__ void __launch_bounds__(1024) select_scores_only(int* selected, const float* q,
                                                                       const unsigned long long* lptr,
                                                                       const unsigned long long* chptr,
@@ -34,17 +35,10 @@ extern "C" __global__ void __launch_bounds__(1024) select_scores_only(int* selec
                                                                       int q_stride, int max_k) {
     extern __shared__ unsigned s[];
     __shared__ LabelQuery lq;
-    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
-    const int* d = sp + p * SP_FIELDS;
-    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
-    if (mode != 0 && h0 % G != 0) return;
-    int heads = mode == 0 ? 1 : G;
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
-    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
-                                   heads, r, D, labels.group, mode, labels.bits);
-    score_selection(s, labels, d[SP_SINKS], h0, lq, summed ? 1 : heads, mode, r, n);
+    BlockSelection sel;
+    if (!score_block_selection(sel, s, lq, q, lptr, chptr, sptr, seg, sp, H, KVH, D, q_stride)) return;
     __syncthreads();
-    if (threadIdx.x < 32) selected[(size_t)(p * H + h0) * max_k + threadIdx.x] = (int)s[threadIdx.x * (n / 32)];
+    if (threadIdx.x < 32) selected[(size_t)blockIdx.x * max_k + threadIdx.x] = (int)s[threadIdx.x * (sel.n / 32)];
 }
 
 int main(int argc, char** argv) {

@@ -712,6 +712,33 @@ __device__ void score_selection(unsigned* keys, const LabelCache& labels, int fi
     }
 }
 
+// The selection of block blockIdx.x of a grid of P * H (row p, head h0) scored: its candidates' order keys into
+//   keys[0, n), and its descriptor, heads and candidates into sel. False for a block with nothing to do: a shared
+//   selection (mode != 0) is its group's first head's. sparse_select's first part (dev/cuda/label_select_bench.cu
+//   times it alone).
+struct BlockSelection {
+    const int* d;   // the selection's descriptor (SP_FIELDS ints)
+    int heads, n;
+};
+
+__device__ __forceinline__ bool score_block_selection(BlockSelection& sel, unsigned* keys, LabelQuery& lq,
+                                                      const float* q, const unsigned long long* lptr,
+                                                      const unsigned long long* chptr, const unsigned long long* sptr,
+                                                      const int* seg, const int* sp, int H, int KVH, int D,
+                                                      int q_stride) {
+    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
+    const int* d = sp + p * SP_FIELDS;
+    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
+    if (mode != 0 && h0 % G != 0) return false;
+    int heads = mode == 0 ? 1 : G;
+    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
+    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
+                                   heads, r, D, labels.group, mode, labels.bits);
+    score_selection(keys, labels, d[SP_SINKS], h0, lq, summed ? 1 : heads, mode, r, n);
+    sel = {d, heads, n};
+    return true;
+}
+
 // sparse_select (dspp): sparse_scores and sparse_topk in one block per (row, head; mode != 0: the group's first
 //   head), the candidates' order keys in dynamic shared memory, then the top-k from a guessed threshold's list where
 //   one holds it (select_top_k_guessed). Dynamic shared memory: [max_cand] keys, then the list's 2 list_cap words (the
@@ -725,18 +752,11 @@ extern "C" __global__ void __launch_bounds__(1024) sparse_select(int* selected, 
                                                                  int max_k, int max_cand, int list_cap, int* paths) {
     extern __shared__ unsigned s[];   // the candidates' order keys, then the list
     __shared__ LabelQuery lq;   // the selection's heads (up to 8) x r (up to 64) label channels of q
-    int G = H / KVH, p = blockIdx.x / H, h0 = blockIdx.x % H;
-    const int* d = sp + p * SP_FIELDS;
-    int mode = d[SP_MODE], row = d[SP_ROW], r = d[SP_R], n = d[SP_CAND];
-    if (mode != 0 && h0 % G != 0) return;
-    int heads = mode == 0 ? 1 : G;
-    LabelCache labels(lptr[seg[row]], sptr[seg[row]], H, r, d[SP_BITS], d[SP_CAP], d[SP_LGROUP]);
-    bool summed = load_label_query(lq, q + (size_t)row * q_stride, reinterpret_cast<const int*>(chptr[seg[row]]), h0,
-                                   heads, r, D, labels.group, mode, labels.bits);
-    score_selection(s, labels, d[SP_SINKS], h0, lq, summed ? 1 : heads, mode, r, n);
+    BlockSelection sel;
+    if (!score_block_selection(sel, s, lq, q, lptr, chptr, sptr, seg, sp, H, KVH, D, q_stride)) return;
     __syncthreads();
-    select_top_k_guessed(selected + (size_t)(p * H + h0) * max_k, heads, max_k, s, n, min(d[SP_K], n), d[SP_SINKS],
-                         s + max_cand, list_cap, paths);
+    select_top_k_guessed(selected + (size_t)blockIdx.x * max_k, sel.heads, max_k, s, sel.n, min(sel.d[SP_K], sel.n),
+                         sel.d[SP_SINKS], s + max_cand, list_cap, paths);
 }
 
 // sparse_select_cluster (dspp on sm_90): sparse_select spread over a cluster of CLUSTER blocks per selection, so that
