@@ -57,6 +57,8 @@ public final class CudaBackend implements Backend {
      * parity; the main stream waits for it before the previous layer's output product changes the residual stream.
      */
     private final ByParity<CUevent> lookaheadRead;
+    /** Layers whose selecting rows' outputs their attention wrote itself, and layers merged after it (tests). */
+    private long directSparseLayers, mergedSparseLayers;
 
     private CudaBackend(CudaRuntime gpu, ModelConfig c, CudaWeights weights) {
         this.gpu = gpu;
@@ -512,9 +514,29 @@ public final class CudaBackend implements Backend {
             attendSelected(p, layer, ahead, n - ahead, selectedKeys(p, layer), selectedValues(p, layer),
                     sp.selected(), sp.mainKinds(), o);
         }
-        if (direct) return;
+        if (direct) {
+            directSparseLayers++;
+            return;
+        }
+        mergedSparseLayers++;
         AttentionKernels.attentionMerge(gpu, n, att, outBf16, sp.partials(), sp.selectRows(layer), heads, hd,
                 sp.splits());
+    }
+
+    /** How many layers' selecting rows had their outputs written by their attention, and how many by a merge. */
+    record SparseOutputCounts(long direct, long merged) {
+    }
+
+    /**
+     * Tests: the layers whose selecting rows attended since the last call, by how their outputs were written (directly
+     * by the attention, or by attention_merge after it), as launched: a decode step's graph counts when its launches
+     * run and when they are captured, not when it is replayed. The counts start again at zero.
+     */
+    SparseOutputCounts takeSparseOutputCounts() {
+        SparseOutputCounts counts = new SparseOutputCounts(directSparseLayers, mergedSparseLayers);
+        directSparseLayers = 0;
+        mergedSparseLayers = 0;
+        return counts;
     }
 
     /** Where a run's attention writes its outputs itself (f32 or bf16), or neither (partials, then the merge). */
