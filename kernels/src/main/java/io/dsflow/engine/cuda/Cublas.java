@@ -102,7 +102,7 @@ final class Cublas implements AutoCloseable {
             ws = gpu.alloc(WORKSPACE_BYTES);
             String tune = System.getProperty("dsflow.cublasTune", System.getenv("DSFLOW_CUBLAS_TUNE"));
             boolean off = tune != null && tune.equalsIgnoreCase("off");
-            LtProducts lt = off || f.lt() == null ? null : LtProducts.open(gpu, f.lt(), ws, WORKSPACE_BYTES);
+            LtProducts lt = off || f.lt() == null ? null : openLt(gpu, f.lt(), ws);
             int v = version[0];
             String d = String.format(Locale.ROOT, "cuBLAS %d.%d.%d (%s), products of %d-%d rows %s",
                     v / 10000, v / 100 % 100, v % 100, f.file(), LtProducts.MIN_ROWS, LtProducts.MAX_ROWS,
@@ -113,6 +113,16 @@ final class Cublas implements AutoCloseable {
             if (ws != null) gpu.free(ws, WORKSPACE_BYTES);
             Api.cublasDestroy_v2(h[0]);
             throw e;
+        }
+    }
+
+    /** cuBLASLt beside cuBLAS: found but unusable is an error, as cuBLAS's is, and says how to run without it. */
+    private static LtProducts openLt(CudaRuntime gpu, NativeLibrary library, CUdeviceptr workspace) {
+        try {
+            return LtProducts.open(gpu, library, workspace, WORKSPACE_BYTES);
+        } catch (RuntimeException | LinkageError e) {
+            throw new DsflowException("cuBLASLt at " + library.getFile() + " cannot be used: " + e.getMessage()
+                    + " (DSFLOW_CUBLAS_TUNE=off runs the products on cublasGemmEx without it)");
         }
     }
 
@@ -174,9 +184,15 @@ final class Cublas implements AutoCloseable {
     public void close() {
         if (closed) return;
         closed = true;
-        if (lt != null) lt.close();
-        check(Api.cublasDestroy_v2(handle), "cublasDestroy");
-        gpu.free(workspace, WORKSPACE_BYTES);
+        try {
+            if (lt != null) lt.close();
+        } finally {
+            try {
+                check(Api.cublasDestroy_v2(handle), "cublasDestroy");
+            } finally {
+                gpu.free(workspace, WORKSPACE_BYTES);
+            }
+        }
     }
 
     private static void check(int status, String call) {

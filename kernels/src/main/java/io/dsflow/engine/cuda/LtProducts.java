@@ -172,6 +172,7 @@ final class LtProducts implements AutoCloseable {
             check(Api.cublasLtMatmulPreferenceSetAttribute(p[0], PREF_MAX_WORKSPACE_BYTES,
                     new long[]{workspaceBytes}, 8), "max workspace");
         } catch (RuntimeException e) {
+            if (p[0] != 0) Api.cublasLtMatmulPreferenceDestroy(p[0]);
             if (d[0] != 0) Api.cublasLtMatmulDescDestroy(d[0]);
             Api.cublasLtDestroy(h[0]);
             throw e;
@@ -213,16 +214,32 @@ final class LtProducts implements AutoCloseable {
             if (algo == null && !choices.containsKey(t)) {
                 if (capturing()) return false;   // tuned at the shape's next eager product
                 Plan layouts = layouts(shape, null);
-                algo = tune(t, layouts, c, x, w, accumulate, m, gemmEx);
+                try {
+                    algo = tune(t, layouts, c, x, w, accumulate, m, gemmEx);
+                } finally {
+                    destroy(layouts);
+                }
                 choices.put(t, algo);
-                destroy(layouts);
             }
             plan = algo != null && accepts(shape, algo) ? layouts(shape, algo) : GEMM_EX;
             plans.put(shape, plan);
         }
         if (plan.algo() == null) return false;
-        run(plan, plan.algo(), c, x, w, accumulate);
-        return true;
+        try {
+            run(plan, plan.algo(), c, x, w, accumulate);
+            return true;
+        } catch (DsflowException e) {   // refused before anything is queued: cublasGemmEx computes it instead
+            LOG.warn("cuBLASLt refused its algorithm for products {} x {} of {} rows ({}); cublasGemmEx runs them",
+                    n, k, m, e.getMessage());
+            destroy(plan);
+            plans.put(shape, GEMM_EX);
+            return false;
+        }
+    }
+
+    /** Tests: {@code algo} as the tuned choice of the bucket of {@code m} rows for products [n][k]. */
+    void choose(int m, int n, int k, long[] algo) {
+        choices.put(new Tuned((m - 1) / ROWS_BUCKET, n, k), algo);
     }
 
     /**
@@ -266,7 +283,7 @@ final class LtProducts implements AutoCloseable {
         long scratchBytes = accumulate ? (long) m * t.n() * 4 : 0;
         CUdeviceptr out = accumulate ? gpu.alloc(scratchBytes) : c;
         try {
-            double base = timeOver(over, out, gemmEx);
+            double base = timeOver(over, out, gemmEx);   // again after the candidates: clocks may ramp meanwhile
             double best = Double.MAX_VALUE;
             int chosen = -1;
             for (int i = 0; i < algos.size(); i++) {
@@ -284,6 +301,7 @@ final class LtProducts implements AutoCloseable {
                     chosen = i;
                 }
             }
+            base = Math.min(base, timeOver(over, out, gemmEx));
             boolean take = chosen >= 0 && best <= base * (1 - MARGIN);
             Tuning r = new Tuning(t.bucket() * ROWS_BUCKET + 1, Math.min(MAX_ROWS, (t.bucket() + 1) * ROWS_BUCKET),
                     t.n(), t.k(), algos.size(), take ? chosen : -1, base, take ? best : base);

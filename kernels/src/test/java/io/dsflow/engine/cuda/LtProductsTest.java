@@ -1,5 +1,6 @@
 package io.dsflow.engine.cuda;
 
+import io.dsflow.engine.DsflowException;
 import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUgraphExec;
 import org.junit.jupiter.api.Test;
@@ -13,14 +14,16 @@ import java.util.Random;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * cuBLASLt's tuned decode products ({@link LtProducts}, through {@link Cublas#gemm} as the forward pass calls it)
  * against a double-precision product of the same bf16 inputs: every algorithm the heuristic lists (so that whichever a
- * tuning picks computes the product), the tuning's first product (whose timing must leave an accumulating product's
- * output as it was), another row count of the tuned bucket, and a product captured in a graph before its shape was
- * tuned (cublasGemmEx then, and no tuning inside the capture). Skipped where the runtime has no cuBLASLt.
+ * tuning picks computes the product), a chosen algorithm over the row counts of its bucket, the tuning's first product
+ * (whose timing must leave an accumulating product's output as it was) and another row count after it, and a product
+ * captured in a graph before its shape was tuned (left to cublasGemmEx, no tuning inside the capture). Skipped where
+ * the runtime has no cuBLASLt.
  */
 class LtProductsTest extends KernelTestSupport {
     /** bf16 inputs, f32 accumulation in another order than the reference's: only rounding differs. */
@@ -73,10 +76,40 @@ class LtProductsTest extends KernelTestSupport {
         for (boolean accumulate : new boolean[]{false, true}) {
             Case p = Case.of(m, n, k, accumulate, m * 31L + n);
             CUdeviceptr x = uploadBf16(p.x()), w = uploadBf16(p.w());
+            int ran = 0;
             for (int i = 0; i < algos.size(); i++) {
                 CUdeviceptr c = p.output();
-                lt.gemmWith(algos.get(i), c, x, w, accumulate, m, n, k);
+                try {
+                    lt.gemmWith(algos.get(i), c, x, w, accumulate, m, n, k);
+                } catch (DsflowException e) {   // listed, refused at the call: a tuning skips it as well
+                    continue;
+                }
+                ran++;
                 p.check(c, "algorithm " + i + " of " + algos.size() + (accumulate ? ", accumulating" : ""));
+            }
+            assertTrue(ran > 0, "no listed algorithm ran " + m + " x " + n + " x " + k);
+        }
+    }
+
+    /**
+     * An algorithm chosen for a bucket (here the heuristic's last, as a tuning may choose) computes the products of
+     * every row count of the bucket on cuBLASLt: the path a tuned choice takes, whichever a tuning here would pick.
+     */
+    @Test
+    void aChosenAlgorithmComputesEveryRowCountOfItsBucket() {
+        LtProducts lt = tuner();
+        int n = 904, k = 264;   // a shape no other test uses
+        List<long[]> algos = lt.candidates(65, n, k);
+        assertFalse(algos.isEmpty(), "the heuristic lists no algorithm for 65 x " + n + " x " + k);
+        lt.choose(65, n, k, algos.get(algos.size() - 1));
+        for (int m : new int[]{65, 80, 96}) {
+            for (boolean accumulate : new boolean[]{false, true}) {
+                Case p = Case.of(m, n, k, accumulate, m * 7L);
+                CUdeviceptr c = p.output();
+                boolean onLt = lt.gemm(c, uploadBf16(p.x()), uploadBf16(p.w()), accumulate, m, n, k,
+                        (ci, wi) -> fail("a chosen bucket is not timed"));
+                assertTrue(onLt, m + " rows: the chosen algorithm refused (cublasLtMatmulAlgoCheck)");
+                p.check(c, m + " rows on the chosen algorithm" + (accumulate ? ", accumulating" : ""));
             }
         }
     }
@@ -120,7 +153,9 @@ class LtProductsTest extends KernelTestSupport {
         int n = 776, k = 232;   // a shape no other test uses
         Case p = Case.of(70, n, k, false, 7);
         CUdeviceptr x = uploadBf16(p.x()), w = uploadBf16(p.w()), c = p.output();
-        long[] first = lt.candidates(p.m(), n, k).get(0);
+        List<long[]> algos = lt.candidates(p.m(), n, k);
+        assertFalse(algos.isEmpty(), "the heuristic lists no algorithm for 70 x " + n + " x " + k);
+        long[] first = algos.get(0);
         lt.gemmWith(first, p.output(), x, w, false, p.m(), n, k);
         int before = lt.tunings().size();
         int[] timed = {0};
