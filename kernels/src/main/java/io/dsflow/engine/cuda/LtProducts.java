@@ -281,7 +281,16 @@ final class LtProducts implements AutoCloseable {
         List<long[]> algos = candidates(layouts);
         List<CUdeviceptr> over = weights.getOrDefault(key(t.n(), t.k()), List.of(w));
         long scratchBytes = accumulate ? (long) m * t.n() * 4 : 0;
-        CUdeviceptr out = accumulate ? gpu.alloc(scratchBytes) : c;
+        CUdeviceptr out = c;
+        if (accumulate) {
+            try {
+                out = gpu.alloc(scratchBytes);
+            } catch (DsflowException e) {   // a full device: the bucket keeps cuBLAS's choice rather than fail a step
+                LOG.info("cuBLASLt: products {} x {} of {} rows not tuned ({}); cublasGemmEx runs them", t.n(), t.k(),
+                        m, e.getMessage());
+                return null;
+            }
+        }
         try {
             double base = timeOver(over, out, gemmEx);   // again after the candidates: clocks may ramp meanwhile
             double best = Double.MAX_VALUE;
