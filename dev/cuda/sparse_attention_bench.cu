@@ -12,6 +12,7 @@
 //   (-DPIPE_STAGES=N for another pipeline depth; -DSPARSE_ATTENTION_CU='"path"' for another version of sparse_attention.cu)
 // Run: ./sab [k = 2048] [rows = 8] [max_k = 4096: the bucketed budget the grid is sized for] [mode = 2: shared
 //   selections (gqa=mean), 0: a selection a query head (sparse_attention_d128_g1 against pipelined_d128_g1)]
+//   [slots = 32700: a row's store is slots + 68 long; 4028 with k = 188 and 64 rows: dspp at 64 x 4096]
 #ifndef SPARSE_ATTENTION_CU
 #define SPARSE_ATTENTION_CU "../../kernels/src/main/cuda/sparse_attention.cu"
 #endif
@@ -27,8 +28,8 @@ SPARSE_PIPELINED_KERNEL(128, 1)   // per-head selections: measured here, not shi
 
 int main(int argc, char** argv) {
     int k = argc > 1 ? atoi(argv[1]) : 2048, P = argc > 2 ? atoi(argv[2]) : 8, maxK = argc > 3 ? atoi(argv[3]) : 4096;
-    int mode = argc > 4 ? atoi(argv[4]) : 2;
-    const int H = 32, KVH = 8, G = mode == 0 ? 1 : H / KVH, GQA = H / KVH, D = 128, sinks = 4, window = 64, n = 32700, cap = 32768;
+    int mode = argc > 4 ? atoi(argv[4]) : 2, n = argc > 5 ? atoi(argv[5]) : 32700, cap = n + 68;
+    const int H = 32, KVH = 8, G = mode == 0 ? 1 : H / KVH, GQA = H / KVH, D = 128, sinks = 4, window = 64;
     const int qStride = (H + 2 * KVH) * D, m = sinks + k + window;
     const float scale = 1.f / sqrtf((float)D);
     std::mt19937 rng(11);
