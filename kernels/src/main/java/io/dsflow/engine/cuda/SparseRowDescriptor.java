@@ -26,6 +26,14 @@ public record SparseRowDescriptor(int row, int candidates, int budget, int sinks
 
     /** Writes the descriptor's ints at {@code dst[offset ..]} in the enum's order. */
     public void writeTo(int[] dst, int offset) {
+        write(dst, offset, row, candidates, budget, sinks, window, gqaMode, labelChannels, labelBits, capacity,
+                readsHost, labelGroup);
+    }
+
+    /** A descriptor's ints at {@code dst[offset ..]} without the object (the step planner's rows, every step). */
+    public static void write(int[] dst, int offset, int row, int candidates, int budget, int sinks, int window,
+                             int gqaMode, int labelChannels, int labelBits, int capacity, boolean readsHost,
+                             int labelGroup) {
         dst[offset + Field.ROW.ordinal()] = row;
         dst[offset + Field.CAND.ordinal()] = candidates;
         dst[offset + Field.K.ordinal()] = budget;

@@ -37,6 +37,9 @@ final class StepPlanner {
             return size() > MAX_POLICIES;
         }
     };
+    /** The configuration last asked for, and its policy (an evicted one stays right: a policy is its config's). */
+    private KvConfig lastKv;
+    private SparseStepPolicy lastPolicy;
     private boolean denseFallback = true;
     /** Rows (a kv head's each) of row-cached sequences read from host memory since the last take: steps too large. */
     private long unservedRows;
@@ -58,10 +61,16 @@ final class StepPlanner {
     void denseFallback(boolean enabled) {
         denseFallback = enabled;
         policies.clear();
+        lastKv = null;
     }
 
     private SparseStepPolicy policy(KvConfig kv) {
-        return policies.computeIfAbsent(kv, k -> new SparseStepPolicy(k, c.numLayers(), denseFallback));
+        // a batch's caches mostly share one configuration: the last one's policy without hashing the record again
+        if (kv != lastKv) {
+            lastPolicy = policies.computeIfAbsent(kv, k -> new SparseStepPolicy(k, c.numLayers(), denseFallback));
+            lastKv = kv;
+        }
+        return lastPolicy;
     }
 
     /** Where each row goes and attends, by segment (host arrays, before upload). */
@@ -368,15 +377,18 @@ final class StepPlanner {
             maxR = Math.max(maxR, cache.labelChannels());
             steps[s] = policy(cache.sparse()).step(segmentRows[s], cache.length() + (long) segmentRows[s]);
         }
-        List<List<SparseRowDescriptor>> runs = List.of(new ArrayList<>(), new ArrayList<>(), new ArrayList<>());
+        // a layer's selecting rows in run order, without a descriptor object a row: each row's run, then the runs' rows
+        int[] runOf = new int[decodeRows], count = new int[3], next = new int[3];
+        boolean[] readsHostOf = new boolean[decodeRows];
         for (int l = 0; l < layers; l++) {
-            for (List<SparseRowDescriptor> run : runs) run.clear();
+            java.util.Arrays.fill(count, 0);
             for (int i = 0; i < decodeRows; i++) {
                 int row = rowsOf[i], s = segmentOf[row];
                 PlannedCache cache = caches.get(s);
                 SparseStepPolicy.LayerStep step = steps[s] == null ? null : steps[s][l];
                 if (step == null || !step.selects()) {
                     denseRows[l * stride + denseCount[l]++] = row;
+                    runOf[i] = -1;
                     continue;
                 }
                 KvConfig kv = cache.sparse();
@@ -393,9 +405,9 @@ final class StepPlanner {
                     if (run == 1) servedAhead[l]++;
                     else servedMain[l]++;
                 }
-                runs.get(run).add(new SparseRowDescriptor(row, step.candidates(), step.budget(), kv.sinks(),
-                        kv.window(), kv.gqaSelection().ordinal(), cache.labelChannels(), cache.labelBits(),
-                        cache.capacity(), readsHost, cache.labelGroup()));
+                runOf[i] = run;
+                readsHostOf[i] = readsHost;
+                count[run]++;
                 kinds[run][shared ? 1 : 0] = true;
                 kinds[run][readsHost ? 3 : 2] = true;
                 maxCand = Math.max(maxCand, step.candidates());
@@ -403,14 +415,22 @@ final class StepPlanner {
                 allDspp &= kv.policy() == KvPolicy.DSPP;
                 maxSinksWindow = Math.max(maxSinksWindow, kv.sinks() + kv.window());
             }
-            stagedCount[l] = runs.get(0).size();
-            aheadCount[l] = stagedCount[l] + runs.get(1).size();
-            for (List<SparseRowDescriptor> run : runs) {
-                for (SparseRowDescriptor d : run) {
-                    int p = selectCount[l]++;
-                    selectRows[l * stride + p] = d.row();
-                    d.writeTo(descriptors, (l * stride + p) * SparseRowDescriptor.FIELDS);
-                }
+            stagedCount[l] = count[0];
+            aheadCount[l] = count[0] + count[1];
+            selectCount[l] = count[0] + count[1] + count[2];
+            next[0] = 0;
+            next[1] = count[0];
+            next[2] = count[0] + count[1];
+            for (int i = 0; i < decodeRows; i++) {
+                if (runOf[i] < 0) continue;
+                int row = rowsOf[i], s = segmentOf[row], p = next[runOf[i]]++;
+                PlannedCache cache = caches.get(s);
+                KvConfig kv = cache.sparse();
+                SparseStepPolicy.LayerStep step = steps[s][l];
+                selectRows[l * stride + p] = row;
+                SparseRowDescriptor.write(descriptors, (l * stride + p) * SparseRowDescriptor.FIELDS, row,
+                        step.candidates(), step.budget(), kv.sinks(), kv.window(), kv.gqaSelection().ordinal(),
+                        cache.labelChannels(), cache.labelBits(), cache.capacity(), readsHostOf[i], cache.labelGroup());
             }
         }
         return new SelectionRuns(denseCount, denseRows, selectCount, descriptors, selectRows, stagedCount, aheadCount,
