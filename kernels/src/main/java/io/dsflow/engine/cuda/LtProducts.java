@@ -98,6 +98,18 @@ final class LtProducts implements AutoCloseable {
 
     /** A shape's tuning key: its row bucket and its weight's [n][k]. */
     private record Tuned(int bucket, int n, int k) {
+        /** The key of products of {@code m} rows. */
+        static Tuned of(int m, int n, int k) {
+            return new Tuned((m - 1) / ROWS_BUCKET, n, k);
+        }
+
+        int rowsFrom() {
+            return bucket * ROWS_BUCKET + 1;
+        }
+
+        int rowsTo() {
+            return Math.min(MAX_ROWS, (bucket + 1) * ROWS_BUCKET);
+        }
     }
 
     /** A product's exact shape. */
@@ -209,7 +221,7 @@ final class LtProducts implements AutoCloseable {
         Shape shape = new Shape(m, n, k);
         Plan plan = plans.get(shape);
         if (plan == null) {
-            Tuned t = new Tuned((m - 1) / ROWS_BUCKET, n, k);
+            Tuned t = Tuned.of(m, n, k);
             long[] algo = choices.get(t);
             if (algo == null && !choices.containsKey(t)) {
                 if (capturing()) return false;   // tuned at the shape's next eager product
@@ -239,7 +251,7 @@ final class LtProducts implements AutoCloseable {
 
     /** Tests: {@code algo} as the tuned choice of the bucket of {@code m} rows for products [n][k]. */
     void choose(int m, int n, int k, long[] algo) {
-        choices.put(new Tuned((m - 1) / ROWS_BUCKET, n, k), algo);
+        choices.put(Tuned.of(m, n, k), algo);
     }
 
     /**
@@ -312,8 +324,8 @@ final class LtProducts implements AutoCloseable {
             }
             base = Math.min(base, timeOver(over, out, gemmEx));
             boolean take = chosen >= 0 && best <= base * (1 - MARGIN);
-            Tuning r = new Tuning(t.bucket() * ROWS_BUCKET + 1, Math.min(MAX_ROWS, (t.bucket() + 1) * ROWS_BUCKET),
-                    t.n(), t.k(), algos.size(), take ? chosen : -1, base, take ? best : base);
+            Tuning r = new Tuning(t.rowsFrom(), t.rowsTo(), t.n(), t.k(), algos.size(), take ? chosen : -1, base,
+                    take ? best : base);
             tunings.add(r);
             if (take) LOG.info("cuBLASLt: {}", r.describe());
             else LOG.debug("cuBLASLt: {}", r.describe());
